@@ -1,0 +1,52 @@
+# Runs PROGRAM and compares its standard output with the file EXPECTED, line by line.
+#   - a line "#unordered" at the top of EXPECTED compares the lines as sorted multisets (processes interleave);
+#   - "{*}" inside an expected line matches any text (pids, timings, addresses).
+# Usage: cmake -DPROGRAM=<exe> -DEXPECTED=<file> -P CheckOutput.cmake
+execute_process(COMMAND ${PROGRAM} OUTPUT_VARIABLE actual RESULT_VARIABLE status)
+if(NOT status EQUAL 0)
+  message(FATAL_ERROR "${PROGRAM} exited with ${status}; its output:\n${actual}")
+endif()
+file(READ ${EXPECTED} expected)
+
+# Lists in CMake are ';'-separated: protect semicolons and brackets before splitting into lines.
+function(to_lines text out)
+  string(REPLACE ";" "<SEMI>" text "${text}")
+  string(REPLACE "[" "<LB>" text "${text}")
+  string(REPLACE "]" "<RB>" text "${text}")
+  string(REGEX REPLACE "\n$" "" text "${text}")
+  string(REPLACE "\n" ";" lines "${text}")
+  set(${out} "${lines}" PARENT_SCOPE)
+endfunction()
+to_lines("${actual}" actual_lines)
+to_lines("${expected}" expected_lines)
+
+list(GET expected_lines 0 first)
+if(first STREQUAL "#unordered")
+  list(REMOVE_AT expected_lines 0)
+  list(SORT expected_lines)
+  list(SORT actual_lines)
+endif()
+
+list(LENGTH expected_lines n_expected)
+list(LENGTH actual_lines n_actual)
+set(mismatch "")
+if(NOT n_expected EQUAL n_actual)
+  set(mismatch "expected ${n_expected} lines, got ${n_actual}")
+else()
+  math(EXPR last "${n_expected} - 1")
+  foreach(i RANGE ${last})
+    list(GET expected_lines ${i} want)
+    list(GET actual_lines ${i} got)
+    # Escape regex metacharacters, then turn the {*} wildcard into ".*".
+    string(REGEX REPLACE "([.+*?^$()|\\\\{}])" "\\\\\\1" pattern "${want}")
+    string(REPLACE "\\{\\*\\}" ".*" pattern "${pattern}")
+    if(NOT got MATCHES "^${pattern}$")
+      set(mismatch "line ${i}: expected '${want}', got '${got}'")
+      break()
+    endif()
+  endforeach()
+endif()
+if(mismatch)
+  string(REPLACE "<SEMI>" ";" actual "${actual}")
+  message(FATAL_ERROR "${PROGRAM}: output differs from ${EXPECTED}: ${mismatch}\n--- output ---\n${actual}")
+endif()

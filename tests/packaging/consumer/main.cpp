@@ -1,0 +1,13 @@
+// A separate project using mp: starts a child that exits with 7 and reports its exit code.
+#include <mp/mp.hpp>
+
+#include <cstdio>
+#include <unistd.h>
+
+int main(int argc, char** argv) {
+  mp::init(argc, argv);
+  mp::Process child([] { ::_exit(7); });
+  child.start();
+  child.join();
+  std::printf("consumer: child exited with %d\n", child.exitcode().value_or(-1000));
+}
