@@ -1,11 +1,81 @@
-// Start methods and mp::init (placeholder until the Process work lands: fork only).
+// Start methods and mp::init: how mp creates child processes (Python's multiprocessing.context:
+// set_start_method, get_start_method, get_all_start_methods, and `if __name__ == '__main__':`).
+// This round implements StartMethod::fork only; spawn and forkserver throw mp::ProcessError where they are asked for.
+// Process safety: the start method is per process (a forked child inherits its parent's); set it from one thread
+// before starting processes. All functions here are thread-safe.
 #pragma once
+
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <mp/errors.hpp>
 
 namespace mp {
 
+/// How a child process is created: fork (copy of this process), spawn (fresh program), forkserver.
 enum class StartMethod { fork, spawn, forkserver };
 
-/// First line of main(): runs a spawned child and never returns there; returns at once in the parent.
+/// "fork", "spawn" or "forkserver", as Python spells them.
+inline std::string_view to_string(StartMethod method) noexcept {
+  switch (method) {
+    case StartMethod::fork: return "fork";
+    case StartMethod::spawn: return "spawn";
+    case StartMethod::forkserver: return "forkserver";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+struct start_method_setting {
+  std::mutex mutex;
+  std::optional<StartMethod> method;  // guarded by mutex; empty until set or first read
+};
+
+inline start_method_setting& the_start_method_setting() {
+  static start_method_setting setting;
+  return setting;
+}
+
+/// Throws ProcessError unless mp can start processes with `method` in this build.
+inline void require_implemented(StartMethod method, std::string_view where) {
+  if (method == StartMethod::fork) return;
+  throw ProcessError(std::string(where) + ": start method " + std::string(to_string(method)) +
+                     " is not implemented yet; use StartMethod::fork");
+}
+
+}  // namespace detail
+
+/// Sets the default start method of this process. Setting a different method after one was set (or read by
+/// get_start_method()) throws ProcessError unless force is true, as Python's "context has already been set";
+/// setting the same one again is harmless.
+inline void set_start_method(StartMethod method, bool force = false) {
+  detail::require_implemented(method, "set_start_method");
+  auto& setting = detail::the_start_method_setting();
+  std::lock_guard lock(setting.mutex);
+  if (setting.method && *setting.method != method && !force) {
+    throw ProcessError("set_start_method(" + std::string(to_string(method)) + "): the start method is already " +
+                       std::string(to_string(*setting.method)) + "; pass force = true to change it");
+  }
+  setting.method = method;
+}
+
+/// The default start method; fixes it to fork (Linux's default) if none was set, as Python does.
+inline StartMethod get_start_method() {
+  auto& setting = detail::the_start_method_setting();
+  std::lock_guard lock(setting.mutex);
+  if (!setting.method) setting.method = StartMethod::fork;
+  return *setting.method;
+}
+
+/// The start methods that work in this build: {fork}.
+inline std::vector<StartMethod> get_all_start_methods() { return {StartMethod::fork}; }
+
+/// Required first line of main(): `mp::init(argc, argv);` — the C++ `if __name__ == '__main__':`.
+/// In a spawned child it will run the child's target and never return; in the parent (and with fork) it returns at once.
 inline void init(int /*argc*/, char** /*argv*/) {}
 
 }  // namespace mp

@@ -1,0 +1,553 @@
+// mp::Process: run a callable in a child process (Python's multiprocessing.Process), plus current_process(),
+// parent_process(), active_children() and cpu_count().
+// A Process is started with the fork start method: the child is a copy of the parent, runs target(args...) (or an
+// overridden run()), and ends with _exit — it never returns into the caller's stack.
+// Process safety: a Process object is owned by the process that created it; only that process may start, join,
+// poll or signal it. Different Process objects may be used from different threads; one Process object should be
+// used by one thread at a time (join() from several threads is fine). Children started from a thread get a signal
+// when that *thread* ends (PR_SET_PDEATHSIG): start them from a thread that outlives them (docs/process.md).
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <concepts>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <mp/context.hpp>
+#include <mp/detail/registry.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/detail/type_name.hpp>
+#include <mp/errors.hpp>
+
+namespace mp {
+
+/// Process(name=, daemon=) as designated initializers: `mp::Process p({.name = "worker", .daemon = true}, f);`
+struct ProcessOptions {
+  std::string name;                         ///< empty: "Process-N" (Python's default name)
+  std::optional<bool> daemon;               ///< empty: not a daemon
+  std::optional<StartMethod> start_method;  ///< empty: get_start_method()
+};
+
+namespace detail {
+
+/// A type-erased target(args...) that may hold move-only arguments (std::function cannot).
+struct process_task {
+  virtual ~process_task() = default;
+  virtual void operator()() = 0;
+};
+
+template <class F, class... Args>
+struct bound_process_task final : process_task {
+  template <class G, class... A>
+  explicit bound_process_task(G&& target, A&&... args) : parts(std::forward<G>(target), std::forward<A>(args)...) {}
+  // Runs once, in the child: the arguments are the child's own copies, so they are handed over as rvalues
+  // (a target taking std::unique_ptr<T> by value works), as std::thread does.
+  void operator()() override {
+    std::apply([](auto&& target, auto&&... args) { std::invoke(std::move(target), std::move(args)...); },
+               std::move(parts));
+  }
+  std::tuple<F, Args...> parts;
+};
+
+struct main_process_tag {};
+
+}  // namespace detail
+
+/// A child process running target(args...) or an overridden run(). Movable (std::vector<Process>), not copyable.
+class Process {
+ public:
+  /// For subclasses that override run().
+  Process() : Process(ProcessOptions{}) {}
+  /// For subclasses that override run(), with a name, daemon flag or start method.
+  explicit Process(ProcessOptions options);
+  /// Process(target=f, args=(a, b)): target and args are decay-copied (or moved) into the Process.
+  template <class F, class... Args>
+    requires(!std::same_as<std::remove_cvref_t<F>, ProcessOptions> &&
+             !std::derived_from<std::remove_cvref_t<F>, Process>)
+  explicit Process(F&& target, Args&&... args) : Process(ProcessOptions{}, std::forward<F>(target), std::forward<Args>(args)...) {}
+  /// Process(target=f, args=(a, b), name=, daemon=).
+  template <class F, class... Args>
+  Process(ProcessOptions options, F&& target, Args&&... args);
+
+  Process(Process&& other) noexcept;
+  /// Finishes the child this Process owned (as the destructor does), then takes over other's.
+  Process& operator=(Process&& other) noexcept;
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  /// Joins a running non-daemon child; terminates (SIGTERM, then SIGKILL after 2 s) and reaps a daemon one.
+  virtual ~Process();
+
+  /// Starts the child. ProcessError if started twice, closed, or not created by this process.
+  void start();
+  /// Waits until the child ends. ProcessError before start(), on the current process, or after close().
+  void join();
+  /// Waits at most timeout; true if the child has ended.
+  template <class Rep, class Period>
+  bool join(std::chrono::duration<Rep, Period> timeout);
+  /// True from start() until the child ends (reaps it once it has ended). Always true for current_process().
+  bool is_alive() const;
+  /// Empty while running or before start; 0 ok; n from exit(n); 1 on an uncaught exception; -N if killed by signal N.
+  std::optional<int> exitcode() const;
+  /// The child's pid; 0 before start; getpid() for current_process().
+  pid_t pid() const;
+  /// "Process-1", "Process-1:2" (a child's child), "MainProcess", or the name given.
+  const std::string& name() const;
+  void name(std::string new_name);
+  /// Daemon children are terminated when their parent exits, and die with it (even by SIGKILL).
+  bool daemon() const;
+  /// Before start() only (ProcessError after).
+  void daemon(bool is_daemon);
+  /// Sends SIGTERM (no-op once the child has ended).
+  void terminate();
+  /// Sends SIGKILL (no-op once the child has ended).
+  void kill();
+  /// Releases the sentinel; ProcessError if still running. Any later use but name()/daemon() throws ProcessError.
+  void close();
+  /// A pidfd that becomes readable when the child ends (for poll/epoll/mp::wait); owned by this Process.
+  int sentinel() const;
+
+ protected:
+  /// What the child runs; the default calls target(args...). Override it in a subclass.
+  virtual void run();
+
+ private:
+  friend Process& current_process();
+  explicit Process(detail::main_process_tag);
+
+  detail::process_record& record(const char* operation) const;  // throws on a moved-from Process
+  detail::process_record& usable_record(const char* operation) const;  // also throws on a closed one
+  void require_child_of_this_process(const detail::process_record& state, const char* operation) const;
+  bool is_current(const detail::process_record& state) const;
+  std::string describe(const detail::process_record& state) const;
+  [[noreturn]] void run_in_child(detail::parent_record parent) noexcept;
+  void finish_and_forget() noexcept;
+
+  std::unique_ptr<detail::process_record> state_;   // heap: the registry's pointer to it survives moves
+  std::unique_ptr<detail::process_task> target_;    // dropped by the parent once start() returns
+  std::optional<StartMethod> start_method_;
+};
+
+/// The Process object of the running process: "MainProcess" in the main process, the running Process in a child.
+Process& current_process();
+
+/// The parent of the current process, as seen when it started this one (Python's parent_process()).
+class ParentProcess {
+ public:
+  ParentProcess(std::string name, pid_t pid) : name_(std::move(name)), pid_(pid) {}
+  /// The parent's name when it started this process ("MainProcess", "Process-1", …).
+  const std::string& name() const noexcept { return name_; }
+  /// The parent's pid.
+  pid_t pid() const noexcept { return pid_; }
+  /// True while the parent lives: once it dies, this process is re-parented and getppid() changes.
+  bool is_alive() const noexcept { return ::getppid() == pid_; }
+
+ private:
+  std::string name_;
+  pid_t pid_;
+};
+
+/// The parent of the current process; std::nullopt in the main process (Python returns None).
+std::optional<ParentProcess> parent_process();
+
+/// The running children started by this process; reaps those that have ended (as Python). The pointers are to
+/// the Process objects themselves and stay valid while those objects live.
+std::vector<Process*> active_children();
+
+/// The number of CPUs this process may run on (sched_getaffinity), at least 1.
+std::size_t cpu_count();
+
+// ---------------------------------------------------------------------------------------------------------------
+// Definitions
+
+inline Process::Process(ProcessOptions options) : state_(std::make_unique<detail::process_record>()) {
+  if (options.start_method) detail::require_implemented(*options.start_method, "Process");
+  start_method_ = options.start_method;
+  state_->identity = detail::next_identity();
+  state_->name = options.name.empty() ? "Process-" + detail::identity_string(state_->identity) : std::move(options.name);
+  state_->daemon = options.daemon.value_or(false);
+  state_->owner = this;  // not yet shared with the registry: no lock needed
+}
+
+template <class F, class... Args>
+Process::Process(ProcessOptions options, F&& target, Args&&... args) : Process(std::move(options)) {
+  static_assert(std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>,
+                "mp::Process(target, args...): target cannot be called with these arguments (the child calls it "
+                "with its own copies, as rvalues); check the argument types, or wrap an lvalue reference "
+                "parameter's argument in std::ref");
+  target_ = std::make_unique<detail::bound_process_task<std::decay_t<F>, std::decay_t<Args>...>>(
+      std::forward<F>(target), std::forward<Args>(args)...);
+}
+
+inline Process::Process(detail::main_process_tag) : state_(std::make_unique<detail::process_record>()) {
+  state_->role = detail::process_record::kind::main;
+  state_->creator_pid = 0;
+  state_->name = "MainProcess";
+  state_->pid = ::getpid();
+  state_->started = true;
+  state_->owner = this;
+}
+
+inline Process::Process(Process&& other) noexcept
+    : state_(std::move(other.state_)), target_(std::move(other.target_)), start_method_(other.start_method_) {
+  if (state_) {
+    detail::registry& reg = detail::the_registry();
+    std::lock_guard lock(reg.mutex);
+    state_->owner = this;
+  }
+}
+
+inline Process& Process::operator=(Process&& other) noexcept {
+  if (this == &other) return *this;
+  finish_and_forget();
+  state_ = std::move(other.state_);
+  target_ = std::move(other.target_);
+  start_method_ = other.start_method_;
+  if (state_) {
+    detail::registry& reg = detail::the_registry();
+    std::lock_guard lock(reg.mutex);
+    state_->owner = this;
+  }
+  return *this;
+}
+
+inline Process::~Process() { finish_and_forget(); }
+
+inline void Process::finish_and_forget() noexcept {
+  if (!state_) return;
+  detail::process_record& state = *state_;
+  // Only the creating process owns the child; in a forked child (or for MainProcess) there is nothing to reap.
+  if (state.role == detail::process_record::kind::child && state.creator_pid == ::getpid() && state.started &&
+      !state.closed) {
+    state.finish();
+    try {
+      detail::remove_child(&state);
+    } catch (...) {
+    }
+  }
+  state_.reset();
+}
+
+inline detail::process_record& Process::record(const char* operation) const {
+  if (!state_) {
+    throw ProcessError(std::string("Process::") + operation +
+                       ": this Process was moved from; use the Process object it was moved to");
+  }
+  return *state_;
+}
+
+inline detail::process_record& Process::usable_record(const char* operation) const {
+  detail::process_record& state = record(operation);
+  if (state.closed) {
+    throw ProcessError(std::string("Process::") + operation + ": " + state.name +
+                       " is closed; a closed Process cannot be used (create a new one)");
+  }
+  return state;
+}
+
+inline bool Process::is_current(const detail::process_record& state) const {
+  if (state.role == detail::process_record::kind::main) return state.pid == ::getpid();
+  detail::registry& reg = detail::the_registry();
+  std::lock_guard lock(reg.mutex);
+  return reg.current == &state;
+}
+
+inline void Process::require_child_of_this_process(const detail::process_record& state, const char* operation) const {
+  if (state.creator_pid != ::getpid()) {
+    throw ProcessError(std::string("Process::") + operation + ": " + state.name + " was created by process " +
+                       std::to_string(state.creator_pid) + ", not by this one (pid " + std::to_string(::getpid()) +
+                       "); only the process that created a Process can " + operation + " it");
+  }
+}
+
+inline std::string Process::describe(const detail::process_record& state) const {
+  return state.pid > 0 ? state.name + " (pid " + std::to_string(state.pid) + ")" : state.name;
+}
+
+inline void Process::start() {
+  detail::process_record& state = usable_record("start");
+  if (state.role == detail::process_record::kind::main || is_current(state)) {
+    throw ProcessError("Process::start: " + state.name + " is the current process, which is already running");
+  }
+  if (state.started) {
+    throw ProcessError("Process::start: " + describe(state) +
+                       " was already started; a Process starts only once (create a new Process to run again)");
+  }
+  require_child_of_this_process(state, "start");
+  StartMethod method = start_method_ ? *start_method_ : get_start_method();
+  detail::require_implemented(method, "Process::start");
+  Process& parent_process_object = current_process();
+  if (parent_process_object.daemon()) {
+    throw ProcessError("Process::start: " + state.name + " cannot start from " + parent_process_object.name() +
+                       ": daemonic processes are not allowed to have children (as in Python)");
+  }
+  detail::parent_record parent{parent_process_object.name(), ::getpid()};
+
+  // Buffered output written before fork() would otherwise be written twice: once by each process.
+  std::fflush(nullptr);
+  std::cout.flush();
+  std::cerr.flush();
+  std::clog.flush();
+
+  detail::registry& reg = detail::the_registry();
+  // Held across fork() so that no other thread holds it at that moment: the child gets it locked by its own
+  // (only) thread and releases it in become_child().
+  reg.mutex.lock();
+  detail::reap_finished_children_locked(reg);
+  try {
+    detail::register_exit_function_locked(reg);
+  } catch (...) {
+    reg.mutex.unlock();
+    throw;
+  }
+  pid_t child = ::fork();
+  if (child == 0) {
+    detail::become_child(reg, state, std::move(parent));
+    run_in_child(reg.parent.value_or(detail::parent_record{}));
+  }
+  if (child == -1) {
+    int err = detail::last_errno();
+    reg.mutex.unlock();
+    detail::throw_errno("fork", state.name, err);
+  }
+  state.pid = child;
+  int pidfd = detail::pidfd_open(child);
+  if (pidfd == -1) {
+    int err = detail::last_errno();
+    reg.mutex.unlock();
+    // Without a pidfd the child cannot be waited for safely: take it back rather than leave it running.
+    ::kill(child, SIGKILL);
+    detail::retry_on_eintr([&] { return ::waitpid(child, nullptr, 0); });
+    state.pid = 0;
+    detail::throw_errno("pidfd_open", describe(state), err);
+  }
+  state.pidfd.reset(pidfd);
+  state.started = true;
+  reg.children.push_back(&state);
+  reg.mutex.unlock();
+  // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
+  // only in the child).
+  target_.reset();
+}
+
+inline void Process::run_in_child(detail::parent_record parent) noexcept {
+  int code = 1;
+  try {
+    detail::process_record& state = *state_;
+    // Die with the parent: SIGKILL for a daemon (Python terminates daemons at exit; this also covers a parent
+    // killed by SIGKILL), SIGTERM for the others (Python would leave them orphaned; mp does not, see docs).
+    int death_signal = state.daemon ? SIGKILL : SIGTERM;
+    ::prctl(PR_SET_PDEATHSIG, death_signal);
+    // The parent may have died between fork() and prctl(): then we were already re-parented.
+    if (::getppid() != parent.pid) ::raise(death_signal);
+    // As Python's util._close_stdin: a child does not compete with its parent for standard input.
+    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0) {
+      ::dup2(devnull, STDIN_FILENO);
+      ::close(devnull);
+    }
+    try {
+      run();
+      code = 0;
+    } catch (...) {
+      code = 1;
+      detail::exception_description error = detail::describe_current_exception();
+      std::string report = "Process " + state.name + ":\n" + error.to_string() + "\n";
+      std::cout.flush();
+      std::fflush(stdout);
+      std::fputs(report.c_str(), stderr);
+    }
+    detail::run_exit_function();
+  } catch (...) {
+    code = 1;
+  }
+  try {
+    std::cout.flush();
+    std::cerr.flush();
+    std::clog.flush();
+  } catch (...) {
+  }
+  std::fflush(nullptr);
+  ::_exit(code);
+}
+
+inline void Process::run() {
+  if (target_) (*target_)();
+}
+
+inline void Process::join() {
+  detail::process_record& state = usable_record("join");
+  if (state.role == detail::process_record::kind::main || is_current(state)) {
+    throw ProcessError("Process::join: " + state.name + " cannot join itself: it is the current process");
+  }
+  require_child_of_this_process(state, "join");
+  if (!state.started) {
+    throw ProcessError("Process::join: " + state.name + " was not started; call start() before join()");
+  }
+  state.wait_until(std::nullopt);
+  detail::remove_child(&state);
+}
+
+template <class Rep, class Period>
+bool Process::join(std::chrono::duration<Rep, Period> timeout) {
+  detail::process_record& state = usable_record("join");
+  if (state.role == detail::process_record::kind::main || is_current(state)) {
+    throw ProcessError("Process::join: " + state.name + " cannot join itself: it is the current process");
+  }
+  require_child_of_this_process(state, "join");
+  if (!state.started) {
+    throw ProcessError("Process::join: " + state.name + " was not started; call start() before join()");
+  }
+  auto now = std::chrono::steady_clock::now();
+  auto left = timeout.count() > 0 ? std::chrono::ceil<std::chrono::steady_clock::duration>(timeout)
+                                  : std::chrono::steady_clock::duration::zero();
+  // Saturate: a timeout of years must not overflow the clock into the past.
+  auto deadline = left > std::chrono::steady_clock::time_point::max() - now ? std::chrono::steady_clock::time_point::max()
+                                                                           : now + left;
+  if (!state.wait_until(deadline)) return false;
+  detail::remove_child(&state);
+  return true;
+}
+
+inline bool Process::is_alive() const {
+  detail::process_record& state = usable_record("is_alive");
+  if (state.role == detail::process_record::kind::main || is_current(state)) return true;
+  require_child_of_this_process(state, "is_alive");
+  if (!state.started) return false;
+  if (state.poll()) {
+    detail::remove_child(&state);
+    return false;
+  }
+  return true;
+}
+
+inline std::optional<int> Process::exitcode() const {
+  detail::process_record& state = usable_record("exitcode");
+  if (state.role == detail::process_record::kind::main || is_current(state) || !state.started) return std::nullopt;
+  require_child_of_this_process(state, "exitcode");
+  return state.poll();
+}
+
+inline pid_t Process::pid() const {
+  detail::process_record& state = usable_record("pid");
+  return state.pid;
+}
+
+inline const std::string& Process::name() const { return record("name").name; }
+
+inline void Process::name(std::string new_name) { record("name").name = std::move(new_name); }
+
+inline bool Process::daemon() const { return record("daemon").daemon; }
+
+inline void Process::daemon(bool is_daemon) {
+  detail::process_record& state = usable_record("daemon");
+  if (state.started) {
+    throw ProcessError("Process::daemon: " + describe(state) + " has already started; set daemon before start()");
+  }
+  state.daemon = is_daemon;
+}
+
+inline void Process::terminate() {
+  detail::process_record& state = usable_record("terminate");
+  require_child_of_this_process(state, "terminate");
+  if (!state.started) {
+    throw ProcessError("Process::terminate: " + state.name + " was not started; there is nothing to terminate");
+  }
+  state.send_signal(SIGTERM);
+}
+
+inline void Process::kill() {
+  detail::process_record& state = usable_record("kill");
+  require_child_of_this_process(state, "kill");
+  if (!state.started) {
+    throw ProcessError("Process::kill: " + state.name + " was not started; there is nothing to kill");
+  }
+  state.send_signal(SIGKILL);
+}
+
+inline void Process::close() {
+  detail::process_record& state = record("close");
+  if (state.closed || state.role == detail::process_record::kind::main) return;
+  if (state.started && state.creator_pid == ::getpid()) {
+    if (!state.poll()) {
+      throw ProcessError("Process::close: " + describe(state) +
+                         " is still running; call join() or terminate() before close()");
+    }
+    detail::remove_child(&state);
+  }
+  state.pidfd.reset();
+  target_.reset();
+  state.closed = true;
+}
+
+inline int Process::sentinel() const {
+  detail::process_record& state = usable_record("sentinel");
+  if (!state.started || !state.pidfd) {
+    throw ProcessError("Process::sentinel: " + state.name + " was not started; a sentinel exists after start()");
+  }
+  return state.pidfd.get();
+}
+
+inline Process& current_process() {
+  detail::registry& reg = detail::the_registry();
+  {
+    std::lock_guard lock(reg.mutex);
+    if (reg.current && reg.current->owner) return *reg.current->owner;
+  }
+  // Leaked on purpose: it must outlive every static that may ask for it at exit.
+  static Process* main_process = new Process(detail::main_process_tag{});
+  return *main_process;
+}
+
+inline std::optional<ParentProcess> parent_process() {
+  detail::registry& reg = detail::the_registry();
+  std::lock_guard lock(reg.mutex);
+  if (!reg.parent) return std::nullopt;
+  return ParentProcess(reg.parent->name, reg.parent->pid);
+}
+
+inline std::vector<Process*> active_children() {
+  detail::registry& reg = detail::the_registry();
+  std::lock_guard lock(reg.mutex);
+  detail::reap_finished_children_locked(reg);
+  std::vector<Process*> children;
+  children.reserve(reg.children.size());
+  for (detail::process_record* child : reg.children) children.push_back(child->owner);
+  return children;
+}
+
+inline std::size_t cpu_count() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<std::size_t>(n);
+  }
+  // More CPUs than cpu_set_t holds (EINVAL): ask with growing dynamic sets.
+  for (int cpus = 2 * CPU_SETSIZE; cpus <= (1 << 16); cpus *= 2) {
+    cpu_set_t* dynamic = CPU_ALLOC(cpus);
+    if (!dynamic) break;
+    std::size_t size = CPU_ALLOC_SIZE(cpus);
+    CPU_ZERO_S(size, dynamic);
+    int found = ::sched_getaffinity(0, size, dynamic) == 0 ? CPU_COUNT_S(size, dynamic) : 0;
+    CPU_FREE(dynamic);
+    if (found > 0) return static_cast<std::size_t>(found);
+  }
+  long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return online > 0 ? static_cast<std::size_t>(online) : 1;
+}
+
+}  // namespace mp
