@@ -1,0 +1,702 @@
+// The byte archives behind mp::serialize: output_archive appends values to a std::vector<std::byte>,
+// input_archive decodes them from a std::span<const std::byte> with every read bounds-checked.
+// Why a hand-written format: both ends are the same binary on the same machine, so host byte order and
+// sizes are the format (no schema, no versioning), and contiguous trivially copyable data can move as one
+// memcpy. The only cost of that freedom is hostile input, handled here: every length is checked against the
+// bytes left before anything is allocated, and elements that decode from zero bytes are counted against a
+// fixed budget so an absurd count can neither loop 2^64 times nor allocate without bound.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <boost/core/demangle.hpp>
+
+#include <mp/errors.hpp>
+
+namespace mp::detail {
+
+class output_archive;
+class input_archive;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Recognising the built-in families.
+
+template <class T, template <class...> class Template>
+inline constexpr bool is_specialization_v = false;
+template <template <class...> class Template, class... Args>
+inline constexpr bool is_specialization_v<Template<Args...>, Template> = true;
+
+template <class T> inline constexpr bool is_std_array_v = false;
+template <class T, std::size_t N> inline constexpr bool is_std_array_v<std::array<T, N>> = true;
+
+template <class T> inline constexpr bool is_std_span_v = false;
+template <class T, std::size_t N> inline constexpr bool is_std_span_v<std::span<T, N>> = true;
+
+// Sequences decoded element by element with emplace_back (std::vector<bool> is a family of its own).
+template <class T>
+inline constexpr bool is_sequence_v = (is_specialization_v<T, std::vector> && !std::is_same_v<T, std::vector<bool>>) ||
+                                      is_specialization_v<T, std::deque> || is_specialization_v<T, std::list>;
+template <class T>
+inline constexpr bool is_set_v = is_specialization_v<T, std::set> || is_specialization_v<T, std::unordered_set> ||
+                                 is_specialization_v<T, std::multiset> ||
+                                 is_specialization_v<T, std::unordered_multiset>;
+template <class T>
+inline constexpr bool is_map_v = is_specialization_v<T, std::map> || is_specialization_v<T, std::unordered_map> ||
+                                 is_specialization_v<T, std::multimap> ||
+                                 is_specialization_v<T, std::unordered_multimap>;
+template <class T>
+inline constexpr bool is_multi_v =
+    is_specialization_v<T, std::multiset> || is_specialization_v<T, std::unordered_multiset> ||
+    is_specialization_v<T, std::multimap> || is_specialization_v<T, std::unordered_multimap>;
+
+// The user's ways in, all cereal's spelling: one member serialize for both directions, a save/load pair, or a free
+// serialize(Archive&, T&) found by argument-dependent lookup (for types the user cannot edit).
+template <class T>
+concept has_member_serialize = requires(T& value, output_archive& out, input_archive& in) {
+  value.serialize(out);
+  value.serialize(in);
+};
+template <class T>
+concept has_member_save_load = requires(const T& cvalue, T& value, output_archive& out, input_archive& in) {
+  cvalue.save(out);
+  value.load(in);
+};
+template <class T>
+concept has_free_serialize = requires(T& value, output_archive& out, input_archive& in) {
+  serialize(out, value);
+  serialize(in, value);
+};
+
+enum class family {
+  pointer,        // raw pointers and member pointers: the address means nothing in another process
+  view,           // string_view, span, reference_wrapper: refer to this process's memory
+  smart_pointer,  // unique_ptr, shared_ptr, weak_ptr
+  user_member,
+  user_save_load,
+  user_free,
+  boolean,
+  scalar,  // arithmetic (not bool), enums, std::byte: their bytes
+  string,
+  vector_bool,
+  sequence,
+  array,  // std::array and C arrays
+  set,
+  map,
+  pair,
+  tuple,
+  optional,
+  variant,
+  monostate,
+  duration,
+  path,
+  bitwise_class,  // any other trivially copyable class or union: its bytes
+  unsupported,
+};
+
+// The order matters: a user's serialize wins over everything, and the std templates come before the trivially
+// copyable rule, because std::optional<int> or std::variant<int, float> are trivially copyable but a hostile
+// engaged flag or index must be validated rather than copied in.
+template <class T>
+consteval family family_of() {
+  if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) return family::pointer;
+  else if constexpr (is_specialization_v<T, std::basic_string_view> || is_std_span_v<T> ||
+                     is_specialization_v<T, std::reference_wrapper>)
+    return family::view;
+  else if constexpr (is_specialization_v<T, std::unique_ptr> || is_specialization_v<T, std::shared_ptr> ||
+                     is_specialization_v<T, std::weak_ptr>)
+    return family::smart_pointer;
+  else if constexpr (has_member_serialize<T>) return family::user_member;
+  else if constexpr (has_member_save_load<T>) return family::user_save_load;
+  else if constexpr (has_free_serialize<T>) return family::user_free;
+  else if constexpr (std::is_same_v<T, bool>) return family::boolean;
+  else if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) return family::scalar;
+  else if constexpr (is_specialization_v<T, std::basic_string>) return family::string;
+  else if constexpr (std::is_same_v<T, std::vector<bool>>) return family::vector_bool;
+  else if constexpr (is_sequence_v<T>) return family::sequence;
+  else if constexpr (is_std_array_v<T> || std::is_bounded_array_v<T>) return family::array;
+  else if constexpr (is_set_v<T>) return family::set;
+  else if constexpr (is_map_v<T>) return family::map;
+  else if constexpr (is_specialization_v<T, std::pair>) return family::pair;
+  else if constexpr (is_specialization_v<T, std::tuple>) return family::tuple;
+  else if constexpr (is_specialization_v<T, std::optional>) return family::optional;
+  else if constexpr (is_specialization_v<T, std::variant>) return family::variant;
+  else if constexpr (std::is_same_v<T, std::monostate>) return family::monostate;
+  else if constexpr (is_specialization_v<T, std::chrono::duration>) return family::duration;
+  else if constexpr (std::is_same_v<T, std::filesystem::path>) return family::path;
+  else if constexpr ((std::is_class_v<T> || std::is_union_v<T>) && std::is_trivially_copyable_v<T>)
+    return family::bitwise_class;
+  else return family::unsupported;
+}
+
+template <class T> inline constexpr family family_v = family_of<std::remove_cv_t<T>>();
+
+template <class T> struct array_traits;
+template <class T, std::size_t N> struct array_traits<std::array<T, N>> { using element = T; static constexpr std::size_t size = N; };
+template <class T, std::size_t N> struct array_traits<T[N]> { using element = T; static constexpr std::size_t size = N; };
+
+// Whether a value may move as its raw bytes, alone or as a run of many (one memcpy for a whole vector):
+// scalars, trivially copyable classes, and arrays/durations of those. bool is excluded: a hostile byte 2 in a
+// bool is undefined behaviour, so bools are validated one by one.
+template <class T>
+consteval bool is_bitwise() {
+  constexpr family f = family_v<T>;
+  if constexpr (f == family::scalar || f == family::bitwise_class) return true;
+  else if constexpr (f == family::array) return is_bitwise<typename array_traits<std::remove_cv_t<T>>::element>();
+  else if constexpr (f == family::duration) return is_bitwise<typename T::rep>();
+  else return false;
+}
+template <class T> inline constexpr bool is_bitwise_v = is_bitwise<T>();
+
+// Whether every part of T can cross. User types count as serializable once they declare a serialize member: what
+// it lists is checked when it is instantiated.
+template <class T>
+consteval bool is_serializable() {
+  using U = std::remove_cv_t<T>;
+  constexpr family f = family_v<U>;
+  if constexpr (f == family::pointer || f == family::view || f == family::smart_pointer ||
+                f == family::unsupported)
+    return false;
+  else if constexpr (f == family::string) return std::is_trivially_copyable_v<typename U::value_type>;
+  else if constexpr (f == family::sequence || f == family::set) return is_serializable<typename U::value_type>();
+  else if constexpr (f == family::array) return is_serializable<typename array_traits<U>::element>();
+  else if constexpr (f == family::map)
+    return is_serializable<typename U::key_type>() && is_serializable<typename U::mapped_type>();
+  else if constexpr (f == family::pair)
+    return is_serializable<typename U::first_type>() && is_serializable<typename U::second_type>();
+  else if constexpr (f == family::tuple || f == family::variant)
+    return []<template <class...> class Template, class... Ts>(std::type_identity<Template<Ts...>>) {
+      return (is_serializable<Ts>() && ...);
+    }(std::type_identity<U>{});
+  else if constexpr (f == family::optional) return is_serializable<typename U::value_type>();
+  else if constexpr (f == family::duration) return is_serializable<typename U::rep>();
+  else return true;
+}
+
+// The fewest bytes one value of T can take on the wire (0 when it may take none, or is a user type whose encoding
+// is not known statically). A container's length is checked against the bytes left divided by this.
+template <class T>
+consteval std::size_t min_wire_size() {
+  using U = std::remove_cv_t<T>;
+  constexpr family f = family_v<U>;
+  if constexpr (is_bitwise_v<U>) return sizeof(U);
+  else if constexpr (f == family::boolean) return 1;
+  else if constexpr (f == family::string || f == family::vector_bool || f == family::sequence ||
+                     f == family::set || f == family::map || f == family::path)
+    return sizeof(std::uint64_t);
+  else if constexpr (f == family::array)
+    return array_traits<U>::size * min_wire_size<typename array_traits<U>::element>();
+  else if constexpr (f == family::pair)
+    return min_wire_size<typename U::first_type>() + min_wire_size<typename U::second_type>();
+  else if constexpr (f == family::tuple)
+    return []<class... Ts>(std::type_identity<std::tuple<Ts...>>) {
+      return (std::size_t{0} + ... + min_wire_size<Ts>());
+    }(std::type_identity<U>{});
+  else if constexpr (f == family::optional) return 1;
+  else if constexpr (f == family::variant) return sizeof(std::uint32_t);
+  else if constexpr (f == family::duration) return min_wire_size<typename U::rep>();
+  else return 0;  // monostate, user types
+}
+
+// The fewest bytes one element of a container takes on the wire.
+template <class Container>
+consteval std::size_t min_element_size() {
+  constexpr family f = family_v<Container>;
+  if constexpr (f == family::string) return sizeof(typename Container::value_type);
+  else if constexpr (f == family::vector_bool) return 1;
+  else if constexpr (f == family::map)
+    return min_wire_size<typename Container::key_type>() + min_wire_size<typename Container::mapped_type>();
+  else return min_wire_size<typename Container::value_type>();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Readable type names for error messages ("std::vector<int>", not "std::vector<int, std::allocator<int> >").
+
+template <class T>
+std::string type_name();
+
+template <class... Ts>
+std::string type_name_list() {
+  std::string names;
+  ((names += (names.empty() ? "" : ", ") + type_name<Ts>()), ...);
+  return names;
+}
+
+template <class T>
+std::string type_name() {
+  using U = std::remove_cv_t<T>;
+  std::string prefix = std::is_const_v<T> ? "const " : "";
+  if constexpr (std::is_same_v<U, std::string>) return prefix + "std::string";
+  else if constexpr (std::is_same_v<U, std::byte>) return prefix + "std::byte";
+  else if constexpr (std::is_same_v<U, std::filesystem::path>) return prefix + "std::filesystem::path";
+  else if constexpr (std::is_same_v<U, std::monostate>) return prefix + "std::monostate";
+  else if constexpr (is_std_array_v<U>)
+    return prefix + "std::array<" + type_name<typename U::value_type>() + ", " + std::to_string(std::tuple_size_v<U>) + ">";
+  else if constexpr (std::is_bounded_array_v<U>)
+    return prefix + type_name<std::remove_extent_t<U>>() + "[" + std::to_string(std::extent_v<U>) + "]";
+  else if constexpr (is_specialization_v<U, std::chrono::duration>)
+    return prefix + "std::chrono::duration<" + type_name<typename U::rep>() + ", std::ratio<" +
+           std::to_string(U::period::num) + ", " + std::to_string(U::period::den) + ">>";
+#define MP_DETAIL_NAME_OF(template_name, spelled, ...)                              \
+  else if constexpr (is_specialization_v<U, template_name>) return prefix + spelled "<" + \
+      [&]<template <class...> class Template, class... Ts>(std::type_identity<Template<Ts...>>) { \
+        return type_name_list<__VA_ARGS__>();                                                    \
+      }(std::type_identity<U>{}) + ">";
+  MP_DETAIL_NAME_OF(std::vector, "std::vector", typename U::value_type)
+  MP_DETAIL_NAME_OF(std::deque, "std::deque", typename U::value_type)
+  MP_DETAIL_NAME_OF(std::list, "std::list", typename U::value_type)
+  MP_DETAIL_NAME_OF(std::set, "std::set", typename U::key_type)
+  MP_DETAIL_NAME_OF(std::multiset, "std::multiset", typename U::key_type)
+  MP_DETAIL_NAME_OF(std::unordered_set, "std::unordered_set", typename U::key_type)
+  MP_DETAIL_NAME_OF(std::unordered_multiset, "std::unordered_multiset", typename U::key_type)
+  MP_DETAIL_NAME_OF(std::map, "std::map", typename U::key_type, typename U::mapped_type)
+  MP_DETAIL_NAME_OF(std::multimap, "std::multimap", typename U::key_type, typename U::mapped_type)
+  MP_DETAIL_NAME_OF(std::unordered_map, "std::unordered_map", typename U::key_type, typename U::mapped_type)
+  MP_DETAIL_NAME_OF(std::unordered_multimap, "std::unordered_multimap", typename U::key_type, typename U::mapped_type)
+  MP_DETAIL_NAME_OF(std::basic_string, "std::basic_string", typename U::value_type)
+  MP_DETAIL_NAME_OF(std::pair, "std::pair", typename U::first_type, typename U::second_type)
+  MP_DETAIL_NAME_OF(std::tuple, "std::tuple", Ts...)
+  MP_DETAIL_NAME_OF(std::optional, "std::optional", typename U::value_type)
+  MP_DETAIL_NAME_OF(std::variant, "std::variant", Ts...)
+#undef MP_DETAIL_NAME_OF
+  else return prefix + boost::core::demangle(typeid(U).name());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Compile errors for types that cannot cross. Each is a class template so the compiler's "in instantiation of
+// ..." line names the offending type; the message names the fix.
+
+template <class T> inline constexpr bool dependent_false_v = false;
+
+template <class T>
+struct pointer_cannot_cross_a_process_boundary {
+  static_assert(dependent_false_v<T>,
+                "mp::serialize: a raw pointer or member pointer cannot cross a process boundary (the address means "
+                "nothing in the other process): send the pointed-to value, or an index, instead");
+};
+template <class T>
+struct view_cannot_cross_a_process_boundary {
+  static_assert(dependent_false_v<T>,
+                "mp::serialize: std::string_view, std::span and std::reference_wrapper refer to this process's "
+                "memory and cannot cross a process boundary: send a std::string, std::vector or the value itself");
+};
+template <class T>
+struct smart_pointer_cannot_cross_a_process_boundary {
+  static_assert(dependent_false_v<T>,
+                "mp::serialize: std::unique_ptr / std::shared_ptr / std::weak_ptr cannot cross a process boundary: "
+                "send the pointed-to value (std::optional<T> for a maybe-null one) instead");
+};
+template <class T>
+struct type_cannot_cross_a_process_boundary {
+  static_assert(dependent_false_v<T>,
+                "mp::serialize: this type cannot cross a process boundary: it is not trivially copyable, not a "
+                "supported std type, and has no serialize member; add a member "
+                "`template <class Archive> void serialize(Archive& ar) { ar(field1, field2); }` listing its fields");
+};
+template <class T>
+struct type_needs_a_default_constructor_to_be_deserialized {
+  static_assert(dependent_false_v<T>,
+                "mp::deserialize: this type has no default constructor: add one (its serialize member then fills in "
+                "the fields)");
+};
+
+template <class T>
+void reject_unsupported() {
+  constexpr family f = family_v<T>;
+  if constexpr (f == family::pointer) (void)sizeof(pointer_cannot_cross_a_process_boundary<T>);
+  else if constexpr (f == family::view) (void)sizeof(view_cannot_cross_a_process_boundary<T>);
+  else if constexpr (f == family::smart_pointer) (void)sizeof(smart_pointer_cannot_cross_a_process_boundary<T>);
+  else (void)sizeof(type_cannot_cross_a_process_boundary<T>);
+}
+
+template <class T>
+void require_default_constructible() {
+  if constexpr (!std::is_default_constructible_v<T>)
+    (void)sizeof(type_needs_a_default_constructor_to_be_deserialized<T>);
+}
+
+// Lengths, optional flags and variant indexes have fixed widths on the wire.
+using length_type = std::uint64_t;
+using variant_index_type = std::uint32_t;
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Appends values to a byte vector: `ar(a, b, c)`. Nothing but `out` allocates.
+class output_archive {
+ public:
+  static constexpr bool is_loading = false;
+  static constexpr bool is_saving = true;
+
+  /// Appends to `out` (keeps what it holds).
+  explicit output_archive(std::vector<std::byte>& out) noexcept : out_(&out) {}
+
+  /// Appends each value in order.
+  template <class... Ts>
+  output_archive& operator()(const Ts&... values) {
+    (save(values), ...);
+    return *this;
+  }
+
+  /// Appends raw bytes (no length prefix).
+  void write_bytes(const void* data, std::size_t size) {
+    const auto* first = static_cast<const std::byte*>(data);
+    out_->insert(out_->end(), first, first + size);
+  }
+
+  /// The buffer being appended to.
+  std::vector<std::byte>& buffer() noexcept { return *out_; }
+
+ private:
+  template <class T>
+  void save(const T& value);
+  void save_length(std::size_t n) {
+    const auto length = static_cast<length_type>(n);
+    write_bytes(&length, sizeof length);
+  }
+  template <class Range>
+  void save_range(const Range& range, std::size_t n) {
+    save_length(n);
+    for (const auto& element : range) save(element);
+  }
+
+  std::vector<std::byte>* out_;
+};
+
+/// Decodes values from a byte span: `ar(a, b, c)`; every read is bounds-checked and throws SerializationError.
+class input_archive {
+ public:
+  static constexpr bool is_loading = true;
+  static constexpr bool is_saving = false;
+
+  /// At most this many elements per archive may decode from zero bytes (std::tuple<>, std::monostate, an empty
+  /// user struct): the one thing a length cannot be checked against.
+  static constexpr std::size_t max_empty_elements = std::size_t{1} << 24;
+
+  /// Reads from `bytes`, which must outlive the archive.
+  explicit input_archive(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
+
+  /// Decodes into each value in order (containers are cleared first).
+  template <class... Ts>
+  input_archive& operator()(Ts&... values) {
+    (load(values), ...);
+    return *this;
+  }
+
+  /// Bytes not yet decoded.
+  std::size_t remaining() const noexcept { return bytes_.size() - position_; }
+  /// Bytes decoded so far.
+  std::size_t position() const noexcept { return position_; }
+
+  /// Copies the next `size` bytes out; `what` names the value for the error message.
+  void read_bytes(void* data, std::size_t size, std::string_view what = "bytes") {
+    const auto view = take(size, what);
+    if (size != 0) std::memcpy(data, view.data(), size);
+  }
+
+  /// The next `size` bytes, without copying them.
+  std::span<const std::byte> take(std::size_t size, std::string_view what = "bytes") {
+    if (size > remaining())
+      fail(what, "needs " + std::to_string(size) + " bytes but only " + std::to_string(remaining()) +
+                     " are left");
+    auto view = bytes_.subspan(position_, size);
+    position_ += size;
+    return view;
+  }
+
+  /// Throws SerializationError "deserialize <what>: <problem> (byte P of N)".
+  [[noreturn]] void fail(std::string_view what, const std::string& problem) const {
+    throw SerializationError("deserialize " + std::string(what) + ": " + problem + " (byte " +
+                             std::to_string(position_) + " of " + std::to_string(bytes_.size()) + ")");
+  }
+
+ private:
+  template <class T>
+  void load(T& value);
+  // Copies `size` bytes for a value of type Named; the name is built only when the bytes are missing.
+  template <class Named>
+  void copy_checked(void* data, std::size_t size) {
+    if (size > remaining())
+      fail(type_name<Named>(), "needs " + std::to_string(size) + " bytes but only " + std::to_string(remaining()) +
+                                   " are left");
+    if (size != 0) std::memcpy(data, bytes_.data() + position_, size);
+    position_ += size;
+  }
+  template <class T>
+  void load_scalar(T& value) { copy_checked<T>(&value, sizeof(T)); }
+  template <class Container>
+  std::size_t load_length();
+  template <class Container, class Element>
+  void load_element(Element& element);
+
+  std::span<const std::byte> bytes_;
+  std::size_t position_ = 0;
+  std::size_t empty_elements_ = 0;  // elements so far that decoded from zero bytes; see max_empty_elements
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Saving.
+
+template <class T>
+void output_archive::save(const T& value) {
+  using U = std::remove_cv_t<T>;
+  constexpr family f = family_v<U>;
+  if constexpr (f == family::user_member) const_cast<U&>(value).serialize(*this);
+  else if constexpr (f == family::user_save_load) value.save(*this);
+  else if constexpr (f == family::user_free) serialize(*this, const_cast<U&>(value));
+  else if constexpr (f == family::boolean) {
+    const auto byte = static_cast<std::uint8_t>(value ? 1 : 0);
+    write_bytes(&byte, 1);
+  } else if constexpr (is_bitwise_v<U>) write_bytes(&value, sizeof value);
+  else if constexpr (f == family::string) {
+    static_assert(std::is_trivially_copyable_v<typename U::value_type>,
+                  "mp::serialize: a std::basic_string crosses only with a trivially copyable character type");
+    save_length(value.size());
+    write_bytes(value.data(), value.size() * sizeof(typename U::value_type));
+  } else if constexpr (f == family::vector_bool) {
+    save_length(value.size());
+    for (bool b : value) save(b);
+  } else if constexpr (f == family::sequence) {
+    if constexpr (is_specialization_v<U, std::vector> && is_bitwise_v<typename U::value_type>) {
+      save_length(value.size());
+      write_bytes(value.data(), value.size() * sizeof(typename U::value_type));
+    } else {
+      save_range(value, value.size());
+    }
+  } else if constexpr (f == family::array) {
+    for (const auto& element : value) save(element);
+  } else if constexpr (f == family::set || f == family::map) {
+    save_range(value, value.size());
+  } else if constexpr (f == family::pair) {
+    save(value.first);
+    save(value.second);
+  } else if constexpr (f == family::tuple) {
+    std::apply([&](const auto&... elements) { (save(elements), ...); }, value);
+  } else if constexpr (f == family::optional) {
+    save(value.has_value());
+    if (value) save(*value);
+  } else if constexpr (f == family::variant) {
+    if (value.valueless_by_exception())
+      throw SerializationError("serialize " + type_name<U>() +
+                               ": the variant is valueless (an exception interrupted its last assignment)");
+    const auto index = static_cast<variant_index_type>(value.index());
+    write_bytes(&index, sizeof index);
+    std::visit([&](const auto& alternative) { save(alternative); }, value);
+  } else if constexpr (f == family::monostate) {
+  } else if constexpr (f == family::duration) {
+    save(value.count());
+  } else if constexpr (f == family::path) {
+    save(value.native());
+  } else {
+    reject_unsupported<U>();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loading.
+
+// Reads a container length and checks it against the bytes left: each element takes at least
+// min_wire_size<Element>() bytes, so a longer length cannot be honest and is refused before anything is allocated.
+template <class Container>
+std::size_t input_archive::load_length() {
+  length_type length = 0;
+  if (sizeof length > remaining())
+    fail(type_name<Container>(), "needs " + std::to_string(sizeof length) + " bytes for the length but only " +
+                                     std::to_string(remaining()) + " are left");
+  std::memcpy(&length, bytes_.data() + position_, sizeof length);
+  position_ += sizeof length;
+  constexpr std::size_t min_size = min_element_size<Container>();
+  if constexpr (min_size > 0) {
+    if (length > remaining() / min_size) {
+      std::string problem = "length " + std::to_string(length) + " exceeds the " + std::to_string(remaining()) +
+                            " bytes left";
+      if constexpr (min_size > 1) problem += ", at least " + std::to_string(min_size) + " bytes per element";
+      fail(type_name<Container>(), problem);
+    }
+  } else {
+    if (length > std::numeric_limits<std::size_t>::max() / 2)
+      fail(type_name<Container>(), "length " + std::to_string(length) + " is absurd");
+  }
+  return static_cast<std::size_t>(length);
+}
+
+// Decodes one element of a Container; elements that consume no bytes are charged to the archive's budget, which
+// bounds the loop for a hostile length of std::tuple<> or empty user structs.
+template <class Container, class Element>
+void input_archive::load_element(Element& element) {
+  const std::size_t before = position_;
+  load(element);
+  if (position_ == before && ++empty_elements_ > max_empty_elements)
+    fail(type_name<Container>(), "more than " + std::to_string(max_empty_elements) +
+                                     " elements that take no bytes; the buffer is corrupt or hostile");
+}
+
+template <class T>
+void input_archive::load(T& value) {
+  using U = std::remove_cv_t<T>;
+  static_assert(!std::is_const_v<T>, "mp::deserialize cannot decode into a const object");
+  constexpr family f = family_v<U>;
+  if constexpr (f == family::user_member) value.serialize(*this);
+  else if constexpr (f == family::user_save_load) value.load(*this);
+  else if constexpr (f == family::user_free) serialize(*this, value);
+  else if constexpr (f == family::boolean) {
+    std::uint8_t byte = 0;
+    copy_checked<bool>(&byte, 1);
+    if (byte > 1) {
+      position_ -= 1;
+      fail("bool", "byte value " + std::to_string(byte) + " is neither 0 nor 1");
+    }
+    value = byte == 1;
+  } else if constexpr (is_bitwise_v<U>) {
+    load_scalar(value);
+  } else if constexpr (f == family::string) {
+    using element = typename U::value_type;
+    const std::size_t n = load_length<U>();
+    value.resize(n);
+    copy_checked<U>(value.data(), n * sizeof(element));
+  } else if constexpr (f == family::vector_bool) {
+    const std::size_t n = load_length<U>();
+    value.clear();
+    value.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      bool b = false;
+      load(b);
+      value.push_back(b);
+    }
+  } else if constexpr (f == family::sequence) {
+    using element = typename U::value_type;
+    require_default_constructible<element>();
+    const std::size_t n = load_length<U>();
+    value.clear();
+    if constexpr (is_specialization_v<U, std::vector> && is_bitwise_v<element>) {
+      value.resize(n);
+      copy_checked<U>(value.data(), n * sizeof(element));
+    } else {
+      if constexpr (is_specialization_v<U, std::vector>) {
+        // n was checked against the bytes left when elements take at least one byte; otherwise reserve only what
+        // the bytes left could honestly hold and let the empty-element budget bound the rest.
+        value.reserve(min_wire_size<element>() > 0 ? n : std::min(n, remaining()));
+      }
+      for (std::size_t i = 0; i < n; ++i) load_element<U>(value.emplace_back());
+    }
+  } else if constexpr (f == family::array) {
+    using element = typename array_traits<U>::element;
+    if constexpr (is_bitwise_v<element>) {
+      load_scalar(value);
+    } else {
+      for (auto& element_value : value) load(element_value);
+    }
+  } else if constexpr (f == family::set) {
+    using key = typename U::key_type;
+    require_default_constructible<key>();
+    const std::size_t n = load_length<U>();
+    value.clear();
+    if constexpr (requires { value.reserve(n); }) value.reserve(min_wire_size<key>() > 0 ? n : std::min(n, remaining()));
+    for (std::size_t i = 0; i < n; ++i) {
+      key k{};
+      load_element<U>(k);
+      if constexpr (is_multi_v<U>) {
+        value.emplace_hint(value.end(), std::move(k));
+      } else {
+        const std::size_t size_before = value.size();
+        value.emplace_hint(value.end(), std::move(k));
+        if (value.size() == size_before) fail(type_name<U>(), "element " + std::to_string(i) + " repeats an earlier one");
+      }
+    }
+  } else if constexpr (f == family::map) {
+    using key = typename U::key_type;
+    using mapped = typename U::mapped_type;
+    require_default_constructible<key>();
+    require_default_constructible<mapped>();
+    const std::size_t n = load_length<U>();
+    value.clear();
+    if constexpr (requires { value.reserve(n); })
+      value.reserve(min_wire_size<key>() + min_wire_size<mapped>() > 0 ? n : std::min(n, remaining()));
+    for (std::size_t i = 0; i < n; ++i) {
+      std::pair<key, mapped> entry{};
+      load_element<U>(entry);
+      if constexpr (is_multi_v<U>) {
+        value.emplace_hint(value.end(), std::move(entry.first), std::move(entry.second));
+      } else {
+        const std::size_t size_before = value.size();
+        value.emplace_hint(value.end(), std::move(entry.first), std::move(entry.second));
+        if (value.size() == size_before) fail(type_name<U>(), "key of entry " + std::to_string(i) + " repeats an earlier one");
+      }
+    }
+  } else if constexpr (f == family::pair) {
+    load(value.first);
+    load(value.second);
+  } else if constexpr (f == family::tuple) {
+    std::apply([&](auto&... elements) { (load(elements), ...); }, value);
+  } else if constexpr (f == family::optional) {
+    using element = typename U::value_type;
+    require_default_constructible<element>();
+    std::uint8_t flag = 0;
+    copy_checked<U>(&flag, 1);
+    if (flag > 1) {
+      position_ -= 1;
+      fail(type_name<U>(), "engaged flag " + std::to_string(flag) + " is neither 0 nor 1");
+    }
+    if (flag == 0) {
+      value.reset();
+    } else {
+      load(value.emplace());
+    }
+  } else if constexpr (f == family::variant) {
+    variant_index_type index = 0;
+    copy_checked<U>(&index, sizeof index);
+    constexpr std::size_t alternatives = std::variant_size_v<U>;
+    if (index >= alternatives) {
+      position_ -= sizeof index;
+      fail(type_name<U>(), "alternative index " + std::to_string(index) + " is out of range (the variant has " +
+                               std::to_string(alternatives) + " alternatives)");
+    }
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      using loader = void (*)(input_archive&, U&);
+      static constexpr loader loaders[] = {+[](input_archive& archive, U& variant) {
+        using alternative = std::variant_alternative_t<I, U>;
+        require_default_constructible<alternative>();
+        archive.load(variant.template emplace<I>());
+      }...};
+      loaders[index](*this, value);
+    }(std::make_index_sequence<alternatives>{});
+  } else if constexpr (f == family::monostate) {
+  } else if constexpr (f == family::duration) {
+    typename U::rep count{};
+    load(count);
+    value = U(count);
+  } else if constexpr (f == family::path) {
+    typename U::string_type native;
+    load(native);
+    value = U(std::move(native));
+  } else {
+    reject_unsupported<U>();
+  }
+}
+
+template <class T>
+inline constexpr bool is_serializable_v = is_serializable<std::remove_cv_t<T>>();
+
+}  // namespace mp::detail

@@ -1,0 +1,58 @@
+// What crosses a process boundary: mp::serialize turns a value into bytes, mp::deserialize<T> turns them back.
+// Python's counterpart is pickle, which multiprocessing uses for every argument, result and queue item.
+// Built in: arithmetic, enums, std::byte, strings, std containers, pair/tuple/optional/variant, chrono durations,
+// filesystem paths, trivially copyable structs, and user types with a member
+// `template <class Archive> void serialize(Archive& ar) { ar(a, b, c); }`. The format is the host's (same binary,
+// same machine): see docs/serialization.md.
+// Process safety: pure functions over values; bytes from another process are untrusted and fully checked —
+// bad bytes throw mp::SerializationError, never crash, hang or allocate without bound.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include <mp/detail/archive.hpp>
+#include <mp/errors.hpp>
+
+namespace mp {
+
+/// True when every part of T can cross a process boundary (user types: when they declare a serialize member).
+template <class T>
+concept serializable = detail::is_serializable_v<std::remove_cvref_t<T>>;
+
+/// Appends the bytes of `value` to `out`; nothing but `out` allocates.
+template <class T>
+void serialize_into(std::vector<std::byte>& out, const T& value) {
+  detail::output_archive archive(out);
+  archive(value);
+}
+
+/// The bytes of `value`, for deserialize<T> in this or another process running the same binary.
+template <class T>
+[[nodiscard]] std::vector<std::byte> serialize(const T& value) {
+  std::vector<std::byte> out;
+  serialize_into(out, value);
+  return out;
+}
+
+/// Decodes a T from exactly `bytes`; throws SerializationError if they are truncated, hostile, of another type,
+/// or not all consumed.
+template <class T>
+[[nodiscard]] T deserialize(std::span<const std::byte> bytes) {
+  static_assert(std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T>,
+                "mp::deserialize<T>: T must be a plain (non-const, non-reference) value type");
+  static_assert(!std::is_array_v<T>, "mp::deserialize<T>: a C array cannot be returned; use std::array");
+  detail::require_default_constructible<T>();
+  T value{};
+  detail::input_archive archive(bytes);
+  archive(value);
+  if (archive.remaining() != 0)
+    archive.fail(detail::type_name<T>(), std::to_string(archive.remaining()) +
+                                             " bytes are left over after the value: the buffer holds another type "
+                                             "or more than one value");
+  return value;
+}
+
+}  // namespace mp
