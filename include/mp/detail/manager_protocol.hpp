@@ -1,0 +1,161 @@
+// The manager's wire protocol: frame limits, operation codes and the bounds-checked byte reader and writer that
+// both sides use. A frame is a 4-byte little-endian length followed by that many payload bytes.
+//
+// Request payload:  u8 op, u64 object id, then the op's arguments.
+// Response payload: u8 status (0 ok, 1 error); ok: the op's results; error: u8 error kind, string message.
+// Integers are little-endian; a "blob" and a "string" are a u32 length and that many bytes. Values are blobs of
+// mp::serialize bytes the server never decodes, which keeps the server type-agnostic: it compares dict keys by
+// their bytes and checks types by the type names each object records.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace mp::detail::manager_protocol {
+
+/// Largest request the server reads; a frame announcing more closes the connection before any byte is buffered
+/// beyond the header.
+inline constexpr std::uint32_t max_request = 256u << 20;
+/// Largest frame before authentication: the handshake's messages are under 64 bytes.
+inline constexpr std::uint32_t max_handshake = 256;
+
+enum class kind : std::uint8_t { dict = 1, list, value, queue, lock, rlock, semaphore, event, condition, barrier,
+                                 namespace_ };
+inline constexpr std::uint8_t last_kind = static_cast<std::uint8_t>(kind::namespace_);
+
+inline const char* kind_name(kind k) {
+  switch (k) {
+    case kind::dict: return "dict";
+    case kind::list: return "list";
+    case kind::value: return "value";
+    case kind::queue: return "queue";
+    case kind::lock: return "lock";
+    case kind::rlock: return "rlock";
+    case kind::semaphore: return "semaphore";
+    case kind::event: return "event";
+    case kind::condition: return "condition";
+    case kind::barrier: return "barrier";
+    case kind::namespace_: return "namespace";
+  }
+  return "unknown";
+}
+
+enum class op : std::uint8_t {
+  create = 1,  // kind u8, type string, name string, number u64, initial blob -> id u64
+  shutdown,    // -> (nothing); the server stops after replying
+  ping,        // -> (nothing)
+  dict_get = 10, dict_set, dict_contains, dict_erase, dict_size, dict_keys, dict_values, dict_items, dict_clear,
+  dict_update, dict_setdefault, dict_pop,
+  list_append = 30, list_extend, list_get, list_set, list_insert, list_pop, list_size, list_clear, list_copy,
+  value_get = 45, value_set,
+  queue_put = 50, queue_get, queue_state,
+  lock_acquire = 60, lock_release,
+  semaphore_acquire = 65, semaphore_release, semaphore_value,
+  event_set = 70, event_clear, event_is_set, event_wait,
+  condition_wait = 75, condition_notify,
+  barrier_wait = 80, barrier_reset, barrier_abort, barrier_state,
+  ns_get = 90, ns_set, ns_contains, ns_erase, ns_names,
+};
+
+enum class status : std::uint8_t { ok = 0, error = 1 };
+/// Which mp exception the client throws for an error reply.
+enum class error_kind : std::uint8_t { error = 0, empty, full, broken_barrier };
+
+/// A request or reply that does not parse: the connection that sent it is closed.
+struct malformed {};
+
+/// Appends protocol fields to a byte buffer (std::string on the server, std::vector<std::byte> on the client).
+template <class Buffer>
+class writer {
+ public:
+  explicit writer(Buffer& buffer) : buffer_(buffer) {}
+  void raw(const void* data, std::size_t size) {
+    auto at = buffer_.size();
+    buffer_.resize(at + size);
+    if (size) std::memcpy(buffer_.data() + at, data, size);
+  }
+  template <class Int>
+  void integer(Int value) {
+    static_assert(std::is_integral_v<Int>);
+    unsigned char bytes[sizeof(Int)];
+    auto u = static_cast<std::make_unsigned_t<Int>>(value);
+    for (std::size_t i = 0; i < sizeof(Int); ++i) bytes[i] = static_cast<unsigned char>(u >> (8 * i));
+    raw(bytes, sizeof bytes);
+  }
+  void u8(std::uint8_t v) { integer(v); }
+  void u32(std::uint32_t v) { integer(v); }
+  void u64(std::uint64_t v) { integer(v); }
+  void i64(std::int64_t v) { integer(v); }
+  void blob(std::string_view bytes) {
+    u32(static_cast<std::uint32_t>(bytes.size()));
+    raw(bytes.data(), bytes.size());
+  }
+  /// Reserves a u32 length field; finish_blob(mark) fills it with the bytes appended since.
+  std::size_t start_blob() {
+    u32(0);
+    return buffer_.size();
+  }
+  void finish_blob(std::size_t mark) {
+    auto size = static_cast<std::uint32_t>(buffer_.size() - mark);
+    for (std::size_t i = 0; i < 4; ++i) {
+      buffer_[mark - 4 + i] = static_cast<typename Buffer::value_type>(static_cast<unsigned char>(size >> (8 * i)));
+    }
+  }
+
+ private:
+  Buffer& buffer_;
+};
+
+/// Reads protocol fields from untrusted bytes: every read is bounds-checked and throws malformed.
+class reader {
+ public:
+  reader(const void* data, std::size_t size) : at_(static_cast<const char*>(data)), end_(at_ + size) {}
+  explicit reader(std::string_view bytes) : reader(bytes.data(), bytes.size()) {}
+
+  template <class Int>
+  Int integer() {
+    need(sizeof(Int));
+    std::make_unsigned_t<Int> u = 0;
+    for (std::size_t i = 0; i < sizeof(Int); ++i) {
+      u |= static_cast<std::make_unsigned_t<Int>>(static_cast<unsigned char>(at_[i])) << (8 * i);
+    }
+    at_ += sizeof(Int);
+    return static_cast<Int>(u);
+  }
+  std::uint8_t u8() { return integer<std::uint8_t>(); }
+  std::uint32_t u32() { return integer<std::uint32_t>(); }
+  std::uint64_t u64() { return integer<std::uint64_t>(); }
+  std::int64_t i64() { return integer<std::int64_t>(); }
+  std::string_view blob() {
+    auto size = u32();
+    need(size);
+    std::string_view bytes(at_, size);
+    at_ += size;
+    return bytes;
+  }
+  /// A count of items that each take at least `min_item` bytes: rejects counts the remaining bytes cannot hold,
+  /// so a hostile count never drives a large reserve().
+  std::uint32_t count(std::size_t min_item) {
+    auto n = u32();
+    if (static_cast<std::size_t>(end_ - at_) / min_item < n) throw malformed{};
+    return n;
+  }
+  bool done() const { return at_ == end_; }
+  void expect_end() const {
+    if (!done()) throw malformed{};
+  }
+
+ private:
+  void need(std::size_t n) const {
+    if (static_cast<std::size_t>(end_ - at_) < n) throw malformed{};
+  }
+  const char* at_;
+  const char* end_;
+};
+
+}  // namespace mp::detail::manager_protocol
