@@ -346,3 +346,265 @@ TEST_CASE("A value serialized in a child process deserializes in the parent", "[
   REQUIRE(received.size() == size);
   CHECK(mp::deserialize<Team>(received) == sent);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile input: every malformed buffer throws mp::SerializationError naming the type and the sizes.
+
+namespace {
+
+using Catch::Matchers::Contains;
+
+struct Empty {  // a user type that writes nothing: an absurd count of these must not loop 2^64 times
+  template <class Archive>
+  void serialize(Archive&) {}
+  friend bool operator==(const Empty&, const Empty&) = default;
+};
+
+struct Node {  // a user type nested in itself: hostile bytes could nest it until the stack overflows
+  std::vector<Node> children;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(children);
+  }
+  friend bool operator==(const Node&, const Node&) = default;
+};
+
+class Bytes {  // builds hand-made buffers
+ public:
+  template <class T>
+  Bytes& add(const T& value) {
+    const auto* first = reinterpret_cast<const std::byte*>(&value);
+    bytes_.insert(bytes_.end(), first, first + sizeof value);
+    return *this;
+  }
+  Bytes& length(std::uint64_t n) { return add(n); }
+  Bytes& zeros(std::size_t n) {
+    bytes_.resize(bytes_.size() + n);
+    return *this;
+  }
+  operator std::span<const std::byte>() const { return bytes_; }
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+template <class T>
+std::string decode_error(std::span<const std::byte> bytes) {
+  try {
+    (void)mp::deserialize<T>(bytes);
+  } catch (const mp::SerializationError& error) {
+    return error.what();
+  }
+  FAIL("deserialize<" << mp::detail::type_name<T>() << "> accepted the buffer");
+  return {};
+}
+
+// Every strict prefix of a valid encoding, and the encoding plus one byte, must throw SerializationError.
+template <class T>
+void check_truncations_throw(const T& value) {
+  CAPTURE(mp::detail::type_name<T>());
+  auto bytes = mp::serialize(value);
+  for (std::size_t size = 0; size < bytes.size(); ++size) {
+    CAPTURE(size);
+    CHECK_THROWS_AS(mp::deserialize<T>(std::span(bytes).first(size)), mp::SerializationError);
+  }
+  bytes.push_back(std::byte{0});
+  CHECK_THROWS_WITH(mp::deserialize<T>(bytes), Contains("1 byte left over after the value"));
+}
+
+// Decoding arbitrary bytes either succeeds or throws SerializationError: nothing else, never a crash.
+template <class T>
+void check_random_bytes_are_refused_or_decoded(std::mt19937_64& random, int rounds) {
+  CAPTURE(mp::detail::type_name<T>());
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<int> small(0, 3);
+  std::uniform_int_distribution<std::size_t> size(0, 64);
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<std::byte> bytes(size(random));
+    for (auto& b : bytes) b = std::byte(static_cast<unsigned char>(round % 2 ? byte(random) : small(random)));
+    try {
+      (void)mp::deserialize<T>(bytes);
+    } catch (const mp::SerializationError&) {
+    }
+  }
+}
+
+// Flipping bytes of a valid encoding either still decodes or throws SerializationError.
+template <class T>
+void check_mutations_are_refused_or_decoded(std::mt19937_64& random, const T& value, int rounds) {
+  CAPTURE(mp::detail::type_name<T>());
+  const auto original = mp::serialize(value);
+  for (int round = 0; round < rounds; ++round) {
+    auto bytes = original;
+    std::uniform_int_distribution<std::size_t> position(0, bytes.size() - 1);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int flips = 0; flips < 1 + round % 3; ++flips)
+      bytes[position(random)] = std::byte(static_cast<unsigned char>(byte(random)));
+    try {
+      (void)mp::deserialize<T>(bytes);
+    } catch (const mp::SerializationError&) {
+    }
+  }
+}
+
+const Team sample_team{"core",
+                       {{"Ann", {90, 85}, Point{1, 2.0, "d1"}, {{"q1", 100.0}}}, {"Bob", {}, std::nullopt, {}}},
+                       Employee{"Cy", {1}, std::nullopt, {{"x", 1.0}}}};
+
+}  // namespace
+
+TEST_CASE("Every truncated buffer and every trailing byte throws SerializationError", "[serialize]") {
+  check_truncations_throw(true);
+  check_truncations_throw(42);
+  check_truncations_throw(Color::green);
+  check_truncations_throw(Point{1, 2.0, "abc"});
+  check_truncations_throw(std::string("hello"));
+  check_truncations_throw(std::wstring(L"hi"));
+  check_truncations_throw(std::vector<int>{1, 2, 3});
+  check_truncations_throw(std::vector<std::string>{"a", "bc"});
+  check_truncations_throw(std::vector<bool>{true, false});
+  check_truncations_throw(std::deque<short>{1, 2});
+  check_truncations_throw(std::list<std::string>{"x"});
+  check_truncations_throw(std::array<std::string, 2>{"a", "b"});
+  check_truncations_throw(std::map<std::string, int>{{"k", 1}, {"l", 2}});
+  check_truncations_throw(std::unordered_map<int, std::string>{{1, "one"}});
+  check_truncations_throw(std::set<int>{1, 2});
+  check_truncations_throw(std::unordered_set<std::string>{"s"});
+  check_truncations_throw(std::pair<int, std::string>{1, "p"});
+  check_truncations_throw(std::tuple<char, double, std::string>{'c', 1.0, "t"});
+  check_truncations_throw(std::optional<std::string>{"o"});
+  check_truncations_throw(std::optional<int>{});
+  check_truncations_throw(std::variant<int, std::string>{"v"});
+  check_truncations_throw(std::chrono::milliseconds(5));
+  check_truncations_throw(std::filesystem::path("/a/b"));
+  check_truncations_throw(sample_team);
+  check_truncations_throw(Counter(3));
+  check_truncations_throw(thirdparty::Legacy{"l", {1}});
+  check_truncations_throw(Node{{Node{}, Node{{Node{}}}}});
+}
+
+TEST_CASE("An empty buffer or one of another type is refused with the type's name", "[serialize]") {
+  CHECK_THROWS_WITH(mp::deserialize<int>({}), Contains("deserialize int: needs 4 bytes but only 0 bytes left"));
+  CHECK_THROWS_WITH(mp::deserialize<std::vector<int>>(mp::serialize(std::string("abc"))),
+                    Contains("deserialize std::vector<int>: length 3 exceeds the 3 bytes left"));
+  CHECK_THROWS_WITH(mp::deserialize<std::int16_t>(mp::serialize(std::int32_t{1})),
+                    Contains("deserialize short: 2 bytes left over after the value"));
+}
+
+TEST_CASE("A length larger than the bytes left is refused before anything is allocated", "[serialize]") {
+  const std::string message = decode_error<std::vector<int>>(Bytes().length(1000000000).zeros(12));
+  CHECK_THAT(message, Contains("deserialize std::vector<int>: length 1000000000 exceeds the 12 bytes left"));
+  CHECK_THAT(message, Contains("at least 4 bytes per element"));
+  CHECK_THAT((decode_error<std::string>(Bytes().length(6).zeros(5))),
+             Contains("deserialize std::string: length 6 exceeds the 5 bytes left"));
+  CHECK_THAT((decode_error<std::vector<std::string>>(Bytes().length(3).length(0).length(0))),
+             Contains("deserialize std::vector<std::string>: length 3 exceeds the 16 bytes left"));
+  CHECK_THAT((decode_error<std::map<int, double>>(Bytes().length(2).zeros(23))),
+             Contains("deserialize std::map<int, double>: length 2 exceeds the 23 bytes left, at least 12 bytes"));
+}
+
+TEST_CASE("Absurd container lengths throw for every container family", "[serialize]") {
+  const auto absurd = Bytes().length(std::numeric_limits<std::uint64_t>::max()).zeros(16);
+  const std::string length = "length " + std::to_string(std::numeric_limits<std::uint64_t>::max()) + " exceeds";
+  CHECK_THAT((decode_error<std::string>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::u32string>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::vector<double>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::vector<bool>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::vector<std::vector<int>>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::deque<int>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::list<std::string>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::set<char>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::unordered_set<int>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::map<int, int>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::unordered_map<std::string, int>>(absurd)), Contains(length));
+  CHECK_THAT((decode_error<std::vector<std::optional<int>>>(absurd)), Contains(length));
+  // Elements of user types have no static size: they decode until the bytes run out.
+  CHECK_THAT((decode_error<std::vector<Team>>(absurd)), Contains("inside std::vector<(anonymous namespace)::Team>)"));
+  CHECK_THAT((decode_error<std::filesystem::path>(absurd)), Contains(length));
+}
+
+TEST_CASE("Absurd lengths of elements that take no bytes throw without looping or allocating", "[serialize]") {
+  const auto huge = Bytes().length(std::uint64_t{1} << 63);
+  CHECK_THAT((decode_error<std::vector<std::tuple<>>>(huge)),
+             Contains("deserialize std::vector<std::tuple<>>: length 9223372036854775808 of elements that take no bytes"));
+  CHECK_THAT((decode_error<std::vector<std::monostate>>(huge)), Contains("elements that take no bytes"));
+  CHECK_THAT((decode_error<std::list<std::pair<std::tuple<>, std::monostate>>>(huge)),
+             Contains("elements that take no bytes"));
+  CHECK_THAT((decode_error<std::set<std::tuple<>>>(Bytes().length(2))), Contains("repeats an earlier one"));
+  // A user type's encoding is not known statically: its elements are counted as they decode from nothing.
+  CHECK_THAT((decode_error<std::vector<Empty>>(huge)),
+             Contains("deserialize std::vector<(anonymous namespace)::Empty>: more than 1048576 elements that take "
+                      "no bytes"));
+  CHECK_THAT((decode_error<std::deque<Empty>>(huge)), Contains("elements that take no bytes"));
+  // The budget is per buffer, so nesting cannot multiply it.
+  CHECK_THAT((decode_error<std::vector<std::vector<std::tuple<>>>>(
+                 Bytes().length(3).length(600000).length(600000).length(600000))),
+             Contains("elements that take no bytes"));
+  // Honest buffers of empty elements still round-trip.
+  check_round_trip(std::vector<std::tuple<>>(1000));
+  check_round_trip(std::vector<Empty>(1000));
+  check_round_trip(std::vector<std::monostate>(mp::detail::input_archive::max_empty_elements));
+}
+
+TEST_CASE("Out-of-range variant indexes, bools and optional flags throw naming the value", "[serialize]") {
+  using V = std::variant<int, std::string>;
+  CHECK_THAT((decode_error<V>(Bytes().add(std::uint32_t{5}).zeros(8))),
+             Contains("deserialize std::variant<int, std::string>: alternative index 5 is out of range (the variant "
+                      "has 2 alternatives)"));
+  CHECK_THAT((decode_error<V>(Bytes().add(std::uint32_t{0xFFFFFFFF}))), Contains("alternative index 4294967295"));
+  CHECK_THAT((decode_error<bool>(Bytes().add(std::uint8_t{2}))),
+             Contains("deserialize bool: byte value 2 is neither 0 nor 1 (byte 0 of 1)"));
+  CHECK_THAT((decode_error<std::vector<bool>>(Bytes().length(2).add(std::uint8_t{1}).add(std::uint8_t{255}))),
+             Contains("deserialize bool: byte value 255 is neither 0 nor 1 (byte 9 of 10, inside std::vector<bool>)"));
+  CHECK_THAT((decode_error<std::optional<int>>(Bytes().add(std::uint8_t{7}).zeros(4))),
+             Contains("deserialize std::optional<int>: engaged flag 7 is neither 0 nor 1"));
+  CHECK_THAT((decode_error<std::pair<int, bool>>(Bytes().add(1).add(std::uint8_t{9}))), Contains("byte value 9"));
+}
+
+TEST_CASE("Repeated keys in a set or map are refused", "[serialize]") {
+  CHECK_THAT((decode_error<std::set<int>>(mp::serialize(std::vector<int>{1, 2, 1}))),
+             Contains("deserialize std::set<int>: element 2 repeats an earlier one"));
+  CHECK_THAT((decode_error<std::unordered_set<int>>(mp::serialize(std::vector<int>{4, 4}))),
+             Contains("element 1 repeats an earlier one"));
+  using Entries = std::vector<std::pair<std::string, int>>;
+  CHECK_THAT((decode_error<std::map<std::string, int>>(mp::serialize(Entries{{"a", 1}, {"a", 2}}))),
+             Contains("deserialize std::map<std::string, int>: key of entry 1 repeats an earlier one"));
+  CHECK_THAT((decode_error<std::unordered_map<std::string, int>>(mp::serialize(Entries{{"b", 1}, {"b", 1}}))),
+             Contains("key of entry 1 repeats an earlier one"));
+  CHECK(mp::deserialize<std::multiset<int>>(mp::serialize(std::vector<int>{1, 1})).size() == 2);
+}
+
+TEST_CASE("User types nested too deeply are refused instead of overflowing the stack", "[serialize]") {
+  Bytes deep;
+  for (int level = 0; level < 100000; ++level) deep.length(1);
+  deep.length(0);
+  CHECK_THAT((decode_error<Node>(deep)), Contains("user types nest more than 1024 levels deep"));
+
+  Node honest;  // 1000 levels still round-trip
+  Node* leaf = &honest;
+  for (int level = 1; level < 1000; ++level) leaf = &leaf->children.emplace_back();
+  check_round_trip(honest);
+}
+
+TEST_CASE("Random and mutated bytes decode or throw SerializationError, never anything else", "[serialize]") {
+  std::mt19937_64 random(20261127);
+  check_random_bytes_are_refused_or_decoded<int>(random, 500);
+  check_random_bytes_are_refused_or_decoded<bool>(random, 500);
+  check_random_bytes_are_refused_or_decoded<std::string>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::vector<int>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::vector<bool>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::map<std::string, std::vector<double>>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::unordered_map<int, std::optional<std::string>>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::variant<int, std::string, std::monostate>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::optional<std::set<int>>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::tuple<bool, std::list<std::string>, std::deque<char>>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::vector<std::tuple<>>>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<std::filesystem::path>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<Team>(random, 2000);
+  check_random_bytes_are_refused_or_decoded<Node>(random, 2000);
+
+  check_mutations_are_refused_or_decoded(random, sample_team, 3000);
+  check_mutations_are_refused_or_decoded(random, std::map<std::string, std::set<int>>{{"a", {1, 2}}, {"b", {}}}, 3000);
+  check_mutations_are_refused_or_decoded(random, std::vector<std::variant<bool, std::string>>{true, "x", false}, 3000);
+  check_mutations_are_refused_or_decoded(random, Node{{Node{{Node{}}}, Node{}}}, 3000);
+}

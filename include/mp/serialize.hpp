@@ -47,11 +47,12 @@ template <class T>
   detail::require_default_constructible<T>();
   T value{};
   detail::input_archive archive(bytes);
+  archive.set_outer_name(&detail::type_name<T>);
   archive(value);
   if (archive.remaining() != 0)
-    archive.fail(detail::type_name<T>(), std::to_string(archive.remaining()) +
-                                             " bytes are left over after the value: the buffer holds another type "
-                                             "or more than one value");
+    archive.fail(detail::type_name<T>(), detail::byte_count(archive.remaining()) +
+                                             " left over after the value: the buffer holds another type or more "
+                                             "than one value");
   return value;
 }
 

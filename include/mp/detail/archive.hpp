@@ -221,6 +221,23 @@ consteval std::size_t min_wire_size() {
   else return 0;  // monostate, user types
 }
 
+// Whether every value of T takes zero bytes on the wire (std::monostate, std::tuple<>, and compounds of them).
+template <class T>
+consteval bool is_always_empty() {
+  using U = std::remove_cv_t<T>;
+  constexpr family f = family_v<U>;
+  if constexpr (f == family::monostate) return true;
+  else if constexpr (f == family::pair)
+    return is_always_empty<typename U::first_type>() && is_always_empty<typename U::second_type>();
+  else if constexpr (f == family::tuple)
+    return []<class... Ts>(std::type_identity<std::tuple<Ts...>>) {
+      return (true && ... && is_always_empty<Ts>());
+    }(std::type_identity<U>{});
+  else if constexpr (f == family::array && !is_bitwise_v<U>)
+    return array_traits<U>::size == 0 || is_always_empty<typename array_traits<U>::element>();
+  else return false;
+}
+
 // The fewest bytes one element of a container takes on the wire.
 template <class Container>
 consteval std::size_t min_element_size() {
@@ -338,6 +355,9 @@ void require_default_constructible() {
     (void)sizeof(type_needs_a_default_constructor_to_be_deserialized<T>);
 }
 
+/// "1 byte", "12 bytes": sizes in error messages.
+inline std::string byte_count(std::size_t n) { return std::to_string(n) + (n == 1 ? " byte" : " bytes"); }
+
 // Lengths, optional flags and variant indexes have fixed widths on the wire.
 using length_type = std::uint64_t;
 using variant_index_type = std::uint32_t;
@@ -393,7 +413,10 @@ class input_archive {
 
   /// At most this many elements per archive may decode from zero bytes (std::tuple<>, std::monostate, an empty
   /// user struct): the one thing a length cannot be checked against.
-  static constexpr std::size_t max_empty_elements = std::size_t{1} << 24;
+  static constexpr std::size_t max_empty_elements = std::size_t{1} << 20;
+  /// User types may nest in themselves (a tree of nodes); hostile bytes could nest them until the stack
+  /// overflows, so decoding refuses more than this many levels of user types inside one another.
+  static constexpr std::size_t max_user_depth = 1024;
 
   /// Reads from `bytes`, which must outlive the archive.
   explicit input_archive(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
@@ -419,18 +442,25 @@ class input_archive {
   /// The next `size` bytes, without copying them.
   std::span<const std::byte> take(std::size_t size, std::string_view what = "bytes") {
     if (size > remaining())
-      fail(what, "needs " + std::to_string(size) + " bytes but only " + std::to_string(remaining()) +
-                     " are left");
+      fail(what, "needs " + byte_count(size) + " but only " + byte_count(remaining()) + " left");
     auto view = bytes_.subspan(position_, size);
     position_ += size;
     return view;
   }
 
-  /// Throws SerializationError "deserialize <what>: <problem> (byte P of N)".
+  /// Throws SerializationError "deserialize <what>: <problem> (byte P of N[, inside <outer type>])".
   [[noreturn]] void fail(std::string_view what, const std::string& problem) const {
-    throw SerializationError("deserialize " + std::string(what) + ": " + problem + " (byte " +
-                             std::to_string(position_) + " of " + std::to_string(bytes_.size()) + ")");
+    std::string message = "deserialize " + std::string(what) + ": " + problem + " (byte " +
+                          std::to_string(position_) + " of " + std::to_string(bytes_.size());
+    if (outer_name_ != nullptr) {
+      const std::string outer = outer_name_();
+      if (outer != what) message += ", inside " + outer;
+    }
+    throw SerializationError(message + ")");
   }
+
+  /// Names the whole value being decoded in error messages about its parts (called by mp::deserialize<T>).
+  void set_outer_name(std::string (*outer_name)()) noexcept { outer_name_ = outer_name; }
 
  private:
   template <class T>
@@ -439,8 +469,7 @@ class input_archive {
   template <class Named>
   void copy_checked(void* data, std::size_t size) {
     if (size > remaining())
-      fail(type_name<Named>(), "needs " + std::to_string(size) + " bytes but only " + std::to_string(remaining()) +
-                                   " are left");
+      fail(type_name<Named>(), "needs " + byte_count(size) + " but only " + byte_count(remaining()) + " left");
     if (size != 0) std::memcpy(data, bytes_.data() + position_, size);
     position_ += size;
   }
@@ -448,12 +477,16 @@ class input_archive {
   void load_scalar(T& value) { copy_checked<T>(&value, sizeof(T)); }
   template <class Container>
   std::size_t load_length();
+  template <class T>
+  void load_user(T& value);
   template <class Container, class Element>
   void load_element(Element& element);
 
   std::span<const std::byte> bytes_;
   std::size_t position_ = 0;
   std::size_t empty_elements_ = 0;  // elements so far that decoded from zero bytes; see max_empty_elements
+  std::size_t user_depth_ = 0;      // user types being decoded inside one another; see max_user_depth
+  std::string (*outer_name_)() = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -523,23 +556,40 @@ template <class Container>
 std::size_t input_archive::load_length() {
   length_type length = 0;
   if (sizeof length > remaining())
-    fail(type_name<Container>(), "needs " + std::to_string(sizeof length) + " bytes for the length but only " +
-                                     std::to_string(remaining()) + " are left");
+    fail(type_name<Container>(), "needs " + byte_count(sizeof length) + " for the length but only " +
+                                     byte_count(remaining()) + " left");
   std::memcpy(&length, bytes_.data() + position_, sizeof length);
   position_ += sizeof length;
   constexpr std::size_t min_size = min_element_size<Container>();
   if constexpr (min_size > 0) {
     if (length > remaining() / min_size) {
-      std::string problem = "length " + std::to_string(length) + " exceeds the " + std::to_string(remaining()) +
-                            " bytes left";
+      std::string problem = "length " + std::to_string(length) + " exceeds the " + byte_count(remaining()) + " left";
       if constexpr (min_size > 1) problem += ", at least " + std::to_string(min_size) + " bytes per element";
       fail(type_name<Container>(), problem);
     }
-  } else {
-    if (length > std::numeric_limits<std::size_t>::max() / 2)
-      fail(type_name<Container>(), "length " + std::to_string(length) + " is absurd");
+  } else if constexpr (is_always_empty<typename Container::value_type>()) {
+    // Elements that never take a byte: the length is checked against the empty-element budget up front.
+    if (length > max_empty_elements - empty_elements_)
+      fail(type_name<Container>(), "length " + std::to_string(length) + " of elements that take no bytes exceeds the " +
+                                       std::to_string(max_empty_elements - empty_elements_) +
+                                       " such elements a buffer may still hold");
   }
   return static_cast<std::size_t>(length);
+}
+
+template <class T>
+void input_archive::load_user(T& value) {
+  if (user_depth_ >= max_user_depth)
+    fail(type_name<T>(), "user types nest more than " + std::to_string(max_user_depth) +
+                             " levels deep; the buffer is corrupt or hostile");
+  struct leave {
+    std::size_t& depth;
+    ~leave() { --depth; }
+  } guard{++user_depth_};
+  constexpr family f = family_v<T>;
+  if constexpr (f == family::user_member) value.serialize(*this);
+  else if constexpr (f == family::user_save_load) value.load(*this);
+  else serialize(*this, value);
 }
 
 // Decodes one element of a Container; elements that consume no bytes are charged to the archive's budget, which
@@ -558,9 +608,7 @@ void input_archive::load(T& value) {
   using U = std::remove_cv_t<T>;
   static_assert(!std::is_const_v<T>, "mp::deserialize cannot decode into a const object");
   constexpr family f = family_v<U>;
-  if constexpr (f == family::user_member) value.serialize(*this);
-  else if constexpr (f == family::user_save_load) value.load(*this);
-  else if constexpr (f == family::user_free) serialize(*this, value);
+  if constexpr (f == family::user_member || f == family::user_save_load || f == family::user_free) load_user(value);
   else if constexpr (f == family::boolean) {
     std::uint8_t byte = 0;
     copy_checked<bool>(&byte, 1);
