@@ -1,0 +1,207 @@
+// pool_channel: the shared-memory transport between a Pool and its workers.
+// Every worker slot owns two single-producer/single-consumer byte rings (inbox: parent -> worker tasks; outbox:
+// worker -> parent results). Why per-worker SPSC rings rather than one shared queue: the parent knows exactly which
+// chunks sit in which worker's inbox, so a worker that dies fails only the chunk it was running (WorkerLost) and
+// the unstarted ones are handed to another worker; and no lock is ever shared with a process that may be
+// SIGKILLed while holding it. Messages are length-prefixed and may be larger than a ring: they stream through.
+//
+// Waiting: the worker spins briefly, then sleeps on the ring's futex word; the parent never sleeps on a futex of
+// the rings but in poll() on an eventfd that workers write only when no parent thread is awake to collect
+// (pool_shared::collectors_awake), so the hot path costs no system call at all.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <ctime>
+
+#include <mp/detail/futex.hpp>
+#include <mp/detail/syscall.hpp>
+
+namespace mp::detail {
+
+/// Bytes in each direction of one worker's channel; larger messages stream through in pieces.
+inline constexpr std::uint32_t pool_ring_capacity = 1u << 20;
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine (task start times cross).
+inline std::uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+/// Spins for about `budget` calling ready(); true as soon as it returns true. Checks the clock every 64 rounds.
+template <class Ready>
+bool spin_until(Ready&& ready, std::chrono::nanoseconds budget) {
+  const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(budget.count());
+  for (unsigned round = 1;; ++round) {
+    if (ready()) return true;
+    cpu_relax();
+    if ((round & 63u) == 0 && monotonic_ns() >= until) return ready();
+  }
+}
+
+// One direction of a channel, in shared memory. Positions are free-running 32-bit byte counters (the capacity is a
+// power of two far below 2^32, so head - tail is the fill level even across wrap-around); each is also the futex
+// word its waiter sleeps on. Memory ordering: the producer copies the bytes, then stores head (release); the
+// consumer loads head (acquire) before reading them. The "sleeping" flags and the positions are accessed seq_cst so
+// that "set my flag, re-check the position" against "move the position, check the flag" cannot both miss.
+struct pool_ring {
+  alignas(64) std::atomic<std::uint32_t> head{0};           // bytes written so far; producer only
+  std::atomic<std::uint32_t> consumer_sleeping{0};          // the consumer sleeps (or will) on head
+  alignas(64) std::atomic<std::uint32_t> tail{0};           // bytes consumed so far; consumer only
+  std::atomic<std::uint32_t> producer_sleeping{0};          // the producer waits for space (on tail, or in poll)
+  alignas(64) std::byte data[pool_ring_capacity];
+
+  /// Producer: bytes that fit now.
+  std::uint32_t writable() const noexcept { return pool_ring_capacity - (head.load(std::memory_order_relaxed) - tail.load()); }
+  /// Consumer: bytes ready to read.
+  std::uint32_t readable() const noexcept { return head.load() - tail.load(std::memory_order_relaxed); }
+
+  /// Producer: copies as much of [p, p+n) as fits and publishes it; returns the count copied.
+  std::size_t write_some(const std::byte* p, std::size_t n) noexcept {
+    const std::uint32_t h = head.load(std::memory_order_relaxed);
+    const std::size_t count = std::min<std::size_t>(n, writable());
+    if (count == 0) return 0;
+    const std::size_t at = h & (pool_ring_capacity - 1);
+    const std::size_t first = std::min(count, pool_ring_capacity - at);
+    std::memcpy(data + at, p, first);
+    std::memcpy(data, p + first, count - first);
+    head.store(h + static_cast<std::uint32_t>(count));
+    return count;
+  }
+
+  /// Consumer: copies up to n ready bytes to p and releases their space; returns the count copied.
+  std::size_t read_some(std::byte* p, std::size_t n) noexcept {
+    const std::uint32_t t = tail.load(std::memory_order_relaxed);
+    const std::size_t count = std::min<std::size_t>(n, readable());
+    if (count == 0) return 0;
+    const std::size_t at = t & (pool_ring_capacity - 1);
+    const std::size_t first = std::min(count, pool_ring_capacity - at);
+    std::memcpy(p, data + at, first);
+    std::memcpy(p + first, data, count - first);
+    tail.store(t + static_cast<std::uint32_t>(count));
+    return count;
+  }
+
+  /// Only when neither end is using the ring (its worker is dead and reaped).
+  void reset() noexcept {
+    head.store(0);
+    tail.store(0);
+    consumer_sleeping.store(0);
+    producer_sleeping.store(0);
+  }
+};
+
+/// The shared state of one worker slot. A replacement worker reuses its dead predecessor's slot.
+struct pool_slot_shared {
+  alignas(64) std::atomic<std::uint64_t> current_chunk{0};  // id of the chunk the worker runs, 0 when idle
+  std::atomic<std::uint64_t> started_ns{0};                 // monotonic_ns() when it started it
+  pool_ring inbox;                                          // parent -> worker
+  pool_ring outbox;                                         // worker -> parent
+};
+
+/// The head of the pool's shared segment, followed by `slots` pool_slot_shared.
+struct pool_shared {
+  alignas(64) std::atomic<std::uint32_t> collectors_awake{0};  // parent threads currently spinning on results
+  int wake_fd = -1;                                            // eventfd the parent's supervisor polls
+
+  pool_slot_shared& slot(std::size_t i) noexcept {
+    auto* first = reinterpret_cast<pool_slot_shared*>(reinterpret_cast<std::byte*>(this) + slots_offset());
+    return first[i];
+  }
+  static constexpr std::size_t slots_offset() noexcept {
+    return (sizeof(pool_shared) + alignof(pool_slot_shared) - 1) / alignof(pool_slot_shared) * alignof(pool_slot_shared);
+  }
+  static constexpr std::size_t bytes_for(std::size_t slots) noexcept {
+    return slots_offset() + slots * sizeof(pool_slot_shared);
+  }
+
+  /// Wakes the parent's supervisor (always: for rare events such as a timed task starting).
+  void wake_parent() const noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = retry_on_eintr([&] { return ::write(wake_fd, &one, sizeof one); });
+  }
+  /// Wakes the supervisor only if no parent thread is spinning to collect (the common case costs no syscall).
+  void notify_parent() const noexcept {
+    if (collectors_awake.load() == 0) wake_parent();
+  }
+};
+
+// ----------------------------------------------------------------------------------------------------------------
+// Worker side: blocking reads and writes (spin, then sleep on the ring's futex word).
+
+/// How long an idle worker spins before it sleeps: long enough to catch the next task of a sequential apply loop.
+inline constexpr std::chrono::microseconds pool_worker_spin{100};
+
+/// Worker: reads exactly n bytes from its inbox, sleeping when it is empty.
+inline void pool_read_exact(pool_shared& shared, pool_ring& ring, std::byte* p, std::size_t n) {
+  while (n > 0) {
+    if (ring.readable() == 0 && !spin_until([&] { return ring.readable() != 0; }, pool_worker_spin)) {
+      for (;;) {
+        const std::uint32_t seen = ring.head.load();
+        ring.consumer_sleeping.store(1);
+        if (ring.head.load() != ring.tail.load(std::memory_order_relaxed)) break;
+        futex_wait(ring.head, seen);
+        if (ring.readable() != 0) break;
+      }
+      ring.consumer_sleeping.store(0);
+    }
+    const std::size_t got = ring.read_some(p, n);
+    p += got;
+    n -= got;
+    // The parent streams a large task piece by piece: tell it there is room again.
+    if (got != 0 && ring.producer_sleeping.load() != 0) {
+      ring.producer_sleeping.store(0);
+      shared.wake_parent();
+    }
+  }
+}
+
+/// Worker: writes all n bytes to its outbox, waiting for the parent to drain it when it is full.
+inline void pool_write_all(pool_shared& shared, pool_ring& ring, const std::byte* p, std::size_t n) {
+  while (n > 0) {
+    const std::size_t put = ring.write_some(p, n);
+    p += put;
+    n -= put;
+    if (put != 0) {
+      shared.notify_parent();
+      continue;
+    }
+    if (spin_until([&] { return ring.writable() != 0; }, pool_worker_spin)) continue;
+    for (;;) {
+      const std::uint32_t seen = ring.tail.load();
+      ring.producer_sleeping.store(1);
+      if (ring.writable() != 0) break;
+      shared.wake_parent();  // make sure someone drains
+      futex_wait(ring.tail, seen, deadline_after(std::chrono::milliseconds(50)));
+      if (ring.writable() != 0) break;
+    }
+    ring.producer_sleeping.store(0);
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Parent side: never blocks; wakes the worker when it sleeps.
+
+/// Parent: after writing into a worker's inbox.
+inline void pool_wake_consumer(pool_ring& ring) noexcept {
+  if (ring.consumer_sleeping.load() != 0) futex_wake(ring.head);
+}
+/// Parent: after draining a worker's outbox.
+inline void pool_wake_producer(pool_ring& ring) noexcept {
+  if (ring.producer_sleeping.load() != 0) futex_wake(ring.tail);
+}
+
+/// A nonblocking eventfd for the supervisor to poll.
+inline int pool_make_eventfd() {
+  return sys("eventfd", [] { return ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); });
+}
+
+}  // namespace mp::detail

@@ -1,0 +1,747 @@
+// pool_core: the parent side of a Pool — worker slots, the queue of pending chunks, the supervisor thread.
+// One mutex guards everything; no code under it ever blocks (writes into a full inbox stop and resume when the
+// worker makes room), so the supervisor, a thread waiting in AsyncResult::get() and a thread submitting work can
+// all drive progress() without deadlock. Whoever waits for a result spins a little collecting results itself (the
+// fast path of a sequential apply: no thread hop), then sleeps; the supervisor collects for sleepers, watches the
+// factory's socket for worker exits and enforces task timeouts, sleeping in poll() when there is nothing to do.
+//
+// Attribution: each slot keeps the chunks sent to it in order (inflight). A worker runs them in that order and
+// writes which one it is running into its shared slot (current_chunk). When it dies, results it finished are
+// drained first; the chunk it was running fails (WorkerLost, or TimeoutError if we killed it for running late);
+// chunks it had not started go back to the front of the queue for another worker. Nothing else is touched.
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <mp/detail/archive.hpp>
+#include <mp/detail/futex.hpp>
+#include <mp/detail/pool_channel.hpp>
+#include <mp/detail/pool_factory.hpp>
+#include <mp/detail/pool_task.hpp>
+#include <mp/detail/registry.hpp>
+#include <mp/detail/shm_segment.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/detail/type_name.hpp>
+#include <mp/detail/unique_fd.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail {
+
+/// A counter a thread can sleep on until it changes: notify() after every state change of a job.
+struct pool_event {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> sleepers{0};
+
+  void notify() noexcept {
+    seq.fetch_add(1);
+    if (sleepers.load() != 0) futex_wake(seq);
+  }
+  /// Sleeps until notify() after `seen` was read, or the deadline; false on timeout.
+  bool sleep(std::uint32_t seen, const deadline& until) {
+    sleepers.fetch_add(1);
+    bool woke = true;
+    if (seq.load() == seen) woke = futex_wait(seq, seen, until);
+    sleepers.fetch_sub(1);
+    return woke;
+  }
+};
+
+/// Work submitted to the pool: a sequence of chunks, each encoded on demand and answered by one result.
+class pool_job {
+ public:
+  virtual ~pool_job() = default;
+  /// The worker-side entry point for this job's chunks.
+  pool_trampoline trampoline = nullptr;
+  /// 0: no timeout; else a chunk running longer is killed with its worker and fails with TimeoutError.
+  std::uint64_t timeout_ns = 0;
+  pool_event event;
+
+  /// Bytes every chunk message starts with (the callable's state, an apply's arguments). Valid until the job ends.
+  virtual std::span<const std::byte> prefix() = 0;
+  /// The rest of chunk i's message; valid until chunk i is delivered or failed. Called under the core mutex.
+  virtual std::span<const std::byte> body(std::size_t chunk) = 0;
+  /// Chunk i's result body (see pool_task.hpp). Called under the core mutex; must not block.
+  virtual void deliver(std::size_t chunk, input_archive& result) = 0;
+  /// Chunk i failed without a result (worker lost, timeout, pool terminated). Called under the core mutex.
+  virtual void fail(std::size_t chunk, std::exception_ptr error) = 0;
+};
+
+/// Reads the failure that ends a result body, if any: RemoteError(type, message).
+inline std::exception_ptr pool_read_failure(input_archive& ar) {
+  std::uint8_t failed = 0;
+  ar.read_bytes(&failed, 1, "failure flag");
+  if (failed == 0) return nullptr;
+  std::string type;
+  std::string message;
+  ar(type, message);
+  return std::make_exception_ptr(RemoteError(std::move(type), message));
+}
+
+struct pool_config {
+  std::size_t processes = 1;
+  std::function<void()> initializer;
+  std::size_t maxtasksperchild = 0;
+  std::uint64_t task_timeout_ns = 0;
+};
+
+/// The worker process: runs the initializer, then chunks until told to stop or its task budget is spent.
+[[noreturn]] inline void pool_worker_main(pool_shared& shared, std::size_t slot, const pool_config& config) {
+  pool_slot_shared& mine = shared.slot(slot);
+  std::vector<std::byte> out;
+  if (config.initializer) {
+    try {
+      config.initializer();
+    } catch (...) {
+      // Tell the parent why (chunk id 0), so a pool whose initializer always fails reports it instead of looping.
+      out.resize(sizeof(pool_result_header));
+      const std::uint64_t none = 0;
+      out.insert(out.end(), reinterpret_cast<const std::byte*>(&none), reinterpret_cast<const std::byte*>(&none) + 8);
+      pool_encode_current_exception(out);
+      const pool_result_header header{out.size() - sizeof(std::uint64_t), 0};
+      std::memcpy(out.data(), &header, sizeof header);
+      pool_write_all(shared, mine.outbox, out.data(), out.size());
+      pool_flush_std_streams();
+      ::_exit(1);
+    }
+  }
+  std::vector<std::byte> task;
+  for (std::size_t done = 0;;) {
+    pool_task_header header{};
+    pool_read_exact(shared, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
+    task.resize(header.length - (sizeof header - sizeof header.length));
+    pool_read_exact(shared, mine.inbox, task.data(), task.size());
+    if (header.trampoline == 0) {
+      pool_flush_std_streams();
+      ::_exit(0);
+    }
+    mine.started_ns.store(monotonic_ns());
+    mine.current_chunk.store(header.chunk_id);
+    if (header.timeout_ns != 0) shared.wake_parent();  // the supervisor must arm this task's deadline
+    out.resize(sizeof(pool_result_header));
+    pool_trampoline_from(header.trampoline)(task, out);
+    pool_flush_std_streams();
+    const pool_result_header result{out.size() - sizeof(std::uint64_t), header.chunk_id};
+    std::memcpy(out.data(), &result, sizeof result);
+    pool_write_all(shared, mine.outbox, out.data(), out.size());
+    mine.current_chunk.store(0);
+    if (config.maxtasksperchild != 0 && ++done >= config.maxtasksperchild) ::_exit(0);
+  }
+}
+
+class pool_core {
+ public:
+  explicit pool_core(pool_config config);
+  ~pool_core();
+  pool_core(const pool_core&) = delete;
+  pool_core& operator=(const pool_core&) = delete;
+
+  std::size_t processes() const noexcept { return config_.processes; }
+
+  /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work.
+  void submit(std::shared_ptr<pool_job> job, std::size_t first, std::size_t count, const char* caller);
+  /// Sleeps until done() holds or the deadline passes (false), collecting results meanwhile.
+  template <class Done>
+  bool wait(pool_event& event, Done&& done, const deadline& until = {});
+
+  void close();
+  void terminate();
+  void join();
+  /// Collects and dispatches whatever is ready; never blocks.
+  void progress() {
+    std::lock_guard lock(mutex_);
+    progress_locked();
+  }
+
+ private:
+  enum class state { running, closed, stopping, stopped, terminated };
+  struct inflight {
+    std::shared_ptr<pool_job> job;
+    std::size_t chunk;
+    std::uint64_t id;
+  };
+  struct pending {
+    std::shared_ptr<pool_job> job;
+    std::size_t next;
+    std::size_t end;
+  };
+  struct slot_state {
+    pid_t pid = 0;             // 0 until the factory reports it
+    bool live = false;         // spawn requested and not yet reported dead
+    bool stop_sent = false;
+    std::size_t sent = 0;      // chunks dispatched to the current worker (maxtasksperchild)
+    std::deque<inflight> chunks;
+    // The message being written into the inbox: header, then prefix, then body.
+    bool writing = false;
+    pool_task_header header{};
+    std::span<const std::byte> prefix, body;
+    std::size_t written = 0;
+    // The result being read from the outbox.
+    std::vector<std::byte> rx;
+    std::size_t rx_have = 0;
+    std::size_t rx_need = 0;   // 0: reading the length
+    std::uint64_t timed_out = 0;  // chunk id we killed the worker for
+    bool kill_sent = false;
+  };
+
+  bool progress_locked();
+  bool read_factory_locked();
+  bool drain_locked(std::size_t s);
+  void handle_result_locked(std::size_t s, std::span<const std::byte> message);
+  void worker_exited_locked(std::size_t s, pid_t pid, int code);
+  bool dispatch_locked();
+  bool flush_locked(std::size_t s);
+  void start_message_locked(std::size_t s, const pool_task_header& header, std::span<const std::byte> prefix,
+                            std::span<const std::byte> body);
+  std::optional<std::uint64_t> check_timeouts_locked();
+  void spawn_locked(std::size_t s);
+  void request_locked(const pool_factory_request& request);
+  void fail_everything_locked(const std::function<std::exception_ptr()>& make_error);
+  void break_pool_locked(const std::string& why);
+  void supervise();
+  void stop_supervisor_and_factory() noexcept;
+
+  pool_config config_;
+  shm_segment segment_;
+  pool_shared* shared_ = nullptr;
+  unique_fd wake_fd_;
+  unique_fd factory_;  // our end of the factory's socket
+  pid_t factory_pid_ = 0;
+  std::thread supervisor_;
+  std::atomic<bool> stop_supervisor_{false};
+  std::atomic<std::uint32_t> callers_spinning_{0};
+
+  std::mutex mutex_;
+  std::condition_variable changed_;   // outstanding_ or live workers changed
+  state state_ = state::running;      // guarded by mutex_
+  std::string broken_;                // guarded by mutex_; why the pool cannot run tasks any more
+  std::vector<slot_state> slots_;     // guarded by mutex_
+  std::deque<pending> pending_;       // guarded by mutex_
+  std::size_t outstanding_ = 0;       // chunks submitted and not yet answered; guarded by mutex_
+  std::size_t live_ = 0;              // workers not yet reported dead; guarded by mutex_
+  std::uint64_t next_id_ = 1;         // guarded by mutex_
+  std::size_t barren_deaths_ = 0;     // workers in a row that died without finishing a chunk; guarded by mutex_
+  std::string initializer_error_;     // guarded by mutex_
+  std::uint64_t ewma_chunk_ns_ = 1'000'000;  // typical chunk run time, for the prefetch depth; guarded by mutex_
+  std::vector<std::uint64_t> dispatched_ns_;  // per slot: when its front chunk was sent; guarded by mutex_
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+inline pool_core::pool_core(pool_config config) : config_(std::move(config)) {
+  const std::size_t n = config_.processes;
+  segment_ = shm_segment::create(pool_shared::bytes_for(n), "mp-pool-" + std::to_string(::getpid()));
+  shared_ = new (segment_.data()) pool_shared;
+  for (std::size_t s = 0; s < n; ++s) new (&shared_->slot(s)) pool_slot_shared;
+  wake_fd_.reset(pool_make_eventfd());
+  shared_->wake_fd = wake_fd_.get();
+  slots_.resize(n);
+  dispatched_ns_.resize(n, 0);
+
+  int pair[2];
+  sys("socketpair", [&] { return ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair); });
+  unique_fd ours(pair[0]);
+  unique_fd theirs(pair[1]);
+
+  pool_flush_std_streams();
+  // Held across fork() like Process::start does, so the factory's copy of mp's process registry is consistent.
+  registry& reg = the_registry();
+  reg.mutex.lock();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // The factory: forget the parent's children (not ours to join), close the parent's end, serve.
+    reg.children.clear();
+    reg.mutex.unlock();
+    ours.reset();
+    pool_shared* shared = shared_;
+    const pool_config& cfg = config_;
+    pool_factory_main(theirs.get(), n, [shared, &cfg](std::size_t slot) {
+      try {
+        pool_worker_main(*shared, slot, cfg);
+      } catch (...) {
+        ::_exit(70);
+      }
+    });
+  }
+  const int err = last_errno();
+  reg.mutex.unlock();
+  if (pid < 0) throw_errno("fork", "Pool worker factory", err);
+  factory_pid_ = pid;
+  factory_ = std::move(ours);
+  {
+    std::lock_guard lock(mutex_);
+    for (std::size_t s = 0; s < n; ++s) spawn_locked(s);
+  }
+  supervisor_ = std::thread([this] { supervise(); });
+}
+
+inline pool_core::~pool_core() {
+  bool needs_terminate = false;
+  {
+    std::lock_guard lock(mutex_);
+    needs_terminate = state_ != state::stopped && state_ != state::terminated;
+  }
+  if (needs_terminate) terminate();
+  stop_supervisor_and_factory();
+}
+
+inline void pool_core::submit(std::shared_ptr<pool_job> job, std::size_t first, std::size_t count,
+                              const char* caller) {
+  std::lock_guard lock(mutex_);
+  if (!broken_.empty()) throw Error(std::string(caller) + ": the pool is broken (" + broken_ + "); create a new Pool");
+  if (state_ != state::running)
+    throw Error(std::string(caller) + ": the pool is " + (state_ == state::terminated ? "terminated" : "closed") +
+                " and accepts no new work; create a new Pool");
+  if (count == 0) return;
+  if (job->timeout_ns == 0) job->timeout_ns = config_.task_timeout_ns;
+  pending_.push_back({std::move(job), first, first + count});
+  outstanding_ += count;
+  dispatch_locked();
+}
+
+template <class Done>
+bool pool_core::wait(pool_event& event, Done&& done, const deadline& until) {
+  if (done()) return true;
+  // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop.
+  callers_spinning_.fetch_add(1);
+  shared_->collectors_awake.fetch_add(1);
+  const auto budget = std::chrono::microseconds(50);
+  const bool fast = spin_until(
+      [&] {
+        progress();
+        return done() || (until && std::chrono::steady_clock::now() >= *until);
+      },
+      budget);
+  shared_->collectors_awake.fetch_sub(1);
+  callers_spinning_.fetch_sub(1);
+  progress();  // results published while we counted as awake did not wake the supervisor
+  (void)fast;
+  for (;;) {
+    const std::uint32_t seen = event.seq.load();
+    if (done()) return true;
+    if (!event.sleep(seen, until)) return done();
+  }
+}
+
+inline void pool_core::close() {
+  std::lock_guard lock(mutex_);
+  if (state_ == state::running) state_ = state::closed;
+}
+
+inline void pool_core::terminate() {
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == state::stopped || state_ == state::terminated) return;
+    state_ = state::terminated;
+    fail_everything_locked([] {
+      return std::make_exception_ptr(
+          Error("Pool::terminate() stopped the workers before this task finished; its result will never come"));
+    });
+    request_locked({pool_factory_request::shutdown, 0, 0});
+  }
+  stop_supervisor_and_factory();
+}
+
+inline void pool_core::join() {
+  std::unique_lock lock(mutex_);
+  if (state_ == state::running)
+    throw Error("Pool::join: the pool is still running; call close() or terminate() first");
+  if (state_ == state::closed) {
+    changed_.wait(lock, [&] { return outstanding_ == 0 || !broken_.empty(); });
+    state_ = state::stopping;
+    dispatch_locked();  // sends every worker its stop message
+    changed_.wait(lock, [&] { return live_ == 0 || !broken_.empty(); });
+    state_ = state::stopped;
+    request_locked({pool_factory_request::shutdown, 0, 0});
+  } else if (state_ == state::stopping) {
+    changed_.wait(lock, [&] { return state_ == state::stopped || state_ == state::terminated; });
+  }
+  lock.unlock();
+  stop_supervisor_and_factory();
+}
+
+inline void pool_core::stop_supervisor_and_factory() noexcept {
+  stop_supervisor_.store(true);
+  shared_->wake_parent();
+  if (supervisor_.joinable() && supervisor_.get_id() != std::this_thread::get_id()) supervisor_.join();
+  if (factory_pid_ != 0) {
+    factory_.reset();  // EOF: the factory kills whatever is left and exits
+    retry_on_eintr([&] { return ::waitpid(factory_pid_, nullptr, 0); });
+    factory_pid_ = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The supervisor.
+
+inline void pool_core::supervise() {
+  bool awake = false;  // counted in collectors_awake: workers then skip the eventfd write
+  std::uint64_t last_activity = monotonic_ns();
+  const std::uint64_t spin_ns = 50'000;
+  while (!stop_supervisor_.load()) {
+    std::optional<std::uint64_t> next_deadline;
+    bool did = false;
+    bool busy = false;
+    {
+      std::lock_guard lock(mutex_);
+      did = progress_locked();
+      next_deadline = check_timeouts_locked();
+      busy = outstanding_ != 0;
+    }
+    const std::uint64_t now = monotonic_ns();
+    if (did) last_activity = now;
+    // Spin while results flow and no waiting caller is collecting already; else sleep in poll().
+    const bool spin = busy && callers_spinning_.load() == 0 && now - last_activity < spin_ns;
+    if (spin != awake) {
+      awake = spin;
+      if (awake) {
+        shared_->collectors_awake.fetch_add(1);
+      } else {
+        shared_->collectors_awake.fetch_sub(1);
+        continue;  // one more progress(): results published while we counted as awake sent no wake-up
+      }
+    }
+    int timeout_ms = -1;
+    if (spin) {
+      timeout_ms = 0;
+    } else if (next_deadline) {
+      timeout_ms = *next_deadline <= now ? 0 : static_cast<int>((*next_deadline - now + 999'999) / 1'000'000);
+    }
+    pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {factory_.get(), POLLIN, 0}};
+    const int ready = retry_on_eintr([&] { return ::poll(fds, 2, timeout_ms); });
+    if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
+      std::uint64_t count = 0;
+      [[maybe_unused]] auto n = ::read(wake_fd_.get(), &count, sizeof count);
+    }
+    if (ready > 0 && fds[1].revents != 0) {
+      std::lock_guard lock(mutex_);
+      if (read_factory_locked()) last_activity = monotonic_ns();
+    }
+  }
+  if (awake) shared_->collectors_awake.fetch_sub(1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Progress: everything below runs with mutex_ held and never blocks.
+
+inline bool pool_core::progress_locked() {
+  bool did = false;
+  for (std::size_t s = 0; s < slots_.size(); ++s)
+    if (slots_[s].live) did |= drain_locked(s);
+  did |= dispatch_locked();
+  return did;
+}
+
+inline bool pool_core::read_factory_locked() {
+  bool did = false;
+  for (;;) {
+    pool_factory_event event;
+    const auto got = retry_on_eintr([&] { return ::recv(factory_.get(), &event, sizeof event, MSG_DONTWAIT); });
+    if (got < 0 && (last_errno() == EAGAIN || last_errno() == EWOULDBLOCK)) return did;
+    if (got <= 0) {
+      // The factory is gone (killed from outside): no worker can be replaced or even reaped any more.
+      if (state_ != state::stopped && state_ != state::terminated)
+        break_pool_locked("its worker factory process died unexpectedly");
+      for (auto& slot : slots_) slot.live = false;
+      live_ = 0;
+      changed_.notify_all();
+      return true;
+    }
+    did = true;
+    if (event.slot >= slots_.size()) continue;
+    const std::size_t s = event.slot;
+    if (event.kind == pool_factory_event::spawned) {
+      slots_[s].pid = event.pid;
+    } else if (event.kind == pool_factory_event::exited) {
+      worker_exited_locked(s, event.pid, event.code);
+    } else if (event.kind == pool_factory_event::spawn_failed) {
+      slots_[s].live = false;
+      --live_;
+      break_pool_locked("the worker factory could not fork a worker: " + std::string(std::strerror(event.code)));
+    }
+  }
+}
+
+inline bool pool_core::drain_locked(std::size_t s) {
+  slot_state& slot = slots_[s];
+  pool_ring& ring = shared_->slot(s).outbox;
+  bool did = false;
+  for (;;) {
+    const std::size_t need = slot.rx_need == 0 ? sizeof(std::uint64_t) : slot.rx_need;
+    if (slot.rx.size() < need) slot.rx.resize(need);
+    const std::size_t got = ring.read_some(slot.rx.data() + slot.rx_have, need - slot.rx_have);
+    if (got == 0) break;
+    did = true;
+    slot.rx_have += got;
+    if (slot.rx_have < need) continue;
+    if (slot.rx_need == 0) {
+      std::uint64_t length = 0;
+      std::memcpy(&length, slot.rx.data(), sizeof length);
+      slot.rx_need = sizeof length + length;
+      continue;
+    }
+    const std::size_t size = slot.rx_need;
+    slot.rx_need = 0;
+    slot.rx_have = 0;
+    handle_result_locked(s, std::span<const std::byte>(slot.rx.data(), size));
+    if (slot.rx.size() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(slot.rx);  // do not hoard
+  }
+  if (did) pool_wake_producer(ring);
+  return did;
+}
+
+inline void pool_core::handle_result_locked(std::size_t s, std::span<const std::byte> message) {
+  slot_state& slot = slots_[s];
+  pool_result_header header{};
+  std::memcpy(&header, message.data(), sizeof header);
+  input_archive ar(message.subspan(sizeof header));
+  if (header.chunk_id == 0) {  // the initializer threw; the worker exits next
+    std::uint64_t none = 0;
+    ar.read_bytes(&none, sizeof none);
+    try {
+      std::rethrow_exception(pool_read_failure(ar));
+    } catch (const std::exception& e) {
+      initializer_error_ = e.what();
+    } catch (...) {
+    }
+    return;
+  }
+  if (slot.chunks.empty() || slot.chunks.front().id != header.chunk_id) return;  // cannot happen: FIFO per worker
+  inflight done = std::move(slot.chunks.front());
+  slot.chunks.pop_front();
+  barren_deaths_ = 0;
+  const std::uint64_t now = monotonic_ns();
+  if (dispatched_ns_[s] != 0) {
+    const std::uint64_t took = now - dispatched_ns_[s];  // since it became the worker's first chunk
+    ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + took) / 8;
+  }
+  dispatched_ns_[s] = slot.chunks.empty() ? 0 : now;
+  try {
+    done.job->deliver(done.chunk, ar);
+  } catch (...) {
+    done.job->fail(done.chunk, std::current_exception());
+  }
+  if (--outstanding_ == 0) changed_.notify_all();
+}
+
+inline void pool_core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
+  slot_state& slot = slots_[s];
+  if (!slot.live || (slot.pid != 0 && slot.pid != pid)) return;
+  drain_locked(s);  // results it finished before dying still count
+  pool_slot_shared& shared = shared_->slot(s);
+  const std::uint64_t running = shared.current_chunk.load();
+  std::deque<inflight> chunks = std::move(slot.chunks);
+  slot.chunks.clear();
+  bool failed_one = false;
+  // The unstarted ones go back to the front of the queue, in their order.
+  for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
+    if (it->id == running && running != 0) {
+      std::exception_ptr error;
+      if (slot.timed_out == running) {
+        error = std::make_exception_ptr(
+            TimeoutError("Pool: a task ran longer than its task_timeout of " +
+                         std::to_string(it->job->timeout_ns / 1'000'000) + " ms; its worker (pid " +
+                         std::to_string(pid) + ") was killed and replaced"));
+      } else {
+        error = std::make_exception_ptr(WorkerLost(
+            code, "the worker process (pid " + std::to_string(pid) + ") running this task died with exit code " +
+                      std::to_string(code) + (code < 0 ? " (killed by signal " + std::to_string(-code) + ")" : "") +
+                      "; the pool replaced it and the other tasks go on"));
+      }
+      it->job->fail(it->chunk, error);
+      failed_one = true;
+      if (--outstanding_ == 0) changed_.notify_all();
+    } else {
+      pending_.push_front({it->job, it->chunk, it->chunk + 1});
+    }
+  }
+  // Reset the slot for its successor: the dead worker can no longer touch the rings.
+  shared.inbox.reset();
+  shared.outbox.reset();
+  shared.current_chunk.store(0);
+  shared.started_ns.store(0);
+  slot.writing = false;
+  slot.written = 0;
+  slot.rx_have = 0;
+  slot.rx_need = 0;
+  slot.timed_out = 0;
+  slot.kill_sent = false;
+  slot.sent = 0;
+  slot.pid = 0;
+  slot.live = false;
+  slot.stop_sent = false;
+  dispatched_ns_[s] = 0;
+  --live_;
+  changed_.notify_all();
+  if (!failed_one && code != 0) ++barren_deaths_;
+  if (barren_deaths_ > 3 + 2 * slots_.size()) {
+    break_pool_locked(initializer_error_.empty()
+                          ? "its workers keep dying before finishing any task (last exit code " + std::to_string(code) + ")"
+                          : "its initializer failed in every worker: " + initializer_error_);
+    return;
+  }
+  if (state_ == state::running || state_ == state::closed) spawn_locked(s);
+}
+
+inline void pool_core::spawn_locked(std::size_t s) {
+  slots_[s].live = true;
+  ++live_;
+  request_locked({pool_factory_request::spawn, static_cast<std::uint32_t>(s), 0});
+}
+
+inline void pool_core::request_locked(const pool_factory_request& request) {
+  if (!factory_) return;
+  retry_on_eintr([&] { return ::send(factory_.get(), &request, sizeof request, MSG_NOSIGNAL); });
+}
+
+inline std::optional<std::uint64_t> pool_core::check_timeouts_locked() {
+  std::optional<std::uint64_t> earliest;
+  const std::uint64_t now = monotonic_ns();
+  for (std::size_t s = 0; s < slots_.size(); ++s) {
+    slot_state& slot = slots_[s];
+    if (!slot.live || slot.kill_sent || slot.chunks.empty() || slot.pid == 0) continue;
+    pool_slot_shared& shared = shared_->slot(s);
+    const std::uint64_t running = shared.current_chunk.load();
+    if (running == 0) continue;
+    const std::uint64_t started = shared.started_ns.load();
+    for (const inflight& chunk : slot.chunks) {
+      if (chunk.id != running) continue;
+      if (chunk.job->timeout_ns == 0) break;
+      const std::uint64_t due = started + chunk.job->timeout_ns;
+      if (now >= due) {
+        slot.timed_out = running;
+        slot.kill_sent = true;
+        request_locked({pool_factory_request::kill, static_cast<std::uint32_t>(s), slot.pid});
+      } else if (!earliest || due < *earliest) {
+        earliest = due;
+      }
+      break;
+    }
+  }
+  return earliest;
+}
+
+inline void pool_core::start_message_locked(std::size_t s, const pool_task_header& header,
+                                            std::span<const std::byte> prefix, std::span<const std::byte> body) {
+  slot_state& slot = slots_[s];
+  slot.header = header;
+  slot.prefix = prefix;
+  slot.body = body;
+  slot.written = 0;
+  slot.writing = true;
+  flush_locked(s);
+}
+
+inline bool pool_core::flush_locked(std::size_t s) {
+  slot_state& slot = slots_[s];
+  if (!slot.writing) return false;
+  pool_ring& ring = shared_->slot(s).inbox;
+  const std::span<const std::byte> parts[3] = {
+      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.prefix, slot.body};
+  bool did = false;
+  std::size_t offset = slot.written;
+  for (const auto& part : parts) {
+    if (offset >= part.size()) {
+      offset -= part.size();
+      continue;
+    }
+    const std::size_t want = part.size() - offset;
+    const std::size_t put = ring.write_some(part.data() + offset, want);
+    slot.written += put;
+    did |= put != 0;
+    if (put < want) {
+      // Full: the worker tells us (eventfd) when it has made room. Re-check after raising the flag.
+      ring.producer_sleeping.store(1);
+      if (did) pool_wake_consumer(ring);
+      if (ring.writable() != 0) return flush_locked(s) || did;
+      return did;
+    }
+    offset = 0;
+  }
+  slot.writing = false;
+  pool_wake_consumer(ring);
+  return did;
+}
+
+inline bool pool_core::dispatch_locked() {
+  bool did = false;
+  for (std::size_t s = 0; s < slots_.size(); ++s)
+    if (slots_[s].live) did |= flush_locked(s);
+  if (state_ == state::stopping) {
+    for (std::size_t s = 0; s < slots_.size(); ++s) {
+      slot_state& slot = slots_[s];
+      if (!slot.live || slot.stop_sent || slot.writing || !slot.chunks.empty()) continue;
+      slot.stop_sent = true;
+      start_message_locked(s, pool_task_header{sizeof(pool_task_header) - sizeof(std::uint64_t), 0, 0, 0}, {}, {});
+      did = true;
+    }
+    return did;
+  }
+  if (pending_.empty()) return did;
+  // Prefetch: one chunk queued behind the running one hides the round trip; tiny chunks get a deeper queue.
+  const std::size_t depth = ewma_chunk_ns_ < 200'000 ? 8 : 2;
+  for (std::size_t level = 0; level < depth && !pending_.empty(); ++level) {
+    for (std::size_t s = 0; s < slots_.size() && !pending_.empty(); ++s) {
+      slot_state& slot = slots_[s];
+      if (!slot.live || slot.writing || slot.chunks.size() != level) continue;
+      if (config_.maxtasksperchild != 0 && slot.sent >= config_.maxtasksperchild) continue;
+      pending& front = pending_.front();
+      std::shared_ptr<pool_job> job = front.job;
+      const std::size_t chunk = front.next++;
+      if (front.next == front.end) pending_.pop_front();
+      const std::uint64_t id = next_id_++;
+      const auto prefix = job->prefix();
+      const auto body = job->body(chunk);
+      const pool_task_header header{sizeof(pool_task_header) - sizeof(std::uint64_t) + prefix.size() + body.size(),
+                                    id, pool_trampoline_address(job->trampoline), job->timeout_ns};
+      if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
+      slot.chunks.push_back({std::move(job), chunk, id});
+      ++slot.sent;
+      start_message_locked(s, header, prefix, body);
+      did = true;
+    }
+  }
+  return did;
+}
+
+inline void pool_core::fail_everything_locked(const std::function<std::exception_ptr()>& make_error) {
+  for (auto& slot : slots_) {
+    for (inflight& chunk : slot.chunks) chunk.job->fail(chunk.chunk, make_error());
+    slot.chunks.clear();
+    slot.writing = false;
+  }
+  for (pending& range : pending_)
+    for (std::size_t c = range.next; c < range.end; ++c) range.job->fail(c, make_error());
+  pending_.clear();
+  outstanding_ = 0;
+  changed_.notify_all();
+}
+
+inline void pool_core::break_pool_locked(const std::string& why) {
+  if (broken_.empty()) broken_ = why;
+  fail_everything_locked([&] { return std::make_exception_ptr(Error("Pool: " + why + "; this task cannot run")); });
+}
+
+}  // namespace mp::detail
