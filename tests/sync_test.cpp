@@ -1,57 +1,59 @@
-// Tests of mp/sync.hpp and detail/robust_mutex.hpp across real processes.
+// Tests of mp/sync.hpp (and the detail::robust_mutex under it), across real processes.
+// Processes synchronize through the primitives under test or through pipes, never through sleeps; a short
+// timeout appears only where the test asserts that something does NOT happen.
 #include <catch2/catch.hpp>
 
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <new>
+#include <thread>
+#include <vector>
 
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
+#include <mp/process.hpp>
+#include <mp/shared.hpp>
+#include <mp/sync.hpp>
 
 namespace {
 
 using namespace std::chrono_literals;
 
-// Runs f in a forked child that ends with _exit: 0 if f returned, 99 if it threw.
-template <class F>
-pid_t fork_child(F f) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int code = 0;
-    try {
-      f();
-    } catch (...) {
-      code = 99;
-    }
-    ::_exit(code);
-  }
-  return pid;
+// Starts target(args...) in a child process.
+template <class F, class... Args>
+mp::Process start(F&& target, Args&&... args) {
+  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
+  process.start();
+  return process;
 }
 
-// Reaps pid: its exit code, or -N if signal N killed it.
-int reap(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-  }
-  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+// Joins and returns the exit code (0: the child's checks passed; 1: it threw; -9: SIGKILL).
+int finish(mp::Process& process) {
+  process.join();
+  return *process.exitcode();
 }
 
-// A pipe for "I got here" notes between processes (no sleeps).
-struct signal_pipe {
-  signal_pipe() {
+// Ends a child with a status the parent checks: throwing in a child gives exit code 1.
+void child_check(bool condition) {
+  if (!condition) throw std::runtime_error("child check failed");
+}
+
+// A pipe for "I got here" notes between processes.
+struct note_pipe {
+  note_pipe() {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     read_end = mp::detail::unique_fd(fds[0]);
     write_end = mp::detail::unique_fd(fds[1]);
   }
-  void notify() const {
-    char c = 1;
+  void post() const {
+    const char c = 1;
     (void)!::write(write_end.get(), &c, 1);
   }
   bool wait() const {
@@ -60,6 +62,10 @@ struct signal_pipe {
   }
   mp::detail::unique_fd read_end, write_end;
 };
+
+[[noreturn]] void hang() {
+  for (;;) ::pause();
+}
 
 // A robust_mutex and a counter in a fresh shared segment.
 struct shared_mutex_block {
@@ -76,79 +82,86 @@ struct shared_mutex_block {
 
 }  // namespace
 
+// ---- detail::robust_mutex ---------------------------------------------------------------------------------
+
 TEST_CASE("robust_mutex gives exactly 400000 for 4 processes x 100000 increments", "[robust_mutex]") {
   shared_mutex_block shared;
   auto* block = shared.block;
-  pid_t children[4];
-  for (auto& child : children) {
-    child = fork_child([block] {
-      for (int i = 0; i < 100'000; ++i) {
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 4; ++i) {
+    children.push_back(start([block] {
+      for (int n = 0; n < 100'000; ++n) {
         block->mutex.lock();
         block->counter = block->counter + 1;
         block->mutex.unlock();
       }
-    });
+    }));
   }
-  for (auto child : children) CHECK(reap(child) == 0);
+  for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(block->counter == 400'000);
 }
 
 TEST_CASE("robust_mutex try_lock and try_lock_until fail while another process holds it", "[robust_mutex]") {
   shared_mutex_block shared;
   auto* block = shared.block;
-  signal_pipe locked, release;
-  const pid_t holder = fork_child([&] {
+  note_pipe locked, release;
+  auto holder = start([&] {
     block->mutex.lock();
-    locked.notify();
+    locked.post();
     release.wait();
     block->mutex.unlock();
   });
   REQUIRE(locked.wait());
+  CHECK(block->mutex.locked_hint());
+  CHECK_FALSE(block->mutex.held_by_this_thread());
   CHECK_FALSE(block->mutex.try_lock());
-  const auto start = std::chrono::steady_clock::now();
+  const auto start_time = std::chrono::steady_clock::now();
   CHECK_FALSE(block->mutex.try_lock_until(mp::detail::deadline_after(50ms)));
-  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
-  release.notify();
-  CHECK(reap(holder) == 0);
+  CHECK(std::chrono::steady_clock::now() - start_time >= 50ms);
+  release.post();
+  CHECK(finish(holder) == 0);
   CHECK(block->mutex.try_lock());
+  CHECK(block->mutex.held_by_this_thread());
   CHECK_FALSE(block->mutex.previous_owner_died());
   block->mutex.unlock();
+  CHECK_FALSE(block->mutex.locked_hint());
 }
 
 TEST_CASE("robust_mutex passes to a waiter within 1 s when its holder is SIGKILLed", "[robust_mutex]") {
   shared_mutex_block shared;
   auto* block = shared.block;
-  signal_pipe locked;
-  const pid_t holder = fork_child([&] {
+  note_pipe locked;
+  auto holder = start([&] {
     block->mutex.lock();
-    block->counter = -1;  // "half-updated" state the next holder must repair
-    locked.notify();
-    for (;;) ::pause();
+    block->counter = -1;  // a half-updated state the next holder must repair
+    locked.post();
+    hang();
   });
   REQUIRE(locked.wait());
 
-  SECTION("a waiter blocked in lock() in another process") {
-    signal_pipe result;
-    const pid_t waiter = fork_child([&] {
-      locked.notify();
-      const bool got = block->mutex.try_lock_until(mp::detail::deadline_after(5s));
-      if (!got || !block->mutex.previous_owner_died()) ::_exit(1);
+  SECTION("a waiter already blocked in another process") {
+    note_pipe waiting;
+    auto waiter = start([&] {
+      waiting.post();
+      child_check(block->mutex.try_lock_until(mp::detail::deadline_after(5s)));
+      child_check(block->mutex.previous_owner_died());
+      child_check(block->counter == -1);
       block->counter = 0;
       block->mutex.unlock();
-      if (block->mutex.previous_owner_died()) ::_exit(2);
+      child_check(!block->mutex.previous_owner_died());
     });
-    REQUIRE(locked.wait());
+    REQUIRE(waiting.wait());
     const auto killed_at = std::chrono::steady_clock::now();
-    ::kill(holder, SIGKILL);
-    CHECK(reap(holder) == -SIGKILL);
-    CHECK(reap(waiter) == 0);
+    holder.kill();
+    CHECK(finish(holder) == -SIGKILL);
+    CHECK(finish(waiter) == 0);
     CHECK(std::chrono::steady_clock::now() - killed_at < 1s);
     CHECK(block->counter == 0);
   }
   SECTION("the next lock() after the death") {
-    ::kill(holder, SIGKILL);
-    CHECK(reap(holder) == -SIGKILL);
-    REQUIRE(block->mutex.try_lock_until(mp::detail::deadline_after(1s)));
+    holder.kill();
+    CHECK(finish(holder) == -SIGKILL);
+    block->mutex.lock();
     CHECK(block->mutex.previous_owner_died());
     CHECK(block->counter == -1);
     block->counter = 0;
@@ -163,17 +176,17 @@ TEST_CASE("robust_mutex refuses a release by a process that does not hold it", "
   shared_mutex_block shared;
   auto* block = shared.block;
   CHECK_THROWS_WITH(block->mutex.unlock(), Catch::Contains("does not hold"));
-  signal_pipe locked, release;
-  const pid_t holder = fork_child([&] {
+  note_pipe locked, release;
+  auto holder = start([&] {
     block->mutex.lock();
-    locked.notify();
+    locked.post();
     release.wait();
     block->mutex.unlock();
   });
   REQUIRE(locked.wait());
   CHECK_THROWS_AS(block->mutex.unlock(), mp::Error);
-  release.notify();
-  CHECK(reap(holder) == 0);
+  release.post();
+  CHECK(finish(holder) == 0);
 }
 
 TEST_CASE("robust_mutex relocked by its holder throws instead of deadlocking", "[robust_mutex]") {
@@ -184,4 +197,656 @@ TEST_CASE("robust_mutex relocked by its holder throws instead of deadlocking", "
   CHECK_THROWS_WITH(block->mutex.lock(), Catch::Contains("already holds"));
   CHECK_FALSE(block->mutex.try_lock_until(mp::detail::deadline_after(10ms)));
   block->mutex.unlock();
+}
+
+TEST_CASE("this_thread_tid is refreshed in a forked child", "[robust_mutex]") {
+  const pid_t parent_tid = mp::detail::this_thread_tid();
+  CHECK(parent_tid == static_cast<pid_t>(::gettid()));
+  auto child = start([parent_tid] {
+    child_check(mp::detail::this_thread_tid() != parent_tid);
+    child_check(mp::detail::this_thread_tid() == static_cast<pid_t>(::gettid()));
+  });
+  CHECK(finish(child) == 0);
+}
+
+// ---- Lock and RLock ---------------------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("Lock gives exactly 400000 for 4 processes x 100000 increments", "[lock]", mp::Lock, mp::RLock) {
+  TestType lock;
+  mp::RawValue<std::int64_t> counter(0);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 4; ++i) {
+    children.push_back(start(
+        [](TestType lock, mp::RawValue<std::int64_t> counter) {
+          for (int n = 0; n < 100'000; ++n) {
+            std::lock_guard guard(lock);
+            counter.value() = counter.value() + 1;
+          }
+        },
+        lock, counter));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(counter.value() == 400'000);
+}
+
+TEMPLATE_TEST_CASE("Lock acquire, try_acquire and acquire(timeout) see a holder in another process", "[lock]",
+                   mp::Lock, mp::RLock) {
+  TestType lock;
+  note_pipe locked, release;
+  auto holder = start([&] {
+    lock.acquire();
+    locked.post();
+    release.wait();
+    lock.release();
+  });
+  REQUIRE(locked.wait());
+  CHECK(lock.locked());
+  CHECK_FALSE(lock.try_acquire());
+  CHECK_FALSE(lock.try_lock());
+  const auto began = std::chrono::steady_clock::now();
+  CHECK_FALSE(lock.acquire(30ms));
+  CHECK(std::chrono::steady_clock::now() - began >= 30ms);
+  release.post();
+  CHECK(lock.acquire(10s));  // returns as soon as the holder releases
+  CHECK(lock.locked());
+  CHECK_FALSE(lock.owner_died());
+  lock.release();
+  CHECK(finish(holder) == 0);
+  CHECK_FALSE(lock.locked());
+}
+
+TEMPLATE_TEST_CASE("Lock works with std::lock_guard, std::unique_lock and std::scoped_lock", "[lock]", mp::Lock,
+                   mp::RLock) {
+  TestType a;
+  TestType b;
+  {
+    std::lock_guard guard(a);
+    CHECK(a.locked());
+  }
+  CHECK_FALSE(a.locked());
+  {
+    std::unique_lock guard(a, std::defer_lock);
+    CHECK(guard.try_lock_for(10ms));
+    guard.unlock();
+    CHECK(guard.try_lock_until(std::chrono::system_clock::now() + 10ms));
+  }
+  {
+    std::scoped_lock both(a, b);
+    CHECK(a.locked());
+    CHECK(b.locked());
+    // Another process sees both held.
+    auto child = start([&] { child_check(!a.try_lock() && !b.try_lock()); });
+    CHECK(finish(child) == 0);
+  }
+  CHECK_FALSE(a.locked());
+  CHECK_FALSE(b.locked());
+}
+
+TEMPLATE_TEST_CASE("Lock held by a SIGKILLed process passes to its waiter within 1 s with owner_died()", "[lock]",
+                   mp::Lock, mp::RLock) {
+  TestType lock;
+  mp::RawValue<int> guarded(0);
+  note_pipe locked, waiting;
+  auto holder = start([&] {
+    lock.acquire();
+    if constexpr (std::is_same_v<TestType, mp::RLock>) lock.acquire();  // dies two levels deep
+    guarded.value() = -1;
+    locked.post();
+    hang();
+  });
+  REQUIRE(locked.wait());
+  auto waiter = start([&] {
+    waiting.post();
+    child_check(lock.acquire(5s));
+    child_check(lock.owner_died());
+    guarded.value() = 0;  // repair
+    lock.release();       // one level: the dead holder's depth died with it
+    child_check(!lock.locked());
+    lock.acquire();
+    child_check(!lock.owner_died());
+    lock.release();
+  });
+  REQUIRE(waiting.wait());
+  const auto killed_at = std::chrono::steady_clock::now();
+  holder.kill();
+  CHECK(finish(holder) == -SIGKILL);
+  CHECK(finish(waiter) == 0);
+  CHECK(std::chrono::steady_clock::now() - killed_at < 1s);
+  CHECK(guarded.value() == 0);
+}
+
+TEST_CASE("Lock acquired again by its holder throws instead of deadlocking; acquire(timeout) returns false",
+          "[lock]") {
+  mp::Lock lock;
+  lock.acquire();
+  CHECK_FALSE(lock.try_acquire());
+  CHECK_THROWS_WITH(lock.acquire(), Catch::Contains("already holds") && Catch::Contains("RLock"));
+  CHECK_FALSE(lock.acquire(20ms));
+  lock.release();
+  CHECK_THROWS_WITH(lock.release(), Catch::Contains("Lock::release") && Catch::Contains("does not hold"));
+}
+
+TEMPLATE_TEST_CASE("Lock released by a process that does not hold it throws mp::Error", "[lock]", mp::Lock,
+                   mp::RLock) {
+  TestType lock;
+  note_pipe locked, release;
+  auto holder = start([&] {
+    lock.acquire();
+    locked.post();
+    release.wait();
+    lock.release();
+  });
+  REQUIRE(locked.wait());
+  CHECK_THROWS_WITH(lock.release(), Catch::Contains("does not hold"));
+  CHECK(lock.locked());  // the holder still holds it
+  release.post();
+  CHECK(finish(holder) == 0);
+}
+
+TEST_CASE("Lock excludes threads of one process too", "[lock]") {
+  mp::Lock lock;
+  long counter = 0;
+  auto work = [&] {
+    for (int i = 0; i < 50'000; ++i) {
+      std::lock_guard guard(lock);
+      counter = counter + 1;
+    }
+  };
+  std::thread a(work), b(work);
+  a.join();
+  b.join();
+  CHECK(counter == 100'000);
+}
+
+TEST_CASE("RLock is re-entrant: the owner's last release frees it for other processes", "[rlock]") {
+  mp::RLock lock;
+  lock.acquire();
+  CHECK(lock.try_acquire());
+  CHECK(lock.acquire(1ms));
+  CHECK(lock.is_owned());
+  for (int level = 3; level > 0; --level) {
+    auto child = start([lock]() mutable { child_check(!lock.try_acquire() && !lock.is_owned()); });
+    CHECK(finish(child) == 0);
+    lock.release();
+  }
+  CHECK_FALSE(lock.locked());
+  CHECK_FALSE(lock.is_owned());
+  auto child = start([lock]() mutable {
+    child_check(lock.try_acquire());
+    lock.release();
+  });
+  CHECK(finish(child) == 0);
+  CHECK_THROWS_WITH(lock.release(), Catch::Contains("RLock::release") && Catch::Contains("does not hold"));
+}
+
+// ---- Semaphore and BoundedSemaphore -----------------------------------------------------------------------
+
+TEST_CASE("Semaphore counts releases from other processes and blocks at zero", "[semaphore]") {
+  mp::Semaphore semaphore(0);
+  CHECK(semaphore.get_value() == 0);
+  CHECK_FALSE(semaphore.try_acquire());
+  CHECK_FALSE(semaphore.acquire(20ms));
+  auto releaser = start([semaphore]() mutable {
+    for (int i = 0; i < 3; ++i) semaphore.release();
+  });
+  for (int i = 0; i < 3; ++i) CHECK(semaphore.acquire(10s));
+  CHECK(finish(releaser) == 0);
+  CHECK(semaphore.get_value() == 0);
+  CHECK_FALSE(semaphore.acquire(20ms));
+  semaphore.release();
+  semaphore.release();
+  CHECK(semaphore.get_value() == 2);
+  semaphore.acquire();
+  CHECK(semaphore.get_value() == 1);
+}
+
+TEST_CASE("Semaphore(2) admits at most 2 processes at a time", "[semaphore]") {
+  mp::Semaphore semaphore(2);
+  mp::RawValue<int> inside(0);
+  mp::RawValue<int> most(0);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 4; ++i) {
+    children.push_back(start([=]() mutable {
+      for (int n = 0; n < 2'000; ++n) {
+        std::lock_guard guard(semaphore);
+        const int now = inside.fetch_add(1) + 1;
+        int seen = most.load();
+        while (now > seen && !most.compare_exchange(seen, now)) {
+        }
+        inside.fetch_sub(1);
+      }
+    }));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(most.load() >= 1);
+  CHECK(most.load() <= 2);
+  CHECK(semaphore.get_value() == 2);
+}
+
+TEST_CASE("Semaphore waiters blocked in several processes are each woken by one release", "[semaphore]") {
+  mp::Semaphore semaphore(0);
+  mp::Semaphore done(0);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 3; ++i) {
+    children.push_back(start([=]() mutable {
+      semaphore.acquire();
+      done.release();
+    }));
+  }
+  for (int i = 0; i < 3; ++i) {
+    semaphore.release();
+    CHECK(done.acquire(10s));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(semaphore.get_value() == 0);
+}
+
+TEST_CASE("Semaphore release is not lost to a waiter that was SIGKILLed", "[semaphore]") {
+  mp::Semaphore semaphore(0);
+  note_pipe waiting;
+  auto victim = start([&] {
+    waiting.post();
+    semaphore.acquire();
+    hang();
+  });
+  REQUIRE(waiting.wait());
+  victim.kill();
+  CHECK(finish(victim) == -SIGKILL);
+  auto survivor = start([semaphore]() mutable { child_check(semaphore.acquire(5s)); });
+  semaphore.release();
+  CHECK(finish(survivor) == 0);
+}
+
+TEST_CASE("Semaphore rejects a negative initial value", "[semaphore]") {
+  CHECK_THROWS_WITH(mp::Semaphore(-1), Catch::Contains(">= 0") && Catch::Contains("-1"));
+  CHECK_THROWS_AS(mp::BoundedSemaphore(0), mp::Error);
+}
+
+TEST_CASE("BoundedSemaphore release above its initial value throws mp::Error", "[semaphore]") {
+  mp::BoundedSemaphore semaphore(2);
+  CHECK_THROWS_WITH(semaphore.release(), Catch::Contains("released too many times") && Catch::Contains("2"));
+  CHECK(semaphore.get_value() == 2);
+  semaphore.acquire();
+  auto child = start([semaphore]() mutable {
+    semaphore.release();  // back to 2: allowed
+    try {
+      semaphore.release();
+    } catch (const mp::Error&) {
+      return;
+    }
+    throw std::runtime_error("over-release did not throw");
+  });
+  CHECK(finish(child) == 0);
+  CHECK(semaphore.get_value() == 2);
+}
+
+// ---- Condition --------------------------------------------------------------------------------------------
+
+namespace {
+
+// n processes each register as waiters (posting `registered` while holding the lock), wait untimed, then post
+// `woken`. Once the parent has acquired `registered` n times and then taken the lock, all n are inside wait().
+std::vector<mp::Process> start_condition_waiters(mp::Condition condition, mp::Semaphore registered,
+                                                 mp::Semaphore woken, int n) {
+  std::vector<mp::Process> waiters;
+  for (int i = 0; i < n; ++i) {
+    waiters.push_back(start([=]() mutable {
+      std::unique_lock guard(condition);
+      registered.release();
+      condition.wait();
+      woken.release();
+    }));
+  }
+  for (int i = 0; i < n; ++i) REQUIRE(registered.acquire(10s));
+  return waiters;
+}
+
+}  // namespace
+
+TEST_CASE("Condition notify wakes one waiter, notify(2) two, notify_all the rest", "[condition]") {
+  mp::Condition condition;
+  mp::Semaphore registered(0), woken(0);
+  auto waiters = start_condition_waiters(condition, registered, woken, 5);
+  auto notify = [&](auto how) {
+    std::lock_guard guard(condition);
+    how();
+  };
+  notify([&] { condition.notify(); });
+  CHECK(woken.acquire(10s));
+  CHECK_FALSE(woken.acquire(50ms));  // exactly one
+  notify([&] { condition.notify(2); });
+  CHECK(woken.acquire(10s));
+  CHECK(woken.acquire(10s));
+  CHECK_FALSE(woken.acquire(50ms));  // exactly two more
+  notify([&] { condition.notify_all(); });
+  CHECK(woken.acquire(10s));
+  CHECK(woken.acquire(10s));
+  for (auto& waiter : waiters) CHECK(finish(waiter) == 0);
+  CHECK(woken.get_value() == 0);
+}
+
+TEST_CASE("Condition notify does not wake a waiter that started waiting after it", "[condition]") {
+  mp::Condition condition;
+  mp::Semaphore registered(0), woken(0);
+  auto first = start_condition_waiters(condition, registered, woken, 1);
+  {
+    std::lock_guard guard(condition);
+    condition.notify();
+    // A second waiter registers after the notify, while the first may not have taken its wake-up yet.
+    first.push_back(start([=]() mutable {
+      std::unique_lock lock(condition);
+      registered.release();
+      child_check(!condition.wait(100ms));
+    }));
+  }
+  CHECK(woken.acquire(10s));
+  for (auto& waiter : first) CHECK(finish(waiter) == 0);
+}
+
+TEST_CASE("Condition wait(timeout) returns false once it runs out and holds the lock again", "[condition]") {
+  mp::Lock lock;
+  mp::Condition condition(lock);
+  std::unique_lock guard(condition);
+  const auto began = std::chrono::steady_clock::now();
+  CHECK_FALSE(condition.wait(30ms));
+  CHECK(std::chrono::steady_clock::now() - began >= 30ms);
+  CHECK(lock.locked());
+  auto child = start([lock]() mutable { child_check(!lock.try_acquire()); });
+  CHECK(finish(child) == 0);
+  // After a timed-out wait a later notify has no stale waiter to count.
+  condition.notify();
+  CHECK_FALSE(condition.wait(1ms));
+}
+
+TEST_CASE("Condition wait_for sees a predicate made true by another process", "[condition]") {
+  mp::Condition condition;
+  mp::RawValue<int> state(0);
+  std::unique_lock guard(condition);
+  auto setter = start([=]() mutable {
+    for (int step = 1; step <= 3; ++step) {
+      std::lock_guard lock(condition);
+      state.value() = step;
+      condition.notify_all();
+    }
+  });
+  CHECK(condition.wait_for([&] { return state.value() == 3; }, 10s));
+  CHECK_FALSE(condition.wait_for([&] { return state.value() == 4; }, 20ms));
+  CHECK(condition.wait_for([&] { return state.value() == 3; }));
+  guard.unlock();
+  CHECK(finish(setter) == 0);
+}
+
+TEST_CASE("Condition wait releases every level of its RLock and restores them", "[condition]") {
+  mp::RLock lock;
+  mp::Condition condition(lock);
+  mp::Event inside;
+  lock.acquire();
+  lock.acquire();
+  auto notifier = start([=]() mutable {
+    // Only possible if the waiter released both levels.
+    std::lock_guard guard(condition);
+    inside.set();
+    condition.notify();
+  });
+  CHECK(condition.wait(10s));
+  CHECK(inside.is_set());
+  CHECK(lock.is_owned());
+  lock.release();
+  CHECK(lock.is_owned());  // second level restored
+  lock.release();
+  CHECK_FALSE(lock.locked());
+  CHECK(finish(notifier) == 0);
+}
+
+TEST_CASE("Condition wait and notify without holding the lock throw mp::Error", "[condition]") {
+  mp::Condition condition;
+  CHECK_THROWS_WITH(condition.wait(), Catch::Contains("Condition::wait") && Catch::Contains("not held"));
+  CHECK_THROWS_WITH(condition.wait(1ms), Catch::Contains("not held"));
+  CHECK_THROWS_WITH(condition.notify(), Catch::Contains("Condition::notify"));
+  CHECK_THROWS_WITH(condition.notify_all(), Catch::Contains("Condition::notify_all"));
+}
+
+TEST_CASE("Condition waiter recovers when the notifier is SIGKILLed holding the lock", "[condition]") {
+  mp::Condition condition;
+  mp::Semaphore registered(0), woken(0);
+  auto waiters = start_condition_waiters(condition, registered, woken, 1);
+  mp::Semaphore notified(0);
+  auto notifier = start([=]() mutable {
+    condition.acquire();
+    condition.notify();
+    notified.release();
+    hang();  // dies holding the lock: the waiter cannot reacquire it until the kernel frees it
+  });
+  REQUIRE(notified.acquire(10s));
+  const auto killed_at = std::chrono::steady_clock::now();
+  notifier.kill();
+  CHECK(finish(notifier) == -SIGKILL);
+  CHECK(woken.acquire(5s));
+  CHECK(std::chrono::steady_clock::now() - killed_at < 1s);
+  for (auto& waiter : waiters) CHECK(finish(waiter) == 0);
+  // The lock is usable afterwards.
+  CHECK(condition.acquire(1s));
+  condition.release();
+}
+
+// ---- Event ------------------------------------------------------------------------------------------------
+
+TEST_CASE("Event wait blocks until another process sets it; clear and is_set", "[event]") {
+  mp::Event event;
+  CHECK_FALSE(event.is_set());
+  CHECK_FALSE(event.wait(20ms));
+  mp::Semaphore woken(0);
+  std::vector<mp::Process> waiters;
+  for (int i = 0; i < 3; ++i) {
+    waiters.push_back(start([=]() mutable {
+      event.wait();
+      woken.release();
+    }));
+  }
+  auto setter = start([event]() mutable { event.set(); });
+  for (int i = 0; i < 3; ++i) CHECK(woken.acquire(10s));
+  CHECK(finish(setter) == 0);
+  for (auto& waiter : waiters) CHECK(finish(waiter) == 0);
+  CHECK(event.is_set());
+  CHECK(event.wait(0ms));
+  event.wait();
+  event.clear();
+  CHECK_FALSE(event.is_set());
+  CHECK_FALSE(event.wait(10ms));
+}
+
+TEST_CASE("Event waiters are not wedged by a waiter that was SIGKILLed", "[event]") {
+  mp::Event event;
+  note_pipe waiting;
+  auto victim = start([&] {
+    waiting.post();
+    event.wait();
+    hang();
+  });
+  REQUIRE(waiting.wait());
+  victim.kill();
+  CHECK(finish(victim) == -SIGKILL);
+  auto survivor = start([event]() mutable { child_check(event.wait(5s)); });
+  event.set();
+  CHECK(finish(survivor) == 0);
+}
+
+// ---- Barrier ----------------------------------------------------------------------------------------------
+
+TEST_CASE("Barrier releases 3 processes together with distinct indices, action once per pass", "[barrier]") {
+  mp::RawValue<int> actions(0);
+  mp::RawArray<int> index_seen(3 * 5);  // per pass, a count per index
+  mp::Barrier barrier(3, [actions]() mutable { actions.fetch_add(1); });
+  CHECK(barrier.parties() == 3);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 3; ++i) {
+    children.push_back(start([=]() mutable {
+      for (int pass = 0; pass < 5; ++pass) {
+        const int index = barrier.wait();
+        child_check(index >= 0 && index < 3);
+        index_seen.fetch_add(static_cast<std::size_t>(pass * 3 + index), 1);
+        // Every party of this pass has arrived, so the action already ran for it.
+        child_check(actions.load() >= pass + 1);
+      }
+    }));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(actions.load() == 5);
+  for (int count : index_seen) CHECK(count == 1);
+  CHECK(barrier.n_waiting() == 0);
+  CHECK_FALSE(barrier.broken());
+}
+
+TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
+  mp::Barrier barrier(3);
+  mp::Semaphore arrived(0);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 2; ++i) {
+    children.push_back(start([=]() mutable {
+      arrived.release();
+      barrier.wait();
+    }));
+  }
+  for (int i = 0; i < 2; ++i) REQUIRE(arrived.acquire(10s));
+  // They have posted and are about to wait: n_waiting reaches 2 (bounded wait on the barrier's own state).
+  for (int spins = 0; barrier.n_waiting() < 2 && spins < 1'000'000; ++spins) std::this_thread::yield();
+  CHECK(barrier.n_waiting() == 2);
+  CHECK(barrier.wait() == 2);
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(barrier.n_waiting() == 0);
+}
+
+TEST_CASE("Barrier abort breaks current and future waits until reset", "[barrier]") {
+  mp::Barrier barrier(3);
+  mp::Semaphore arrived(0);
+  auto waiter = start([=]() mutable {
+    arrived.release();
+    try {
+      barrier.wait();
+    } catch (const mp::BrokenBarrierError&) {
+      return;
+    }
+    throw std::runtime_error("wait did not break");
+  });
+  REQUIRE(arrived.acquire(10s));
+  for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
+  barrier.abort();
+  CHECK(finish(waiter) == 0);
+  CHECK(barrier.broken());
+  CHECK(barrier.n_waiting() == 0);
+  CHECK_THROWS_AS(barrier.wait(), mp::BrokenBarrierError);
+  CHECK_THROWS_WITH(barrier.wait(1s), Catch::Contains("broken") && Catch::Contains("reset()"));
+  barrier.reset();
+  CHECK_FALSE(barrier.broken());
+  // Usable again: three parties pass.
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 2; ++i) children.push_back(start([=]() mutable { barrier.wait(); }));
+  CHECK(barrier.wait(10s) >= 0);
+  for (auto& child : children) CHECK(finish(child) == 0);
+}
+
+TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and leaves the barrier usable",
+          "[barrier]") {
+  mp::Barrier barrier(2);
+  mp::Semaphore arrived(0);
+  auto waiter = start([=]() mutable {
+    arrived.release();
+    try {
+      barrier.wait();
+    } catch (const mp::BrokenBarrierError&) {
+      return;
+    }
+    throw std::runtime_error("wait was not broken by reset");
+  });
+  REQUIRE(arrived.acquire(10s));
+  for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
+  REQUIRE(barrier.n_waiting() == 1);
+  barrier.reset();
+  CHECK(finish(waiter) == 0);
+  CHECK_FALSE(barrier.broken());
+  auto partner = start([barrier]() mutable { barrier.wait(); });
+  CHECK(barrier.wait(10s) >= 0);
+  CHECK(finish(partner) == 0);
+}
+
+TEST_CASE("Barrier wait(timeout) breaks the barrier for every party", "[barrier]") {
+  mp::Barrier barrier(3);
+  mp::Semaphore arrived(0);
+  auto waiter = start([=]() mutable {
+    arrived.release();
+    try {
+      barrier.wait();
+    } catch (const mp::BrokenBarrierError&) {
+      return;
+    }
+    throw std::runtime_error("wait did not break");
+  });
+  REQUIRE(arrived.acquire(10s));
+  const auto began = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(barrier.wait(30ms), Catch::Contains("timed out"));
+  CHECK(std::chrono::steady_clock::now() - began >= 30ms);
+  CHECK(finish(waiter) == 0);
+  CHECK(barrier.broken());
+
+  SECTION("the default timeout given at construction") {
+    mp::Barrier with_default(2, {}, 20ms);
+    CHECK_THROWS_AS(with_default.wait(), mp::BrokenBarrierError);
+    CHECK(with_default.broken());
+  }
+}
+
+TEST_CASE("Barrier action that throws breaks the barrier and reaches its caller", "[barrier]") {
+  mp::Barrier barrier(2, [] { throw std::runtime_error("action failed"); });
+  auto other = start([barrier]() mutable {
+    try {
+      barrier.wait();
+    } catch (const mp::BrokenBarrierError&) {
+      return;
+    }
+    throw std::runtime_error("wait did not break");
+  });
+  bool action_error = false;
+  bool broken_error = false;
+  try {
+    barrier.wait(10s);
+  } catch (const mp::BrokenBarrierError&) {
+    broken_error = true;  // the child arrived last and ran the action
+  } catch (const std::runtime_error& error) {
+    action_error = std::string(error.what()) == "action failed";
+  }
+  const int child_code = finish(other);
+  CHECK((action_error || broken_error));
+  CHECK(barrier.broken());
+  // The child either got BrokenBarrierError (exit 0) or ran the failing action itself (exit 1).
+  CHECK(child_code == (action_error ? 0 : 1));
+}
+
+TEST_CASE("Barrier rejects parties < 1", "[barrier]") {
+  CHECK_THROWS_WITH(mp::Barrier(0), Catch::Contains("parties") && Catch::Contains("0"));
+}
+
+// ---- resources --------------------------------------------------------------------------------------------
+
+namespace {
+int open_fd_count() {
+  int count = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1) ++count;
+  }
+  return count;
+}
+}  // namespace
+
+TEST_CASE("Synchronization objects hold no file descriptor and no /dev/shm name", "[resources]") {
+  const int before = open_fd_count();
+  {
+    std::vector<mp::Lock> locks(500);
+    std::vector<mp::RLock> rlocks(500);
+    std::vector<mp::Condition> conditions(200);
+    std::vector<mp::Event> events(200);
+    mp::Semaphore semaphore(3);
+    mp::Barrier barrier(2);
+    CHECK(open_fd_count() == before);
+  }
+  CHECK(open_fd_count() == before);
 }
