@@ -1,0 +1,439 @@
+// Tests for mp/pool.hpp: Pool, AsyncResult, IMapIterator. Everything runs in real worker processes; tests
+// synchronize with pipes (a task reports its pid, waits for a byte), never with sleeps.
+#include <catch2/catch.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <mp/pool.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// ---- leak checks: every test ends with no child process and no new descriptor ----
+
+std::size_t count_children() {
+  std::size_t n = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(task.path() / "children");
+    pid_t pid = 0;
+    while (in >> pid) ++n;
+  }
+  return n;
+}
+
+std::size_t count_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+struct leak_check {
+  std::size_t fds = count_fds();
+  ~leak_check() {
+    CHECK(count_children() == 0);
+    CHECK(count_fds() == fds);
+  }
+};
+
+// A pipe whose ends tasks capture as plain ints (trivially copyable): created before the Pool, so the workers
+// inherit it.
+struct test_pipe {
+  int read_end = -1;
+  int write_end = -1;
+  test_pipe() {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    read_end = fds[0];
+    write_end = fds[1];
+  }
+  ~test_pipe() {
+    ::close(read_end);
+    ::close(write_end);
+  }
+  test_pipe(const test_pipe&) = delete;
+  test_pipe& operator=(const test_pipe&) = delete;
+  // Reads one int written by a task (a pid), failing the test rather than hanging after 20 s.
+  int read_int() const {
+    pollfd p{read_end, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 20'000) == 1);
+    int value = 0;
+    REQUIRE(::read(read_end, &value, sizeof value) == static_cast<ssize_t>(sizeof value));
+    return value;
+  }
+  void write_int(int value) const { REQUIRE(::write(write_end, &value, sizeof value) == sizeof value); }
+};
+
+// Task side: report, then block until killed or released.
+void report(int fd, int value) {
+  if (::write(fd, &value, sizeof value) != sizeof value) std::abort();
+}
+int wait_for_int(int fd) {
+  int value = 0;
+  if (::read(fd, &value, sizeof value) != sizeof value) std::_Exit(99);
+  return value;
+}
+
+int square(int x) { return x * x; }
+std::string describe(int x) { return "item " + std::to_string(x); }
+long add3(int a, long b, short c) { return a + b + c; }
+
+int g_initialized_in = 0;
+
+struct scaled {  // a function object with a std::string member: crosses through its serialize member
+  std::string prefix;
+  int factor = 1;
+  std::string operator()(int x) const { return prefix + std::to_string(x * factor); }
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(prefix, factor);
+  }
+};  // the pid whose initializer ran, in each worker
+
+}  // namespace
+
+TEST_CASE("Pool::map, imap and starmap equal the serial results on 10k items for every chunk size", "[pool]") {
+  leak_check leaks;
+  std::vector<int> input(10'000);
+  std::iota(input.begin(), input.end(), -5000);
+  std::vector<int> squares;
+  std::vector<std::string> names;
+  for (int x : input) {
+    squares.push_back(square(x));
+    names.push_back(describe(x));
+  }
+  const std::size_t chunksize = GENERATE(0, 1, 7, 333, 10'000, 20'000);
+  mp::Pool pool(3);
+  SECTION("map with a function pointer, a trivially copyable result") {
+    CHECK(pool.map(square, input, chunksize) == squares);
+  }
+  SECTION("map with a std::string result") { CHECK(pool.map(describe, input, chunksize) == names); }
+  SECTION("map over a lazy view (not sized, read once)") {
+    auto evens = input | std::views::filter([](int x) { return x % 2 == 0; });
+    std::vector<int> expected;
+    for (int x : evens) expected.push_back(square(x));
+    CHECK(pool.map(square, evens, chunksize) == expected);
+  }
+  SECTION("imap keeps input order") {
+    std::vector<std::string> got;
+    for (const std::string& s : pool.imap(describe, input, std::max<std::size_t>(1, chunksize))) got.push_back(s);
+    CHECK(got == names);
+  }
+  SECTION("imap_unordered yields every result exactly once") {
+    std::vector<int> got;
+    for (int s : pool.imap_unordered(square, input, std::max<std::size_t>(1, chunksize))) got.push_back(s);
+    std::vector<int> expected = squares;
+    std::sort(got.begin(), got.end());
+    std::sort(expected.begin(), expected.end());
+    CHECK(got == expected);
+  }
+  SECTION("starmap unpacks tuples") {
+    std::vector<std::tuple<int, long, short>> triples;
+    std::vector<long> expected;
+    for (int x : input) {
+      triples.emplace_back(x, 2L * x, static_cast<short>(x % 100));
+      expected.push_back(add3(x, 2L * x, static_cast<short>(x % 100)));
+    }
+    CHECK(pool.starmap(add3, triples, chunksize) == expected);
+    CHECK(pool.starmap_async(add3, triples, chunksize).get() == expected);
+  }
+}
+
+TEST_CASE("Pool::apply runs lambdas with trivially copyable captures and serializable function objects", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  const int offset = 1000;
+  const double ratio = 0.5;
+  CHECK(pool.apply([offset, ratio](int x) { return (x + offset) * ratio; }, 10) == 505.0);
+  CHECK(pool.apply([] { return ::getpid(); }) != ::getpid());
+  CHECK(pool.apply(scaled{"x=", 3}, 14) == "x=42");
+  CHECK(pool.apply([](const std::string& s, std::vector<int> v) { return s + std::to_string(v.size()); }, "n", std::vector<int>(5)) == "n5");
+  pool.apply([](int) {}, 1);  // void
+  auto done = pool.apply_async([](int) {}, 1);
+  done.get();
+  CHECK(done.successful());
+}
+
+TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool stays usable", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  SECTION("apply / get") {
+    auto result = pool.apply_async([](int x) -> int { throw std::invalid_argument("bad x = " + std::to_string(x)); }, 7);
+    CHECK_THROWS_MATCHES(result.get(), mp::RemoteError,
+                         Catch::Matchers::Message("std::invalid_argument: bad x = 7"));
+    CHECK(result.ready());
+    CHECK_FALSE(result.successful());
+    try {
+      (void)result.get();
+    } catch (const mp::RemoteError& e) {
+      CHECK(e.remote_type() == "std::invalid_argument");
+    }
+  }
+  SECTION("map raises the first failed item's error") {
+    auto f = [](int x) {
+      if (x == 5000 || x == 7000) throw std::runtime_error("item " + std::to_string(x));
+      return x;
+    };
+    const std::size_t chunksize = GENERATE(0, 1, 64);
+    CHECK_THROWS_MATCHES(pool.map(f, std::views::iota(0, 10'000), chunksize), mp::RemoteError,
+                         Catch::Matchers::Message("std::runtime_error: item 5000"));
+  }
+  SECTION("imap raises at the failing position and goes on after it") {
+    auto f = [](int x) {
+      if (x == 3) throw std::out_of_range("three");
+      return x;
+    };
+    const std::size_t chunksize = GENERATE(1, 2, 10);
+    auto results = pool.imap(f, std::views::iota(0, 6), chunksize);
+    auto it = results.begin();
+    std::vector<int> before;
+    for (int i = 0; i < 3; ++i, ++it) before.push_back(*it);
+    CHECK(before == std::vector<int>{0, 1, 2});
+    CHECK_THROWS_MATCHES(*it, mp::RemoteError, Catch::Matchers::Message("std::out_of_range: three"));
+    ++it;
+    // Python's imap goes on after the failed item; with chunks, the rest of the failed chunk never ran.
+    std::vector<int> after;
+    for (; it != results.end(); ++it) after.push_back(*it);
+    if (chunksize == 1) CHECK(after == std::vector<int>{4, 5});
+    if (chunksize == 10) CHECK(after.empty());
+  }
+  CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+}
+
+TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost; the others finish", "[pool]") {
+  leak_check leaks;
+  test_pipe started;
+  mp::Pool pool(2);
+  const int fd = started.write_end;
+  auto victim = pool.apply_async([fd](int) {
+    report(fd, ::getpid());
+    for (;;) ::pause();
+    return 0;
+  }, 0);
+  std::vector<mp::AsyncResult<int>> others;
+  for (int i = 0; i < 50; ++i) others.push_back(pool.apply_async(square, i));
+  const pid_t worker = started.read_int();
+  REQUIRE(::kill(worker, SIGKILL) == 0);
+  try {
+    (void)victim.get();
+    FAIL("the killed task returned a value");
+  } catch (const mp::WorkerLost& e) {
+    CHECK(e.exitcode() == -SIGKILL);
+    CHECK(std::string(e.what()).find(std::to_string(worker)) != std::string::npos);
+  }
+  for (int i = 0; i < 50; ++i) CHECK(others[i].get() == i * i);
+  // The pool replaced the worker and keeps serving on both.
+  CHECK(pool.map(square, std::views::iota(0, 100), 1).size() == 100);
+  std::set<int> pids;
+  for (int pid : pool.map([](int) { return ::getpid(); }, std::vector<int>(200), 1)) pids.insert(pid);
+  CHECK(pids.count(worker) == 0);
+}
+
+TEST_CASE("A task that crashes its worker (segfault, abort, _exit) fails with WorkerLost carrying the exit code", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  struct crash {
+    int how = 0;
+    int operator()(int x) const {
+      if (x != 13) return x;
+      // Catch2's crash handlers are inherited through fork: restore the default action, a real crash.
+      ::signal(SIGSEGV, SIG_DFL);
+      ::signal(SIGABRT, SIG_DFL);
+      if (how == 0) ::raise(SIGSEGV);
+      if (how == 1) std::abort();
+      ::_exit(3);
+    }
+  };
+  const int how = GENERATE(0, 1, 2);
+  const int expected = how == 0 ? -SIGSEGV : how == 1 ? -SIGABRT : 3;
+  try {
+    (void)pool.map(crash{how}, std::views::iota(0, 40), 1);
+    FAIL("map returned despite a crashed item");
+  } catch (const mp::WorkerLost& e) {
+    CHECK(e.exitcode() == expected);
+  }
+  // Only item 13 failed: the others completed.
+  auto results = pool.map_async(crash{how}, std::views::iota(14, 60), 1);
+  CHECK(results.get().size() == 46);
+}
+
+TEST_CASE("maxtasksperchild replaces each worker after that many tasks, and the initializer runs in replacements", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 2, .initializer = [] { g_initialized_in = ::getpid(); }, .maxtasksperchild = 3});
+  auto report_pid = [](int) { return std::pair<int, bool>(::getpid(), g_initialized_in == ::getpid()); };
+  const auto results = pool.map(report_pid, std::vector<int>(30), 1);
+  std::map<int, int> tasks_per_pid;
+  for (const auto& [pid, initialized] : results) {
+    CHECK(initialized);
+    ++tasks_per_pid[pid];
+  }
+  CHECK(tasks_per_pid.size() >= 10);  // 30 tasks, at most 3 per worker
+  for (const auto& [pid, tasks] : tasks_per_pid) CHECK(tasks <= 3);
+}
+
+TEST_CASE("The initializer runs in a replacement for a killed worker", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 1, .initializer = [] { g_initialized_in = ::getpid(); }});
+  const int first = pool.apply([] { return g_initialized_in; });
+  auto dead = pool.apply_async([] { return ::raise(SIGKILL); });
+  CHECK_THROWS_AS(dead.get(), mp::WorkerLost);
+  const auto [pid, init_pid] = pool.apply([] { return std::pair<int, int>(::getpid(), g_initialized_in); });
+  CHECK(pid != first);
+  CHECK(init_pid == pid);
+}
+
+TEST_CASE("AsyncResult::get(timeout) throws TimeoutError and a later get() still returns the value", "[pool]") {
+  leak_check leaks;
+  test_pipe go;
+  mp::Pool pool(1);
+  const int fd = go.read_end;
+  auto result = pool.apply_async([fd] { return wait_for_int(fd) * 2; });
+  CHECK_THROWS_AS(result.get(30ms), mp::TimeoutError);
+  CHECK_FALSE(result.wait(10ms));
+  CHECK_FALSE(result.ready());
+  CHECK_THROWS_AS(result.successful(), mp::Error);
+  go.write_int(21);
+  CHECK(result.get(20s) == 42);
+  CHECK(result.get() == 42);
+  CHECK(result.successful());
+}
+
+TEST_CASE("A task over its task_timeout is killed and fails alone while the others finish", "[pool]") {
+  leak_check leaks;
+  test_pipe never;  // nobody writes: the task blocks until killed
+  const int fd = never.read_end;
+  auto stuck = [fd](int x) { return wait_for_int(fd) + x; };
+  SECTION("PoolOptions::task_timeout") {
+    mp::Pool pool({.processes = 2, .task_timeout = 200ms});
+    auto late = pool.apply_async(stuck, 1);
+    std::vector<mp::AsyncResult<int>> others;
+    for (int i = 0; i < 20; ++i) others.push_back(pool.apply_async(square, i));
+    CHECK_THROWS_AS(late.get(), mp::TimeoutError);
+    for (int i = 0; i < 20; ++i) CHECK(others[i].get() == i * i);
+    CHECK(pool.apply(square, 12) == 144);
+  }
+  SECTION("TaskOptions::timeout on one apply_async") {
+    mp::Pool pool(2);
+    auto late = pool.apply_async(mp::TaskOptions{.timeout = 100ms}, stuck, 1);
+    auto fine = pool.apply_async(square, 5);
+    try {
+      (void)late.get();
+      FAIL("the stuck task returned");
+    } catch (const mp::TimeoutError& e) {
+      CHECK(std::string(e.what()).find("100 ms") != std::string::npos);
+    }
+    CHECK(fine.get() == 25);
+  }
+}
+
+TEST_CASE("Pool::terminate stops the workers at once and pending results fail instead of hanging", "[pool]") {
+  leak_check leaks;
+  test_pipe never;
+  const int fd = never.read_end;
+  mp::Pool pool(2);
+  std::vector<mp::AsyncResult<int>> results;
+  for (int i = 0; i < 20; ++i) results.push_back(pool.apply_async([fd](int x) { return wait_for_int(fd) + x; }, i));
+  auto mapped = pool.map_async(square, std::views::iota(0, 1000), 1);
+  pool.terminate();
+  for (auto& r : results) CHECK_THROWS_WITH(r.get(), Catch::Matchers::Contains("terminate"));
+  CHECK_THROWS_AS(mapped.get(), mp::Error);
+  CHECK_THROWS_WITH(pool.apply_async(square, 1), Catch::Matchers::Contains("terminated"));
+  pool.join();
+}
+
+TEST_CASE("close() refuses new work, join() waits for submitted work, ~Pool never drops it", "[pool]") {
+  leak_check leaks;
+  test_pipe go;
+  const int fd = go.read_end;
+  std::optional<mp::AsyncResult<int>> result;
+  {
+    mp::Pool pool(2);
+    CHECK_THROWS_WITH(pool.join(), Catch::Matchers::Contains("close()"));
+    result = pool.apply_async([fd] { return wait_for_int(fd); });
+    pool.close();
+    CHECK_THROWS_WITH(pool.apply_async(square, 2), Catch::Matchers::Contains("closed"));
+    go.write_int(7);
+  }  // ~Pool waits for the task
+  CHECK(result->ready());
+  CHECK(result->get() == 7);
+}
+
+TEST_CASE("imap over an endless input keeps a bounded number of items in flight", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  std::size_t pulled = 0;
+  auto endless = std::views::iota(0L) | std::views::transform([&pulled](long x) {
+                   ++pulled;
+                   return x;
+                 });
+  const std::size_t chunksize = GENERATE(1, 16);
+  std::size_t consumed = 0;
+  std::size_t worst = 0;
+  for (long x : pool.imap([](long v) { return v * 3; }, endless, chunksize)) {
+    CHECK(x == static_cast<long>(consumed) * 3);
+    ++consumed;
+    worst = std::max(worst, pulled - consumed);
+    if (consumed == 20'000) break;
+  }
+  // At most 4 chunks per worker + 2 ahead of the consumer, plus the chunk being read.
+  CHECK(worst <= (4 * pool.processes() + 3) * chunksize);
+}
+
+TEST_CASE("Pool rejects nonsense options with a clear error", "[pool]") {
+  leak_check leaks;
+  CHECK_THROWS_WITH(mp::Pool({.processes = 1, .task_timeout = 0ms}), Catch::Matchers::Contains("task_timeout"));
+  CHECK_THROWS_WITH(mp::Pool(100'000), Catch::Matchers::Contains("100000"));
+  CHECK_THROWS_AS(mp::Pool({.processes = 1, .start_method = mp::StartMethod::spawn}), mp::ProcessError);
+}
+
+TEST_CASE("A Pool can be used from several threads at once", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i)
+        if (pool.apply(square, t * 1000 + i) != square(t * 1000 + i)) ++wrong;
+      auto v = pool.map(square, std::views::iota(0, 500), 3);
+      for (int i = 0; i < 500; ++i)
+        if (v[i] != i * i) ++wrong;
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("Large arguments and results stream through the channels", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  std::vector<double> big(3'000'000, 1.5);  // 24 MB each way, channels hold 1 MiB
+  auto doubled = pool.apply([](std::vector<double> v) {
+    for (double& x : v) x *= 2;
+    return v;
+  }, big);
+  REQUIRE(doubled.size() == big.size());
+  CHECK(doubled.front() == 3.0);
+  CHECK(doubled.back() == 3.0);
+  std::string text(5'000'000, 'x');
+  CHECK(pool.map([](const std::string& s) { return s.size(); }, std::vector<std::string>(3, text)) ==
+        std::vector<std::size_t>(3, text.size()));
+}
