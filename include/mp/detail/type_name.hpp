@@ -24,11 +24,8 @@ inline std::string demangle(const char* mangled) {
 /// The demangled name of a type_info: type_name(typeid(e)) is the dynamic type of e.
 inline std::string type_name(const std::type_info& info) { return demangle(info.name()); }
 
-/// The demangled name of T.
-template <class T>
-std::string type_name() {
-  return type_name(typeid(T));
-}
+// type_name<T>() itself lives in archive.hpp (one definition for the whole library: both headers are often
+// included together).
 
 /// What an exception is, as text that can cross a process boundary.
 struct exception_description {
