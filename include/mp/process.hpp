@@ -14,6 +14,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstdio>
@@ -37,9 +38,10 @@ namespace mp {
 
 /// Process(name=, daemon=) as designated initializers: `mp::Process p({.name = "worker", .daemon = true}, f);`
 struct ProcessOptions {
-  std::string name;                         ///< empty: "Process-N" (Python's default name)
-  std::optional<bool> daemon;               ///< empty: not a daemon
-  std::optional<StartMethod> start_method;  ///< empty: get_start_method()
+  // Default member initializers let callers omit fields without -Wmissing-field-initializers.
+  std::string name = {};                         ///< empty: "Process-N" (Python's default name)
+  std::optional<bool> daemon = {};               ///< empty: not a daemon
+  std::optional<StartMethod> start_method = {};  ///< empty: get_start_method()
 };
 
 namespace detail {
@@ -130,10 +132,11 @@ class Process {
 
   detail::process_record& record(const char* operation) const;  // throws on a moved-from Process
   detail::process_record& usable_record(const char* operation) const;  // also throws on a closed one
+  detail::process_record& joinable_record() const;  // throws unless join() may wait for it
   void require_child_of_this_process(const detail::process_record& state, const char* operation) const;
   bool is_current(const detail::process_record& state) const;
   std::string describe(const detail::process_record& state) const;
-  [[noreturn]] void run_in_child(detail::parent_record parent) noexcept;
+  [[noreturn]] void run_in_child(detail::parent_record parent, int ready_fd) noexcept;
   void finish_and_forget() noexcept;
 
   std::unique_ptr<detail::process_record> state_;   // heap: the registry's pointer to it survives moves
@@ -302,48 +305,51 @@ inline void Process::start() {
   std::cerr.flush();
   std::clog.flush();
 
+  // The child reports through this pipe once its death signal is armed (see run_in_child): start() returns only
+  // then, so a child whose starting thread ends right after start() reliably gets the signal (docs/process.md).
+  int handshake[2];
+  detail::sys("pipe2", state.name, [&] { return ::pipe2(handshake, O_CLOEXEC); });
+  detail::unique_fd handshake_read(handshake[0]);
+  detail::unique_fd handshake_write(handshake[1]);
+
   detail::registry& reg = detail::the_registry();
   // Held across fork() so that no other thread holds it at that moment: the child gets it locked by its own
   // (only) thread and releases it in become_child().
-  reg.mutex.lock();
+  std::unique_lock lock(reg.mutex);
   detail::reap_finished_children_locked(reg);
-  try {
-    detail::register_exit_function_locked(reg);
-  } catch (...) {
-    reg.mutex.unlock();
-    throw;
-  }
+  detail::register_exit_function_locked(reg);
   pid_t child = ::fork();
   if (child == 0) {
+    lock.release();
     detail::become_child(reg, state, std::move(parent));
-    run_in_child(reg.parent.value_or(detail::parent_record{}));
+    handshake_read.reset();
+    run_in_child(reg.parent.value_or(detail::parent_record{}), handshake_write.release());
   }
-  if (child == -1) {
-    int err = detail::last_errno();
-    reg.mutex.unlock();
-    detail::throw_errno("fork", state.name, err);
-  }
+  if (child == -1) detail::throw_errno("fork", state.name);
+  handshake_write.reset();
   state.pid = child;
   int pidfd = detail::pidfd_open(child);
   if (pidfd == -1) {
     int err = detail::last_errno();
-    reg.mutex.unlock();
     // Without a pidfd the child cannot be waited for safely: take it back rather than leave it running.
     ::kill(child, SIGKILL);
     detail::retry_on_eintr([&] { return ::waitpid(child, nullptr, 0); });
     state.pid = 0;
-    detail::throw_errno("pidfd_open", describe(state), err);
+    detail::throw_errno("pidfd_open", state.name + " (pid " + std::to_string(child) + ")", err);
   }
   state.pidfd.reset(pidfd);
   state.started = true;
   reg.children.push_back(&state);
-  reg.mutex.unlock();
+  lock.unlock();
+  // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
+  char ready;
+  detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
   // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
   // only in the child).
   target_.reset();
 }
 
-inline void Process::run_in_child(detail::parent_record parent) noexcept {
+inline void Process::run_in_child(detail::parent_record parent, int ready_fd) noexcept {
   int code = 1;
   try {
     detail::process_record& state = *state_;
@@ -351,8 +357,12 @@ inline void Process::run_in_child(detail::parent_record parent) noexcept {
     // killed by SIGKILL), SIGTERM for the others (Python would leave them orphaned; mp does not, see docs).
     int death_signal = state.daemon ? SIGKILL : SIGTERM;
     ::prctl(PR_SET_PDEATHSIG, death_signal);
-    // The parent may have died between fork() and prctl(): then we were already re-parented.
-    if (::getppid() != parent.pid) ::raise(death_signal);
+    // The parent may have died between fork() and prctl(): then we were already re-parented. (The starting
+    // *thread* cannot have ended yet: start() waits for the byte written below.)
+    const bool orphaned = ::getppid() != parent.pid;
+    detail::retry_on_eintr([&] { return ::write(ready_fd, "r", 1); });
+    ::close(ready_fd);
+    if (orphaned) ::raise(death_signal);
     // As Python's util._close_stdin: a child does not compete with its parent for standard input.
     int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) {
@@ -389,20 +399,26 @@ inline void Process::run() {
 }
 
 inline void Process::join() {
-  detail::process_record& state = usable_record("join");
-  if (state.role == detail::process_record::kind::main || is_current(state)) {
-    throw ProcessError("Process::join: " + state.name + " cannot join itself: it is the current process");
-  }
-  require_child_of_this_process(state, "join");
-  if (!state.started) {
-    throw ProcessError("Process::join: " + state.name + " was not started; call start() before join()");
-  }
+  detail::process_record& state = joinable_record();
   state.wait_until(std::nullopt);
   detail::remove_child(&state);
 }
 
 template <class Rep, class Period>
 bool Process::join(std::chrono::duration<Rep, Period> timeout) {
+  detail::process_record& state = joinable_record();
+  // A timeout beyond ~30 years is "forever": converting it to the clock's nanoseconds would overflow.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (std::chrono::duration<double>(timeout).count() < 1e9) {
+    deadline = std::chrono::steady_clock::now() +
+               std::chrono::ceil<std::chrono::steady_clock::duration>(std::max(timeout, decltype(timeout)::zero()));
+  }
+  if (!state.wait_until(deadline)) return false;
+  detail::remove_child(&state);
+  return true;
+}
+
+inline detail::process_record& Process::joinable_record() const {
   detail::process_record& state = usable_record("join");
   if (state.role == detail::process_record::kind::main || is_current(state)) {
     throw ProcessError("Process::join: " + state.name + " cannot join itself: it is the current process");
@@ -411,15 +427,7 @@ bool Process::join(std::chrono::duration<Rep, Period> timeout) {
   if (!state.started) {
     throw ProcessError("Process::join: " + state.name + " was not started; call start() before join()");
   }
-  auto now = std::chrono::steady_clock::now();
-  auto left = timeout.count() > 0 ? std::chrono::ceil<std::chrono::steady_clock::duration>(timeout)
-                                  : std::chrono::steady_clock::duration::zero();
-  // Saturate: a timeout of years must not overflow the clock into the past.
-  auto deadline = left > std::chrono::steady_clock::time_point::max() - now ? std::chrono::steady_clock::time_point::max()
-                                                                           : now + left;
-  if (!state.wait_until(deadline)) return false;
-  detail::remove_child(&state);
-  return true;
+  return state;
 }
 
 inline bool Process::is_alive() const {

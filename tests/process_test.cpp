@@ -1,0 +1,824 @@
+// Tests of mp::Process, current_process(), parent_process(), active_children(), cpu_count() and the start methods.
+// Every test runs real child processes. Children report through pipes (or their exit codes) and block on pipe
+// reads, never on sleeps; the parent checks what they report.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <mp/process.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A pipe for tests: children write reports into it or block reading it until the parent releases them.
+class test_pipe {
+ public:
+  test_pipe() { REQUIRE(::pipe2(fds_, O_CLOEXEC) == 0); }
+  ~test_pipe() {
+    close_read();
+    close_write();
+  }
+  test_pipe(const test_pipe&) = delete;
+  test_pipe& operator=(const test_pipe&) = delete;
+
+  int read_fd() const { return fds_[0]; }
+  int write_fd() const { return fds_[1]; }
+
+  /// Writes all of text (usable in a child: no Catch2 macro).
+  void write(std::string_view text) const {
+    while (!text.empty()) {
+      ssize_t n = ::write(fds_[1], text.data(), text.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) std::abort();
+      text.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+  /// Lets `count` children blocked in wait_for_release() go on.
+  void release(int count = 1) const { write(std::string(static_cast<std::size_t>(count), 'r')); }
+  /// Blocks until the parent calls release() (or every write end is closed).
+  void wait_for_release() const {
+    char byte;
+    while (::read(fds_[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+  }
+  /// Reads one line, without its '\n'.
+  std::string read_line() const {
+    std::string line;
+    char c;
+    for (;;) {
+      ssize_t n = ::read(fds_[0], &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || c == '\n') return line;
+      line += c;
+    }
+  }
+  /// Closes this process's write end, then reads until every writer has closed theirs.
+  std::string read_all() {
+    close_write();
+    std::string text;
+    char buffer[4096];
+    for (;;) {
+      ssize_t n = ::read(fds_[0], buffer, sizeof buffer);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return text;
+      text.append(buffer, static_cast<std::size_t>(n));
+    }
+  }
+  void close_write() {
+    if (fds_[1] >= 0) ::close(std::exchange(fds_[1], -1));
+  }
+  void close_read() {
+    if (fds_[0] >= 0) ::close(std::exchange(fds_[0], -1));
+  }
+
+ private:
+  int fds_[2] = {-1, -1};
+};
+
+/// True if fd is readable within timeout (a sentinel: the process has ended).
+bool readable_within(int fd, std::chrono::milliseconds timeout) {
+  pollfd ready{fd, POLLIN, 0};
+  int n;
+  do {
+    n = ::poll(&ready, 1, static_cast<int>(timeout.count()));
+  } while (n < 0 && errno == EINTR);
+  return n == 1;
+}
+
+/// True if pid is no longer a child of this process (it was reaped).
+bool reaped(pid_t pid) { return ::waitpid(pid, nullptr, WNOHANG) == -1 && errno == ECHILD; }
+
+/// Catch2 reports fatal signals from its own handlers, which a forked child inherits: a child that is meant to die
+/// by a signal restores the default actions first, so it dies quietly with the expected exit code.
+void default_signal_actions() {
+  for (int sig : {SIGTERM, SIGINT, SIGSEGV, SIGABRT, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
+}
+
+void report_pid_and_name(const test_pipe& out) {
+  mp::Process& me = mp::current_process();
+  out.write(me.name() + " " + std::to_string(me.pid()) + " " + std::to_string(::getpid()) + "\n");
+}
+
+struct counting_target {
+  int base;
+  void operator()(const test_pipe& out, int add) const { out.write(std::to_string(base + add)); }
+};
+
+void write_sum(const test_pipe* out, std::string label, int a, double b) {
+  out->write(label + "=" + std::to_string(a + static_cast<int>(b)));
+}
+
+/// A subclass overriding run(), as Python's `class WorkerProcess(multiprocessing.Process)`.
+class ReportingProcess : public mp::Process {
+ public:
+  ReportingProcess(std::string name, const test_pipe& out) : mp::Process({.name = std::move(name)}), out_(&out) {}
+
+ protected:
+  void run() override { out_->write("run() of " + name() + " in pid " + std::to_string(::getpid())); }
+
+ private:
+  const test_pipe* out_;
+};
+
+}  // namespace
+
+TEST_CASE("Process runs its target with copied arguments in a child process", "[process]") {
+  test_pipe out;
+  SECTION("a function pointer with converted arguments") {
+    mp::Process p(write_sum, &out, "sum", 2, 3.5);
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "sum=5");
+  }
+  SECTION("a lambda with captures, run in another pid") {
+    const pid_t parent = ::getpid();
+    int base = 40;
+    std::string word = "answer";
+    mp::Process p([&out, base, word, parent](int add) {
+      out.write(word + " " + std::to_string(base + add) + (::getpid() != parent ? " in child" : " in parent"));
+    }, 2);
+    base = 0;  // the child got its copy at construction
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "answer 42 in child");
+  }
+  SECTION("a move-only argument") {
+    auto value = std::make_unique<int>(7);
+    mp::Process p([&out](std::unique_ptr<int> owned) { out.write("owned " + std::to_string(*owned)); }, std::move(value));
+    CHECK_FALSE(value);
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "owned 7");
+  }
+  SECTION("a function object with state") {
+    mp::Process p(counting_target{100}, std::cref(out), 23);
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "123");
+  }
+  SECTION("a child's writes to its copy of a variable stay in the child") {
+    int counter = 1;
+    mp::Process p([&counter] { counter = 99; });
+    p.start();
+    p.join();
+    CHECK(counter == 1);
+  }
+}
+
+TEST_CASE("Process drops its target and arguments once start() returns", "[process]") {
+  auto shared = std::make_shared<int>(5);
+  mp::Process p([](std::shared_ptr<int> copy) { std::_Exit(*copy == 5 ? 0 : 1); }, shared);
+  CHECK(shared.use_count() == 2);
+  p.start();
+  CHECK(shared.use_count() == 1);
+  p.join();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("A subclass of Process runs its overridden run() in the child", "[process]") {
+  test_pipe out;
+  ReportingProcess p("Reporter", out);
+  p.start();
+  const pid_t child = p.pid();
+  p.join();
+  CHECK(out.read_all() == "run() of Reporter in pid " + std::to_string(child));
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("The child process never returns into the caller's stack", "[process]") {
+  test_pipe out;
+  mp::Process p([] {});
+  p.start();
+  out.write(std::to_string(::getpid()) + ";");  // only the parent gets here
+  p.join();
+  CHECK(out.read_all() == std::to_string(::getpid()) + ";");
+}
+
+TEST_CASE("Processes are named Process-N, and a child's children Process-N:M", "[process]") {
+  mp::Process first([] {});
+  mp::Process second([] {});
+  REQUIRE(first.name().rfind("Process-", 0) == 0);
+  const int n = std::stoi(first.name().substr(8));
+  CHECK(second.name() == "Process-" + std::to_string(n + 1));
+  CHECK(mp::Process({.name = "given"}, [] {}).name() == "given");
+
+  test_pipe out;
+  mp::Process parent([&out] {
+    report_pid_and_name(out);
+    mp::Process grandchild1([&out] { report_pid_and_name(out); });
+    mp::Process grandchild2([&out] { report_pid_and_name(out); });
+    grandchild1.start();
+    grandchild1.join();
+    grandchild2.start();
+    grandchild2.join();
+  });
+  const std::string expected = "Process-" + std::to_string(n + 3);
+  CHECK(parent.name() == expected);
+  parent.start();
+  parent.join();
+  const std::string report = out.read_all();
+  CHECK(report.find(expected + " ") != std::string::npos);
+  CHECK(report.find(expected + ":1 ") != std::string::npos);
+  CHECK(report.find(expected + ":2 ") != std::string::npos);
+
+  SECTION("name can be changed, and the child sees the new name") {
+    test_pipe named;
+    mp::Process p([&named] { named.write(mp::current_process().name()); });
+    p.name("renamed");
+    CHECK(p.name() == "renamed");
+    p.start();
+    p.join();
+    CHECK(named.read_all() == "renamed");
+  }
+}
+
+TEST_CASE("current_process and parent_process describe the main process and a child", "[process]") {
+  SECTION("in the main process") {
+    mp::Process& me = mp::current_process();
+    CHECK(me.name() == "MainProcess");
+    CHECK(me.pid() == ::getpid());
+    CHECK(me.is_alive());
+    CHECK_FALSE(me.daemon());
+    CHECK(&mp::current_process() == &me);
+    CHECK_FALSE(mp::parent_process().has_value());
+  }
+  SECTION("in a child: itself, with the main process as its parent") {
+    test_pipe out;
+    mp::Process p([&out] {
+      mp::Process& me = mp::current_process();
+      std::optional<mp::ParentProcess> parent = mp::parent_process();
+      out.write(me.name() + "|" + std::to_string(me.pid() == ::getpid()) + "|" + std::to_string(me.is_alive()) +
+                "|" + (parent ? parent->name() + "|" + std::to_string(parent->pid()) + "|" +
+                                    std::to_string(parent->is_alive())
+                              : std::string("no parent")));
+    });
+    p.start();
+    p.join();
+    CHECK(out.read_all() == p.name() + "|1|1|MainProcess|" + std::to_string(::getpid()) + "|1");
+  }
+  SECTION("in a grandchild: its parent is the child") {
+    test_pipe out;
+    mp::Process p([&out] {
+      mp::Process inner([&out] {
+        std::optional<mp::ParentProcess> parent = mp::parent_process();
+        out.write(parent ? parent->name() + " " + std::to_string(parent->pid()) : std::string("none"));
+      });
+      inner.start();
+      inner.join();
+      out.write(" / " + mp::current_process().name() + " " + std::to_string(::getpid()));
+    });
+    p.start();
+    const pid_t child = p.pid();
+    p.join();
+    CHECK(out.read_all() == p.name() + " " + std::to_string(child) + " / " + p.name() + " " + std::to_string(child));
+  }
+  SECTION("current_process() in a child is the Process object that was started, even after a move") {
+    test_pipe out;
+    std::vector<mp::Process> processes;
+    processes.emplace_back([&out, &processes] { out.write(&mp::current_process() == &processes[0] ? "same" : "other"); });
+    processes.emplace_back([] {});
+    processes[0].start();
+    processes[0].join();
+    CHECK(out.read_all() == "same");
+  }
+  SECTION("ParentProcess::is_alive turns false once the parent dies") {
+    test_pipe out;
+    // outer is a child subreaper: the orphan is re-parented to it, and outer reaps it.
+    mp::Process outer([&out] {
+      ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+      test_pipe pids;
+      test_pipe release;
+      mp::Process middle([&out, &pids, &release] {
+        mp::Process orphan([&out, &release, &pids] {
+          ::signal(SIGTERM, SIG_IGN);  // survive the death signal sent when middle dies
+          out.write(mp::parent_process()->is_alive() ? "alive;" : "dead;");
+          pids.write(std::to_string(::getpid()) + "\n");
+          release.wait_for_release();
+          out.write(mp::parent_process()->is_alive() ? "alive" : "dead");
+        });
+        orphan.start();
+        release.wait_for_release();
+      });
+      middle.start();
+      const pid_t orphan = std::stoi(pids.read_line());
+      middle.kill();
+      middle.join();
+      release.release();
+      ::waitpid(orphan, nullptr, 0);
+    });
+    outer.start();
+    outer.join();
+    CHECK(out.read_all() == "alive;dead");
+  }
+}
+
+TEST_CASE("active_children lists the running children and reaps the finished ones", "[process]") {
+  test_pipe release;
+  REQUIRE(mp::active_children().empty());
+  mp::Process a([&release] { release.wait_for_release(); });
+  mp::Process b([&release] { release.wait_for_release(); });
+  CHECK(mp::active_children().empty());  // not started yet
+  a.start();
+  b.start();
+  std::vector<mp::Process*> running = mp::active_children();
+  CHECK(running.size() == 2);
+  CHECK(std::count(running.begin(), running.end(), &a) == 1);
+  CHECK(std::count(running.begin(), running.end(), &b) == 1);
+
+  release.release();  // one of them ends
+  mp::Process* finished = nullptr;
+  while (!finished) {
+    pollfd ready[2] = {{a.sentinel(), POLLIN, 0}, {b.sentinel(), POLLIN, 0}};
+    REQUIRE(::poll(ready, 2, 30000) > 0);
+    finished = (ready[0].revents & POLLIN) ? &a : (ready[1].revents & POLLIN) ? &b : nullptr;
+  }
+  mp::Process* other = finished == &a ? &b : &a;
+  running = mp::active_children();  // reaps the finished one without join()
+  CHECK(running == std::vector<mp::Process*>{other});
+  CHECK(reaped(finished->pid()));
+  CHECK(finished->exitcode() == 0);
+
+  release.release();
+  other->join();
+  CHECK(mp::active_children().empty());
+}
+
+TEST_CASE("exitcode reports how the child ended", "[process]") {
+  SECTION("0 when the target returns") {
+    mp::Process p([] {});
+    CHECK_FALSE(p.exitcode().has_value());
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 0);
+  }
+  SECTION("n from _exit(n)") {
+    mp::Process p([] { ::_exit(3); });
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 3);
+  }
+  SECTION("n from exit(n)") {
+    mp::Process p([] { std::exit(3); });
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 3);
+  }
+  SECTION("1 for an uncaught exception, whose type and what() go to stderr") {
+    test_pipe err;
+    mp::Process p({.name = "Thrower"}, [&err] {
+      ::dup2(err.write_fd(), STDERR_FILENO);
+      throw std::invalid_argument("bad input 42");
+    });
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 1);
+    CHECK(err.read_all() == "Process Thrower:\nstd::invalid_argument: bad input 42\n");
+  }
+  SECTION("1 for an uncaught non-std exception, whose type goes to stderr") {
+    test_pipe err;
+    mp::Process p({.name = "IntThrower"}, [&err] {
+      ::dup2(err.write_fd(), STDERR_FILENO);
+      throw 42;
+    });
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 1);
+    CHECK(err.read_all() == "Process IntThrower:\nint\n");
+  }
+  SECTION("-15 after terminate(), -9 after kill()") {
+    test_pipe release;
+    test_pipe ready;
+    mp::Process terminated([&release, &ready] {
+      default_signal_actions();
+      ready.release();
+      release.wait_for_release();
+    });
+    mp::Process killed([&release] { release.wait_for_release(); });
+    terminated.start();
+    killed.start();
+    ready.wait_for_release();
+    CHECK(terminated.is_alive());
+    CHECK_FALSE(terminated.exitcode().has_value());
+    terminated.terminate();
+    killed.kill();
+    terminated.join();
+    killed.join();
+    CHECK(terminated.exitcode() == -SIGTERM);
+    CHECK(killed.exitcode() == -SIGKILL);
+    CHECK_FALSE(terminated.is_alive());
+    terminated.terminate();  // no-op once it has ended
+    killed.kill();
+  }
+  SECTION("-N when the child kills itself with signal N") {
+    mp::Process p([] {
+      default_signal_actions();
+      ::raise(SIGSEGV);
+    });
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == -SIGSEGV);
+  }
+}
+
+TEST_CASE("join(timeout) returns false while the child runs and true once it ends", "[process]") {
+  test_pipe release;
+  mp::Process p([&release] { release.wait_for_release(); });
+  p.start();
+  CHECK_FALSE(p.join(20ms));
+  CHECK_FALSE(p.join(0s));
+  CHECK_FALSE(p.join(std::chrono::duration<double>(0.01)));
+  CHECK(p.is_alive());
+  CHECK_FALSE(p.exitcode().has_value());
+  release.release();
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK(p.join(0s));  // already ended
+  CHECK(p.join(std::chrono::hours::max()));
+  CHECK_FALSE(p.is_alive());
+}
+
+TEST_CASE("sentinel is a close-on-exec fd that becomes readable when the child ends", "[process]") {
+  test_pipe release;
+  mp::Process p([&release] { release.wait_for_release(); });
+  CHECK_THROWS_AS(p.sentinel(), mp::ProcessError);
+  p.start();
+  const int fd = p.sentinel();
+  CHECK((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+  CHECK_FALSE(readable_within(fd, 0ms));
+  release.release();
+  CHECK(readable_within(fd, 30000ms));
+  p.join();
+  CHECK(p.sentinel() == fd);  // valid until close()
+  p.close();
+  CHECK(::fcntl(fd, F_GETFD) == -1);
+}
+
+TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[process]") {
+  using Catch::Matchers::Contains;
+  SECTION("start twice") {
+    mp::Process p([] {});
+    p.start();
+    CHECK_THROWS_WITH(p.start(), Contains("already started") && Contains(p.name()));
+    p.join();
+    CHECK_THROWS_AS(p.start(), mp::ProcessError);
+  }
+  SECTION("join before start") {
+    mp::Process p([] {});
+    CHECK_THROWS_WITH(p.join(), Contains("not started") && Contains("start()"));
+    CHECK_THROWS_AS(p.join(1s), mp::ProcessError);
+    CHECK_THROWS_AS(p.terminate(), mp::ProcessError);
+    CHECK_THROWS_AS(p.kill(), mp::ProcessError);
+    CHECK_FALSE(p.is_alive());
+    CHECK(p.pid() == 0);
+  }
+  SECTION("the main process joining itself") {
+    CHECK_THROWS_WITH(mp::current_process().join(), Contains("cannot join itself"));
+    CHECK_THROWS_AS(mp::current_process().start(), mp::ProcessError);
+  }
+  SECTION("a child joining itself") {
+    test_pipe out;
+    mp::Process p([&out] {
+      try {
+        mp::current_process().join();
+        out.write("no error");
+      } catch (const mp::ProcessError& e) {
+        out.write(e.what());
+      }
+    });
+    p.start();
+    p.join();
+    CHECK_THAT(out.read_all(), Contains("cannot join itself"));
+  }
+  SECTION("a child joining a sibling it did not create") {
+    test_pipe out;
+    test_pipe release;
+    mp::Process sibling([&release] { release.wait_for_release(); });
+    sibling.start();
+    mp::Process p([&out, &sibling] {
+      try {
+        sibling.join();
+        out.write("no error\n");
+      } catch (const mp::ProcessError& e) {
+        out.write(std::string(e.what()) + "\n");
+      }
+    });
+    p.start();
+    p.join();
+    // read_line, not read_all: the blocked sibling holds a copy of out's write end.
+    CHECK_THAT(out.read_line(), Contains("only the process that created"));
+    release.release();
+    sibling.join();
+  }
+  SECTION("daemon set after start") {
+    mp::Process p([] {});
+    p.daemon(true);
+    CHECK(p.daemon());
+    p.daemon(false);
+    p.start();
+    CHECK_THROWS_WITH(p.daemon(true), Contains("already started") && Contains("before start()"));
+    CHECK_FALSE(p.daemon());
+    p.join();
+  }
+  SECTION("close while running, then use after close") {
+    test_pipe release;
+    mp::Process p([&release] { release.wait_for_release(); });
+    p.start();
+    CHECK_THROWS_WITH(p.close(), Contains("still running") && Contains(std::to_string(p.pid())));
+    release.release();
+    p.join();
+    p.close();
+    p.close();  // closing twice is harmless, as in Python
+    CHECK(p.name().rfind("Process-", 0) == 0);
+    CHECK_THROWS_WITH(p.join(), Contains("is closed"));
+    CHECK_THROWS_AS(p.join(1s), mp::ProcessError);
+    CHECK_THROWS_AS(p.is_alive(), mp::ProcessError);
+    CHECK_THROWS_AS(p.exitcode(), mp::ProcessError);
+    CHECK_THROWS_AS(p.pid(), mp::ProcessError);
+    CHECK_THROWS_AS(p.sentinel(), mp::ProcessError);
+    CHECK_THROWS_AS(p.start(), mp::ProcessError);
+    CHECK_THROWS_AS(p.terminate(), mp::ProcessError);
+    CHECK_THROWS_AS(p.kill(), mp::ProcessError);
+  }
+  SECTION("a moved-from Process") {
+    mp::Process p([] {});
+    mp::Process q(std::move(p));
+    CHECK_THROWS_WITH(p.start(), Contains("moved from"));  // NOLINT(bugprone-use-after-move)
+    CHECK_THROWS_AS(p.name(), mp::ProcessError);
+  }
+  SECTION("a daemon starting a child") {
+    test_pipe out;
+    mp::Process p({.daemon = true}, [&out] {
+      try {
+        mp::Process inner([] {});
+        inner.start();
+        inner.join();
+        out.write("started");
+      } catch (const mp::ProcessError& e) {
+        out.write(e.what());
+      }
+    });
+    p.start();
+    p.join();
+    CHECK_THAT(out.read_all(), Contains("daemonic processes are not allowed to have children"));
+  }
+}
+
+TEST_CASE("A daemon child dies when its parent is killed with SIGKILL; a non-daemon one gets SIGTERM", "[process]") {
+  const bool daemon = GENERATE(true, false);
+  CAPTURE(daemon);
+  test_pipe out;
+  // outer is a child subreaper, so the orphaned grandchild is re-parented to it and its exit status can be read.
+  mp::Process outer([&out, daemon] {
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    test_pipe pids;
+    test_pipe never;  // the grandchild blocks reading it until every other holder is gone
+    mp::Process middle([&pids, &never, daemon] {
+      mp::Process grandchild({.daemon = daemon}, [&never, &pids] {
+        default_signal_actions();
+        pids.write(std::to_string(::getpid()) + "\n");  // ready to die quietly
+        never.close_write();
+        never.wait_for_release();
+      });
+      grandchild.start();
+      never.wait_for_release();
+    });
+    middle.start();
+    const pid_t grandchild = std::stoi(pids.read_line());
+    const int pidfd = mp::detail::pidfd_open(grandchild);
+    middle.kill();
+    middle.join();
+    const bool ended = pidfd >= 0 && readable_within(pidfd, 30000ms);
+    int status = 0;
+    const bool waited = ended && ::waitpid(grandchild, &status, 0) == grandchild;
+    out.write("middle " + std::to_string(middle.exitcode().value_or(999)) + ", grandchild " +
+              (waited ? std::to_string(mp::detail::exitcode_from_status(status)) : std::string("still running")));
+  });
+  outer.start();
+  outer.join();
+  CHECK(out.read_all() == "middle -9, grandchild " + std::to_string(daemon ? -SIGKILL : -SIGTERM));
+  CHECK(outer.exitcode() == 0);
+}
+
+TEST_CASE("A child started from a thread gets its death signal when that thread ends", "[process]") {
+  // Documents PR_SET_PDEATHSIG's caveat (docs/process.md): the "parent" is the thread that called start().
+  test_pipe release;
+  test_pipe ready;
+  mp::Process p([&release, &ready] {
+    default_signal_actions();
+    ready.release();
+    release.wait_for_release();
+  });
+  std::thread starter([&p, &ready] {
+    p.start();
+    ready.wait_for_release();
+  });
+  starter.join();
+  p.join();
+  CHECK(p.exitcode() == -SIGTERM);
+}
+
+TEST_CASE("The destructor joins a non-daemon child and terminates a daemon one", "[process]") {
+  SECTION("non-daemon: waits until the child ends by itself") {
+    test_pipe out;
+    test_pipe release;
+    pid_t child = 0;
+    {
+      mp::Process p([&out, &release] {
+        release.wait_for_release();
+        out.write("finished normally");
+      });
+      p.start();
+      child = p.pid();
+      release.release();
+    }
+    CHECK(reaped(child));
+    CHECK(out.read_all() == "finished normally");
+    CHECK(mp::active_children().empty());
+  }
+  SECTION("daemon: terminated and reaped") {
+    test_pipe release;
+    test_pipe ready;
+    pid_t child = 0;
+    int pidfd = -1;
+    {
+      mp::Process p({.daemon = true}, [&release, &ready] {
+        default_signal_actions();
+        ready.release();
+        release.wait_for_release();
+      });
+      p.start();
+      ready.wait_for_release();
+      child = p.pid();
+      pidfd = mp::detail::pidfd_open(child);
+      REQUIRE(pidfd >= 0);
+    }
+    CHECK(readable_within(pidfd, 0ms));
+    CHECK(reaped(child));
+    ::close(pidfd);
+  }
+}
+
+TEST_CASE("A Process can be moved before and after start", "[process]") {
+  test_pipe out;
+  std::vector<mp::Process> processes;
+  for (int i = 0; i < 3; ++i) {
+    mp::Process p([&out, i] { out.write(std::to_string(i) + ":" + mp::current_process().name() + "\n"); });
+    processes.push_back(std::move(p));  // moved before start (and again when the vector grows)
+  }
+  for (mp::Process& p : processes) p.start();
+  std::vector<std::string> names;
+  for (mp::Process& p : processes) names.push_back(p.name());
+  // Moved after start: the registry follows the Process to its new address.
+  std::vector<mp::Process> moved;
+  for (mp::Process& p : processes) moved.push_back(std::move(p));
+  for (mp::Process* child : mp::active_children()) {
+    CHECK(std::any_of(moved.begin(), moved.end(), [child](const mp::Process& p) { return &p == child; }));
+  }
+  mp::Process assigned([] {});
+  assigned = std::move(moved.back());
+  moved.pop_back();
+  assigned.join();
+  for (mp::Process& p : moved) p.join();
+  for (mp::Process& p : moved) CHECK(p.exitcode() == 0);
+  CHECK(assigned.exitcode() == 0);
+  std::string report = out.read_all();
+  for (int i = 0; i < 3; ++i) {
+    CHECK(report.find(std::to_string(i) + ":" + names[static_cast<std::size_t>(i)] + "\n") != std::string::npos);
+  }
+  CHECK(mp::active_children().empty());
+}
+
+TEST_CASE("Buffered stdio output is written once, not once per process", "[process]") {
+  test_pipe out;
+  mp::Process writer([&out] {
+    ::dup2(out.write_fd(), STDOUT_FILENO);
+    std::printf("before;");  // no newline: stays in the buffer
+    std::cout << "cout;";
+    mp::Process child([] { std::printf("child;"); });
+    child.start();
+    child.join();
+    std::printf("after\n");
+  });
+  writer.start();
+  writer.join();
+  CHECK(out.read_all() == "before;cout;child;after\n");
+}
+
+TEST_CASE("A child joins its own children when it ends, and terminates its daemon ones", "[process]") {
+  SECTION("non-daemon grandchild: the child waits for it") {
+    test_pipe out;
+    test_pipe release;
+    mp::Process child([&out, &release] {
+      mp::Process grandchild([&out, &release] {
+        release.wait_for_release();
+        out.write("grandchild done;");
+      });
+      grandchild.start();
+      out.write(std::to_string(grandchild.pid()) + "\n");
+      static_cast<void>(grandchild.pid());
+      // Leave without join(): Python's _exit_function joins it.
+      new mp::Process(std::move(grandchild));  // leaked: only the exit function may join it
+    });
+    child.start();
+    const std::string pid_line = out.read_line();
+    CHECK_FALSE(child.join(20ms));  // cannot end before its non-daemon child
+    release.release();
+    child.join();
+    CHECK(child.exitcode() == 0);
+    CHECK(out.read_all() == "grandchild done;");
+    CHECK_FALSE(pid_line.empty());
+  }
+  SECTION("daemon grandchild: the child terminates it at exit(0)") {
+    test_pipe out;
+    test_pipe never;
+    mp::Process child([&out, &never] {
+      test_pipe ready;
+      auto* grandchild = new mp::Process({.daemon = true}, [&never, &ready] {
+        default_signal_actions();
+        ready.release();
+        never.close_write();
+        never.wait_for_release();
+      });  // leaked: the atexit handler must still terminate it
+      grandchild->start();
+      ready.wait_for_release();
+      out.write(std::to_string(grandchild->pid()) + "\n");
+      std::exit(0);
+    });
+    child.start();
+    const pid_t grandchild = std::stoi(out.read_line());
+    const int pidfd = mp::detail::pidfd_open(grandchild);
+    child.join();
+    CHECK(child.exitcode() == 0);
+    CHECK((pidfd < 0 || readable_within(pidfd, 0ms)));  // gone already when the child ended
+    if (pidfd >= 0) ::close(pidfd);
+  }
+}
+
+TEST_CASE("Processes can be started and joined from several threads at once", "[process]") {
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&ok, t] {
+      for (int i = 0; i < 5; ++i) {
+        mp::Process p([t, i] { ::_exit(t * 10 + i); });
+        p.start();
+        p.join();  // before this thread ends: the child's death signal follows its starting thread
+        if (p.exitcode() == t * 10 + i) ++ok;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  CHECK(ok == 20);
+  CHECK(mp::active_children().empty());
+}
+
+TEST_CASE("cpu_count respects the CPU affinity mask", "[process]") {
+  CHECK(mp::cpu_count() >= 1);
+  mp::Process p([] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(static_cast<int>(::sched_getcpu()), &one);
+    if (::sched_setaffinity(0, sizeof one, &one) != 0) ::_exit(2);
+    ::_exit(mp::cpu_count() == 1 ? 0 : 1);
+  });
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("Only the fork start method is available in this version", "[process]") {
+  using Catch::Matchers::Contains;
+  CHECK(mp::get_all_start_methods() == std::vector<mp::StartMethod>{mp::StartMethod::fork});
+  CHECK(mp::get_start_method() == mp::StartMethod::fork);
+  mp::set_start_method(mp::StartMethod::fork);
+  CHECK_THROWS_WITH(mp::set_start_method(mp::StartMethod::spawn),
+                    Contains("spawn is not implemented yet") && Contains("StartMethod::fork"));
+  CHECK_THROWS_WITH(mp::set_start_method(mp::StartMethod::forkserver), Contains("forkserver is not implemented yet"));
+  CHECK_THROWS_WITH(mp::Process({.start_method = mp::StartMethod::spawn}, [] {}),
+                    Contains("spawn is not implemented yet"));
+  mp::Process p({.start_method = mp::StartMethod::fork}, [] { ::_exit(5); });
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 5);
+}
