@@ -1,0 +1,33 @@
+// Lesson "Process Class Inheritance": derive from mp::Process and override run(), which the child executes.
+//
+//   class WorkerProcess(multiprocessing.Process):
+//       def __init__(self, name):
+//           super().__init__(name=name)
+//       def run(self):
+//           ...
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include <mp/process.hpp>
+
+class WorkerProcess : public mp::Process {
+ public:
+  explicit WorkerProcess(std::string name) : mp::Process({.name = std::move(name)}) {}
+
+ protected:
+  void run() override {
+    std::cout << name() << " starting\n";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the lesson sleeps 2 s
+    std::cout << name() << " finished\n";
+  }
+};
+
+int main(int argc, char** argv) {
+  mp::init(argc, argv);
+
+  WorkerProcess process("Worker1");
+  process.start();
+  process.join();
+}
