@@ -198,16 +198,29 @@ using pool_arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char
 template <class F, class... Args>
 using pool_apply_result_t = std::remove_cvref_t<std::invoke_result_t<F&, Args&&...>>;
 
+/// Stands for the result of a call that does not compile, so the static_assert below names the problem.
+struct pool_not_callable {};
+
 template <class F, class T, bool Star>
-struct pool_item_result;
+struct pool_item_result {
+  using type = pool_not_callable;
+};
 template <class F, class T>
+  requires std::is_invocable_v<F&, T&&>
 struct pool_item_result<F, T, false> {
   using type = std::remove_cvref_t<std::invoke_result_t<F&, T&&>>;
 };
 template <class F, class T>
+  requires requires { std::apply(std::declval<F&>(), std::declval<T&&>()); }
 struct pool_item_result<F, T, true> {
   using type = std::remove_cvref_t<decltype(std::apply(std::declval<F&>(), std::declval<T&&>()))>;
 };
+template <class E>
+constexpr void pool_check_callable_with_items() {
+  static_assert(!std::is_same_v<E, pool_not_callable>,
+                "mp::Pool::map/imap/starmap: the function cannot be called with the range's items (for starmap: with "
+                "the elements of each tuple); check the parameter types against the range's value type");
+}
 
 /// Python's automatic chunksize: ceil(n / (4 * processes)).
 inline std::size_t pool_auto_chunksize(std::size_t n, std::size_t processes) {
@@ -548,6 +561,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
   using T = std::remove_cvref_t<std::ranges::range_value_t<Range>>;
   using E = typename detail::pool_item_result<F, T, Star>::type;
   using R = detail::pool_map_result_t<E>;
+  detail::pool_check_callable_with_items<E>();
   detail::pool_check_callable<F>();
   detail::pool_check_value<T>();
   detail::pool_check_value<E>();
@@ -592,6 +606,7 @@ auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
   using V = std::views::all_t<Range>;
   using T = std::remove_cvref_t<std::ranges::range_value_t<V>>;
   using E = typename detail::pool_item_result<F, T, false>::type;
+  detail::pool_check_callable_with_items<E>();
   static_assert(!std::is_void_v<E>, "mp::Pool::imap: the function returns void, so there is nothing to iterate; use "
                                     "map or map_async instead");
   detail::pool_check_callable<F>();
