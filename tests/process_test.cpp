@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <stdexcept>
@@ -104,6 +105,13 @@ bool readable_within(int fd, std::chrono::milliseconds timeout) {
     n = ::poll(&ready, 1, static_cast<int>(timeout.count()));
   } while (n < 0 && errno == EINTR);
   return n == 1;
+}
+
+/// The number of open file descriptors of this process.
+std::size_t open_fd_count() {
+  std::size_t count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++count;
+  return count;
 }
 
 /// True if pid is no longer a child of this process (it was reaped).
@@ -492,9 +500,12 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
     CHECK_FALSE(p.is_alive());
     CHECK(p.pid() == 0);
   }
-  SECTION("the main process joining itself") {
+  SECTION("the main process joining, starting or signalling itself") {
     CHECK_THROWS_WITH(mp::current_process().join(), Contains("cannot join itself"));
+    CHECK_THROWS_AS(mp::current_process().join(1s), mp::ProcessError);
     CHECK_THROWS_AS(mp::current_process().start(), mp::ProcessError);
+    CHECK_THROWS_WITH(mp::current_process().terminate(), Contains("is the current process"));
+    CHECK_THROWS_AS(mp::current_process().kill(), mp::ProcessError);
   }
   SECTION("a child joining itself") {
     test_pipe out;
@@ -582,6 +593,42 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
     p.join();
     CHECK_THAT(out.read_all(), Contains("daemonic processes are not allowed to have children"));
   }
+}
+
+TEST_CASE("join reports a child reaped behind mp's back instead of waiting forever", "[process]") {
+  test_pipe out;
+  mp::Process middle([&out] {
+    ::signal(SIGCHLD, SIG_IGN);  // the kernel reaps children at once: their exit codes are lost
+    mp::Process child([] {});
+    child.start();
+    try {
+      child.join();
+      out.write("joined");
+    } catch (const mp::ProcessError& e) {
+      out.write(e.what());
+    }
+  });
+  middle.start();
+  middle.join();
+  CHECK_THAT(out.read_all(), Catch::Matchers::Contains("reaped by someone else") &&
+                                 Catch::Matchers::Contains("SIGCHLD"));
+  CHECK(middle.exitcode() == 0);
+}
+
+TEST_CASE("Starting, joining and destroying processes leaves no file descriptor open", "[process]") {
+  const std::size_t before = open_fd_count();
+  {
+    mp::Process a([] {});
+    mp::Process b([] { ::_exit(2); });
+    a.start();
+    b.start();
+    CHECK(open_fd_count() == before + 2);  // the two sentinels
+    a.join();
+    b.join();
+    b.close();
+    CHECK(open_fd_count() == before + 1);
+  }
+  CHECK(open_fd_count() == before);
 }
 
 TEST_CASE("A daemon child dies when its parent is killed with SIGKILL; a non-daemon one gets SIGTERM", "[process]") {

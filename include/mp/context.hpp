@@ -5,7 +5,7 @@
 // before starting processes. All functions here are thread-safe.
 #pragma once
 
-#include <mutex>
+#include <atomic>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,14 +30,11 @@ inline std::string_view to_string(StartMethod method) noexcept {
 
 namespace detail {
 
-struct start_method_setting {
-  std::mutex mutex;
-  std::optional<StartMethod> method;  // guarded by mutex; empty until set or first read
-};
-
-inline start_method_setting& the_start_method_setting() {
-  static start_method_setting setting;
-  return setting;
+// An atomic, not a mutex: a mutex held by another thread at fork() would stay locked forever in the child, and a
+// child that starts its own children reads this. -1: not set yet.
+inline std::atomic<int>& the_start_method() {
+  static std::atomic<int> method{-1};
+  return method;
 }
 
 /// Throws ProcessError unless mp can start processes with `method` in this build.
@@ -54,21 +51,23 @@ inline void require_implemented(StartMethod method, std::string_view where) {
 /// setting the same one again is harmless.
 inline void set_start_method(StartMethod method, bool force = false) {
   detail::require_implemented(method, "set_start_method");
-  auto& setting = detail::the_start_method_setting();
-  std::lock_guard lock(setting.mutex);
-  if (setting.method && *setting.method != method && !force) {
+  std::atomic<int>& setting = detail::the_start_method();
+  int expected = -1;
+  const int wanted = static_cast<int>(method);
+  if (setting.compare_exchange_strong(expected, wanted) || expected == wanted) return;
+  if (!force) {
     throw ProcessError("set_start_method(" + std::string(to_string(method)) + "): the start method is already " +
-                       std::string(to_string(*setting.method)) + "; pass force = true to change it");
+                       std::string(to_string(static_cast<StartMethod>(expected))) + "; pass force = true to change it");
   }
-  setting.method = method;
+  setting.store(wanted);
 }
 
 /// The default start method; fixes it to fork (Linux's default) if none was set, as Python does.
 inline StartMethod get_start_method() {
-  auto& setting = detail::the_start_method_setting();
-  std::lock_guard lock(setting.mutex);
-  if (!setting.method) setting.method = StartMethod::fork;
-  return *setting.method;
+  std::atomic<int>& setting = detail::the_start_method();
+  int expected = -1;
+  setting.compare_exchange_strong(expected, static_cast<int>(StartMethod::fork));
+  return static_cast<StartMethod>(setting.load());
 }
 
 /// The start methods that work in this build: {fork}.

@@ -470,6 +470,9 @@ inline void Process::daemon(bool is_daemon) {
 
 inline void Process::terminate() {
   detail::process_record& state = usable_record("terminate");
+  if (state.role == detail::process_record::kind::main || is_current(state)) {
+    throw ProcessError("Process::terminate: " + state.name + " is the current process; end it with std::exit() instead");
+  }
   require_child_of_this_process(state, "terminate");
   if (!state.started) {
     throw ProcessError("Process::terminate: " + state.name + " was not started; there is nothing to terminate");
@@ -479,6 +482,9 @@ inline void Process::terminate() {
 
 inline void Process::kill() {
   detail::process_record& state = usable_record("kill");
+  if (state.role == detail::process_record::kind::main || is_current(state)) {
+    throw ProcessError("Process::kill: " + state.name + " is the current process; end it with std::exit() instead");
+  }
   require_child_of_this_process(state, "kill");
   if (!state.started) {
     throw ProcessError("Process::kill: " + state.name + " was not started; there is nothing to kill");
