@@ -1,0 +1,503 @@
+// Connection<T>, Pipe<T>() and wait(): typed message channels between processes, as Python's
+// multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
+// A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
+// values (detail/wire.hpp), of any size.
+// Process safety: a Connection is a handle. Copies in one process share one state (close() on any copy closes it
+// for that process); a copy passed to a child refers to the same end. Several processes may send on one end at
+// once: each whole message is written under a process-shared lock, so bytes of two messages never interleave.
+// Several receivers on one end likewise each get whole messages. A process killed while sending leaves a partial
+// message in the stream: later sends and receives on that direction throw mp::Error saying so.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <new>
+#include <ranges>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/futex.hpp>
+#include <mp/detail/robust_mutex.hpp>
+#include <mp/detail/shm_segment.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/detail/unique_fd.hpp>
+#include <mp/detail/wire.hpp>
+#include <mp/errors.hpp>
+#include <mp/serialize.hpp>
+
+namespace mp {
+
+template <class T>
+class Connection;
+
+/// A connected pair. duplex: both ends send and receive (a socketpair). !duplex: first only receives and second
+/// only sends (a pipe), as Python's Pipe(duplex=False) returns (reader, writer).
+template <class T>
+[[nodiscard]] std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
+
+namespace detail {
+
+// One direction of a Pipe, in memory shared by every process holding either end. The locks make each frame a unit
+// for concurrent senders (and receivers) in different processes; the flags detect a process that died mid-frame,
+// which leaves a partial frame in the stream that no later reader can re-synchronize on.
+struct connection_direction {
+  robust_mutex send_mutex;
+  robust_mutex recv_mutex;
+  std::atomic<std::uint32_t> sending{0};    // 1 while a sender is inside a frame; guarded by send_mutex
+  std::atomic<std::uint32_t> receiving{0};  // 1 while a receiver is inside a frame; guarded by recv_mutex
+  std::atomic<std::uint32_t> broken{0};     // 1 once a process died mid-frame: the stream cannot be trusted
+};
+
+struct connection_shared {
+  connection_direction direction[2];  // [0]: first -> second, [1]: second -> first
+};
+
+// The per-process state behind every copy of one Connection end.
+struct connection_state {
+  unique_fd fd;
+  fd_kind kind = fd_kind::socket;
+  std::shared_ptr<shm_segment> segment;       // keeps the shared locks mapped while an end lives here
+  connection_direction* outgoing = nullptr;   // nullptr: this end does not send
+  connection_direction* incoming = nullptr;   // nullptr: this end does not receive
+};
+
+// Holds one of a direction's locks for one frame and maintains its in-frame flag. A lock recovered from a dead
+// holder that was inside a frame marks the direction broken.
+class frame_guard {
+ public:
+  frame_guard(robust_mutex& mutex, std::atomic<std::uint32_t>& in_frame, connection_direction& direction,
+              const char* operation)
+      : mutex_(mutex), in_frame_(in_frame) {
+    mutex_.lock();
+    if (mutex_.previous_owner_died() && in_frame_.load(std::memory_order_relaxed) != 0) {
+      direction.broken.store(1, std::memory_order_relaxed);
+      in_frame_.store(0, std::memory_order_relaxed);
+    }
+    if (direction.broken.load(std::memory_order_relaxed) != 0) {
+      mutex_.unlock();
+      throw Error(std::string(operation) +
+                  ": a process was killed in the middle of a message on this connection, so the stream is "
+                  "corrupt; close both ends and create a new Pipe");
+    }
+  }
+  frame_guard(const frame_guard&) = delete;
+  frame_guard& operator=(const frame_guard&) = delete;
+  /// Marks the start of the frame's bytes (after this, dying leaves a partial frame behind).
+  void begin() noexcept { in_frame_.store(1, std::memory_order_relaxed); }
+  /// The frame went through whole.
+  void end() noexcept { in_frame_.store(0, std::memory_order_relaxed); }
+  ~frame_guard() {
+    try {
+      mutex_.unlock();
+    } catch (...) {
+    }
+  }
+
+ private:
+  robust_mutex& mutex_;
+  std::atomic<std::uint32_t>& in_frame_;
+};
+
+// Scratch buffers reused across messages by one thread; a buffer that grew for a huge message is released.
+inline std::vector<std::byte>& connection_scratch() {
+  thread_local std::vector<std::byte> scratch;
+  return scratch;
+}
+inline void trim_scratch(std::vector<std::byte>& scratch) {
+  if (scratch.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(scratch);
+}
+
+/// A deadline `timeout` from now; none (forever) for timeouts too long to represent, e.g. duration::max().
+template <class Rep, class Period>
+deadline deadline_or_forever(std::chrono::duration<Rep, Period> timeout) {
+  constexpr double century_seconds = 100.0 * 365 * 24 * 3600;
+  if (std::chrono::duration<double>(timeout).count() >= century_seconds) return {};
+  return deadline_after(timeout);
+}
+
+/// "250 ms" for error messages.
+template <class Rep, class Period>
+std::string describe_timeout(std::chrono::duration<Rep, Period> timeout) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
+  if (ms != 0 || timeout == timeout.zero()) return std::to_string(ms) + " ms";
+  return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(timeout).count()) + " us";
+}
+
+/// The descriptor mp::wait watches for one object: a Connection's fileno(), a Process's sentinel(), an int itself.
+template <class W>
+int wait_fd(const W& object) {
+  if constexpr (std::is_pointer_v<W>) {
+    return wait_fd(*object);
+  } else if constexpr (std::is_integral_v<W>) {
+    return static_cast<int>(object);
+  } else if constexpr (requires { { object.fileno() } -> std::convertible_to<int>; }) {
+    return object.fileno();
+  } else if constexpr (requires { { object.sentinel() } -> std::convertible_to<int>; }) {
+    return object.sentinel();
+  } else {
+    static_assert(sizeof(W) == 0,
+                  "mp::wait: this type cannot be waited on; pass Connections, Process pointers, or file "
+                  "descriptors (ints such as Process::sentinel() or Connection::fileno())");
+  }
+}
+
+/// The indexes of the ready descriptors, in order; empty if the deadline passed first.
+inline std::vector<std::size_t> wait_ready(const std::vector<int>& fds, const deadline& until) {
+  std::vector<pollfd> polls;
+  polls.reserve(fds.size());
+  for (int fd : fds) polls.push_back(pollfd{fd, POLLIN, 0});
+  for (;;) {
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (until) {
+      auto left = *until - std::chrono::steady_clock::now();
+      if (left < left.zero()) left = left.zero();
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      ts = timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      tsp = &ts;
+    }
+    const int n = ::ppoll(polls.data(), polls.size(), tsp, nullptr);
+    if (n == -1) {
+      if (last_errno() == EINTR) continue;
+      throw_errno("ppoll", std::to_string(polls.size()) + " descriptors");
+    }
+    std::vector<std::size_t> ready;
+    for (std::size_t i = 0; i < polls.size(); ++i) {
+      if (polls[i].revents & POLLNVAL)
+        throw Error("mp::wait: descriptor " + std::to_string(polls[i].fd) +
+                    " is not open (a closed Connection, or a Process that was closed?)");
+      if (polls[i].revents != 0) ready.push_back(i);
+    }
+    return ready;
+  }
+}
+
+}  // namespace detail
+
+/// One end of a Pipe: sends and receives values of type T (any serializable type), or raw bytes.
+template <class T>
+class Connection {
+  static_assert(serializable<T>, "mp::Connection<T>: T must be serializable (see mp/serialize.hpp)");
+
+ public:
+  /// A closed connection (closed() is true); assign one returned by Pipe().
+  Connection() = default;
+
+  /// Sends one value; the peer's recv() returns an equal value. Throws mp::Error if the other end is closed.
+  void send(const T& value);
+  /// The next value; throws EOFError once the other end is closed and every message has been read.
+  [[nodiscard]] T recv();
+
+  /// True if a message (or the end of the stream) is waiting: recv() would not block. Never blocks.
+  [[nodiscard]] bool poll();
+  /// Waits up to `timeout` for a message (or the end of the stream); false if none arrived in time.
+  template <class Rep, class Period>
+  [[nodiscard]] bool poll(std::chrono::duration<Rep, Period> timeout);
+
+  /// Sends raw bytes as one message (read them with recv_bytes on the other end).
+  void send_bytes(std::span<const std::byte> bytes);
+  /// The next message as raw bytes; EOFError as recv().
+  [[nodiscard]] std::vector<std::byte> recv_bytes();
+  /// Reads the next message into `buffer` and returns its size; BufferTooShort (the message is consumed) if it
+  /// does not fit.
+  std::size_t recv_bytes_into(std::span<std::byte> buffer);
+
+  /// Closes this end in this process (every copy here sees it closed); other processes' copies stay open.
+  void close() noexcept;
+  [[nodiscard]] bool closed() const noexcept { return !state_ || !state_->fd; }
+  /// The descriptor (for mp::wait, poll(2), select(2)); throws mp::Error if closed.
+  [[nodiscard]] int fileno() const;
+  /// True for copies of the same end.
+  friend bool operator==(const Connection& a, const Connection& b) noexcept { return a.state_ == b.state_; }
+
+ private:
+  friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool duplex);
+  explicit Connection(std::shared_ptr<detail::connection_state> state) : state_(std::move(state)) {}
+
+  detail::connection_state& open_state(const char* operation) const;
+  detail::connection_direction& outgoing(const char* operation) const;
+  detail::connection_direction& incoming(const char* operation) const;
+  // Receives one frame: calls on_payload(fd, length) to consume exactly `length` bytes, under the receive lock.
+  template <class F>
+  decltype(auto) receive_frame(const char* operation, F&& on_payload);
+
+  std::shared_ptr<detail::connection_state> state_;
+};
+
+/// Waits until at least one object is ready, and returns the ready ones in their input order (Python's
+/// multiprocessing.connection.wait). Objects: Connections (a message or end of stream waits), Process pointers
+/// (the process ended), or descriptors as ints (Process::sentinel(), Connection::fileno(), any fd).
+template <std::ranges::forward_range R>
+[[nodiscard]] std::vector<std::ranges::range_value_t<R>> wait(const R& objects);
+/// As wait(objects), giving up after `timeout`: then the result is empty.
+template <std::ranges::forward_range R, class Rep, class Period>
+[[nodiscard]] std::vector<std::ranges::range_value_t<R>> wait(const R& objects,
+                                                              std::chrono::duration<Rep, Period> timeout);
+/// wait({a, b, c}) with a braced list.
+template <class W>
+[[nodiscard]] std::vector<W> wait(std::initializer_list<W> objects);
+template <class W, class Rep, class Period>
+[[nodiscard]] std::vector<W> wait(std::initializer_list<W> objects, std::chrono::duration<Rep, Period> timeout);
+
+// ---------------------------------------------------------------------------------------------------------------
+
+template <class T>
+std::pair<Connection<T>, Connection<T>> Pipe(bool duplex) {
+  int fds[2];
+  detail::fd_kind kind;
+  if (duplex) {
+    detail::sys("socketpair", "AF_UNIX, SOCK_STREAM",
+                [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); });
+    kind = detail::fd_kind::socket;
+  } else {
+    detail::sys("pipe2", "O_CLOEXEC", [&] { return ::pipe2(fds, O_CLOEXEC); });
+    kind = detail::fd_kind::pipe;
+  }
+  detail::unique_fd first_fd(fds[0]), second_fd(fds[1]);
+
+  auto segment = std::make_shared<detail::shm_segment>(
+      detail::shm_segment::create(sizeof(detail::connection_shared), "mp-pipe-" + std::to_string(::getpid())));
+  auto* shared = new (segment->data()) detail::connection_shared();
+
+  auto first = std::make_shared<detail::connection_state>();
+  auto second = std::make_shared<detail::connection_state>();
+  first->fd = std::move(first_fd);
+  second->fd = std::move(second_fd);
+  first->kind = second->kind = kind;
+  first->segment = second->segment = segment;
+  if (duplex) {
+    first->outgoing = &shared->direction[0];
+    second->incoming = &shared->direction[0];
+    second->outgoing = &shared->direction[1];
+    first->incoming = &shared->direction[1];
+  } else {
+    second->outgoing = &shared->direction[0];  // pipe: fds[1] (second) writes, fds[0] (first) reads
+    first->incoming = &shared->direction[0];
+  }
+  return {Connection<T>(std::move(first)), Connection<T>(std::move(second))};
+}
+
+template <class T>
+detail::connection_state& Connection<T>::open_state(const char* operation) const {
+  if (closed()) throw Error(std::string(operation) + ": the connection is closed in this process");
+  return *state_;
+}
+
+template <class T>
+detail::connection_direction& Connection<T>::outgoing(const char* operation) const {
+  auto& state = open_state(operation);
+  if (state.outgoing == nullptr)
+    throw Error(std::string(operation) +
+                ": this end of a one-way Pipe only receives (Pipe(false) returns {receiver, sender})");
+  return *state.outgoing;
+}
+
+template <class T>
+detail::connection_direction& Connection<T>::incoming(const char* operation) const {
+  auto& state = open_state(operation);
+  if (state.incoming == nullptr)
+    throw Error(std::string(operation) +
+                ": this end of a one-way Pipe only sends (Pipe(false) returns {receiver, sender})");
+  return *state.incoming;
+}
+
+template <class T>
+void Connection<T>::send(const T& value) {
+  auto& direction = outgoing("Connection::send");
+  const int fd = state_->fd.get();
+  const auto kind = state_->kind;
+  if constexpr (detail::is_bitwise_v<T>) {
+    // Its bytes are its serialized form: header and value leave in one writev, no copy.
+    detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
+    guard.begin();
+    detail::send_frame(fd, kind, {std::as_bytes(std::span<const T, 1>(&value, 1))});
+    guard.end();
+  } else {
+    auto& buffer = detail::connection_scratch();
+    buffer.assign(detail::frame_header_size, std::byte{0});
+    serialize_into(buffer, value);
+    {
+      detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
+      guard.begin();
+      detail::send_prefixed_frame(fd, kind, buffer);
+      guard.end();
+    }
+    detail::trim_scratch(buffer);
+  }
+}
+
+template <class T>
+template <class F>
+decltype(auto) Connection<T>::receive_frame(const char* operation, F&& on_payload) {
+  auto& direction = incoming(operation);
+  const int fd = state_->fd.get();
+  detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+  const auto length = detail::recv_frame_header(fd);
+  if (!length)
+    throw EOFError(std::string(operation) +
+                   ": the other end of the connection is closed and every message has been read");
+  guard.begin();
+  if constexpr (std::is_void_v<decltype(on_payload(fd, *length))>) {
+    on_payload(fd, *length);
+    guard.end();
+  } else {
+    decltype(auto) result = on_payload(fd, *length);
+    guard.end();
+    return result;
+  }
+}
+
+template <class T>
+T Connection<T>::recv() {
+  if constexpr (detail::is_bitwise_v<T> && sizeof(T) <= 4096) {
+    alignas(T) std::byte bytes[sizeof(T)];
+    bool size_mismatch = false;
+    detail::frame_length got_length = 0;
+    receive_frame("Connection::recv", [&](int fd, detail::frame_length length) {
+      got_length = length;
+      if (length == sizeof(T)) {
+        if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
+          throw EOFError("Connection::recv: the connection ended inside a message: the sender closed or died "
+                         "mid-send");
+      } else {
+        size_mismatch = true;  // not ours to interpret: consume it whole, then report
+        std::vector<std::byte> discard;
+        detail::recv_frame_payload(fd, length, discard);
+      }
+    });
+    if (size_mismatch)
+      throw SerializationError("Connection::recv: received a message of " + std::to_string(got_length) +
+                               " bytes where a " + std::to_string(sizeof(T)) +
+                               "-byte value was expected: both ends must use the same Connection<T>");
+    return deserialize<T>(std::span<const std::byte>(bytes, sizeof bytes));
+  } else {
+    auto& buffer = detail::connection_scratch();
+    receive_frame("Connection::recv", [&](int fd, detail::frame_length length) {
+      detail::recv_frame_payload(fd, length, buffer);
+    });
+    struct trim {
+      std::vector<std::byte>& b;
+      ~trim() { detail::trim_scratch(b); }
+    } trimmer{buffer};
+    return deserialize<T>(buffer);
+  }
+}
+
+template <class T>
+void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
+  auto& direction = outgoing("Connection::send_bytes");
+  detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send_bytes");
+  guard.begin();
+  detail::send_frame(state_->fd.get(), state_->kind, {bytes});
+  guard.end();
+}
+
+template <class T>
+std::vector<std::byte> Connection<T>::recv_bytes() {
+  std::vector<std::byte> bytes;
+  receive_frame("Connection::recv_bytes",
+                [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); });
+  return bytes;
+}
+
+template <class T>
+std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
+  detail::frame_length length = 0;
+  const bool fits = receive_frame("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
+    length = n;
+    if (n <= buffer.size()) {
+      if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
+        throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed or "
+                       "died mid-send");
+      return true;
+    }
+    std::vector<std::byte> discard;
+    detail::recv_frame_payload(fd, n, discard);
+    return false;
+  });
+  if (!fits)
+    throw BufferTooShort("Connection::recv_bytes_into: the message has " + std::to_string(length) +
+                         " bytes but the buffer holds " + std::to_string(buffer.size()) +
+                         "; the message was consumed (use recv_bytes() for messages of unknown size)");
+  return static_cast<std::size_t>(length);
+}
+
+template <class T>
+bool Connection<T>::poll() {
+  return poll(std::chrono::nanoseconds(0));
+}
+
+template <class T>
+template <class Rep, class Period>
+bool Connection<T>::poll(std::chrono::duration<Rep, Period> timeout) {
+  incoming("Connection::poll");
+  return detail::wait_readable(state_->fd.get(), detail::deadline_or_forever(timeout));
+}
+
+template <class T>
+void Connection<T>::close() noexcept {
+  if (state_) state_->fd.reset();
+}
+
+template <class T>
+int Connection<T>::fileno() const {
+  return open_state("Connection::fileno").fd.get();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace detail {
+template <class R>
+std::vector<std::ranges::range_value_t<R>> wait_until(const R& objects, const deadline& until) {
+  std::vector<int> fds;
+  for (const auto& object : objects) fds.push_back(wait_fd(object));
+  const auto ready = wait_ready(fds, until);
+  std::vector<std::ranges::range_value_t<R>> result;
+  result.reserve(ready.size());
+  std::size_t index = 0;
+  auto next = ready.begin();
+  for (const auto& object : objects) {
+    if (next == ready.end()) break;
+    if (*next == index) {
+      result.push_back(object);
+      ++next;
+    }
+    ++index;
+  }
+  return result;
+}
+}  // namespace detail
+
+template <std::ranges::forward_range R>
+std::vector<std::ranges::range_value_t<R>> wait(const R& objects) {
+  return detail::wait_until(objects, {});
+}
+
+template <std::ranges::forward_range R, class Rep, class Period>
+std::vector<std::ranges::range_value_t<R>> wait(const R& objects, std::chrono::duration<Rep, Period> timeout) {
+  return detail::wait_until(objects, detail::deadline_or_forever(timeout));
+}
+
+template <class W>
+std::vector<W> wait(std::initializer_list<W> objects) {
+  return detail::wait_until(objects, {});
+}
+
+template <class W, class Rep, class Period>
+std::vector<W> wait(std::initializer_list<W> objects, std::chrono::duration<Rep, Period> timeout) {
+  return detail::wait_until(objects, detail::deadline_or_forever(timeout));
+}
+
+}  // namespace mp
