@@ -17,7 +17,9 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <vector>
