@@ -437,3 +437,12 @@ TEST_CASE("Large arguments and results stream through the channels", "[pool]") {
   CHECK(pool.map([](const std::string& s) { return s.size(); }, std::vector<std::string>(3, text)) ==
         std::vector<std::size_t>(3, text.size()));
 }
+
+TEST_CASE("An initializer that always throws breaks the pool with its message instead of respawning forever", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 2, .initializer = [] { throw std::runtime_error("no database"); }});
+  auto result = pool.apply_async([] { return 1; });
+  CHECK_THROWS_WITH(result.get(), Catch::Matchers::Contains("initializer failed") &&
+                                      Catch::Matchers::Contains("std::runtime_error: no database"));
+  CHECK_THROWS_WITH(pool.apply_async([] { return 2; }), Catch::Matchers::Contains("broken"));
+}

@@ -142,7 +142,7 @@ struct pool_config {
     if (header.timeout_ns != 0) shared.wake_parent();  // the supervisor must arm this task's deadline
     out.resize(sizeof(pool_result_header));
     pool_trampoline_from(header.trampoline)(task, out);
-    pool_flush_std_streams();
+    pool_flush_task_output();
     const pool_result_header result{out.size() - sizeof(std::uint64_t), header.chunk_id};
     std::memcpy(out.data(), &result, sizeof result);
     pool_write_all(shared, mine.outbox, out.data(), out.size());

@@ -10,6 +10,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <stdio_ext.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -57,6 +58,17 @@ inline void pool_flush_std_streams() noexcept {
   } catch (...) {
   }
   std::fflush(nullptr);
+}
+
+/// After each task in a worker: what the task printed reaches the terminal or pipe now, not at the worker's exit.
+/// Cheap when nothing was printed (__fpending reads the buffer pointers; fflush(nullptr) would lock every stream).
+inline void pool_flush_task_output() noexcept {
+  try {
+    std::cout.flush();  // a no-op unless sync_with_stdio(false) gave cout its own buffer
+  } catch (...) {
+  }
+  if (::__fpending(stdout) != 0) std::fflush(stdout);
+  if (::__fpending(stderr) != 0) std::fflush(stderr);
 }
 
 /// The factory's main loop; never returns. `run_worker(slot)` runs in each forked worker and must not return.
