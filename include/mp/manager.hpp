@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <initializer_list>
@@ -81,8 +82,8 @@ class Address {
 
 /// How a Manager serves: `.address` (default: a private Unix socket) and `.authkey` (required for TCP).
 struct ManagerOptions {
-  Address address;
-  std::string authkey;
+  Address address = {};
+  std::string authkey = {};
 };
 
 namespace detail {
@@ -704,6 +705,11 @@ class Manager {
   QueueProxy<T> queue(std::size_t maxsize = 0, std::string name = {}) {
     return {client(), create(kind::queue, "queue<" + tn<T>() + ">", name, maxsize)};
   }
+  /// A named queue: mgr.queue<int>("jobs") (maxsize applies only when it is created).
+  template <class T>
+  QueueProxy<T> queue(std::string name, std::size_t maxsize = 0) {
+    return queue<T>(maxsize, std::move(name));
+  }
   LockProxy lock(std::string name = {}) { return {client(), create(kind::lock, "lock", name)}; }
   RLockProxy rlock(std::string name = {}) { return {client(), create(kind::rlock, "rlock", name)}; }
   SemaphoreProxy semaphore(int value = 1, std::string name = {}) {
@@ -762,8 +768,9 @@ class Manager {
     } catch (...) {
     }
   }
-  static void run_server(detail::unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd) {
-    detail::manager_server server(std::move(listener), std::move(authkey), owner_pidfd, stop_fd);
+  static void run_server(detail::unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
+                         std::vector<std::string> remove) {
+    detail::manager_server server(std::move(listener), std::move(authkey), owner_pidfd, stop_fd, std::move(remove));
     server.run();
   }
 
@@ -850,7 +857,13 @@ inline Manager::Manager(ManagerOptions options) {
       int owner_pidfd = detail::manager_pidfd_open(owner->owner);
       if (owner_pidfd < 0 || ::getppid() != owner->owner) ::_exit(0);  // the owner already died
       detail::close_inherited_fds({listener.get(), stop_fd, owner_pidfd});
-      run_server(std::move(listener), std::move(options.authkey), owner_pidfd, stop_fd);
+      std::vector<std::string> remove;
+      if (!owner->socket_path.empty()) remove.push_back(owner->socket_path);
+      if (!owner->directory.empty()) remove.push_back(owner->directory);
+      run_server(std::move(listener), std::move(options.authkey), owner_pidfd, stop_fd, std::move(remove));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
+      code = 1;
     } catch (...) {
       code = 1;
     }
@@ -888,11 +901,13 @@ inline void Manager::serve_forever(ManagerOptions options) {
     sigset_t previous;
     std::string path;
     ~cleanup() {
-      if (!path.empty()) ::unlink(path.c_str());
+      if (!path.empty()) ::unlink(path.c_str());  // when run_server threw before removing it
       ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
     }
   } restore{previous, endpoint.tcp ? std::string() : endpoint.path};
-  run_server(std::move(listener), std::move(options.authkey), -1, stop_fd.get());
+  std::vector<std::string> remove;
+  if (!endpoint.tcp) remove.push_back(endpoint.path);
+  run_server(std::move(listener), std::move(options.authkey), -1, stop_fd.get(), std::move(remove));
 }
 
 inline void Manager::serve_forever() {

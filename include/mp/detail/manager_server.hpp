@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -39,9 +40,12 @@ namespace mp::detail {
 class manager_server {
  public:
   /// Serves on `listener` until a shutdown request, a readable `stop_fd` (a signalfd) or the exit of the process
-  /// behind `owner_pidfd` (either may be -1).
-  manager_server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd)
-      : listener_(std::move(listener)), authkey_(std::move(authkey)), owner_pidfd_(owner_pidfd), stop_fd_(stop_fd) {
+  /// behind `owner_pidfd` (either may be -1). `remove` lists paths (a socket, then its directory) removed when it
+  /// stops, before the connections close, so a client that sees its connection end never finds them.
+  manager_server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
+                 std::vector<std::string> remove = {})
+      : listener_(std::move(listener)), authkey_(std::move(authkey)), owner_pidfd_(owner_pidfd), stop_fd_(stop_fd),
+        remove_(std::move(remove)) {
     int flags = ::fcntl(listener_.get(), F_GETFL);
     ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK);
   }
@@ -56,7 +60,7 @@ class manager_server {
       fds.push_back({stop_fd_, POLLIN, 0});
       const std::size_t fixed = fds.size();
       for (auto& [id, c] : connections_) {
-        short events = c.closing ? 0 : POLLIN;
+        short events = c.closing ? 0 : POLLIN | POLLRDHUP;
         if (c.out_at < c.out.size()) events |= POLLOUT;
         fds.push_back({c.fd.get(), events, 0});
         order.push_back(id);
@@ -69,13 +73,25 @@ class manager_server {
       if (retry_on_eintr([&] { return ::poll(fds.data(), fds.size(), timeout); }) < 0) throw_errno("poll", "manager server");
       auto now = manager_store::clock::now();
       if (fds[1].revents || fds[2].revents) break;  // the owner exited, or SIGTERM/SIGINT
+      // First the clients that hung up (a process killed while blocked in get(), or one that sent its last request
+      // and exited): apply what they sent, then forget them — before any request of the others in this batch can
+      // hand them an item or a lock they would never receive.
+      bool hung_up = false;
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        if (!(fds[fixed + i].revents & (POLLHUP | POLLERR | POLLRDHUP))) continue;
+        auto found = connections_.find(order[i]);
+        if (found == connections_.end()) continue;
+        receive(found->second, now);
+        found->second.dead = hung_up = true;
+      }
+      if (hung_up) reap();
       for (std::size_t i = 0; i < order.size(); ++i) {
         auto revents = fds[fixed + i].revents;
         if (!revents) continue;
         auto found = connections_.find(order[i]);
         if (found == connections_.end()) continue;
         if (revents & POLLOUT) flush(found->second);
-        if (revents & (POLLIN | POLLHUP | POLLERR)) receive(found->second, now);
+        if (revents & POLLIN) receive(found->second, now);
       }
       if (fds[0].revents) accept_all();
       store_.expire(now, replies_);
@@ -83,6 +99,8 @@ class manager_server {
       reap();
       if (store_.shutdown_requested()) stop_ = true;
     }
+    listener_.reset();
+    for (const auto& path : remove_) ::remove(path.c_str());
     // Best effort: let the shutdown reply reach its client before the sockets close.
     for (auto& [id, c] : connections_) {
       if (c.out_at < c.out.size()) {
@@ -270,6 +288,7 @@ class manager_server {
   std::string authkey_;
   int owner_pidfd_;
   int stop_fd_;
+  std::vector<std::string> remove_;
   manager_store store_;
   std::unordered_map<std::uint64_t, connection> connections_;
   std::vector<manager_store::reply> replies_;

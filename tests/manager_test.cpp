@@ -1,0 +1,739 @@
+// Tests for mp::Manager and its proxies: every proxy method across processes, named objects shared between
+// separately started programs, authentication, hostile frames, and the death of the server or of its owner.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <mp/detail/manager_store.hpp>
+#include <mp/manager.hpp>
+#include <mp/process.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// Checks inside a child process: a failure ends the child with exit code 1 (and the reason on stderr).
+void expect(bool condition, const std::string& what) {
+  if (!condition) throw std::runtime_error("child check failed: " + what);
+}
+
+// Starts n children running f(i) and requires that each exits with 0.
+template <class F>
+void run_children(int n, F f) {
+  std::vector<mp::Process> children;
+  for (int i = 0; i < n; ++i) children.emplace_back(f, i);
+  for (auto& child : children) child.start();
+  for (auto& child : children) {
+    child.join();
+    REQUIRE(child.exitcode() == 0);
+  }
+}
+
+template <class F>
+void run_child(F f) {
+  run_children(1, [f](int) { f(); });
+}
+
+std::string random_key() { return "key-" + std::to_string(std::random_device{}()) + "-" + std::to_string(::getpid()); }
+
+// fork + exec of this test binary running the hidden peer test case: a separately started program.
+int run_peer_program(const std::string& role, const mp::Address& address, const std::string& authkey) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::setenv("MP_MANAGER_PEER_ROLE", role.c_str(), 1);
+    ::setenv("MP_MANAGER_PEER_KEY", authkey.c_str(), 1);
+    ::setenv("MP_MANAGER_PEER_ADDRESS", address.is_tcp() ? std::to_string(address.port()).c_str() : address.path().c_str(), 1);
+    ::setenv("MP_MANAGER_PEER_TCP", address.is_tcp() ? "1" : "0", 1);
+    int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, STDOUT_FILENO);
+    ::execl("/proc/self/exe", "manager_test", "manager peer program", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+}  // namespace
+
+// The second program of the "separately started programs" tests: run by run_peer_program, hidden from ctest.
+TEST_CASE("manager peer program", "[.manager_peer]") {
+  const char* role = std::getenv("MP_MANAGER_PEER_ROLE");
+  if (!role) return;  // only meaningful when started by run_peer_program
+  std::string where = std::getenv("MP_MANAGER_PEER_ADDRESS");
+  auto address = std::string(std::getenv("MP_MANAGER_PEER_TCP")) == "1"
+                     ? mp::Address::tcp("127.0.0.1", static_cast<std::uint16_t>(std::stoi(where)))
+                     : mp::Address::unix_socket(where);
+  auto manager = mp::Manager::connect(address, std::getenv("MP_MANAGER_PEER_KEY"));
+  if (std::string(role) == "writer") {
+    auto results = manager.dict<std::string, int>("results");
+    results["from-peer"] = 42;
+    results.update({{"a", 1}, {"b", 2}});
+    manager.list<std::string>("log").append("peer was here");
+    manager.queue<int>("jobs").put(7);
+    CHECK_THROWS_AS((manager.dict<std::string, double>("results")), mp::Error);
+  } else {
+    auto results = manager.dict<std::string, int>("results");
+    REQUIRE(results.get("from-owner") == 1);
+    REQUIRE(results.get("from-peer") == 42);
+    REQUIRE(manager.queue<int>("jobs").get(10s) == 7);
+  }
+}
+
+TEST_CASE("DictProxy supports every method across processes, keeping insertion order", "[manager]") {
+  mp::Manager manager;
+  auto d = manager.dict<std::string, int>();
+  d["first"] = 1;
+  run_child([d] {
+    expect(d.get("first") == 1, "get sees the parent's value");
+    expect(!d.get("missing").has_value(), "get of a missing key is nullopt");
+    expect(d.get("missing", 5) == 5, "get with a default");
+    d.set("second", 2);
+    d["third"] = 3;
+    int third = d["third"];
+    expect(third == 3, "d[k] converts to V");
+    d.update(std::vector<std::pair<std::string, int>>{{"fourth", 4}, {"first", 10}});
+    expect(d.setdefault("fifth", 5) == 5, "setdefault inserts");
+    expect(d.setdefault("fifth", 50) == 5, "setdefault keeps an existing value");
+  });
+  REQUIRE(d.size() == 5);
+  REQUIRE(d.contains("fourth"));
+  REQUIRE_FALSE(d.contains("sixth"));
+  REQUIRE(d.keys() == std::vector<std::string>{"first", "second", "third", "fourth", "fifth"});
+  REQUIRE(d.values() == std::vector<int>{10, 2, 3, 4, 5});
+  REQUIRE(d.pop("second") == 2);
+  REQUIRE_FALSE(d.pop("second").has_value());
+  REQUIRE(d.erase("third"));
+  REQUIRE_FALSE(d.erase("third"));
+  d["second"] = 22;  // re-inserted after deletion: now last, as in Python
+  auto items = d.items();
+  REQUIRE(items == std::vector<std::pair<std::string, int>>{{"first", 10}, {"fourth", 4}, {"fifth", 5}, {"second", 22}});
+  REQUIRE(d.copy() == std::map<std::string, int>{{"first", 10}, {"fourth", 4}, {"fifth", 5}, {"second", 22}});
+  REQUIRE(d.copy<std::unordered_map<std::string, int>>().at("fifth") == 5);
+  REQUIRE_THROWS_WITH(static_cast<int>(d["nope"]), Catch::Contains("KeyError"));
+  d.clear();
+  REQUIRE(d.empty());
+}
+
+TEST_CASE("ListProxy supports every method across processes with Python's index rules", "[manager]") {
+  mp::Manager manager;
+  auto l = manager.list<int>();
+  l.append(1);
+  run_child([l] {
+    l.extend(std::vector<int>{2, 3, 4});
+    l.extend({5, 6});
+    expect(l.size() == 6, "size after extend");
+    expect(l.get(0) == 1 && l[-1] == 6, "get and negative indexes");
+    l[1] = 20;
+    l.set(-2, 50);
+    l.insert(0, 0);
+    l.insert(100, 7);   // past the end: appends
+    l.insert(-100, -1); // before the start: prepends
+  });
+  REQUIRE(l.copy() == std::vector<int>{-1, 0, 1, 20, 3, 4, 50, 6, 7});
+  REQUIRE(l.pop() == 7);
+  REQUIRE(l.pop(0) == -1);
+  REQUIRE(l.pop(-2) == 50);
+  REQUIRE(l.copy() == std::vector<int>{0, 1, 20, 3, 4, 6});
+  REQUIRE_THROWS_WITH(l.get(6), Catch::Contains("out of range"));
+  REQUIRE_THROWS_WITH(l.set(-7, 1), Catch::Contains("out of range"));
+  l.clear();
+  REQUIRE(l.empty());
+  REQUIRE_THROWS_WITH(l.pop(), Catch::Contains("empty list"));
+}
+
+TEST_CASE("ValueProxy and NamespaceProxy share values of any serializable type", "[manager]") {
+  mp::Manager manager;
+  auto v = manager.value<double>(1.5);
+  auto text = manager.value<std::vector<std::string>>({"a"});
+  auto ns = manager.namespace_();
+  ns.set("x", 1);
+  run_child([=] {
+    expect(v.get() == 1.5 && v.value() == 1.5, "initial value");
+    v.set(2.5);
+    text.value({"b", "c"});
+    ns.set("name", std::string("worker"));
+    ns.set("x", ns.get<int>("x") + 1);
+  });
+  REQUIRE(v.get() == 2.5);
+  REQUIRE(text.get() == std::vector<std::string>{"b", "c"});
+  REQUIRE(ns.get<int>("x") == 2);
+  REQUIRE(ns.get<std::string>("name") == "worker");
+  REQUIRE(ns.names() == std::vector<std::string>{"name", "x"});
+  REQUIRE_THROWS_WITH(ns.get<double>("x"), Catch::Contains("holds a int"));
+  REQUIRE_THROWS_WITH(ns.get<int>("nothing"), Catch::Contains("AttributeError"));
+  REQUIRE_FALSE(ns.try_get<int>("nothing").has_value());
+  REQUIRE(ns.contains("x"));
+  REQUIRE(ns.erase("x"));
+  REQUIRE_FALSE(ns.contains("x"));
+}
+
+TEST_CASE("QueueProxy passes items between processes and blocks in the server, not the server", "[manager]") {
+  mp::Manager manager;
+  auto q = manager.queue<std::string>();
+  auto results = manager.dict<int, int>();
+  // Two consumers block in get() while the parent keeps using the server; then the parent feeds them.
+  std::vector<mp::Process> consumers;
+  for (int i = 0; i < 2; ++i) {
+    consumers.emplace_back([q, results](int who) {
+      for (int n = 0; n < 50; ++n) {
+        auto item = q.get();
+        results.set(std::stoi(item), who);
+      }
+    }, i);
+    consumers.back().start();
+  }
+  results.set(-1, -1);  // answered while both consumers wait in get()
+  REQUIRE(results.get(-1) == -1);
+  for (int n = 0; n < 100; ++n) q.put(std::to_string(n));
+  for (auto& c : consumers) {
+    c.join();
+    REQUIRE(c.exitcode() == 0);
+  }
+  REQUIRE(results.size() == 101);  // every item delivered exactly once
+  REQUIRE(q.empty());
+  REQUIRE(q.qsize() == 0);
+  REQUIRE_THROWS_AS(q.get_nowait(), mp::Empty);
+  REQUIRE_THROWS_AS(q.get(20ms), mp::Empty);
+  REQUIRE_FALSE(q.try_get().has_value());
+
+  auto bounded = manager.queue<int>(2);
+  bounded.put(1);
+  REQUIRE(bounded.try_put(2));
+  REQUIRE(bounded.full());
+  REQUIRE_THROWS_AS(bounded.put_nowait(3), mp::Full);
+  REQUIRE_THROWS_AS(bounded.put(3, 20ms), mp::Full);
+  REQUIRE_FALSE(bounded.try_put(3));
+  mp::Process producer([bounded] { bounded.put(3); });  // waits in the server until the get below makes room
+  producer.start();
+  REQUIRE(bounded.get() == 1);
+  producer.join();
+  REQUIRE(producer.exitcode() == 0);
+  REQUIRE(bounded.get() == 2);
+  REQUIRE(bounded.get() == 3);
+}
+
+TEST_CASE("A queue item is not lost when the process blocked in get() is killed", "[manager]") {
+  mp::Manager manager;
+  auto q = manager.queue<int>();
+  auto started = manager.event();
+  mp::Process victim([q, started] {
+    started.set();
+    (void)q.get();
+    ::_exit(3);  // never reached: killed while waiting
+  });
+  victim.start();
+  started.wait();
+  victim.kill();
+  victim.join();
+  q.put(99);
+  REQUIRE(q.get(10s) == 99);
+}
+
+TEST_CASE("LockProxy gives mutual exclusion across processes and is released when its holder dies", "[manager]") {
+  mp::Manager manager;
+  auto lock = manager.lock();
+  auto counter = manager.value<int>(0);
+  run_children(4, [lock, counter](int) {
+    for (int i = 0; i < 50; ++i) {
+      std::scoped_lock guard(lock);
+      counter.set(counter.get() + 1);  // a read-modify-write that races without the lock
+    }
+  });
+  REQUIRE(counter.get() == 200);
+
+  REQUIRE(lock.try_acquire());
+  REQUIRE_FALSE(lock.acquire(10ms));
+  lock.release();
+  REQUIRE_THROWS_WITH(lock.release(), Catch::Contains("unlocked"));
+
+  auto held = manager.event();
+  mp::Process holder([lock, held] {
+    lock.acquire();
+    held.set();
+    ::pause();
+  });
+  holder.start();
+  held.wait();
+  REQUIRE_FALSE(lock.try_acquire());
+  holder.kill();
+  holder.join();
+  REQUIRE(lock.acquire(10s));  // the dead holder's connection closed: the server released its lock
+  lock.release();
+}
+
+TEST_CASE("RLockProxy is re-entrant and owned by the acquiring process", "[manager]") {
+  mp::Manager manager;
+  auto rlock = manager.rlock();
+  rlock.acquire();
+  rlock.acquire();
+  run_child([rlock] {
+    expect(!rlock.try_acquire(), "another process cannot take a held RLock");
+    bool threw = false;
+    try {
+      rlock.release();
+    } catch (const mp::Error&) {
+      threw = true;
+    }
+    expect(threw, "release by a non-owner throws");
+  });
+  rlock.release();
+  run_child([rlock] { expect(!rlock.try_acquire(), "still held once"); });
+  rlock.release();
+  run_child([rlock] {
+    expect(rlock.try_acquire(), "free after the second release");
+    rlock.release();
+  });
+}
+
+TEST_CASE("SemaphoreProxy counts across processes", "[manager]") {
+  mp::Manager manager;
+  auto s = manager.semaphore(2);
+  REQUIRE(s.get_value() == 2);
+  s.acquire();
+  REQUIRE(s.try_acquire());
+  REQUIRE_FALSE(s.acquire(10ms));
+  run_child([s] { s.release(2); });
+  REQUIRE(s.get_value() == 2);
+  run_child([s] { s.acquire(); });
+  REQUIRE(s.get_value() == 1);
+  REQUIRE_THROWS_AS(manager.semaphore(-1), mp::Error);
+}
+
+TEST_CASE("EventProxy wakes waiting processes", "[manager]") {
+  mp::Manager manager;
+  auto e = manager.event();
+  auto ready = manager.barrier(4);
+  REQUIRE_FALSE(e.is_set());
+  REQUIRE_FALSE(e.wait(10ms));
+  std::vector<mp::Process> waiters;
+  for (int i = 0; i < 3; ++i) {
+    waiters.emplace_back([e, ready] {
+      ready.wait();
+      e.wait();
+      expect(e.is_set(), "set after wait returns");
+    });
+    waiters.back().start();
+  }
+  ready.wait();
+  e.set();
+  for (auto& w : waiters) {
+    w.join();
+    REQUIRE(w.exitcode() == 0);
+  }
+  REQUIRE(e.wait(0ms));
+  e.clear();
+  REQUIRE_FALSE(e.is_set());
+}
+
+TEST_CASE("ConditionProxy waits, notifies and re-acquires its lock across processes", "[manager]") {
+  mp::Manager manager;
+  auto cond = manager.condition();
+  auto items = manager.list<int>();
+  std::vector<mp::Process> consumers;
+  for (int i = 0; i < 2; ++i) {
+    consumers.emplace_back([cond, items] {
+      std::scoped_lock guard(cond);
+      cond.wait_for([&] { return items.size() >= 3; });
+      items.append(100);  // still under the lock after wait_for
+    });
+    consumers.back().start();
+  }
+  for (int i = 0; i < 3; ++i) {
+    std::scoped_lock guard(cond);
+    items.append(i);
+    cond.notify_all();
+  }
+  for (auto& c : consumers) {
+    c.join();
+    REQUIRE(c.exitcode() == 0);
+  }
+  REQUIRE(items.size() == 5);
+  cond.acquire();
+  REQUIRE_FALSE(cond.wait(10ms));  // times out, lock re-acquired
+  REQUIRE_FALSE(cond.wait_for([] { return false; }, 10ms));
+  cond.notify();
+  cond.release();
+  REQUIRE_THROWS_WITH(cond.wait(), Catch::Contains("without holding its lock"));
+  REQUIRE_THROWS_WITH(cond.notify(), Catch::Contains("without holding its lock"));
+}
+
+TEST_CASE("BarrierProxy releases all parties together and breaks on timeout or abort", "[manager]") {
+  mp::Manager manager;
+  auto barrier = manager.barrier(3);
+  auto indexes = manager.list<int>();
+  REQUIRE(barrier.parties() == 3);
+  run_children(3, [barrier, indexes](int) { indexes.append(barrier.wait()); });
+  auto got = indexes.copy();
+  std::sort(got.begin(), got.end());
+  REQUIRE(got == std::vector<int>{0, 1, 2});
+  REQUIRE(barrier.n_waiting() == 0);
+
+  REQUIRE_THROWS_AS(barrier.wait(10ms), mp::BrokenBarrierError);
+  REQUIRE(barrier.broken());
+  REQUIRE_THROWS_AS(barrier.wait(), mp::BrokenBarrierError);
+  barrier.reset();
+  REQUIRE_FALSE(barrier.broken());
+  mp::Process waiter([barrier] {
+    bool broken = false;
+    try {
+      barrier.wait();
+    } catch (const mp::BrokenBarrierError&) {
+      broken = true;
+    }
+    expect(broken, "abort wakes a waiter with BrokenBarrierError");
+  });
+  waiter.start();
+  while (barrier.n_waiting() < 1) std::this_thread::yield();  // the waiter has arrived
+  barrier.abort();
+  waiter.join();
+  REQUIRE(waiter.exitcode() == 0);
+  REQUIRE(barrier.broken());
+}
+
+TEST_CASE("Blocking calls from one thread do not hold up other threads of the same process", "[manager]") {
+  mp::Manager manager;
+  auto e = manager.event();
+  auto d = manager.dict<int, int>();
+  std::thread waiter([&] { e.wait(); });  // its own connection: blocks only itself
+  d.set(1, 1);
+  e.set();
+  waiter.join();
+  REQUIRE(d.get(1) == 1);
+}
+
+TEST_CASE("Named objects are found by name, and attaching with other types is a clear error", "[manager]") {
+  mp::Manager manager;
+  auto a = manager.dict<std::string, int>("results");
+  auto b = manager.dict<std::string, int>("results");
+  a["x"] = 1;
+  REQUIRE(b.get("x") == 1);
+  REQUIRE(a.id() == b.id());
+  REQUIRE(manager.dict<std::string, int>().id() != a.id());  // unnamed: always new
+  REQUIRE_THROWS_WITH((manager.dict<std::string, double>("results")),
+                      Catch::Contains("dict<std::string, int>") && Catch::Contains("dict<std::string, double>"));
+  REQUIRE_THROWS_WITH(manager.list<int>("results"), Catch::Contains("cannot be attached"));
+  auto named_value = manager.value<int>(5, "v");
+  REQUIRE(manager.value<int>(9, "v").get() == 5);  // found: keeps its value
+  REQUIRE(named_value.get() == 5);
+}
+
+TEST_CASE("Named objects are shared by two separately started programs over TCP and Unix sockets", "[manager]") {
+  auto key = random_key();
+  SECTION("tcp") {
+    mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});
+    REQUIRE(manager.address().port() != 0);
+    REQUIRE(run_peer_program("writer", manager.address(), key) == 0);
+    auto results = manager.dict<std::string, int>("results");
+    REQUIRE(results.items() == std::vector<std::pair<std::string, int>>{{"from-peer", 42}, {"a", 1}, {"b", 2}});
+    REQUIRE(manager.list<std::string>("log").copy() == std::vector<std::string>{"peer was here"});
+    REQUIRE(manager.queue<int>("jobs").get(10s) == 7);
+    results["from-owner"] = 1;
+    manager.queue<int>("jobs").put(7);
+    REQUIRE(run_peer_program("reader", manager.address(), key) == 0);
+  }
+  SECTION("unix socket at a chosen path, with an authkey") {
+    std::string path = "/tmp/mp-manager-test-" + std::to_string(::getpid()) + ".sock";
+    {
+      mp::Manager manager({.address = mp::Address::unix_socket(path), .authkey = key});
+      REQUIRE(manager.address().path() == path);
+      REQUIRE(run_peer_program("writer", manager.address(), key) == 0);
+      REQUIRE(manager.dict<std::string, int>("results").get("from-peer") == 42);
+    }
+    struct stat info {};
+    REQUIRE(::stat(path.c_str(), &info) == -1);  // removed at shutdown
+  }
+}
+
+TEST_CASE("A wrong authkey raises AuthenticationError and the server goes on serving", "[manager]") {
+  auto key = random_key();
+  mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});
+  auto d = manager.dict<std::string, int>("d");
+  d["x"] = 1;
+  REQUIRE_THROWS_AS(mp::Manager::connect(manager.address(), key + "-wrong"), mp::AuthenticationError);
+  REQUIRE_THROWS_WITH(mp::Manager::connect(manager.address(), ""), Catch::Contains("requires an authkey"));
+  auto other = mp::Manager::connect(manager.address(), key);
+  REQUIRE(other.dict<std::string, int>("d").get("x") == 1);
+  REQUIRE(d.get("x") == 1);
+  REQUIRE_THROWS_WITH((mp::Manager({.address = mp::Address::tcp("127.0.0.1", 0)})), Catch::Contains("needs an authkey"));
+
+  mp::Manager keyless;  // a private Unix socket without an authkey: a key given to it is refused, not ignored
+  REQUIRE_THROWS_AS(mp::Manager::connect(keyless.address(), key), mp::AuthenticationError);
+}
+
+namespace {
+
+// A raw TCP connection to a manager, for sending hostile bytes.
+mp::detail::unique_fd raw_connect(std::uint16_t port) {
+  mp::detail::manager_endpoint endpoint{true, "127.0.0.1", port, {}};
+  return mp::detail::with_tcp_address(endpoint, "connect", [](int s, const sockaddr* a, socklen_t n) {
+    return ::connect(s, a, n) == 0;
+  });
+}
+
+void send_bytes(int fd, const std::string& bytes) {
+  // The server may close the connection at any point: errors are expected and ignored.
+  (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+}
+
+std::string frame(const std::string& payload, std::uint32_t announced) {
+  std::string out;
+  mp::detail::manager_protocol::writer w(out);
+  w.u32(announced);
+  w.raw(payload.data(), payload.size());
+  return out;
+}
+
+std::string read_frame(int fd) {
+  std::string out;
+  char buffer[4096];
+  for (;;) {
+    auto got = ::read(fd, buffer, sizeof buffer);
+    if (got <= 0) return out;
+    out.append(buffer, static_cast<std::size_t>(got));
+    if (out.size() >= 4) {
+      mp::detail::manager_protocol::reader r(out.data(), 4);
+      auto size = r.u32();
+      if (out.size() >= 4 + size) return out.substr(4, size);
+    }
+  }
+}
+
+// Runs the client handshake on a raw socket so that hostile requests reach the request handler.
+void authenticate(int fd, const std::string& key) {
+  auto challenge = read_frame(fd);
+  auto answer = mp::detail::answer_challenge(key, challenge);
+  send_bytes(fd, frame(std::string(reinterpret_cast<const char*>(answer.data()), answer.size()), 32));
+  REQUIRE(read_frame(fd) == "#WELCOME#");
+  auto mine = mp::detail::make_challenge();
+  send_bytes(fd, frame(mine, static_cast<std::uint32_t>(mine.size())));
+  REQUIRE(mp::detail::check_answer(key, mine, read_frame(fd)));
+}
+
+}  // namespace
+
+TEST_CASE("10k random, truncated and oversized frames close only their connections; the server still answers",
+          "[manager]") {
+  auto key = random_key();
+  mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});
+  auto d = manager.dict<std::string, int>("kept");
+  d["x"] = 1;
+  auto port = manager.address().port();
+  std::mt19937_64 random(std::random_device{}());
+  auto random_bytes = [&](std::size_t n) {
+    std::string bytes(n, '\0');
+    for (auto& b : bytes) b = static_cast<char>(random());
+    return bytes;
+  };
+  // Hostile frames after authentication reach the request parser: start them from valid op codes.
+  auto hostile_request = [&] {
+    std::string payload;
+    mp::detail::manager_protocol::writer w(payload);
+    // Any op but shutdown, which an authenticated client may send (as in Python) and which would end the test.
+    auto code = static_cast<std::uint8_t>(random() % 100);
+    w.u8(code == static_cast<std::uint8_t>(mp::detail::manager_protocol::op::shutdown) ? 0 : code);
+    w.u64(random() % 4);  // small ids: often an existing object
+    payload += random_bytes(random() % 40);
+    return payload;
+  };
+  int sent = 0;
+  // Each authenticated connection carries many frames until one of them closes it.
+  auto authed = raw_connect(port);
+  authenticate(authed.get(), key);
+  while (sent < 10'000) {
+    switch (random() % 5) {
+      case 0: {  // garbage before authentication
+        auto fd = raw_connect(port);
+        send_bytes(fd.get(), random_bytes(random() % 300));
+        break;
+      }
+      case 1: {  // an oversized announcement before authentication
+        auto fd = raw_connect(port);
+        send_bytes(fd.get(), frame(random_bytes(16), 0xFFFFFFF0u));
+        break;
+      }
+      case 2: {  // truncated: announces more than it sends, then hangs up
+        auto fd = raw_connect(port);
+        send_bytes(fd.get(), frame(random_bytes(10), 100));
+        break;
+      }
+      default: {  // hostile requests after authentication, some oversized, some truncated
+        auto payload = hostile_request();
+        std::uint32_t announced = static_cast<std::uint32_t>(payload.size());
+        if (random() % 50 == 0) announced = mp::detail::manager_protocol::max_request + 1;
+        send_bytes(authed.get(), frame(payload, announced));
+        pollfd p{authed.get(), POLLIN, 0};
+        if (announced != payload.size() || ::poll(&p, 1, 1000) <= 0 || read_frame(authed.get()).empty()) {
+          authed = raw_connect(port);  // closed by the server (or a hang): start a fresh authenticated one
+          authenticate(authed.get(), key);
+        }
+      }
+    }
+    ++sent;
+  }
+  // The server still answers correctly, on old and new connections. (Hostile but well-formed requests, such as a
+  // clear of object 1, may have changed the objects: that is the protocol working, so values are set anew.)
+  d["x"] = 2;
+  REQUIRE(d.get("x") == 2);
+  auto fresh = mp::Manager::connect(manager.address(), key);
+  REQUIRE(fresh.dict<std::string, int>("kept").get("x") == 2);
+  auto l = fresh.list<int>();
+  l.extend({1, 2, 3});
+  REQUIRE(l.copy() == std::vector<int>{1, 2, 3});
+}
+
+TEST_CASE("The request handler rejects mutated requests without applying them", "[manager]") {
+  mp::detail::manager_store store;
+  std::vector<mp::detail::manager_store::reply> out;
+  auto now = mp::detail::manager_store::clock::now();
+  std::string create;
+  {
+    mp::detail::manager_protocol::writer w(create);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::create)), w.u64(0);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::kind::list)), w.blob("list<int>"), w.blob(""), w.u64(0), w.blob("");
+  }
+  REQUIRE(store.handle(1, create, now, out));
+  std::string extend;
+  {
+    mp::detail::manager_protocol::writer w(extend);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::list_extend)), w.u64(1);
+    w.u32(3), w.blob("aaaa"), w.blob("bbbb"), w.blob("cccc");
+  }
+  std::mt19937 random(12345);
+  for (int i = 0; i < 20'000; ++i) {
+    auto mutated = extend;
+    switch (random() % 3) {
+      case 0: mutated.resize(random() % mutated.size()); break;                 // truncated
+      case 1: mutated[random() % mutated.size()] = static_cast<char>(random()); break;  // flipped byte
+      default: mutated += static_cast<char>(random());                          // trailing garbage
+    }
+    out.clear();
+    store.handle(2, mutated, now, out);
+    store.disconnect(2, out);
+  }
+  // Only well-formed extends applied; each added exactly 3 items or nothing.
+  std::string size;
+  {
+    mp::detail::manager_protocol::writer w(size);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::list_size)), w.u64(1);
+  }
+  out.clear();
+  REQUIRE(store.handle(1, size, now, out));
+  mp::detail::manager_protocol::reader r(out.at(0).bytes);
+  REQUIRE(r.u8() == 0);
+  REQUIRE(r.u64() % 3 == 0);
+  REQUIRE(store.handle(1, std::string("\x01", 1), now, out) == false);  // truncated create
+}
+
+TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") {
+  auto key = random_key();
+  mp::detail::manager_endpoint endpoint{false, {}, 0, "/tmp/mp-manager-test-serve-" + std::to_string(::getpid())};
+  auto address = mp::Address::unix_socket(endpoint.path);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  pid_t server = ::fork();
+  if (server == 0) {
+    ::close(ready[0]);
+    // A dedicated server program: Manager::serve_forever in this process. Readiness: the socket file exists
+    // once bind() ran; the pipe tells the parent that listen() is imminent and connect() queues before accept.
+    std::thread([fd = ready[1]] {
+      ::close(fd);
+    }).detach();
+    try {
+      mp::Manager::serve_forever({.address = address, .authkey = key});
+    } catch (...) {
+      ::_exit(1);
+    }
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char byte;
+  (void)::read(ready[0], &byte, 1);
+  ::close(ready[0]);
+  // The socket may not be bound yet: retry connecting until it is (bounded by the test timeout).
+  std::optional<mp::Manager> client;
+  for (int attempt = 0; !client && attempt < 100'000; ++attempt) {
+    try {
+      client.emplace(mp::Manager::connect(address, key));
+    } catch (const mp::AuthenticationError&) {
+      throw;
+    } catch (const mp::Error&) {
+      std::this_thread::yield();
+    }
+  }
+  REQUIRE(client);
+  auto q = client->queue<int>("q");
+  q.put(1);
+  REQUIRE(q.get() == 1);
+  std::thread killer([&] {
+    ::kill(server, SIGKILL);
+  });
+  REQUIRE_THROWS_WITH(q.get(), Catch::Contains("closed the connection"));  // blocked in get when the server dies
+  killer.join();
+  ::waitpid(server, nullptr, 0);
+  ::unlink(endpoint.path.c_str());
+  REQUIRE_THROWS_AS(q.put(2), mp::Error);
+  REQUIRE_THROWS_AS(mp::Manager::connect(address, key), mp::Error);
+}
+
+TEST_CASE("A manager server exits on its own when its owner is killed", "[manager]") {
+  int channel[2];
+  REQUIRE(::pipe(channel) == 0);
+  mp::Process owner([w = channel[1], r = channel[0]] {
+    ::close(r);
+    mp::Manager manager;  // default: a private Unix socket
+    manager.queue<int>("q");
+    auto path = manager.address().path();
+    expect(::write(w, path.data(), path.size()) == static_cast<ssize_t>(path.size()), "address sent");
+    ::close(w);
+    ::pause();
+  });
+  owner.start();
+  ::close(channel[1]);
+  std::string path(256, '\0');
+  auto got = ::read(channel[0], path.data(), path.size());
+  ::close(channel[0]);
+  REQUIRE(got > 0);
+  path.resize(static_cast<std::size_t>(got));
+  auto client = mp::Manager::connect(mp::Address::unix_socket(path), "");
+  auto q = client.queue<int>("q");
+  std::thread killer([&] { owner.kill(); });
+  REQUIRE_THROWS_WITH(q.get(), Catch::Contains("closed the connection"));  // the server exits: get() ends
+  killer.join();
+  owner.join();
+  REQUIRE(owner.exitcode() == -SIGKILL);
+  struct stat info {};
+  REQUIRE(::stat(path.c_str(), &info) == -1);  // the server removed its socket and private directory
+  REQUIRE(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
+}
+
+TEST_CASE("shutdown() stops the server: later calls fail with a clear error, and nothing is left behind", "[manager]") {
+  mp::Manager manager;
+  auto d = manager.dict<int, int>();
+  d.set(1, 1);
+  auto path = manager.address().path();
+  manager.shutdown();
+  manager.shutdown();  // idempotent
+  REQUIRE_THROWS_WITH(d.get(1), Catch::Contains("closed the connection"));
+  REQUIRE_THROWS_WITH((manager.dict<int, int>()), Catch::Contains("shut down"));
+  struct stat info {};
+  REQUIRE(::stat(path.c_str(), &info) == -1);
+}
