@@ -329,7 +329,11 @@ inline void Process::start() {
   handshake_write.reset();
   state.pid = child;
   int pidfd = detail::pidfd_open(child);
-  if (pidfd == -1) {
+  if (pidfd == -1 && detail::last_errno() == ESRCH) {
+    // pidfd_open works on a zombie, so the child has ended *and* been reaped by someone else (SIGCHLD set to
+    // SIG_IGN, a waitpid(-1) elsewhere). It was started; join() and exitcode() will say its status is lost.
+    state.reaped_elsewhere = true;
+  } else if (pidfd == -1) {
     int err = detail::last_errno();
     // Without a pidfd the child cannot be waited for safely: take it back rather than leave it running.
     ::kill(child, SIGKILL);
@@ -339,7 +343,7 @@ inline void Process::start() {
   }
   state.pidfd.reset(pidfd);
   state.started = true;
-  reg.children.push_back(&state);
+  if (!state.reaped_elsewhere) reg.children.push_back(&state);
   lock.unlock();
   // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
   char ready;
@@ -509,9 +513,10 @@ inline void Process::close() {
 
 inline int Process::sentinel() const {
   detail::process_record& state = usable_record("sentinel");
-  if (!state.started || !state.pidfd) {
+  if (!state.started) {
     throw ProcessError("Process::sentinel: " + state.name + " was not started; a sentinel exists after start()");
   }
+  if (!state.pidfd) state.throw_reaped_elsewhere();
   return state.pidfd.get();
 }
 

@@ -17,7 +17,6 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -65,20 +64,29 @@ struct process_record {
   pid_t pid = 0;                    // written once by start(), before the record is shared with other threads
   unique_fd pidfd;                  // readable once the child has ended; stays valid until close()
   std::optional<int> returncode;    // guarded by mutex
+  bool reaped_elsewhere = false;    // guarded by mutex; the exit status was taken by someone else's wait
+
+  /// The error for a child whose exit status someone else took.
+  [[noreturn]] void throw_reaped_elsewhere() const {
+    throw ProcessError("waitpid(" + std::to_string(pid) + ") for " + name +
+                       ": the child was reaped by someone else (is SIGCHLD ignored, or does code call "
+                       "waitpid(-1)?), so its exit code is lost");
+  }
 
   /// Non-blocking: reaps the child if it has ended (Python's Popen.poll). Throws ProcessError if someone else
   /// reaped it (SIGCHLD set to SIG_IGN, or a waitpid(-1) elsewhere), since its exit status is then lost.
   std::optional<int> poll() {
     std::lock_guard lock(mutex);
     if (returncode || pid <= 0) return returncode;
+    if (reaped_elsewhere) throw_reaped_elsewhere();
     int status = 0;
     pid_t reaped = retry_on_eintr([&] { return ::waitpid(pid, &status, WNOHANG); });
     if (reaped == pid) {
       returncode = exitcode_from_status(status);
     } else if (reaped == -1) {
-      throw ProcessError("waitpid(" + std::to_string(pid) + ") for " + name + ": " + std::strerror(last_errno()) +
-                         "; the child was reaped by someone else (is SIGCHLD ignored, or does code call "
-                         "waitpid(-1)?), so its exit code is lost");
+      // ECHILD: not our child any more. Never wait on this pid again: it may be reused.
+      reaped_elsewhere = true;
+      throw_reaped_elsewhere();
     }
     return returncode;
   }
@@ -103,7 +111,7 @@ struct process_record {
   /// Sends sig unless the child was already reaped (then its pid may belong to another process).
   void send_signal(int sig) {
     std::lock_guard lock(mutex);
-    if (returncode || pid <= 0) return;
+    if (returncode || pid <= 0 || reaped_elsewhere) return;
     if (::kill(pid, sig) == -1 && last_errno() != ESRCH) {
       throw_errno("kill", std::to_string(pid) + ", " + std::to_string(sig));
     }
