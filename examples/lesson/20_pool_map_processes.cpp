@@ -2,7 +2,7 @@
 // Workers print as they go (in any order); the results come back in input order.
 #include <chrono>
 #include <cstdio>
-#include <ranges>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,9 +21,15 @@ std::string to_list(const std::vector<int>& values) {  // Python's list repr
   return text + "]";
 }
 
+std::vector<int> range(int n) {  // Python's range(n)
+  std::vector<int> values(static_cast<std::size_t>(n));
+  std::iota(values.begin(), values.end(), 0);
+  return values;
+}
+
 int main(int argc, char** argv) {
   mp::init(argc, argv);
   mp::Pool pool(4);
-  const std::vector<int> results = pool.map(worker, std::views::iota(0, 10));
+  const std::vector<int> results = pool.map(worker, range(10));
   std::printf("Results: %s\n", to_list(results).c_str());
 }

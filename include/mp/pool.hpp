@@ -325,17 +325,18 @@ class IMapIterator {
 
  private:
   friend class Pool;
-  IMapIterator(std::shared_ptr<detail::pool_core> core, F f, V input, std::size_t chunksize)
-      : state_(std::make_unique<state>(std::move(core), std::move(f), std::move(input), chunksize)) {
+  IMapIterator(std::shared_ptr<detail::pool_core> core, F f, V&& input, std::size_t chunksize)
+      : state_(std::make_unique<state>(std::move(core), std::move(f), std::forward<V>(input), chunksize)) {
     state_->feed();  // work starts now, not at the first ++
   }
 
   struct state {
-    using T = std::ranges::range_value_t<V>;
+    using input_type = std::remove_reference_t<V>&;  // iterated as an lvalue, owned or referenced
+    using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
     std::shared_ptr<detail::pool_core> core;
     std::shared_ptr<detail::pool_imap_job<E>> job = std::make_shared<detail::pool_imap_job<E>>();
-    V input;
-    std::ranges::iterator_t<V> it;
+    V input;  // a reference to an lvalue range (which must outlive the iteration), or the moved-in rvalue range
+    std::ranges::iterator_t<input_type> it;
     std::size_t chunksize;
     std::size_t window;
     bool input_done = false;
@@ -347,8 +348,8 @@ class IMapIterator {
     std::size_t position = 0;   // next index into chunk.values
     bool on_error = false;
 
-    state(std::shared_ptr<detail::pool_core> c, F f, V in, std::size_t size)
-        : core(std::move(c)), input(std::move(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
+    state(std::shared_ptr<detail::pool_core> c, F f, V&& in, std::size_t size)
+        : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
           window(4 * core->processes() + 2) {
       job->trampoline = &detail::pool_map_trampoline<F, T, E, false>;
       detail::pool_encode_callable(job->callable, f);
@@ -471,12 +472,12 @@ class Pool {
     return submit_map<true>(std::move(f), std::forward<Range>(range), chunksize, "Pool::starmap_async");
   }
   /// Lazy f(x) for x in range, in input order; the range may be endless (input is pulled as results are consumed).
-  template <class F, std::ranges::viewable_range Range>
+  template <class F, std::ranges::input_range Range>
   auto imap(F f, Range&& range, std::size_t chunksize = 1) {
     return make_imap<true>(std::move(f), std::forward<Range>(range), chunksize);
   }
   /// As imap, in completion order.
-  template <class F, std::ranges::viewable_range Range>
+  template <class F, std::ranges::input_range Range>
   auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
     return make_imap<false>(std::move(f), std::forward<Range>(range), chunksize);
   }
@@ -603,8 +604,10 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
 
 template <bool Ordered, class F, class Range>
 auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
-  using V = std::views::all_t<Range>;
-  using T = std::remove_cvref_t<std::ranges::range_value_t<V>>;
+  // Not std::views::all: clang 14 cannot compile libstdc++ 12's views. An lvalue range is referenced, an rvalue
+  // one moved in.
+  using V = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, std::remove_cvref_t<Range>>;
+  using T = std::remove_cvref_t<std::ranges::range_value_t<std::remove_reference_t<V>&>>;
   using E = typename detail::pool_item_result<F, T, false>::type;
   detail::pool_check_callable_with_items<E>();
   static_assert(!std::is_void_v<E>, "mp::Pool::imap: the function returns void, so there is nothing to iterate; use "
@@ -612,7 +615,7 @@ auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
   detail::pool_check_callable<F>();
   detail::pool_check_value<T>();
   detail::pool_check_value<E>();
-  return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::views::all(std::forward<Range>(range)), chunksize);
+  return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range), chunksize);
 }
 
 }  // namespace mp
