@@ -615,6 +615,33 @@ TEST_CASE("join reports a child reaped behind mp's back instead of waiting forev
   CHECK(middle.exitcode() == 0);
 }
 
+TEST_CASE("A child forked without mp neither lists nor terminates its parent's children", "[process]") {
+  test_pipe release;
+  test_pipe ready;
+  mp::Process daemon({.daemon = true}, [&release, &ready] {
+    default_signal_actions();
+    ready.release();
+    release.wait_for_release();
+  });
+  daemon.start();
+  ready.wait_for_release();
+  std::fflush(nullptr);
+  std::cout.flush();
+  const pid_t raw = ::fork();  // as a user's own fork(), or another library's
+  if (raw == 0) {
+    // exit() runs mp's exit handler here: it must leave the parent's daemon alone.
+    std::exit(mp::active_children().empty() ? 0 : 1);
+  }
+  REQUIRE(raw > 0);
+  int status = 0;
+  REQUIRE(::waitpid(raw, &status, 0) == raw);
+  CHECK(mp::detail::exitcode_from_status(status) == 0);
+  CHECK(daemon.is_alive());
+  release.release();
+  daemon.join();
+  CHECK(daemon.exitcode() == 0);
+}
+
 TEST_CASE("Starting, joining and destroying processes leaves no file descriptor open", "[process]") {
   const std::size_t before = open_fd_count();
   {

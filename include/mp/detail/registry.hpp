@@ -158,7 +158,11 @@ inline registry& the_registry() {
 
 /// Python's _cleanup(): drops (and reaps) the children that have ended. Call with registry::mutex held.
 inline void reap_finished_children_locked(registry& reg) {
-  std::erase_if(reg.children, [](process_record* child) {
+  const pid_t self = ::getpid();
+  std::erase_if(reg.children, [self](process_record* child) {
+    // After a raw fork() (not through mp) the registry still lists the parent's children: they are not ours to
+    // poll, signal or join.
+    if (child->creator_pid != self) return true;
     try {
       return child->poll().has_value();
     } catch (const ProcessError&) {
