@@ -32,6 +32,7 @@
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/syscall.hpp>
+#include <mp/detail/timeout.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>
@@ -117,22 +118,6 @@ inline std::vector<std::byte>& connection_scratch() {
 }
 inline void trim_scratch(std::vector<std::byte>& scratch) {
   if (scratch.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(scratch);
-}
-
-/// A deadline `timeout` from now; none (forever) for timeouts too long to represent, e.g. duration::max().
-template <class Rep, class Period>
-deadline deadline_or_forever(std::chrono::duration<Rep, Period> timeout) {
-  constexpr double century_seconds = 100.0 * 365 * 24 * 3600;
-  if (std::chrono::duration<double>(timeout).count() >= century_seconds) return {};
-  return deadline_after(timeout);
-}
-
-/// "250 ms" for error messages.
-template <class Rep, class Period>
-std::string describe_timeout(std::chrono::duration<Rep, Period> timeout) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
-  if (ms != 0 || timeout == timeout.zero()) return std::to_string(ms) + " ms";
-  return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(timeout).count()) + " us";
 }
 
 /// The descriptor mp::wait watches for one object: a Connection's fileno(), a Process's sentinel(), an int itself.

@@ -1,0 +1,556 @@
+// ring_buffer: the multi-producer multi-consumer byte ring in shared memory under every mp::Queue.
+//
+// Layout: a ring_header (producer side, consumer side and two wake-up words, each on its own cache line) followed by
+// `capacity` bytes of data (a power of two). Items are records: an 8-byte header word then the payload, padded to 8.
+// Positions are absolute 64-bit byte counts (never wrap in practice); the offset in the data is position & mask.
+//
+// Publication is the header word itself, not a shared tail index: a producer writes the payload, zeroes the header
+// slot that follows its record, then stores its header (release). A consumer at `head` acquires that word: zero
+// means "nothing yet", anything else is a complete record. So a consumer never reads the producers' cache line, and
+// one cache-line transfer carries several small records at once (the batching that makes 8-byte items cheap).
+// Invariant: the header slot at the producers' tail is always zero (the previous record zeroed it; the memfd starts
+// zero-filled), so a non-zero word there means "published".
+//
+// Concurrency: producers serialize on producers.mutex, consumers on consumers.mutex (robust mutexes); a producer
+// and a consumer run in parallel, like an SPSC ring. Whoever waits (a producer for space, a consumer for data) holds
+// its side's mutex while waiting, so at most one process sleeps on each wake-up word; the others sleep on the mutex.
+// Waits spin for a few µs, then sleep on a futex; the other side issues a futex wake only when a sleeper has
+// registered (Dekker: sleeper count then re-check, against store then check count, all seq_cst).
+//
+// Items larger than capacity/4 stream through the ring as chunks (first, middle..., last); a producer holds its
+// mutex for the whole item, so chunks of two items never interleave.
+//
+// Robustness (a process SIGKILLed anywhere): every state change of a side is a "commit" of a few words, written
+// first to that side's journal (valid flag last), then applied, then the journal is cleared. The next holder of a
+// mutex whose owner died finds the journal valid and re-applies it (roll-forward), so the words never disagree.
+// A consumer that dies mid-record (before its commit) leaves the record in place: the next consumer takes it. One
+// that dies in the middle of a streamed item leaves consumers.in_item set: the next consumer discards the rest of
+// that item (the only loss). A producer that dies in the middle of a streamed item leaves producers.in_item set:
+// the next producer (or a consumer starved in mid-item, which checks the producer mutex every 100 ms) appends an
+// abort record, and consumers drop the partial item.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <mp/detail/futex.hpp>
+#include <mp/detail/robust_mutex.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail {
+
+/// How long a waiter watches for its condition before sleeping in the kernel (a cross-CPU futex wake-up costs
+/// ~50 µs on a small VM; a spin that finds the condition costs well under 1 µs).
+inline constexpr std::chrono::nanoseconds ring_spin_time{20'000};
+/// How often a consumer starved in the middle of a streamed item checks whether the producer died.
+inline constexpr std::chrono::milliseconds ring_producer_check_period{100};
+
+/// Test seam (fault injection): called by a consumer right after it has taken the first chunk of a streamed item,
+/// i.e. while it is inside get() in the middle of an item. nullptr in production.
+inline void (*ring_mid_item_hook)() = nullptr;
+
+enum class record_kind : std::uint32_t { whole = 1, first = 2, middle = 3, last = 4, abort = 5, wrap = 6 };
+
+inline constexpr std::uint64_t record_header(record_kind kind, std::uint64_t length) noexcept {
+  return (static_cast<std::uint64_t>(kind) << 32) | length;
+}
+inline constexpr record_kind header_kind(std::uint64_t header) noexcept {
+  return static_cast<record_kind>(header >> 32);
+}
+inline constexpr std::size_t header_length(std::uint64_t header) noexcept {
+  return static_cast<std::size_t>(header & 0xffff'ffffU);
+}
+inline constexpr std::size_t record_size(std::size_t length) noexcept { return 8 + ((length + 7) & ~std::size_t{7}); }
+
+// A commit in flight: what the side's words will be once it is applied. valid is written last and cleared last.
+struct ring_journal {
+  std::atomic<std::uint64_t> position{0};  // producers: where the record being published starts
+  std::atomic<std::uint64_t> index{0};     // the new tail (producers) or head (consumers)
+  std::atomic<std::uint64_t> count{0};     // the new put_count / get_count
+  std::atomic<std::uint32_t> in_item{0};   // the new in_item
+  std::atomic<std::uint32_t> valid{0};
+};
+
+struct alignas(64) ring_producers {
+  robust_mutex mutex;
+  std::atomic<std::uint64_t> tail{0};        // where the next record goes; guarded by mutex
+  std::atomic<std::uint64_t> put_count{0};   // items started; written under mutex, read by anyone (qsize)
+  std::atomic<std::uint64_t> head_seen{0};   // consumers' head as last read; guarded by mutex (saves a miss)
+  std::atomic<std::uint64_t> taken_seen{0};  // consumers' get_count as last read; guarded by mutex
+  std::atomic<std::uint32_t> in_item{0};     // 1 while a streamed item is partly written; guarded by mutex
+  ring_journal journal;                      // guarded by mutex
+};
+
+struct alignas(64) ring_consumers {
+  robust_mutex mutex;
+  std::atomic<std::uint64_t> head{0};       // the next record to read; written under mutex, read by producers
+  std::atomic<std::uint64_t> get_count{0};  // items finished; written under mutex, read by anyone
+  std::atomic<std::uint32_t> in_item{0};    // 1 while a streamed item is partly taken; guarded by mutex
+  ring_journal journal;                     // guarded by mutex
+};
+
+// One side sleeps on seq (a futex word) after registering in sleepers; the other side bumps seq and wakes it.
+struct alignas(64) ring_wake_word {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> sleepers{0};
+};
+
+struct ring_header {
+  std::uint64_t capacity = 0;  // data bytes: a power of two; constant after creation
+  std::uint64_t maxsize = 0;   // item bound (0: none); constant after creation
+  ring_producers producers;
+  ring_consumers consumers;
+  ring_wake_word data_ready;   // a consumer sleeps here for a record
+  ring_wake_word space_ready;  // a producer sleeps here for room (bytes or maxsize)
+};
+
+/// Why a put or get gave up (timeouts and the _nowait forms).
+enum class ring_status { ok, busy, full_items, full_bytes, empty };
+
+class ring_buffer {
+ public:
+  /// Smallest and largest data capacity (the header word holds record lengths in 32 bits).
+  static constexpr std::size_t min_capacity = 4096;
+  static constexpr std::size_t max_capacity = std::size_t{1} << 32;
+
+  /// The capacity actually used for a requested one: rounded up to a power of two, at least min_capacity.
+  static std::size_t round_capacity(std::size_t requested) {
+    if (requested > max_capacity)
+      throw Error("Queue capacity_bytes = " + std::to_string(requested) + " is over the limit of " +
+                  std::to_string(max_capacity) + " bytes (4 GiB); items larger than the ring stream through it, "
+                  "so a smaller ring works for any item size");
+    std::size_t capacity = min_capacity;
+    while (capacity < requested) capacity <<= 1;
+    return capacity;
+  }
+
+  /// Bytes the header takes in front of the data (a whole number of pages keeps the data page-aligned).
+  static constexpr std::size_t header_bytes = (sizeof(ring_header) + 4095) & ~std::size_t{4095};
+
+  /// Constructs a ring in zero-filled shared memory at `memory` (header_bytes + capacity bytes).
+  static ring_header* create(void* memory, std::size_t capacity, std::size_t maxsize) {
+    auto* header = new (memory) ring_header();
+    header->capacity = capacity;
+    header->maxsize = maxsize;
+    return header;
+  }
+
+  ring_buffer() = default;
+  explicit ring_buffer(void* memory) noexcept
+      : header_(static_cast<ring_header*>(memory)),
+        data_(static_cast<std::byte*>(memory) + header_bytes),
+        capacity_(header_->capacity),
+        mask_(header_->capacity - 1) {}
+
+  std::size_t capacity() const noexcept { return capacity_; }
+  std::size_t maxsize() const noexcept { return header_->maxsize; }
+  /// Items put and not yet fully taken (a snapshot).
+  std::size_t size() const noexcept {
+    const auto taken = header_->consumers.get_count.load(std::memory_order_acquire);
+    const auto put = header_->producers.put_count.load(std::memory_order_acquire);
+    return put > taken ? static_cast<std::size_t>(put - taken) : 0;
+  }
+  /// Largest payload stored as one record; larger ones stream as chunks.
+  std::size_t max_whole_payload() const noexcept { return capacity_ / 4 - 16; }
+
+  /// Puts one item of `payload` bytes. Waits (spin, then futex) for the producer lock, for maxsize and for room,
+  /// until `until`; on timeout returns why and nothing was published. An item larger than max_whole_payload()
+  /// honours `until` only until its first chunk is published; then it finishes, waiting for consumers.
+  ring_status put(std::span<const std::byte> payload, const deadline& until);
+
+  /// Takes one item and returns consume(std::span<const std::byte>)'s result; nullopt (and `why`) if none came by
+  /// `until`. consume runs on the bytes in place (inside the ring, or an assembled buffer for a streamed item);
+  /// the item counts as taken even if consume throws.
+  template <class F>
+  auto get(F&& consume, const deadline& until, ring_status& why)
+      -> std::optional<std::invoke_result_t<F&, std::span<const std::byte>>>;
+
+ private:
+  std::atomic<std::uint64_t>& slot(std::uint64_t position) const noexcept {
+    return *std::launder(reinterpret_cast<std::atomic<std::uint64_t>*>(data_ + (position & mask_)));
+  }
+  std::byte* at(std::uint64_t position) const noexcept { return data_ + (position & mask_); }
+
+  // Producer side (producers.mutex held).
+  void recover_producers();
+  bool wait_for_room(std::uint64_t end_position, const deadline& until);
+  bool wait_below_maxsize(const deadline& until);
+  bool reserve(std::size_t bytes, const deadline& until);
+  void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item);
+  void put_streamed(std::span<const std::byte> payload);
+
+  // Consumer side (consumers.mutex held).
+  void recover_consumers();
+  void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item);
+  bool wait_for_record(std::uint64_t position, const deadline& until);
+  void check_producer_alive();
+
+  template <class Ready>
+  static bool wait_until_ready(ring_wake_word& word, Ready&& ready, const deadline& until);
+  static void wake(ring_wake_word& word) noexcept {
+    if (word.sleepers.load(std::memory_order_seq_cst) != 0) {
+      word.seq.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake(word.seq);
+    }
+  }
+
+  ring_header* header_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::uint64_t mask_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+// Spin for ring_spin_time (reading only: the other side keeps its cache lines), then register as a sleeper and
+// sleep on the futex until woken or `until`. `ready` must read with seq_cst (the Dekker argument above).
+template <class Ready>
+bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const deadline& until) {
+  if (ready()) return true;
+  auto now = std::chrono::steady_clock::now();
+  if (until && now >= *until) return false;
+  const auto spin_end = now + ring_spin_time;
+  for (;;) {
+    for (int i = 0; i < 32; ++i) {
+      cpu_relax();
+      if (ready()) return true;
+    }
+    now = std::chrono::steady_clock::now();
+    if (now >= spin_end || (until && now >= *until)) break;
+  }
+  for (;;) {
+    const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
+    word.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    if (ready()) {
+      word.sleepers.fetch_sub(1, std::memory_order_seq_cst);
+      return true;
+    }
+    const bool woken = futex_wait(word.seq, seq, until);
+    word.sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    if (ready()) return true;
+    if (!woken) return false;
+  }
+}
+
+inline void ring_buffer::recover_producers() {
+  auto& p = header_->producers;
+  if (p.journal.valid.load(std::memory_order_acquire) != 0) {
+    // Died while publishing: if its header word is out, the record is visible to consumers, so finish the commit.
+    if (slot(p.journal.position.load(std::memory_order_relaxed)).load(std::memory_order_acquire) != 0) {
+      p.tail.store(p.journal.index.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      p.put_count.store(p.journal.count.load(std::memory_order_relaxed), std::memory_order_release);
+      p.in_item.store(p.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    p.journal.valid.store(0, std::memory_order_release);
+  }
+  // A producer sleeping for room holds the mutex, so after a death nobody else can be registered there.
+  header_->space_ready.sleepers.store(0, std::memory_order_seq_cst);
+  if (p.in_item.load(std::memory_order_relaxed) != 0) {
+    // Its item can never be completed: tell consumers to drop what they took of it. Room for 16 bytes always comes
+    // (consumers drain the partial item).
+    reserve(record_size(0), {});
+    publish(record_kind::abort, 0, false, 0);
+  }
+}
+
+inline bool ring_buffer::wait_for_room(std::uint64_t end_position, const deadline& until) {
+  auto& p = header_->producers;
+  if (end_position - p.head_seen.load(std::memory_order_relaxed) <= capacity_) return true;
+  auto& c = header_->consumers;
+  const bool ok = wait_until_ready(
+      header_->space_ready,
+      [&] {
+        const auto head = c.head.load(std::memory_order_seq_cst);
+        p.head_seen.store(head, std::memory_order_relaxed);
+        return end_position - head <= capacity_;
+      },
+      until);
+  return ok;
+}
+
+inline bool ring_buffer::wait_below_maxsize(const deadline& until) {
+  const std::uint64_t maxsize = header_->maxsize;
+  if (maxsize == 0) return true;
+  auto& p = header_->producers;
+  const auto put = p.put_count.load(std::memory_order_relaxed);
+  if (put - p.taken_seen.load(std::memory_order_relaxed) < maxsize) return true;
+  auto& c = header_->consumers;
+  return wait_until_ready(
+      header_->space_ready,
+      [&] {
+        // get_count is stored before head (seq_cst), so reading head first orders this read after it.
+        c.head.load(std::memory_order_seq_cst);
+        const auto taken = c.get_count.load(std::memory_order_seq_cst);
+        p.taken_seen.store(taken, std::memory_order_relaxed);
+        return put - taken < maxsize;
+      },
+      until);
+}
+
+// Makes `bytes` contiguous bytes available at the tail (publishing a wrap record first if the data end is too
+// close), plus the 8 bytes of the following header slot that publish() zeroes.
+inline bool ring_buffer::reserve(std::size_t bytes, const deadline& until) {
+  auto& p = header_->producers;
+  for (;;) {
+    const auto tail = p.tail.load(std::memory_order_relaxed);
+    const std::size_t to_end = capacity_ - static_cast<std::size_t>(tail & mask_);
+    if (to_end < bytes) {
+      if (!wait_for_room(tail + to_end + 8, until)) return false;
+      publish(record_kind::wrap, to_end - 8, false, p.in_item.load(std::memory_order_relaxed));
+      continue;
+    }
+    return wait_for_room(tail + bytes + 8, until);
+  }
+}
+
+// The record's payload is already in place at the tail (after its header slot); room was reserved.
+inline void ring_buffer::publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item) {
+  auto& p = header_->producers;
+  const auto tail = p.tail.load(std::memory_order_relaxed);
+  const auto next = tail + (kind == record_kind::wrap ? length + 8 : record_size(length));
+  const auto count = p.put_count.load(std::memory_order_relaxed) + (counts ? 1 : 0);
+  slot(next).store(0, std::memory_order_relaxed);  // keeps the invariant: the slot at the tail is zero
+  p.journal.position.store(tail, std::memory_order_relaxed);
+  p.journal.index.store(next, std::memory_order_relaxed);
+  p.journal.count.store(count, std::memory_order_relaxed);
+  p.journal.in_item.store(in_item, std::memory_order_relaxed);
+  p.journal.valid.store(1, std::memory_order_release);
+  slot(tail).store(record_header(kind, length), std::memory_order_seq_cst);  // the publication
+  p.tail.store(next, std::memory_order_relaxed);
+  p.put_count.store(count, std::memory_order_release);
+  p.in_item.store(in_item, std::memory_order_relaxed);
+  p.journal.valid.store(0, std::memory_order_release);
+  wake(header_->data_ready);
+}
+
+inline void ring_buffer::put_streamed(std::span<const std::byte> payload) {
+  auto& p = header_->producers;
+  // First chunk: the total size (8 bytes), then as much of the payload as fits; chunks are at most capacity/8 so
+  // that a producer and a consumer work on different chunks at once.
+  const std::size_t max_chunk = capacity_ / 8 - 8;
+  const std::uint64_t total = payload.size();
+  std::size_t sent = 0;
+  bool first = true;
+  while (first || sent < payload.size()) {
+    const std::size_t prefix = first ? sizeof total : 0;
+    std::size_t length = std::min(max_chunk, payload.size() - sent + prefix);
+    // Shorten a chunk to end exactly at the data end rather than wrap, unless that leaves a sliver.
+    const auto tail = p.tail.load(std::memory_order_relaxed);
+    const std::size_t to_end = capacity_ - static_cast<std::size_t>(tail & mask_);
+    if (record_size(length) > to_end && to_end >= 8 + 4096) length = (to_end - 8) & ~std::size_t{7};
+    reserve(record_size(length), {});
+    const auto start = p.tail.load(std::memory_order_relaxed) + 8;
+    std::byte* out = at(start);
+    if (first) std::memcpy(out, &total, sizeof total);
+    std::memcpy(out + prefix, payload.data() + sent, length - prefix);
+    sent += length - prefix;
+    const bool last = sent == payload.size();
+    publish(first ? record_kind::first : (last ? record_kind::last : record_kind::middle), length, first,
+            last && !first ? 0 : 1);
+    if (first && last) {
+      // Cannot happen (streamed items exceed a chunk), but never leave in_item set.
+      publish(record_kind::last, 0, false, 0);
+    }
+    first = false;
+  }
+}
+
+inline ring_status ring_buffer::put(std::span<const std::byte> payload, const deadline& until) {
+  auto& p = header_->producers;
+  if (!p.mutex.try_lock_until(until)) return ring_status::busy;
+  struct unlocker {
+    robust_mutex& m;
+    ~unlocker() {
+      try {
+        m.unlock();
+      } catch (...) {
+      }
+    }
+  } unlock{p.mutex};
+  if (p.mutex.previous_owner_died() || p.journal.valid.load(std::memory_order_acquire) != 0 ||
+      p.in_item.load(std::memory_order_relaxed) != 0)
+    recover_producers();
+  if (!wait_below_maxsize(until)) return ring_status::full_items;
+  if (payload.size() <= max_whole_payload()) {
+    const std::size_t bytes = record_size(payload.size());
+    if (!reserve(bytes, until)) return ring_status::full_bytes;
+    const auto tail = p.tail.load(std::memory_order_relaxed);
+    if (!payload.empty()) std::memcpy(at(tail + 8), payload.data(), payload.size());
+    publish(record_kind::whole, payload.size(), true, 0);
+    return ring_status::ok;
+  }
+  // Only the start of a streamed item honours the deadline: room for its first chunk.
+  if (!reserve(capacity_ / 8, until)) return ring_status::full_bytes;
+  put_streamed(payload);
+  return ring_status::ok;
+}
+
+inline void ring_buffer::recover_consumers() {
+  auto& c = header_->consumers;
+  if (c.journal.valid.load(std::memory_order_acquire) != 0) {
+    // Died while committing: its decision was made, finish applying it.
+    c.in_item.store(c.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    c.get_count.store(c.journal.count.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+    c.head.store(c.journal.index.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+    c.journal.valid.store(0, std::memory_order_release);
+  }
+  // A consumer sleeping for data holds the mutex, so after a death nobody else can be registered there.
+  header_->data_ready.sleepers.store(0, std::memory_order_seq_cst);
+}
+
+inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item) {
+  auto& c = header_->consumers;
+  c.journal.index.store(head, std::memory_order_relaxed);
+  c.journal.count.store(count, std::memory_order_relaxed);
+  c.journal.in_item.store(in_item, std::memory_order_relaxed);
+  c.journal.valid.store(1, std::memory_order_release);
+  c.in_item.store(in_item, std::memory_order_relaxed);
+  c.get_count.store(count, std::memory_order_release);
+  c.head.store(head, std::memory_order_seq_cst);  // frees the room (and orders the sleeper check below)
+  c.journal.valid.store(0, std::memory_order_release);
+  wake(header_->space_ready);
+}
+
+inline bool ring_buffer::wait_for_record(std::uint64_t position, const deadline& until) {
+  auto& word = slot(position);
+  return wait_until_ready(
+      header_->data_ready, [&] { return word.load(std::memory_order_seq_cst) != 0; }, until);
+}
+
+// A consumer in the middle of a streamed item with no data in sight: if no producer holds the producer mutex, the
+// item's producer died (or gave up) and will never finish it; recovering the producer side appends the abort.
+inline void ring_buffer::check_producer_alive() {
+  auto& p = header_->producers;
+  if (!p.mutex.try_lock()) return;  // a live producer is at work
+  try {
+    recover_producers();
+  } catch (...) {
+    p.mutex.unlock();
+    throw;
+  }
+  p.mutex.unlock();
+}
+
+template <class F>
+auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
+    -> std::optional<std::invoke_result_t<F&, std::span<const std::byte>>> {
+  using result_type = std::invoke_result_t<F&, std::span<const std::byte>>;
+  auto& c = header_->consumers;
+  if (!c.mutex.try_lock_until(until)) {
+    why = ring_status::busy;
+    return std::nullopt;
+  }
+  struct unlocker {
+    robust_mutex& m;
+    ~unlocker() {
+      try {
+        m.unlock();
+      } catch (...) {
+      }
+    }
+  } unlock{c.mutex};
+  if (c.mutex.previous_owner_died() || c.journal.valid.load(std::memory_order_acquire) != 0) recover_consumers();
+
+  // skipping: the rest of an item another consumer began (it died or failed) is discarded.
+  bool skipping = c.in_item.load(std::memory_order_relaxed) != 0;
+  bool assembling = false;
+  std::unique_ptr<std::byte[]> item;
+  std::size_t item_size = 0, item_filled = 0;
+
+  for (;;) {
+    const auto head = c.head.load(std::memory_order_relaxed);
+    const auto word = slot(head).load(std::memory_order_acquire);
+    if (word == 0) {
+      if (skipping || assembling) {
+        // Mid-item: the rest is coming from a producer that holds its mutex until the item is done. Wait for it
+        // regardless of `until` (taken chunks cannot be put back), checking now and then that it is alive.
+        if (!wait_for_record(head, deadline_after(ring_producer_check_period))) check_producer_alive();
+        continue;
+      }
+      if (!wait_for_record(head, until)) {
+        why = ring_status::empty;
+        return std::nullopt;
+      }
+      continue;
+    }
+    const record_kind kind = header_kind(word);
+    const std::size_t length = header_length(word);
+    const std::byte* payload = at(head + 8);
+    const std::uint64_t taken = c.get_count.load(std::memory_order_relaxed);
+    switch (kind) {
+      case record_kind::wrap:
+        commit(head + 8 + length, taken, c.in_item.load(std::memory_order_relaxed));
+        break;
+      case record_kind::whole: {
+        // Consume in place; commit even if consume throws (a value that cannot be decoded is not retried).
+        struct committer {
+          ring_buffer& ring;
+          std::uint64_t head, taken;
+          ~committer() { ring.commit(head, taken + 1, 0); }
+        } commit_on_exit{*this, head + record_size(length), taken};
+        return std::optional<result_type>(consume(std::span<const std::byte>(payload, length)));
+      }
+      case record_kind::first: {
+        std::uint64_t total = 0;
+        std::memcpy(&total, payload, sizeof total);
+        if (!skipping) {
+          commit(head, taken, 1);  // in_item first: if the allocation below throws, the next consumer skips it
+          item.reset(new std::byte[total]);
+          item_size = static_cast<std::size_t>(total);
+          item_filled = length - sizeof total;
+          std::memcpy(item.get(), payload + sizeof total, item_filled);
+          assembling = true;
+        }
+        commit(head + record_size(length), taken, 1);
+        if (ring_mid_item_hook != nullptr) ring_mid_item_hook();
+        break;
+      }
+      case record_kind::middle:
+      case record_kind::last: {
+        if (assembling) {
+          if (item_filled + length > item_size)
+            throw Error("Queue: a streamed item overflows its announced size; the queue's memory is corrupt");
+          std::memcpy(item.get() + item_filled, payload, length);
+          item_filled += length;
+        }
+        if (kind == record_kind::middle) {
+          commit(head + record_size(length), taken, 1);
+          break;
+        }
+        if (!assembling) {  // the end of a skipped item
+          commit(head + record_size(length), taken + 1, 0);
+          skipping = false;
+          break;
+        }
+        struct committer {
+          ring_buffer& ring;
+          std::uint64_t head, taken;
+          ~committer() { ring.commit(head, taken + 1, 0); }
+        } commit_on_exit{*this, head + record_size(length), taken};
+        return std::optional<result_type>(consume(std::span<const std::byte>(item.get(), item_filled)));
+      }
+      case record_kind::abort:
+        commit(head + record_size(length), taken + (c.in_item.load(std::memory_order_relaxed) != 0 ? 1 : 0), 0);
+        skipping = assembling = false;
+        item.reset();
+        break;
+      default:
+        throw Error("Queue: unknown record kind " + std::to_string(static_cast<unsigned>(kind)) +
+                    "; the queue's shared memory is corrupt");
+    }
+  }
+}
+
+}  // namespace mp::detail

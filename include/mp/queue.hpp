@@ -1,0 +1,309 @@
+// Queue<T>, JoinableQueue<T>, SimpleQueue<T>: FIFO queues between processes, as Python's multiprocessing.Queue,
+// JoinableQueue and SimpleQueue. Items are mp::serialize'd values of any size.
+// Unlike Python's (a pipe fed by a background thread), an mp queue is a ring buffer in shared memory and put()
+// writes the item into it before returning: a process may put and exit at once and nothing is lost. When the ring
+// is full (too many bytes not yet taken), put blocks until consumers make room; see docs/pipes-and-queues.md.
+// Process safety: a Queue is a handle. Copies in one process share one state (close() on any copy closes it for
+// that process); copies passed to children refer to the same queue. Any number of processes may put and get at
+// once. A process killed inside get() loses at most the item it was taking; the queue stays usable for the others.
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/futex.hpp>
+#include <mp/detail/ring_buffer.hpp>
+#include <mp/detail/shm_segment.hpp>
+#include <mp/detail/timeout.hpp>
+#include <mp/errors.hpp>
+#include <mp/serialize.hpp>
+
+namespace mp {
+
+/// Queue construction options, for designated initializers: `mp::Queue<int> q({.maxsize = 100});`
+struct QueueOptions {
+  /// Most items the queue holds before put() blocks (Python's maxsize); 0: no item bound.
+  std::size_t maxsize = 0;
+  /// Bytes of the shared ring (rounded up to a power of two, at least 4 KiB, at most 4 GiB). When items not yet
+  /// taken fill it, put() blocks. Items larger than a quarter of it stream through it in pieces.
+  std::size_t capacity_bytes = std::size_t{1} << 20;
+};
+
+namespace detail {
+
+// Shared memory after the ring's data: what JoinableQueue adds.
+struct queue_extra {
+  std::atomic<std::uint32_t> joinable{0};          // constant after creation
+  std::atomic<std::uint32_t> unfinished_tasks{0};  // futex word: put() adds one, task_done() removes one
+};
+
+// The per-process state behind every copy of one queue handle.
+struct queue_state {
+  shm_segment segment;
+  ring_buffer ring;
+  queue_extra* extra = nullptr;
+  bool closed = false;
+};
+
+inline std::shared_ptr<queue_state> make_queue_state(const QueueOptions& options, bool joinable) {
+  const std::size_t capacity = ring_buffer::round_capacity(options.capacity_bytes);
+  auto state = std::make_shared<queue_state>();
+  state->segment = shm_segment::create(ring_buffer::header_bytes + capacity + sizeof(queue_extra),
+                                       "mp-queue-" + std::to_string(::getpid()));
+  auto* base = static_cast<std::byte*>(state->segment.data());
+  ring_buffer::create(base, capacity, options.maxsize);
+  state->ring = ring_buffer(base);
+  state->extra = new (base + ring_buffer::header_bytes + capacity) queue_extra();
+  state->extra->joinable.store(joinable ? 1 : 0, std::memory_order_relaxed);
+  return state;
+}
+
+inline std::vector<std::byte>& queue_scratch() {
+  thread_local std::vector<std::byte> scratch;
+  return scratch;
+}
+
+}  // namespace detail
+
+/// A FIFO queue between processes (multiprocessing.Queue). put/get block; the timeout and _nowait forms throw
+/// Full / Empty; try_put / try_get report instead of throwing.
+template <class T>
+class Queue {
+  static_assert(serializable<T>, "mp::Queue<T>: T must be serializable (see mp/serialize.hpp)");
+
+ public:
+  /// A queue holding at most `maxsize` items (0: no item bound) in a ring of the default size (1 MiB).
+  explicit Queue(std::size_t maxsize = 0) : Queue(QueueOptions{.maxsize = maxsize}) {}
+  /// A queue with explicit options: `Queue<T> q({.maxsize = 8, .capacity_bytes = 64 << 20});`
+  explicit Queue(QueueOptions options) : state_(detail::make_queue_state(options, false)) {}
+
+  /// Puts an item, waiting as long as the queue is full. Throws mp::Error if this handle was closed.
+  void put(T item) { put_until(item, {}, "Queue::put", {}); }
+  /// Puts an item, waiting at most `timeout` for room; throws Full if there was none.
+  template <class Rep, class Period>
+  void put(T item, std::chrono::duration<Rep, Period> timeout) {
+    put_until(item, detail::deadline_or_forever(timeout), "Queue::put", detail::describe_timeout(timeout));
+  }
+  /// Puts an item if there is room right now; throws Full otherwise.
+  void put_nowait(T item) { put_until(item, std::chrono::steady_clock::now(), "Queue::put_nowait", {}); }
+  /// Puts an item if there is room right now; false otherwise.
+  [[nodiscard]] bool try_put(T item) {
+    return put_status(item, std::chrono::steady_clock::now(), "Queue::try_put") == detail::ring_status::ok;
+  }
+
+  /// Takes the oldest item, waiting as long as the queue is empty.
+  [[nodiscard]] T get() { return get_until({}, "Queue::get", {}); }
+  /// Takes the oldest item, waiting at most `timeout`; throws Empty if none came.
+  template <class Rep, class Period>
+  [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
+    return get_until(detail::deadline_or_forever(timeout), "Queue::get", detail::describe_timeout(timeout));
+  }
+  /// Takes the oldest item if there is one right now; throws Empty otherwise.
+  [[nodiscard]] T get_nowait() { return get_until(std::chrono::steady_clock::now(), "Queue::get_nowait", {}); }
+  /// Takes the oldest item if there is one right now; nullopt otherwise.
+  [[nodiscard]] std::optional<T> try_get() {
+    detail::ring_status why{};
+    return get_status(std::chrono::steady_clock::now(), "Queue::try_get", why);
+  }
+
+  /// Items put and not yet taken (approximate while other processes put and get, as in Python).
+  [[nodiscard]] std::size_t qsize() const { return open_state("Queue::qsize").ring.size(); }
+  /// True if no item is waiting (approximate, as qsize).
+  [[nodiscard]] bool empty() const { return qsize() == 0; }
+  /// True if maxsize items are waiting (never true without a maxsize; the ring's bytes are not counted).
+  [[nodiscard]] bool full() const {
+    const auto& state = open_state("Queue::full");
+    return state.ring.maxsize() != 0 && state.ring.size() >= state.ring.maxsize();
+  }
+  /// The item bound given at construction (0: none).
+  [[nodiscard]] std::size_t maxsize() const noexcept { return state_->ring.maxsize(); }
+  /// The ring's size in bytes (QueueOptions::capacity_bytes after rounding).
+  [[nodiscard]] std::size_t capacity_bytes() const noexcept { return state_->ring.capacity(); }
+
+  /// This process will use the queue no more: later put/get on any copy here throw mp::Error. Other processes
+  /// are unaffected and every item already put stays in the queue.
+  void close() noexcept { state_->closed = true; }
+  [[nodiscard]] bool closed() const noexcept { return state_->closed; }
+  /// Python compatibility: there is no feeder thread to join, so these do nothing.
+  void join_thread() noexcept {}
+  void cancel_join_thread() noexcept {}
+
+ protected:
+  detail::queue_state& open_state(const char* operation) const {
+    if (state_->closed)
+      throw Error(std::string(operation) + ": the queue is closed in this process (close() was called)");
+    return *state_;
+  }
+
+ private:
+  detail::ring_status put_status(const T& item, const detail::deadline& until, const char* operation);
+  void put_until(const T& item, const detail::deadline& until, const char* operation, const std::string& timeout);
+  std::optional<T> get_status(const detail::deadline& until, const char* operation, detail::ring_status& why);
+  T get_until(const detail::deadline& until, const char* operation, const std::string& timeout);
+
+  std::shared_ptr<detail::queue_state> state_;
+
+  template <class U>
+  friend class JoinableQueue;
+  Queue(QueueOptions options, bool joinable) : state_(detail::make_queue_state(options, joinable)) {}
+};
+
+/// A Queue whose consumers confirm each item with task_done(), so that join() can wait for all of them
+/// (multiprocessing.JoinableQueue).
+template <class T>
+class JoinableQueue : public Queue<T> {
+ public:
+  explicit JoinableQueue(std::size_t maxsize = 0) : JoinableQueue(QueueOptions{.maxsize = maxsize}) {}
+  explicit JoinableQueue(QueueOptions options) : Queue<T>(options, true) {}
+
+  /// One item taken by get() is fully processed. Throws mp::Error if called more times than items were put.
+  void task_done();
+  /// Waits until every item put has been confirmed with task_done().
+  void join();
+  /// As join(), waiting at most `timeout`; false if items were still unfinished.
+  template <class Rep, class Period>
+  [[nodiscard]] bool join(std::chrono::duration<Rep, Period> timeout) {
+    return join_until(detail::deadline_or_forever(timeout));
+  }
+
+ private:
+  bool join_until(const detail::deadline& until);
+};
+
+/// A queue without maxsize or timeouts (multiprocessing.SimpleQueue): put, get, empty, close.
+template <class T>
+class SimpleQueue {
+ public:
+  SimpleQueue() : queue_(QueueOptions{}) {}
+  /// capacity_bytes is honoured; maxsize must be 0.
+  explicit SimpleQueue(QueueOptions options) : queue_(check(options)) {}
+
+  /// Puts an item (waits only if the ring's bytes are full).
+  void put(T item) { queue_.put(std::move(item)); }
+  /// Takes the oldest item, waiting as long as the queue is empty.
+  [[nodiscard]] T get() { return queue_.get(); }
+  /// True if no item is waiting.
+  [[nodiscard]] bool empty() const { return queue_.empty(); }
+  /// This process will use the queue no more (later put/get here throw mp::Error).
+  void close() noexcept { queue_.close(); }
+
+ private:
+  static QueueOptions check(const QueueOptions& options) {
+    if (options.maxsize != 0)
+      throw Error("SimpleQueue has no maxsize (got " + std::to_string(options.maxsize) + "); use Queue<T> for a "
+                  "bounded queue");
+    return options;
+  }
+  Queue<T> queue_;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+template <class T>
+detail::ring_status Queue<T>::put_status(const T& item, const detail::deadline& until, const char* operation) {
+  auto& state = open_state(operation);
+  auto* extra = state.extra;
+  const bool joinable = extra->joinable.load(std::memory_order_relaxed) != 0;
+  // Counted before it can be taken, so that join() never sees zero while an item is in flight (as Python).
+  if (joinable) extra->unfinished_tasks.fetch_add(1, std::memory_order_seq_cst);
+  detail::ring_status status;
+  try {
+    if constexpr (detail::is_bitwise_v<T>) {
+      // Its bytes are its serialized form: copied straight into the ring.
+      status = state.ring.put(std::as_bytes(std::span<const T, 1>(&item, 1)), until);
+    } else {
+      auto& buffer = detail::queue_scratch();
+      buffer.clear();
+      serialize_into(buffer, item);
+      status = state.ring.put(buffer, until);
+      if (buffer.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(buffer);
+    }
+  } catch (...) {
+    if (joinable && extra->unfinished_tasks.fetch_sub(1, std::memory_order_seq_cst) == 1)
+      detail::futex_wake(extra->unfinished_tasks);
+    throw;
+  }
+  if (status != detail::ring_status::ok && joinable &&
+      extra->unfinished_tasks.fetch_sub(1, std::memory_order_seq_cst) == 1)
+    detail::futex_wake(extra->unfinished_tasks);
+  return status;
+}
+
+template <class T>
+void Queue<T>::put_until(const T& item, const detail::deadline& until, const char* operation,
+                         const std::string& timeout) {
+  const auto status = put_status(item, until, operation);
+  if (status == detail::ring_status::ok) return;
+  std::string message = operation;
+  if (!timeout.empty()) message += " timed out after " + timeout;
+  switch (status) {
+    case detail::ring_status::full_items:
+      message += ": the queue is full (maxsize " + std::to_string(state_->ring.maxsize()) + ")";
+      break;
+    case detail::ring_status::full_bytes:
+      message += ": the queue's ring buffer is full (" + std::to_string(state_->ring.capacity()) +
+                 " bytes of items not yet taken); raise QueueOptions::capacity_bytes or take items sooner";
+      break;
+    default:
+      message += ": other processes kept the queue busy putting";
+      break;
+  }
+  throw Full(message);
+}
+
+template <class T>
+std::optional<T> Queue<T>::get_status(const detail::deadline& until, const char* operation,
+                                      detail::ring_status& why) {
+  auto& state = open_state(operation);
+  return state.ring.get([](std::span<const std::byte> bytes) { return deserialize<T>(bytes); }, until, why);
+}
+
+template <class T>
+T Queue<T>::get_until(const detail::deadline& until, const char* operation, const std::string& timeout) {
+  detail::ring_status why{};
+  auto item = get_status(until, operation, why);
+  if (item) return std::move(*item);
+  if (!timeout.empty()) throw Empty(std::string(operation) + " timed out after " + timeout);
+  throw Empty(std::string(operation) + ": the queue is empty");
+}
+
+template <class T>
+void JoinableQueue<T>::task_done() {
+  auto& unfinished = this->open_state("JoinableQueue::task_done").extra->unfinished_tasks;
+  std::uint32_t count = unfinished.load(std::memory_order_seq_cst);
+  do {
+    if (count == 0)
+      throw Error("JoinableQueue::task_done() called more times than items were put (Python's ValueError); call "
+                  "it once per item taken with get()");
+  } while (!unfinished.compare_exchange_weak(count, count - 1, std::memory_order_seq_cst));
+  if (count == 1) detail::futex_wake(unfinished);
+}
+
+template <class T>
+void JoinableQueue<T>::join() {
+  join_until({});
+}
+
+template <class T>
+bool JoinableQueue<T>::join_until(const detail::deadline& until) {
+  auto& unfinished = this->open_state("JoinableQueue::join").extra->unfinished_tasks;
+  for (;;) {
+    const std::uint32_t count = unfinished.load(std::memory_order_seq_cst);
+    if (count == 0) return true;
+    if (!detail::futex_wait(unfinished, count, until)) return unfinished.load(std::memory_order_seq_cst) == 0;
+  }
+}
+
+}  // namespace mp
