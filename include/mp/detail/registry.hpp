@@ -96,6 +96,8 @@ struct process_record {
   bool wait_until(std::optional<std::chrono::steady_clock::time_point> deadline) {
     for (;;) {
       if (poll()) return true;
+      // poll(2) ignores a negative fd and would just sleep: never wait without a sentinel.
+      if (!pidfd) throw ProcessError("wait for " + name + ": it has no sentinel (was it started?)");
       int timeout_ms = -1;
       if (deadline) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
