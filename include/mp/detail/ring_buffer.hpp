@@ -15,7 +15,7 @@
 // and a consumer run in parallel, like an SPSC ring. Whoever waits (a producer for space, a consumer for data) holds
 // its side's mutex while waiting, so at most one process sleeps on each wake-up word; the others sleep on the mutex.
 // Waits spin for a few µs, then sleep on a futex; the other side issues a futex wake only when a sleeper has
-// registered (Dekker: sleeper count then re-check, against store then check count, all seq_cst).
+// raised its flag (Dekker: raise flag then re-check, against store then check flag, all seq_cst), once per sleep.
 //
 // Items larger than capacity/4 stream through the ring as chunks (first, middle..., last); a producer holds its
 // mutex for the whole item, so chunks of two items never interleave.
@@ -101,10 +101,10 @@ struct alignas(64) ring_consumers {
   ring_journal journal;                     // guarded by mutex
 };
 
-// One side sleeps on seq (a futex word) after registering in sleepers; the other side bumps seq and wakes it.
+// One side sleeps on seq (a futex word) after raising `sleeping`; the other side clears it, bumps seq and wakes.
 struct alignas(64) ring_wake_word {
   std::atomic<std::uint32_t> seq{0};
-  std::atomic<std::uint32_t> sleepers{0};
+  std::atomic<std::uint32_t> sleeping{0};
 };
 
 struct ring_header {
@@ -199,8 +199,10 @@ class ring_buffer {
 
   template <class Ready>
   static bool wait_until_ready(ring_wake_word& word, Ready&& ready, const deadline& until);
+  // The first waker after a sleeper registered clears the flag and makes the one syscall; later ones see it clear,
+  // so a producer racing ahead of a waking consumer does not pay a futex_wake per item.
   static void wake(ring_wake_word& word) noexcept {
-    if (word.sleepers.load(std::memory_order_seq_cst) != 0) {
+    if (word.sleeping.load(std::memory_order_seq_cst) != 0 && word.sleeping.exchange(0, std::memory_order_seq_cst)) {
       word.seq.fetch_add(1, std::memory_order_seq_cst);
       futex_wake(word.seq);
     }
@@ -232,13 +234,9 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
   }
   for (;;) {
     const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
-    word.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    if (ready()) {
-      word.sleepers.fetch_sub(1, std::memory_order_seq_cst);
-      return true;
-    }
+    word.sleeping.store(1, std::memory_order_seq_cst);
+    if (ready()) return true;  // a flag left raised costs one spare wake-up at most
     const bool woken = futex_wait(word.seq, seq, until);
-    word.sleepers.fetch_sub(1, std::memory_order_seq_cst);
     if (ready()) return true;
     if (!woken) return false;
   }
@@ -256,7 +254,7 @@ inline void ring_buffer::recover_producers() {
     p.journal.valid.store(0, std::memory_order_release);
   }
   // A producer sleeping for room holds the mutex, so after a death nobody else can be registered there.
-  header_->space_ready.sleepers.store(0, std::memory_order_seq_cst);
+  header_->space_ready.sleeping.store(0, std::memory_order_seq_cst);
   if (p.in_item.load(std::memory_order_relaxed) != 0) {
     // Its item can never be completed: tell consumers to drop what they took of it. Room for 16 bytes always comes
     // (consumers drain the partial item).
@@ -407,7 +405,7 @@ inline void ring_buffer::recover_consumers() {
     c.journal.valid.store(0, std::memory_order_release);
   }
   // A consumer sleeping for data holds the mutex, so after a death nobody else can be registered there.
-  header_->data_ready.sleepers.store(0, std::memory_order_seq_cst);
+  header_->data_ready.sleeping.store(0, std::memory_order_seq_cst);
 }
 
 inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item) {
