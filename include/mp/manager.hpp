@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -88,41 +89,68 @@ struct ManagerOptions {
 
 namespace detail {
 
+/// Counts forks in this process's history: a child sees a different value than its parent had, which is how a
+/// proxy notices it runs in a new process (cheaper than a getpid() system call on every call).
+inline std::uint64_t fork_generation() {
+  static std::atomic<std::uint64_t> generation{0};
+  static std::once_flag registered;
+  std::call_once(registered, [] { ::pthread_atfork(nullptr, nullptr, [] { generation.fetch_add(1); }); });
+  return generation.load(std::memory_order_relaxed);
+}
+
 /// The client side of one manager, shared by a Manager and its proxies: one connection per process and thread,
-/// opened on first use, re-opened after fork (the pid changed) so processes never share a socket.
+/// opened on first use, re-opened after fork so processes never share a socket.
 class manager_client {
  public:
   manager_client(manager_endpoint endpoint, std::string authkey)
-      : endpoint_(std::move(endpoint)), authkey_(std::move(authkey)), pid_(::getpid()) {}
+      : endpoint_(std::move(endpoint)), authkey_(std::move(authkey)), generation_(fork_generation()) {}
 
   /// This thread's connection, connecting (and authenticating) if needed.
   manager_connection& connection() {
-    std::unique_lock guard(mutex_);
-    if (pid_t now = ::getpid(); now != pid_) {
-      // A forked child: the inherited connections belong to the parent; close our copies of them.
-      connections_.clear();
-      pid_ = now;
-    }
-    auto& slot = connections_[std::this_thread::get_id()];
-    if (!slot) {
-      guard.unlock();  // connecting takes round trips: don't hold up other threads
-      auto made = std::make_unique<manager_connection>(endpoint_, authkey_);
-      guard.lock();
-      auto& again = connections_[std::this_thread::get_id()];
-      again = std::move(made);
-      return *again;
-    }
-    return *slot;
+    // The last connection this thread used, valid while the client and the process are the same.
+    struct cached {
+      std::uint64_t client = 0, generation = 0;
+      manager_connection* connection = nullptr;
+    };
+    thread_local cached last;
+    auto generation = fork_generation();
+    if (last.client == serial_ && last.generation == generation && last.connection) return *last.connection;
+    auto& found = lookup(generation);
+    last = {serial_, generation, &found};
+    return found;
   }
 
   const manager_endpoint& endpoint() const { return endpoint_; }
   const std::string& authkey() const { return authkey_; }
 
  private:
+  static std::uint64_t next_serial() {
+    static std::atomic<std::uint64_t> serial{0};
+    return ++serial;
+  }
+
+  manager_connection& lookup(std::uint64_t generation) {
+    std::unique_lock guard(mutex_);
+    if (generation != generation_) {
+      // A forked child: the inherited connections belong to the parent; close our copies of them.
+      connections_.clear();
+      generation_ = generation;
+    }
+    auto& slot = connections_[std::this_thread::get_id()];
+    if (slot) return *slot;
+    guard.unlock();  // connecting takes round trips: don't hold up other threads
+    auto made = std::make_unique<manager_connection>(endpoint_, authkey_);
+    guard.lock();
+    auto& again = connections_[std::this_thread::get_id()];
+    again = std::move(made);
+    return *again;
+  }
+
+  const std::uint64_t serial_ = next_serial();  // tells this client from one later allocated at the same address
   manager_endpoint endpoint_;
   std::string authkey_;
   std::mutex mutex_;
-  pid_t pid_;  // guarded by mutex_
+  std::uint64_t generation_;  // guarded by mutex_
   std::unordered_map<std::thread::id, std::unique_ptr<manager_connection>> connections_;  // guarded by mutex_
 };
 

@@ -230,18 +230,19 @@ class manager_server {
   // frames are handled now.
   void deliver() {
     while (!replies_.empty()) {
-      auto batch = std::move(replies_);
-      replies_.clear();
-      std::vector<std::uint64_t> unparked;
-      for (auto& r : batch) {
+      batch_.clear();
+      batch_.swap(replies_);  // swap, not move: both keep their capacity, so a request allocates no vector
+      unparked_.clear();
+      for (auto& r : batch_) {
         auto found = connections_.find(r.client);
         if (found == connections_.end() || found->second.dead) continue;
         auto& c = found->second;
         append_frame(c.out, r.bytes);
-        if (c.parked) c.parked = false, unparked.push_back(r.client);
+        if (c.parked) c.parked = false, unparked_.push_back(r.client);
       }
+      if (unparked_.empty()) continue;
       auto now = manager_store::clock::now();
-      for (auto id : unparked) {
+      for (auto id : unparked_) {
         auto found = connections_.find(id);
         if (found != connections_.end()) process(found->second, now);
       }
@@ -291,7 +292,8 @@ class manager_server {
   std::vector<std::string> remove_;
   manager_store store_;
   std::unordered_map<std::uint64_t, connection> connections_;
-  std::vector<manager_store::reply> replies_;
+  std::vector<manager_store::reply> replies_, batch_;
+  std::vector<std::uint64_t> unparked_;
   std::uint64_t next_client_ = 1;
   bool stop_ = false;
 };
