@@ -1,0 +1,316 @@
+// The mp side of the Python comparison (tests/benchmarks/compare_python.py runs this and Python's multiprocessing
+// on the same workloads and prints one table). Each line of output is machine-readable:
+//   <name> <value> <unit>
+// Latency rows (us per operation) are the median of 5 batches; throughput rows (per second) the best of 3 runs.
+// Raw baselines measured in the same run: fork+waitpid of a child that _exits at once, and an 8-byte ping-pong
+// over a socketpair, i.e. what the OS alone costs for a process start and a pipe round trip.
+//
+// Usage: compare_mp [--quick]      (--quick: about a tenth of the work, for a smoke run)
+#include <mp/manager.hpp>
+#include <mp/pool.hpp>
+#include <mp/process.hpp>
+#include <mp/queue.hpp>
+#include <mp/connection.hpp>
+#include <mp/shared.hpp>
+
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using i64 = std::int64_t;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+/// Median over `batches` of the time per operation of `batch(n)`, in microseconds.
+double median_us(int batches, i64 n, const std::function<void(i64)>& batch) {
+  std::vector<double> per_op;
+  for (int b = 0; b < batches; ++b) {
+    auto t0 = clock_type::now();
+    batch(n);
+    per_op.push_back(seconds_since(t0) / static_cast<double>(n) * 1e6);
+  }
+  std::sort(per_op.begin(), per_op.end());
+  return per_op[per_op.size() / 2];
+}
+
+/// Best over `runs` of operations per second of `run(n)`.
+double best_rate(int runs, i64 n, const std::function<void(i64)>& run) {
+  double best = 0;
+  for (int r = 0; r < runs; ++r) {
+    auto t0 = clock_type::now();
+    run(n);
+    best = std::max(best, static_cast<double>(n) / seconds_since(t0));
+  }
+  return best;
+}
+
+void row(const char* name, double value, const char* unit) {
+  std::printf("%s %.6g %s\n", name, value, unit);
+  std::fflush(stdout);
+}
+
+void fail(const char* what) {
+  std::fprintf(stderr, "compare_mp: %s\n", what);
+  std::exit(1);
+}
+
+// ---- workloads ---------------------------------------------------------------------------------------------------
+
+void nothing() {}
+
+void raw_fork_waitpid(i64 n) {
+  for (i64 i = 0; i < n; ++i) {
+    pid_t pid = ::fork();
+    if (pid < 0) fail("fork failed");
+    if (pid == 0) ::_exit(0);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0) {
+    }
+  }
+}
+
+void process_start_join(i64 n) {
+  for (i64 i = 0; i < n; ++i) {
+    mp::Process p(nothing);
+    p.start();
+    p.join();
+  }
+}
+
+bool full_io(ssize_t (*io)(int, void*, size_t), int fd, void* buf, std::size_t size) {
+  auto* p = static_cast<char*>(buf);
+  while (size > 0) {
+    ssize_t k = io(fd, p, size);
+    if (k <= 0) return false;
+    p += k;
+    size -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+ssize_t write_io(int fd, void* buf, size_t n) { return ::write(fd, buf, n); }
+
+void raw_socketpair_ping_pong(i64 n) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) fail("socketpair failed");
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(sv[0]);
+    i64 v = 0;
+    while (full_io(::read, sv[1], &v, sizeof v) && full_io(write_io, sv[1], &v, sizeof v)) {
+    }
+    ::_exit(0);
+  }
+  ::close(sv[1]);
+  for (i64 i = 0; i < n; ++i) {
+    i64 v = i;
+    if (!full_io(write_io, sv[0], &v, sizeof v) || !full_io(::read, sv[0], &v, sizeof v) || v != i) fail("ping-pong");
+  }
+  ::close(sv[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+}
+
+void echo(mp::Connection<i64> conn) {
+  for (;;) {
+    i64 v = conn.recv();
+    if (v < 0) return;
+    conn.send(v);
+  }
+}
+
+void pipe_round_trip(i64 n) {
+  auto [here, there] = mp::Pipe<i64>();
+  mp::Process child(echo, there);
+  child.start();
+  there.close();
+  for (i64 i = 0; i < n; ++i) {
+    here.send(i);
+    if (here.recv() != i) fail("pipe echo returned a wrong value");
+  }
+  here.send(-1);
+  child.join();
+}
+
+template <class T>
+void produce(mp::Queue<T> q, i64 n, T item) {
+  for (i64 i = 0; i < n; ++i) q.put(item);
+}
+
+template <class T>
+void queue_throughput(i64 n, T item) {
+  mp::Queue<T> q;
+  mp::Process producer(produce<T>, q, n, item);
+  producer.start();
+  for (i64 i = 0; i < n; ++i) (void)q.get();
+  producer.join();
+}
+
+i64 identity(i64 x) { return x; }
+
+void value_lock_worker(mp::Value<i64> v, i64 n) {
+  for (i64 i = 0; i < n; ++i) {
+    std::lock_guard guard(v.get_lock());
+    v.value() += 1;
+  }
+}
+
+void value_lock_increments(i64 total) {
+  mp::Value<i64> v(0);
+  std::vector<mp::Process> workers;
+  for (int w = 0; w < 2; ++w) workers.emplace_back(value_lock_worker, v, total / 2);
+  for (auto& w : workers) w.start();
+  for (auto& w : workers) w.join();
+  if (v.value() != total / 2 * 2) fail("Value+Lock lost increments");
+}
+
+/// The lesson's cpu_task over [lo, hi); the empty asm keeps the compiler from replacing the loop by its closed form.
+i64 sum_of_squares(i64 lo, i64 hi) {
+  std::uint64_t result = 0;
+  for (i64 i = lo; i < hi; ++i) {
+    std::uint64_t v = static_cast<std::uint64_t>(i);
+    asm volatile("" : "+r"(v));
+    result += v * v;
+  }
+  return static_cast<i64>(result);
+}
+i64 chunk_sum(std::pair<i64, i64> c) { return sum_of_squares(c.first, c.second); }
+void chunk_into(mp::Array<i64> out, std::size_t w, i64 lo, i64 hi) { out[w] = sum_of_squares(lo, hi); }
+
+void cpu_speedups(bool quick) {
+  const std::size_t workers = mp::cpu_count();
+  i64 n = 1 << 20;  // calibrate: about 0.4 s of serial work (0.05 s with --quick)
+  for (;;) {
+    auto t0 = clock_type::now();
+    volatile i64 sink = sum_of_squares(0, n);
+    (void)sink;
+    double t = seconds_since(t0);
+    if (t > 0.05) {
+      n = static_cast<i64>(static_cast<double>(n) * (quick ? 0.05 : 0.4) / t);
+      break;
+    }
+    n *= 4;
+  }
+  std::vector<std::pair<i64, i64>> chunks;
+  for (std::size_t w = 0; w < workers; ++w) {
+    chunks.emplace_back(n * static_cast<i64>(w) / static_cast<i64>(workers),
+                        n * static_cast<i64>(w + 1) / static_cast<i64>(workers));
+  }
+  const i64 expected = sum_of_squares(0, n);
+  double serial = 1e300, threads = 1e300, processes = 1e300, pool_time = 1e300;
+  for (int trial = 0; trial < 3; ++trial) {
+    auto t0 = clock_type::now();
+    volatile i64 s = sum_of_squares(0, n);
+    serial = std::min(serial, seconds_since(t0));
+    if (s != expected) fail("serial sum differs");
+
+    t0 = clock_type::now();
+    std::vector<i64> partial(workers);
+    std::vector<std::thread> ts;
+    for (std::size_t w = 0; w < workers; ++w) {
+      ts.emplace_back([&partial, w, c = chunks[w]] { partial[w] = sum_of_squares(c.first, c.second); });
+    }
+    for (auto& t : ts) t.join();
+    threads = std::min(threads, seconds_since(t0));
+    std::uint64_t total = 0;
+    for (i64 p : partial) total += static_cast<std::uint64_t>(p);
+    if (static_cast<i64>(total) != expected) fail("thread sum differs");
+
+    t0 = clock_type::now();
+    mp::Array<i64> out(workers);
+    std::vector<mp::Process> ps;
+    for (std::size_t w = 0; w < workers; ++w) ps.emplace_back(chunk_into, out, w, chunks[w].first, chunks[w].second);
+    for (auto& p : ps) p.start();
+    for (auto& p : ps) p.join();
+    processes = std::min(processes, seconds_since(t0));
+    total = 0;
+    for (std::size_t w = 0; w < workers; ++w) total += static_cast<std::uint64_t>(out[w]);
+    if (static_cast<i64>(total) != expected) fail("process sum differs");
+
+    t0 = clock_type::now();
+    {
+      mp::Pool pool(workers);
+      auto parts = pool.map(chunk_sum, chunks, 1);
+      total = 0;
+      for (i64 p : parts) total += static_cast<std::uint64_t>(p);
+    }
+    pool_time = std::min(pool_time, seconds_since(t0));
+    if (static_cast<i64>(total) != expected) fail("pool sum differs");
+  }
+  row("cpu_speedup_threads", serial / threads, "x");
+  row("cpu_speedup_processes", serial / processes, "x");
+  row("cpu_speedup_pool", serial / pool_time, "x");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mp::init(argc, argv);
+  const bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
+  const i64 scale = quick ? 10 : 1;
+  row("cpu_count", static_cast<double>(mp::cpu_count()), "cpus");
+
+  row("raw_fork_waitpid", median_us(5, 200 / scale, raw_fork_waitpid), "us");
+  row("process_start_join", median_us(5, 200 / scale, process_start_join), "us");
+
+  row("raw_socketpair_round_trip", median_us(5, 20000 / scale, raw_socketpair_ping_pong), "us");
+  row("pipe_round_trip", median_us(5, 20000 / scale, pipe_round_trip), "us");
+
+  row("queue_8B", best_rate(3, 1000000 / scale, [](i64 n) { queue_throughput<i64>(n, 42); }), "items/s");
+  row("queue_1KiB", best_rate(3, 200000 / scale, [](i64 n) { queue_throughput(n, std::string(1024, 'x')); }),
+      "items/s");
+
+  {
+    mp::Pool pool;
+    std::vector<i64> warm{1, 2, 3, 4};
+    (void)pool.map(identity, warm);  // the workers are up before anything is timed
+    row("pool_map_auto", median_us(5, 1000000 / scale, [&](i64 n) {
+          std::vector<i64> in(static_cast<std::size_t>(n));
+          for (i64 i = 0; i < n; ++i) in[static_cast<std::size_t>(i)] = i;
+          auto out = pool.map(identity, in);
+          if (out.size() != in.size() || out.back() != n - 1) fail("pool.map result");
+        }), "us/item");
+    row("pool_map_chunksize1", median_us(5, 20000 / scale, [&](i64 n) {
+          std::vector<i64> in(static_cast<std::size_t>(n), 7);
+          auto out = pool.map(identity, in, 1);
+          if (out.size() != in.size()) fail("pool.map chunksize=1 result");
+        }), "us/item");
+    row("apply_async_round_trip", median_us(5, 5000 / scale, [&](i64 n) {
+          for (i64 i = 0; i < n; ++i) {
+            if (pool.apply_async(identity, i).get() != i) fail("apply_async result");
+          }
+        }), "us");
+  }
+
+  row("value_lock_increments", best_rate(3, 2000000 / scale, value_lock_increments), "ops/s");
+
+  {
+    mp::Manager manager;
+    auto d = manager.dict<std::string, i64>();
+    row("manager_dict_ops", best_rate(3, 20000 / scale, [&](i64 n) {
+          for (i64 i = 0; i < n; i += 2) {
+            d.set("key", i);
+            if (d.get("key") != i) fail("manager dict round trip");
+          }
+        }), "ops/s");
+  }
+
+  cpu_speedups(quick);
+  return 0;
+}

@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""mp against Python's multiprocessing on the same workloads, in one table.
+
+Runs each workload with Python's multiprocessing (fork start method, as mp's default), then runs the compare_mp
+program (tests/benchmarks/compare_mp.cpp, built -O2 with the benchmarks) and prints a Markdown table:
+mp vs Python with the ratio, and on the latency rows the raw OS baseline measured by compare_mp beside them.
+
+Usage:
+    python3 tests/benchmarks/compare_python.py BUILD/tests/benchmarks/compare_mp [--quick]
+
+Targets (issue 8): mp at least 10x Python on every throughput and pool-overhead row; pipe round trip and process
+start within 1.3x of the raw syscall baseline. Latency rows are the median of 5 batches, throughput rows the best
+of 3 runs, on both sides. The whole run takes about a minute or two.
+"""
+
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ctx = mp.get_context("fork")
+
+
+def median_us(batches, n, fn):
+    per_op = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        fn(n)
+        per_op.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(per_op)
+
+
+def best_rate(runs, n, fn):
+    best = 0.0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(n)
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+# ---- workloads (the same as compare_mp.cpp) ---------------------------------------------------------------------
+
+def nothing():
+    pass
+
+
+def process_start_join(n):
+    for _ in range(n):
+        p = ctx.Process(target=nothing)
+        p.start()
+        p.join()
+
+
+def echo(conn):
+    while True:
+        v = conn.recv()
+        if v < 0:
+            return
+        conn.send(v)
+
+
+def pipe_round_trip(n):
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=echo, args=(there,))
+    child.start()
+    there.close()
+    for i in range(n):
+        here.send(i)
+        if here.recv() != i:
+            raise RuntimeError("pipe echo returned a wrong value")
+    here.send(-1)
+    child.join()
+
+
+def produce(q, n, item):
+    for _ in range(n):
+        q.put(item)
+
+
+def queue_throughput(n, item):
+    q = ctx.Queue()
+    producer = ctx.Process(target=produce, args=(q, n, item))
+    producer.start()
+    for _ in range(n):
+        q.get()
+    producer.join()
+
+
+def identity(x):
+    return x
+
+
+def value_lock_worker(v, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+
+
+def value_lock_increments(total):
+    v = ctx.Value("q", 0)
+    workers = [ctx.Process(target=value_lock_worker, args=(v, total // 2)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if v.value != total // 2 * 2:
+        raise RuntimeError("Value+Lock lost increments")
+
+
+def sum_of_squares(lo, hi):
+    result = 0
+    for i in range(lo, hi):
+        result += i * i
+    return result
+
+
+def chunk_sum(chunk):
+    return sum_of_squares(*chunk)
+
+
+def chunk_into(out, w, lo, hi):
+    out[w] = sum_of_squares(lo, hi) % 2**63
+
+
+def cpu_speedups(quick):
+    workers = mp.cpu_count()
+    n = 1 << 16
+    while True:  # calibrate: about 0.5 s of serial work (0.05 s with --quick)
+        t0 = time.perf_counter()
+        sum_of_squares(0, n)
+        t = time.perf_counter() - t0
+        if t > 0.05:
+            n = int(n * (0.05 if quick else 0.5) / t)
+            break
+        n *= 4
+    chunks = [(n * w // workers, n * (w + 1) // workers) for w in range(workers)]
+    expected = sum_of_squares(0, n)
+    serial = threads = processes = pool_time = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        if sum_of_squares(0, n) != expected:
+            raise RuntimeError("serial")
+        serial = min(serial, time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        partial = [0] * workers
+
+        def run(w):
+            partial[w] = chunk_sum(chunks[w])
+
+        ts = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        threads = min(threads, time.perf_counter() - t0)
+        if sum(partial) != expected:
+            raise RuntimeError("threads")
+
+        t0 = time.perf_counter()
+        out = ctx.Array("q", workers)
+        ps = [ctx.Process(target=chunk_into, args=(out, w, *chunks[w])) for w in range(workers)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        processes = min(processes, time.perf_counter() - t0)
+        if (sum(out) - expected) % 2**63 != 0:  # the 'q' slots hold the partial sums modulo 2**63
+            raise RuntimeError("processes")
+
+        t0 = time.perf_counter()
+        with ctx.Pool(workers) as pool:
+            parts = pool.map(chunk_sum, chunks, 1)
+        pool_time = min(pool_time, time.perf_counter() - t0)
+        if sum(parts) != expected:
+            raise RuntimeError("pool")
+    return {
+        "cpu_speedup_threads": serial / threads,
+        "cpu_speedup_processes": serial / processes,
+        "cpu_speedup_pool": serial / pool_time,
+    }
+
+
+def python_rows(quick):
+    s = 10 if quick else 1
+    rows = {}
+
+    def report(name, value):
+        rows[name] = value
+        print(f"  python {name} {value:.6g}", file=sys.stderr, flush=True)
+
+    report("process_start_join", median_us(5, 50 // s, process_start_join))
+    report("pipe_round_trip", median_us(5, 5000 // s, pipe_round_trip))
+    report("queue_8B", best_rate(3, 50000 // s, lambda n: queue_throughput(n, 42)))
+    report("queue_1KiB", best_rate(3, 50000 // s, lambda n: queue_throughput(n, b"x" * 1024)))
+    with ctx.Pool() as pool:
+        pool.map(identity, range(4))
+        report("pool_map_auto", median_us(5, 1000000 // s, lambda n: pool.map(identity, range(n))))
+        report("pool_map_chunksize1", median_us(5, 5000 // s, lambda n: pool.map(identity, [7] * n, 1)))
+
+        def apply_loop(n):
+            for i in range(n):
+                if pool.apply_async(identity, (i,)).get() != i:
+                    raise RuntimeError("apply_async")
+
+        report("apply_async_round_trip", median_us(5, 2000 // s, apply_loop))
+    report("value_lock_increments", best_rate(3, 400000 // s, value_lock_increments))
+    with ctx.Manager() as manager:
+        d = manager.dict()
+
+        def dict_ops(n):
+            for i in range(0, n, 2):
+                d["key"] = i
+                if d.get("key") != i:
+                    raise RuntimeError("manager dict")
+
+        report("manager_dict_ops", best_rate(3, 4000 // s, dict_ops))
+    for name, value in cpu_speedups(quick).items():
+        report(name, value)
+    return rows
+
+
+def mp_rows(program, quick):
+    cmd = [program] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        name, value, _unit = line.split()
+        rows[name] = float(value)
+    return rows
+
+
+# name, unit, kind ("latency": lower is better; "rate": higher is better; "speedup"), raw baseline row, target
+ROWS = [
+    ("process_start_join", "us", "latency", "raw_fork_waitpid", "raw"),
+    ("pipe_round_trip", "us", "latency", "raw_socketpair_round_trip", "raw"),
+    ("queue_8B", "items/s", "rate", None, "10x"),
+    ("queue_1KiB", "items/s", "rate", None, "10x"),
+    ("pool_map_auto", "us/item", "latency", None, "10x"),
+    ("pool_map_chunksize1", "us/item", "latency", None, "10x"),
+    ("apply_async_round_trip", "us", "latency", None, "10x"),
+    ("value_lock_increments", "ops/s", "rate", None, "10x"),
+    ("manager_dict_ops", "ops/s", "rate", None, "10x"),
+    ("cpu_speedup_threads", "x", "speedup", None, None),
+    ("cpu_speedup_processes", "x", "speedup", None, None),
+    ("cpu_speedup_pool", "x", "speedup", None, None),
+]
+
+
+def fmt(v):
+    if v >= 1e5:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--quick"]
+    quick = "--quick" in sys.argv[1:]
+    if len(args) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print("measuring Python's multiprocessing ...", file=sys.stderr, flush=True)
+    py = python_rows(quick)
+    print("measuring mp ...", file=sys.stderr, flush=True)
+    cpp = mp_rows(args[0], quick)
+
+    print(f"cpu_count = {mp.cpu_count()}, Python {sys.version.split()[0]}, fork start method on both sides")
+    print()
+    print("| benchmark | unit | Python | mp | mp vs Python | raw OS baseline | mp / raw | target | met |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    met = missed = 0
+    for name, unit, kind, raw, target in ROWS:
+        p, m = py.get(name), cpp.get(name)
+        if p is None or m is None:
+            print(f"| {name} | {unit} | {fmt(p) if p else '-'} | {fmt(m) if m else '-'} | | | | | missing |")
+            missed += 1
+            continue
+        if kind == "latency":
+            factor = p / m
+        else:
+            factor = m / p
+        factor_text = f"{factor:.1f}x faster" if kind != "speedup" else f"{m:.2f} vs {p:.2f}"
+        raw_text = ratio_text = ""
+        ok = None
+        if raw and raw in cpp:
+            raw_text = fmt(cpp[raw])
+            ratio = m / cpp[raw]
+            ratio_text = f"{ratio:.2f}"
+            ok = ratio <= 1.3
+            target_text = "<= 1.3x raw"
+        elif target == "10x":
+            ok = factor >= 10
+            target_text = ">= 10x Python"
+        else:
+            target_text = ""
+        met_text = "" if ok is None else ("yes" if ok else "NO")
+        if ok is True:
+            met += 1
+        elif ok is False:
+            missed += 1
+        print(f"| {name} | {unit} | {fmt(p)} | {fmt(m)} | {factor_text} | {raw_text} | {ratio_text} | "
+              f"{target_text} | {met_text} |")
+    print()
+    print(f"targets met: {met} of {met + missed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
