@@ -43,6 +43,7 @@
 #include <mp/detail/manager_protocol.hpp>
 #include <mp/detail/manager_server.hpp>
 #include <mp/detail/manager_socket.hpp>
+#include <mp/detail/registry.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
@@ -863,6 +864,9 @@ inline Manager::Manager(ManagerOptions options) {
   }
   if (!endpoint.tcp) owner->socket_path = endpoint.path;
   owner->owner = ::getpid();
+  // Python's manager server is a Process and takes a name ("Process-1"); so does this one, so that the processes
+  // started after it are named as in Python.
+  (void)detail::next_identity();
   pid_t child = ::fork();
   if (child == -1) {
     int err = detail::last_errno();
