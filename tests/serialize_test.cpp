@@ -13,6 +13,8 @@
 #include <limits>
 #include <random>
 
+using Catch::Matchers::Contains;
+
 namespace {
 
 template <class T>
@@ -80,6 +82,10 @@ class Counter {  // cereal's save/load pair: a private field, a derived one reco
   int count_ = 0;
   int doubled_ = 0;
 };
+
+Team sample_team_for_size() {
+  return Team{"t", {Employee{"A", {1, 2}, Point{1, 2.0, "p"}, {{"k", 1.0}}}}, 5};
+}
 
 }  // namespace
 
@@ -290,6 +296,58 @@ TEST_CASE("serialize_into appends to a buffer and the archives carry several val
   CHECK(employee == Employee{"E", {1}, std::nullopt, {}});
 }
 
+namespace {
+struct Changing {  // a serialize member that writes a different amount each call (a bug mp must survive)
+  int calls = 0;
+  int growth = 1;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ++calls;
+    std::vector<int> numbers(static_cast<std::size_t>(growth > 0 ? calls : 3 - calls), 7);
+    ar(numbers);
+  }
+};
+}  // namespace
+
+TEST_CASE("serialized_size predicts serialize, and serialize_into appends after existing bytes", "[serialize]") {
+  const auto check = [](const auto& value) {
+    const auto bytes = mp::serialize(value);
+    CHECK(mp::serialized_size(value) == bytes.size());
+    std::vector<std::byte> buffer(3, std::byte{0x5A});
+    mp::serialize_into(buffer, value);
+    mp::serialize_into(buffer, value);
+    REQUIRE(buffer.size() == 3 + 2 * bytes.size());
+    CHECK(std::equal(bytes.begin(), bytes.end(), buffer.begin() + 3));
+    CHECK(std::equal(bytes.begin(), bytes.end(), buffer.begin() + 3 + static_cast<std::ptrdiff_t>(bytes.size())));
+  };
+  check(42);
+  check(std::string("abc"));
+  check(std::vector<double>{1, 2, 3});
+  check(sample_team_for_size());
+  check(std::map<std::string, std::vector<std::string>>{{"a", {"x", "y"}}, {"b", {}}});
+}
+
+TEST_CASE("A serialize member that writes more than it measured throws instead of overrunning", "[serialize]") {
+  Changing growing;
+  CHECK_THROWS_WITH(mp::serialize(growing), Contains("wrote more bytes than when it was measured"));
+  std::vector<std::byte> buffer;
+  Changing again;
+  CHECK_THROWS_AS(mp::serialize_into(buffer, again), mp::SerializationError);
+  Changing shrinking{0, -1};  // writes 2 ints when measured, then 1: the buffer holds what was written
+  CHECK(mp::serialize(shrinking).size() == 8 + 4);
+}
+
+TEST_CASE("Vectors of numbers decode from unaligned buffers too", "[serialize]") {
+  const std::vector<double> values{1.5, -2.25, 3e300};
+  const auto bytes = mp::serialize(values);
+  for (std::size_t offset = 0; offset < 8; ++offset) {
+    std::vector<std::byte> shifted(offset);
+    shifted.insert(shifted.end(), bytes.begin(), bytes.end());
+    CAPTURE(offset);
+    CHECK(mp::deserialize<std::vector<double>>(std::span(shifted).subspan(offset)) == values);
+  }
+}
+
 TEST_CASE("serializable<T> tells which types can cross", "[serialize]") {
   STATIC_REQUIRE(mp::serializable<int>);
   STATIC_REQUIRE(mp::serializable<Point>);
@@ -351,8 +409,6 @@ TEST_CASE("A value serialized in a child process deserializes in the parent", "[
 // Hostile input: every malformed buffer throws mp::SerializationError naming the type and the sizes.
 
 namespace {
-
-using Catch::Matchers::Contains;
 
 struct Empty {  // a user type that writes nothing: an absurd count of these must not loop 2^64 times
   template <class Archive>

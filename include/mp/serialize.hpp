@@ -8,6 +8,7 @@
 // bad bytes throw mp::SerializationError, never crash, hang or allocate without bound.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <span>
 #include <type_traits>
@@ -22,11 +23,35 @@ namespace mp {
 template <class T>
 concept serializable = detail::is_serializable_v<std::remove_cvref_t<T>>;
 
-/// Appends the bytes of `value` to `out`; nothing but `out` allocates.
+
+/// How many bytes serialize(value) returns (computed without writing them).
+template <class T>
+[[nodiscard]] std::size_t serialized_size(const T& value) {
+  detail::output_archive archive(detail::output_archive::measure_tag{});
+  archive(value);
+  return archive.measured();
+}
+
+/// Appends the bytes of `value` to `out`; nothing but `out` allocates (it grows at most once).
 template <class T>
 void serialize_into(std::vector<std::byte>& out, const T& value) {
-  detail::output_archive archive(out);
-  archive(value);
+  if constexpr (detail::is_bitwise_v<T>) {
+    detail::output_archive archive(out);
+    archive(value);
+  } else if constexpr (detail::is_single_block_v<T>) {
+    // A length and one block (a string, a vector of numbers): appending after one reserve beats zero-filling.
+    const std::size_t size = serialized_size(value);
+    if (out.capacity() - out.size() < size) out.reserve(std::max(out.size() + size, 2 * out.capacity()));
+    detail::output_archive archive(out);
+    archive(value);
+  } else {
+    // Two passes: measure, grow `out` once, then copy into place with no capacity check per field.
+    const std::size_t old_size = out.size();
+    out.resize(old_size + serialized_size(value));
+    detail::output_archive archive(detail::output_archive::presized_tag{}, std::span(out).subspan(old_size));
+    archive(value);
+    out.resize(out.size() - archive.unfilled());  // only a serialize member that wrote less the second time
+  }
 }
 
 /// The bytes of `value`, for deserialize<T> in this or another process running the same binary.

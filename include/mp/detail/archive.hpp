@@ -171,6 +171,17 @@ consteval bool is_bitwise() {
 }
 template <class T> inline constexpr bool is_bitwise_v = is_bitwise<T>();
 
+// Whether T encodes as a length and one contiguous block (a string, a vector of bitwise values).
+template <class T>
+consteval bool is_single_block() {
+  using U = std::remove_cv_t<T>;
+  if constexpr (family_v<U> == family::string) return true;
+  else if constexpr (family_v<U> == family::sequence && is_specialization_v<U, std::vector>)
+    return is_bitwise<typename U::value_type>();
+  else return false;
+}
+template <class T> inline constexpr bool is_single_block_v = is_single_block<T>();
+
 // Whether every part of T can cross. User types count as serializable once they declare a serialize member: what
 // it lists is checked when it is instantiated.
 template <class T>
@@ -372,6 +383,15 @@ class output_archive {
 
   /// Appends to `out` (keeps what it holds).
   explicit output_archive(std::vector<std::byte>& out) noexcept : out_(&out) {}
+  /// Writes nothing and counts the bytes it would write (see measured()): mp::serialize sizes its buffer with it.
+  struct measure_tag {};
+  explicit output_archive(measure_tag) noexcept : out_(nullptr) {}
+  /// Writes into memory already sized by a measuring pass (mp::serialize): no capacity checks per write.
+  struct presized_tag {};
+  output_archive(presized_tag, std::span<std::byte> space) noexcept
+      : out_(nullptr), cursor_(space.data()), end_(space.data() + space.size()) {}
+  /// Bytes a presized archive has not filled (0 when the measuring pass was right).
+  std::size_t unfilled() const noexcept { return static_cast<std::size_t>(end_ - cursor_); }
 
   /// Appends each value in order.
   template <class... Ts>
@@ -382,16 +402,33 @@ class output_archive {
 
   /// Appends raw bytes (no length prefix).
   void write_bytes(const void* data, std::size_t size) {
-    const auto* first = static_cast<const std::byte*>(data);
-    out_->insert(out_->end(), first, first + size);
+    if (cursor_ != nullptr) {  // writing into space sized by a measuring pass
+      if (size > static_cast<std::size_t>(end_ - cursor_)) overflow_presized();
+      if (size != 0) std::memcpy(cursor_, data, size);
+      cursor_ += size;
+    } else if (out_ == nullptr) {
+      measured_ += size;
+    } else {
+      const auto* first = static_cast<const std::byte*>(data);
+      out_->insert(out_->end(), first, first + size);
+    }
   }
 
-  /// The buffer being appended to.
+  /// The buffer being appended to (a measuring archive has none).
   std::vector<std::byte>& buffer() noexcept { return *out_; }
+  /// Bytes a measuring archive has counted so far.
+  std::size_t measured() const noexcept { return measured_; }
 
  private:
   template <class T>
   void save(const T& value);
+  // A user serialize member that writes more on its second call than on its first would overrun the space the
+  // measuring pass sized: refuse instead.
+  [[noreturn]] static void overflow_presized() {
+    throw SerializationError(
+        "serialize: a serialize member wrote more bytes than when it was measured; it must write the same "
+        "fields every time it is called");
+  }
   void save_length(std::size_t n) {
     const auto length = static_cast<length_type>(n);
     write_bytes(&length, sizeof length);
@@ -402,7 +439,10 @@ class output_archive {
     for (const auto& element : range) save(element);
   }
 
-  std::vector<std::byte>* out_;
+  std::vector<std::byte>* out_;  // null when measuring or presized
+  std::byte* cursor_ = nullptr;  // next byte to write when presized
+  std::byte* end_ = nullptr;     // end of the presized space
+  std::size_t measured_ = 0;
 };
 
 /// Decodes values from a byte span: `ar(a, b, c)`; every read is bounds-checked and throws SerializationError.
@@ -622,8 +662,14 @@ void input_archive::load(T& value) {
   } else if constexpr (f == family::string) {
     using element = typename U::value_type;
     const std::size_t n = load_length<U>();
-    value.resize(n);
-    copy_checked<U>(value.data(), n * sizeof(element));
+    if constexpr (std::is_same_v<element, char>) {
+      // char may alias any bytes: assign copies once, without the zero-fill of resize(). n was checked.
+      value.assign(reinterpret_cast<const char*>(bytes_.data() + position_), n);
+      position_ += n;
+    } else {
+      value.resize(n);
+      copy_checked<U>(value.data(), n * sizeof(element));
+    }
   } else if constexpr (f == family::vector_bool) {
     const std::size_t n = load_length<U>();
     value.clear();
@@ -639,8 +685,17 @@ void input_archive::load(T& value) {
     const std::size_t n = load_length<U>();
     value.clear();
     if constexpr (is_specialization_v<U, std::vector> && is_bitwise_v<element>) {
-      value.resize(n);
-      copy_checked<U>(value.data(), n * sizeof(element));
+      const std::byte* first = bytes_.data() + position_;
+      if (reinterpret_cast<std::uintptr_t>(first) % alignof(element) == 0) {
+        // Aligned (the usual case): assign copies with one memmove into uninitialised storage, sparing the
+        // zero-fill resize() would do first. n was checked against the bytes left by load_length.
+        const auto* elements = reinterpret_cast<const element*>(first);
+        value.assign(elements, elements + n);
+        position_ += n * sizeof(element);
+      } else {
+        value.resize(n);
+        copy_checked<U>(value.data(), n * sizeof(element));
+      }
     } else {
       if constexpr (is_specialization_v<U, std::vector>) {
         // n was checked against the bytes left when elements take at least one byte; otherwise reserve only what
