@@ -40,6 +40,14 @@ class shm_tracker {
   /// unlink() was called: nothing left to clean up for `posix_name`.
   void untrack(const std::string& posix_name) { send_record('U', posix_name); }
 
+  /// Lets go of the tracker inherited from the parent: this process (and the children it forks later) start a
+  /// family of their own at the next track(). Names registered before stay with the old tracker.
+  void start_new_family() {
+    std::lock_guard guard(start_mutex_);
+    const int fd = fd_.exchange(-1);
+    if (fd >= 0) ::close(fd);
+  }
+
  private:
   shm_tracker() = default;
 
