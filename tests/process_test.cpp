@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -864,6 +865,35 @@ TEST_CASE("Processes can be started and joined from several threads at once", "[
   for (std::thread& thread : threads) thread.join();
   CHECK(ok == 20);
   CHECK(mp::active_children().empty());
+}
+
+TEST_CASE("A Process prints as Python's repr", "[process]") {
+  auto text = [](const mp::Process& p) {
+    std::ostringstream out;
+    out << p;
+    return out.str();
+  };
+  const std::string parent = " parent=" + std::to_string(::getpid());
+  CHECK(text(mp::current_process()) == "<Process name='MainProcess' parent=None started>");
+  test_pipe release;
+  test_pipe ready;
+  mp::Process p({.name = "W", .daemon = true}, [&release, &ready] {
+    default_signal_actions();
+    ready.release();
+    release.wait_for_release();
+  });
+  CHECK(text(p) == "<Process name='W'" + parent + " initial daemon>");
+  p.start();
+  ready.wait_for_release();
+  const std::string pid = " pid=" + std::to_string(p.pid());
+  CHECK(text(p) == "<Process name='W'" + pid + parent + " started daemon>");
+  p.terminate();
+  p.join();
+  CHECK(text(p) == "<Process name='W'" + pid + parent + " stopped exitcode=-SIGTERM daemon>");
+  p.close();
+  CHECK(text(p) == "<Process name='W'" + parent + " closed daemon>");
+  mp::Process moved(std::move(p));
+  CHECK(text(p) == "<Process moved-from>");  // NOLINT(bugprone-use-after-move)
 }
 
 TEST_CASE("cpu_count respects the CPU affinity mask", "[process]") {

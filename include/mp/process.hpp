@@ -128,6 +128,7 @@ class Process {
 
  private:
   friend Process& current_process();
+  friend std::ostream& operator<<(std::ostream& out, const Process& process);
   explicit Process(detail::main_process_tag);
 
   detail::process_record& record(const char* operation) const;  // throws on a moved-from Process
@@ -172,6 +173,9 @@ std::vector<Process*> active_children();
 
 /// The number of CPUs this process may run on (sched_getaffinity), at least 1.
 std::size_t cpu_count();
+
+/// Python's repr: <Process name='Process-1' pid=1234 parent=1200 started daemon>, … stopped exitcode=-SIGTERM>.
+std::ostream& operator<<(std::ostream& out, const Process& process);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Definitions
@@ -567,6 +571,68 @@ inline std::size_t cpu_count() {
   }
   long online = ::sysconf(_SC_NPROCESSORS_ONLN);
   return online > 0 ? static_cast<std::size_t>(online) : 1;
+}
+
+namespace detail {
+
+/// "-SIGTERM" for -15, as Python's _exitcode_to_name; the number itself for other codes.
+inline std::string exitcode_name(int code) {
+  const char* name = nullptr;
+  switch (-code) {
+    case SIGHUP: name = "SIGHUP"; break;
+    case SIGINT: name = "SIGINT"; break;
+    case SIGQUIT: name = "SIGQUIT"; break;
+    case SIGILL: name = "SIGILL"; break;
+    case SIGABRT: name = "SIGABRT"; break;
+    case SIGBUS: name = "SIGBUS"; break;
+    case SIGFPE: name = "SIGFPE"; break;
+    case SIGKILL: name = "SIGKILL"; break;
+    case SIGUSR1: name = "SIGUSR1"; break;
+    case SIGSEGV: name = "SIGSEGV"; break;
+    case SIGUSR2: name = "SIGUSR2"; break;
+    case SIGPIPE: name = "SIGPIPE"; break;
+    case SIGALRM: name = "SIGALRM"; break;
+    case SIGTERM: name = "SIGTERM"; break;
+    default: break;
+  }
+  return code < 0 && name ? std::string("-") + name : std::to_string(code);
+}
+
+}  // namespace detail
+
+inline std::ostream& operator<<(std::ostream& out, const Process& process) {
+  if (!process.state_) return out << "<Process moved-from>";
+  detail::process_record& state = *process.state_;
+  std::string text = "<Process name='" + state.name + "'";
+  if (state.role == detail::process_record::kind::main) {
+    text += " parent=None started>";
+    return out << text;
+  }
+  const bool foreign = state.creator_pid != ::getpid();
+  const bool current = process.is_current(state);
+  std::optional<int> code;
+  std::string status;
+  if (current) {
+    status = "started";
+  } else if (state.closed) {
+    status = "closed";
+  } else if (foreign) {
+    status = "unknown";
+  } else if (!state.started) {
+    status = "initial";
+  } else {
+    try {
+      code = state.poll();
+    } catch (const Error&) {
+      status = "stopped exitcode=unknown";
+    }
+    if (status.empty()) status = code ? "stopped" : "started";
+  }
+  if (state.pid > 0 && !state.closed) text += " pid=" + std::to_string(state.pid);
+  text += " parent=" + std::to_string(state.creator_pid) + " " + status;
+  if (code) text += " exitcode=" + detail::exitcode_name(*code);
+  if (state.daemon) text += " daemon";
+  return out << text << '>';
 }
 
 }  // namespace mp
