@@ -1,0 +1,460 @@
+// Tests of mp/queue.hpp (Queue, JoinableQueue, SimpleQueue) and the ring buffer under them, across real processes.
+// Processes synchronize through the queues under test or through plain pipes, never through sleeps; a short
+// timeout appears only where the test asserts that something does NOT happen.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/ring_buffer.hpp>
+#include <mp/detail/unique_fd.hpp>
+#include <mp/process.hpp>
+#include <mp/queue.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+template <class F, class... Args>
+mp::Process start(F&& target, Args&&... args) {
+  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
+  process.start();
+  return process;
+}
+
+int finish(mp::Process& process) {
+  process.join();
+  return *process.exitcode();
+}
+
+void child_check(bool condition, const char* what) {
+  if (!condition) throw std::runtime_error(std::string("child check failed: ") + what);
+}
+
+[[noreturn]] void hang() {
+  for (;;) ::pause();
+}
+
+// A pipe for "I got here" notes between processes.
+struct note_pipe {
+  note_pipe() {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    read_end = mp::detail::unique_fd(fds[0]);
+    write_end = mp::detail::unique_fd(fds[1]);
+  }
+  void post() const {
+    const char c = 1;
+    (void)!::write(write_end.get(), &c, 1);
+  }
+  bool wait() const {
+    char c = 0;
+    return ::read(read_end.get(), &c, 1) == 1;
+  }
+  mp::detail::unique_fd read_end, write_end;
+};
+
+using bytes = std::vector<std::byte>;
+
+// An item of `size` bytes that names itself: its first 8 bytes hold `tag`, the rest a pattern derived from it.
+bytes make_item(std::size_t size, std::uint64_t tag) {
+  bytes item(size);
+  for (std::size_t i = 0; i < size; ++i) item[i] = static_cast<std::byte>((i * 131 + tag * 29) & 0xff);
+  if (size >= 8) std::memcpy(item.data(), &tag, 8);
+  return item;
+}
+// The tag of an intact item of at least 8 bytes; nullopt if any byte is off.
+std::optional<std::uint64_t> item_tag(const bytes& item) {
+  if (item.size() < 8) return std::nullopt;
+  std::uint64_t tag = 0;
+  std::memcpy(&tag, item.data(), 8);
+  for (std::size_t i = 8; i < item.size(); ++i)
+    if (item[i] != static_cast<std::byte>((i * 131 + tag * 29) & 0xff)) return std::nullopt;
+  return tag;
+}
+
+// For the fault-injection tests: the ring's mid-item hook is a plain function pointer.
+const note_pipe* g_mid_item = nullptr;
+pid_t g_victim = 0;
+const note_pipe* g_after_kill = nullptr;
+
+// Decoding this type blocks forever once g_block_on_load is set: a consumer is then inside get(), mid-record.
+bool g_block_on_load = false;
+struct slow_item {
+  std::int64_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+    if constexpr (Archive::is_loading) {
+      if (g_block_on_load) {
+        g_mid_item->post();
+        hang();
+      }
+    }
+  }
+};
+
+int open_fd_count() {
+  int n = 0;
+  for (int fd = 0; fd < 4096; ++fd)
+    if (::fcntl(fd, F_GETFD) != -1) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("Queue keeps each producer's items in order with 3 producers through a small ring", "[queue]") {
+  constexpr int producers = 3;
+  constexpr int per_producer = 20'000;
+  mp::Queue<std::pair<int, int>> q({.capacity_bytes = 4096});  // wraps hundreds of times, producers block
+  std::vector<mp::Process> children;
+  for (int p = 0; p < producers; ++p)
+    children.push_back(start([q, p]() mutable {
+      for (int i = 0; i < per_producer; ++i) q.put({p, i});
+    }));
+  std::map<int, int> next;
+  for (int n = 0; n < producers * per_producer; ++n) {
+    const auto [p, i] = q.get();
+    REQUIRE(i == next[p]);
+    next[p] = i + 1;
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(q.empty());
+  CHECK_FALSE(q.try_get());
+}
+
+TEST_CASE("Queue delivers every item exactly once with 3 producers and 2 consumers", "[queue]") {
+  constexpr int producers = 3, consumers = 2;
+  constexpr std::int64_t per_producer = 30'000;
+  const std::size_t capacity = GENERATE(std::size_t{4096}, std::size_t{1} << 20);
+  CAPTURE(capacity);
+  mp::Queue<std::optional<std::int64_t>> q({.capacity_bytes = capacity});
+  struct tally {
+    std::int64_t count = 0, sum = 0, sum_of_squares = 0;
+  };
+  mp::Queue<tally> results;
+  std::vector<mp::Process> children;
+  for (int c = 0; c < consumers; ++c)
+    children.push_back(start([q, results]() mutable {
+      tally t;
+      while (auto item = q.get()) {
+        ++t.count;
+        t.sum += *item;
+        t.sum_of_squares += *item * *item;
+      }
+      results.put(t);
+    }));
+  std::vector<mp::Process> producing;
+  for (int p = 0; p < producers; ++p)
+    producing.push_back(start([q, p]() mutable {
+      for (std::int64_t i = 0; i < per_producer; ++i) q.put(p * per_producer + i);
+    }));
+  for (auto& child : producing) CHECK(finish(child) == 0);
+  for (int c = 0; c < consumers; ++c) q.put(std::nullopt);
+  tally total;
+  for (int c = 0; c < consumers; ++c) {
+    const tally t = results.get();
+    total.count += t.count;
+    total.sum += t.sum;
+    total.sum_of_squares += t.sum_of_squares;
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  const std::int64_t n = producers * per_producer;  // the items are 0 .. n-1, each once
+  CHECK(total.count == n);
+  CHECK(total.sum == n * (n - 1) / 2);
+  CHECK(total.sum_of_squares == (n - 1) * n * (2 * n - 1) / 6);
+  CHECK(q.qsize() == 0);
+}
+
+TEST_CASE("Items of mixed sizes, from empty to 5x the ring, arrive intact and in order", "[queue]") {
+  mp::Queue<bytes> q({.capacity_bytes = 4096});
+  constexpr int items = 3000;
+  auto size_of = [](int i) -> std::size_t {
+    if (i % 10 == 0) return 0;
+    if (i % 97 == 0) return 20'000;  // streamed: 5x the ring
+    return 8 + static_cast<std::size_t>(i * 7919) % 1500;
+  };
+  auto producer = start([q, size_of]() mutable {
+    for (int i = 0; i < items; ++i) q.put(make_item(size_of(i), static_cast<std::uint64_t>(i)));
+  });
+  for (int i = 0; i < items; ++i) {
+    const bytes item = q.get();
+    REQUIRE(item.size() == size_of(i));
+    if (!item.empty()) REQUIRE(item_tag(item) == std::optional<std::uint64_t>(i));
+  }
+  CHECK(finish(producer) == 0);
+}
+
+TEST_CASE("A 64 MiB item passes through a Queue with a 1 MiB ring", "[queue]") {
+  constexpr std::size_t size = std::size_t{64} << 20;
+  mp::Queue<bytes> q;
+  CHECK(q.capacity_bytes() == std::size_t{1} << 20);
+  auto producer = start([q]() mutable {
+    q.put(make_item(size, 64));
+    q.put(make_item(100, 65));
+  });
+  const bytes big = q.get();
+  CHECK(big.size() == size);
+  CHECK(item_tag(big) == std::optional<std::uint64_t>(64));
+  CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(65));
+  CHECK(finish(producer) == 0);
+}
+
+TEST_CASE("A producer may put and exit at once: nothing is lost", "[queue]") {
+  mp::Queue<std::int64_t> numbers;
+  mp::Queue<bytes> blobs({.capacity_bytes = 16 << 20});  // room for every blob: nobody takes them before the end
+  auto blob_size = [](std::int64_t c) -> std::size_t { return c == 0 ? (5 << 20) : 600'000; };  // 5 MiB streams
+  std::vector<mp::Process> children;
+  for (std::int64_t c = 0; c < 8; ++c)
+    children.push_back(start([numbers, blobs, c, blob_size]() mutable {
+      for (std::int64_t i = 0; i < 1000; ++i) numbers.put(c * 1000 + i);
+      blobs.put(make_item(blob_size(c), static_cast<std::uint64_t>(c)));
+      ::_exit(0);  // no destructors, no flush: the items must already be in the queue
+    }));
+  for (auto& child : children) CHECK(finish(child) == 0);  // every producer is gone before anything is taken
+  CHECK(numbers.qsize() == 8000);
+  CHECK(blobs.qsize() == 8);
+  std::int64_t sum = 0;
+  for (int i = 0; i < 8000; ++i) sum += numbers.get();
+  CHECK(sum == 7999LL * 8000 / 2);
+  CHECK_THROWS_AS(numbers.get_nowait(), mp::Empty);
+  std::vector<bool> seen(8);
+  for (int i = 0; i < 8; ++i) {
+    const bytes blob = blobs.get();
+    const auto tag = item_tag(blob);
+    REQUIRE(tag);
+    REQUIRE(*tag < 8);
+    CHECK(blob.size() == blob_size(static_cast<std::int64_t>(*tag)));
+    CHECK_FALSE(seen[*tag]);
+    seen[*tag] = true;
+  }
+}
+
+TEST_CASE("Queue::get with a timeout throws Empty saying how long it waited", "[queue]") {
+  mp::Queue<int> q;
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(q.get(250ms), "Queue::get timed out after 250 ms");
+  CHECK(std::chrono::steady_clock::now() - t0 >= 250ms);
+  CHECK_THROWS_AS(q.get(0ms), mp::Empty);
+  CHECK_THROWS_WITH(q.get_nowait(), "Queue::get_nowait: the queue is empty");
+  CHECK_FALSE(q.try_get().has_value());
+
+  note_pipe go;
+  auto child = start([&go, q]() mutable {
+    go.wait();
+    q.put(11);
+  });
+  go.post();
+  CHECK(q.get(std::chrono::hours(1)) == 11);  // a long timeout, met by another process's put
+  CHECK(finish(child) == 0);
+}
+
+TEST_CASE("A full Queue makes put_nowait and put(timeout) throw Full; a get in another process unblocks put",
+          "[queue]") {
+  mp::Queue<int> q(2);
+  CHECK(q.maxsize() == 2);
+  q.put(1);
+  CHECK_FALSE(q.full());
+  q.put(2);
+  CHECK(q.full());
+  CHECK(q.qsize() == 2);
+  CHECK_THROWS_WITH(q.put_nowait(3), "Queue::put_nowait: the queue is full (maxsize 2)");
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(q.put(3, 50ms), "Queue::put timed out after 50 ms: the queue is full (maxsize 2)");
+  CHECK(std::chrono::steady_clock::now() - t0 >= 50ms);
+  CHECK_FALSE(q.try_put(3));
+
+  mp::Queue<int> taken;
+  auto consumer = start([q, taken]() mutable { taken.put(q.get()); });
+  q.put(3);  // blocks until the child has taken one
+  CHECK(taken.get() == 1);
+  CHECK(q.get() == 2);
+  CHECK(q.get() == 3);
+  CHECK(q.empty());
+  CHECK_FALSE(q.full());
+  CHECK(finish(consumer) == 0);
+}
+
+TEST_CASE("put blocks while the ring's bytes are full; put_nowait then throws Full naming the ring", "[queue]") {
+  mp::Queue<bytes> q({.capacity_bytes = 4096});
+  int stored = 0;
+  while (q.try_put(make_item(900, static_cast<std::uint64_t>(stored)))) ++stored;
+  CHECK(stored == 4);  // 4 records of 924 bytes in 4096
+  CHECK_FALSE(q.full());  // full() is about maxsize, which this queue has none of
+  CHECK_THROWS_WITH(q.put_nowait(make_item(900, 99)), Catch::Contains("ring buffer is full (4096 bytes"));
+  auto consumer = start([q]() mutable {
+    for (std::uint64_t i = 0; i < 6; ++i) child_check(item_tag(q.get()) == i, "FIFO after a full ring");
+  });
+  q.put(make_item(900, 4));  // waits for the child to make room
+  q.put(make_item(900, 5));
+  CHECK(finish(consumer) == 0);
+  CHECK(q.empty());
+}
+
+TEST_CASE("A consumer SIGKILLed inside get in the middle of a big item does not wedge the queue", "[queue][fault]") {
+  mp::Queue<bytes> q({.capacity_bytes = 64 << 10});
+  note_pipe mid;
+  g_mid_item = &mid;
+  auto producer = start([q]() mutable {
+    q.put(make_item(std::size_t{1} << 20, 1));  // 16x the ring: streams while the consumer takes it
+    q.put(make_item(1000, 2));
+    q.put(make_item(std::size_t{3} << 20, 3));
+  });
+  auto victim = start([q]() mutable {
+    mp::detail::ring_mid_item_hook = [] {
+      g_mid_item->post();
+      hang();
+    };
+    (void)q.get();
+  });
+  REQUIRE(mid.wait());  // the victim has taken the first chunk of item 1 and holds the consumer lock
+  victim.kill();
+  CHECK(finish(victim) == -SIGKILL);
+  // The next consumer recovers the lock, discards the rest of item 1 (the only loss) and goes on.
+  CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(2));
+  const bytes third = q.get();
+  CHECK(third.size() == std::size_t{3} << 20);
+  CHECK(item_tag(third) == std::optional<std::uint64_t>(3));
+  CHECK(finish(producer) == 0);
+  CHECK(q.qsize() == 0);
+  q.put(make_item(10, 4));
+  CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(4));
+  g_mid_item = nullptr;
+}
+
+TEST_CASE("A consumer SIGKILLed while decoding an item leaves that item to the next consumer", "[queue][fault]") {
+  mp::Queue<slow_item> q;
+  note_pipe mid;
+  g_mid_item = &mid;
+  for (std::int64_t i = 1; i <= 3; ++i) q.put(slow_item{i});
+  auto victim = start([q]() mutable {
+    g_block_on_load = true;
+    (void)q.get();
+  });
+  REQUIRE(mid.wait());  // inside get, decoding item 1, holding the consumer lock
+  victim.kill();
+  CHECK(finish(victim) == -SIGKILL);
+  CHECK(q.get(10s).value == 1);  // not lost: it was never taken
+  CHECK(q.get(10s).value == 2);
+  CHECK(q.get(10s).value == 3);
+  CHECK(q.empty());
+  g_mid_item = nullptr;
+}
+
+TEST_CASE("A producer SIGKILLed in the middle of a big item does not wedge the queue", "[queue][fault]") {
+  mp::Queue<bytes> q({.capacity_bytes = 64 << 10});
+  note_pipe go;
+  g_after_kill = &go;
+  auto victim = start([q]() mutable { q.put(make_item(std::size_t{4} << 20, 1)); });
+  auto next = start([q, &go]() mutable {
+    go.wait();
+    q.put(make_item(500, 2));
+  });
+  g_victim = victim.pid();
+  // Kill the producer from inside our own get, right after we took its first chunk: it is then mid-item.
+  mp::detail::ring_mid_item_hook = [] {
+    ::kill(g_victim, SIGKILL);
+    g_after_kill->post();
+  };
+  const bytes item = q.get();
+  mp::detail::ring_mid_item_hook = nullptr;
+  CHECK(item_tag(item) == std::optional<std::uint64_t>(2));  // the partial item was dropped, the next one came
+  CHECK(finish(victim) == -SIGKILL);
+  CHECK(finish(next) == 0);
+  CHECK(q.qsize() == 0);
+  q.put(make_item(64, 3));
+  CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(3));
+}
+
+TEST_CASE("close() refuses later put and get in this process; other processes and items are unaffected",
+          "[queue]") {
+  mp::Queue<int> q;
+  mp::Queue<int> results;
+  note_pipe go;
+  auto child = start([q, results, &go]() mutable {
+    go.wait();
+    results.put(q.get());
+    q.put(8);
+  });
+  q.put(7);
+  mp::Queue<int> copy = q;
+  copy.close();
+  CHECK(q.closed());
+  CHECK_THROWS_WITH(q.put(1), "Queue::put: the queue is closed in this process (close() was called)");
+  CHECK_THROWS_AS(q.get(), mp::Error);
+  CHECK_THROWS_AS(q.qsize(), mp::Error);
+  go.post();
+  CHECK(results.get() == 7);
+  CHECK(finish(child) == 0);
+  q.join_thread();  // Python compatibility: nothing to join
+  q.cancel_join_thread();
+}
+
+TEST_CASE("JoinableQueue::join waits until task_done was called for every item", "[queue][joinable]") {
+  mp::JoinableQueue<int> tasks;
+  mp::Queue<int> done;
+  tasks.put(0);
+  CHECK_FALSE(tasks.join(20ms));  // one item put, none done
+  auto worker = start([tasks, done]() mutable {
+    for (int i = 0; i < 101; ++i) {
+      done.put(tasks.get());
+      tasks.task_done();
+    }
+  });
+  for (int i = 1; i <= 100; ++i) tasks.put(i);
+  tasks.join();
+  CHECK(done.qsize() == 101);  // every result was put before its task_done
+  CHECK(tasks.join(0ms));
+  CHECK(finish(worker) == 0);
+  CHECK_THROWS_WITH(tasks.task_done(), Catch::Contains("called more times than items were put"));
+  CHECK(tasks.qsize() == 0);
+}
+
+TEST_CASE("SimpleQueue passes items between processes; empty and close", "[queue][simple]") {
+  mp::SimpleQueue<std::string> q;
+  CHECK(q.empty());
+  auto child = start([q]() mutable {
+    q.put("hello");
+    q.put(std::string(300'000, 'z'));
+  });
+  CHECK(q.get() == "hello");
+  CHECK(q.get() == std::string(300'000, 'z'));
+  CHECK(q.empty());
+  CHECK(finish(child) == 0);
+  q.close();
+  CHECK_THROWS_AS(q.put("x"), mp::Error);
+  CHECK_THROWS_WITH(mp::SimpleQueue<int>({.maxsize = 3}), Catch::Contains("SimpleQueue has no maxsize"));
+}
+
+TEST_CASE("QueueOptions: capacity is rounded up to a power of two and bounded", "[queue]") {
+  CHECK(mp::Queue<int>({.capacity_bytes = 1}).capacity_bytes() == 4096);
+  CHECK(mp::Queue<int>({.capacity_bytes = 5000}).capacity_bytes() == 8192);
+  CHECK(mp::Queue<int>({.maxsize = 3, .capacity_bytes = 1 << 16}).maxsize() == 3);
+  CHECK_THROWS_WITH(mp::Queue<int>({.capacity_bytes = (std::size_t{1} << 32) + 1}),
+                    Catch::Contains("over the limit"));
+  mp::JoinableQueue<int> joinable({.maxsize = 1});
+  CHECK(joinable.maxsize() == 1);
+}
+
+TEST_CASE("A Queue holds one memfd and no /dev/shm name, released with its last handle", "[queue][resources]") {
+  const int before = open_fd_count();
+  {
+    mp::Queue<int> q;
+    mp::Queue<int> copy = q;
+    CHECK(open_fd_count() == before + 1);
+    copy.put(1);
+    CHECK(q.get() == 1);
+  }
+  CHECK(open_fd_count() == before);
+}
