@@ -56,7 +56,8 @@ template <class T>
 struct value_block {
   explicit value_block(const T& initial) : value(initial) {}
   lock_state lock;  // unused by RawValue
-  alignas(T) alignas(std::atomic_ref<T>::required_alignment) T value;
+  // Its own cache line: a waiter spinning on the lock word must not steal the line the holder is writing.
+  alignas(64) alignas(T) alignas(std::atomic_ref<T>::required_alignment) T value;
 };
 
 // An Array's block: this header, then the elements at elements_offset<T>.
@@ -65,8 +66,12 @@ struct array_header {
   std::size_t size;
 };
 
+// The elements start on a cache line of their own (see value_block), or later if T needs more alignment.
 template <class T>
-inline constexpr std::size_t elements_offset = (sizeof(array_header) + alignof(T) - 1) / alignof(T) * alignof(T);
+inline constexpr std::size_t elements_alignment = alignof(T) > 64 ? alignof(T) : 64;
+template <class T>
+inline constexpr std::size_t elements_offset =
+    (sizeof(array_header) + elements_alignment<T> - 1) / elements_alignment<T> * elements_alignment<T>;
 
 // Builds the block of an n-element array; fill(T* elements) constructs every element.
 template <class T, class Fill>

@@ -56,12 +56,14 @@ bool spin_until(Ready&& ready) {
 
 struct lock_state {
   robust_mutex mutex;
-  std::uint32_t depth = 0;  // guarded by mutex: RLock recursion depth (1 for a held Lock)
+  std::uint32_t depth = 0;  // guarded by mutex: RLock recursion depth (unused by a Lock)
 };
 
 // Lock and RLock differ only in `recursive`; Condition drives either through the same three functions.
+// `depth` is maintained for an RLock only: a Lock's path is exactly the robust mutex's.
 inline bool lock_acquire(lock_state& lock, bool recursive, const deadline& until) {
-  if (recursive && lock.mutex.held_by_this_thread()) {
+  if (!recursive) return lock.mutex.try_lock_until(until);
+  if (lock.mutex.held_by_this_thread()) {
     ++lock.depth;
     return true;
   }
@@ -71,7 +73,8 @@ inline bool lock_acquire(lock_state& lock, bool recursive, const deadline& until
 }
 
 inline bool lock_try_acquire(lock_state& lock, bool recursive) {
-  if (recursive && lock.mutex.held_by_this_thread()) {
+  if (!recursive) return lock.mutex.try_lock();
+  if (lock.mutex.held_by_this_thread()) {
     ++lock.depth;
     return true;
   }
@@ -80,14 +83,19 @@ inline bool lock_try_acquire(lock_state& lock, bool recursive) {
   return true;
 }
 
+[[noreturn]] inline void throw_not_owner(bool recursive) {
+  throw Error(std::string(recursive ? "RLock" : "Lock") +
+              "::release: this thread does not hold the lock (release it in the thread that acquired it; a lock "
+              "with a known owner is what lets mp recover it when that owner dies)");
+}
+
 inline void lock_release(lock_state& lock, bool recursive) {
-  if (!lock.mutex.held_by_this_thread()) {
-    throw Error(std::string(recursive ? "RLock" : "Lock") +
-                "::release: this thread does not hold the lock (release it in the thread that acquired it; a lock "
-                "with a known owner is what lets mp recover it when that owner dies)");
+  if (!recursive) {
+    if (!lock.mutex.try_unlock()) throw_not_owner(false);
+    return;
   }
-  if (recursive && --lock.depth > 0) return;
-  lock.depth = 0;
+  if (!lock.mutex.held_by_this_thread()) throw_not_owner(true);
+  if (--lock.depth > 0) return;
   lock.mutex.unlock();
 }
 
@@ -180,8 +188,8 @@ inline bool condition_wait(condition_state& c, lock_state& lock, bool recursive,
   condition_require_owner(lock, "wait");
   const std::uint32_t registered = c.seq.load();
   c.counts.fetch_add(1);  // one more sleeper, registered while holding the lock, before any later notify
-  const std::uint32_t depth = lock.depth;
-  lock.depth = 0;
+  const std::uint32_t depth = lock.depth;  // an RLock's; unused for a Lock
+  if (recursive) lock.depth = 0;
   lock.mutex.unlock();  // all levels of an RLock, as Python's Condition does
 
   bool notified = false;
@@ -197,7 +205,7 @@ inline bool condition_wait(condition_state& c, lock_state& lock, bool recursive,
   }
 
   lock.mutex.lock();
-  lock.depth = recursive ? depth : 1;
+  if (recursive) lock.depth = depth;
   if (!notified) {
     std::uint64_t counts = c.counts.load();
     for (;;) {

@@ -104,14 +104,22 @@ class robust_mutex {
 
   /// Releases; throws mp::Error if the calling thread does not hold it.
   void unlock() {
+    if (!try_unlock()) {
+      throw Error("cannot release a lock that this thread does not hold (release it in the process that acquired it)");
+    }
+  }
+
+  /// Releases if the calling thread holds it; false (and nothing changes) if it does not.
+  bool try_unlock() {
     const bool died = owner_died_;
     owner_died_ = false;  // before the release: afterwards the flag belongs to the next holder
     const int rc = ::pthread_mutex_unlock(&mutex_);
     if (rc == EPERM) {
       owner_died_ = died;  // we were not the holder: leave the holder's flag alone
-      throw Error("cannot release a lock that this thread does not hold (release it in the process that acquired it)");
+      return false;
     }
     check(rc, "pthread_mutex_unlock");
+    return true;
   }
 
   /// For the current holder: this acquisition recovered the lock from a dead owner (true until unlock).
