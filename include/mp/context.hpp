@@ -1,16 +1,22 @@
 // Start methods and mp::init: how mp creates child processes (Python's multiprocessing.context:
 // set_start_method, get_start_method, get_all_start_methods, and `if __name__ == '__main__':`).
-// This round implements StartMethod::fork only; spawn and forkserver throw mp::ProcessError where they are asked for.
-// Process safety: the start method is per process (a forked child inherits its parent's); set it from one thread
+// fork copies this process; spawn starts the program anew (posix_spawn of /proc/self/exe) and mp::init runs the
+// child's target there; forkserver asks a single-threaded server, spawned at first use, to fork the child.
+// Process safety: the start method is per process (a child inherits its parent's); set it from one thread
 // before starting processes. All functions here are thread-safe.
 #pragma once
 
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <mp/detail/spawn.hpp>
 #include <mp/errors.hpp>
 
 namespace mp {
@@ -37,11 +43,32 @@ inline std::atomic<int>& the_start_method() {
   return method;
 }
 
-/// Throws ProcessError unless mp can start processes with `method` in this build.
+/// For components that start their workers by fork only (Pool in this version): throws ProcessError for spawn and
+/// forkserver. mp::Process supports all three methods.
 inline void require_implemented(StartMethod method, std::string_view where) {
   if (method == StartMethod::fork) return;
   throw ProcessError(std::string(where) + ": start method " + std::string(to_string(method)) +
-                     " is not implemented yet; use StartMethod::fork");
+                     " is not implemented yet here; use StartMethod::fork");
+}
+
+/// Throws Error unless mp::init ran in this process (spawn and forkserver need it: see missing_init_message).
+inline void require_init(StartMethod method, std::string_view where) {
+  if (method == StartMethod::fork) return;
+  if (the_init_state().load() == static_cast<int>(init_state::called)) return;
+  throw Error(missing_init_message(where, to_string(method)));
+}
+
+/// The default start method named by MP_START_METHOD ("fork", "spawn", "forkserver"), or fork. It lets a whole
+/// test suite or program run under another method without a code change; a bad value is an error, not ignored.
+inline StartMethod default_start_method() {
+  const char* value = std::getenv("MP_START_METHOD");
+  if (value == nullptr || *value == '\0') return StartMethod::fork;
+  const std::string_view text(value);
+  for (StartMethod method : {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver}) {
+    if (text == to_string(method)) return method;
+  }
+  throw ProcessError("MP_START_METHOD=" + std::string(text) +
+                     " in the environment is not a start method: use fork, spawn or forkserver");
 }
 
 }  // namespace detail
@@ -50,7 +77,6 @@ inline void require_implemented(StartMethod method, std::string_view where) {
 /// get_start_method()) throws ProcessError unless force is true, as Python's "context has already been set";
 /// setting the same one again is harmless.
 inline void set_start_method(StartMethod method, bool force = false) {
-  detail::require_implemented(method, "set_start_method");
   std::atomic<int>& setting = detail::the_start_method();
   int expected = -1;
   const int wanted = static_cast<int>(method);
@@ -62,19 +88,41 @@ inline void set_start_method(StartMethod method, bool force = false) {
   setting.store(wanted);
 }
 
-/// The default start method; fixes it to fork (Linux's default) if none was set, as Python does.
+/// The default start method; fixes it to fork (Linux's default before Python 3.14) if none was set, as Python does
+/// — or to the method named by the environment variable MP_START_METHOD.
 inline StartMethod get_start_method() {
   std::atomic<int>& setting = detail::the_start_method();
+  if (setting.load() != -1) return static_cast<StartMethod>(setting.load());
   int expected = -1;
-  setting.compare_exchange_strong(expected, static_cast<int>(StartMethod::fork));
+  setting.compare_exchange_strong(expected, static_cast<int>(detail::default_start_method()));
   return static_cast<StartMethod>(setting.load());
 }
 
-/// The start methods that work in this build: {fork}.
-inline std::vector<StartMethod> get_all_start_methods() { return {StartMethod::fork}; }
+/// The start methods that work in this build: {fork, spawn, forkserver}, the default first.
+inline std::vector<StartMethod> get_all_start_methods() {
+  return {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver};
+}
 
 /// Required first line of main(): `mp::init(argc, argv);` — the C++ `if __name__ == '__main__':`.
-/// In a spawned child it will run the child's target and never return; in the parent (and with fork) it returns at once.
-inline void init(int /*argc*/, char** /*argv*/) {}
+/// In a child started by spawn or forkserver it runs the child's target and never returns; in the fork server it
+/// serves and never returns; otherwise it records that the program is ready to spawn and returns at once.
+inline void init(int argc, char** argv) {
+  if (int socket = detail::take_marker(detail::spawned_child_env); socket >= 0) {
+    detail::the_init_state().store(static_cast<int>(detail::init_state::called));
+    detail::spawned_child_main hook = detail::the_spawned_child_main().load();
+    if (hook == nullptr) {
+      std::fputs("mp::init: this spawned child cannot run its Process: <mp/process.hpp> is not part of the program\n",
+                 stderr);
+      ::_exit(1);
+    }
+    hook(socket, ::getppid(), false);  // never returns
+  }
+  if (int control = detail::take_marker(detail::forkserver_env); control >= 0) {
+    detail::the_init_state().store(static_cast<int>(detail::init_state::called));
+    detail::run_forkserver(control);  // never returns
+  }
+  if (argc > 0 && argv != nullptr && argv[0] != nullptr) detail::program_name() = argv[0];
+  detail::the_init_state().store(static_cast<int>(detail::init_state::called));
+}
 
 }  // namespace mp

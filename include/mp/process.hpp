@@ -1,7 +1,8 @@
 // mp::Process: run a callable in a child process (Python's multiprocessing.Process), plus current_process(),
 // parent_process(), active_children() and cpu_count().
-// A Process is started with the fork start method: the child is a copy of the parent, runs target(args...) (or an
-// overridden run()), and ends with _exit — it never returns into the caller's stack.
+// A child is started by fork (a copy of the parent), spawn (the program anew: the target and its arguments are
+// serialized) or forkserver (a fork of a clean server process); it runs target(args...) (or an overridden run())
+// and ends with _exit — it never returns into the caller's stack. docs/start-methods.md says what crosses.
 // Process safety: a Process object is owned by the process that created it; only that process may start, join,
 // poll or signal it. Different Process objects may be used from different threads; one Process object should be
 // used by one thread at a time (join() from several threads is fine). Children started from a thread get a signal
@@ -11,6 +12,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -20,19 +22,28 @@
 #include <cstdio>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeindex>
+#include <typeinfo>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <mp/context.hpp>
+#include <mp/detail/code_address.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/registry.hpp>
+#include <mp/detail/spawn.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
+#include <mp/serialize.hpp>
 
 namespace mp {
 
@@ -46,11 +57,86 @@ struct ProcessOptions {
 
 namespace detail {
 
+/// A target and its arguments as a child started by spawn or forkserver receives them: the entry function that
+/// decodes and calls them (located by module and offset: ASLR moves every module) and the bytes it decodes.
+struct spawn_target {
+  code_address entry;
+  std::vector<std::byte> bytes;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(entry, bytes);
+  }
+};
+
 /// A type-erased target(args...) that may hold move-only arguments (std::function cannot).
 struct process_task {
   virtual ~process_task() = default;
   virtual void operator()() = 0;
+  /// The target as bytes for a spawned child; ProcessError naming the type that cannot cross.
+  virtual spawn_target encode_for_spawn() const = 0;
 };
+
+template <class T>
+inline constexpr bool is_function_pointer_v = std::is_pointer_v<T> && std::is_function_v<std::remove_pointer_t<T>>;
+
+/// A class with no state that the child can simply default-construct: a lambda without captures.
+template <class T>
+inline constexpr bool is_stateless_target_v = std::is_class_v<T> && std::is_empty_v<T> && std::is_default_constructible_v<T>;
+
+// A string literal argument decays to const char*, which cannot cross (a pointer); it travels as its text and the
+// child passes the target a pointer to that text.
+template <class A> struct wire_arg { using type = A; };
+template <> struct wire_arg<const char*> { using type = std::string; };
+template <> struct wire_arg<char*> { using type = std::string; };
+template <class A> using wire_arg_t = typename wire_arg<A>::type;
+
+template <class A>
+inline constexpr bool arg_crosses_v = is_serializable_v<wire_arg_t<A>> && std::is_default_constructible_v<wire_arg_t<A>>;
+
+/// Whether a target of type F can be rebuilt in a spawned child. A lambda with captures cannot: it may capture a
+/// reference, which C++ cannot detect and whose address means nothing there — pass the values as arguments.
+template <class F>
+consteval bool target_crosses() {
+  if constexpr (is_function_pointer_v<F> || is_stateless_target_v<F>) return true;
+  else if constexpr (has_member_serialize<F> || has_member_save_load<F> || has_free_serialize<F> || std::is_aggregate_v<F>)
+    return is_serializable_v<F> && std::is_default_constructible_v<F>;
+  else return false;
+}
+
+/// How the target itself travels: a function pointer as its code address, a stateless one as nothing.
+template <class F>
+using wire_target_t =
+    std::conditional_t<is_function_pointer_v<F>, code_address, std::conditional_t<is_stateless_target_v<F>, std::monostate, F>>;
+
+template <class A>
+decltype(auto) unwire(wire_arg_t<A>& value) {
+  if constexpr (std::is_same_v<wire_arg_t<A>, A>) return std::move(value);
+  else if constexpr (std::is_same_v<A, const char*>) return static_cast<const char*>(value.c_str());
+  else return static_cast<char*>(value.data());
+}
+
+/// The entry a spawned child calls: decodes target and arguments (in the child's own address space) and calls.
+template <class F, class... Args>
+void run_spawned_target(std::span<const std::byte> bytes) {
+  input_archive archive(bytes);
+  wire_target_t<F> wire_target{};
+  std::tuple<wire_arg_t<Args>...> args;
+  archive(wire_target);
+  std::apply([&](auto&... arg) { archive(arg...); }, args);
+  if (archive.remaining() != 0) {
+    throw SerializationError("spawn: " + std::to_string(archive.remaining()) +
+                             " bytes left over after the target's arguments: the parent runs another binary");
+  }
+  F target = [&]() -> F {
+    if constexpr (is_function_pointer_v<F>) return reinterpret_cast<F>(resolve_code(wire_target));
+    else if constexpr (is_stateless_target_v<F>) return F{};
+    else return std::move(wire_target);
+  }();
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    std::invoke(std::move(target), unwire<Args>(std::get<I>(args))...);
+  }(std::index_sequence_for<Args...>{});
+}
 
 template <class F, class... Args>
 struct bound_process_task final : process_task {
@@ -62,8 +148,70 @@ struct bound_process_task final : process_task {
     std::apply([](auto&& target, auto&&... args) { std::invoke(std::move(target), std::move(args)...); },
                std::move(parts));
   }
+  spawn_target encode_for_spawn() const override {
+    if constexpr (!target_crosses<F>()) {
+      throw ProcessError("Process::start: the target, of type " + type_name<F>() +
+                         ", cannot cross to a process started by spawn or forkserver: only a function, a lambda "
+                         "without captures, or a function object with a serialize member can (a capture may be a "
+                         "reference, meaningless in a fresh process); pass captured values as arguments, or use "
+                         "StartMethod::fork");
+    } else if constexpr (!(arg_crosses_v<Args> && ...)) {
+      std::string refused;
+      ((refused += arg_crosses_v<Args> ? std::string() : (refused.empty() ? "" : ", ") + type_name<Args>()), ...);
+      throw ProcessError("Process::start: argument(s) of type " + refused +
+                         " cannot cross to a process started by spawn or forkserver: arguments are serialized "
+                         "(mp::serialize) there; pass values (std::string, not std::string_view or a pointer; "
+                         "not std::ref), handles that support spawn, or use StartMethod::fork");
+    } else {
+      spawn_target result;
+      result.entry = locate_code(reinterpret_cast<std::uintptr_t>(&run_spawned_target<F, Args...>));
+      const F& target = std::get<0>(parts);
+      if constexpr (is_function_pointer_v<F>) {
+        serialize_into(result.bytes, locate_code(reinterpret_cast<std::uintptr_t>(target)));
+      } else if constexpr (!is_stateless_target_v<F>) {
+        serialize_into(result.bytes, target);
+      }
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (serialize_into(result.bytes, wire_arg_t<Args>(std::get<I + 1>(parts))), ...);
+      }(std::index_sequence_for<Args...>{});
+      return result;
+    }
+  }
   std::tuple<F, Args...> parts;
 };
+
+/// The target of a Process rebuilt in a spawned child: calls the entry the parent named, with the descriptors that
+/// arrived with the bytes.
+struct spawned_task final : process_task {
+  spawned_task(spawn_target target, std::shared_ptr<fd_inbox> fds) : target(std::move(target)), fds(std::move(fds)) {}
+  void operator()() override {
+    auto entry = reinterpret_cast<void (*)(std::span<const std::byte>)>(resolve_code(target.entry));
+    fd_inbox_scope scope(*fds);
+    entry(target.bytes);
+  }
+  spawn_target encode_for_spawn() const override { return target; }
+  spawn_target target;
+  std::shared_ptr<fd_inbox> fds;
+};
+
+/// Everything a child started by spawn or forkserver needs to become its Process.
+struct spawn_request {
+  std::string name;
+  std::vector<unsigned> identity;
+  bool daemon = false;
+  std::string parent_name;
+  std::int32_t parent_pid = 0;
+  std::int32_t start_method = 0;     // the child's default, as Python passes its context's
+  std::optional<spawn_target> target;
+  std::optional<spawn_target> subclass;  // a registered Process subclass: factory + its serialized fields
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, identity, daemon, parent_name, parent_pid, start_method, target, subclass);
+  }
+};
+
+[[noreturn]] void run_spawned_child(int socket, pid_t direct_parent, bool via_server) noexcept;
 
 struct main_process_tag {};
 
@@ -129,6 +277,7 @@ class Process {
  private:
   friend Process& current_process();
   friend std::ostream& operator<<(std::ostream& out, const Process& process);
+  friend void detail::run_spawned_child(int socket, pid_t direct_parent, bool via_server) noexcept;
   explicit Process(detail::main_process_tag);
 
   detail::process_record& record(const char* operation) const;  // throws on a moved-from Process
@@ -137,7 +286,9 @@ class Process {
   void require_child_of_this_process(const detail::process_record& state, const char* operation) const;
   bool is_current(const detail::process_record& state) const;
   std::string describe(const detail::process_record& state) const;
-  [[noreturn]] void run_in_child(detail::parent_record parent, int ready_fd) noexcept;
+  [[noreturn]] void run_in_child(pid_t os_parent, int ready_fd) noexcept;
+  void start_fresh(detail::process_record& state, StartMethod method, detail::parent_record parent);
+  void adopt_child_locked(detail::process_record& state, pid_t child);
   void finish_and_forget() noexcept;
 
   std::unique_ptr<detail::process_record> state_;   // heap: the registry's pointer to it survives moves
@@ -151,17 +302,23 @@ Process& current_process();
 /// The parent of the current process, as seen when it started this one (Python's parent_process()).
 class ParentProcess {
  public:
-  ParentProcess(std::string name, pid_t pid) : name_(std::move(name)), pid_(pid) {}
+  ParentProcess(std::string name, pid_t pid, bool via_server = false)
+      : name_(std::move(name)), pid_(pid), via_server_(via_server) {}
   /// The parent's name when it started this process ("MainProcess", "Process-1", …).
   const std::string& name() const noexcept { return name_; }
   /// The parent's pid.
   pid_t pid() const noexcept { return pid_; }
-  /// True while the parent lives: once it dies, this process is re-parented and getppid() changes.
-  bool is_alive() const noexcept { return ::getppid() == pid_; }
+  /// True while the parent lives: once it dies, this process is re-parented and getppid() changes. (Under
+  /// forkserver the OS parent is the server, which ends with the parent: then the parent's pid is probed.)
+  bool is_alive() const noexcept {
+    if (::getppid() == pid_) return true;
+    return via_server_ && (::kill(pid_, 0) == 0 || detail::last_errno() == EPERM);
+  }
 
  private:
   std::string name_;
   pid_t pid_;
+  bool via_server_;
 };
 
 /// The parent of the current process; std::nullopt in the main process (Python returns None).
@@ -181,7 +338,6 @@ std::ostream& operator<<(std::ostream& out, const Process& process);
 // Definitions
 
 inline Process::Process(ProcessOptions options) : state_(std::make_unique<detail::process_record>()) {
-  if (options.start_method) detail::require_implemented(*options.start_method, "Process");
   start_method_ = options.start_method;
   state_->identity = detail::next_identity();
   state_->name = options.name.empty() ? "Process-" + detail::identity_string(state_->identity) : std::move(options.name);
@@ -295,13 +451,17 @@ inline void Process::start() {
   }
   require_child_of_this_process(state, "start");
   StartMethod method = start_method_ ? *start_method_ : get_start_method();
-  detail::require_implemented(method, "Process::start");
+  detail::require_init(method, "Process::start");
   Process& parent_process_object = current_process();
   if (parent_process_object.daemon()) {
     throw ProcessError("Process::start: " + state.name + " cannot start from " + parent_process_object.name() +
                        ": daemonic processes are not allowed to have children (as in Python)");
   }
   detail::parent_record parent{parent_process_object.name(), ::getpid()};
+  if (method != StartMethod::fork) {
+    start_fresh(state, method, std::move(parent));
+    return;
+  }
 
   // Buffered output written before fork() would otherwise be written twice: once by each process.
   std::fflush(nullptr);
@@ -325,12 +485,24 @@ inline void Process::start() {
   pid_t child = ::fork();
   if (child == 0) {
     lock.release();
-    detail::become_child(reg, state, std::move(parent));
+    detail::become_child(reg, state, parent);
     handshake_read.reset();
-    run_in_child(reg.parent.value_or(detail::parent_record{}), handshake_write.release());
+    run_in_child(reg.parent ? reg.parent->pid : 0, handshake_write.release());
   }
   if (child == -1) detail::throw_errno("fork", state.name);
   handshake_write.reset();
+  adopt_child_locked(state, child);
+  lock.unlock();
+  // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
+  char ready;
+  detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
+  // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
+  // only in the child).
+  target_.reset();
+}
+
+inline void Process::adopt_child_locked(detail::process_record& state, pid_t child) {
+  detail::registry& reg = detail::the_registry();
   state.pid = child;
   int pidfd = detail::pidfd_open(child);
   if (pidfd == -1 && detail::last_errno() == ESRCH) {
@@ -348,16 +520,137 @@ inline void Process::start() {
   state.pidfd.reset(pidfd);
   state.started = true;
   if (!state.reaped_elsewhere) reg.children.push_back(&state);
-  lock.unlock();
-  // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
+}
+
+namespace detail {
+
+/// How a registered Process subclass crosses to a spawned child (MP_REGISTER_PROCESS).
+struct process_type_codec {
+  std::vector<std::byte> (*encode)(const Process&);
+  std::uintptr_t factory;  // Process* (*)(std::span<const std::byte>), located at start()
+};
+
+inline std::mutex& process_types_mutex() {
+  static std::mutex* mutex = new std::mutex;
+  return *mutex;
+}
+inline std::map<std::type_index, process_type_codec>& process_types() {
+  static auto* types = new std::map<std::type_index, process_type_codec>;
+  return *types;
+}
+
+/// The child's side of a registered subclass: a default-constructed T whose serialize member reads its fields.
+template <class T>
+Process* make_spawned_process(std::span<const std::byte> bytes) {
+  auto object = std::make_unique<T>();
+  input_archive archive(bytes);
+  archive(*object);
+  if (archive.remaining() != 0) {
+    throw SerializationError("spawn: " + std::to_string(archive.remaining()) + " bytes left over after the " +
+                             type_name<T>() + ": its serialize member reads fewer fields than it writes");
+  }
+  return object.release();
+}
+
+}  // namespace detail
+
+/// Lets a Process subclass that overrides run() start by spawn or forkserver: the child default-constructs a T and
+/// its serialize member (`template <class Archive> void serialize(Archive& ar) { ar(field1, field2); }`) restores
+/// the fields. Call once before starting one (or use MP_REGISTER_PROCESS(T) at namespace scope). Returns true.
+template <class T>
+bool register_process() {
+  static_assert(std::derived_from<T, Process>, "mp::register_process<T>: T must derive from mp::Process");
+  static_assert(std::is_default_constructible_v<T>,
+                "mp::register_process<T>: the spawned child default-constructs T; give T a default constructor");
+  static_assert(detail::has_member_serialize<T> || detail::has_member_save_load<T>,
+                "mp::register_process<T>: T needs a member `template <class Archive> void serialize(Archive& ar) "
+                "{ ar(field1, field2); }` listing the fields its run() uses (none: an empty one)");
+  std::lock_guard lock(detail::process_types_mutex());
+  detail::process_types()[std::type_index(typeid(T))] = detail::process_type_codec{
+      [](const Process& process) { return mp::serialize(static_cast<const T&>(process)); },
+      reinterpret_cast<std::uintptr_t>(&detail::make_spawned_process<T>)};
+  return true;
+}
+
+inline void Process::start_fresh(detail::process_record& state, StartMethod method, detail::parent_record parent) {
+  detail::spawn_request request;
+  request.name = state.name;
+  request.identity = state.identity;
+  request.daemon = state.daemon;
+  request.parent_name = parent.name;
+  request.parent_pid = parent.pid;
+  request.start_method = static_cast<std::int32_t>(get_start_method());
+  detail::fd_outbox outbox;
+  {
+    detail::fd_outbox_scope scope(outbox);
+    if (typeid(*this) != typeid(Process)) {
+      std::optional<detail::process_type_codec> codec;
+      {
+        std::lock_guard lock(detail::process_types_mutex());
+        auto found = detail::process_types().find(std::type_index(typeid(*this)));
+        if (found != detail::process_types().end()) codec = found->second;
+      }
+      if (!codec) {
+        const std::string type = detail::type_name(typeid(*this));
+        throw ProcessError("Process::start: " + state.name + " is a " + type + ", a subclass of mp::Process; under "
+                           "start method " + std::string(to_string(method)) + " the child must rebuild it: give " +
+                           type + " a default constructor and a serialize member listing its fields, and register "
+                           "it with MP_REGISTER_PROCESS(" + type + ") (docs/start-methods.md), or use "
+                           "StartMethod::fork");
+      }
+      request.subclass = detail::spawn_target{detail::locate_code(codec->factory), codec->encode(*this)};
+    }
+    if (target_) request.target = target_->encode_for_spawn();
+  }
+  const std::vector<std::byte> bytes = mp::serialize(request);
+
+  // Not for memory (nothing is copied) but for order: what the parent printed before start() comes first.
+  std::fflush(nullptr);
+  std::cout.flush();
+  std::cerr.flush();
+  std::clog.flush();
+
+  int pair[2];
+  detail::sys("socketpair", state.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
+  detail::unique_fd mine(pair[0]);
+  detail::unique_fd theirs(pair[1]);
+  const bool via_server = method == StartMethod::forkserver;
+  detail::server_child forked;
+  if (via_server) {
+    forked = detail::forkserver_fork(theirs.get(), state.daemon);
+  } else {
+    forked.pid = detail::spawn_program(detail::spawned_child_env, theirs.get(), state.name);
+  }
+  theirs.reset();
+  {
+    detail::registry& reg = detail::the_registry();
+    std::lock_guard lock(reg.mutex);
+    detail::reap_finished_children_locked(reg);
+    detail::register_exit_function_locked(reg);
+    if (via_server) {
+      state.pid = forked.pid;
+      state.via_server = true;
+      // ESRCH: it has already ended; signals are then moot and the status pipe still reports how it ended.
+      state.signal_pidfd.reset(detail::pidfd_open(forked.pid));
+      state.pidfd = std::move(forked.status);
+      state.started = true;
+      reg.children.push_back(&state);
+    } else {
+      adopt_child_locked(state, forked.pid);
+    }
+  }
+  try {
+    detail::send_frame(mine.get(), bytes, outbox.fds, state.name.c_str());
+  } catch (const Error&) {
+    // The child died before reading its Process (killed from outside): its exit code says how.
+  }
+  // One byte when the child is ready (its death signal armed, as under fork); end of file if it died first.
   char ready;
-  detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
-  // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
-  // only in the child).
+  detail::retry_on_eintr([&] { return ::recv(mine.get(), &ready, 1, 0); });
   target_.reset();
 }
 
-inline void Process::run_in_child(detail::parent_record parent, int ready_fd) noexcept {
+inline void Process::run_in_child(pid_t os_parent, int ready_fd) noexcept {
   int code = 1;
   try {
     detail::process_record& state = *state_;
@@ -366,8 +659,9 @@ inline void Process::run_in_child(detail::parent_record parent, int ready_fd) no
     int death_signal = state.daemon ? SIGKILL : SIGTERM;
     ::prctl(PR_SET_PDEATHSIG, death_signal);
     // The parent may have died between fork() and prctl(): then we were already re-parented. (The starting
-    // *thread* cannot have ended yet: start() waits for the byte written below.)
-    const bool orphaned = ::getppid() != parent.pid;
+    // *thread* cannot have ended yet: start() waits for the byte written below.) Under forkserver the OS parent
+    // is the server, which ends when the parent does.
+    const bool orphaned = ::getppid() != os_parent;
     detail::retry_on_eintr([&] { return ::write(ready_fd, "r", 1); });
     ::close(ready_fd);
     if (orphaned) ::raise(death_signal);
@@ -539,7 +833,7 @@ inline std::optional<ParentProcess> parent_process() {
   detail::registry& reg = detail::the_registry();
   std::lock_guard lock(reg.mutex);
   if (!reg.parent) return std::nullopt;
-  return ParentProcess(reg.parent->name, reg.parent->pid);
+  return ParentProcess(reg.parent->name, reg.parent->pid, reg.parent->via_server);
 }
 
 inline std::vector<Process*> active_children() {
@@ -572,6 +866,60 @@ inline std::size_t cpu_count() {
   long online = ::sysconf(_SC_NPROCESSORS_ONLN);
   return online > 0 ? static_cast<std::size_t>(online) : 1;
 }
+
+namespace detail {
+
+/// A child started by spawn or forkserver: reads its Process from `socket`, becomes it, runs it and _exits with
+/// the same exit codes as a forked child (an exception: 1, and its type and what() on stderr).
+[[noreturn]] inline void run_spawned_child(int socket_fd, pid_t direct_parent, bool via_server) noexcept {
+  std::string name = "Process (spawned)";
+  try {
+    unique_fd socket(socket_fd);
+    ::fcntl(socket_fd, F_SETFD, FD_CLOEXEC);  // inherited without it; the child's own children must not get it
+    frame message = receive_frame(socket_fd, "spawned child: reading its Process");
+    spawn_request request = mp::deserialize<spawn_request>(message.bytes);
+    name = "Process " + request.name;
+    the_start_method().store(request.start_method);
+    auto fds = std::make_shared<fd_inbox>(std::move(message.fds));
+    std::unique_ptr<Process> process;  // never destroyed: the child ends with _exit
+    if (request.subclass) {
+      auto factory = reinterpret_cast<Process* (*)(std::span<const std::byte>)>(resolve_code(request.subclass->entry));
+      fd_inbox_scope scope(*fds);
+      process.reset(factory(request.subclass->bytes));
+    } else {
+      process = std::make_unique<Process>(ProcessOptions{});
+    }
+    process_record& state = *process->state_;
+    state.identity = request.identity;
+    state.name = request.name;
+    state.daemon = request.daemon;
+    state.creator_pid = request.parent_pid;
+    state.pid = ::getpid();
+    state.started = true;
+    if (request.target) process->target_ = std::make_unique<spawned_task>(std::move(*request.target), fds);
+    registry& reg = the_registry();
+    {
+      std::lock_guard lock(reg.mutex);
+      reg.current = &state;
+      reg.identity = request.identity;
+      reg.counter = 0;
+      reg.children.clear();
+      reg.parent = parent_record{request.parent_name, request.parent_pid, via_server};
+    }
+    const pid_t os_parent = via_server ? direct_parent : request.parent_pid;
+    process.release()->run_in_child(os_parent, socket.release());
+  } catch (...) {
+    exception_description error = describe_current_exception();
+    std::string report = name + ":\n" + error.to_string() + "\n";
+    std::fputs(report.c_str(), stderr);
+  }
+  ::_exit(1);
+}
+
+// mp::init (in context.hpp, which cannot include this header) reaches the child's side through this hook.
+inline const bool spawned_child_main_installed = (the_spawned_child_main().store(&run_spawned_child), true);
+
+}  // namespace detail
 
 namespace detail {
 
@@ -636,3 +984,10 @@ inline std::ostream& operator<<(std::ostream& out, const Process& process) {
 }
 
 }  // namespace mp
+
+#define MP_DETAIL_CONCAT2(a, b) a##b
+#define MP_DETAIL_CONCAT(a, b) MP_DETAIL_CONCAT2(a, b)
+/// At namespace scope: lets Process subclass T (default constructible, with a serialize member) start by spawn and
+/// forkserver. See mp::register_process.
+#define MP_REGISTER_PROCESS(T) \
+  [[maybe_unused]] static const bool MP_DETAIL_CONCAT(mp_process_registered_, __COUNTER__) = ::mp::register_process<T>()

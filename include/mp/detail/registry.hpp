@@ -65,6 +65,11 @@ struct process_record {
   unique_fd pidfd;                  // readable once the child has ended; stays valid until close()
   std::optional<int> returncode;    // guarded by mutex
   bool reaped_elsewhere = false;    // guarded by mutex; the exit status was taken by someone else's wait
+  // Under forkserver the child is the server's, not ours: pidfd is then the read end of the status pipe the server
+  // writes the wait status to (readable when the child ends, like a pidfd), and signal_pidfd a pidfd of the
+  // grandchild for signals that cannot hit a reused pid.
+  bool via_server = false;
+  unique_fd signal_pidfd;
 
   /// The error for a child whose exit status someone else took.
   [[noreturn]] void throw_reaped_elsewhere() const {
@@ -79,6 +84,7 @@ struct process_record {
     std::lock_guard lock(mutex);
     if (returncode || pid <= 0) return returncode;
     if (reaped_elsewhere) throw_reaped_elsewhere();
+    if (via_server) return poll_server_status();
     int status = 0;
     pid_t reaped = retry_on_eintr([&] { return ::waitpid(pid, &status, WNOHANG); });
     if (reaped == pid) {
@@ -89,6 +95,22 @@ struct process_record {
       throw_reaped_elsewhere();
     }
     return returncode;
+  }
+
+  /// poll() for a forkserver child: the status pipe holds the wait status once the server reaped the child.
+  std::optional<int> poll_server_status() {
+    pollfd ready{pidfd.get(), POLLIN, 0};
+    if (!pidfd || retry_on_eintr([&] { return ::poll(&ready, 1, 0); }) != 1) return returncode;
+    int status = 0;
+    ssize_t n = retry_on_eintr([&] { return ::read(pidfd.get(), &status, sizeof status); });
+    if (n == static_cast<ssize_t>(sizeof status)) {
+      returncode = exitcode_from_status(status);
+      return returncode;
+    }
+    // End of file without a status: the fork server died (it was killed) before it could reap the child.
+    reaped_elsewhere = true;
+    throw ProcessError("wait for " + name + " (pid " + std::to_string(pid) +
+                       "): the forkserver that started it died, so its exit code is lost");
   }
 
   /// Waits until the child ends or the deadline passes (no deadline: forever); true if it ended. Sleeps in
@@ -114,6 +136,14 @@ struct process_record {
   void send_signal(int sig) {
     std::lock_guard lock(mutex);
     if (returncode || pid <= 0 || reaped_elsewhere) return;
+    if (via_server) {
+      // The server reaps the child, so its pid may be reused at any time: signal through a pidfd only.
+      if (signal_pidfd &&
+          ::syscall(SYS_pidfd_send_signal, signal_pidfd.get(), sig, nullptr, 0U) == -1 && last_errno() != ESRCH) {
+        throw_errno("pidfd_send_signal", std::to_string(pid) + ", " + std::to_string(sig));
+      }
+      return;
+    }
     if (::kill(pid, sig) == -1 && last_errno() != ESRCH) {
       throw_errno("kill", std::to_string(pid) + ", " + std::to_string(sig));
     }
@@ -138,6 +168,7 @@ struct process_record {
 struct parent_record {
   std::string name;
   pid_t pid = 0;
+  bool via_server = false;  // started by the fork server: the OS parent is the server, not this one
 };
 
 /// Python's module globals of multiprocessing.process, one set per process.
