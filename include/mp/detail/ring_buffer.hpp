@@ -30,6 +30,8 @@
 // abort record, and consumers drop the partial item.
 #pragma once
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -223,6 +225,9 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
   if (ready()) return true;
   auto now = std::chrono::steady_clock::now();
   if (until && now >= *until) return false;
+  // First a tight spin (the other side is usually running on the other CPU and answers within a µs), then a spin
+  // that yields the CPU between looks: on a busy machine the other side may be waiting for this very CPU.
+  const auto tight_end = now + ring_spin_time / 8;
   const auto spin_end = now + ring_spin_time;
   for (;;) {
     for (int i = 0; i < 32; ++i) {
@@ -231,6 +236,10 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
     }
     now = std::chrono::steady_clock::now();
     if (now >= spin_end || (until && now >= *until)) break;
+    if (now >= tight_end) {
+      ::sched_yield();
+      if (ready()) return true;
+    }
   }
   for (;;) {
     const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
