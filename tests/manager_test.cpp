@@ -121,6 +121,7 @@ TEST_CASE("DictProxy supports every method across processes, keeping insertion o
   REQUIRE(d.values() == std::vector<int>{10, 2, 3, 4, 5});
   REQUIRE(d.pop("second") == 2);
   REQUIRE_FALSE(d.pop("second").has_value());
+  REQUIRE(d.pop("second", -1) == -1);
   REQUIRE(d.erase("third"));
   REQUIRE_FALSE(d.erase("third"));
   d["second"] = 22;  // re-inserted after deletion: now last, as in Python

@@ -272,7 +272,7 @@ class DictItem {
  private:
   friend class DictProxy<K, V>;
   DictItem(const DictProxy<K, V>& dict, K key) : dict_(dict), key_(std::move(key)) {}
-  const DictProxy<K, V>& dict_;
+  DictProxy<K, V> dict_;  // a copy (a handle): the item stays usable after the proxy it came from is gone
   K key_;
 };
 
@@ -346,6 +346,11 @@ class DictProxy : public detail::proxy_base {
     if (!in.u8()) return std::nullopt;
     return detail::manager_call::decode<V>(in);
   }
+  /// Removes k and returns its value, or `otherwise` if it was missing (Python's d.pop(k, default)).
+  V pop(const K& k, V otherwise) const {
+    auto found = pop(k);
+    return found ? std::move(*found) : std::move(otherwise);
+  }
   /// A local copy (Python's dict(d)): std::map by default; any container constructible from pair iterators.
   template <class Map = std::map<K, V>>
   Map copy() const {
@@ -382,7 +387,7 @@ class ListItem {
  private:
   friend class ListProxy<T>;
   ListItem(const ListProxy<T>& list, std::int64_t index) : list_(list), index_(index) {}
-  const ListProxy<T>& list_;
+  ListProxy<T> list_;  // a copy (a handle), as DictItem
   std::int64_t index_;
 };
 
