@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <forward_list>
 #include <list>
 #include <mutex>
 #include <numeric>
@@ -220,9 +221,9 @@ TEST_CASE("Array constructors: size, initializer list, sized and unsized ranges"
   std::list<int> linked{7, 8, 9};
   mp::Array<int> from_list(linked);
   CHECK(from_list.size() == 3);
-  auto odd = std::views::iota(0, 10) | std::views::filter([](int i) { return i % 2 == 1; });
-  mp::Array<int> from_view(odd);  // not sized: collected first
-  CHECK(from_view.to_vector() == std::vector<int>{1, 3, 5, 7, 9});
+  const std::forward_list<int> odd{1, 3, 5, 7, 9};
+  mp::Array<int> from_unsized(odd);  // no size(): collected first
+  CHECK(from_unsized.to_vector() == std::vector<int>{1, 3, 5, 7, 9});
   mp::Array<int> empty(std::size_t{0});
   CHECK(empty.empty());
   CHECK(empty.begin() == empty.end());
