@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,14 +31,25 @@ namespace {
 
 // ---- leak checks: every test ends with no child process and no new descriptor ----
 
-std::size_t count_children() {
-  std::size_t n = 0;
+std::vector<pid_t> children() {
+  std::vector<pid_t> pids;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
     std::ifstream in(task.path() / "children");
-    pid_t pid = 0;
-    while (in >> pid) ++n;
+    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
   }
-  return n;
+  return pids;
+}
+
+// "<pid> (<comm>) <state>" of each child, for the failure message.
+std::string describe_children() {
+  std::string text;
+  for (pid_t pid : children()) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    text += line.substr(0, line.find(')') + 3) + "; ";
+  }
+  return text;
 }
 
 std::size_t count_fds() {
@@ -49,7 +61,8 @@ std::size_t count_fds() {
 struct leak_check {
   std::size_t fds = count_fds();
   ~leak_check() {
-    CHECK(count_children() == 0);
+    INFO("children left: " << describe_children());
+    CHECK(children().empty());
     CHECK(count_fds() == fds);
   }
 };
@@ -488,4 +501,30 @@ TEST_CASE("An initializer that always throws breaks the pool with its message in
   CHECK_THROWS_WITH(result.get(), Catch::Matchers::Contains("initializer failed") &&
                                       Catch::Matchers::Contains("std::runtime_error: no database"));
   CHECK_THROWS_WITH(pool.apply_async([] { return 2; }), Catch::Matchers::Contains("broken"));
+}
+
+TEST_CASE("If the worker factory is killed, pending results fail with a clear error and nothing hangs", "[pool]") {
+  leak_check leaks;
+  test_pipe started;
+  const int fd = started.write_end;
+  std::optional<mp::AsyncResult<int>> blocked;
+  {
+    mp::Pool pool(2);
+    blocked = pool.apply_async([fd] {
+      report(fd, ::getpid());
+      for (;;) ::pause();
+      return 0;
+    });
+    const int worker = started.read_int();
+    INFO("worker " << worker);
+    const std::vector<pid_t> factory = children();
+    REQUIRE(factory.size() == 1);  // the factory: workers are its children, not ours
+    REQUIRE(::kill(factory[0], SIGKILL) == 0);
+    CHECK_THROWS_WITH(blocked->get(), Catch::Matchers::Contains("factory"));
+    CHECK_THROWS_WITH(pool.apply_async(square, 1), Catch::Matchers::Contains("broken"));
+  }
+  // The test runner is a subreaper, so the dead factory's workers were re-parented to this process. The pool
+  // reaps the ones it knew; one the factory was forking at the instant it died (its pid never reported) exits by
+  // itself (PR_SET_PDEATHSIG, or its parent check) and is ours to reap.
+  for (pid_t orphan : children()) ::waitpid(orphan, nullptr, 0);
 }

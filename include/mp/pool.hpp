@@ -497,6 +497,8 @@ class Pool {
   template <bool Ordered, class F, class Range>
   auto make_imap(F f, Range&& range, std::size_t chunksize);
 
+  detail::pool_core& core() const;  // Error after a move
+
   std::shared_ptr<detail::pool_core> core_;
 };
 
@@ -529,9 +531,13 @@ inline Pool::~Pool() {
   }
 }
 
-inline void Pool::close() { core_->close(); }
-inline void Pool::terminate() { core_->terminate(); }
-inline void Pool::join() { core_->join(); }
+inline detail::pool_core& Pool::core() const {
+  if (!core_) throw Error("Pool: this Pool was moved from; use the Pool it was moved to");
+  return *core_;
+}
+inline void Pool::close() { core().close(); }
+inline void Pool::terminate() { core().terminate(); }
+inline void Pool::join() { core().join(); }
 
 template <class F, class... Args>
 auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
@@ -553,7 +559,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
     detail::output_archive ar(job->message);
     ar(std::tuple<detail::pool_arg_t<Args>...>(std::forward<Args>(args)...));
   }
-  core_->submit(job, 0, 1, "Pool::apply_async");
+  core().submit(job, 0, 1, "Pool::apply_async");
   return AsyncResult<R>(core_, std::move(job));
 }
 
@@ -576,7 +582,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     job->trampoline = &detail::pool_map_trampoline<F, T, E, Star>;
     detail::pool_encode_callable(job->callable, f);
     const std::size_t n = static_cast<std::size_t>(std::ranges::size(range));
-    if (chunksize == 0) chunksize = detail::pool_auto_chunksize(n, core_->processes());
+    if (chunksize == 0) chunksize = detail::pool_auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
     if constexpr (detail::is_bitwise_v<T>) job->items.reserve(n * sizeof(T) + chunks * sizeof(std::uint64_t));
@@ -596,7 +602,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     if (chunks == 0) {
       job->finish();
     } else {
-      core_->submit(job, 0, chunks, caller);
+      core().submit(job, 0, chunks, caller);
     }
     return AsyncResult<R>(core_, std::move(job));
   }
@@ -615,6 +621,7 @@ auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
   detail::pool_check_callable<F>();
   detail::pool_check_value<T>();
   detail::pool_check_value<E>();
+  (void)core();
   return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range), chunksize);
 }
 

@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -189,6 +190,7 @@ class pool_core {
   };
   struct slot_state {
     pid_t pid = 0;             // 0 until the factory reports it
+    unique_fd pidfd;           // that exact process, to reap it if the factory dies and it is re-parented to us
     bool live = false;         // spawn requested and not yet reported dead
     bool stop_sent = false;
     std::size_t sent = 0;      // chunks dispatched to the current worker (maxtasksperchild)
@@ -231,6 +233,7 @@ class pool_core {
   pid_t factory_pid_ = 0;
   std::thread supervisor_;
   std::atomic<bool> stop_supervisor_{false};
+  std::atomic<bool> factory_gone_{false};
   std::atomic<std::uint32_t> callers_spinning_{0};
 
   std::mutex mutex_;
@@ -391,6 +394,15 @@ inline void pool_core::stop_supervisor_and_factory() noexcept {
     retry_on_eintr([&] { return ::waitpid(factory_pid_, nullptr, 0); });
     factory_pid_ = 0;
   }
+  // Workers of a factory killed from outside die by PR_SET_PDEATHSIG, re-parented to the nearest subreaper. If
+  // that is this process, reap them here. The pidfd names that exact process (no pid-reuse race); waitid fails
+  // with ECHILD at once when the worker is not our child.
+  for (auto& slot : slots_) {
+    if (!slot.pidfd) continue;
+    siginfo_t info{};
+    retry_on_eintr([&] { return ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(slot.pidfd.get()), &info, WEXITED); });
+    slot.pidfd.reset();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -429,7 +441,8 @@ inline void pool_core::supervise() {
     } else if (next_deadline) {
       timeout_ms = *next_deadline <= now ? 0 : static_cast<int>((*next_deadline - now + 999'999) / 1'000'000);
     }
-    pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {factory_.get(), POLLIN, 0}};
+    // Once the factory is gone its socket stays readable (EOF): stop watching it (poll ignores fd -1).
+    pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {factory_gone_.load() ? -1 : factory_.get(), POLLIN, 0}};
     const int ready = retry_on_eintr([&] { return ::poll(fds, 2, timeout_ms); });
     if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
       std::uint64_t count = 0;
@@ -462,6 +475,7 @@ inline bool pool_core::read_factory_locked() {
     if (got < 0 && (last_errno() == EAGAIN || last_errno() == EWOULDBLOCK)) return did;
     if (got <= 0) {
       // The factory is gone (killed from outside): no worker can be replaced or even reaped any more.
+      factory_gone_.store(true);
       if (state_ != state::stopped && state_ != state::terminated)
         break_pool_locked("its worker factory process died unexpectedly");
       for (auto& slot : slots_) slot.live = false;
@@ -474,6 +488,7 @@ inline bool pool_core::read_factory_locked() {
     const std::size_t s = event.slot;
     if (event.kind == pool_factory_event::spawned) {
       slots_[s].pid = event.pid;
+      slots_[s].pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, event.pid, 0)));  // -1 if already gone
     } else if (event.kind == pool_factory_event::exited) {
       worker_exited_locked(s, event.pid, event.code);
     } else if (event.kind == pool_factory_event::spawn_failed) {
@@ -590,6 +605,7 @@ inline void pool_core::worker_exited_locked(std::size_t s, pid_t pid, int code) 
   slot.kill_sent = false;
   slot.sent = 0;
   slot.pid = 0;
+  slot.pidfd.reset();
   slot.live = false;
   slot.stop_sent = false;
   dispatched_ns_[s] = 0;

@@ -8,6 +8,7 @@
 // waitpid a grandchild), and it kills them all if the Pool's process dies (its socket reaches EOF).
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio_ext.h>
@@ -137,6 +138,12 @@ inline void pool_flush_task_output() noexcept {
       if (::getppid() != self) ::_exit(70);
       ::close(sock);
       for (auto& other : children) other.pidfd.reset();
+      // As Python's workers (util._close_stdin): a worker does not compete with the parent for standard input.
+      const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (devnull >= 0) {
+        ::dup2(devnull, STDIN_FILENO);
+        ::close(devnull);
+      }
       run_worker(request.slot);
       ::_exit(0);
     }
