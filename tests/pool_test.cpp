@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <mp/pool.hpp>
+#include <mp/process.hpp>
 
 using namespace std::chrono_literals;
 
@@ -527,4 +528,21 @@ TEST_CASE("If the worker factory is killed, pending results fail with a clear er
   // reaps the ones it knew; one the factory was forking at the instant it died (its pid never reported) exits by
   // itself (PR_SET_PDEATHSIG, or its parent check) and is ours to reap.
   for (pid_t orphan : children()) ::waitpid(orphan, nullptr, 0);
+}
+
+TEST_CASE("A Pool's copy in a forked child refuses to be used instead of hanging", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(1);
+  mp::Process child([&pool] {
+    try {
+      (void)pool.apply(square, 3);
+    } catch (const mp::Error& e) {
+      if (std::string(e.what()).find("works only in the process that created it") != std::string::npos) return;
+    }
+    std::exit(3);
+  });
+  child.start();
+  child.join();
+  CHECK(child.exitcode() == 0);
+  CHECK(pool.apply(square, 3) == 9);  // the owner's pool is untouched
 }

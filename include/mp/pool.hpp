@@ -523,7 +523,7 @@ inline Pool::Pool(PoolOptions options) {
 }
 
 inline Pool::~Pool() {
-  if (!core_) return;
+  if (!core_ || !core_->owned_here()) return;  // moved from, or a copy inherited by a forked child
   try {
     core_->close();
     core_->join();

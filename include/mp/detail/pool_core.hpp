@@ -160,6 +160,16 @@ class pool_core {
   pool_core& operator=(const pool_core&) = delete;
 
   std::size_t processes() const noexcept { return config_.processes; }
+  /// True in the process that created the pool; its copy in a forked child must not be used (no supervisor there,
+  /// and a mutex copied while another thread held it).
+  bool owned_here() const noexcept { return owner_ == ::getpid(); }
+  /// Error unless owned_here().
+  void require_owner(const char* caller) const {
+    if (!owned_here())
+      throw Error(std::string(caller) + ": this Pool belongs to process " + std::to_string(owner_) +
+                  ", not to this process (" + std::to_string(::getpid()) +
+                  "); a Pool works only in the process that created it: create one here");
+  }
 
   /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work.
   void submit(std::shared_ptr<pool_job> job, std::size_t first, std::size_t count, const char* caller);
@@ -226,6 +236,7 @@ class pool_core {
   void stop_supervisor_and_factory() noexcept;
 
   pool_config config_;
+  pid_t owner_ = ::getpid();
   shm_segment segment_;
   pool_shared* shared_ = nullptr;
   unique_fd wake_fd_;
@@ -301,6 +312,7 @@ inline pool_core::pool_core(pool_config config) : config_(std::move(config)) {
 }
 
 inline pool_core::~pool_core() {
+  if (!owned_here()) return;  // a forked copy: the real pool lives on in its owner
   bool needs_terminate = false;
   {
     std::lock_guard lock(mutex_);
@@ -312,6 +324,7 @@ inline pool_core::~pool_core() {
 
 inline void pool_core::submit(std::shared_ptr<pool_job> job, std::size_t first, std::size_t count,
                               const char* caller) {
+  require_owner(caller);
   std::lock_guard lock(mutex_);
   if (!broken_.empty()) throw Error(std::string(caller) + ": the pool is broken (" + broken_ + "); create a new Pool");
   if (state_ != state::running)
@@ -327,6 +340,7 @@ inline void pool_core::submit(std::shared_ptr<pool_job> job, std::size_t first, 
 template <class Done>
 bool pool_core::wait(pool_event& event, Done&& done, const deadline& until) {
   if (done()) return true;
+  require_owner("AsyncResult::wait");
   // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop.
   callers_spinning_.fetch_add(1);
   shared_->collectors_awake.fetch_add(1);
@@ -349,11 +363,13 @@ bool pool_core::wait(pool_event& event, Done&& done, const deadline& until) {
 }
 
 inline void pool_core::close() {
+  require_owner("Pool::close");
   std::lock_guard lock(mutex_);
   if (state_ == state::running) state_ = state::closed;
 }
 
 inline void pool_core::terminate() {
+  require_owner("Pool::terminate");
   {
     std::lock_guard lock(mutex_);
     if (state_ == state::stopped || state_ == state::terminated) return;
@@ -368,6 +384,7 @@ inline void pool_core::terminate() {
 }
 
 inline void pool_core::join() {
+  require_owner("Pool::join");
   std::unique_lock lock(mutex_);
   if (state_ == state::running)
     throw Error("Pool::join: the pool is still running; call close() or terminate() first");
