@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <map>
 #include <random>
+#include <ranges>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -150,6 +151,10 @@ TEST_CASE("ListProxy supports every method across processes with Python's index 
     l.insert(-100, -1); // before the start: prepends
   });
   REQUIRE(l.copy() == std::vector<int>{-1, 0, 1, 20, 3, 4, 50, 6, 7});
+  auto doubled = manager.list<int>();
+  // Elements read from another proxy while the extend request is being built.
+  doubled.extend(std::views::iota(0, 3) | std::views::transform([&](int i) { return 2 * l.get(i); }));
+  REQUIRE(doubled.copy() == std::vector<int>{-2, 0, 2});
   REQUIRE(l.pop() == 7);
   REQUIRE(l.pop(0) == -1);
   REQUIRE(l.pop(-2) == 50);
@@ -187,7 +192,8 @@ TEST_CASE("ValueProxy and NamespaceProxy share values of any serializable type",
   REQUIRE_FALSE(ns.contains("x"));
 }
 
-TEST_CASE("QueueProxy passes items between processes and blocks in the server, not the server", "[manager]") {
+TEST_CASE("QueueProxy passes items between processes, its blocking calls waiting without stalling the server",
+          "[manager]") {
   mp::Manager manager;
   auto q = manager.queue<std::string>();
   auto results = manager.dict<int, int>();
@@ -531,7 +537,7 @@ void authenticate(int fd, const std::string& key) {
 
 }  // namespace
 
-TEST_CASE("10k random, truncated and oversized frames close only their connections; the server still answers",
+TEST_CASE("10k random, truncated and oversized frames close only their connections and the server still answers",
           "[manager]") {
   auto key = random_key();
   mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});

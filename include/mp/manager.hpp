@@ -173,7 +173,9 @@ inline std::int64_t timeout_ns(std::chrono::nanoseconds timeout) { return timeou
 class manager_call {
  public:
   manager_call(manager_client& client, manager_protocol::op code, std::uint64_t id)
-      : connection_(client.connection()), frame_(buffer()), out_(frame_) {
+      : connection_(client.connection()), borrowed_(!buffer_busy()), frame_(borrowed_ ? shared_buffer() : own_),
+        out_(frame_) {
+    if (borrowed_) buffer_busy() = true;
     frame_.assign(4, std::byte{0});
     out_.u8(static_cast<std::uint8_t>(code));
     out_.u64(id);
@@ -197,6 +199,12 @@ class manager_call {
     serialize_into(frame_, v);
     out_.finish_blob(mark);
     return *this;
+  }
+
+  manager_call(const manager_call&) = delete;
+  manager_call& operator=(const manager_call&) = delete;
+  ~manager_call() {
+    if (borrowed_) buffer_busy() = false;
   }
 
   /// Sends the request and returns a reader over the reply's results; throws the error the server replied.
@@ -227,12 +235,19 @@ class manager_call {
   static bool flag(manager_protocol::reader in) { return in.u8() != 0; }
 
  private:
-  // One request buffer per thread, reused: a call allocates nothing once it has grown.
-  static std::vector<std::byte>& buffer() {
+  // One request buffer per thread, reused: a call allocates nothing once it has grown. A call built while another
+  // is being built on the same thread (extend() over a range whose elements come from another proxy) gets its own.
+  static std::vector<std::byte>& shared_buffer() {
     thread_local std::vector<std::byte> frame;
     return frame;
   }
+  static bool& buffer_busy() {
+    thread_local bool busy = false;
+    return busy;
+  }
   manager_connection& connection_;
+  bool borrowed_;
+  std::vector<std::byte> own_;
   std::vector<std::byte>& frame_;
   manager_protocol::writer<std::vector<std::byte>> out_;
 };
