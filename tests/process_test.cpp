@@ -224,7 +224,7 @@ TEST_CASE("The child process never returns into the caller's stack", "[process]"
   CHECK(out.read_all() == std::to_string(::getpid()) + ";");
 }
 
-TEST_CASE("Processes are named Process-N, and a child's children Process-N:M", "[process]") {
+TEST_CASE("Processes are named Process-N and a child's children Process-N:M", "[process]") {
   mp::Process first([] {});
   mp::Process second([] {});
   REQUIRE(first.name().rfind("Process-", 0) == 0);
@@ -643,7 +643,7 @@ TEST_CASE("A child forked without mp neither lists nor terminates its parent's c
   CHECK(daemon.exitcode() == 0);
 }
 
-TEST_CASE("Starting, joining and destroying processes leaves no file descriptor open", "[process]") {
+TEST_CASE("Starting and joining and destroying processes leaves no file descriptor open", "[process]") {
   const std::size_t before = open_fd_count();
   {
     mp::Process a([] {});
@@ -659,7 +659,7 @@ TEST_CASE("Starting, joining and destroying processes leaves no file descriptor 
   CHECK(open_fd_count() == before);
 }
 
-TEST_CASE("A daemon child dies when its parent is killed with SIGKILL; a non-daemon one gets SIGTERM", "[process]") {
+TEST_CASE("A daemon child dies when its parent is killed with SIGKILL and a non-daemon one gets SIGTERM", "[process]") {
   const bool daemon = GENERATE(true, false);
   CAPTURE(daemon);
   test_pipe out;
@@ -784,7 +784,7 @@ TEST_CASE("A Process can be moved before and after start", "[process]") {
   CHECK(mp::active_children().empty());
 }
 
-TEST_CASE("Buffered stdio output is written once, not once per process", "[process]") {
+TEST_CASE("Buffered stdio output is written once and not once per process", "[process]") {
   test_pipe out;
   mp::Process writer([&out] {
     ::dup2(out.write_fd(), STDOUT_FILENO);
@@ -800,7 +800,7 @@ TEST_CASE("Buffered stdio output is written once, not once per process", "[proce
   CHECK(out.read_all() == "before;cout;child;after\n");
 }
 
-TEST_CASE("A child joins its own children when it ends, and terminates its daemon ones", "[process]") {
+TEST_CASE("A child joins its own children when it ends and terminates its daemon ones", "[process]") {
   SECTION("non-daemon grandchild: the child waits for it") {
     test_pipe out;
     test_pipe release;
@@ -910,7 +910,7 @@ TEST_CASE("cpu_count respects the CPU affinity mask", "[process]") {
   CHECK(p.exitcode() == 0);
 }
 
-TEST_CASE("get_all_start_methods lists fork, spawn and forkserver; a set method changes only with force", "[process]") {
+TEST_CASE("get_all_start_methods lists fork and spawn and forkserver and a set method changes only with force", "[process]") {
   using Catch::Matchers::Contains;
   CHECK(mp::get_all_start_methods() ==
         std::vector<mp::StartMethod>{mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver});

@@ -630,9 +630,12 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
     if (via_server) {
       state.pid = forked.pid;
       state.via_server = true;
-      // ESRCH: it has already ended; signals are then moot and the status pipe still reports how it ended.
-      state.signal_pidfd.reset(detail::pidfd_open(forked.pid));
-      state.pidfd = std::move(forked.status);
+      state.status_fd = std::move(forked.status);
+      // The child cannot end before it has read its Process (sent below) unless it is killed from outside; if it
+      // did and the server reaped it (ESRCH), the status pipe serves as the sentinel.
+      int pidfd = detail::pidfd_open(forked.pid);
+      if (pidfd == -1) pidfd = ::fcntl(state.status_fd.get(), F_DUPFD_CLOEXEC, 0);
+      state.pidfd.reset(pidfd);
       state.started = true;
       reg.children.push_back(&state);
     } else {
@@ -805,6 +808,7 @@ inline void Process::close() {
     detail::remove_child(&state);
   }
   state.pidfd.reset();
+  state.status_fd.reset();
   target_.reset();
   state.closed = true;
 }

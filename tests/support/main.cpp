@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   const int fds_before = count_open_fds();
 
   int status = Catch::Session().run(argc, argv);
+  mp::detail::stop_forkserver();  // the fork server (start method forkserver) ends with the tests that used it
 
   if (const auto leaked = reap_descendants(std::chrono::seconds(2)); !leaked.empty()) {
     std::fprintf(stderr, "leak check: %zu process(es) started by the tests were still running after them\n",

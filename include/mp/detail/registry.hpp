@@ -65,11 +65,10 @@ struct process_record {
   unique_fd pidfd;                  // readable once the child has ended; stays valid until close()
   std::optional<int> returncode;    // guarded by mutex
   bool reaped_elsewhere = false;    // guarded by mutex; the exit status was taken by someone else's wait
-  // Under forkserver the child is the server's, not ours: pidfd is then the read end of the status pipe the server
-  // writes the wait status to (readable when the child ends, like a pidfd), and signal_pidfd a pidfd of the
-  // grandchild for signals that cannot hit a reused pid.
+  // Under forkserver the child is the server's, not ours: we cannot waitpid it. The server writes its wait status
+  // to a pipe whose read end is status_fd; pidfd (the sentinel, and the target of signals) is still the child's.
   bool via_server = false;
-  unique_fd signal_pidfd;
+  unique_fd status_fd;
 
   /// The error for a child whose exit status someone else took.
   [[noreturn]] void throw_reaped_elsewhere() const {
@@ -99,10 +98,10 @@ struct process_record {
 
   /// poll() for a forkserver child: the status pipe holds the wait status once the server reaped the child.
   std::optional<int> poll_server_status() {
-    pollfd ready{pidfd.get(), POLLIN, 0};
-    if (!pidfd || retry_on_eintr([&] { return ::poll(&ready, 1, 0); }) != 1) return returncode;
+    pollfd ready{status_fd.get(), POLLIN, 0};
+    if (!status_fd || retry_on_eintr([&] { return ::poll(&ready, 1, 0); }) != 1) return returncode;
     int status = 0;
-    ssize_t n = retry_on_eintr([&] { return ::read(pidfd.get(), &status, sizeof status); });
+    ssize_t n = retry_on_eintr([&] { return ::read(status_fd.get(), &status, sizeof status); });
     if (n == static_cast<ssize_t>(sizeof status)) {
       returncode = exitcode_from_status(status);
       return returncode;
@@ -118,15 +117,18 @@ struct process_record {
   bool wait_until(std::optional<std::chrono::steady_clock::time_point> deadline) {
     for (;;) {
       if (poll()) return true;
+      // A forkserver child has ended once the server reported it: wait on that pipe, not on the pidfd (readable
+      // already before the report).
+      const int fd = via_server ? status_fd.get() : pidfd.get();
       // poll(2) ignores a negative fd and would just sleep: never wait without a sentinel.
-      if (!pidfd) throw ProcessError("wait for " + name + ": it has no sentinel (was it started?)");
+      if (fd < 0) throw ProcessError("wait for " + name + ": it has no sentinel (was it started?)");
       int timeout_ms = -1;
       if (deadline) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) return false;
         timeout_ms = static_cast<int>(std::min<long long>(left.count(), INT_MAX));
       }
-      pollfd ready{pidfd.get(), POLLIN, 0};
+      pollfd ready{fd, POLLIN, 0};
       int n = ::poll(&ready, 1, timeout_ms);
       if (n == -1 && last_errno() != EINTR) throw_errno("poll", "pidfd of " + name);
     }
@@ -138,8 +140,7 @@ struct process_record {
     if (returncode || pid <= 0 || reaped_elsewhere) return;
     if (via_server) {
       // The server reaps the child, so its pid may be reused at any time: signal through a pidfd only.
-      if (signal_pidfd &&
-          ::syscall(SYS_pidfd_send_signal, signal_pidfd.get(), sig, nullptr, 0U) == -1 && last_errno() != ESRCH) {
+      if (pidfd && ::syscall(SYS_pidfd_send_signal, pidfd.get(), sig, nullptr, 0U) == -1 && last_errno() != ESRCH) {
         throw_errno("pidfd_send_signal", std::to_string(pid) + ", " + std::to_string(sig));
       }
       return;
