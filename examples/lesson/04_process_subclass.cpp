@@ -14,7 +14,10 @@
 
 class WorkerProcess : public mp::Process {
  public:
+  WorkerProcess() = default;  // spawn and forkserver rebuild the object in the child: see MP_REGISTER_PROCESS
   explicit WorkerProcess(std::string name) : mp::Process({.name = std::move(name)}) {}
+  template <class Archive>
+  void serialize(Archive&) {}  // no fields of its own (the name always travels)
 
  protected:
   void run() override {
@@ -23,6 +26,9 @@ class WorkerProcess : public mp::Process {
     std::cout << name() << " finished\n";
   }
 };
+
+// Lets the start methods that start the program anew (spawn, forkserver) rebuild a WorkerProcess in the child.
+MP_REGISTER_PROCESS(WorkerProcess);
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
