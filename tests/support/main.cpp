@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
 
   int status = Catch::Session().run(argc, argv);
   mp::detail::stop_forkserver();  // the fork server (start method forkserver) ends with the tests that used it
+  mp::detail::stop_shm_tracker();  // so does the SharedMemory tracker (it unlinks any name a test left behind)
 
   if (const auto leaked = reap_descendants(std::chrono::seconds(2)); !leaked.empty()) {
     std::fprintf(stderr, "leak check: %zu process(es) started by the tests were still running after them\n",

@@ -137,4 +137,9 @@ class shm_tracker {
   std::mutex start_mutex_;
 };
 
+/// Lets go of this process's tracker: once every other process of the family has too (exited, or called this),
+/// it unlinks what is still registered and exits. For the end of a program that must not leave the tracker behind
+/// it, such as the test runner's leak check (the tracker is its orphan to reap).
+inline void stop_shm_tracker() { shm_tracker::instance().start_new_family(); }
+
 }  // namespace mp::detail
