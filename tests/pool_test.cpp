@@ -546,3 +546,22 @@ TEST_CASE("A Pool's copy in a forked child refuses to be used instead of hanging
   CHECK(child.exitcode() == 0);
   CHECK(pool.apply(square, 3) == 9);  // the owner's pool is untouched
 }
+
+TEST_CASE("terminate() from another thread ends a join() that waits for a stuck task", "[pool]") {
+  leak_check leaks;
+  test_pipe started;
+  test_pipe never;
+  const int report_fd = started.write_end;
+  const int wait_fd = never.read_end;
+  mp::Pool pool(1);
+  auto stuck = pool.apply_async([report_fd, wait_fd] {
+    report(report_fd, ::getpid());
+    return wait_for_int(wait_fd);
+  });
+  (void)started.read_int();
+  pool.close();
+  std::thread joiner([&] { pool.join(); });
+  pool.terminate();
+  joiner.join();
+  CHECK_THROWS_WITH(stuck.get(), Catch::Matchers::Contains("terminate"));
+}

@@ -247,6 +247,7 @@ class pool_core {
   std::atomic<bool> factory_gone_{false};
   std::atomic<std::uint32_t> callers_spinning_{0};
 
+  std::mutex teardown_mutex_;  // serializes stop_supervisor_and_factory()
   std::mutex mutex_;
   std::condition_variable changed_;   // outstanding_ or live workers changed
   state state_ = state::running;      // guarded by mutex_
@@ -388,21 +389,27 @@ inline void pool_core::join() {
   std::unique_lock lock(mutex_);
   if (state_ == state::running)
     throw Error("Pool::join: the pool is still running; call close() or terminate() first");
+  // terminate() from another thread ends every wait below.
+  auto ended = [&] { return state_ == state::stopped || state_ == state::terminated || !broken_.empty(); };
   if (state_ == state::closed) {
-    changed_.wait(lock, [&] { return outstanding_ == 0 || !broken_.empty(); });
-    state_ = state::stopping;
-    dispatch_locked();  // sends every worker its stop message
-    changed_.wait(lock, [&] { return live_ == 0 || !broken_.empty(); });
+    changed_.wait(lock, [&] { return outstanding_ == 0 || ended(); });
+    if (state_ == state::closed) {
+      state_ = state::stopping;
+      dispatch_locked();  // sends every idle worker its stop message
+    }
+  }
+  changed_.wait(lock, [&] { return live_ == 0 || ended(); });
+  if (state_ == state::stopping || (state_ == state::closed && !broken_.empty())) {
     state_ = state::stopped;
+    changed_.notify_all();  // another thread may be in join() too
     request_locked({pool_factory_request::shutdown, 0, 0});
-  } else if (state_ == state::stopping) {
-    changed_.wait(lock, [&] { return state_ == state::stopped || state_ == state::terminated; });
   }
   lock.unlock();
   stop_supervisor_and_factory();
 }
 
 inline void pool_core::stop_supervisor_and_factory() noexcept {
+  std::lock_guard teardown(teardown_mutex_);  // join() and terminate() may race here from two threads
   stop_supervisor_.store(true);
   shared_->wake_parent();
   if (supervisor_.joinable() && supervisor_.get_id() != std::this_thread::get_id()) supervisor_.join();
@@ -589,7 +596,10 @@ inline void pool_core::worker_exited_locked(std::size_t s, pid_t pid, int code) 
   bool failed_one = false;
   // The unstarted ones go back to the front of the queue, in their order.
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
-    if (it->id == running && running != 0) {
+    // A worker we killed for a timeout may have finished that chunk and started the next one just before the
+    // signal landed: that next chunk is not at fault, so it is retried rather than failed.
+    const bool at_fault = it->id == running && running != 0 && (!slot.kill_sent || slot.timed_out == running);
+    if (at_fault) {
       std::exception_ptr error;
       if (slot.timed_out == running) {
         error = std::make_exception_ptr(
