@@ -2,9 +2,9 @@
 // contiguous data move as one copy, a value crossing a real process boundary, and hostile input.
 #include <catch2/catch.hpp>
 
+#include <mp/process.hpp>
 #include <mp/serialize.hpp>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 
 using Catch::Matchers::Contains;
 
@@ -307,6 +308,13 @@ struct Changing {  // a serialize member that writes a different amount each cal
     ar(numbers);
   }
 };
+struct Sneaky {  // writes nothing on its first call, an int afterwards
+  int calls = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    if (++calls > 1) ar(calls);
+  }
+};
 }  // namespace
 
 TEST_CASE("serialized_size predicts serialize, and serialize_into appends after existing bytes", "[serialize]") {
@@ -335,6 +343,8 @@ TEST_CASE("A serialize member that writes more than it measured throws instead o
   CHECK_THROWS_AS(mp::serialize_into(buffer, again), mp::SerializationError);
   Changing shrinking{0, -1};  // writes 2 ints when measured, then 1: the buffer holds what was written
   CHECK(mp::serialize(shrinking).size() == 8 + 4);
+  Sneaky from_nothing;  // writes nothing when measured, then an int into no space at all: still caught
+  CHECK_THROWS_WITH(mp::serialize(from_nothing), Contains("wrote more bytes than when it was measured"));
 }
 
 TEST_CASE("Vectors of numbers decode from unaligned buffers too", "[serialize]") {
@@ -373,16 +383,16 @@ TEST_CASE("A value serialized in a child process deserializes in the parent", "[
   const Team sent{"remote", {{"Ann", {1, 2, 3}, Point{4, 5.0, "xy"}, {{"k", 1.0}}}}, 7};
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(fds[0]);
-    const auto bytes = mp::serialize(sent);
-    const std::uint64_t size = bytes.size();
-    bool ok = ::write(fds[1], &size, sizeof size) == sizeof size;
-    ok = ok && ::write(fds[1], bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
-    ::_exit(ok ? 0 : 1);
-  }
+  mp::Process child(
+      [](int write_fd, const Team& team) {
+        const auto bytes = mp::serialize(team);  // encoded in the child, from its own copy
+        const std::uint64_t size = bytes.size();
+        if (::write(write_fd, &size, sizeof size) != sizeof size) throw std::runtime_error("write size");
+        if (::write(write_fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
+          throw std::runtime_error("write bytes");
+      },
+      fds[1], sent);
+  child.start();
   ::close(fds[1]);
   std::uint64_t size = 0;
   std::vector<std::byte> received;
@@ -397,10 +407,8 @@ TEST_CASE("A value serialized in a child process deserializes in the parent", "[
     received.resize(got);
   }
   ::close(fds[0]);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  child.join();
+  CHECK(child.exitcode() == 0);
   REQUIRE(received.size() == size);
   CHECK(mp::deserialize<Team>(received) == sent);
 }

@@ -382,14 +382,14 @@ class output_archive {
   static constexpr bool is_saving = true;
 
   /// Appends to `out` (keeps what it holds).
-  explicit output_archive(std::vector<std::byte>& out) noexcept : out_(&out) {}
+  explicit output_archive(std::vector<std::byte>& out) noexcept : mode_(mode::append), out_(&out) {}
   /// Writes nothing and counts the bytes it would write (see measured()): mp::serialize sizes its buffer with it.
   struct measure_tag {};
-  explicit output_archive(measure_tag) noexcept : out_(nullptr) {}
+  explicit output_archive(measure_tag) noexcept : mode_(mode::measure) {}
   /// Writes into memory already sized by a measuring pass (mp::serialize): no capacity checks per write.
   struct presized_tag {};
   output_archive(presized_tag, std::span<std::byte> space) noexcept
-      : out_(nullptr), cursor_(space.data()), end_(space.data() + space.size()) {}
+      : mode_(mode::presized), cursor_(space.data()), end_(space.data() + space.size()) {}
   /// Bytes a presized archive has not filled (0 when the measuring pass was right).
   std::size_t unfilled() const noexcept { return static_cast<std::size_t>(end_ - cursor_); }
 
@@ -402,19 +402,24 @@ class output_archive {
 
   /// Appends raw bytes (no length prefix).
   void write_bytes(const void* data, std::size_t size) {
-    if (cursor_ != nullptr) {  // writing into space sized by a measuring pass
-      if (size > static_cast<std::size_t>(end_ - cursor_)) overflow_presized();
-      if (size != 0) std::memcpy(cursor_, data, size);
-      cursor_ += size;
-    } else if (out_ == nullptr) {
-      measured_ += size;
-    } else {
-      const auto* first = static_cast<const std::byte*>(data);
-      out_->insert(out_->end(), first, first + size);
+    switch (mode_) {
+      case mode::append: {
+        const auto* first = static_cast<const std::byte*>(data);
+        out_->insert(out_->end(), first, first + size);
+        break;
+      }
+      case mode::measure:
+        measured_ += size;
+        break;
+      case mode::presized:
+        if (size > static_cast<std::size_t>(end_ - cursor_)) overflow_presized();
+        if (size != 0) std::memcpy(cursor_, data, size);
+        cursor_ += size;
+        break;
     }
   }
 
-  /// The buffer being appended to (a measuring archive has none).
+  /// The buffer being appended to (only an archive constructed over one has it).
   std::vector<std::byte>& buffer() noexcept { return *out_; }
   /// Bytes a measuring archive has counted so far.
   std::size_t measured() const noexcept { return measured_; }
@@ -439,9 +444,11 @@ class output_archive {
     for (const auto& element : range) save(element);
   }
 
-  std::vector<std::byte>* out_;  // null when measuring or presized
-  std::byte* cursor_ = nullptr;  // next byte to write when presized
-  std::byte* end_ = nullptr;     // end of the presized space
+  enum class mode : std::uint8_t { append, measure, presized };
+  mode mode_;
+  std::vector<std::byte>* out_ = nullptr;  // append mode
+  std::byte* cursor_ = nullptr;            // presized mode: next byte to write
+  std::byte* end_ = nullptr;               // presized mode: end of the space
   std::size_t measured_ = 0;
 };
 
