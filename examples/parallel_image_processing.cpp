@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
 
   // Serial reference.
   std::vector<std::uint8_t> serial(bytes);
+  if (progress) {
+    std::printf("rendering serially...");
+    std::fflush(stdout);
+  }
   auto t0 = clock_type::now();
   render({0, height, width, height, max_iter}, serial.data());
   std::chrono::duration<double> serial_time = clock_type::now() - t0;
