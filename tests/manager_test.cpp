@@ -744,3 +744,35 @@ TEST_CASE("shutdown() stops the server: later calls fail with a clear error, and
   struct stat info {};
   REQUIRE(::stat(path.c_str(), &info) == -1);
 }
+
+TEST_CASE("serve_forever() serves until SIGTERM, then shuts the server down and returns", "[manager]") {
+  auto key = random_key();
+  int channel[2];
+  REQUIRE(::pipe(channel) == 0);
+  mp::Process server_owner([w = channel[1], r = channel[0], key] {
+    ::close(r);
+    mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});
+    manager.dict<std::string, int>("shared")["answer"] = 42;
+    auto port = manager.address().port();
+    // Block SIGTERM before telling the parent, so that it waits (pending) for serve_forever to read it.
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    ::sigprocmask(SIG_BLOCK, &term, nullptr);
+    expect(::write(w, &port, sizeof port) == sizeof port, "port sent");
+    ::close(w);
+    manager.serve_forever();  // returns on SIGTERM; exit code 0 tells the parent it did
+  });
+  server_owner.start();
+  ::close(channel[1]);
+  std::uint16_t port = 0;
+  REQUIRE(::read(channel[0], &port, sizeof port) == sizeof port);
+  ::close(channel[0]);
+  auto client = mp::Manager::connect(mp::Address::tcp("127.0.0.1", port), key);
+  auto shared = client.dict<std::string, int>("shared");
+  REQUIRE(shared.get("answer") == 42);
+  server_owner.terminate();
+  server_owner.join();
+  REQUIRE(server_owner.exitcode() == 0);
+  REQUIRE_THROWS_WITH(shared.get("answer"), Catch::Contains("closed the connection"));
+}

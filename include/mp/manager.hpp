@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -730,7 +731,7 @@ class Manager {
   static Manager connect(Address address, std::string authkey);
   /// Runs the server in this process until SIGTERM/SIGINT or a client's shutdown request (no fork).
   static void serve_forever(ManagerOptions options);
-  /// Waits until the server this Manager started stops (SIGTERM to the server, or another client's shutdown).
+  /// Serves (the server started by this Manager) until this process gets SIGTERM/SIGINT, then shuts it down.
   void serve_forever();
 
   /// A dict; named: finds the object of that name or creates it (separate programs share it).
@@ -907,7 +908,12 @@ inline Manager::Manager(ManagerOptions options) {
       ::sigprocmask(SIG_BLOCK, &stop, nullptr);
       int stop_fd = ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
       int owner_pidfd = detail::manager_pidfd_open(owner->owner);
-      if (owner_pidfd < 0 || ::getppid() != owner->owner) ::_exit(0);  // the owner already died
+      if (owner_pidfd < 0) {
+        // No pidfd (Linux < 5.3): the parent-death signal instead. It is SIGTERM, blocked and read through the
+        // signalfd, so the server still stops cleanly; it fires when the creating *thread* ends (see above).
+        ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      }
+      if (::getppid() != owner->owner) ::_exit(0);  // the owner died before we could watch it
       detail::close_inherited_fds({listener.get(), stop_fd, owner_pidfd});
       std::vector<std::string> remove;
       if (!owner->socket_path.empty()) remove.push_back(owner->socket_path);
@@ -967,8 +973,18 @@ inline void Manager::serve_forever() {
     throw Error("Manager::serve_forever(): this Manager did not start a server in this process; use the static "
                 "Manager::serve_forever(ManagerOptions) to serve here");
   }
-  pollfd wait{owner_->pidfd.get(), POLLIN, 0};
-  detail::retry_on_eintr([&] { return ::poll(&wait, 1, -1); });
+  // Wait for the server to stop, or for SIGTERM/SIGINT (Ctrl-C) to this process: then stop it cleanly. The
+  // signals are blocked in this thread and read through a signalfd, then the previous mask is restored.
+  auto stop = detail::manager_stop_signals();
+  sigset_t previous;
+  ::pthread_sigmask(SIG_BLOCK, &stop, &previous);
+  detail::unique_fd stop_fd(::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK));
+  pollfd waits[2] = {{owner_->pidfd.get(), POLLIN, 0}, {stop_fd.get(), POLLIN, 0}};
+  detail::retry_on_eintr([&] { return ::poll(waits, 2, -1); });
+  signalfd_siginfo consumed;  // read it, or it would be delivered (and kill us) once the mask is restored
+  while (stop_fd && ::read(stop_fd.get(), &consumed, sizeof consumed) == static_cast<ssize_t>(sizeof consumed)) {
+  }
+  ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   shutdown();
 }
 
@@ -982,9 +998,14 @@ inline void Manager::shutdown() {
         // Already gone (or unreachable): the wait below and SIGKILL cover it.
       }
     }
-    // The server stops right after replying; if it does not within 5 s it is killed.
-    pollfd wait{owner->pidfd.get(), POLLIN, 0};
-    if (detail::retry_on_eintr([&] { return ::poll(&wait, 1, 5000); }) <= 0) ::kill(owner->pid, SIGKILL);
+    // The server stops right after replying; if it does not within 5 s it is killed. (Without a pidfd, on
+    // Linux < 5.3, SIGTERM: the server stops cleanly on it.)
+    if (owner->pidfd) {
+      pollfd wait{owner->pidfd.get(), POLLIN, 0};
+      if (detail::retry_on_eintr([&] { return ::poll(&wait, 1, 5000); }) <= 0) ::kill(owner->pid, SIGKILL);
+    } else {
+      ::kill(owner->pid, SIGTERM);
+    }
     detail::retry_on_eintr([&] { return ::waitpid(owner->pid, nullptr, 0); });
     if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
     if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
