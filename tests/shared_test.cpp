@@ -390,16 +390,17 @@ TEST_CASE("SharedMemory created with track = false survives its creator", "[shar
 
 // ---- resources --------------------------------------------------------------------------------------------
 
-TEST_CASE("Value and Array hold no file descriptor and no /dev/shm name", "[resources]") {
+TEST_CASE("Value and Array use no /dev/shm name and no descriptor once they are gone", "[resources]") {
   const int before = open_fd_count();
-  const auto shm_before = shm_entries_with_prefix("");
   {
-    std::vector<mp::Value<int>> values(1000);
+    std::vector<mp::Value<int>> values(1000);  // 128 bytes each: 2 chunks of 64 KiB, one descriptor each
     std::vector<mp::Array<double>> arrays;
-    for (int i = 0; i < 100; ++i) arrays.emplace_back(std::size_t{1000});
-    mp::RawValue<int> raw;
-    CHECK(open_fd_count() == before);
+    for (int i = 0; i < 16; ++i) arrays.emplace_back(std::size_t{1000});  // 8 KiB each: 2 more chunks
+    mp::Array<std::byte> big(std::size_t{1} << 20);                        // a block of its own
+    CHECK(open_fd_count() - before <= 6);
     for (const auto& name : shm_entries_with_prefix("mp-" + std::to_string(::getpid()))) FAIL("unexpected " << name);
+    values[0].value() = 1;
+    CHECK(values[1].value() == 0);
   }
   CHECK(open_fd_count() == before);
 }
@@ -457,4 +458,48 @@ TEST_CASE("SIGKILLing the parent of a process tree using shared objects leaves n
     if (!shm_entries_with_prefix("mp-" + std::to_string(root_pid.value()) + "-").empty()) ::_exit(3);
   });
   CHECK(finish(supervisor) == 0);
+}
+
+// ---- start methods spawn and forkserver -------------------------------------------------------------------
+
+namespace {
+
+void spawned_shared_worker(mp::Value<long> value, mp::RawValue<int> raw_value, mp::Array<int> array,
+                           mp::RawArray<char> raw_array, mp::SharedMemory block, int index) {
+  for (int i = 0; i < 10'000; ++i) {
+    std::lock_guard guard(value.get_lock());
+    value.value() += 1;
+  }
+  raw_value.fetch_add(index);
+  {
+    std::lock_guard guard(array);
+    array[static_cast<std::size_t>(index)] = index * 10;
+  }
+  raw_array[static_cast<std::size_t>(index)] = static_cast<char>('a' + index);
+  block.buf()[static_cast<std::size_t>(index)] = std::byte{static_cast<unsigned char>(index)};
+}
+
+}  // namespace
+
+TEST_CASE("Value, Array and SharedMemory cross to children started by spawn and forkserver", "[spawn]") {
+  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  mp::Value<long> value(0);
+  mp::RawValue<int> raw_value(0);
+  mp::Array<int> array(4);
+  mp::RawArray<char> raw_array(4);
+  auto block = mp::SharedMemory::create(64);
+  std::vector<mp::Process> children;
+  for (int i = 1; i <= 3; ++i) {
+    children.emplace_back(mp::ProcessOptions{.start_method = method}, spawned_shared_worker, value, raw_value, array,
+                          raw_array, block, i);
+    children.back().start();
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(value.value() == 30'000);
+  CHECK(raw_value.load() == 6);
+  CHECK(array.to_vector() == std::vector<int>{0, 10, 20, 30});
+  CHECK(std::string(raw_array.data() + 1, 3) == "bcd");
+  CHECK(block.buf()[3] == std::byte{3});
+  CHECK(shm_exists(block.name()));  // the spawned attachers did not unlink it
+  block.unlink();
 }

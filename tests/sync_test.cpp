@@ -837,7 +837,7 @@ int open_fd_count() {
 }
 }  // namespace
 
-TEST_CASE("Synchronization objects hold no file descriptor and no /dev/shm name", "[resources]") {
+TEST_CASE("Synchronization objects share one descriptor per 64 KiB and none once they are gone", "[resources]") {
   const int before = open_fd_count();
   {
     std::vector<mp::Lock> locks(500);
@@ -846,7 +846,98 @@ TEST_CASE("Synchronization objects hold no file descriptor and no /dev/shm name"
     std::vector<mp::Event> events(200);
     mp::Semaphore semaphore(3);
     mp::Barrier barrier(2);
-    CHECK(open_fd_count() == before);
+    // ~1600 objects of one or two cache lines each: about 2 chunks of 64 KiB.
+    CHECK(open_fd_count() - before <= 3);
+    // Distinct objects never share memory.
+    locks[0].acquire();
+    CHECK_FALSE(locks[1].locked());
+    CHECK(locks[1].try_acquire());
+    locks[1].release();
+    locks[0].release();
   }
   CHECK(open_fd_count() == before);
+}
+
+TEST_CASE("Synchronization objects created in a forked child never overlap the parent's", "[resources]") {
+  mp::Lock parent_lock;  // the parent keeps filling this chunk after the fork
+  mp::Semaphore child_done(0);
+  mp::Event parent_done;
+  mp::RawValue<int> child_saw_locked(-1);
+  auto child = start([=]() mutable {
+    mp::Lock child_lock;  // must not be a piece the parent hands out next
+    parent_done.wait();
+    child_saw_locked.value() = child_lock.locked() ? 1 : 0;
+    child_done.release();
+  });
+  std::vector<mp::Lock> parent_locks(8);
+  for (auto& lock : parent_locks) lock.acquire();
+  parent_done.set();
+  CHECK(child_done.acquire(10s));
+  CHECK(finish(child) == 0);
+  CHECK(child_saw_locked.value() == 0);
+  for (auto& lock : parent_locks) lock.release();
+}
+
+// ---- start methods spawn and forkserver -------------------------------------------------------------------
+
+namespace {
+
+void spawned_sync_worker(mp::Lock lock, mp::RLock rlock, mp::Semaphore semaphore, mp::Event event,
+                         mp::Condition condition, mp::Barrier barrier, mp::RawValue<int> counter,
+                         mp::RawValue<int> notified) {
+  for (int i = 0; i < 1000; ++i) {
+    std::lock_guard guard(lock);
+    counter.value() += 1;
+  }
+  for (int i = 0; i < 1000; ++i) {
+    std::lock_guard outer(rlock);
+    std::lock_guard inner(rlock);
+    counter.value() += 1;
+  }
+  barrier.wait();
+  semaphore.release();
+  event.wait();
+  std::lock_guard guard(condition);
+  notified.value() += 1;
+  condition.notify_all();
+}
+
+}  // namespace
+
+TEST_CASE("Synchronization objects cross to children started by spawn and forkserver", "[spawn]") {
+  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  mp::Lock lock;
+  mp::RLock rlock;
+  mp::Semaphore semaphore(0);
+  mp::Event event;
+  mp::Condition condition;
+  mp::Barrier barrier(3, {}, 10s);
+  mp::RawValue<int> counter(0);
+  mp::RawValue<int> notified(0);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 2; ++i) {
+    children.emplace_back(mp::ProcessOptions{.start_method = method}, spawned_sync_worker, lock, rlock, semaphore,
+                          event, condition, barrier, counter, notified);
+    children.back().start();
+  }
+  for (int i = 0; i < 2000; ++i) {
+    std::lock_guard guard(i % 2 ? static_cast<mp::Lock&>(lock) : lock);
+    counter.value() += 1;
+  }
+  CHECK(barrier.wait() >= 0);
+  CHECK(semaphore.acquire(10s));
+  CHECK(semaphore.acquire(10s));
+  event.set();
+  {
+    std::unique_lock guard(condition);
+    CHECK(condition.wait_for([&] { return notified.value() == 2; }, 10s));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  CHECK(counter.value() == 6000);
+}
+
+TEST_CASE("A Barrier with an action refuses to cross to a spawned child", "[spawn]") {
+  mp::Barrier barrier(2, [] {});
+  mp::Process child({.start_method = mp::StartMethod::spawn}, [](mp::Barrier b) { b.wait(); }, barrier);
+  CHECK_THROWS_WITH(child.start(), Catch::Contains("Barrier with an action"));
 }

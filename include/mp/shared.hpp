@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include <mp/detail/archive.hpp>
 #include <mp/detail/shared_state.hpp>
 #include <mp/detail/shm_tracker.hpp>
 #include <mp/detail/syscall.hpp>
@@ -75,21 +76,20 @@ inline constexpr std::size_t elements_offset =
 
 // Builds the block of an n-element array; fill(T* elements) constructs every element.
 template <class T, class Fill>
-std::pair<std::shared_ptr<array_header>, T*> make_array_block(std::size_t n, const char* label, Fill&& fill) {
+shared_ref<array_header> make_array_block(std::size_t n, const char* label, Fill&& fill) {
   if (n > (std::size_t{1} << 48) / sizeof(T)) {
     throw Error(std::string(label) + ": " + std::to_string(n) + " elements of " + std::to_string(sizeof(T)) +
                 " bytes is too large for shared memory");
   }
-  auto block = make_shared_block(elements_offset<T> + n * sizeof(T), label);
-  auto* header = ::new (block->data()) array_header{};
+  auto [block, memory] = make_shared_bytes(elements_offset<T> + n * sizeof(T), elements_alignment<T>, label);
+  auto* header = ::new (memory) array_header{};
   header->size = n;
-  T* elements = reinterpret_cast<T*>(static_cast<std::byte*>(block->data()) + elements_offset<T>);
-  fill(elements);
-  return {std::shared_ptr<array_header>(std::move(block), header), elements};
+  fill(reinterpret_cast<T*>(static_cast<std::byte*>(memory) + elements_offset<T>));
+  return shared_ref<array_header>(std::move(block), header);
 }
 
 template <class T, class R>
-auto array_from_range(R&& range, const char* label) {
+shared_ref<array_header> array_from_range(R&& range, const char* label) {
   if constexpr (std::ranges::sized_range<R> && std::ranges::forward_range<R>) {
     const auto n = static_cast<std::size_t>(std::ranges::size(range));
     return make_array_block<T>(n, label, [&](T* elements) {
@@ -130,9 +130,9 @@ class value_access {
   T fetch_sub(T delta) noexcept requires atomic_arithmetic<T> { return ref().fetch_sub(delta); }
 
  protected:
-  explicit value_access(std::shared_ptr<value_block<T>> block) noexcept : block_(std::move(block)) {}
+  explicit value_access(shared_ref<value_block<T>> block) noexcept : block_(std::move(block)) {}
   std::atomic_ref<T> ref() const noexcept { return std::atomic_ref<T>(block_->value); }
-  std::shared_ptr<value_block<T>> block_;
+  shared_ref<value_block<T>> block_;
 };
 
 // The typed part shared by Array and RawArray.
@@ -171,11 +171,22 @@ class array_access {
   T fetch_sub(std::size_t i, T delta) noexcept requires atomic_arithmetic<T> { return ref(i).fetch_sub(delta); }
 
  protected:
-  explicit array_access(std::pair<std::shared_ptr<array_header>, T*> block) noexcept
-      : header_(std::move(block.first)), data_(block.second) {}
+  explicit array_access(shared_ref<array_header> header) : header_(std::move(header)) { bind(); }
+  // In a spawned child: the header's block arrives through the archive; the elements follow it.
+  void load_block(input_archive& ar, const char* what) {
+    header_.load(ar, what);
+    // The header's size came from another process: the elements must fit in what was mapped.
+    const std::size_t room = header_.available();
+    if (room < elements_offset<T> || (room - elements_offset<T>) / sizeof(T) < header_->size) {
+      throw SerializationError(std::string("mp::deserialize: an ") + what + " of " + std::to_string(header_->size) +
+                               " elements does not fit the shared block that arrived");
+    }
+    bind();
+  }
+  void bind() noexcept { data_ = reinterpret_cast<T*>(reinterpret_cast<std::byte*>(header_.get()) + elements_offset<T>); }
   std::atomic_ref<T> ref(std::size_t i) const noexcept { return std::atomic_ref<T>(data_[i]); }
-  std::shared_ptr<array_header> header_;
-  T* data_;
+  shared_ref<array_header> header_;
+  T* data_ = nullptr;  // the elements, right after header_ in the same block
 };
 
 }  // namespace detail
@@ -191,7 +202,7 @@ class Value : public detail::value_access<T> {
   /// A new value, initialised to `initial`.
   explicit Value(T initial = T{})
       : detail::value_access<T>(detail::make_shared_state<detail::value_block<T>>("Value", initial)),
-        lock_(std::shared_ptr<detail::lock_state>(this->block_, &this->block_->lock)) {}
+        lock_(this->block_.part(&this->block_->lock)) {}
   Value(const Value&) = default;
   Value& operator=(const Value&) = default;
 
@@ -203,6 +214,14 @@ class Value : public detail::value_access<T> {
   void lock() { lock_.lock(); }
   void unlock() { lock_.unlock(); }
   bool try_lock() { return lock_.try_lock(); }
+
+  using detail::value_access<T>::load;
+  /// How a Value crosses to a Process started by spawn or forkserver (its memory's descriptor travels along).
+  void save(detail::output_archive& ar) const { this->block_.save(ar, "Value"); }
+  void load(detail::input_archive& ar) {
+    this->block_.load(ar, "Value");
+    lock_ = RLock(this->block_.part(&this->block_->lock));
+  }
 
  private:
   RLock lock_;
@@ -220,6 +239,11 @@ class RawValue : public detail::value_access<T> {
       : detail::value_access<T>(detail::make_shared_state<detail::value_block<T>>("RawValue", initial)) {}
   RawValue(const RawValue&) = default;
   RawValue& operator=(const RawValue&) = default;
+
+  using detail::value_access<T>::load;
+  /// How a RawValue crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { this->block_.save(ar, "RawValue"); }
+  void load(detail::input_archive& ar) { this->block_.load(ar, "RawValue"); }
 };
 
 /// n Ts in shared memory with an RLock (multiprocessing.Array). T: trivially copyable.
@@ -229,6 +253,8 @@ class Array : public detail::array_access<T> {
                 "mp::Array<T> needs a trivially copyable, non-pointer T: it lives in shared memory as raw bytes");
 
  public:
+  /// An empty array (only useful as the value a spawned child decodes its argument into).
+  Array() : Array(std::size_t{0}) {}
   /// n value-initialised elements (zeros for arithmetic T).
   explicit Array(std::size_t n) : Array(detail::make_array_block<T>(n, "Array", fill_default(n))) {}
   /// The listed elements: Array<int>{1, 2, 3}.
@@ -248,10 +274,17 @@ class Array : public detail::array_access<T> {
   void unlock() { lock_.unlock(); }
   bool try_lock() { return lock_.try_lock(); }
 
+  using detail::array_access<T>::load;
+  /// How an Array crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { this->header_.save(ar, "Array"); }
+  void load(detail::input_archive& ar) {
+    this->load_block(ar, "Array");
+    lock_ = RLock(this->header_.part(&this->header_->lock));
+  }
+
  private:
-  explicit Array(std::pair<std::shared_ptr<detail::array_header>, T*> block)
-      : detail::array_access<T>(std::move(block)),
-        lock_(std::shared_ptr<detail::lock_state>(this->header_, &this->header_->lock)) {}
+  explicit Array(detail::shared_ref<detail::array_header> block)
+      : detail::array_access<T>(std::move(block)), lock_(this->header_.part(&this->header_->lock)) {}
   static auto fill_default(std::size_t n) {
     return [n](T* elements) { std::uninitialized_value_construct_n(elements, n); };
   }
@@ -265,6 +298,8 @@ class RawArray : public detail::array_access<T> {
                 "mp::RawArray<T> needs a trivially copyable, non-pointer T: it lives in shared memory as raw bytes");
 
  public:
+  /// An empty array (only useful as the value a spawned child decodes its argument into).
+  RawArray() : RawArray(std::size_t{0}) {}
   explicit RawArray(std::size_t n)
       : detail::array_access<T>(detail::make_array_block<T>(
             n, "RawArray", [n](T* elements) { std::uninitialized_value_construct_n(elements, n); })) {}
@@ -276,6 +311,11 @@ class RawArray : public detail::array_access<T> {
   explicit RawArray(R&& range) : detail::array_access<T>(detail::array_from_range<T>(std::forward<R>(range), "RawArray")) {}
   RawArray(const RawArray&) = default;
   RawArray& operator=(const RawArray&) = default;
+
+  using detail::array_access<T>::load;
+  /// How a RawArray crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { this->header_.save(ar, "RawArray"); }
+  void load(detail::input_archive& ar) { this->load_block(ar, "RawArray"); }
 };
 
 /// A named block of shared memory in /dev/shm that unrelated processes attach to by name
@@ -334,8 +374,21 @@ class SharedMemory {
     return SharedMemory(std::move(name), os_name, map(fd, size, os_name, false), size);
   }
 
+  /// A closed handle with no name (only useful as the value a spawned child decodes its argument into).
+  SharedMemory() : state_(std::make_shared<mapping>()) {}
   SharedMemory(const SharedMemory&) = default;
   SharedMemory& operator=(const SharedMemory&) = default;
+
+  /// Crosses to a Process started by spawn or forkserver by name: the child attaches (and never unlinks).
+  void save(detail::output_archive& ar) const {
+    if (state_->name.empty()) throw SerializationError("mp::serialize: a SharedMemory without a name cannot cross");
+    ar(state_->name);
+  }
+  void load(detail::input_archive& ar) {
+    std::string name;
+    ar(name);
+    *this = attach(std::move(name));
+  }
 
   /// The name as given to create/attach, or the generated one.
   const std::string& name() const noexcept { return state_->name; }

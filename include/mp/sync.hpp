@@ -19,6 +19,7 @@
 #include <string>
 #include <utility>
 
+#include <mp/detail/archive.hpp>
 #include <mp/detail/futex.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shared_state.hpp>
@@ -397,9 +398,13 @@ class Lock {
     return state_->mutex.held_by_this_thread() && state_->mutex.previous_owner_died();
   }
 
+  /// How a Lock crosses to a Process started by spawn or forkserver (its memory's descriptor travels along).
+  void save(detail::output_archive& ar) const { state_.save(ar, "Lock"); }
+  void load(detail::input_archive& ar) { state_.load(ar, "Lock"); }
+
  private:
   friend class Condition;
-  std::shared_ptr<detail::lock_state> state_;
+  detail::shared_ref<detail::lock_state> state_;
 };
 
 /// A re-entrant lock shared between processes (multiprocessing.RLock): its owner may acquire it again and must
@@ -443,14 +448,18 @@ class RLock {
     return state_->mutex.held_by_this_thread() && state_->mutex.previous_owner_died();
   }
 
+  /// How an RLock crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { state_.save(ar, "RLock"); }
+  void load(detail::input_archive& ar) { state_.load(ar, "RLock"); }
+
  private:
   template <class T>
   friend class Value;
   template <class T>
   friend class Array;
   friend class Condition;
-  explicit RLock(std::shared_ptr<detail::lock_state> state) noexcept : state_(std::move(state)) {}
-  std::shared_ptr<detail::lock_state> state_;
+  explicit RLock(detail::shared_ref<detail::lock_state> state) noexcept : state_(std::move(state)) {}
+  detail::shared_ref<detail::lock_state> state_;
 };
 
 /// A counter shared between processes (multiprocessing.Semaphore): acquire() takes one, blocking at 0.
@@ -481,6 +490,10 @@ class Semaphore {
   /// The current value (a snapshot).
   int get_value() const noexcept { return static_cast<int>(state_->value.load()); }
 
+  /// How a Semaphore crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { state_.save(ar, "Semaphore"); }
+  void load(detail::input_archive& ar) { state_.load(ar, "Semaphore"); }
+
  protected:
   Semaphore(int value, int bound, const char* kind)
       : state_(detail::make_shared_state<detail::semaphore_state>(kind, checked(value, kind),
@@ -493,7 +506,7 @@ class Semaphore {
     }
     return static_cast<std::uint32_t>(value);
   }
-  std::shared_ptr<detail::semaphore_state> state_;
+  detail::shared_ref<detail::semaphore_state> state_;
 };
 
 /// A Semaphore whose release() throws mp::Error rather than raise the value above its initial value
@@ -566,13 +579,25 @@ class Condition {
   /// For the holder: the lock's previous holder died holding it (see Lock::owner_died()).
   bool owner_died() const noexcept { return lock_->mutex.held_by_this_thread() && lock_->mutex.previous_owner_died(); }
 
+  /// How a Condition (and its lock) crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const {
+    lock_.save(ar, "Condition");
+    ar(recursive_);
+    state_.save(ar, "Condition");
+  }
+  void load(detail::input_archive& ar) {
+    lock_.load(ar, "Condition");
+    ar(recursive_);
+    state_.load(ar, "Condition");
+  }
+
  private:
-  Condition(std::shared_ptr<detail::lock_state> lock, bool recursive)
+  Condition(detail::shared_ref<detail::lock_state> lock, bool recursive)
       : lock_(std::move(lock)), recursive_(recursive),
         state_(detail::make_shared_state<detail::condition_state>("Condition")) {}
-  std::shared_ptr<detail::lock_state> lock_;
+  detail::shared_ref<detail::lock_state> lock_;
   bool recursive_;
-  std::shared_ptr<detail::condition_state> state_;
+  detail::shared_ref<detail::condition_state> state_;
 };
 
 /// A flag shared between processes (multiprocessing.Event): wait() blocks until set().
@@ -600,8 +625,12 @@ class Event {
     return detail::event_wait(*state_, detail::deadline_after(timeout));
   }
 
+  /// How an Event crosses to a Process started by spawn or forkserver.
+  void save(detail::output_archive& ar) const { state_.save(ar, "Event"); }
+  void load(detail::input_archive& ar) { state_.load(ar, "Event"); }
+
  private:
-  std::shared_ptr<detail::event_state> state_;
+  detail::shared_ref<detail::event_state> state_;
 };
 
 /// A barrier for `parties` processes (multiprocessing.Barrier): wait() returns once all have called it.
@@ -613,6 +642,8 @@ class Barrier {
                    std::optional<std::chrono::milliseconds> timeout = std::nullopt)
       : state_(detail::make_shared_state<detail::barrier_state>("Barrier", checked(parties))),
         action_(std::move(action)), timeout_(timeout) {}
+  /// A Barrier(1): only as the value a spawned child decodes its argument into.
+  Barrier() : Barrier(1) {}
   Barrier(const Barrier&) = default;
   Barrier& operator=(const Barrier&) = default;
 
@@ -650,6 +681,23 @@ class Barrier {
     state_->mutex.unlock();
     return count;
   }
+  /// How a Barrier crosses to a Process started by spawn or forkserver; one with an action cannot (the action is
+  /// code of this process: SerializationError).
+  void save(detail::output_archive& ar) const {
+    if (action_) {
+      throw SerializationError(
+          "mp::serialize: a Barrier with an action cannot cross to a process started by spawn or forkserver (the "
+          "action is a std::function of this process); use StartMethod::fork, or run the action after wait() "
+          "in the process that gets index parties() - 1");
+    }
+    state_.save(ar, "Barrier");
+    ar(timeout_);
+  }
+  void load(detail::input_archive& ar) {
+    state_.load(ar, "Barrier");
+    ar(timeout_);
+    action_ = nullptr;
+  }
   /// True if broken (aborted, timed out, an action threw, or a process died inside it) until reset().
   bool broken() const {
     detail::barrier_lock(*state_);
@@ -663,7 +711,7 @@ class Barrier {
     if (parties < 1) throw Error("Barrier: parties must be >= 1, got " + std::to_string(parties));
     return parties;
   }
-  std::shared_ptr<detail::barrier_state> state_;
+  detail::shared_ref<detail::barrier_state> state_;
   std::function<void()> action_;
   std::optional<std::chrono::milliseconds> timeout_;
 };

@@ -51,8 +51,6 @@ class shm_segment {
   void* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
   int fd() const noexcept { return fd_.get(); }
-  /// Closes the descriptor, keeping the mapping: objects shared only by fork need no fd (fd() is then -1).
-  void close_fd() noexcept { fd_.reset(); }
 
  private:
   shm_segment(unique_fd fd, std::size_t size, const std::string& label) : fd_(std::move(fd)), size_(size) {
