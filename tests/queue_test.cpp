@@ -286,6 +286,22 @@ TEST_CASE("A full Queue makes put_nowait and put(timeout) throw Full; a get in a
   CHECK(finish(consumer) == 0);
 }
 
+TEST_CASE("put(timeout) on a full queue says it is full even while another process waits to put", "[queue]") {
+  mp::Queue<int> q(1);
+  q.put(1);
+  note_pipe started;
+  auto blocked = start([q, &started]() mutable {
+    started.post();
+    q.put(2);  // waits for room, holding the producers' turn
+  });
+  REQUIRE(started.wait());
+  CHECK_THROWS_WITH(q.put(3, 50ms), "Queue::put timed out after 50 ms: the queue is full (maxsize 1)");
+  CHECK(q.get() == 1);
+  CHECK(q.get() == 2);
+  CHECK(finish(blocked) == 0);
+  CHECK(q.empty());
+}
+
 TEST_CASE("put blocks while the ring's bytes are full; put_nowait then throws Full naming the ring", "[queue]") {
   mp::Queue<bytes> q({.capacity_bytes = 4096});
   int stored = 0;

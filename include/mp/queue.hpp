@@ -90,16 +90,17 @@ class Queue {
   explicit Queue(QueueOptions options) : state_(detail::make_queue_state(options, false)) {}
 
   /// Puts an item, waiting as long as the queue is full. Throws mp::Error if this handle was closed.
-  void put(T item) { put_until(item, {}, "Queue::put", {}); }
+  /// (Takes const T&, not T by value as in API.md: the item is serialized straight into shared memory, never copied.)
+  void put(const T& item) { put_until(item, {}, "Queue::put", {}); }
   /// Puts an item, waiting at most `timeout` for room; throws Full if there was none.
   template <class Rep, class Period>
-  void put(T item, std::chrono::duration<Rep, Period> timeout) {
+  void put(const T& item, std::chrono::duration<Rep, Period> timeout) {
     put_until(item, detail::deadline_or_forever(timeout), "Queue::put", detail::describe_timeout(timeout));
   }
   /// Puts an item if there is room right now; throws Full otherwise.
-  void put_nowait(T item) { put_until(item, std::chrono::steady_clock::now(), "Queue::put_nowait", {}); }
+  void put_nowait(const T& item) { put_until(item, std::chrono::steady_clock::now(), "Queue::put_nowait", {}); }
   /// Puts an item if there is room right now; false otherwise.
-  [[nodiscard]] bool try_put(T item) {
+  [[nodiscard]] bool try_put(const T& item) {
     return put_status(item, std::chrono::steady_clock::now(), "Queue::try_put") == detail::ring_status::ok;
   }
 
@@ -191,7 +192,7 @@ class SimpleQueue {
   explicit SimpleQueue(QueueOptions options) : queue_(check(options)) {}
 
   /// Puts an item (waits only if the ring's bytes are full).
-  void put(T item) { queue_.put(std::move(item)); }
+  void put(const T& item) { queue_.put(item); }
   /// Takes the oldest item, waiting as long as the queue is empty.
   [[nodiscard]] T get() { return queue_.get(); }
   /// True if no item is waiting.
@@ -257,7 +258,10 @@ void Queue<T>::put_until(const T& item, const detail::deadline& until, const cha
                  " bytes of items not yet taken); raise QueueOptions::capacity_bytes or take items sooner";
       break;
     default:
-      message += ": other processes kept the queue busy putting";
+      if (state_->ring.maxsize() != 0 && state_->ring.size() >= state_->ring.maxsize())
+        message += ": the queue is full (maxsize " + std::to_string(state_->ring.maxsize()) + ")";
+      else
+        message += ": other processes were putting, or waiting for room, the whole time";
       break;
   }
   throw Full(message);
