@@ -20,10 +20,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -55,7 +56,9 @@ class manager_server {
     std::vector<std::uint64_t> order;  // fds[fixed + i] belongs to connection order[i]
     while (!stop_) {
       fds.clear(), order.clear();
-      fds.push_back({listener_.get(), POLLIN, 0});
+      // While out of descriptors, stop polling the listener (it would stay readable and spin the loop) until a
+      // connection closes.
+      fds.push_back({accept_paused_ ? -1 : listener_.get(), POLLIN, 0});
       fds.push_back({owner_pidfd_, POLLIN, 0});
       fds.push_back({stop_fd_, POLLIN, 0});
       const std::size_t fixed = fds.size();
@@ -66,7 +69,11 @@ class manager_server {
         order.push_back(id);
       }
       int timeout = -1;
-      if (auto deadline = store_.next_deadline()) {
+      auto deadline = store_.next_deadline();
+      if (auto handshake = earliest_handshake_deadline(); handshake && (!deadline || *handshake < *deadline)) {
+        deadline = handshake;
+      }
+      if (deadline) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - manager_store::clock::now()).count();
         timeout = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
       }
@@ -93,7 +100,8 @@ class manager_server {
         if (revents & POLLOUT) flush(found->second);
         if (revents & POLLIN) receive(found->second, now);
       }
-      if (fds[0].revents) accept_all();
+      if (fds[0].revents) accept_all(now);
+      drop_slow_handshakes(now);
       store_.expire(now, replies_);
       deliver();
       reap();
@@ -124,7 +132,24 @@ class manager_server {
     bool parked = false;    // its request waits in the store: later frames wait too
     bool closing = false;   // close once out is written (a failed handshake)
     bool dead = false;
+    manager_store::clock::time_point handshake_deadline{};  // while not ready: closed if still not ready then
   };
+
+  /// How long a new connection may take to authenticate: an idle peer cannot hold a descriptor forever.
+  static constexpr std::chrono::seconds handshake_timeout{10};
+
+  std::optional<manager_store::clock::time_point> earliest_handshake_deadline() const {
+    std::optional<manager_store::clock::time_point> earliest;
+    for (const auto& [id, c] : connections_) {
+      if (c.at != stage::ready && (!earliest || c.handshake_deadline < *earliest)) earliest = c.handshake_deadline;
+    }
+    return earliest;
+  }
+  void drop_slow_handshakes(manager_store::clock::time_point now) {
+    for (auto& [id, c] : connections_) {
+      if (c.at != stage::ready && c.handshake_deadline <= now) c.dead = true;
+    }
+  }
 
   static void append_frame(std::string& out, std::string_view payload) {
     manager_protocol::writer w(out);
@@ -132,10 +157,14 @@ class manager_server {
     w.raw(payload.data(), payload.size());
   }
 
-  void accept_all() {
+  void accept_all(manager_store::clock::time_point now) {
     for (;;) {
       int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;  // EAGAIN, or a transient error (EMFILE, ECONNABORTED): retried on the next wake-up
+      if (fd < 0) {
+        int err = last_errno();
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) accept_paused_ = true;
+        return;  // EAGAIN, or a transient error (ECONNABORTED): retried on the next wake-up
+      }
       set_nodelay(fd);     // harmless on Unix sockets (fails quietly)
       connection c;
       c.id = next_client_++;
@@ -145,6 +174,7 @@ class manager_server {
       } else {
         c.at = stage::await_answer;
         c.challenge = make_challenge();
+        c.handshake_deadline = now + handshake_timeout;
         append_frame(c.out, c.challenge);
       }
       auto id = c.id;
@@ -278,6 +308,7 @@ class manager_server {
         }
         auto id = it->first;
         it = connections_.erase(it);
+        accept_paused_ = false;  // a descriptor was freed
         store_.disconnect(id, replies_);
         again = true;
       }
@@ -296,6 +327,7 @@ class manager_server {
   std::vector<std::uint64_t> unparked_;
   std::uint64_t next_client_ = 1;
   bool stop_ = false;
+  bool accept_paused_ = false;
 };
 
 }  // namespace mp::detail
