@@ -18,6 +18,8 @@
 #include <mp/process.hpp>
 #include <mp/shared.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -205,9 +207,15 @@ int main(int argc, char** argv) {
   variant variants[] = {{"serial", run_serial}, {"std::thread", run_threads},
                         {"mp::Process", run_processes}, {"mp::Pool", run_pool}};
   bool all_equal = true;
+  const bool progress = ::isatty(1);
+  u64 trials_run = 0;
   auto run_trials = [&](u64 count) {
-    for (u64 t = 0; t < count; ++t) {
+    for (u64 t = 0; t < count; ++t, ++trials_run) {
       for (auto& v : variants) {  // interleaved: a noisy moment hurts one trial of each, not one variant
+        if (progress) {
+          std::printf("\r\033[Ktrial %llu: %s", static_cast<unsigned long long>(trials_run + 1), v.name);
+          std::fflush(stdout);
+        }
         auto t0 = clock_type::now();
         u64 got = v.run(n, static_cast<std::size_t>(workers));
         std::chrono::duration<double> took = clock_type::now() - t0;
@@ -219,17 +227,16 @@ int main(int argc, char** argv) {
         }
       }
     }
+    if (progress) std::printf("\r\033[K");
   };
   auto speedup_ratio = [&] { return variants[1].best / variants[2].best; };  // (serial/process) / (serial/thread)
   run_trials(trials);
-  u64 trials_run = trials;
   // On a machine busy with other work a whole round can be disturbed: before failing the check, give it up to
   // three more rounds (the best times only improve). A process layer that is really slower fails them all.
   for (int extra = 0; check && all_equal && speedup_ratio() < 0.8 && extra < 3; ++extra) {
     std::printf("ratio %.2f after %llu trials, below 0.80: %llu more trials\n", speedup_ratio(),
                 static_cast<unsigned long long>(trials_run), static_cast<unsigned long long>(trials));
     run_trials(trials);
-    trials_run += trials;
   }
 
   std::printf("\n%-12s %12s %9s\n", "variant", "wall (ms)", "speedup");
