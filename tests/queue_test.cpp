@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <mp/detail/ring_buffer.hpp>
+#include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
 #include <mp/queue.hpp>
@@ -391,6 +392,124 @@ TEST_CASE("A producer SIGKILLed in the middle of a big item does not wedge the q
   CHECK(q.qsize() == 0);
   q.put(make_item(64, 3));
   CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(3));
+}
+
+// ---- detail::ring_buffer: a process killed inside a commit, at the exact step that matters ----------------------
+
+namespace {
+
+// A bare ring in a fresh segment, so a test can play a process dying between two words of a commit.
+struct test_ring {
+  test_ring()
+      : segment(mp::detail::shm_segment::create(mp::detail::ring_buffer::header_bytes + 4096, "ring_test")),
+        header(mp::detail::ring_buffer::create(segment.data(), 4096, 0)),
+        ring(segment.data()) {}
+  void put(std::int64_t value) {
+    REQUIRE(ring.put(std::as_bytes(std::span<const std::int64_t, 1>(&value, 1)), {}) ==
+            mp::detail::ring_status::ok);
+  }
+  std::optional<std::int64_t> get() {
+    mp::detail::ring_status why{};
+    return ring.get(
+        [](std::span<const std::byte> b) {
+          std::int64_t v = 0;
+          REQUIRE(b.size() == sizeof v);
+          std::memcpy(&v, b.data(), sizeof v);
+          return v;
+        },
+        std::chrono::steady_clock::now() + 5s, why);
+  }
+  std::atomic<std::uint64_t>& slot(std::uint64_t position) {
+    return *reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<std::byte*>(segment.data()) +
+                                                          mp::detail::ring_buffer::header_bytes + (position & 4095));
+  }
+  mp::detail::shm_segment segment;
+  mp::detail::ring_header* header;
+  mp::detail::ring_buffer ring;
+};
+
+[[noreturn]] void die_holding_locks() {
+  ::kill(::getpid(), SIGKILL);
+  hang();
+}
+
+}  // namespace
+
+TEST_CASE("ring_buffer: a consumer killed halfway through its commit is rolled forward", "[ring_buffer][fault]") {
+  test_ring t;
+  t.put(1);
+  t.put(2);
+  auto* h = t.header;
+  auto victim = start([h] {
+    auto& c = h->consumers;
+    c.mutex.lock();
+    // Took item 1 and began committing: journal written, get_count applied, head not yet.
+    c.journal.index.store(c.head.load() + mp::detail::record_size(8));
+    c.journal.count.store(1);
+    c.journal.in_item.store(0);
+    c.journal.valid.store(1);
+    c.get_count.store(1);
+    die_holding_locks();
+  });
+  CHECK(finish(victim) == -SIGKILL);
+  CHECK(t.get() == std::optional<std::int64_t>(2));  // item 1 counts as taken by the dead consumer
+  CHECK(t.ring.size() == 0);
+  t.put(3);
+  CHECK(t.get() == std::optional<std::int64_t>(3));
+}
+
+TEST_CASE("ring_buffer: a producer killed after publishing a record but before its bookkeeping is rolled forward",
+          "[ring_buffer][fault]") {
+  test_ring t;
+  t.put(1);
+  auto* h = t.header;
+  auto victim = start([h, &t] {
+    auto& p = h->producers;
+    p.mutex.lock();
+    const std::uint64_t tail = p.tail.load();
+    const std::uint64_t size = mp::detail::record_size(8);
+    const std::int64_t value = 2;
+    std::memcpy(static_cast<std::byte*>(t.segment.data()) + mp::detail::ring_buffer::header_bytes + tail + 8, &value,
+                8);
+    t.slot(tail + size).store(0);
+    p.journal.position.store(tail);
+    p.journal.index.store(tail + size);
+    p.journal.count.store(p.put_count.load() + 1);
+    p.journal.in_item.store(0);
+    p.journal.valid.store(1);
+    t.slot(tail).store(mp::detail::record_header(mp::detail::record_kind::whole, 8));  // published...
+    die_holding_locks();                                                                 // ...tail not moved
+  });
+  CHECK(finish(victim) == -SIGKILL);
+  CHECK(t.get() == std::optional<std::int64_t>(1));
+  CHECK(t.get() == std::optional<std::int64_t>(2));  // visible: consumers read headers, not the tail
+  t.put(3);  // recovers the producer side: goes after item 2, not over it
+  CHECK(t.get() == std::optional<std::int64_t>(3));
+  CHECK(t.ring.size() == 0);
+}
+
+TEST_CASE("ring_buffer: a producer killed before publishing leaves nothing behind", "[ring_buffer][fault]") {
+  test_ring t;
+  auto* h = t.header;
+  auto victim = start([h, &t] {
+    auto& p = h->producers;
+    p.mutex.lock();
+    const std::uint64_t tail = p.tail.load();
+    const std::uint64_t size = mp::detail::record_size(8);
+    t.slot(tail + size).store(0);
+    p.journal.position.store(tail);
+    p.journal.index.store(tail + size);
+    p.journal.count.store(p.put_count.load() + 1);
+    p.journal.valid.store(1);
+    die_holding_locks();  // the header word was never stored
+  });
+  CHECK(finish(victim) == -SIGKILL);
+  t.put(7);
+  CHECK(t.ring.size() == 1);
+  CHECK(t.get() == std::optional<std::int64_t>(7));
+  mp::detail::ring_status why{};
+  CHECK_FALSE(t.ring.get([](std::span<const std::byte>) { return 0; }, std::chrono::steady_clock::now(), why));
+  CHECK(why == mp::detail::ring_status::empty);
 }
 
 TEST_CASE("close() refuses later put and get in this process; other processes and items are unaffected",
