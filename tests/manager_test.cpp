@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <map>
 #include <random>
-#include <ranges>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -52,6 +51,28 @@ template <class F>
 void run_child(F f) {
   run_children(1, [f](int) { f(); });
 }
+
+// An input range whose elements are read from a list proxy as it is iterated: 2 * list[i] for i < n.
+struct doubling_range {
+  const mp::ListProxy<int>* list = nullptr;
+  int n = 0;
+  struct iterator {
+    using iterator_concept = std::input_iterator_tag;
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    const mp::ListProxy<int>* list = nullptr;
+    int i = 0;
+    int operator*() const { return 2 * list->get(i); }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    void operator++(int) { ++i; }
+    bool operator==(const iterator& other) const { return i == other.i; }
+  };
+  iterator begin() const { return {list, 0}; }
+  iterator end() const { return {list, n}; }
+};
 
 std::string random_key() { return "key-" + std::to_string(std::random_device{}()) + "-" + std::to_string(::getpid()); }
 
@@ -153,7 +174,7 @@ TEST_CASE("ListProxy supports every method across processes with Python's index 
   REQUIRE(l.copy() == std::vector<int>{-1, 0, 1, 20, 3, 4, 50, 6, 7});
   auto doubled = manager.list<int>();
   // Elements read from another proxy while the extend request is being built.
-  doubled.extend(std::views::iota(0, 3) | std::views::transform([&](int i) { return 2 * l.get(i); }));
+  doubled.extend(doubling_range{&l, 3});
   REQUIRE(doubled.copy() == std::vector<int>{-2, 0, 2});
   REQUIRE(l.pop() == 7);
   REQUIRE(l.pop(0) == -1);
