@@ -5,13 +5,16 @@
 #include <mp/process.hpp>
 #include <mp/serialize.hpp>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <new>
 #include <stdexcept>
 
 using Catch::Matchers::Contains;
@@ -648,6 +651,56 @@ TEST_CASE("User types nested too deeply are refused instead of overflowing the s
   Node* leaf = &honest;
   for (int level = 1; level < 1000; ++level) leaf = &leaf->children.emplace_back();
   check_round_trip(honest);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MP_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MP_TEST_UNDER_ASAN 1
+#endif
+#endif
+
+TEST_CASE("Hostile lengths are refused within a 64 MB address-space allowance", "[serialize]") {
+#ifdef MP_TEST_UNDER_ASAN
+  SUCCEED("skipped: AddressSanitizer reserves address space that RLIMIT_AS would deny");
+#else
+  // In a child whose address space may grow by only 64 MB, decode buffers whose lengths, if trusted, would ask
+  // for gigabytes. Exit code 0: every one threw SerializationError; 2: an allocation failed; 3: one decoded.
+  mp::Process child([] {
+    long pages = 0;
+    if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (64u << 20);
+    const rlimit allowance{limit, limit};
+    if (pages == 0 || ::setrlimit(RLIMIT_AS, &allowance) != 0) std::_Exit(4);
+    const auto refused = [](auto decode) {
+      try {
+        decode();
+      } catch (const mp::SerializationError&) {
+        return true;
+      } catch (const std::bad_alloc&) {
+        std::_Exit(2);
+      }
+      std::_Exit(3);
+    };
+    const std::uint64_t giga = std::uint64_t{1} << 30;
+    refused([&] { (void)mp::deserialize<std::vector<double>>(Bytes().length(giga).zeros(64)); });
+    refused([&] { (void)mp::deserialize<std::string>(Bytes().length(giga * 4).zeros(64)); });
+    refused([&] { (void)mp::deserialize<std::vector<std::vector<char>>>(Bytes().length(2).length(giga).zeros(64)); });
+    refused([&] { (void)mp::deserialize<std::unordered_map<int, int>>(Bytes().length(giga).zeros(64)); });
+    refused([&] { (void)mp::deserialize<std::vector<std::string>>(Bytes().length(giga).zeros(4096)); });
+    refused([&] { (void)mp::deserialize<std::deque<std::list<int>>>(Bytes().length(giga).zeros(4096)); });
+    refused([&] { (void)mp::deserialize<std::vector<Empty>>(Bytes().length(giga * giga)); });
+    refused([&] { (void)mp::deserialize<std::vector<std::tuple<>>>(Bytes().length(giga * giga)); });
+    refused([&] { (void)mp::deserialize<Node>(Bytes().length(giga).length(giga)); });
+  });
+  child.start();
+  child.join();
+  CHECK(child.exitcode() == 0);
+#endif
 }
 
 TEST_CASE("Random and mutated bytes decode or throw SerializationError, never anything else", "[serialize]") {
