@@ -8,6 +8,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -181,6 +184,22 @@ class unregistered_process : public mp::Process {
  protected:
   void run() override {}
 };
+
+void block_forever_and_report(pipe_end out, pipe_end never) {
+  ::signal(SIGTERM, SIG_DFL);
+  out.write(std::to_string(::getpid()) + "\n");
+  never.wait_for_release();
+  std::_Exit(3);  // only if the pipe was closed: the test then fails on the exit code
+}
+
+void start_blocked_grandchild(pipe_end out, pipe_end never, int method, bool daemon) {
+  ::signal(SIGTERM, SIG_DFL);
+  mp::Process grandchild({.daemon = daemon, .start_method = static_cast<mp::StartMethod>(method)},
+                         block_forever_and_report, out, never);
+  grandchild.start();
+  out.write(std::to_string(::getpid()) + "\n");
+  never.wait_for_release();
+}
 
 // The "library" whose lock another thread of the parent holds forever (a logger, an allocator arena).
 std::mutex& library_mutex() {
@@ -438,4 +457,85 @@ TEST_CASE("MP_START_METHOD chooses the default start method and a bad value is a
   CHECK_THROWS_WITH(mp::detail::default_start_method(), Contains("MP_START_METHOD=vfork") && Contains("forkserver"));
   ::unsetenv("MP_START_METHOD");
   CHECK(mp::detail::default_start_method() == mp::StartMethod::fork);
+}
+
+TEST_CASE("A child started by any method dies with its parent when the parent is killed", "[context]") {
+  forkserver_stopper stop;
+  const mp::StartMethod outer = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  const mp::StartMethod inner = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  const bool daemon = GENERATE(true, false);
+  INFO(method_name(outer) << " then " << method_name(inner) << (daemon ? " daemon" : " non-daemon"));
+  test_pipe out;
+  test_pipe never;
+  mp::Process middle({.start_method = outer}, start_blocked_grandchild, out.writer(), never.reader(),
+                     static_cast<int>(inner), daemon);
+  middle.start();
+  // Two lines: the grandchild's pid and the middle's, in either order.
+  std::vector<pid_t> pids;
+  std::string line;
+  char c;
+  while (pids.size() < 2 && ::read(out.reader().fd, &c, 1) == 1) {
+    if (c != '\n') {
+      line += c;
+    } else {
+      pids.push_back(static_cast<pid_t>(std::stol(line)));
+      line.clear();
+    }
+  }
+  REQUIRE(pids.size() == 2);
+  const pid_t grandchild = pids[0] == middle.pid() ? pids[1] : pids[0];
+  const int grandchild_fd = mp::detail::pidfd_open(grandchild);  // while its parent lives: not a reused pid
+  REQUIRE(grandchild_fd >= 0);
+  middle.kill();
+  middle.join();
+  CHECK(middle.exitcode() == -SIGKILL);
+  CHECK(readable_within(grandchild_fd, 30s));  // it ended: the runner (a subreaper) reaps it
+  ::close(grandchild_fd);
+}
+
+TEST_CASE("A malformed spawn request makes the child exit 1 with a message instead of crashing", "[context]") {
+  // The child is this test program, whose main() calls mp::init: it finds the marker and reads the request.
+  auto run_child = [](const std::string& marker, int inherit, std::string_view payload) {
+    int err[2];
+    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    ::posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
+    if (inherit >= 0) ::posix_spawn_file_actions_adddup2(&actions, inherit, inherit);
+    std::vector<char*> env;
+    std::string assignment = marker;
+    env.push_back(assignment.data());
+    env.push_back(nullptr);
+    char name[] = "context_test";
+    char* argv[] = {name, nullptr};
+    pid_t pid = 0;
+    REQUIRE(::posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv, env.data()) == 0);
+    ::posix_spawn_file_actions_destroy(&actions);
+    ::close(err[1]);
+    if (!payload.empty()) REQUIRE(::write(inherit + 1, payload.data(), payload.size()) == static_cast<ssize_t>(payload.size()));
+    std::string text;
+    char buffer[512];
+    for (ssize_t n; (n = ::read(err[0], buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<std::size_t>(n));
+    ::close(err[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return std::pair(status, text);
+  };
+  SECTION("a marker that is not a descriptor") {
+    auto [status, text] = run_child("MP_SPAWNED_CHILD=abc", -1, "");
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 1));
+    CHECK_THAT(text, Contains("malformed MP_SPAWNED_CHILD=abc"));
+  }
+  SECTION("garbage instead of a request") {
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    // pair[0] is the child's; the test writes garbage on pair[1] (numbered pair[0] + 1 here, checked below).
+    REQUIRE(pair[1] == pair[0] + 1);
+    auto [status, text] = run_child("MP_SPAWNED_CHILD=" + std::to_string(pair[0]), pair[0],
+                                    "this is not a request from an mp parent, but garbage bytes");
+    ::close(pair[0]);
+    ::close(pair[1]);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 1));
+    CHECK_THAT(text, Contains("malformed message header"));
+  }
 }
