@@ -505,7 +505,11 @@ class Pool {
 // ---------------------------------------------------------------------------------------------------------------
 
 inline Pool::Pool(PoolOptions options) {
-  detail::require_implemented(options.start_method.value_or(get_start_method()), "Pool");
+  const StartMethod method = options.start_method.value_or(get_start_method());
+  if (method != StartMethod::fork)
+    throw ProcessError("Pool: start method " + std::string(to_string(method)) +
+                       " is not supported by Pool yet; use StartMethod::fork (workers are then forked from a "
+                       "single-threaded factory process, which is what forkserver would give)");
   detail::pool_config config;
   config.processes = options.processes != 0 ? options.processes : std::max<std::size_t>(1, cpu_count());
   if (config.processes > 4096)
