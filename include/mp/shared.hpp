@@ -1,12 +1,10 @@
 // Value, RawValue, Array, RawArray: typed data in shared memory (Python's multiprocessing.Value, RawValue, Array,
 // RawArray), and SharedMemory: a named block any process can attach to (multiprocessing.shared_memory).
-// Value/Array are handles: copies, including those a child receives as arguments, see the same memory; value() and
-// operator[] are references into it. Value/Array carry an RLock (get_lock()); for arithmetic T, load/store/
-// fetch_add are lock-free atomics (std::atomic_ref) that need no lock at all.
-// Process safety: the memory is shared by every process holding a handle; plain reads and writes of value() race
-// like any shared variable — guard them with get_lock() or use the atomic members. Value/Array memory has no name
-// in /dev/shm (memfd), so nothing can leak there; SharedMemory names are unlinked by unlink() or, failing that,
-// once the creating process family is gone (docs/shared-memory.md).
+// Value/Array are handles: copies, including a child's arguments, see the same memory; value() and operator[] are
+// references into it; get_lock() is their RLock; for arithmetic T, fetch_add/load/store are lock-free atomics.
+// Process safety: plain reads and writes of value() race like any shared variable — guard them with get_lock() or
+// use the atomic members. Value/Array have no /dev/shm name (memfd); SharedMemory names are unlinked by unlink() or,
+// failing that, once the creating process family is gone (docs/shared-memory.md).
 #pragma once
 
 #include <fcntl.h>
