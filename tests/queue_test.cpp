@@ -534,6 +534,13 @@ TEST_CASE("close() refuses later put and get in this process; other processes an
   CHECK(finish(child) == 0);
   q.join_thread();  // Python compatibility: nothing to join
   q.cancel_join_thread();
+
+  mp::Queue<int> from;
+  mp::Queue<int> to = std::move(from);
+  CHECK(from.closed());
+  CHECK_THROWS_WITH(from.put(1), Catch::Contains("moved from"));
+  to.put(1);
+  CHECK(to.get() == 1);
 }
 
 TEST_CASE("JoinableQueue::join waits until task_done was called for every item", "[queue][joinable]") {

@@ -129,20 +129,28 @@ class Queue {
     return state.ring.maxsize() != 0 && state.ring.size() >= state.ring.maxsize();
   }
   /// The item bound given at construction (0: none).
-  [[nodiscard]] std::size_t maxsize() const noexcept { return state_->ring.maxsize(); }
+  [[nodiscard]] std::size_t maxsize() const { return live_state().ring.maxsize(); }
   /// The ring's size in bytes (QueueOptions::capacity_bytes after rounding).
-  [[nodiscard]] std::size_t capacity_bytes() const noexcept { return state_->ring.capacity(); }
+  [[nodiscard]] std::size_t capacity_bytes() const { return live_state().ring.capacity(); }
 
   /// This process will use the queue no more: later put/get on any copy here throw mp::Error. Other processes
   /// are unaffected and every item already put stays in the queue.
-  void close() noexcept { state_->closed = true; }
-  [[nodiscard]] bool closed() const noexcept { return state_->closed; }
+  void close() noexcept {
+    if (state_) state_->closed = true;
+  }
+  /// True after close() on any copy in this process (or for a moved-from handle).
+  [[nodiscard]] bool closed() const noexcept { return !state_ || state_->closed; }
   /// Python compatibility: there is no feeder thread to join, so these do nothing.
   void join_thread() noexcept {}
   void cancel_join_thread() noexcept {}
 
  protected:
+  detail::queue_state& live_state() const {
+    if (!state_) throw Error("Queue: this handle was moved from; use a copy of the queue instead");
+    return *state_;
+  }
   detail::queue_state& open_state(const char* operation) const {
+    live_state();
     if (state_->closed)
       throw Error(std::string(operation) + ": the queue is closed in this process (close() was called)");
     return *state_;
