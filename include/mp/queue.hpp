@@ -20,6 +20,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -279,7 +280,21 @@ template <class T>
 std::optional<T> Queue<T>::get_status(const detail::deadline& until, const char* operation,
                                       detail::ring_status& why) {
   auto& state = open_state(operation);
-  return state.ring.get([](std::span<const std::byte> bytes) { return deserialize<T>(bytes); }, until, why);
+  return state.ring.get(
+      [](std::span<const std::byte> bytes) -> T {
+        if constexpr (detail::is_bitwise_v<T> && std::is_default_constructible_v<T>) {
+          // Its serialized form is its bytes (see put_status): one memcpy out of the ring.
+          if (bytes.size() != sizeof(T))
+            throw SerializationError("Queue::get: an item of " + std::to_string(bytes.size()) + " bytes where a " +
+                                     std::to_string(sizeof(T)) + "-byte value was expected");
+          T value;
+          std::memcpy(static_cast<void*>(&value), bytes.data(), sizeof(T));
+          return value;
+        } else {
+          return deserialize<T>(bytes);
+        }
+      },
+      until, why);
 }
 
 template <class T>
