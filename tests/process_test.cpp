@@ -825,7 +825,8 @@ TEST_CASE("A child joins its own children when it ends and terminates its daemon
   SECTION("daemon grandchild: the child terminates it at exit(0)") {
     test_pipe out;
     test_pipe never;
-    mp::Process child([&out, &never] {
+    test_pipe go;
+    mp::Process child([&out, &never, &go] {
       test_pipe ready;
       auto* grandchild = new mp::Process({.daemon = true}, [&never, &ready] {
         default_signal_actions();
@@ -836,11 +837,13 @@ TEST_CASE("A child joins its own children when it ends and terminates its daemon
       grandchild->start();
       ready.wait_for_release();
       out.write(std::to_string(grandchild->pid()) + "\n");
+      go.wait_for_release();  // until the parent holds a pidfd of the grandchild
       std::exit(0);
     });
     child.start();
     const pid_t grandchild = std::stoi(out.read_line());
     const int pidfd = mp::detail::pidfd_open(grandchild);  // alive: it blocks on `never`, which we hold open
+    go.release();
     REQUIRE(pidfd >= 0);
     child.join();
     CHECK(child.exitcode() == 0);

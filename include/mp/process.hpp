@@ -610,6 +610,11 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
   std::cerr.flush();
   std::clog.flush();
 
+  detail::registry& reg = detail::the_registry();
+  // Held from socketpair() until the child's end is closed here: a fork-method start in another thread (which
+  // holds it across fork()) would otherwise copy that end into its child, and recv() below would not see end of
+  // file if our child died before answering.
+  std::unique_lock lock(reg.mutex);
   int pair[2];
   detail::sys("socketpair", state.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
   detail::unique_fd mine(pair[0]);
@@ -623,8 +628,6 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
   }
   theirs.reset();
   {
-    detail::registry& reg = detail::the_registry();
-    std::lock_guard lock(reg.mutex);
     detail::reap_finished_children_locked(reg);
     detail::register_exit_function_locked(reg);
     if (via_server) {
@@ -642,6 +645,7 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
       adopt_child_locked(state, forked.pid);
     }
   }
+  lock.unlock();
   try {
     detail::send_frame(mine.get(), bytes, outbox.fds, state.name.c_str());
   } catch (const Error&) {
