@@ -87,6 +87,7 @@ inline void report_unconsumed_marker() noexcept {
   static constexpr char message[] =
       "mp: this process was started by mp (start method spawn or forkserver) but main() returned without "
       "calling mp::init(argc, argv): make `mp::init(argc, argv);` the first line of main()\n";
+  std::fflush(nullptr);  // what the program printed is still shown (it did run)
   (void)!::write(STDERR_FILENO, message, sizeof message - 1);
   ::_exit(1);
 }
