@@ -190,12 +190,12 @@ class ring_buffer {
   bool wait_for_room(std::uint64_t end_position, const deadline& until);
   bool wait_below_maxsize(const deadline& until);
   bool reserve(std::size_t bytes, const deadline& until);
-  void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item);
+  void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item, bool wake_now = true);
   void put_streamed(std::span<const std::byte> payload);
 
   // Consumer side (consumers.mutex held).
   void recover_consumers();
-  void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item);
+  void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now = true);
   bool wait_for_record(std::uint64_t position, const deadline& until);
   void check_producer_alive();
 
@@ -209,6 +209,25 @@ class ring_buffer {
       futex_wake(word.seq);
     }
   }
+
+  // The last publish/commit of a put/get wakes the other side only after the mutex is released, and with a plain
+  // release store instead of a seq_cst one: the unlock between the store and the sleeper check supplies the
+  // store-load barrier the Dekker argument needs. That saves one locked instruction per put and per get (~20 ns
+  // here). Declared before the unlocker, so that it runs after it.
+  struct wake_after_unlock {
+    ring_wake_word* word = nullptr;
+    ~wake_after_unlock() {
+      if (word == nullptr) return;
+#if defined(__x86_64__) || defined(__i386__)
+      // pthread_mutex_unlock (robust) releases with an atomic exchange: a locked instruction, a full barrier on x86.
+      // The call is opaque to the compiler, which cannot move the sleeper check above it either.
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+#else
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+      wake(*word);
+    }
+  };
 
   ring_header* header_ = nullptr;
   std::byte* data_ = nullptr;
@@ -323,7 +342,8 @@ inline bool ring_buffer::reserve(std::size_t bytes, const deadline& until) {
 }
 
 // The record's payload is already in place at the tail (after its header slot); room was reserved.
-inline void ring_buffer::publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item) {
+inline void ring_buffer::publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item,
+                                 bool wake_now) {
   auto& p = header_->producers;
   const auto tail = p.tail.load(std::memory_order_relaxed);
   const auto next = tail + (kind == record_kind::wrap ? length + 8 : record_size(length));
@@ -334,12 +354,13 @@ inline void ring_buffer::publish(record_kind kind, std::size_t length, bool coun
   p.journal.count.store(count, std::memory_order_relaxed);
   p.journal.in_item.store(in_item, std::memory_order_relaxed);
   p.journal.valid.store(1, std::memory_order_release);
-  slot(tail).store(record_header(kind, length), std::memory_order_seq_cst);  // the publication
+  // The publication. seq_cst when the sleeper check follows at once; otherwise see wake_after_unlock.
+  slot(tail).store(record_header(kind, length), wake_now ? std::memory_order_seq_cst : std::memory_order_release);
   p.tail.store(next, std::memory_order_relaxed);
   p.put_count.store(count, std::memory_order_release);
   p.in_item.store(in_item, std::memory_order_relaxed);
   p.journal.valid.store(0, std::memory_order_release);
-  wake(header_->data_ready);
+  if (wake_now) wake(header_->data_ready);
 }
 
 inline void ring_buffer::put_streamed(std::span<const std::byte> payload) {
@@ -377,6 +398,7 @@ inline void ring_buffer::put_streamed(std::span<const std::byte> payload) {
 inline ring_status ring_buffer::put(std::span<const std::byte> payload, const deadline& until) {
   auto& p = header_->producers;
   if (!p.mutex.try_lock_until(until)) return ring_status::busy;
+  wake_after_unlock wake_consumer;
   struct unlocker {
     robust_mutex& m;
     ~unlocker() {
@@ -395,7 +417,8 @@ inline ring_status ring_buffer::put(std::span<const std::byte> payload, const de
     if (!reserve(bytes, until)) return ring_status::full_bytes;
     const auto tail = p.tail.load(std::memory_order_relaxed);
     if (!payload.empty()) std::memcpy(at(tail + 8), payload.data(), payload.size());
-    publish(record_kind::whole, payload.size(), true, 0);
+    publish(record_kind::whole, payload.size(), true, 0, false);
+    wake_consumer.word = &header_->data_ready;
     return ring_status::ok;
   }
   // Only the start of a streamed item honours the deadline: room for its first chunk.
@@ -417,7 +440,7 @@ inline void ring_buffer::recover_consumers() {
   header_->data_ready.sleeping.store(0, std::memory_order_seq_cst);
 }
 
-inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item) {
+inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now) {
   auto& c = header_->consumers;
   c.journal.index.store(head, std::memory_order_relaxed);
   c.journal.count.store(count, std::memory_order_relaxed);
@@ -425,9 +448,10 @@ inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::ui
   c.journal.valid.store(1, std::memory_order_release);
   c.in_item.store(in_item, std::memory_order_relaxed);
   c.get_count.store(count, std::memory_order_release);
-  c.head.store(head, std::memory_order_seq_cst);  // frees the room (and orders the sleeper check below)
+  // Frees the room. seq_cst when the sleeper check follows at once; otherwise see wake_after_unlock.
+  c.head.store(head, wake_now ? std::memory_order_seq_cst : std::memory_order_release);
   c.journal.valid.store(0, std::memory_order_release);
-  wake(header_->space_ready);
+  if (wake_now) wake(header_->space_ready);
 }
 
 inline bool ring_buffer::wait_for_record(std::uint64_t position, const deadline& until) {
@@ -459,6 +483,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     why = ring_status::busy;
     return std::nullopt;
   }
+  wake_after_unlock wake_producer;
   struct unlocker {
     robust_mutex& m;
     ~unlocker() {
@@ -505,8 +530,9 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
         struct committer {
           ring_buffer& ring;
           std::uint64_t head, taken;
-          ~committer() { ring.commit(head, taken + 1, 0); }
+          ~committer() { ring.commit(head, taken + 1, 0, false); }
         } commit_on_exit{*this, head + record_size(length), taken};
+        wake_producer.word = &header_->space_ready;
         return std::optional<result_type>(consume(std::span<const std::byte>(payload, length)));
       }
       case record_kind::first: {
@@ -544,8 +570,9 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
         struct committer {
           ring_buffer& ring;
           std::uint64_t head, taken;
-          ~committer() { ring.commit(head, taken + 1, 0); }
+          ~committer() { ring.commit(head, taken + 1, 0, false); }
         } commit_on_exit{*this, head + record_size(length), taken};
+        wake_producer.word = &header_->space_ready;
         return std::optional<result_type>(consume(std::span<const std::byte>(item.get(), item_filled)));
       }
       case record_kind::abort:
