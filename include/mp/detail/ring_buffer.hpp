@@ -14,8 +14,10 @@
 // Concurrency: producers serialize on producers.mutex, consumers on consumers.mutex (robust mutexes); a producer
 // and a consumer run in parallel, like an SPSC ring. Whoever waits (a producer for space, a consumer for data) holds
 // its side's mutex while waiting, so at most one process sleeps on each wake-up word; the others sleep on the mutex.
-// Waits spin for a few µs, then sleep on a futex; the other side issues a futex wake only when a sleeper has
-// raised its flag (Dekker: raise flag then re-check, against store then check flag, all seq_cst), once per sleep.
+// Waits spin (tightly for ~2 µs, then yielding the CPU between looks, ~20 µs in all), then sleep on a futex; the
+// other side issues a futex wake only when a sleeper has raised its flag, once per sleep (Dekker: raise flag then
+// re-check, against store then check flag; the store-load barrier is a seq_cst store, or for the last store of a
+// put or get the mutex release that follows it, see wake_after_unlock).
 //
 // Items larger than capacity/4 stream through the ring as chunks (first, middle..., last); a producer holds its
 // mutex for the whole item, so chunks of two items never interleave.
