@@ -308,6 +308,35 @@ TEST_CASE("LockProxy gives mutual exclusion across processes and is released whe
   lock.release();
 }
 
+TEST_CASE("A lock is released when its holder dies even while the holder's own children live on", "[manager]") {
+  mp::Manager manager;
+  auto lock = manager.lock();
+  auto ready = manager.event();
+  int gate[2];
+  REQUIRE(::pipe(gate) == 0);
+  mp::Process holder([lock, ready, gate] {
+    lock.acquire();
+    if (::fork() == 0) {  // a grandchild that never uses the manager and outlives the holder
+      ::close(gate[1]);
+      char byte;
+      while (::read(gate[0], &byte, 1) > 0) {
+      }
+      ::_exit(0);
+    }
+    ready.set();
+    ::pause();
+  });
+  holder.start();
+  ::close(gate[0]);
+  ready.wait();
+  holder.kill();
+  holder.join();
+  // The grandchild closed its inherited copy of the holder's connection at fork, so the server saw the holder go.
+  REQUIRE(lock.acquire(10s));
+  lock.release();
+  ::close(gate[1]);  // lets the grandchild exit
+}
+
 TEST_CASE("RLockProxy is re-entrant and owned by the acquiring process", "[manager]") {
   mp::Manager manager;
   auto rlock = manager.rlock();

@@ -91,12 +91,33 @@ struct ManagerOptions {
 
 namespace detail {
 
+class manager_client;
+
+/// Every manager_client alive in this process, so that a forked child can close its copies of their connections.
+struct live_manager_clients {
+  std::mutex mutex;
+  std::vector<manager_client*> clients;  // guarded by mutex
+};
+inline live_manager_clients& the_live_manager_clients() {
+  static auto* live = new live_manager_clients;  // never destroyed: usable from atfork handlers during exit
+  return *live;
+}
+
+inline void close_inherited_connections() noexcept;
+
 /// Counts forks in this process's history: a child sees a different value than its parent had, which is how a
-/// proxy notices it runs in a new process (cheaper than a getpid() system call on every call).
+/// proxy notices it runs in a new process (cheaper than a getpid() system call on every call). In the child, the
+/// inherited copies of the parent's connections are closed at once, so the server sees the parent hang up when it
+/// dies even while children live (its locks are released then).
 inline std::uint64_t fork_generation() {
   static std::atomic<std::uint64_t> generation{0};
   static std::once_flag registered;
-  std::call_once(registered, [] { ::pthread_atfork(nullptr, nullptr, [] { generation.fetch_add(1); }); });
+  std::call_once(registered, [] {
+    ::pthread_atfork(nullptr, nullptr, [] {
+      generation.fetch_add(1);
+      close_inherited_connections();
+    });
+  });
   return generation.load(std::memory_order_relaxed);
 }
 
@@ -105,7 +126,29 @@ inline std::uint64_t fork_generation() {
 class manager_client {
  public:
   manager_client(manager_endpoint endpoint, std::string authkey)
-      : endpoint_(std::move(endpoint)), authkey_(std::move(authkey)), generation_(fork_generation()) {}
+      : endpoint_(std::move(endpoint)), authkey_(std::move(authkey)), generation_(fork_generation()) {
+    auto& live = the_live_manager_clients();
+    std::lock_guard guard(live.mutex);
+    live.clients.push_back(this);
+  }
+  ~manager_client() {
+    auto& live = the_live_manager_clients();
+    std::lock_guard guard(live.mutex);
+    std::erase(live.clients, this);
+  }
+  manager_client(const manager_client&) = delete;
+  manager_client& operator=(const manager_client&) = delete;
+
+  /// In a forked child: closes the descriptors of the parent's connections (the objects go on the next call).
+  /// try_lock: a mutex held by a parent thread at fork time stays locked forever in the child; then the
+  /// connections are left to the next call's check.
+  void abandon_connections() noexcept {
+    if (!mutex_.try_lock()) return;
+    for (auto& [thread, connection] : connections_) {
+      if (connection) connection->abandon();
+    }
+    mutex_.unlock();
+  }
 
   /// This thread's connection, connecting (and authenticating) if needed.
   manager_connection& connection() {
@@ -155,6 +198,13 @@ class manager_client {
   std::uint64_t generation_;  // guarded by mutex_
   std::unordered_map<std::thread::id, std::unique_ptr<manager_connection>> connections_;  // guarded by mutex_
 };
+
+inline void close_inherited_connections() noexcept {
+  auto& live = the_live_manager_clients();
+  if (!live.mutex.try_lock()) return;
+  for (auto* client : live.clients) client->abandon_connections();
+  live.mutex.unlock();
+}
 
 /// A readable, stable spelling of T for type checks between programs ("std::string" rather than its expansion).
 template <class T>

@@ -151,6 +151,8 @@ class manager_connection {
   }
 
   int fd() const noexcept { return fd_.get(); }
+  /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
+  void abandon() noexcept { fd_.reset(); }
 
  private:
   void handshake(const std::string& authkey) {
