@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -709,11 +710,9 @@ TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") 
   pid_t server = ::fork();
   if (server == 0) {
     ::close(ready[0]);
-    // A dedicated server program: Manager::serve_forever in this process. Readiness: the socket file exists
-    // once bind() ran; the pipe tells the parent that listen() is imminent and connect() queues before accept.
-    std::thread([fd = ready[1]] {
-      ::close(fd);
-    }).detach();
+    // A dedicated server program: Manager::serve_forever in this process. The pipe closing tells the parent that
+    // the server is about to bind; the parent retries connect() until the socket exists.
+    ::close(ready[1]);
     try {
       mp::Manager::serve_forever({.address = address, .authkey = key});
     } catch (...) {
@@ -825,4 +824,13 @@ TEST_CASE("serve_forever() serves until SIGTERM, then shuts the server down and 
   server_owner.join();
   REQUIRE(server_owner.exitcode() == 0);
   REQUIRE_THROWS_WITH(shared.get("answer"), Catch::Contains("closed the connection"));
+}
+
+TEST_CASE("A manager created on a thread that ends keeps serving", "[manager]") {
+  std::optional<mp::Manager> manager;
+  std::thread([&] { manager.emplace(); }).join();  // the server watches the owner process, not the thread
+  auto d = manager->dict<int, int>();
+  d.set(1, 2);
+  run_child([d] { d.set(2, d.get(1, 0) + 1); });
+  REQUIRE(d.get(2) == 3);
 }
