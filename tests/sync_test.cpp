@@ -883,16 +883,16 @@ TEST_CASE("Synchronization objects created in a forked child never overlap the p
 namespace {
 
 void spawned_sync_worker(mp::Lock lock, mp::RLock rlock, mp::Semaphore semaphore, mp::Event event,
-                         mp::Condition condition, mp::Barrier barrier, mp::RawValue<int> counter,
+                         mp::Condition condition, mp::Barrier barrier, mp::RawArray<int> counters,
                          mp::RawValue<int> notified) {
   for (int i = 0; i < 1000; ++i) {
     std::lock_guard guard(lock);
-    counter.value() += 1;
+    counters[0] += 1;
   }
   for (int i = 0; i < 1000; ++i) {
     std::lock_guard outer(rlock);
     std::lock_guard inner(rlock);
-    counter.value() += 1;
+    counters[1] += 1;
   }
   barrier.wait();
   semaphore.release();
@@ -912,17 +912,21 @@ TEST_CASE("Synchronization objects cross to children started by spawn and forkse
   mp::Event event;
   mp::Condition condition;
   mp::Barrier barrier(3, {}, 10s);
-  mp::RawValue<int> counter(0);
+  mp::RawArray<int> counters(2);  // [0] guarded by lock, [1] by rlock
   mp::RawValue<int> notified(0);
   std::vector<mp::Process> children;
   for (int i = 0; i < 2; ++i) {
     children.emplace_back(mp::ProcessOptions{.start_method = method}, spawned_sync_worker, lock, rlock, semaphore,
-                          event, condition, barrier, counter, notified);
+                          event, condition, barrier, counters, notified);
     children.back().start();
   }
-  for (int i = 0; i < 2000; ++i) {
-    std::lock_guard guard(i % 2 ? static_cast<mp::Lock&>(lock) : lock);
-    counter.value() += 1;
+  for (int i = 0; i < 1000; ++i) {
+    {
+      std::lock_guard guard(lock);
+      counters[0] += 1;
+    }
+    std::lock_guard guard(rlock);
+    counters[1] += 1;
   }
   CHECK(barrier.wait() >= 0);
   CHECK(semaphore.acquire(10s));
@@ -933,7 +937,8 @@ TEST_CASE("Synchronization objects cross to children started by spawn and forkse
     CHECK(condition.wait_for([&] { return notified.value() == 2; }, 10s));
   }
   for (auto& child : children) CHECK(finish(child) == 0);
-  CHECK(counter.value() == 6000);
+  CHECK(counters[0] == 3000);
+  CHECK(counters[1] == 3000);
 }
 
 TEST_CASE("A Barrier with an action refuses to cross to a spawned child", "[spawn]") {
