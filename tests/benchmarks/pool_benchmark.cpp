@@ -3,9 +3,13 @@
 // chunksize=1, 326 us per sequential apply).
 //   map overhead      pool.map(trivial, 1M ints) wall time / 1M, auto chunksize and chunksize=1
 //   apply round trip  sequential pool.apply(trivial) vs a std::thread ping-pong through a mutex + condvar
+//   failure handling  SIGKILL of a busy worker -> WorkerLost raised by get(); a 50 ms task_timeout -> TimeoutError
 //   CPU-bound         sum of squares split into `processes` equal parts: serial, one std::thread per part,
 //                     pool.map over the parts (pool already running); speedup ratio pool / threads
 // Every figure is the best of several trials (the machine is shared). Usage: pool_benchmark [--quick]
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -95,6 +99,8 @@ int main(int argc, char** argv) {
   mp::init(argc, argv);
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const int trials = quick ? 2 : 5;
+  int fds[2];  // before the Pool, so the workers inherit it: the failure test's victim reports its pid here
+  if (::pipe(fds) != 0) return 1;
   mp::Pool pool;
   const std::size_t processes = pool.processes();
   std::printf("mp::Pool benchmark: %zu worker processes, best of %d trials\n\n", processes, trials);
@@ -142,6 +148,43 @@ int main(int argc, char** argv) {
               326.0 / async_rt);
   std::printf("  pool.apply / thread ping-pong = %.2fx; %s target\n\n", apply_rt / thread_rt,
               apply_rt <= 5.0 ? "meets" : "MISSES");
+
+  // ---- failure detection ----
+  {
+    const int report_fd = fds[1];
+    double worst_ms = 0;
+    for (int round = 0; round < 5; ++round) {
+      auto victim = pool.apply_async([report_fd] {
+        const int pid = ::getpid();
+        if (::write(report_fd, &pid, sizeof pid) != sizeof pid) return 1;
+        for (;;) ::pause();
+      });
+      int pid = 0;
+      if (::read(fds[0], &pid, sizeof pid) != sizeof pid) return 1;
+      const auto killed = clock_type::now();
+      ::kill(pid, SIGKILL);
+      try {
+        (void)victim.get();
+      } catch (const mp::WorkerLost&) {
+      }
+      worst_ms = std::max(worst_ms, std::chrono::duration<double, std::milli>(clock_type::now() - killed).count());
+    }
+    ::close(fds[0]);
+    ::close(fds[1]);
+    auto late = pool.apply_async(mp::TaskOptions{.timeout = std::chrono::milliseconds(50)}, [] {
+      for (;;) ::pause();
+      return 0;
+    });
+    const auto submitted = clock_type::now();
+    try {
+      (void)late.get();
+    } catch (const mp::TimeoutError&) {
+    }
+    const double timeout_ms = std::chrono::duration<double, std::milli>(clock_type::now() - submitted).count();
+    std::printf("%-40s %12s %12s\n", "failure handling", "ms", "target");
+    std::printf("%-40s %12.2f %12s\n", "  SIGKILL -> WorkerLost in get() (worst of 5)", worst_ms, "<= 100");
+    std::printf("%-40s %12.2f %12s\n\n", "  task_timeout 50 ms -> TimeoutError", timeout_ms, "~50");
+  }
 
   // ---- CPU-bound speedup, same split ----
   const u64 total = quick ? 100'000'000ULL : 600'000'000ULL;
