@@ -119,8 +119,8 @@ class manager_store {
       held_.erase(held);
       for (auto id : ids) {
         auto& lock = std::get<lock_state>(objects_.at(id).state);
-        if (lock.owner == client) {
-          lock.owner = 0, lock.count = 0;
+        if (lock.held && lock.owner == client) {
+          lock.held = false, lock.owner = 0, lock.count = 0;
           pump_lock(id, lock, out);
         }
       }
@@ -164,9 +164,10 @@ class manager_store {
   };
   struct lock_state {  // Lock, RLock and a Condition's (re-entrant) lock
     bool reentrant = false;
-    std::uint64_t owner = 0;  // client holding it, 0 if free
+    std::uint64_t owner = 0;  // the client holding it, while held (any id, 0 included, is a valid client)
     std::uint32_t count = 0;
     std::deque<waiter> waiters, cond_waiters;
+    bool held = false;
   };
   struct semaphore_state {
     std::int64_t value = 0;
@@ -548,7 +549,7 @@ class manager_store {
 
   // ---- Lock, RLock, Condition ----------------------------------------------------------------------------------
   void take(std::uint64_t client, std::uint64_t id, lock_state& l, std::uint32_t count) {
-    l.owner = client, l.count = count;
+    l.held = true, l.owner = client, l.count = count;
     held_[client].insert(id);
   }
   void drop_hold(std::uint64_t client, std::uint64_t id) {
@@ -558,7 +559,7 @@ class manager_store {
     }
   }
   void pump_lock(std::uint64_t id, lock_state& l, std::vector<reply>& out) {
-    if (l.owner != 0 || l.waiters.empty()) return;
+    if (l.held || l.waiters.empty()) return;
     auto w = std::move(l.waiters.front());
     l.waiters.pop_front();
     unpark(w.client);
@@ -573,11 +574,11 @@ class manager_store {
       case p::lock_acquire: {
         auto timeout = in.i64();
         in.expect_end();
-        if (l.owner == 0 && l.waiters.empty()) {
+        if (!l.held && l.waiters.empty()) {
           take(client, id, l, 1);
           return out.push_back({client, ok_flag(true)});
         }
-        if (l.reentrant && l.owner == client) {
+        if (l.reentrant && l.held && l.owner == client) {
           ++l.count;
           return out.push_back({client, ok_flag(true)});
         }
@@ -588,33 +589,33 @@ class manager_store {
       }
       case p::lock_release: {
         in.expect_end();
-        if (l.owner == 0) return out.push_back({client, error("release of an unlocked manager lock")});
+        if (!l.held) return out.push_back({client, error("release of an unlocked manager lock")});
         if (l.reentrant && l.owner != client) {
           return out.push_back({client, error("cannot release a manager RLock or Condition held by another process or thread")});
         }
         if (l.reentrant && --l.count > 0) return out.push_back({client, ok()});
         drop_hold(l.owner, id);
-        l.owner = 0, l.count = 0;
+        l.held = false, l.owner = 0, l.count = 0;
         out.push_back({client, ok()});
         return pump_lock(id, l, out);
       }
       case p::condition_wait: {
         auto timeout = in.i64();
         in.expect_end();
-        if (l.owner != client) return out.push_back({client, error("cannot wait on a manager Condition without holding its lock")});
+        if (!l.held || l.owner != client) return out.push_back({client, error("cannot wait on a manager Condition without holding its lock")});
         auto deadline = deadline_of(timeout, now);
         auto w = entry(client, deadline);
         w.count = l.count, w.condition = true;
         l.cond_waiters.push_back(std::move(w));
         drop_hold(client, id);
-        l.owner = 0, l.count = 0;
+        l.held = false, l.owner = 0, l.count = 0;
         park(client, id, deadline);
         return pump_lock(id, l, out);
       }
       case p::condition_notify: {
         auto n = in.u32();
         in.expect_end();
-        if (l.owner != client) return out.push_back({client, error("cannot notify a manager Condition without holding its lock")});
+        if (!l.held || l.owner != client) return out.push_back({client, error("cannot notify a manager Condition without holding its lock")});
         for (std::uint32_t i = 0; i < n && !l.cond_waiters.empty(); ++i) {
           auto w = std::move(l.cond_waiters.front());
           l.cond_waiters.pop_front();
