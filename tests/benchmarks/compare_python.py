@@ -258,7 +258,7 @@ def fmt(v):
         return f"{v:.0f}"
     if v >= 10:
         return f"{v:.1f}"
-    return f"{v:.2f}"
+    return f"{v:.3g}"  # three significant digits: 0.0047 us/item must not print as 0.00
 
 
 def main():
