@@ -226,7 +226,13 @@ TEST_CASE("Pool::apply runs lambdas with trivially copyable captures and seriali
   CHECK(pool.apply([] { return ::getpid(); }) != ::getpid());
   CHECK(pool.apply(scaled{"x=", 3}, 14) == "x=42");
   CHECK(pool.apply([](const std::string& s, std::vector<int> v) { return s + std::to_string(v.size()); }, "n", std::vector<int>(5)) == "n5");
+  CHECK(pool.map(square, {1, 2, 3}) == std::vector<int>{1, 4, 9});  // a braced list, as Python's [1, 2, 3]
+  std::vector<int> from_list;
+  for (int x : pool.imap(square, {4, 5})) from_list.push_back(x);
+  CHECK(from_list == std::vector<int>{16, 25});
   pool.apply([](int) {}, 1);  // void
+  pool.map([](int) {}, numbers(0, 100), 7);
+  pool.map_async([](int) {}, numbers(0, 100)).get();
   auto done = pool.apply_async([](int) {}, 1);
   done.get();
   CHECK(done.successful());

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -289,7 +290,7 @@ class [[nodiscard]] AsyncResult {
 /// The lazy result sequence of imap (Ordered) / imap_unordered: an input range; use it in a range-for.
 /// Input is pulled as results are consumed, with at most 4 chunks per worker in flight or waiting.
 template <class F, class V, class E, bool Ordered>
-class IMapIterator {
+class [[nodiscard]] IMapIterator {
   struct state;
 
  public:
@@ -480,6 +481,24 @@ class Pool {
   template <class F, std::ranges::input_range Range>
   auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
     return make_imap<false>(std::move(f), std::forward<Range>(range), chunksize);
+  }
+
+  /// Braced lists, as Python's literal lists: `pool.map(f, {1, 2, 3})` (copied, so imap over one is safe).
+  template <class F, class T>
+  auto map(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
+    return map(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto map_async(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
+    return map_async(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto imap(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
+    return imap(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto imap_unordered(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
+    return imap_unordered(std::move(f), std::vector<T>(items), chunksize);
   }
 
   /// No new work; what was submitted still runs.
