@@ -27,7 +27,9 @@
 #include <thread>
 #include <vector>
 
+#include <mp/connection.hpp>
 #include <mp/process.hpp>
+#include <mp/queue.hpp>
 
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
@@ -199,6 +201,17 @@ void start_blocked_grandchild(pipe_end out, pipe_end never, int method, bool dae
   grandchild.start();
   out.write(std::to_string(::getpid()) + "\n");
   never.wait_for_release();
+}
+
+void echo_through_handles(mp::Queue<int> numbers, mp::Connection<std::string> connection,
+                          mp::JoinableQueue<std::string> tasks, mp::SimpleQueue<std::vector<double>> results,
+                          mp::Connection<std::string> same_connection) {
+  numbers.put(numbers.get() + 1);
+  connection.send("echo " + connection.recv());
+  same_connection.send("again");
+  const std::string task = tasks.get();
+  tasks.task_done();
+  results.put(std::vector<double>(task.size(), 0.5));
 }
 
 // The "library" whose lock another thread of the parent holds forever (a logger, an allocator arena).
@@ -538,4 +551,40 @@ TEST_CASE("A malformed spawn request makes the child exit 1 with a message inste
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 1));
     CHECK_THAT(text, Contains("malformed message header"));
   }
+}
+
+TEST_CASE("Queue and JoinableQueue and SimpleQueue and Connection cross to children of every start method",
+          "[context]") {
+  forkserver_stopper stop;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  mp::Queue<int> numbers;
+  auto [mine, theirs] = mp::Pipe<std::string>();
+  mp::JoinableQueue<std::string> tasks;
+  mp::SimpleQueue<std::vector<double>> results;
+  numbers.put(41);
+  tasks.put("three");
+  mp::Process p({.start_method = method}, echo_through_handles, numbers, theirs, tasks, results, theirs);
+  p.start();
+  theirs.close();  // the child has its own copy
+  mine.send("hello");
+  CHECK(mine.recv() == "echo hello");
+  CHECK(mine.recv() == "again");
+  CHECK(tasks.join(30s));
+  CHECK(results.get() == std::vector<double>{0.5, 0.5, 0.5, 0.5, 0.5});
+  p.join();
+  CHECK(p.exitcode() == 0);
+  CHECK(numbers.get() == 42);
+  CHECK_THROWS_AS(mine.recv(), mp::EOFError);  // the child's end closed when it exited
+}
+
+TEST_CASE("A Queue or Connection cannot travel inside a Queue item or plain bytes", "[context]") {
+  mp::Queue<int> queue;
+  auto [a, b] = mp::Pipe<int>();
+  CHECK_THROWS_WITH(mp::serialize(queue), Contains("Queue is a handle") && Contains("Process"));
+  CHECK_THROWS_WITH(mp::serialize(a), Contains("Connection is a handle"));
+  a.close();
+  mp::detail::fd_outbox outbox;
+  mp::detail::fd_outbox_scope scope(outbox);
+  CHECK_THROWS_WITH(mp::serialize(a), Contains("closed"));
 }

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include <mp/detail/futex.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/syscall.hpp>
@@ -206,6 +207,45 @@ class Connection {
   [[nodiscard]] int fileno() const;
   /// True for copies of the same end.
   friend bool operator==(const Connection& a, const Connection& b) noexcept { return a.state_ == b.state_; }
+
+  /// How a Connection crosses to a Process started by spawn or forkserver: its descriptor and its shared locks'
+  /// memory travel along (detail/handle_transfer.hpp). Anywhere else it throws SerializationError.
+  void save(detail::output_archive& ar) const {
+    const int fd = state_ ? state_->fd.get() : -1;
+    const std::uint32_t fd_index = detail::export_fd(fd, "Connection");
+    const std::uint32_t segment_index = detail::export_fd(state_->segment->fd(), "Connection");
+    auto* shared = static_cast<detail::connection_shared*>(state_->segment->data());
+    auto direction_index = [shared](const detail::connection_direction* direction) {
+      return static_cast<std::int8_t>(direction ? direction - shared->direction : -1);
+    };
+    ar(fd_index, segment_index, static_cast<std::uint8_t>(state_->kind), direction_index(state_->outgoing),
+       direction_index(state_->incoming));
+  }
+  /// In a spawned child: the same end of the same Pipe.
+  void load(detail::input_archive& ar) {
+    std::uint32_t fd_index = 0, segment_index = 0;
+    std::uint8_t kind = 0;
+    std::int8_t outgoing = -1, incoming = -1;
+    ar(fd_index, segment_index, kind, outgoing, incoming);
+    auto valid = [](std::int8_t index) { return index >= -1 && index <= 1; };
+    if (kind > 1 || !valid(outgoing) || !valid(incoming)) {
+      throw SerializationError("mp::deserialize: a Connection with kind " + std::to_string(kind) + " and directions " +
+                               std::to_string(outgoing) + "/" + std::to_string(incoming) + " is malformed");
+    }
+    auto state = std::make_shared<detail::connection_state>();
+    state->fd = detail::import_fd(fd_index, "Connection");
+    state->kind = static_cast<detail::fd_kind>(kind);
+    state->segment = std::make_shared<detail::shm_segment>(
+        detail::shm_segment::from_fd(detail::import_fd(segment_index, "Connection"), "mp-pipe (received)"));
+    if (state->segment->size() < sizeof(detail::connection_shared)) {
+      throw SerializationError("mp::deserialize: a Connection's shared block is " +
+                               std::to_string(state->segment->size()) + " bytes, too small");
+    }
+    auto* shared = static_cast<detail::connection_shared*>(state->segment->data());
+    state->outgoing = outgoing < 0 ? nullptr : &shared->direction[outgoing];
+    state->incoming = incoming < 0 ? nullptr : &shared->direction[incoming];
+    state_ = std::move(state);
+  }
 
  private:
   friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool duplex);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include <mp/detail/futex.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/ring_buffer.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/timeout.hpp>
@@ -68,6 +69,25 @@ inline std::shared_ptr<queue_state> make_queue_state(const QueueOptions& options
   state->ring = ring_buffer(base);
   state->extra = new (base + ring_buffer::header_bytes + capacity) queue_extra();
   state->extra->joinable.store(joinable ? 1 : 0, std::memory_order_relaxed);
+  return state;
+}
+
+// A spawned child's view of a queue whose ring arrived as a descriptor (Queue::load).
+inline std::shared_ptr<queue_state> attach_queue_state(unique_fd fd) {
+  auto state = std::make_shared<queue_state>();
+  state->segment = shm_segment::from_fd(std::move(fd), "mp-queue (received)");
+  auto* base = static_cast<std::byte*>(state->segment.data());
+  if (state->segment.size() < ring_buffer::header_bytes + sizeof(queue_extra)) {
+    throw SerializationError("mp::deserialize: a Queue's shared block is " + std::to_string(state->segment.size()) +
+                             " bytes, too small for a queue");
+  }
+  state->ring = ring_buffer(base);
+  const std::size_t capacity = state->ring.capacity();
+  if (capacity > state->segment.size() - ring_buffer::header_bytes - sizeof(queue_extra)) {
+    throw SerializationError("mp::deserialize: a Queue's ring claims " + std::to_string(capacity) +
+                             " bytes but its block holds " + std::to_string(state->segment.size()));
+  }
+  state->extra = reinterpret_cast<queue_extra*>(base + ring_buffer::header_bytes + capacity);
   return state;
 }
 
@@ -145,6 +165,16 @@ class Queue {
   void join_thread() noexcept {}
   void cancel_join_thread() noexcept {}
 
+  /// How a Queue crosses to a Process started by spawn or forkserver: its ring's descriptor travels along
+  /// (detail/handle_transfer.hpp). As in Python, a Queue cannot travel through another Queue: that throws.
+  void save(detail::output_archive& ar) const { ar(detail::export_fd(live_state().segment.fd(), "Queue")); }
+  /// In a spawned child: the same queue.
+  void load(detail::input_archive& ar) {
+    std::uint32_t index = 0;
+    ar(index);
+    state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"));
+  }
+
  protected:
   detail::queue_state& live_state() const {
     if (!state_) throw Error("Queue: this handle was moved from; use a copy of the queue instead");
@@ -206,6 +236,9 @@ class SimpleQueue {
   [[nodiscard]] T get() { return queue_.get(); }
   /// True if no item is waiting.
   [[nodiscard]] bool empty() const { return queue_.empty(); }
+  /// How a SimpleQueue crosses to a Process started by spawn or forkserver (as Queue).
+  void save(detail::output_archive& ar) const { queue_.save(ar); }
+  void load(detail::input_archive& ar) { queue_.load(ar); }
   /// This process will use the queue no more (later put/get here throw mp::Error).
   void close() noexcept { queue_.close(); }
 
