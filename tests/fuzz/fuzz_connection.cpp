@@ -63,7 +63,7 @@ void drain(const std::uint8_t* data, std::size_t size, unsigned modes) {
   auto in = stream_of<T>(data, size);
   std::size_t out_bytes = 0;
   outcome last = outcome::more;
-  for (unsigned i = 0; i < 100000 && last == outcome::more; ++i) {
+  for (unsigned i = 0; i < 256 && last == outcome::more; ++i) {  // more frames add time, not coverage
     last = receive_one(in, (modes >> (2 * (i % 3))) & 3u, out_bytes);
     if (out_bytes > size) std::abort();  // nothing comes out that did not go in
   }
