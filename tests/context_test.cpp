@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <future>
 #include <mutex>
 #include <stdexcept>
@@ -587,4 +588,32 @@ TEST_CASE("A Queue or Connection cannot travel inside a Queue item or plain byte
   mp::detail::fd_outbox outbox;
   mp::detail::fd_outbox_scope scope(outbox);
   CHECK_THROWS_WITH(mp::serialize(a), Contains("closed"));
+}
+
+TEST_CASE("active_children and the repr and close work for children of every start method", "[context]") {
+  forkserver_stopper stop;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  test_pipe release;
+  mp::Process a({.name = "A", .daemon = true, .start_method = method}, wait_for_release, release.reader());
+  mp::Process b({.name = "B", .start_method = method}, wait_for_release, release.reader());
+  a.start();
+  b.start();
+  std::vector<mp::Process*> running = mp::active_children();
+  CHECK(running.size() == 2);
+  CHECK(std::count(running.begin(), running.end(), &a) == 1);
+  std::ostringstream text;
+  text << a;
+  CHECK(text.str() == "<Process name='A' pid=" + std::to_string(a.pid()) + " parent=" + std::to_string(::getpid()) +
+                          " started daemon>");
+  CHECK_THROWS_AS(b.close(), mp::ProcessError);  // still running
+  release.release(2);
+  a.join();
+  b.join();
+  CHECK(mp::active_children().empty());
+  b.close();
+  CHECK_THROWS_AS(b.exitcode(), mp::ProcessError);
+  std::ostringstream closed;
+  closed << b;
+  CHECK_THAT(closed.str(), Contains("closed"));
 }
