@@ -55,7 +55,8 @@ void* shared_alloc(std::size_t size) {
 }
 
 // Forks one process per body, lines them up, and returns the seconds from "go" until every consumer is done.
-double run_processes(const std::vector<std::function<void(control&)>>& bodies, int consumers) {
+// Exits if the consumers did not take exactly `items` items between them (a benchmark that loses items lies).
+double run_processes(const std::vector<std::function<void(control&)>>& bodies, int consumers, long items) {
   auto* ctl = new (shared_alloc(sizeof(control))) control();
   std::vector<pid_t> pids;
   for (const auto& body : bodies) {
@@ -75,6 +76,10 @@ double run_processes(const std::vector<std::function<void(control&)>>& bodies, i
     mp::detail::futex_wait(ctl->done, done);
   const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   for (pid_t pid : pids) ::waitpid(pid, nullptr, 0);
+  if (ctl->taken.load() != items) {
+    std::fprintf(stderr, "consumers took %ld items, expected %ld\n", ctl->taken.load(), items);
+    std::exit(1);
+  }
   ::munmap(ctl, sizeof(control));
   return seconds;
 }
@@ -164,7 +169,7 @@ throughput queue_ints(int producers, int consumers, long items) {
         ctl.done.fetch_add(1);
         mp::detail::futex_wake(ctl.done);
       });
-    return run_processes(bodies, consumers);
+    return run_processes(bodies, consumers, per_producer * producers);
   });
   return {static_cast<double>(items) / seconds, static_cast<double>(items) * 8 / seconds};
 }
@@ -189,7 +194,7 @@ throughput queue_blobs(int producers, int consumers, long items, std::size_t siz
         ctl.done.fetch_add(1);
         mp::detail::futex_wake(ctl.done);
       });
-    return run_processes(bodies, consumers);
+    return run_processes(bodies, consumers, per_producer * producers);
   });
   return {static_cast<double>(items) / seconds, static_cast<double>(items) * static_cast<double>(size) / seconds};
 }
@@ -212,7 +217,7 @@ throughput spsc(long items, std::size_t size) {
       ctl.done.fetch_add(1);
       mp::detail::futex_wake(ctl.done);
     });
-    const double s = run_processes(bodies, 1);
+    const double s = run_processes(bodies, 1, items);
     ring->destroy();
     return s;
   });
