@@ -288,7 +288,7 @@ class [[nodiscard]] AsyncResult {
 };
 
 /// The lazy result sequence of imap (Ordered) / imap_unordered: an input range; use it in a range-for.
-/// Input is pulled as results are consumed, with at most 4 chunks per worker in flight or waiting.
+/// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
 template <class F, class V, class E, bool Ordered>
 class [[nodiscard]] IMapIterator {
   struct state;
