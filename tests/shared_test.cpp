@@ -22,32 +22,15 @@
 
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
+
+#include "support/child_process.hpp"
 #include <mp/shared.hpp>
 #include <mp/sync.hpp>
 
 namespace {
 
 using namespace std::chrono_literals;
-
-template <class F, class... Args>
-mp::Process start(F&& target, Args&&... args) {
-  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
-  process.start();
-  return process;
-}
-
-int finish(mp::Process& process) {
-  process.join();
-  return *process.exitcode();
-}
-
-void child_check(bool condition) {
-  if (!condition) throw std::runtime_error("child check failed");
-}
-
-[[noreturn]] void hang() {
-  for (;;) ::pause();
-}
+using namespace mp_test;
 
 bool shm_exists(const std::string& os_name) { return std::filesystem::exists("/dev/shm" + os_name); }
 

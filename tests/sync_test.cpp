@@ -18,54 +18,15 @@
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
+
+#include "support/child_process.hpp"
 #include <mp/shared.hpp>
 #include <mp/sync.hpp>
 
 namespace {
 
 using namespace std::chrono_literals;
-
-// Starts target(args...) in a child process.
-template <class F, class... Args>
-mp::Process start(F&& target, Args&&... args) {
-  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
-  process.start();
-  return process;
-}
-
-// Joins and returns the exit code (0: the child's checks passed; 1: it threw; -9: SIGKILL).
-int finish(mp::Process& process) {
-  process.join();
-  return *process.exitcode();
-}
-
-// Ends a child with a status the parent checks: throwing in a child gives exit code 1.
-void child_check(bool condition) {
-  if (!condition) throw std::runtime_error("child check failed");
-}
-
-// A pipe for "I got here" notes between processes.
-struct note_pipe {
-  note_pipe() {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    read_end = mp::detail::unique_fd(fds[0]);
-    write_end = mp::detail::unique_fd(fds[1]);
-  }
-  void post() const {
-    const char c = 1;
-    (void)!::write(write_end.get(), &c, 1);
-  }
-  bool wait() const {
-    char c = 0;
-    return ::read(read_end.get(), &c, 1) == 1;
-  }
-  mp::detail::unique_fd read_end, write_end;
-};
-
-[[noreturn]] void hang() {
-  for (;;) ::pause();
-}
+using namespace mp_test;
 
 // A robust_mutex and a counter in a fresh shared segment.
 struct shared_mutex_block {

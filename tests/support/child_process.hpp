@@ -1,0 +1,61 @@
+// What the cross-process tests share: starting a child, collecting its verdict, and pipe notes between processes.
+#pragma once
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include <mp/detail/unique_fd.hpp>
+#include <mp/process.hpp>
+
+namespace mp_test {
+
+/// Starts target(args...) in a child process.
+template <class F, class... Args>
+mp::Process start(F&& target, Args&&... args) {
+  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
+  process.start();
+  return process;
+}
+
+/// Joins and returns the exit code (0: the child's checks passed; 1: it threw; -9: SIGKILL).
+inline int finish(mp::Process& process) {
+  process.join();
+  return *process.exitcode();
+}
+
+/// A check inside a child: throwing there ends the child with exit code 1, which the parent asserts on.
+inline void child_check(bool condition, const char* what = "") {
+  if (!condition) throw std::runtime_error(std::string("child check failed: ") + what);
+}
+
+/// Blocks until killed: a child that must be SIGKILLed at a known point.
+[[noreturn]] inline void hang() {
+  for (;;) ::pause();
+}
+
+/// A pipe for "I got here" notes between processes.
+struct note_pipe {
+  note_pipe() {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    read_end = mp::detail::unique_fd(fds[0]);
+    write_end = mp::detail::unique_fd(fds[1]);
+  }
+  void post() const {
+    const char c = 1;
+    (void)!::write(write_end.get(), &c, 1);
+  }
+  /// Blocks until a note arrives; false when every writer is gone without posting.
+  bool wait() const {
+    char c = 0;
+    return ::read(read_end.get(), &c, 1) == 1;
+  }
+  mp::detail::unique_fd read_end, write_end;
+};
+
+}  // namespace mp_test
