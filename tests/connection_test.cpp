@@ -20,45 +20,12 @@
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
 
+#include "support/child_process.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
-
-template <class F, class... Args>
-mp::Process start(F&& target, Args&&... args) {
-  mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
-  process.start();
-  return process;
-}
-
-int finish(mp::Process& process) {
-  process.join();
-  return *process.exitcode();
-}
-
-// Fails a child (exit code 1) with a message on stderr.
-void child_check(bool condition, const char* what) {
-  if (!condition) throw std::runtime_error(std::string("child check failed: ") + what);
-}
-
-// A pipe for "I got here" notes between processes.
-struct note_pipe {
-  note_pipe() {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    read_end = mp::detail::unique_fd(fds[0]);
-    write_end = mp::detail::unique_fd(fds[1]);
-  }
-  void post() const {
-    const char c = 1;
-    (void)!::write(write_end.get(), &c, 1);
-  }
-  bool wait() const {
-    char c = 0;
-    return ::read(read_end.get(), &c, 1) == 1;
-  }
-  mp::detail::unique_fd read_end, write_end;
-};
+using namespace mp_test;
 
 // A recognizable byte pattern: byte i of a message from `sender` with sequence `seq`.
 std::byte pattern(std::size_t i, int sender, int seq) {
