@@ -29,6 +29,7 @@
 #include <vector>
 
 #include <mp/connection.hpp>
+#include <mp/manager.hpp>
 #include <mp/process.hpp>
 #include <mp/queue.hpp>
 
@@ -213,6 +214,15 @@ void echo_through_handles(mp::Queue<int> numbers, mp::Connection<std::string> co
   const std::string task = tasks.get();
   tasks.task_done();
   results.put(std::vector<double>(task.size(), 0.5));
+}
+
+void update_through_proxies(mp::DictProxy<std::string, int> dict, mp::ListProxy<int> list, mp::ValueProxy<double> value,
+                            mp::LockProxy lock, mp::QueueProxy<std::string> queue) {
+  std::lock_guard guard(lock);
+  dict.set("child", 7);
+  list.append(3);
+  value.set(value.get() * 2);
+  queue.put("from " + mp::current_process().name());
 }
 
 // The "library" whose lock another thread of the parent holds forever (a logger, an allocator arena).
@@ -616,4 +626,26 @@ TEST_CASE("active_children and the repr and close work for children of every sta
   std::ostringstream closed;
   closed << b;
   CHECK_THAT(closed.str(), Contains("closed"));
+}
+
+TEST_CASE("Manager proxies cross to children of every start method and reach the same server", "[context]") {
+  forkserver_stopper stop;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  mp::Manager manager;
+  auto dict = manager.dict<std::string, int>();
+  auto list = manager.list<int>();
+  auto value = manager.value<double>(1.5);
+  auto queue = manager.queue<std::string>();
+  mp::Process p({.name = "Updater", .start_method = method}, update_through_proxies, dict, list, value,
+                manager.lock(), queue);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
+  CHECK(dict.get("child", -1) == 7);
+  CHECK(list.copy() == std::vector<int>{3});
+  CHECK(value.get() == 3.0);
+  CHECK(queue.get() == "from Updater");
+  // A proxy carries the manager's authkey: it crosses only as a Process argument.
+  CHECK_THROWS_WITH(mp::serialize(dict), Contains("only as an argument of a Process"));
 }

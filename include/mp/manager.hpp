@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/manager_protocol.hpp>
 #include <mp/detail/manager_server.hpp>
 #include <mp/detail/manager_socket.hpp>
@@ -310,6 +311,27 @@ class proxy_base {
   proxy_base(std::shared_ptr<manager_client> client, std::uint64_t id) : client_(std::move(client)), id_(id) {}
   /// The object's id in its server.
   std::uint64_t id() const noexcept { return id_; }
+
+  /// How a proxy crosses to a Process started by spawn or forkserver: the server's address, the authkey and the
+  /// object's id (the child connects on first use). Only as a Process argument: a proxy in a Queue item or
+  /// plain bytes would carry the authkey where it was not meant to go, so that throws SerializationError.
+  void save(output_archive& ar) const {
+    if (current_fd_outbox() == nullptr) {
+      throw SerializationError(
+          "mp::serialize: a manager proxy crosses only as an argument of a Process started by spawn or forkserver "
+          "(it carries the manager's authkey); pass the values it holds, or the proxy as a Process argument");
+    }
+    if (!client_) throw SerializationError("mp::serialize: this manager proxy is empty (default-constructed)");
+    const manager_endpoint& endpoint = client_->endpoint();
+    ar(endpoint.tcp, endpoint.host, endpoint.port, endpoint.path, client_->authkey(), id_);
+  }
+  /// In a spawned child: a proxy of the same object, with its own connection to the server.
+  void load(input_archive& ar) {
+    manager_endpoint endpoint;
+    std::string authkey;
+    ar(endpoint.tcp, endpoint.host, endpoint.port, endpoint.path, authkey, id_);
+    client_ = std::make_shared<manager_client>(std::move(endpoint), std::move(authkey));
+  }
 
  protected:
   manager_call call(manager_protocol::op code) const {
