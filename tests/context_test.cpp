@@ -139,6 +139,8 @@ void wait_for_release(pipe_end release) {
   release.wait_for_release();
 }
 
+void report_start_method(pipe_end out) { out.write(method_name(mp::get_start_method()) + "\n"); }
+
 void start_grandchild(pipe_end out, int method) {
   mp::Process grandchild({.start_method = static_cast<mp::StartMethod>(method)}, report_sum_and_identity, out,
                          std::string("grandchild"), 1, 1.0);
@@ -648,4 +650,30 @@ TEST_CASE("Manager proxies cross to children of every start method and reach the
   CHECK(queue.get() == "from Updater");
   // A proxy carries the manager's authkey: it crosses only as a Process argument.
   CHECK_THROWS_WITH(mp::serialize(dict), Contains("only as an argument of a Process"));
+}
+
+TEST_CASE("A child of spawn or forkserver inherits the start method set in its parent", "[context]") {
+  forkserver_stopper stop;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  std::atomic<int>& setting = mp::detail::the_start_method();
+  const int saved = setting.load();
+  {
+    test_pipe out;
+    setting.store(-1);  // not set: a per-Process choice must not fix this process's default
+    mp::Process p({.start_method = method}, report_start_method, out.writer());
+    p.start();
+    CHECK(setting.load() == -1);
+    p.join();
+    CHECK(out.read_all() == method_name(mp::detail::default_start_method()) + "\n");
+  }
+  {
+    test_pipe out;
+    mp::set_start_method(method, true);
+    mp::Process p(report_start_method, out.writer());
+    p.start();
+    p.join();
+    CHECK(out.read_all() == method_name(method) + "\n");
+  }
+  setting.store(saved);
 }

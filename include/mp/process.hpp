@@ -201,7 +201,7 @@ struct spawn_request {
   bool daemon = false;
   std::string parent_name;
   std::int32_t parent_pid = 0;
-  std::int32_t start_method = 0;     // the child's default, as Python passes its context's
+  std::int32_t start_method = -1;    // the child's default as set in the parent (-1: none), as Python passes it
   std::optional<spawn_target> target;
   std::optional<spawn_target> subclass;  // a registered Process subclass: factory + its serialized fields
 
@@ -579,7 +579,9 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
   request.daemon = state.daemon;
   request.parent_name = parent.name;
   request.parent_pid = parent.pid;
-  request.start_method = static_cast<std::int32_t>(get_start_method());
+  // As set here (-1: not set yet, so the child's default also comes from MP_START_METHOD); reading it through
+  // get_start_method() would fix this process's default as a side effect of a per-Process choice.
+  request.start_method = detail::the_start_method().load();
   detail::fd_outbox outbox;
   {
     detail::fd_outbox_scope scope(outbox);
@@ -887,6 +889,9 @@ namespace detail {
     frame message = receive_frame(socket_fd, "spawned child: reading its Process");
     spawn_request request = mp::deserialize<spawn_request>(message.bytes);
     name = "Process " + request.name;
+    if (request.start_method < -1 || request.start_method > static_cast<int>(StartMethod::forkserver)) {
+      throw ProcessError("spawned child: start method " + std::to_string(request.start_method) + " is not one");
+    }
     the_start_method().store(request.start_method);
     auto fds = std::make_shared<fd_inbox>(std::move(message.fds));
     std::unique_ptr<Process> process;  // never destroyed: the child ends with _exit
