@@ -701,6 +701,34 @@ TEST_CASE("The request handler rejects mutated requests without applying them", 
   REQUIRE(store.handle(1, std::string("\x01", 1), now, out) == false);  // truncated create
 }
 
+TEST_CASE("Two barrier parties timing out in the same expiry both get BrokenBarrierError replies", "[manager]") {
+  // Found by tests/fuzz/fuzz_manager.cpp: the first time-out broke the barrier and answered both parties; the
+  // second was then timed out again and the server threw std::out_of_range.
+  namespace p = mp::detail::manager_protocol;
+  mp::detail::manager_store store;
+  std::vector<mp::detail::manager_store::reply> out;
+  const auto now = mp::detail::manager_store::clock::now();
+  auto request = [](p::op code, std::uint64_t id, auto&& fill) {
+    std::string bytes;
+    p::writer w(bytes);
+    w.u8(static_cast<std::uint8_t>(code)), w.u64(id);
+    fill(w);
+    return bytes;
+  };
+  REQUIRE(store.handle(1, request(p::op::create, 0, [](auto& w) {
+    w.u8(static_cast<std::uint8_t>(p::kind::barrier)), w.blob(""), w.blob(""), w.u64(3), w.blob("");
+  }), now, out));
+  out.clear();
+  const auto wait_1ms = request(p::op::barrier_wait, 1, [](auto& w) { w.i64(1'000'000); });
+  REQUIRE(store.handle(2, wait_1ms, now, out));
+  REQUIRE(store.handle(3, wait_1ms, now, out));
+  REQUIRE(out.empty());  // both parked
+  store.expire(now + std::chrono::milliseconds(5), out);
+  REQUIRE(out.size() == 2);
+  for (const auto& reply : out) CHECK(reply.bytes.at(0) == 1);  // error replies (broken barrier)
+  CHECK_FALSE(store.next_deadline().has_value());
+}
+
 TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") {
   auto key = random_key();
   mp::detail::manager_endpoint endpoint{false, {}, 0, "/tmp/mp-manager-test-serve-" + std::to_string(::getpid())};

@@ -75,7 +75,11 @@ class manager_store {
     for (const auto& [client, parked] : parked_) {
       if (parked.deadline <= now) due.push_back(client);
     }
-    for (auto client : due) time_out(client, out);
+    // Skip a client an earlier time_out already answered: a barrier that breaks replies to (and unparks) every
+    // party, so two parties due at once would otherwise be timed out twice (parked_.at threw out_of_range).
+    for (auto client : due) {
+      if (parked_.contains(client)) time_out(client, out);
+    }
   }
 
   /// The earliest deadline of a parked request, if any.
