@@ -677,3 +677,25 @@ TEST_CASE("A child of spawn or forkserver inherits the start method set in its p
   }
   setting.store(saved);
 }
+
+TEST_CASE("A spawned child that returns from main without reaching mp::init exits 1 with a message", "[context]") {
+  // What the exit handler installed at start-up (detail/spawn.hpp) does in a program whose main never called
+  // mp::init while the spawn marker is in its environment; run in a raw forked child with the marker set.
+  test_pipe err;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(err.writer().fd, STDERR_FILENO);
+    ::setenv("MP_SPAWNED_CHILD", "3", 1);
+    mp::detail::report_unconsumed_marker();  // _exits
+    std::_Exit(99);
+  }
+  REQUIRE(pid > 0);
+  const std::string text = err.read_all();
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 1));
+  CHECK_THAT(text, Contains("main() returned without calling mp::init(argc, argv)"));
+  // Without the marker (a normal program) it does nothing.
+  CHECK(std::getenv("MP_SPAWNED_CHILD") == nullptr);
+  mp::detail::report_unconsumed_marker();
+}
