@@ -11,9 +11,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -450,6 +452,33 @@ TEST_CASE("ring_buffer: a producer killed after publishing a record but before i
   t.put(3);  // recovers the producer side: goes after item 2, not over it
   CHECK(t.get() == std::optional<std::int64_t>(3));
   CHECK(t.ring.size() == 0);
+}
+
+TEST_CASE("ring_buffer: a sleeper whose waker died inside wake() still gets the item", "[ring_buffer][fault]") {
+  // Found by tests/faults (a queue wedged after a SIGKILL): a waker killed after clearing `sleeping` and bumping
+  // `seq` but before futex_wake left the sleeper asleep, and later wakers saw no sleeper to wake.
+  test_ring t;
+  auto* h = t.header;
+  auto consumer = start([&t] {
+    if (t.get() != std::optional<std::int64_t>(7)) ::_exit(3);
+  });
+  // Wait until the consumer registered as a sleeper and sleeps in the kernel.
+  auto asleep = [&] {
+    std::ifstream stat("/proc/" + std::to_string(consumer.pid()) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    return h->data_ready.sleeping.load() == 1 && line.size() > line.rfind(')') + 2 && line[line.rfind(')') + 2] == 'S';
+  };
+  const auto limit = std::chrono::steady_clock::now() + 5s;
+  while (!asleep() && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
+  REQUIRE(asleep());
+  // What a waker killed between its seq bump and its futex_wake leaves behind.
+  h->data_ready.sleeping.exchange(0);
+  h->data_ready.seq.fetch_add(1);
+  t.put(7);  // sees no sleeper: no wake
+  const auto put_at = std::chrono::steady_clock::now();
+  CHECK(finish(consumer) == 0);
+  CHECK(std::chrono::steady_clock::now() - put_at < 2s);
 }
 
 TEST_CASE("ring_buffer: a producer killed before publishing leaves nothing behind", "[ring_buffer][fault]") {
