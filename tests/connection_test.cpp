@@ -236,7 +236,7 @@ TEST_CASE("Concurrent receivers in 3 processes on one Connection each get whole 
   for (auto& child : children) CHECK(finish(child) == 0);
 }
 
-TEST_CASE("send_bytes, recv_bytes and recv_bytes_into; BufferTooShort for a small buffer", "[connection]") {
+TEST_CASE("send_bytes, recv_bytes and recv_bytes_into - BufferTooShort for a small buffer", "[connection]") {
   auto [a, b] = mp::Pipe<int>();
   const std::vector<std::byte> bytes = make_message(300, 9, 9);
   b.send_bytes(bytes);
@@ -258,7 +258,7 @@ TEST_CASE("send_bytes, recv_bytes and recv_bytes_into; BufferTooShort for a smal
   CHECK(a.recv() == 6);
 }
 
-TEST_CASE("A closed Connection refuses every operation with mp::Error; copies share the close", "[connection]") {
+TEST_CASE("A closed Connection refuses every operation with mp::Error - copies share the close", "[connection]") {
   auto [a, b] = mp::Pipe<int>();
   mp::Connection<int> copy = a;
   CHECK(copy == a);

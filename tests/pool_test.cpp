@@ -284,7 +284,7 @@ TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool
   CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 }
 
-TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost; the others finish", "[pool]") {
+TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost - the others finish", "[pool]") {
   leak_check leaks;
   test_pipe started;
   mp::Pool pool(2);

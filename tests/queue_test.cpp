@@ -227,7 +227,7 @@ TEST_CASE("Queue::get with a timeout throws Empty saying how long it waited", "[
   CHECK(finish(child) == 0);
 }
 
-TEST_CASE("A full Queue makes put_nowait and put(timeout) throw Full; a get in another process unblocks put",
+TEST_CASE("A full Queue makes put_nowait and put(timeout) throw Full - a get in another process unblocks put",
           "[queue]") {
   mp::Queue<int> q(2);
   CHECK(q.maxsize() == 2);
@@ -269,7 +269,7 @@ TEST_CASE("put(timeout) on a full queue says it is full even while another proce
   CHECK(q.empty());
 }
 
-TEST_CASE("put blocks while the ring's bytes are full; put_nowait then throws Full naming the ring", "[queue]") {
+TEST_CASE("put blocks while the ring's bytes are full - put_nowait then throws Full naming the ring", "[queue]") {
   mp::Queue<bytes> q({.capacity_bytes = 4096});
   int stored = 0;
   while (q.try_put(make_item(900, static_cast<std::uint64_t>(stored)))) ++stored;
@@ -505,7 +505,7 @@ TEST_CASE("ring_buffer: a producer killed before publishing leaves nothing behin
   CHECK(why == mp::detail::ring_status::empty);
 }
 
-TEST_CASE("close() refuses later put and get in this process; other processes and items are unaffected",
+TEST_CASE("close() refuses later put and get in this process - other processes and items are unaffected",
           "[queue]") {
   mp::Queue<int> q;
   mp::Queue<int> results;
@@ -556,7 +556,7 @@ TEST_CASE("JoinableQueue::join waits until task_done was called for every item",
   CHECK(tasks.qsize() == 0);
 }
 
-TEST_CASE("SimpleQueue passes items between processes; empty and close", "[queue][simple]") {
+TEST_CASE("SimpleQueue passes items between processes - empty and close", "[queue][simple]") {
   mp::SimpleQueue<std::string> q;
   CHECK(q.empty());
   auto child = start([q]() mutable {

@@ -94,7 +94,7 @@ TEST_CASE("Value fetch_add from 4 processes x 100000 gives exactly 400000 withou
   CHECK(total.load() == 200'000.0);
 }
 
-TEST_CASE("Value copies and children share one value; value() is a reference into shared memory", "[value]") {
+TEST_CASE("Value copies and children share one value - value() is a reference into shared memory", "[value]") {
   mp::Value<int> value(7);
   CHECK(value.value() == 7);
   mp::Value<int> copy = value;
@@ -214,7 +214,7 @@ TEST_CASE("Array constructors: size, initializer list, sized and unsized ranges"
   CHECK(structs[1].y == 2.5);
 }
 
-TEST_CASE("Array access: at() bounds check, span, iterators, data; copies share", "[array]") {
+TEST_CASE("Array access: at() bounds check, span, iterators, data - copies share", "[array]") {
   mp::Array<int> numbers{1, 2, 3};
   CHECK_THROWS_WITH(numbers.at(3), Catch::Contains("index 3") && Catch::Contains("size 3"));
   numbers.at(2) = 30;
@@ -260,7 +260,7 @@ TEST_CASE("RawArray shares without a lock", "[array]") {
 
 // ---- SharedMemory -----------------------------------------------------------------------------------------
 
-TEST_CASE("SharedMemory created here is attached by name in another process; bytes go both ways", "[shared_memory]") {
+TEST_CASE("SharedMemory created here is attached by name in another process - bytes go both ways", "[shared_memory]") {
   auto block = mp::SharedMemory::create(4096);
   CHECK(block.size() == 4096);
   CHECK(block.name().rfind("/mp-" + std::to_string(::getpid()) + "-", 0) == 0);

@@ -276,7 +276,7 @@ TEMPLATE_TEST_CASE("Lock held by a SIGKILLed process passes to its waiter within
   CHECK(guarded.value() == 0);
 }
 
-TEST_CASE("Lock acquired again by its holder throws instead of deadlocking; acquire(timeout) returns false",
+TEST_CASE("Lock acquired again by its holder throws instead of deadlocking - acquire(timeout) returns false",
           "[lock]") {
   mp::Lock lock;
   lock.acquire();
@@ -592,7 +592,7 @@ TEST_CASE("Condition waiter recovers when the notifier is SIGKILLed holding the 
 
 // ---- Event ------------------------------------------------------------------------------------------------
 
-TEST_CASE("Event wait blocks until another process sets it; clear and is_set", "[event]") {
+TEST_CASE("Event wait blocks until another process sets it - clear and is_set", "[event]") {
   mp::Event event;
   CHECK_FALSE(event.is_set());
   CHECK_FALSE(event.wait(20ms));
