@@ -29,6 +29,12 @@ namespace mp::detail {
 /// How many cpu_relax() rounds a waiter watches a busy lock or word before sleeping in the kernel: ~3 µs here
 /// (a pause is ~23 ns on the target VM) — longer than a short critical section, far shorter than a futex wake-up.
 inline constexpr int lock_spin_rounds = 128;
+/// Longest single sleep in the kernel of a blocked lock(). glibc's unlock wakes one waiter and clears
+/// FUTEX_WAITERS; that waiter sets it again when it finds the lock taken. If it is SIGKILLed after the wake-up while
+/// another thread took the lock by an uncontended trylock (no FUTEX_WAITERS), the kernel passes nothing on (the lock
+/// has a live owner) and the remaining sleepers are never woken. Each bounded sleep re-enters pthread's lock path,
+/// which sets FUTEX_WAITERS again: a dead waiter costs a delay, never a hang.
+inline constexpr std::chrono::milliseconds lock_rearm_period{100};
 
 // gettid() is a system call; a lock's owner check runs on every RLock acquire, so each thread caches its tid.
 // fork() gives the child's (only) thread a new tid but a copy of the parent's cache: an atfork handler clears it.
@@ -73,7 +79,8 @@ class robust_mutex {
   /// Blocks until acquired; throws mp::Error if the calling thread already holds it (that would deadlock).
   void lock() {
     if (spin_try()) return;
-    acquired(::pthread_mutex_lock(&mutex_), "pthread_mutex_lock");
+    while (!timed_lock(std::chrono::steady_clock::now() + lock_rearm_period)) {
+    }
   }
 
   /// Acquires if free right now.
@@ -90,6 +97,11 @@ class robust_mutex {
       return true;
     }
     if (spin_try()) return true;
+    for (;;) {  // in steps of lock_rearm_period (see there)
+      const auto step = std::chrono::steady_clock::now() + lock_rearm_period;
+      if (step >= *until) break;
+      if (timed_lock(step)) return true;
+    }
     const timespec ts = to_timespec(*until);
     const int rc = ::pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts);
     if (rc == EDEADLK) {
@@ -135,6 +147,12 @@ class robust_mutex {
   }
 
  private:
+  // One bounded wait: true if acquired (EDEADLK throws), false when `step` passed.
+  bool timed_lock(std::chrono::steady_clock::time_point step) {
+    const timespec ts = to_timespec(step);
+    return acquired(::pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts), "pthread_mutex_clocklock");
+  }
+
   // glibc keeps the robust futex word (owner tid | FUTEX_WAITERS | FUTEX_OWNER_DIED) in __data.__lock: it is the
   // kernel's robust-futex ABI, so its meaning is fixed; we only ever read it.
   unsigned lock_word() const noexcept {
