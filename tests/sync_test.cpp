@@ -21,15 +21,31 @@
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
-
-#include "support/child_process.hpp"
 #include <mp/shared.hpp>
 #include <mp/sync.hpp>
+
+#include "support/child_process.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
 using namespace mp_test;
+
+// Waits (observing, not synchronizing) until `process` sleeps in the kernel with `registered()` true: the state a
+// lost wake-up would strand it in.
+template <class Pred>
+bool wait_until_asleep(const mp::Process& process, Pred registered) {
+  auto asleep = [&] {
+    std::ifstream stat("/proc/" + std::to_string(process.pid()) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto state = line.rfind(')') + 2;
+    return registered() && line.size() > state && line[state] == 'S';
+  };
+  const auto limit = std::chrono::steady_clock::now() + 5s;
+  while (!asleep() && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
+  return asleep();
+}
 
 // A robust_mutex and a counter in a fresh shared segment.
 struct shared_mutex_block {
@@ -149,22 +165,30 @@ TEST_CASE("robust_mutex: a sleeper whose wake-up a dead waiter consumed still ge
     block->mutex.unlock();
   });
   auto& word = reinterpret_cast<pthread_mutex_t*>(&block->mutex)->__data.__lock;  // the robust futex word
-  auto asleep = [&] {
-    std::ifstream stat("/proc/" + std::to_string(waiter.pid()) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto state = line.rfind(')') + 2;
-    return (__atomic_load_n(&word, __ATOMIC_SEQ_CST) & FUTEX_WAITERS) != 0 && line.size() > state && line[state] == 'S';
-  };
-  const auto limit = std::chrono::steady_clock::now() + 5s;
-  while (!asleep() && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
-  REQUIRE(asleep());
+  REQUIRE(wait_until_asleep(waiter, [&] { return (__atomic_load_n(&word, __ATOMIC_SEQ_CST) & FUTEX_WAITERS) != 0; }));
   __atomic_and_fetch(&word, ~static_cast<int>(FUTEX_WAITERS), __ATOMIC_SEQ_CST);  // what the dead waiter leaves
   block->mutex.unlock();  // sees no waiter: no wake-up
   const bool ended = waiter.join(5s);
   if (!ended) waiter.kill(), waiter.join();
   CHECK(ended);
   CHECK(block->counter == 7);
+}
+
+TEST_CASE("A Semaphore waiter looks again when its releaser died before waking it",
+          "[semaphore][lost_wake]") {
+  // A releaser SIGKILLed between raising the count and its futex_wake leaves a sleeping acquirer unwoken; the
+  // count is there, so the waiter must find it on its own (bounded futex sleeps), not wait for a release that
+  // never comes. Here the "dead releaser" raises the count of a semaphore in shared memory without waking.
+  auto segment = mp::detail::shm_segment::create(sizeof(mp::detail::semaphore_state), "mp-test-semaphore");
+  auto* state = new (segment.data()) mp::detail::semaphore_state(0, 0);
+  auto waiter = start([state] { child_check(mp::detail::semaphore_acquire(*state, {}), "acquired"); });
+  REQUIRE(wait_until_asleep(waiter, [&] { return state->sleepers.load() == 1; }));
+  state->value.fetch_add(1);  // what the dead releaser did before it could wake anybody
+  const bool ended = waiter.join(5s);
+  if (!ended) waiter.kill(), waiter.join();
+  CHECK(ended);
+  CHECK(waiter.exitcode() == 0);
+  CHECK(state->value.load() == 0);
 }
 
 TEST_CASE("robust_mutex refuses a release by a process that does not hold it", "[robust_mutex]") {

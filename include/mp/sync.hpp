@@ -130,7 +130,7 @@ inline bool semaphore_acquire(semaphore_state& s, const deadline& until) {
       taken = true;
       break;
     }
-    if (!futex_wait(s.value, 0, until)) {
+    if (!futex_wait_bounded(s.value, 0, until)) {
       taken = semaphore_try_take(s);
       break;
     }
@@ -202,7 +202,7 @@ inline bool condition_wait(condition_state& c, lock_state& lock, bool recursive,
     }
     if (expired(until)) break;
     if (spin_until([&] { return c.seq.load(std::memory_order_relaxed) != seen; })) continue;
-    futex_wait(c.seq, seen, until);  // a timeout is noticed at the top of the loop
+    futex_wait_bounded(c.seq, seen, until);  // a timeout is noticed at the top of the loop
   }
 
   lock.mutex.lock();
@@ -245,7 +245,7 @@ inline bool event_wait(event_state& e, const deadline& until) {
   if (spin_until([&] { return e.flag.load(std::memory_order_acquire) != 0; })) return true;
   e.sleepers.fetch_add(1);
   while (e.flag.load() == 0) {
-    if (!futex_wait(e.flag, 0, until)) break;
+    if (!futex_wait_bounded(e.flag, 0, until)) break;
   }
   e.sleepers.fetch_sub(1);
   return e.flag.load() != 0;
@@ -336,7 +336,7 @@ inline int barrier_wait(barrier_state& b, const std::function<void()>& action, c
     bool timed_out = false;
     if (!spin_until([&] { return b.epoch.load(std::memory_order_relaxed) != seen; })) {
       while (b.epoch.load() == seen) {
-        if (!futex_wait(b.epoch, seen, until)) {
+        if (!futex_wait_bounded(b.epoch, seen, until)) {
           timed_out = true;
           break;
         }

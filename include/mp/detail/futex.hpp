@@ -52,6 +52,20 @@ inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
   throw_errno("futex(FUTEX_WAIT_BITSET)", {}, err);
 }
 
+/// Longest single sleep of futex_wait_bounded. A peer SIGKILLed between updating a word and its futex_wake leaves
+/// the sleepers unwoken, and later wakers may see no sleeper left to wake: each sleeper looks again after this
+/// long, so a dead waker costs a delay, never a hang.
+inline constexpr std::chrono::milliseconds lost_wake_period{100};
+
+/// futex_wait that never sleeps longer than lost_wake_period: false only once `until` has passed. For words whose
+/// wakers may die mid-update; callers re-check their condition whatever it returns.
+inline bool futex_wait_bounded(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {}) {
+  const auto look_again = std::chrono::steady_clock::now() + lost_wake_period;
+  if (until && *until <= look_again) return futex_wait(word, expected, until);
+  futex_wait(word, expected, look_again);
+  return true;
+}
+
 /// Wakes up to n waiters on word (INT_MAX: all).
 inline void futex_wake(std::atomic<std::uint32_t>& word, int n = INT_MAX) noexcept {
   ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, n, nullptr, nullptr, 0);

@@ -60,10 +60,6 @@ namespace mp::detail {
 inline constexpr std::chrono::nanoseconds ring_spin_time{20'000};
 /// How often a consumer starved in the middle of a streamed item checks whether the producer died.
 inline constexpr std::chrono::milliseconds ring_producer_check_period{100};
-/// Longest single futex sleep of a waiter. A waker SIGKILLed inside wake() — after clearing `sleeping` (and maybe
-/// bumping `seq`) but before its futex_wake — leaves the sleepers unwoken, and later wakers see no sleeper: each
-/// sleeper looks again after this long, so a dead waker costs a delay, never a hang.
-inline constexpr std::chrono::milliseconds ring_lost_wake_period{100};
 
 /// Test seam (fault injection): called by a consumer right after it has taken the first chunk of a streamed item,
 /// i.e. while it is inside get() in the middle of an item. nullptr in production.
@@ -296,11 +292,11 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
     const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
     word.sleeping.store(1, std::memory_order_seq_cst);
     if (ready()) return true;  // a flag left raised costs one spare wake-up at most
-    const auto look_again = std::chrono::steady_clock::now() + ring_lost_wake_period;
-    const bool capped = !until || look_again < *until;
-    const bool woken = futex_wait(word.seq, seq, capped ? deadline(look_again) : until);
+    // Bounded sleeps: a waker SIGKILLed inside wake() (after clearing `sleeping`, before its futex_wake) must not
+    // leave this waiter asleep for good.
+    const bool in_time = futex_wait_bounded(word.seq, seq, until);
     if (ready()) return true;
-    if (!woken && !capped) return false;
+    if (!in_time) return false;
   }
 }
 
