@@ -148,10 +148,7 @@ inline std::vector<std::size_t> wait_ready(const std::vector<int>& fds, const de
     timespec ts{};
     timespec* tsp = nullptr;
     if (until) {
-      auto left = *until - std::chrono::steady_clock::now();
-      if (left < left.zero()) left = left.zero();
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-      ts = timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      ts = time_left(*until);
       tsp = &ts;
     }
     const int n = ::ppoll(polls.data(), polls.size(), tsp, nullptr);

@@ -30,16 +30,27 @@ std::chrono::steady_clock::time_point deadline_after(std::chrono::duration<Rep, 
   return std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout);
 }
 
+/// `t` as an absolute CLOCK_MONOTONIC timespec (steady_clock's clock on Linux), for futex and clocklock calls.
+inline timespec to_timespec(std::chrono::steady_clock::time_point t) noexcept {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  if (ns < 0) ns = 0;
+  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
+
+/// The time left until `until` as a relative timespec, zero once it passed: for poll-like calls.
+inline timespec time_left(std::chrono::steady_clock::time_point until) noexcept {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - std::chrono::steady_clock::now()).count();
+  if (ns < 0) ns = 0;
+  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
+
 /// Sleeps while *word == expected, until woken or the deadline passes. Returns false only on timeout;
 /// true means "look again" (woken, value changed, or a signal arrived): callers re-check their condition.
 inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {}) {
   timespec ts{};
   timespec* tsp = nullptr;
   if (until) {
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until->time_since_epoch()).count();
-    if (ns < 0) ns = 0;
-    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
-    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    ts = to_timespec(*until);
     tsp = &ts;
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, unlike FUTEX_WAIT's relative one.

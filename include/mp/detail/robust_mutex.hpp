@@ -199,12 +199,6 @@ class robust_mutex {
     if (rc != 0) throw_errno(call, {}, rc);
   }
 
-  static timespec to_timespec(std::chrono::steady_clock::time_point t) noexcept {
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-    if (ns < 0) ns = 0;
-    return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-  }
-
   pthread_mutex_t mutex_;
   bool owner_died_ = false;  // guarded by mutex_: only the holder reads or writes it
 };

@@ -201,10 +201,7 @@ inline bool wait_readable(int fd, const deadline& until) {
     timespec ts{};
     timespec* tsp = nullptr;
     if (until) {
-      auto left = *until - std::chrono::steady_clock::now();
-      if (left < left.zero()) left = left.zero();
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-      ts = timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      ts = time_left(*until);
       tsp = &ts;
     }
     const int n = ::ppoll(&p, 1, tsp, nullptr);
