@@ -2,6 +2,8 @@
 // Every figure is measured in a child process (the proxy's usual place), talking to the manager server process.
 // Targets (issue 6): a dict get round trip within 1.5x of the raw ping-pong; >= 54k dict ops/s from a child
 // (3x Python's Manager dict, 18k ops/s here); extend of 100k items in one round trip.
+// Also the cost of starting a Manager (until its first call is answered) and shutting it down, by each start
+// method, against fork.
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -95,7 +97,8 @@ void row(const char* what, double seconds, double ops, double baseline_per_op) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  mp::init(argc, argv);  // a Manager started by spawn or forkserver runs this program anew
   // The machine may be shared: each figure is the best of `reps` runs, and the runs of every figure are
   // interleaved with those of the baseline so that load changes hit them alike.
   constexpr int rounds = 20'000;
@@ -172,6 +175,30 @@ int main() {
               copy / raw_per_op);
   std::printf("%-44s %12.0f %10.2f %10.0fx\n", "list append x 10k (10k requests)", appends / append, append * 1e3,
               append / raw_per_op);
+
+  // Start + shutdown: a Manager whose server answers one call, then stops. The fork server (forkserver) is
+  // started by a first Manager outside the timings, as a program starts it once.
+  constexpr int starts = 20;
+  const mp::StartMethod methods[] = {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver};
+  mp::Manager({.start_method = mp::StartMethod::forkserver}).shutdown();
+  double start_stop[3] = {};
+  for (int rep = 0; rep < reps; ++rep) {
+    for (int m = 0; m < 3; ++m) {
+      best(start_stop[m], timed([&] {
+        for (int i = 0; i < starts; ++i) {
+          mp::Manager started({.start_method = methods[m]});
+          if (started.value<int>(i).get() != i) std::abort();
+          started.shutdown();
+        }
+      }));
+    }
+  }
+  std::printf("\n%-44s %12s %10s %11s\n", "Manager start, 1 call, shutdown", "per s", "ms each", "vs fork");
+  for (int m = 0; m < 3; ++m) {
+    const std::string what = "start method " + std::string(mp::to_string(methods[m]));
+    std::printf("%-44s %12.0f %10.2f %10.2fx\n", what.c_str(), starts / start_stop[m], start_stop[m] / starts * 1e3,
+                start_stop[m] / start_stop[0]);
+  }
 
   std::printf("\nratio dict get / raw ping-pong: %.2fx (target <= 1.5x)\n", get / raw);
   std::printf("dict get from a child: %.0f ops/s (target >= 54000; Python's Manager dict: 18000)\n", rounds / get);
