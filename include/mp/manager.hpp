@@ -901,6 +901,7 @@ class Manager {
     }
   }
   static int reap_server(server_process& server);
+  [[noreturn]] static void run_fresh_server(std::span<const std::byte> bytes);
   static void start_fresh_server(server_process& owner, const detail::unique_fd& listener, const std::string& authkey,
                                  StartMethod method, std::vector<unsigned> identity);
   static void run_server(detail::unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
@@ -949,7 +950,7 @@ inline void close_inherited_fds(std::vector<int> keep) {
 
 // A server started by spawn or forkserver is a fresh copy of the program: nothing of the owner's memory, only
 // what it is sent. It starts as any mp child (run_spawned_child, which mp::init runs) whose target is
-// run_fresh_manager_server, located by code address; the server is type-agnostic (manager_store), so it needs no
+// Manager::run_fresh_server, located by code address; the server is type-agnostic (manager_store), so it needs no
 // user code. It gets what a forked server inherits: the bound listener, the authkey, the paths to remove, and a
 // pidfd of the owner to watch — opened by the owner on itself and sent with SCM_RIGHTS, so no reused pid can be
 // mistaken for it, and not getppid(): under forkserver the server's OS parent is the fork server.
@@ -968,8 +969,16 @@ struct manager_server_start {
   }
 };
 
-/// The target of a server started by spawn or forkserver: serves, cleans up and _exits; never returns.
-inline void run_fresh_manager_server(std::span<const std::byte> bytes) {
+// "exit code 1" / "signal 9": how a server that never served ended.
+inline std::string manager_wait_status(int status) {
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit code " + std::to_string(WEXITSTATUS(status));
+}
+}  // namespace detail
+
+/// The target of a server started by spawn or forkserver: serves, cleans up and _exits.
+inline void Manager::run_fresh_server(std::span<const std::byte> bytes) {
+  using namespace detail;
   manager_server_start start = mp::deserialize<manager_server_start>(bytes);
   fd_inbox* box = current_fd_inbox();
   const std::size_t expected = start.owner_pidfd ? 3 : 2;
@@ -1010,9 +1019,7 @@ inline void run_fresh_manager_server(std::span<const std::byte> bytes) {
       std::vector<std::string> remove;
       if (!start.socket_path.empty()) remove.push_back(start.socket_path);
       if (!start.directory.empty()) remove.push_back(start.directory);
-      manager_server server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(),
-                            std::move(remove));
-      server.run();
+      run_server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(), std::move(remove));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
@@ -1024,13 +1031,6 @@ inline void run_fresh_manager_server(std::span<const std::byte> bytes) {
   if (!start.directory.empty()) ::rmdir(start.directory.c_str());
   ::_exit(code);
 }
-
-// "exit code 1" / "signal 9": how a server that never served ended.
-inline std::string manager_wait_status(int status) {
-  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-  return "exit code " + std::to_string(WEXITSTATUS(status));
-}
-}  // namespace detail
 
 inline void Manager::start_fresh_server(server_process& owner, const detail::unique_fd& listener,
                                         const std::string& authkey, StartMethod method,
@@ -1045,7 +1045,7 @@ inline void Manager::start_fresh_server(server_process& owner, const detail::uni
   request.parent_pid = owner.owner;
   request.start_method = detail::the_start_method().load();
   request.target = detail::spawn_target{
-      detail::locate_code(reinterpret_cast<std::uintptr_t>(&detail::run_fresh_manager_server)), mp::serialize(start)};
+      detail::locate_code(reinterpret_cast<std::uintptr_t>(&run_fresh_server)), mp::serialize(start)};
   const std::vector<std::byte> bytes = mp::serialize(request);
 
   const bool via_server = method == StartMethod::forkserver;
