@@ -1052,3 +1052,20 @@ TEST_CASE("A Manager refuses a start method that is not one, saying which", "[ma
   REQUIRE_THROWS_WITH((mp::Manager({.start_method = static_cast<mp::StartMethod>(7)})),
                       Catch::Contains("start_method is 7") && Catch::Contains("StartMethod::spawn"));
 }
+
+TEST_CASE("A Manager whose server was SIGKILLed fails its calls clearly and shuts down cleanly, by every method",
+          "[manager]") {
+  const auto method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("server started by " << mp::to_string(method));
+  auto [manager, server] = start_watched({.start_method = method});
+  auto d = manager.dict<int, int>();
+  d.set(1, 1);
+  const std::string path = manager.address().path();
+  REQUIRE(::kill(server, SIGKILL) == 0);
+  REQUIRE_THROWS_WITH(d.get(1), Catch::Contains("closed the connection"));
+  manager.shutdown();  // reaps the server and removes what it could not
+  CHECK(::kill(server, 0) == -1);
+  struct stat info {};
+  CHECK(::stat(path.c_str(), &info) == -1);
+  CHECK(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
+}
