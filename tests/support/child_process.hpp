@@ -24,6 +24,15 @@ mp::Process start(F&& target, Args&&... args) {
   return process;
 }
 
+/// Starts target(args...) in a child made by fork whatever the default start method (MP_START_METHOD): for the
+/// tests tagged [fork], about what only fork does (the child is a copy of the parent), which ctest runs once.
+template <class F, class... Args>
+mp::Process start_forked(F&& target, Args&&... args) {
+  mp::Process process({.start_method = mp::StartMethod::fork}, std::forward<F>(target), std::forward<Args>(args)...);
+  process.start();
+  return process;
+}
+
 /// Joins and returns the exit code (0: the child's checks passed; 1: it threw; -9: SIGKILL).
 inline int finish(mp::Process& process) {
   process.join();
