@@ -818,3 +818,26 @@ TEST_CASE("When the Pool's process is killed, its factory and workers die too, u
   for (pid_t orphan : children())
     if (orphan != server) ::waitpid(orphan, nullptr, 0);
 }
+
+int nested_sum(int method) {
+  // Runs in a worker of a spawn Pool, whose own code addresses are translated: the inner Pool's workers must not
+  // translate again (under fork they share the worker's addresses; a fresh inner factory gets this worker's table).
+  mp::Pool inner({.processes = 2, .start_method = static_cast<mp::StartMethod>(method)});
+  const std::vector<int> squares = inner.map(square, numbers(0, 10), 3);
+  return std::accumulate(squares.begin(), squares.end(), 0) + inner.apply([](int x) { return x; }, 1000);
+}
+
+TEST_CASE("A task of a spawn Pool can create a Pool of its own under every start method", "[pool]") {
+  leak_check leaks;
+  {
+    mp::Pool pool({.processes = 1, .start_method = mp::StartMethod::spawn});
+    for (mp::StartMethod method : {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver}) {
+      INFO("inner start method " << method_name(method));
+      CHECK(pool.apply(nested_sum, static_cast<int>(method)) == 285 + 1000);
+    }
+  }
+  // The worker's own fork server ends when the worker does (end of file), re-parented to this subreaper.
+  const pid_t server = mp::detail::forkserver_pid();
+  for (pid_t orphan : children())
+    if (orphan != server) ::waitpid(orphan, nullptr, 0);
+}
