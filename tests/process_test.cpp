@@ -797,8 +797,13 @@ TEST_CASE("A daemon child dies when its parent is killed with SIGKILL and a non-
         test_pipe never;  // the grandchild blocks reading it until every other holder is gone
         mp::Process middle(
             [](pipe_view pids, pipe_view never, bool daemon) {
+              // A child of middle's own (fork or spawn), so that outer, the subreaper, inherits and reaps it: a
+              // forkserver child is the server's, which may reap it first (context_test covers forkserver children
+              // dying with their parent).
+              const mp::StartMethod method = mp::get_start_method();
               mp::Process grandchild(
-                  {.daemon = daemon},
+                  {.daemon = daemon,
+                   .start_method = method == mp::StartMethod::forkserver ? mp::StartMethod::spawn : method},
                   [](pipe_view never, pipe_view pids) {
                     default_signal_actions();
                     pids.write(std::to_string(::getpid()) + "\n");  // ready to die quietly
