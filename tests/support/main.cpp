@@ -2,6 +2,10 @@
 // no process they started outlives them (orphaned grandchildren included: this runner is their subreaper) and
 // no file descriptor stays open.
 #define CATCH_CONFIG_RUNNER
+// Catch2's handlers for fatal signals would be inherited by every forked child: a child that gets SIGTERM from
+// terminate() before its target has run would report a "fatal error" of the test and run Catch's code instead of
+// dying. Without them, a crash ends the test executable by that signal, which ctest reports as a failure.
+#define CATCH_CONFIG_NO_POSIX_SIGNALS
 #include <catch2/catch.hpp>
 
 // The whole library, so every test executable has two translation units that include every header: a function
