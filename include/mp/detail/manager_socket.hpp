@@ -162,6 +162,8 @@ class manager_connection {
 
   /// True once requests and replies travel through shared memory (see manager_channel.hpp).
   bool has_channel() const noexcept { return static_cast<bool>(channel_); }
+  /// Test seam: the channel's shared memory (nullptr without a channel).
+  manager_channel_shared* channel_memory() const noexcept { return channel_ ? &*channel_ : nullptr; }
 
   int fd() const noexcept { return fd_.get(); }
   /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
