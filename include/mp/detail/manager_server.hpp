@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -313,6 +314,7 @@ class manager_server {
       append_frame(c.out, bytes);
       shared.reply_size.store(manager_reply_on_socket, std::memory_order_relaxed);
     }
+    shared.server_cpu.store(manager_current_cpu(), std::memory_order_relaxed);
     shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
     if (shared.client_sleeping.load() != 0) append_frame(c.out, {});
   }
@@ -349,6 +351,7 @@ class manager_server {
       }
       // Copied out: the client's process may write the slot while we parse it.
       request_.assign(reinterpret_cast<const char*>(shared.request), size);
+      last_client_cpu_ = shared.client_cpu.load(std::memory_order_relaxed);
       handle(c, request_, now);
       ++taken;
     }
@@ -389,7 +392,11 @@ class manager_server {
       }
       now = manager_store::clock::now();
       if (now - last_channel_request_ >= manager_server_spin || now >= slice_end) return;
-      cpu_relax();
+      if (last_client_cpu_ == manager_current_cpu()) {
+        ::sched_yield();  // the client we answered last may be waiting for this very CPU (see manager_spin_until)
+      } else {
+        for (int i = 0; i < 32; ++i) cpu_relax();
+      }
     }
   }
 
@@ -491,6 +498,7 @@ class manager_server {
   std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
   std::vector<std::uint64_t> hangup_ids_;
   manager_store::clock::time_point last_channel_request_{};
+  int last_client_cpu_ = -1;  // where the client of the last channel request ran
   std::uint64_t next_client_ = 1;
   bool stop_ = false;
   bool accept_paused_ = false;

@@ -151,6 +151,7 @@ class manager_connection {
       auto& shared = *channel_;
       std::memcpy(shared.request, frame.data() + 4, payload);
       shared.request_size.store(static_cast<std::uint32_t>(payload), std::memory_order_relaxed);
+      shared.client_cpu.store(manager_current_cpu(), std::memory_order_relaxed);
       shared.request_seq.store(++requests_);  // seq_cst: publishes the bytes, and orders the flag load below
       if (shared.server_sleeping.load() != 0) ring_doorbell();
       return await_reply();
@@ -241,7 +242,7 @@ class manager_connection {
     const std::uint32_t expected = ++replies_;
     auto ready = [&] { return shared.reply_seq.load(std::memory_order_acquire) == expected; };
     std::string_view on_socket;
-    if (!spin_until(ready, manager_client_spin)) {
+    if (!manager_spin_until(ready, shared.server_cpu, manager_client_spin)) {
       for (;;) {
         shared.client_sleeping.store(1);  // seq_cst, then re-check: see the argument in manager_channel.hpp
         if (shared.reply_seq.load() == expected) break;
