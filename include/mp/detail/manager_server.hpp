@@ -337,11 +337,25 @@ class manager_server {
     return any || value == 0;
   }
 
+  // Whether c's peer hung up (its process died): its socket reports it at once, its channel never does.
+  static bool hung_up(const connection& c) {
+    pollfd fd{c.fd.get(), POLLRDHUP, 0};
+    return ::poll(&fd, 1, 0) > 0 && (fd.revents & (POLLHUP | POLLERR | POLLRDHUP));
+  }
+
   // Takes at most one request from every channel (so every client gets its turn) and applies it; the count taken.
+  // A request that parks (a blocking call) is followed by a look at its socket: a client killed right after it
+  // published the request is forgotten before a later request (of this round) can hand it an item or a lock.
   std::size_t take_channel_requests(manager_store::clock::time_point now) {
     std::size_t taken = 0;
+    pending_ids_.clear();
     for (auto& [id, c] : connections_) {
-      if (!channel_has_request(c)) continue;
+      if (channel_has_request(c)) pending_ids_.push_back(id);
+    }
+    for (auto id : pending_ids_) {
+      auto found = connections_.find(id);
+      if (found == connections_.end() || !channel_has_request(found->second)) continue;
+      auto& c = found->second;
       auto& shared = *c.channel;
       c.requests_seen = shared.request_seq.load(std::memory_order_acquire);
       const std::uint32_t size = shared.request_size.load(std::memory_order_relaxed);
@@ -354,6 +368,10 @@ class manager_server {
       last_client_cpu_ = shared.client_cpu.load(std::memory_order_relaxed);
       handle(c, request_, now);
       ++taken;
+      if (c.parked && hung_up(c)) {
+        c.dead = true;
+        reap();
+      }
     }
     return taken;
   }
@@ -497,6 +515,7 @@ class manager_server {
   std::string request_;                             // a request copied out of a channel
   std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
   std::vector<std::uint64_t> hangup_ids_;
+  std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch
   manager_store::clock::time_point last_channel_request_{};
   int last_client_cpu_ = -1;  // where the client of the last channel request ran
   std::uint64_t next_client_ = 1;
