@@ -25,14 +25,16 @@
 //   poster:  seq := n (seq_cst);       if sleeping (seq_cst load) == 1: send a doorbell on the socket
 // All four operations are seq_cst, so they have one total order S. If the waiter's load missed the new seq, that
 // load precedes the store of seq in S, hence sleeping := 1 precedes the poster's load of sleeping, which then
-// reads 1 (nobody else stores 1, and the waiter stores 0 only after it woke) and the doorbell is sent: the waiter
-// either sees the message or gets a doorbell. A stale doorbell (both saw each other) costs the waiter one extra
-// look, never a wrong answer, because every wake-up re-checks seq.
+// reads 1 (nobody else stores 1, and the waiter clears it only once it stopped waiting) and the doorbell is sent:
+// the waiter either sees the message or gets a doorbell. A stale doorbell (both saw each other) costs the waiter
+// one extra look, never a wrong answer, because every wake-up re-checks seq.
 // The server sleeps only after raising server_sleeping in every channel and re-checking every request_seq; after
 // poll() returns it clears the flags before it looks at the channels again. The client raises client_sleeping
-// before it blocks in read() on the socket and clears it when it wakes; the server, after publishing a reply,
-// appends a doorbell to that client's socket if the flag is set. The server never blocks on a channel: a reply
-// that does not fit goes to the socket's (non-blocking, buffered) output.
+// before it blocks in read() on the socket; the server, after publishing a reply, takes the flag (exchange to 0)
+// and, if it was set, appends one doorbell to that client's socket. The client clears the flag with an exchange
+// when it stops waiting: if it finds 0, the server took it and a doorbell is on its way, which the client reads
+// before its next sleep, so stale doorbells never pile up in the socket. The server never blocks on a channel: a
+// reply that does not fit goes to the socket's (non-blocking, buffered) output.
 #pragma once
 
 #include <fcntl.h>

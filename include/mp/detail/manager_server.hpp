@@ -316,7 +316,7 @@ class manager_server {
     }
     shared.server_cpu.store(manager_current_cpu(), std::memory_order_relaxed);
     shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
-    if (shared.client_sleeping.load() != 0) append_frame(c.out, {});
+    if (shared.client_sleeping.exchange(0) != 0) append_frame(c.out, {});  // one doorbell per sleep
   }
 
   // The request c published in its channel and the server has not taken yet, if any (not while parked: a

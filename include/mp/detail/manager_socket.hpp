@@ -243,25 +243,34 @@ class manager_connection {
     auto ready = [&] { return shared.reply_seq.load(std::memory_order_acquire) == expected; };
     std::string_view on_socket;
     if (!manager_spin_until(ready, shared.server_cpu, manager_client_spin)) {
+      // Doorbells owed from earlier sleeps come first (they are on their way: the server took the flag).
+      for (; doorbells_owed_ > 0; --doorbells_owed_) {
+        if (!receive().empty()) protocol_broken();
+      }
       for (;;) {
         shared.client_sleeping.store(1);  // seq_cst, then re-check: see the argument in manager_channel.hpp
         if (shared.reply_seq.load() == expected) break;
-        on_socket = receive();  // a doorbell (empty) or a reply too big for the slot
+        on_socket = receive();  // a doorbell (empty; the server cleared the flag) or a reply too big for the slot
         if (!on_socket.empty()) break;
       }
-      shared.client_sleeping.store(0);
+      // Still 1: the server did not see it, no doorbell comes. 0: the server took it; its doorbell is owed.
+      if (shared.client_sleeping.exchange(0) == 0) ++doorbells_owed_;
     }
     // A reply on the socket is announced in the slot before it is written to the socket: it is published now.
     const bool published = shared.reply_seq.load(std::memory_order_acquire) == expected;
     const std::uint32_t size = shared.reply_size.load(std::memory_order_relaxed);
     if (!published || (size > manager_channel_capacity && size != manager_reply_on_socket) ||
         (!on_socket.empty() && size != manager_reply_on_socket)) {
-      throw Error("the manager server at " + endpoint_.to_string() +
-                  " broke the shared-memory channel protocol: it runs another version of mp, or memory is corrupt");
+      protocol_broken();
     }
     if (size != manager_reply_on_socket) return {reinterpret_cast<const char*>(shared.reply), size};
     while (on_socket.empty()) on_socket = receive();  // skip doorbells that came before it
     return on_socket;
+  }
+
+  [[noreturn]] void protocol_broken() const {
+    throw Error("the manager server at " + endpoint_.to_string() +
+                " broke the shared-memory channel protocol: it runs another version of mp, or memory is corrupt");
   }
 
   [[noreturn]] void server_gone(int err) const {
@@ -320,6 +329,7 @@ class manager_connection {
   std::size_t start_ = 0, end_ = 0;
   manager_channel channel_;  // empty: everything goes over the socket
   std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
+  std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
 };
 
 }  // namespace mp::detail
