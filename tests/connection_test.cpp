@@ -1,4 +1,5 @@
-// Tests of mp/connection.hpp (Pipe, Connection, wait) across real processes.
+// Tests of mp/connection.hpp (Pipe, Connection, wait) across real processes, under every start method (ctest runs
+// each test with MP_START_METHOD=fork, spawn and forkserver): children get the connections as Process arguments.
 // Processes synchronize through the connections under test or through plain pipes, never through sleeps; a short
 // timeout appears only where the test asserts that something does NOT happen.
 #include <catch2/catch.hpp>
@@ -62,13 +63,13 @@ struct point {
 
 TEST_CASE("Pipe carries values both ways between two processes", "[connection]") {
   auto [here, there] = mp::Pipe<std::string>();
-  auto child = start([there = there]() mutable {
+  auto child = start([](mp::Connection<std::string> there) {
     for (;;) {
       std::string message = there.recv();
       if (message == "stop") return;
       there.send(message + message);
     }
-  });
+  }, there);
   there.close();
   for (const std::string& word : std::vector<std::string>{"a", "hello", std::string(10000, 'x'), ""}) {
     here.send(word);
@@ -81,10 +82,10 @@ TEST_CASE("Pipe carries values both ways between two processes", "[connection]")
 
 TEST_CASE("Pipe of a trivially copyable struct keeps every field", "[connection]") {
   auto [here, there] = mp::Pipe<point>();
-  auto child = start([there = there]() mutable {
+  auto child = start([](mp::Connection<point> there) {
     point p = there.recv();
     there.send(point{p.y, p.x, p.tag + 1});
-  });
+  }, there);
   here.send(point{1.5, -2.25, 41});
   const point back = here.recv();
   CHECK(back.x == -2.25);
@@ -95,9 +96,9 @@ TEST_CASE("Pipe of a trivially copyable struct keeps every field", "[connection]
 
 TEST_CASE("One-way Pipe: the first end only receives, the second only sends", "[connection]") {
   auto [reader, writer] = mp::Pipe<int>(false);
-  auto child = start([writer = writer]() mutable {
+  auto child = start([](mp::Connection<int> writer) {
     for (int i = 0; i < 100; ++i) writer.send(i * i);
-  });
+  }, writer);
   writer.close();
   for (int i = 0; i < 100; ++i) CHECK(reader.recv() == i * i);
   CHECK(finish(child) == 0);
@@ -112,12 +113,12 @@ TEST_CASE("One-way Pipe: the first end only receives, the second only sends", "[
 TEST_CASE("recv throws EOFError only after every message sent before the close is read", "[connection]") {
   for (bool duplex : {true, false}) {
     auto [a, b] = mp::Pipe<std::string>(duplex);
-    auto child = start([b = b]() mutable {
+    auto child = start([](mp::Connection<std::string> b) {
       b.send("one");
       b.send("two");
       b.send(std::string(100'000, '3'));
       // exits without closing: the process's end closes with it
-    });
+    }, b);
     b.close();
     CHECK(a.recv() == "one");
     CHECK(a.recv() == "two");
@@ -136,10 +137,10 @@ TEST_CASE("poll is false on an idle connection, honours its timeout, and sees a 
   const auto t0 = std::chrono::steady_clock::now();
   CHECK_FALSE(a.poll(30ms));
   CHECK(std::chrono::steady_clock::now() - t0 >= 30ms);
-  auto child = start([&go, b = b]() mutable {
+  auto child = start([](note_end go, mp::Connection<int> b) {
     go.wait();
     b.send(7);
-  });
+  }, go.reader(), b);
   go.post();
   CHECK(a.poll(std::chrono::hours(1)));
   CHECK(a.poll());
@@ -153,10 +154,10 @@ TEST_CASE("A 64 MiB message passes through a Pipe intact", "[connection]") {
   for (bool duplex : {true, false}) {
     SECTION(duplex ? "socketpair" : "pipe") {
       auto [reader, writer] = mp::Pipe<std::vector<std::byte>>(duplex);
-      auto child = start([writer = writer]() mutable {
+      auto child = start([](mp::Connection<std::vector<std::byte>> writer) {
         writer.send(make_message(size, 1, 2));
         writer.send_bytes(make_message(size, 3, 4));
-      });
+      }, writer);
       writer.close();
       int sender = 0, seq = 0;
       const auto first = reader.recv();
@@ -180,12 +181,12 @@ TEST_CASE("Concurrent senders in 4 processes on one Connection never interleave 
       auto [reader, writer] = mp::Pipe<std::vector<std::byte>>(duplex);
       std::vector<mp::Process> children;
       for (int s = 0; s < senders; ++s) {
-        children.push_back(start([writer = writer, s]() mutable {
+        children.push_back(start([](mp::Connection<std::vector<std::byte>> writer, int s) {
           // Sizes well above PIPE_BUF and the socket buffer, so each message takes many write(2) calls.
           for (int seq = 0; seq < per_sender; ++seq)
             writer.send(make_message(std::size_t{1000} + static_cast<std::size_t>((seq * 7919 + s * 104729) % 300'000),
                                      s, seq));
-        }));
+        }, writer, s));
       }
       writer.close();
       std::map<int, int> next_seq;
@@ -214,7 +215,8 @@ TEST_CASE("Concurrent receivers in 3 processes on one Connection each get whole 
   auto [results_in, results_out] = mp::Pipe<std::int64_t>(false);
   std::vector<mp::Process> children;
   for (int r = 0; r < 3; ++r) {
-    children.push_back(start([reader = reader, results_out = results_out]() mutable {
+    children.push_back(start([](mp::Connection<std::vector<std::byte>> reader,
+                                mp::Connection<std::int64_t> results_out) {
       std::int64_t count = 0;
       for (;;) {
         auto message = reader.recv();
@@ -224,7 +226,7 @@ TEST_CASE("Concurrent receivers in 3 processes on one Connection each get whole 
         ++count;
       }
       results_out.send(count);
-    }));
+    }, reader, results_out));
   }
   reader.close();
   results_out.close();
@@ -287,7 +289,9 @@ TEST_CASE("send to a closed peer throws mp::Error instead of killing the process
 
 TEST_CASE("A sender SIGKILLed in the middle of a message leaves the direction marked broken", "[connection]") {
   auto [reader, writer] = mp::Pipe<std::vector<std::byte>>();
-  auto child = start([writer = writer]() mutable { writer.send(make_message(std::size_t{64} << 20, 0, 0)); });
+  auto child = start(
+      [](mp::Connection<std::vector<std::byte>> writer) { writer.send(make_message(std::size_t{64} << 20, 0, 0)); },
+      writer);
   // The first bytes have arrived and the message is far larger than the socket buffer: the child is inside send.
   REQUIRE(reader.poll(std::chrono::seconds(30)));
   child.kill();
@@ -314,7 +318,7 @@ TEST_CASE("wait returns the ready connections and ended processes, in input orde
   CHECK(mp::wait({a1, a2, a3}, 0ms).empty());
 
   note_pipe go;
-  auto child = start([&go] { go.wait(); });
+  auto child = start([](note_end go) { go.wait(); }, go.reader());
   CHECK(mp::wait({child.sentinel(), a2.fileno()}, 10ms).empty());
   go.post();
   auto ended = mp::wait({child.sentinel(), a2.fileno()});

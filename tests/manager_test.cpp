@@ -2,9 +2,11 @@
 // separately started programs, authentication, hostile frames, and the death of the server or of its owner.
 #include <catch2/catch.hpp>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -13,6 +15,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <random>
@@ -23,9 +28,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include <mp/connection.hpp>
 #include <mp/detail/manager_store.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
+#include <mp/sync.hpp>
 
 using namespace std::chrono_literals;
 
@@ -36,11 +43,12 @@ void expect(bool condition, const std::string& what) {
   if (!condition) throw std::runtime_error("child check failed: " + what);
 }
 
-// Starts n children running f(i) and requires that each exits with 0.
-template <class F>
-void run_children(int n, F f) {
+// Starts n children running f(i, args...) and requires that each exits with 0. f is a function or a lambda
+// without captures and the proxies travel as Process arguments, so this works under every start method.
+template <class F, class... A>
+void run_children(int n, F f, const A&... args) {
   std::vector<mp::Process> children;
-  for (int i = 0; i < n; ++i) children.emplace_back(f, i);
+  for (int i = 0; i < n; ++i) children.emplace_back(f, i, args...);
   for (auto& child : children) child.start();
   for (auto& child : children) {
     child.join();
@@ -48,9 +56,13 @@ void run_children(int n, F f) {
   }
 }
 
-template <class F>
-void run_child(F f) {
-  run_children(1, [f](int) { f(); });
+// One child running f(args...), which must exit with 0.
+template <class F, class... A>
+void run_child(F f, const A&... args) {
+  mp::Process child(f, args...);
+  child.start();
+  child.join();
+  REQUIRE(child.exitcode() == 0);
 }
 
 // An input range whose elements are read from a list proxy as it is iterated: 2 * list[i] for i < n.
@@ -125,7 +137,7 @@ TEST_CASE("DictProxy supports every method across processes, keeping insertion o
   mp::Manager manager;
   auto d = manager.dict<std::string, int>();
   d["first"] = 1;
-  run_child([d] {
+  run_child([](mp::DictProxy<std::string, int> d) {
     expect(d.get("first") == 1, "get sees the parent's value");
     expect(!d.get("missing").has_value(), "get of a missing key is nullopt");
     expect(d.get("missing", 5) == 5, "get with a default");
@@ -136,7 +148,7 @@ TEST_CASE("DictProxy supports every method across processes, keeping insertion o
     d.update(std::vector<std::pair<std::string, int>>{{"fourth", 4}, {"first", 10}});
     expect(d.setdefault("fifth", 5) == 5, "setdefault inserts");
     expect(d.setdefault("fifth", 50) == 5, "setdefault keeps an existing value");
-  });
+  }, d);
   REQUIRE(d.size() == 5);
   REQUIRE(d.contains("fourth"));
   REQUIRE_FALSE(d.contains("sixth"));
@@ -161,7 +173,7 @@ TEST_CASE("ListProxy supports every method across processes with Python's index 
   mp::Manager manager;
   auto l = manager.list<int>();
   l.append(1);
-  run_child([l] {
+  run_child([](mp::ListProxy<int> l) {
     l.extend(std::vector<int>{2, 3, 4});
     l.extend({5, 6});
     expect(l.size() == 6, "size after extend");
@@ -171,7 +183,7 @@ TEST_CASE("ListProxy supports every method across processes with Python's index 
     l.insert(0, 0);
     l.insert(100, 7);   // past the end: appends
     l.insert(-100, -1); // before the start: prepends
-  });
+  }, l);
   REQUIRE(l.copy() == std::vector<int>{-1, 0, 1, 20, 3, 4, 50, 6, 7});
   auto doubled = manager.list<int>();
   // Elements read from another proxy while the extend request is being built.
@@ -194,13 +206,13 @@ TEST_CASE("ValueProxy and NamespaceProxy share values of any serializable type",
   auto text = manager.value<std::vector<std::string>>({"a"});
   auto ns = manager.namespace_();
   ns.set("x", 1);
-  run_child([=] {
+  run_child([](mp::ValueProxy<double> v, mp::ValueProxy<std::vector<std::string>> text, mp::NamespaceProxy ns) {
     expect(v.get() == 1.5 && v.value() == 1.5, "initial value");
     v.set(2.5);
     text.value({"b", "c"});
     ns.set("name", std::string("worker"));
     ns.set("x", ns.get<int>("x") + 1);
-  });
+  }, v, text, ns);
   REQUIRE(v.get() == 2.5);
   REQUIRE(text.get() == std::vector<std::string>{"b", "c"});
   REQUIRE(ns.get<int>("x") == 2);
@@ -222,12 +234,12 @@ TEST_CASE("QueueProxy passes items between processes, its blocking calls waiting
   // Two consumers block in get() while the parent keeps using the server; then the parent feeds them.
   std::vector<mp::Process> consumers;
   for (int i = 0; i < 2; ++i) {
-    consumers.emplace_back([q, results](int who) {
+    consumers.emplace_back([](int who, mp::QueueProxy<std::string> q, mp::DictProxy<int, int> results) {
       for (int n = 0; n < 50; ++n) {
         auto item = q.get();
         results.set(std::stoi(item), who);
       }
-    }, i);
+    }, i, q, results);
     consumers.back().start();
   }
   results.set(-1, -1);  // answered while both consumers wait in get()
@@ -251,7 +263,7 @@ TEST_CASE("QueueProxy passes items between processes, its blocking calls waiting
   REQUIRE_THROWS_AS(bounded.put_nowait(3), mp::Full);
   REQUIRE_THROWS_AS(bounded.put(3, 20ms), mp::Full);
   REQUIRE_FALSE(bounded.try_put(3));
-  mp::Process producer([bounded] { bounded.put(3); });  // waits in the server until the get below makes room
+  mp::Process producer([](mp::QueueProxy<int> b) { b.put(3); }, bounded);  // waits in the server until the get below makes room
   producer.start();
   REQUIRE(bounded.get() == 1);
   producer.join();
@@ -264,11 +276,11 @@ TEST_CASE("A queue item is not lost when the process blocked in get() is killed"
   mp::Manager manager;
   auto q = manager.queue<int>();
   auto started = manager.event();
-  mp::Process victim([q, started] {
+  mp::Process victim([](mp::QueueProxy<int> q, mp::EventProxy started) {
     started.set();
     (void)q.get();
     ::_exit(3);  // never reached: killed while waiting
-  });
+  }, q, started);
   victim.start();
   started.wait();
   victim.kill();
@@ -281,12 +293,12 @@ TEST_CASE("LockProxy gives mutual exclusion across processes and is released whe
   mp::Manager manager;
   auto lock = manager.lock();
   auto counter = manager.value<int>(0);
-  run_children(4, [lock, counter](int) {
+  run_children(4, [](int, mp::LockProxy lock, mp::ValueProxy<int> counter) {
     for (int i = 0; i < 50; ++i) {
       std::scoped_lock guard(lock);
       counter.set(counter.get() + 1);  // a read-modify-write that races without the lock
     }
-  });
+  }, lock, counter);
   REQUIRE(counter.get() == 200);
 
   REQUIRE(lock.try_acquire());
@@ -295,11 +307,11 @@ TEST_CASE("LockProxy gives mutual exclusion across processes and is released whe
   REQUIRE_THROWS_WITH(lock.release(), Catch::Contains("unlocked"));
 
   auto held = manager.event();
-  mp::Process holder([lock, held] {
+  mp::Process holder([](mp::LockProxy lock, mp::EventProxy held) {
     lock.acquire();
     held.set();
     ::pause();
-  });
+  }, lock, held);
   holder.start();
   held.wait();
   REQUIRE_FALSE(lock.try_acquire());
@@ -313,29 +325,24 @@ TEST_CASE("A lock is released when its holder dies even while the holder's own c
   mp::Manager manager;
   auto lock = manager.lock();
   auto ready = manager.event();
-  int gate[2];
-  REQUIRE(::pipe(gate) == 0);
-  mp::Process holder([lock, ready, gate] {
+  mp::Event gate;  // in shared memory, not in the manager: the grandchild waits on it without using the manager
+  mp::Process holder([](mp::LockProxy lock, mp::EventProxy ready, mp::Event gate) {
     lock.acquire();
     if (::fork() == 0) {  // a grandchild that never uses the manager and outlives the holder
-      ::close(gate[1]);
-      char byte;
-      while (::read(gate[0], &byte, 1) > 0) {
-      }
+      gate.wait();
       ::_exit(0);
     }
     ready.set();
     ::pause();
-  });
+  }, lock, ready, gate);
   holder.start();
-  ::close(gate[0]);
   ready.wait();
   holder.kill();
   holder.join();
   // The grandchild closed its inherited copy of the holder's connection at fork, so the server saw the holder go.
   REQUIRE(lock.acquire(10s));
   lock.release();
-  ::close(gate[1]);  // lets the grandchild exit
+  gate.set();  // lets the grandchild exit
 }
 
 TEST_CASE("RLockProxy is re-entrant and owned by the acquiring process", "[manager]") {
@@ -343,7 +350,7 @@ TEST_CASE("RLockProxy is re-entrant and owned by the acquiring process", "[manag
   auto rlock = manager.rlock();
   rlock.acquire();
   rlock.acquire();
-  run_child([rlock] {
+  run_child([](mp::RLockProxy rlock) {
     expect(!rlock.try_acquire(), "another process cannot take a held RLock");
     bool threw = false;
     try {
@@ -352,14 +359,14 @@ TEST_CASE("RLockProxy is re-entrant and owned by the acquiring process", "[manag
       threw = true;
     }
     expect(threw, "release by a non-owner throws");
-  });
+  }, rlock);
   rlock.release();
-  run_child([rlock] { expect(!rlock.try_acquire(), "still held once"); });
+  run_child([](mp::RLockProxy rlock) { expect(!rlock.try_acquire(), "still held once"); }, rlock);
   rlock.release();
-  run_child([rlock] {
+  run_child([](mp::RLockProxy rlock) {
     expect(rlock.try_acquire(), "free after the second release");
     rlock.release();
-  });
+  }, rlock);
 }
 
 TEST_CASE("SemaphoreProxy counts across processes", "[manager]") {
@@ -369,9 +376,9 @@ TEST_CASE("SemaphoreProxy counts across processes", "[manager]") {
   s.acquire();
   REQUIRE(s.try_acquire());
   REQUIRE_FALSE(s.acquire(10ms));
-  run_child([s] { s.release(2); });
+  run_child([](mp::SemaphoreProxy s) { s.release(2); }, s);
   REQUIRE(s.get_value() == 2);
-  run_child([s] { s.acquire(); });
+  run_child([](mp::SemaphoreProxy s) { s.acquire(); }, s);
   REQUIRE(s.get_value() == 1);
   REQUIRE_THROWS_AS(manager.semaphore(-1), mp::Error);
 }
@@ -384,11 +391,11 @@ TEST_CASE("EventProxy wakes waiting processes", "[manager]") {
   REQUIRE_FALSE(e.wait(10ms));
   std::vector<mp::Process> waiters;
   for (int i = 0; i < 3; ++i) {
-    waiters.emplace_back([e, ready] {
+    waiters.emplace_back([](mp::EventProxy e, mp::BarrierProxy ready) {
       ready.wait();
       e.wait();
       expect(e.is_set(), "set after wait returns");
-    });
+    }, e, ready);
     waiters.back().start();
   }
   ready.wait();
@@ -408,11 +415,11 @@ TEST_CASE("ConditionProxy waits, notifies and re-acquires its lock across proces
   auto items = manager.list<int>();
   std::vector<mp::Process> consumers;
   for (int i = 0; i < 2; ++i) {
-    consumers.emplace_back([cond, items] {
+    consumers.emplace_back([](mp::ConditionProxy cond, mp::ListProxy<int> items) {
       std::scoped_lock guard(cond);
       cond.wait_for([&] { return items.size() >= 3; });
       items.append(100);  // still under the lock after wait_for
-    });
+    }, cond, items);
     consumers.back().start();
   }
   for (int i = 0; i < 3; ++i) {
@@ -439,7 +446,8 @@ TEST_CASE("BarrierProxy releases all parties together and breaks on timeout or a
   auto barrier = manager.barrier(3);
   auto indexes = manager.list<int>();
   REQUIRE(barrier.parties() == 3);
-  run_children(3, [barrier, indexes](int) { indexes.append(barrier.wait()); });
+  run_children(3, [](int, mp::BarrierProxy barrier, mp::ListProxy<int> indexes) { indexes.append(barrier.wait()); },
+               barrier, indexes);
   auto got = indexes.copy();
   std::sort(got.begin(), got.end());
   REQUIRE(got == std::vector<int>{0, 1, 2});
@@ -450,7 +458,7 @@ TEST_CASE("BarrierProxy releases all parties together and breaks on timeout or a
   REQUIRE_THROWS_AS(barrier.wait(), mp::BrokenBarrierError);
   barrier.reset();
   REQUIRE_FALSE(barrier.broken());
-  mp::Process waiter([barrier] {
+  mp::Process waiter([](mp::BarrierProxy barrier) {
     bool broken = false;
     try {
       barrier.wait();
@@ -458,7 +466,7 @@ TEST_CASE("BarrierProxy releases all parties together and breaks on timeout or a
       broken = true;
     }
     expect(broken, "abort wakes a waiter with BrokenBarrierError");
-  });
+  }, barrier);
   waiter.start();
   while (barrier.n_waiting() < 1) std::this_thread::yield();  // the waiter has arrived
   barrier.abort();
@@ -779,24 +787,16 @@ TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") 
 }
 
 TEST_CASE("A manager server exits on its own when its owner is killed", "[manager]") {
-  int channel[2];
-  REQUIRE(::pipe(channel) == 0);
-  mp::Process owner([w = channel[1], r = channel[0]] {
-    ::close(r);
-    mp::Manager manager;  // default: a private Unix socket
+  auto [paths, path_out] = mp::Pipe<std::string>(false);
+  mp::Process owner([](mp::Connection<std::string> out) {
+    mp::Manager manager;  // default: a private Unix socket, started by the default start method
     manager.queue<int>("q");
-    auto path = manager.address().path();
-    expect(::write(w, path.data(), path.size()) == static_cast<ssize_t>(path.size()), "address sent");
-    ::close(w);
+    out.send(manager.address().path());
     ::pause();
-  });
+  }, path_out);
   owner.start();
-  ::close(channel[1]);
-  std::string path(256, '\0');
-  auto got = ::read(channel[0], path.data(), path.size());
-  ::close(channel[0]);
-  REQUIRE(got > 0);
-  path.resize(static_cast<std::size_t>(got));
+  path_out.close();
+  const std::string path = paths.recv();
   auto client = mp::Manager::connect(mp::Address::unix_socket(path), "");
   auto q = client.queue<int>("q");
   std::thread killer([&] { owner.kill(); });
@@ -824,10 +824,8 @@ TEST_CASE("shutdown() stops the server: later calls fail with a clear error, and
 
 TEST_CASE("serve_forever() serves until SIGTERM, then shuts the server down and returns", "[manager]") {
   auto key = random_key();
-  int channel[2];
-  REQUIRE(::pipe(channel) == 0);
-  mp::Process server_owner([w = channel[1], r = channel[0], key] {
-    ::close(r);
+  auto [ports, port_out] = mp::Pipe<int>(false);
+  mp::Process server_owner([](mp::Connection<int> out, std::string key) {
     mp::Manager manager({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key});
     manager.dict<std::string, int>("shared")["answer"] = 42;
     auto port = manager.address().port();
@@ -836,15 +834,12 @@ TEST_CASE("serve_forever() serves until SIGTERM, then shuts the server down and 
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     ::sigprocmask(SIG_BLOCK, &term, nullptr);
-    expect(::write(w, &port, sizeof port) == sizeof port, "port sent");
-    ::close(w);
+    out.send(port);
     manager.serve_forever();  // returns on SIGTERM; exit code 0 tells the parent it did
-  });
+  }, port_out, key);
   server_owner.start();
-  ::close(channel[1]);
-  std::uint16_t port = 0;
-  REQUIRE(::read(channel[0], &port, sizeof port) == sizeof port);
-  ::close(channel[0]);
+  port_out.close();
+  const auto port = static_cast<std::uint16_t>(ports.recv());
   auto client = mp::Manager::connect(mp::Address::tcp("127.0.0.1", port), key);
   auto shared = client.dict<std::string, int>("shared");
   REQUIRE(shared.get("answer") == 42);
@@ -859,6 +854,218 @@ TEST_CASE("A manager created on a thread that ends keeps serving", "[manager]") 
   std::thread([&] { manager.emplace(); }).join();  // the server watches the owner process, not the thread
   auto d = manager->dict<int, int>();
   d.set(1, 2);
-  run_child([d] { d.set(2, d.get(1, 0) + 1); });
+  run_child([](mp::DictProxy<int, int> d) { d.set(2, d.get(1, 0) + 1); }, d);
   REQUIRE(d.get(2) == 3);
+}
+
+// ---- start methods ----------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr mp::StartMethod fresh_methods[] = {mp::StartMethod::spawn, mp::StartMethod::forkserver};
+
+std::set<pid_t> children_of(pid_t pid) {
+  std::set<pid_t> found;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  if (DIR* dir = ::opendir(tasks.c_str())) {
+    while (const dirent* entry = ::readdir(dir)) {
+      if (entry->d_name[0] == '.') continue;
+      std::ifstream list(tasks + "/" + entry->d_name + "/children");
+      for (pid_t child; list >> child;) found.insert(child);
+    }
+    ::closedir(dir);
+  }
+  return found;
+}
+
+// Where a manager server can appear: among this process's children, or the fork server's.
+std::set<pid_t> possible_servers() {
+  std::set<pid_t> found = children_of(::getpid());
+  if (pid_t server = mp::detail::forkserver_pid(); server > 0) {
+    found.erase(server);
+    found.merge(children_of(server));
+  }
+  return found;
+}
+
+// A Manager and the pid of the server it started (the one process that appeared while it started).
+struct watched_manager {
+  mp::Manager manager;
+  pid_t server = 0;
+};
+watched_manager start_watched(mp::ManagerOptions options) {
+  const auto before = possible_servers();
+  mp::Manager manager(std::move(options));
+  const auto after = possible_servers();
+  std::vector<pid_t> appeared;
+  std::set_difference(after.begin(), after.end(), before.begin(), before.end(), std::back_inserter(appeared));
+  REQUIRE(appeared.size() == 1);
+  return {std::move(manager), appeared.front()};
+}
+
+std::string link_target(const std::string& path) {
+  std::string target(4096, '\0');
+  auto n = ::readlink(path.c_str(), target.data(), target.size());
+  REQUIRE(n > 0);
+  target.resize(static_cast<std::size_t>(n));
+  return target;
+}
+
+bool maps_mention(pid_t pid, const std::string& text) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find(text) != std::string::npos) return true;
+  }
+  return false;
+}
+
+int open_fd_count() {
+  int count = 0;
+  for (int fd = 0; fd < 4096; ++fd) count += ::fcntl(fd, F_GETFD) != -1;
+  return count;
+}
+
+std::set<std::string> shm_entries_of(std::initializer_list<pid_t> pids) {
+  std::set<std::string> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    const std::string name = entry.path().filename().string();
+    for (pid_t pid : pids) {
+      if (name.find(std::to_string(pid)) != std::string::npos) found.insert(name);
+    }
+  }
+  return found;
+}
+
+void write_through_manager(mp::DictProxy<std::string, int> seen, mp::QueueProxy<std::string> done, std::string who) {
+  seen[who] = static_cast<int>(::getpid());
+  done.put(who);
+}
+
+void own_a_manager_until_killed(mp::Connection<std::string> out, int method) {
+  mp::Manager manager({.start_method = static_cast<mp::StartMethod>(method)});
+  manager.queue<int>("q");
+  out.send(manager.address().path());
+  ::pause();
+}
+
+}  // namespace
+
+TEST_CASE("A Manager started by spawn or forkserver runs a fresh copy of the program, not a copy of its owner",
+          "[manager]") {
+  // A mapping only this process has: a forked server inherits it, a fresh program cannot.
+  const std::string marker = "mp-manager-test-marker-" + std::to_string(::getpid());
+  int memfd = ::memfd_create(marker.c_str(), MFD_CLOEXEC);
+  REQUIRE(memfd >= 0);
+  REQUIRE(::ftruncate(memfd, 4096) == 0);
+  void* mapped = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  ::close(memfd);
+  REQUIRE(mapped != MAP_FAILED);
+  REQUIRE(maps_mention(::getpid(), marker));
+  for (auto method : {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver}) {
+    INFO("start method " << mp::to_string(method));
+    auto [manager, server] = start_watched({.start_method = method});
+    CHECK(link_target("/proc/" + std::to_string(server) + "/exe") == link_target("/proc/self/exe"));
+    CHECK(maps_mention(server, marker) == (method == mp::StartMethod::fork));  // the fork control proves the check
+    auto d = manager.dict<int, int>();
+    d.set(1, 2);
+    CHECK(d.get(1) == 2);
+    manager.shutdown();
+    CHECK(::kill(server, 0) == -1);  // stopped and reaped
+  }
+  ::munmap(mapped, 4096);
+}
+
+TEST_CASE("A Manager started by spawn or forkserver serves children started by every method, over Unix and TCP",
+          "[manager]") {
+  const auto key = random_key();
+  for (auto server_method : fresh_methods) {
+    for (bool tcp : {false, true}) {
+      INFO("server started by " << mp::to_string(server_method) << (tcp ? " on TCP" : " on a Unix socket"));
+      mp::ManagerOptions options{.start_method = server_method};
+      if (tcp) options.address = mp::Address::tcp("127.0.0.1", 0), options.authkey = key;
+      mp::Manager manager(options);
+      auto seen = manager.dict<std::string, int>("seen");
+      auto done = manager.queue<std::string>();
+      for (auto child_method : {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver}) {
+        mp::Process child({.start_method = child_method}, write_through_manager, seen, done,
+                          std::string(mp::to_string(child_method)));
+        child.start();
+        child.join();
+        REQUIRE(child.exitcode() == 0);
+      }
+      std::set<std::string> finished;
+      for (int i = 0; i < 3; ++i) finished.insert(done.get(10s));
+      CHECK(finished == std::set<std::string>{"fork", "forkserver", "spawn"});
+      CHECK(seen.size() == 3);
+      if (tcp) {
+        REQUIRE_THROWS_AS(mp::Manager::connect(manager.address(), key + "-wrong"), mp::AuthenticationError);
+        auto other = mp::Manager::connect(manager.address(), key);
+        CHECK(other.dict<std::string, int>("seen").size() == 3);  // the named object, from another client
+      }
+    }
+  }
+}
+
+TEST_CASE("A Manager server started by spawn or forkserver exits when its owner is SIGKILLed", "[manager]") {
+  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("server started by " << mp::to_string(method));
+  auto [paths, path_out] = mp::Pipe<std::string>(false);
+  mp::Process owner(own_a_manager_until_killed, path_out, static_cast<int>(method));
+  owner.start();
+  path_out.close();
+  const std::string path = paths.recv();
+  auto client = mp::Manager::connect(mp::Address::unix_socket(path), "");
+  auto q = client.queue<int>("q");
+  std::thread killer([&] { owner.kill(); });
+  REQUIRE_THROWS_WITH(q.get(), Catch::Contains("closed the connection"));  // the server exits: get() ends
+  killer.join();
+  owner.join();
+  REQUIRE(owner.exitcode() == -SIGKILL);
+  struct stat info {};
+  REQUIRE(::stat(path.c_str(), &info) == -1);  // the server removed its socket and private directory
+  REQUIRE(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
+}
+
+TEST_CASE("shutdown() of a Manager started by spawn or forkserver leaves no process, descriptor or file behind",
+          "[manager]") {
+  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("server started by " << mp::to_string(method));
+  mp::Manager({.start_method = method}).shutdown();  // the fork server, started at first use, stays: not counted
+  const int fds_before = open_fd_count();
+  auto [manager, server] = start_watched({.start_method = method});
+  const auto shm_before = shm_entries_of({::getpid(), server});
+  const std::string path = manager.address().path();
+  auto named = manager.list<int>("named");
+  named.append(1);
+  CHECK(manager.list<int>("named").size() == 1);
+  manager.shutdown();
+  CHECK(::kill(server, 0) == -1);
+  struct stat info {};
+  CHECK(::stat(path.c_str(), &info) == -1);
+  CHECK(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
+  named = {};  // its connection closes with the last proxy
+  CHECK(open_fd_count() == fds_before);
+  CHECK(shm_entries_of({::getpid(), server}) == shm_before);
+}
+
+TEST_CASE("A Manager refuses a start method that is not one, saying which", "[manager]") {
+  REQUIRE_THROWS_WITH((mp::Manager({.start_method = static_cast<mp::StartMethod>(7)})),
+                      Catch::Contains("start_method is 7") && Catch::Contains("StartMethod::spawn"));
+}
+
+TEST_CASE("A Manager whose server was SIGKILLed fails its calls clearly and shuts down cleanly, by every method",
+          "[manager]") {
+  const auto method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("server started by " << mp::to_string(method));
+  auto [manager, server] = start_watched({.start_method = method});
+  auto d = manager.dict<int, int>();
+  d.set(1, 1);
+  const std::string path = manager.address().path();
+  REQUIRE(::kill(server, SIGKILL) == 0);
+  REQUIRE_THROWS_WITH(d.get(1), Catch::Contains("closed the connection"));
+  manager.shutdown();  // reaps the server and removes what it could not
+  CHECK(::kill(server, 0) == -1);
+  struct stat info {};
+  CHECK(::stat(path.c_str(), &info) == -1);
+  CHECK(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
 }

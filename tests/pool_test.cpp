@@ -1,11 +1,16 @@
 // Tests for mp/pool.hpp: Pool, AsyncResult, IMapIterator. Everything runs in real worker processes; tests
-// synchronize with pipes (a task reports its pid, waits for a byte), never with sleeps.
+// synchronize with named pipes (a task reports its pid, waits for a byte), never with sleeps. The suite runs under
+// every start method (MP_START_METHOD); tests tagged [fork] are about what only fork gives (a worker is a copy of
+// the parent) and are skipped under the others. Tasks are functions or lambdas without captures, their data
+// passed as arguments, so that they cross to fresh workers too.
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,7 +20,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <string>
@@ -62,48 +69,77 @@ std::size_t count_fds() {
 struct leak_check {
   std::size_t fds = count_fds();
   ~leak_check() {
+    // The fork server (start method forkserver) is this process's child and holds a descriptor while it runs:
+    // stopping it here also shows that no Pool still needed it.
+    mp::detail::stop_forkserver();
     INFO("children left: " << describe_children());
     CHECK(children().empty());
     CHECK(count_fds() == fds);
   }
 };
 
-// A pipe whose ends tasks capture as plain ints (trivially copyable): created before the Pool, so the workers
-// inherit it.
-struct test_pipe {
-  int read_end = -1;
-  int write_end = -1;
-  test_pipe() {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    read_end = fds[0];
-    write_end = fds[1];
+// A named pipe: a worker of any start method opens it by its path (passed as a task argument), where an inherited
+// descriptor would reach only forked workers. The test holds it open read-write, so neither side's open() blocks
+// and a task's read() blocks until the test writes (or sees end of file once the test closed it).
+struct test_fifo {
+  std::string path;
+  int fd = -1;
+  test_fifo() {
+    static int counter = 0;
+    path = "/tmp/mp-pool-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+    ::unlink(path.c_str());
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
   }
-  ~test_pipe() {
-    ::close(read_end);
-    ::close(write_end);
+  ~test_fifo() {
+    ::close(fd);
+    ::unlink(path.c_str());
   }
-  test_pipe(const test_pipe&) = delete;
-  test_pipe& operator=(const test_pipe&) = delete;
+  test_fifo(const test_fifo&) = delete;
+  test_fifo& operator=(const test_fifo&) = delete;
   // Reads one int written by a task (a pid), failing the test rather than hanging after 20 s.
   int read_int() const {
-    pollfd p{read_end, POLLIN, 0};
+    pollfd p{fd, POLLIN, 0};
     REQUIRE(::poll(&p, 1, 20'000) == 1);
     int value = 0;
-    REQUIRE(::read(read_end, &value, sizeof value) == static_cast<ssize_t>(sizeof value));
+    REQUIRE(::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value));
     return value;
   }
-  void write_int(int value) const { REQUIRE(::write(write_end, &value, sizeof value) == sizeof value); }
+  void write_int(int value) const { REQUIRE(::write(fd, &value, sizeof value) == sizeof value); }
 };
 
 // Task side: report, then block until killed or released.
-void report(int fd, int value) {
-  if (::write(fd, &value, sizeof value) != sizeof value) std::abort();
+void report(const std::string& path, int value) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || ::write(fd, &value, sizeof value) != sizeof value) std::abort();
+  ::close(fd);
 }
-int wait_for_int(int fd) {
+int wait_for_int(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   int value = 0;
-  if (::read(fd, &value, sizeof value) != sizeof value) std::_Exit(99);
+  if (fd < 0 || ::read(fd, &value, sizeof value) != sizeof value) std::_Exit(99);
+  ::close(fd);
   return value;
+}
+// Reports the worker's pid, then blocks until killed.
+int report_and_hang(std::string path) {
+  report(path, ::getpid());
+  for (;;) ::pause();
+}
+
+// Waits (at most 20 s) until process `pid` has ended; true if it did. It need not be our child.
+bool ended_within_20s(pid_t pid) {
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return errno == ESRCH;  // already gone and reaped
+  pollfd p{pidfd, POLLIN, 0};
+  const bool ended = ::poll(&p, 1, 20'000) == 1;
+  ::close(pidfd);
+  return ended;
+}
+
+const char* method_name(mp::StartMethod method) {
+  return method == mp::StartMethod::fork ? "fork" : method == mp::StartMethod::spawn ? "spawn" : "forkserver";
 }
 
 // Test inputs as plain ranges (clang 14 cannot compile libstdc++ 12's std::views).
@@ -157,7 +193,11 @@ int square(int x) { return x * x; }
 std::string describe(int x) { return "item " + std::to_string(x); }
 long add3(int a, long b, short c) { return a + b + c; }
 
-int g_initialized_in = 0;
+int g_initialized_in = 0;  // the pid whose initializer ran, in each worker
+void remember_initialization() { g_initialized_in = ::getpid(); }
+void failing_initializer() { throw std::runtime_error("no database"); }
+
+int g_set_in_parent = 0;  // set by a test in the parent before it creates a Pool
 
 struct scaled {  // a function object with a std::string member: crosses through its serialize member
   std::string prefix;
@@ -167,7 +207,17 @@ struct scaled {  // a function object with a std::string member: crosses through
   void serialize(Archive& ar) {
     ar(prefix, factor);
   }
-};  // the pid whose initializer ran, in each worker
+};
+
+// The "library" whose lock another thread of the parent holds forever (a logger, an allocator arena).
+std::mutex& library_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+int library_call(int x) {
+  std::lock_guard lock(library_mutex());
+  return x + 42;
+}
 
 }  // namespace
 
@@ -217,13 +267,11 @@ TEST_CASE("Pool::map, imap and starmap equal the serial results on 10k items for
   }
 }
 
-TEST_CASE("Pool::apply runs lambdas with trivially copyable captures and serializable function objects", "[pool]") {
+TEST_CASE("Pool::apply runs functions, lambdas without captures and serializable function objects", "[pool]") {
   leak_check leaks;
   mp::Pool pool(2);
-  int offset = 1000;
-  double ratio = 0.5;
-  CHECK(pool.apply([offset, ratio](int x) { return (x + offset) * ratio; }, 10) == 505.0);
   CHECK(pool.apply([] { return ::getpid(); }) != ::getpid());
+  CHECK(pool.apply(square, 12) == 144);
   CHECK(pool.apply(scaled{"x=", 3}, 14) == "x=42");
   CHECK(pool.apply([](const std::string& s, std::vector<int> v) { return s + std::to_string(v.size()); }, "n", std::vector<int>(5)) == "n5");
   CHECK(pool.map(square, {1, 2, 3}) == std::vector<int>{1, 4, 9});  // a braced list, as Python's [1, 2, 3]
@@ -236,6 +284,26 @@ TEST_CASE("Pool::apply runs lambdas with trivially copyable captures and seriali
   auto done = pool.apply_async([](int) {}, 1);
   done.get();
   CHECK(done.successful());
+}
+
+// Fork only: a fresh worker (spawn, forkserver) cannot tell such captures from references, so they are refused
+// there (tested below).
+TEST_CASE("Under fork a lambda's trivially copyable captures cross to the worker", "[pool][fork]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 2, .start_method = mp::StartMethod::fork});
+  int offset = 1000;
+  double ratio = 0.5;
+  CHECK(pool.apply([offset, ratio](int x) { return (x + offset) * ratio; }, 10) == 505.0);
+  CHECK(pool.map([offset](int x) { return x + offset; }, numbers(0, 3)) == std::vector<int>{1000, 1001, 1002});
+}
+
+// Fork only: the worker is a copy of the parent as it was when the Pool was created, its memory included.
+TEST_CASE("Under fork a lambda capturing by reference sees the worker's copy of the parent's memory", "[pool][fork]") {
+  leak_check leaks;
+  int value = 5;
+  mp::Pool pool({.processes = 1, .start_method = mp::StartMethod::fork});
+  value = 6;  // after the fork of the factory: the workers still see 5
+  CHECK(pool.apply([&value] { return value; }) == 5);
 }
 
 TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool stays usable", "[pool]") {
@@ -286,14 +354,9 @@ TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool
 
 TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost - the others finish", "[pool]") {
   leak_check leaks;
-  test_pipe started;
+  test_fifo started;
   mp::Pool pool(2);
-  const int fd = started.write_end;
-  auto victim = pool.apply_async([fd](int) {
-    report(fd, ::getpid());
-    for (;;) ::pause();
-    return 0;
-  }, 0);
+  auto victim = pool.apply_async(report_and_hang, started.path);
   std::vector<mp::AsyncResult<int>> others;
   for (int i = 0; i < 50; ++i) others.push_back(pool.apply_async(square, i));
   const pid_t worker = started.read_int();
@@ -343,7 +406,7 @@ TEST_CASE("A task that crashes its worker (segfault, abort, _exit) fails with Wo
 
 TEST_CASE("maxtasksperchild replaces each worker after that many tasks, and the initializer runs in replacements", "[pool]") {
   leak_check leaks;
-  mp::Pool pool({.processes = 2, .initializer = [] { g_initialized_in = ::getpid(); }, .maxtasksperchild = 3});
+  mp::Pool pool({.processes = 2, .initializer = remember_initialization, .maxtasksperchild = 3});
   auto report_pid = [](int) { return std::pair<int, bool>(::getpid(), g_initialized_in == ::getpid()); };
   const auto results = pool.map(report_pid, std::vector<int>(30), 1);
   std::map<int, int> tasks_per_pid;
@@ -357,7 +420,7 @@ TEST_CASE("maxtasksperchild replaces each worker after that many tasks, and the 
 
 TEST_CASE("The initializer runs in a replacement for a killed worker", "[pool]") {
   leak_check leaks;
-  mp::Pool pool({.processes = 1, .initializer = [] { g_initialized_in = ::getpid(); }});
+  mp::Pool pool({.processes = 1, .initializer = +[] { g_initialized_in = ::getpid(); }});
   const int first = pool.apply([] { return g_initialized_in; });
   auto dead = pool.apply_async([] { return ::raise(SIGKILL); });
   CHECK_THROWS_AS(dead.get(), mp::WorkerLost);
@@ -368,10 +431,9 @@ TEST_CASE("The initializer runs in a replacement for a killed worker", "[pool]")
 
 TEST_CASE("AsyncResult::get(timeout) throws TimeoutError and a later get() still returns the value", "[pool]") {
   leak_check leaks;
-  test_pipe go;
+  test_fifo go;
   mp::Pool pool(1);
-  const int fd = go.read_end;
-  auto result = pool.apply_async([fd] { return wait_for_int(fd) * 2; });
+  auto result = pool.apply_async([](const std::string& path) { return wait_for_int(path) * 2; }, go.path);
   CHECK_THROWS_AS(result.get(30ms), mp::TimeoutError);
   CHECK_FALSE(result.wait(10ms));
   CHECK_FALSE(result.ready());
@@ -384,12 +446,11 @@ TEST_CASE("AsyncResult::get(timeout) throws TimeoutError and a later get() still
 
 TEST_CASE("A task over its task_timeout is killed and fails alone while the others finish", "[pool]") {
   leak_check leaks;
-  test_pipe never;  // nobody writes: the task blocks until killed
-  const int fd = never.read_end;
-  auto stuck = [fd](int x) { return wait_for_int(fd) + x; };
+  test_fifo never;  // nobody writes: the task blocks until killed
+  auto stuck = [](const std::string& path, int x) { return wait_for_int(path) + x; };
   SECTION("PoolOptions::task_timeout") {
     mp::Pool pool({.processes = 2, .task_timeout = 500ms});  // generous: the quick tasks share it
-    auto late = pool.apply_async(stuck, 1);
+    auto late = pool.apply_async(stuck, never.path, 1);
     std::vector<mp::AsyncResult<int>> others;
     for (int i = 0; i < 20; ++i) others.push_back(pool.apply_async(square, i));
     CHECK_THROWS_AS(late.get(), mp::TimeoutError);
@@ -398,7 +459,7 @@ TEST_CASE("A task over its task_timeout is killed and fails alone while the othe
   }
   SECTION("TaskOptions::timeout on one apply_async") {
     mp::Pool pool(2);
-    auto late = pool.apply_async(mp::TaskOptions{.timeout = 100ms}, stuck, 1);
+    auto late = pool.apply_async(mp::TaskOptions{.timeout = 100ms}, stuck, never.path, 1);
     auto fine = pool.apply_async(square, 5);
     try {
       (void)late.get();
@@ -412,11 +473,11 @@ TEST_CASE("A task over its task_timeout is killed and fails alone while the othe
 
 TEST_CASE("Pool::terminate stops the workers at once and pending results fail instead of hanging", "[pool]") {
   leak_check leaks;
-  test_pipe never;
-  const int fd = never.read_end;
+  test_fifo never;
   mp::Pool pool(2);
   std::vector<mp::AsyncResult<int>> results;
-  for (int i = 0; i < 20; ++i) results.push_back(pool.apply_async([fd](int x) { return wait_for_int(fd) + x; }, i));
+  for (int i = 0; i < 20; ++i)
+    results.push_back(pool.apply_async([](const std::string& path, int x) { return wait_for_int(path) + x; }, never.path, i));
   auto mapped = pool.map_async(square, numbers(0, 1000), 1);
   pool.terminate();
   for (auto& r : results) CHECK_THROWS_WITH(r.get(), Catch::Matchers::Contains("terminate"));
@@ -427,13 +488,12 @@ TEST_CASE("Pool::terminate stops the workers at once and pending results fail in
 
 TEST_CASE("close() refuses new work, join() waits for submitted work, ~Pool never drops it", "[pool]") {
   leak_check leaks;
-  test_pipe go;
-  const int fd = go.read_end;
+  test_fifo go;
   std::optional<mp::AsyncResult<int>> result;
   {
     mp::Pool pool(2);
     CHECK_THROWS_WITH(pool.join(), Catch::Matchers::Contains("close()"));
-    result = pool.apply_async([fd] { return wait_for_int(fd); });
+    result = pool.apply_async(wait_for_int, go.path);
     pool.close();
     CHECK_THROWS_WITH(pool.apply_async(square, 2), Catch::Matchers::Contains("closed"));
     go.write_int(7);
@@ -464,7 +524,6 @@ TEST_CASE("Pool rejects nonsense options with a clear error", "[pool]") {
   leak_check leaks;
   CHECK_THROWS_WITH(mp::Pool({.processes = 1, .task_timeout = 0ms}), Catch::Matchers::Contains("task_timeout"));
   CHECK_THROWS_WITH(mp::Pool(100'000), Catch::Matchers::Contains("100000"));
-  CHECK_THROWS_AS(mp::Pool({.processes = 1, .start_method = mp::StartMethod::spawn}), mp::ProcessError);
 }
 
 TEST_CASE("A Pool can be used from several threads at once", "[pool]") {
@@ -503,7 +562,7 @@ TEST_CASE("Large arguments and results stream through the channels", "[pool]") {
 
 TEST_CASE("An initializer that always throws breaks the pool with its message instead of respawning forever", "[pool]") {
   leak_check leaks;
-  mp::Pool pool({.processes = 2, .initializer = [] { throw std::runtime_error("no database"); }});
+  mp::Pool pool({.processes = 2, .initializer = failing_initializer});
   auto result = pool.apply_async([] { return 1; });
   CHECK_THROWS_WITH(result.get(), Catch::Matchers::Contains("initializer failed") &&
                                       Catch::Matchers::Contains("std::runtime_error: no database"));
@@ -512,34 +571,37 @@ TEST_CASE("An initializer that always throws breaks the pool with its message in
 
 TEST_CASE("If the worker factory is killed, pending results fail with a clear error and nothing hangs", "[pool]") {
   leak_check leaks;
-  test_pipe started;
-  const int fd = started.write_end;
+  test_fifo started;
   std::optional<mp::AsyncResult<int>> blocked;
+  pid_t worker = 0;
   {
     mp::Pool pool(2);
-    blocked = pool.apply_async([fd] {
-      report(fd, ::getpid());
-      for (;;) ::pause();
-      return 0;
-    });
-    const int worker = started.read_int();
-    INFO("worker " << worker);
-    const std::vector<pid_t> factory = children();
-    REQUIRE(factory.size() == 1);  // the factory: workers are its children, not ours
-    REQUIRE(::kill(factory[0], SIGKILL) == 0);
+    blocked = pool.apply_async([](std::string path) {
+      report(path, ::getppid());  // the factory: workers are its children, not ours
+      return report_and_hang(path);
+    }, started.path);
+    const pid_t factory = started.read_int();
+    worker = started.read_int();
+    INFO("factory " << factory << ", worker " << worker);
+    CHECK(factory != ::getpid());
+    REQUIRE(::kill(factory, SIGKILL) == 0);
     CHECK_THROWS_WITH(blocked->get(), Catch::Matchers::Contains("factory"));
     CHECK_THROWS_WITH(pool.apply_async(square, 1), Catch::Matchers::Contains("broken"));
   }
-  // The test runner is a subreaper, so the dead factory's workers were re-parented to this process. The pool
-  // reaps the ones it knew; one the factory was forking at the instant it died (its pid never reported) exits by
-  // itself (PR_SET_PDEATHSIG, or its parent check) and is ours to reap.
-  for (pid_t orphan : children()) ::waitpid(orphan, nullptr, 0);
+  // The workers die with the factory (PR_SET_PDEATHSIG). The test runner is a subreaper, so they were re-parented
+  // to this process: the pool reaps the ones it knew; one the factory was forking at the instant it died (its pid
+  // never reported) exits by itself (PR_SET_PDEATHSIG, or its parent check) and is ours to reap.
+  CHECK(ended_within_20s(worker));
+  const pid_t server = mp::detail::forkserver_pid();
+  for (pid_t orphan : children())
+    if (orphan != server) ::waitpid(orphan, nullptr, 0);
 }
 
 TEST_CASE("A Pool's copy in a forked child refuses to be used instead of hanging", "[pool]") {
   leak_check leaks;
   mp::Pool pool(1);
-  mp::Process child([&pool] {
+  // Only fork copies a Pool into a child, whatever start method the Pool's own workers use.
+  mp::Process child({.start_method = mp::StartMethod::fork}, [&pool] {
     try {
       (void)pool.apply(square, 3);
     } catch (const mp::Error& e) {
@@ -555,19 +617,227 @@ TEST_CASE("A Pool's copy in a forked child refuses to be used instead of hanging
 
 TEST_CASE("terminate() from another thread ends a join() that waits for a stuck task", "[pool]") {
   leak_check leaks;
-  test_pipe started;
-  test_pipe never;
-  const int report_fd = started.write_end;
-  const int wait_fd = never.read_end;
+  test_fifo started;
+  test_fifo never;
   mp::Pool pool(1);
-  auto stuck = pool.apply_async([report_fd, wait_fd] {
-    report(report_fd, ::getpid());
-    return wait_for_int(wait_fd);
-  });
+  auto stuck = pool.apply_async([](const std::string& report_to, const std::string& wait_on) {
+    report(report_to, ::getpid());
+    return wait_for_int(wait_on);
+  }, started.path, never.path);
   (void)started.read_int();
   pool.close();
   std::thread joiner([&] { pool.join(); });
   pool.terminate();
   joiner.join();
   CHECK_THROWS_WITH(stuck.get(), Catch::Matchers::Contains("terminate"));
+}
+
+// ---- start methods ----
+
+TEST_CASE("Every start method runs functions, lambdas without captures and serializable function objects", "[pool]") {
+  leak_check leaks;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  mp::Pool pool({.processes = 2, .initializer = remember_initialization, .start_method = method});
+  CHECK(pool.map(square, numbers(0, 1000), 7) == [] {
+    std::vector<int> v;
+    for (int x : numbers(0, 1000)) v.push_back(square(x));
+    return v;
+  }());
+  CHECK(pool.apply(describe, 3) == "item 3");
+  CHECK(pool.apply([](int x) { return x * 2 + 1; }, 20) == 41);
+  CHECK(pool.apply(scaled{"x=", 3}, 14) == "x=42");
+  CHECK(pool.starmap(add3, std::vector<std::tuple<int, long, short>>{{1, 2, 3}}) == std::vector<long>{6});
+  std::vector<int> lazy;
+  for (int x : pool.imap(square, numbers(0, 5))) lazy.push_back(x);
+  CHECK(lazy == std::vector<int>{0, 1, 4, 9, 16});
+  const auto [pid, initialized_in] = pool.apply([] { return std::pair<int, int>(::getpid(), g_initialized_in); });
+  CHECK(pid != ::getpid());
+  CHECK(initialized_in == pid);
+  CHECK_THROWS_MATCHES(pool.apply([](int x) -> int { throw std::invalid_argument("bad " + std::to_string(x)); }, 7),
+                       mp::RemoteError, Catch::Matchers::Message("std::invalid_argument: bad 7"));
+}
+
+TEST_CASE("Workers of a spawn or forkserver Pool are fresh: a lock another parent thread holds forever does not "
+          "deadlock them, and the parent's globals are not copied", "[pool]") {
+  leak_check leaks;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver, mp::StartMethod::fork);
+  INFO("start method " << method_name(method));
+  g_set_in_parent = 7;
+  std::promise<void> locked;
+  std::promise<void> unlock;
+  std::thread holder([&] {
+    std::lock_guard lock(library_mutex());
+    locked.set_value();
+    unlock.get_future().wait();
+  });
+  locked.get_future().wait();
+  {
+    mp::Pool pool({.processes = 2, .start_method = method, .task_timeout = 300ms});
+    if (method == mp::StartMethod::fork) {
+      // The factory's copy of the mutex is held by a thread that does not exist there: the task can never get it.
+      CHECK_THROWS_AS(pool.apply(library_call, 1), mp::TimeoutError);
+      CHECK(pool.apply([] { return g_set_in_parent; }) == 7);
+    } else {
+      CHECK(pool.map(library_call, numbers(0, 20), 1) == [] {
+        std::vector<int> v;
+        for (int x : numbers(0, 20)) v.push_back(x + 42);
+        return v;
+      }());
+      CHECK(pool.apply([] { return g_set_in_parent; }) == 0);
+    }
+  }
+  unlock.set_value();
+  holder.join();
+  g_set_in_parent = 0;
+}
+
+TEST_CASE("Under spawn a lambda with captures is refused at submission with a clear ProcessError", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 1, .start_method = mp::StartMethod::spawn});
+  int offset = 1;
+  auto capturing = [offset](int x) { return x + offset; };
+  // Each refusal names the call, says why, and says what to do.
+  auto refusal = [](auto&& submit) -> std::string {
+    try {
+      submit();
+    } catch (const mp::ProcessError& e) {
+      return e.what();
+    }
+    return "(nothing thrown)";
+  };
+  const std::string why = "cannot cross to the workers of a Pool started by spawn or forkserver";
+  const std::string fix = "pass captured values as arguments";
+  for (const auto& [what, call] : std::vector<std::pair<std::string, std::string>>{
+           {refusal([&] { (void)pool.apply_async(capturing, 1); }), "Pool::apply_async"},
+           {refusal([&] { (void)pool.apply(capturing, 1); }), "Pool::apply_async"},
+           {refusal([&] { (void)pool.map(capturing, numbers(0, 3)); }), "Pool::map_async"},
+           {refusal([&] { (void)pool.imap(capturing, numbers(0, 3)); }), "Pool::imap"},
+           {refusal([&] { (void)pool.starmap([offset](int a, int b) { return a + b + offset; },
+                                              std::vector<std::pair<int, int>>{{1, 2}}); }),
+            "Pool::starmap_async"}}) {
+    CHECK_THAT(what, Catch::Matchers::StartsWith(call + ": the function, of type "));
+    CHECK_THAT(what, Catch::Matchers::Contains(why));
+    CHECK_THAT(what, Catch::Matchers::Contains(fix));
+  }
+  // The value passed as an argument instead works, and the pool is unharmed.
+  CHECK(pool.apply([](int x, int add) { return x + add; }, 1, offset) == 2);
+}
+
+TEST_CASE("Under spawn an initializer must be a plain function: a std::function holding a lambda is refused", "[pool]") {
+  leak_check leaks;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  int value = 3;
+  try {
+    mp::Pool pool({.processes = 1, .initializer = [value] { g_initialized_in = value; }, .start_method = method});
+    FAIL("a Pool was created with a capturing initializer");
+  } catch (const mp::ProcessError& e) {
+    const std::string what = e.what();
+    CHECK_THAT(what, Catch::Matchers::Contains(std::string("under start method ") + method_name(method) +
+                                               " the initializer must be a plain function"));
+    CHECK_THAT(what, Catch::Matchers::Contains("+[]"));
+  }
+  // A lambda without captures is refused as well unless converted to a function pointer (std::function hides it).
+  CHECK_THROWS_AS(mp::Pool({.processes = 1, .initializer = [] {}, .start_method = method}), mp::ProcessError);
+}
+
+TEST_CASE("Under spawn an initializer sets a global that the worker's tasks read", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool({.processes = 2, .initializer = +[] { g_initialized_in = ::getpid(); }, .maxtasksperchild = 2,
+                 .start_method = mp::StartMethod::spawn});
+  const auto results = pool.map([](int) { return std::pair<int, int>(::getpid(), g_initialized_in); },
+                                std::vector<int>(12), 1);
+  std::set<int> workers;
+  for (const auto& [pid, initialized_in] : results) {
+    CHECK(initialized_in == pid);  // replacements (maxtasksperchild) ran it too
+    workers.insert(pid);
+  }
+  CHECK(workers.size() >= 6);
+}
+
+TEST_CASE("Under spawn and forkserver a SIGKILLed worker fails its task with WorkerLost and is replaced", "[pool]") {
+  leak_check leaks;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::forkserver, mp::StartMethod::spawn);
+  INFO("start method " << method_name(method));
+  test_fifo started;
+  mp::Pool pool({.processes = 2, .start_method = method});
+  auto victim = pool.apply_async(report_and_hang, started.path);
+  std::vector<mp::AsyncResult<int>> others;
+  for (int i = 0; i < 20; ++i) others.push_back(pool.apply_async(square, i));
+  const pid_t worker = started.read_int();
+  REQUIRE(::kill(worker, SIGKILL) == 0);
+  try {
+    (void)victim.get();
+    FAIL("the killed task returned a value");
+  } catch (const mp::WorkerLost& e) {
+    CHECK(e.exitcode() == -SIGKILL);
+  }
+  for (int i = 0; i < 20; ++i) CHECK(others[i].get() == i * i);
+  std::set<int> pids;
+  for (int pid : pool.map([](int) { return ::getpid(); }, std::vector<int>(100), 1)) pids.insert(pid);
+  CHECK(pids.count(worker) == 0);
+  CHECK_FALSE(pids.empty());
+  // task_timeout and terminate work the same way.
+  auto late = pool.apply_async(mp::TaskOptions{.timeout = 100ms}, report_and_hang, started.path);
+  (void)started.read_int();
+  CHECK_THROWS_AS(late.get(), mp::TimeoutError);
+  CHECK(pool.apply(square, 9) == 81);
+  auto stuck = pool.apply_async(report_and_hang, started.path);
+  (void)started.read_int();
+  pool.terminate();
+  CHECK_THROWS_WITH(stuck.get(), Catch::Matchers::Contains("terminate"));
+}
+
+TEST_CASE("When the Pool's process is killed, its factory and workers die too, under every start method", "[pool]") {
+  leak_check leaks;
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("start method " << method_name(method));
+  test_fifo reports;
+  // The Pool's owner is a forked child of this test (which is the subreaper of everything below it).
+  mp::Process owner({.start_method = mp::StartMethod::fork}, [method](std::string path) {
+    mp::Pool pool({.processes = 2, .start_method = method});
+    auto hanging = pool.map_async([](const std::string& to) {
+      report(to, ::getppid());
+      return report_and_hang(to);
+    }, std::vector<std::string>(2, path), 1);
+    for (;;) ::pause();
+  }, reports.path);
+  owner.start();
+  std::vector<pid_t> pool_processes;
+  for (int i = 0; i < 4; ++i) pool_processes.push_back(reports.read_int());  // factory, worker, factory, worker
+  owner.kill();
+  owner.join();
+  CHECK(owner.exitcode() == -SIGKILL);
+  for (pid_t pid : pool_processes) {
+    INFO("pid " << pid);
+    CHECK(ended_within_20s(pid));
+  }
+  // Re-parented to this process (subreaper): reap them, and the owner's own fork server (forkserver).
+  const pid_t server = mp::detail::forkserver_pid();
+  for (pid_t orphan : children())
+    if (orphan != server) ::waitpid(orphan, nullptr, 0);
+}
+
+int nested_sum(int method) {
+  // Runs in a worker of a spawn Pool, whose own code addresses are translated: the inner Pool's workers must not
+  // translate again (under fork they share the worker's addresses; a fresh inner factory gets this worker's table).
+  mp::Pool inner({.processes = 2, .start_method = static_cast<mp::StartMethod>(method)});
+  const std::vector<int> squares = inner.map(square, numbers(0, 10), 3);
+  return std::accumulate(squares.begin(), squares.end(), 0) + inner.apply([](int x) { return x; }, 1000);
+}
+
+TEST_CASE("A task of a spawn Pool can create a Pool of its own under every start method", "[pool]") {
+  leak_check leaks;
+  {
+    mp::Pool pool({.processes = 1, .start_method = mp::StartMethod::spawn});
+    for (mp::StartMethod method : {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver}) {
+      INFO("inner start method " << method_name(method));
+      CHECK(pool.apply(nested_sum, static_cast<int>(method)) == 285 + 1000);
+    }
+  }
+  // The worker's own fork server ends when the worker does (end of file), re-parented to this subreaper.
+  const pid_t server = mp::detail::forkserver_pid();
+  for (pid_t orphan : children())
+    if (orphan != server) ::waitpid(orphan, nullptr, 0);
 }

@@ -1,4 +1,6 @@
-// Tests of mp/queue.hpp (Queue, JoinableQueue, SimpleQueue) and the ring buffer under them, across real processes.
+// Tests of mp/queue.hpp (Queue, JoinableQueue, SimpleQueue) and the ring buffer under them, across real processes,
+// under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver): children get the
+// queues, rings and note pipes as Process arguments, never through captures.
 // Processes synchronize through the queues under test or through plain pipes, never through sleeps; a short
 // timeout appears only where the test asserts that something does NOT happen.
 #include <catch2/catch.hpp>
@@ -19,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/ring_buffer.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -51,10 +54,11 @@ std::optional<std::uint64_t> item_tag(const bytes& item) {
   return tag;
 }
 
-// For the fault-injection tests: the ring's mid-item hook is a plain function pointer.
-const note_pipe* g_mid_item = nullptr;
+// For the fault-injection tests: the ring's mid-item hook is a plain function pointer. A child sets g_mid_item
+// from its note_end argument.
+note_end g_mid_item;
 pid_t g_victim = 0;
-const note_pipe* g_after_kill = nullptr;
+note_end g_after_kill;
 
 // Decoding this type blocks forever once g_block_on_load is set: a consumer is then inside get(), mid-record.
 bool g_block_on_load = false;
@@ -65,11 +69,25 @@ struct slow_item {
     ar(value);
     if constexpr (Archive::is_loading) {
       if (g_block_on_load) {
-        g_mid_item->post();
+        g_mid_item.post();
         hang();
       }
     }
   }
+};
+
+// The sizes of the "mixed sizes" items: empty, streamed (5x the ring) and in between.
+std::size_t mixed_size(int i) {
+  if (i % 10 == 0) return 0;
+  if (i % 97 == 0) return 20'000;  // streamed: 5x the ring
+  return 8 + static_cast<std::size_t>(i * 7919) % 1500;
+}
+
+std::size_t blob_size(std::int64_t c) { return c == 0 ? (5 << 20) : 600'000; }  // 5 MiB streams
+
+// What each consumer counted, summed by the parent.
+struct tally {
+  std::int64_t count = 0, sum = 0, sum_of_squares = 0;
 };
 
 int open_fd_count() {
@@ -87,9 +105,11 @@ TEST_CASE("Queue keeps each producer's items in order with 3 producers through a
   mp::Queue<std::pair<int, int>> q({.capacity_bytes = 4096});  // wraps hundreds of times, producers block
   std::vector<mp::Process> children;
   for (int p = 0; p < producers; ++p)
-    children.push_back(start([q, p]() mutable {
-      for (int i = 0; i < per_producer; ++i) q.put({p, i});
-    }));
+    children.push_back(start(
+        [](mp::Queue<std::pair<int, int>> q, int p) {
+          for (int i = 0; i < per_producer; ++i) q.put({p, i});
+        },
+        q, p));
   std::map<int, int> next;
   for (int n = 0; n < producers * per_producer; ++n) {
     const auto [p, i] = q.get();
@@ -107,26 +127,27 @@ TEST_CASE("Queue delivers every item exactly once with 3 producers and 2 consume
   const std::size_t capacity = GENERATE(std::size_t{4096}, std::size_t{1} << 20);
   CAPTURE(capacity);
   mp::Queue<std::optional<std::int64_t>> q({.capacity_bytes = capacity});
-  struct tally {
-    std::int64_t count = 0, sum = 0, sum_of_squares = 0;
-  };
   mp::Queue<tally> results;
   std::vector<mp::Process> children;
   for (int c = 0; c < consumers; ++c)
-    children.push_back(start([q, results]() mutable {
-      tally t;
-      while (auto item = q.get()) {
-        ++t.count;
-        t.sum += *item;
-        t.sum_of_squares += *item * *item;
-      }
-      results.put(t);
-    }));
+    children.push_back(start(
+        [](mp::Queue<std::optional<std::int64_t>> q, mp::Queue<tally> results) {
+          tally t;
+          while (auto item = q.get()) {
+            ++t.count;
+            t.sum += *item;
+            t.sum_of_squares += *item * *item;
+          }
+          results.put(t);
+        },
+        q, results));
   std::vector<mp::Process> producing;
   for (int p = 0; p < producers; ++p)
-    producing.push_back(start([q, p]() mutable {
-      for (std::int64_t i = 0; i < per_producer; ++i) q.put(p * per_producer + i);
-    }));
+    producing.push_back(start(
+        [](mp::Queue<std::optional<std::int64_t>> q, std::int64_t p) {
+          for (std::int64_t i = 0; i < per_producer; ++i) q.put(p * per_producer + i);
+        },
+        q, std::int64_t{p}));
   for (auto& child : producing) CHECK(finish(child) == 0);
   for (int c = 0; c < consumers; ++c) q.put(std::nullopt);
   tally total;
@@ -147,17 +168,14 @@ TEST_CASE("Queue delivers every item exactly once with 3 producers and 2 consume
 TEST_CASE("Items of mixed sizes, from empty to 5x the ring, arrive intact and in order", "[queue]") {
   mp::Queue<bytes> q({.capacity_bytes = 4096});
   constexpr int items = 3000;
-  auto size_of = [](int i) -> std::size_t {
-    if (i % 10 == 0) return 0;
-    if (i % 97 == 0) return 20'000;  // streamed: 5x the ring
-    return 8 + static_cast<std::size_t>(i * 7919) % 1500;
-  };
-  auto producer = start([q, size_of]() mutable {
-    for (int i = 0; i < items; ++i) q.put(make_item(size_of(i), static_cast<std::uint64_t>(i)));
-  });
+  auto producer = start(
+      [](mp::Queue<bytes> q) {
+        for (int i = 0; i < items; ++i) q.put(make_item(mixed_size(i), static_cast<std::uint64_t>(i)));
+      },
+      q);
   for (int i = 0; i < items; ++i) {
     const bytes item = q.get();
-    REQUIRE(item.size() == size_of(i));
+    REQUIRE(item.size() == mixed_size(i));
     if (!item.empty()) REQUIRE(item_tag(item) == std::optional<std::uint64_t>(i));
   }
   CHECK(finish(producer) == 0);
@@ -167,10 +185,12 @@ TEST_CASE("A 64 MiB item passes through a Queue with a 1 MiB ring", "[queue]") {
   constexpr std::size_t size = std::size_t{64} << 20;
   mp::Queue<bytes> q;
   CHECK(q.capacity_bytes() == std::size_t{1} << 20);
-  auto producer = start([q]() mutable {
-    q.put(make_item(size, 64));
-    q.put(make_item(100, 65));
-  });
+  auto producer = start(
+      [](mp::Queue<bytes> q) {
+        q.put(make_item(size, 64));
+        q.put(make_item(100, 65));
+      },
+      q);
   const bytes big = q.get();
   CHECK(big.size() == size);
   CHECK(item_tag(big) == std::optional<std::uint64_t>(64));
@@ -181,14 +201,15 @@ TEST_CASE("A 64 MiB item passes through a Queue with a 1 MiB ring", "[queue]") {
 TEST_CASE("A producer may put and exit at once: nothing is lost", "[queue]") {
   mp::Queue<std::int64_t> numbers;
   mp::Queue<bytes> blobs({.capacity_bytes = 16 << 20});  // room for every blob: nobody takes them before the end
-  auto blob_size = [](std::int64_t c) -> std::size_t { return c == 0 ? (5 << 20) : 600'000; };  // 5 MiB streams
   std::vector<mp::Process> children;
   for (std::int64_t c = 0; c < 8; ++c)
-    children.push_back(start([numbers, blobs, c, blob_size]() mutable {
-      for (std::int64_t i = 0; i < 1000; ++i) numbers.put(c * 1000 + i);
-      blobs.put(make_item(blob_size(c), static_cast<std::uint64_t>(c)));
-      ::_exit(0);  // no destructors, no flush: the items must already be in the queue
-    }));
+    children.push_back(start(
+        [](mp::Queue<std::int64_t> numbers, mp::Queue<bytes> blobs, std::int64_t c) {
+          for (std::int64_t i = 0; i < 1000; ++i) numbers.put(c * 1000 + i);
+          blobs.put(make_item(blob_size(c), static_cast<std::uint64_t>(c)));
+          ::_exit(0);  // no destructors, no flush: the items must already be in the queue
+        },
+        numbers, blobs, c));
   for (auto& child : children) CHECK(finish(child) == 0);  // every producer is gone before anything is taken
   CHECK(numbers.qsize() == 8000);
   CHECK(blobs.qsize() == 8);
@@ -218,10 +239,12 @@ TEST_CASE("Queue::get with a timeout throws Empty saying how long it waited", "[
   CHECK_FALSE(q.try_get().has_value());
 
   note_pipe go;
-  auto child = start([&go, q]() mutable {
-    go.wait();
-    q.put(11);
-  });
+  auto child = start(
+      [](note_end go, mp::Queue<int> q) {
+        go.wait();
+        q.put(11);
+      },
+      go.reader(), q);
   go.post();
   CHECK(q.get(std::chrono::hours(1)) == 11);  // a long timeout, met by another process's put
   CHECK(finish(child) == 0);
@@ -243,7 +266,7 @@ TEST_CASE("A full Queue makes put_nowait and put(timeout) throw Full - a get in 
   CHECK_FALSE(q.try_put(3));
 
   mp::Queue<int> taken;
-  auto consumer = start([q, taken]() mutable { taken.put(q.get()); });
+  auto consumer = start([](mp::Queue<int> q, mp::Queue<int> taken) { taken.put(q.get()); }, q, taken);
   q.put(3);  // blocks until the child has taken one
   CHECK(taken.get() == 1);
   CHECK(q.get() == 2);
@@ -257,10 +280,12 @@ TEST_CASE("put(timeout) on a full queue says it is full even while another proce
   mp::Queue<int> q(1);
   q.put(1);
   note_pipe started;
-  auto blocked = start([q, &started]() mutable {
-    started.post();
-    q.put(2);  // waits for room, holding the producers' turn
-  });
+  auto blocked = start(
+      [](mp::Queue<int> q, note_end started) {
+        started.post();
+        q.put(2);  // waits for room, holding the producers' turn
+      },
+      q, started.writer());
   REQUIRE(started.wait());
   CHECK_THROWS_WITH(q.put(3, 50ms), "Queue::put timed out after 50 ms: the queue is full (maxsize 1)");
   CHECK(q.get() == 1);
@@ -276,9 +301,11 @@ TEST_CASE("put blocks while the ring's bytes are full - put_nowait then throws F
   CHECK(stored == 4);  // 4 records of 924 bytes in 4096
   CHECK_FALSE(q.full());  // full() is about maxsize, which this queue has none of
   CHECK_THROWS_WITH(q.put_nowait(make_item(900, 99)), Catch::Contains("ring buffer is full (4096 bytes"));
-  auto consumer = start([q]() mutable {
-    for (std::uint64_t i = 0; i < 6; ++i) child_check(item_tag(q.get()) == i, "FIFO after a full ring");
-  });
+  auto consumer = start(
+      [](mp::Queue<bytes> q) {
+        for (std::uint64_t i = 0; i < 6; ++i) child_check(item_tag(q.get()) == i, "FIFO after a full ring");
+      },
+      q);
   q.put(make_item(900, 4));  // waits for the child to make room
   q.put(make_item(900, 5));
   CHECK(finish(consumer) == 0);
@@ -288,19 +315,23 @@ TEST_CASE("put blocks while the ring's bytes are full - put_nowait then throws F
 TEST_CASE("A consumer SIGKILLed inside get in the middle of a big item does not wedge the queue", "[queue][fault]") {
   mp::Queue<bytes> q({.capacity_bytes = 64 << 10});
   note_pipe mid;
-  g_mid_item = &mid;
-  auto producer = start([q]() mutable {
-    q.put(make_item(std::size_t{1} << 20, 1));  // 16x the ring: streams while the consumer takes it
-    q.put(make_item(1000, 2));
-    q.put(make_item(std::size_t{3} << 20, 3));
-  });
-  auto victim = start([q]() mutable {
-    mp::detail::ring_mid_item_hook = [] {
-      g_mid_item->post();
-      hang();
-    };
-    (void)q.get();
-  });
+  auto producer = start(
+      [](mp::Queue<bytes> q) {
+        q.put(make_item(std::size_t{1} << 20, 1));  // 16x the ring: streams while the consumer takes it
+        q.put(make_item(1000, 2));
+        q.put(make_item(std::size_t{3} << 20, 3));
+      },
+      q);
+  auto victim = start(
+      [](mp::Queue<bytes> q, note_end mid) {
+        g_mid_item = mid;
+        mp::detail::ring_mid_item_hook = [] {
+          g_mid_item.post();
+          hang();
+        };
+        (void)q.get();
+      },
+      q, mid.writer());
   REQUIRE(mid.wait());  // the victim has taken the first chunk of item 1 and holds the consumer lock
   victim.kill();
   CHECK(finish(victim) == -SIGKILL);
@@ -313,18 +344,19 @@ TEST_CASE("A consumer SIGKILLed inside get in the middle of a big item does not 
   CHECK(q.qsize() == 0);
   q.put(make_item(10, 4));
   CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(4));
-  g_mid_item = nullptr;
 }
 
 TEST_CASE("A consumer SIGKILLed while decoding an item leaves that item to the next consumer", "[queue][fault]") {
   mp::Queue<slow_item> q;
   note_pipe mid;
-  g_mid_item = &mid;
   for (std::int64_t i = 1; i <= 3; ++i) q.put(slow_item{i});
-  auto victim = start([q]() mutable {
-    g_block_on_load = true;
-    (void)q.get();
-  });
+  auto victim = start(
+      [](mp::Queue<slow_item> q, note_end mid) {
+        g_mid_item = mid;
+        g_block_on_load = true;
+        (void)q.get();
+      },
+      q, mid.writer());
   REQUIRE(mid.wait());  // inside get, decoding item 1, holding the consumer lock
   victim.kill();
   CHECK(finish(victim) == -SIGKILL);
@@ -332,23 +364,24 @@ TEST_CASE("A consumer SIGKILLed while decoding an item leaves that item to the n
   CHECK(q.get(10s).value == 2);
   CHECK(q.get(10s).value == 3);
   CHECK(q.empty());
-  g_mid_item = nullptr;
 }
 
 TEST_CASE("A producer SIGKILLed in the middle of a big item does not wedge the queue", "[queue][fault]") {
   mp::Queue<bytes> q({.capacity_bytes = 64 << 10});
   note_pipe go;
-  g_after_kill = &go;
-  auto victim = start([q]() mutable { q.put(make_item(std::size_t{4} << 20, 1)); });
-  auto next = start([q, &go]() mutable {
-    go.wait();
-    q.put(make_item(500, 2));
-  });
+  g_after_kill = go.writer();
+  auto victim = start([](mp::Queue<bytes> q) { q.put(make_item(std::size_t{4} << 20, 1)); }, q);
+  auto next = start(
+      [](mp::Queue<bytes> q, note_end go) {
+        go.wait();
+        q.put(make_item(500, 2));
+      },
+      q, go.reader());
   g_victim = victim.pid();
   // Kill the producer from inside our own get, right after we took its first chunk: it is then mid-item.
   mp::detail::ring_mid_item_hook = [] {
     ::kill(g_victim, SIGKILL);
-    g_after_kill->post();
+    g_after_kill.post();
   };
   const bytes item = q.get();
   mp::detail::ring_mid_item_hook = nullptr;
@@ -364,26 +397,24 @@ TEST_CASE("A producer SIGKILLed in the middle of a big item does not wedge the q
 
 namespace {
 
-// A bare ring in a fresh segment, so a test can play a process dying between two words of a commit.
-struct test_ring {
-  test_ring()
-      : segment(mp::detail::shm_segment::create(mp::detail::ring_buffer::header_bytes + 4096, "ring_test")),
-        header(mp::detail::ring_buffer::create(segment.data(), 4096, 0)),
+// A bare ring in a memfd segment, so a test can play a process dying between two words of a commit.
+struct ring_memory {
+  explicit ring_memory(mp::detail::shm_segment memory)
+      : segment(std::move(memory)),
+        header(static_cast<mp::detail::ring_header*>(segment.data())),
         ring(segment.data()) {}
-  void put(std::int64_t value) {
-    REQUIRE(ring.put(std::as_bytes(std::span<const std::int64_t, 1>(&value, 1)), {}) ==
-            mp::detail::ring_status::ok);
-  }
+  /// The next item, or nullopt if none came within 5 s or it is not one int64 (no Catch macro: usable in a child).
   std::optional<std::int64_t> get() {
     mp::detail::ring_status why{};
     return ring.get(
-        [](std::span<const std::byte> b) {
+        [](std::span<const std::byte> b) -> std::optional<std::int64_t> {
           std::int64_t v = 0;
-          REQUIRE(b.size() == sizeof v);
+          if (b.size() != sizeof v) return std::nullopt;
           std::memcpy(&v, b.data(), sizeof v);
           return v;
         },
-        std::chrono::steady_clock::now() + 5s, why);
+        std::chrono::steady_clock::now() + 5s, why)
+        .value_or(std::nullopt);
   }
   std::atomic<std::uint64_t>& slot(std::uint64_t position) {
     return *reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<std::byte*>(segment.data()) +
@@ -392,6 +423,38 @@ struct test_ring {
   mp::detail::shm_segment segment;
   mp::detail::ring_header* header;
   mp::detail::ring_buffer ring;
+};
+
+/// A test ring's segment as a Process argument (its memfd crosses as a descriptor); map() maps it in the child.
+struct ring_fd {
+  int fd = -1;
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(mp::detail::export_fd(fd, "ring_fd"));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    std::uint32_t index = 0;
+    ar(index);
+    fd = mp::detail::import_fd(index, "ring_fd").release();
+  }
+  ring_memory map() const {
+    return ring_memory(mp::detail::shm_segment::from_fd(mp::detail::unique_fd(::dup(fd)), "ring_test"));
+  }
+};
+
+struct test_ring : ring_memory {
+  test_ring()
+      : ring_memory(mp::detail::shm_segment::create(mp::detail::ring_buffer::header_bytes + 4096, "ring_test")) {
+    mp::detail::ring_buffer::create(segment.data(), 4096, 0);
+    ring = mp::detail::ring_buffer(segment.data());
+  }
+  void put(std::int64_t value) {
+    REQUIRE(ring.put(std::as_bytes(std::span<const std::int64_t, 1>(&value, 1)), {}) ==
+            mp::detail::ring_status::ok);
+  }
+  ring_fd handle() const { return {segment.fd()}; }
 };
 
 [[noreturn]] void die_holding_locks() {
@@ -405,9 +468,9 @@ TEST_CASE("ring_buffer: a consumer killed halfway through its commit is rolled f
   test_ring t;
   t.put(1);
   t.put(2);
-  auto* h = t.header;
-  auto victim = start([h] {
-    auto& c = h->consumers;
+  auto victim = start([](ring_fd ring) {
+    ring_memory t = ring.map();
+    auto& c = t.header->consumers;
     c.mutex.lock();
     // Took item 1 and began committing: journal written, get_count applied, head not yet.
     c.journal.index.store(c.head.load() + mp::detail::record_size(8));
@@ -416,7 +479,7 @@ TEST_CASE("ring_buffer: a consumer killed halfway through its commit is rolled f
     c.journal.valid.store(1);
     c.get_count.store(1);
     die_holding_locks();
-  });
+  }, t.handle());
   CHECK(finish(victim) == -SIGKILL);
   CHECK(t.get() == std::optional<std::int64_t>(2));  // item 1 counts as taken by the dead consumer
   CHECK(t.ring.size() == 0);
@@ -428,9 +491,9 @@ TEST_CASE("ring_buffer: a producer killed after publishing a record but before i
           "[ring_buffer][fault]") {
   test_ring t;
   t.put(1);
-  auto* h = t.header;
-  auto victim = start([h, &t] {
-    auto& p = h->producers;
+  auto victim = start([](ring_fd ring) {
+    ring_memory t = ring.map();
+    auto& p = t.header->producers;
     p.mutex.lock();
     const std::uint64_t tail = p.tail.load();
     const std::uint64_t size = mp::detail::record_size(8);
@@ -445,7 +508,7 @@ TEST_CASE("ring_buffer: a producer killed after publishing a record but before i
     p.journal.valid.store(1);
     t.slot(tail).store(mp::detail::record_header(mp::detail::record_kind::whole, 8));  // published...
     die_holding_locks();                                                                 // ...tail not moved
-  });
+  }, t.handle());
   CHECK(finish(victim) == -SIGKILL);
   CHECK(t.get() == std::optional<std::int64_t>(1));
   CHECK(t.get() == std::optional<std::int64_t>(2));  // visible: consumers read headers, not the tail
@@ -459,9 +522,9 @@ TEST_CASE("ring_buffer: a sleeper whose waker died inside wake() still gets the 
   // `seq` but before futex_wake left the sleeper asleep, and later wakers saw no sleeper to wake.
   test_ring t;
   auto* h = t.header;
-  auto consumer = start([&t] {
-    if (t.get() != std::optional<std::int64_t>(7)) ::_exit(3);
-  });
+  auto consumer = start([](ring_fd ring) {
+    if (ring.map().get() != std::optional<std::int64_t>(7)) ::_exit(3);
+  }, t.handle());
   // Wait until the consumer registered as a sleeper and sleeps in the kernel.
   auto asleep = [&] {
     std::ifstream stat("/proc/" + std::to_string(consumer.pid()) + "/stat");
@@ -483,9 +546,9 @@ TEST_CASE("ring_buffer: a sleeper whose waker died inside wake() still gets the 
 
 TEST_CASE("ring_buffer: a producer killed before publishing leaves nothing behind", "[ring_buffer][fault]") {
   test_ring t;
-  auto* h = t.header;
-  auto victim = start([h, &t] {
-    auto& p = h->producers;
+  auto victim = start([](ring_fd ring) {
+    ring_memory t = ring.map();
+    auto& p = t.header->producers;
     p.mutex.lock();
     const std::uint64_t tail = p.tail.load();
     const std::uint64_t size = mp::detail::record_size(8);
@@ -495,7 +558,7 @@ TEST_CASE("ring_buffer: a producer killed before publishing leaves nothing behin
     p.journal.count.store(p.put_count.load() + 1);
     p.journal.valid.store(1);
     die_holding_locks();  // the header word was never stored
-  });
+  }, t.handle());
   CHECK(finish(victim) == -SIGKILL);
   t.put(7);
   CHECK(t.ring.size() == 1);
@@ -510,11 +573,13 @@ TEST_CASE("close() refuses later put and get in this process - other processes a
   mp::Queue<int> q;
   mp::Queue<int> results;
   note_pipe go;
-  auto child = start([q, results, &go]() mutable {
-    go.wait();
-    results.put(q.get());
-    q.put(8);
-  });
+  auto child = start(
+      [](mp::Queue<int> q, mp::Queue<int> results, note_end go) {
+        go.wait();
+        results.put(q.get());
+        q.put(8);
+      },
+      q, results, go.reader());
   q.put(7);
   mp::Queue<int> copy = q;
   copy.close();
@@ -541,12 +606,14 @@ TEST_CASE("JoinableQueue::join waits until task_done was called for every item",
   mp::Queue<int> done;
   tasks.put(0);
   CHECK_FALSE(tasks.join(20ms));  // one item put, none done
-  auto worker = start([tasks, done]() mutable {
-    for (int i = 0; i < 101; ++i) {
-      done.put(tasks.get());
-      tasks.task_done();
-    }
-  });
+  auto worker = start(
+      [](mp::JoinableQueue<int> tasks, mp::Queue<int> done) {
+        for (int i = 0; i < 101; ++i) {
+          done.put(tasks.get());
+          tasks.task_done();
+        }
+      },
+      tasks, done);
   for (int i = 1; i <= 100; ++i) tasks.put(i);
   tasks.join();
   CHECK(done.qsize() == 101);  // every result was put before its task_done
@@ -559,10 +626,12 @@ TEST_CASE("JoinableQueue::join waits until task_done was called for every item",
 TEST_CASE("SimpleQueue passes items between processes - empty and close", "[queue][simple]") {
   mp::SimpleQueue<std::string> q;
   CHECK(q.empty());
-  auto child = start([q]() mutable {
-    q.put("hello");
-    q.put(std::string(300'000, 'z'));
-  });
+  auto child = start(
+      [](mp::SimpleQueue<std::string> q) {
+        q.put("hello");
+        q.put(std::string(300'000, 'z'));
+      },
+      q);
   CHECK(q.get() == "hello");
   CHECK(q.get() == std::string(300'000, 'z'));
   CHECK(q.empty());

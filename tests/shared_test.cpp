@@ -1,4 +1,6 @@
-// Tests of mp/shared.hpp: Value, RawValue, Array, RawArray and SharedMemory across real processes.
+// Tests of mp/shared.hpp: Value, RawValue, Array, RawArray and SharedMemory across real processes, under every start
+// method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver): children get the shared objects as
+// Process arguments.
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
@@ -82,12 +84,14 @@ TEST_CASE("Value fetch_add from 4 processes x 100000 gives exactly 400000 withou
   mp::RawValue<double> total(0.0);
   std::vector<mp::Process> children;
   for (int i = 0; i < 4; ++i) {
-    children.push_back(start([=]() mutable {
-      for (int n = 0; n < 100'000; ++n) {
-        counter.fetch_add(1);
-        total.fetch_add(0.5);
-      }
-    }));
+    children.push_back(start(
+        [](mp::Value<std::int64_t> counter, mp::RawValue<double> total) {
+          for (int n = 0; n < 100'000; ++n) {
+            counter.fetch_add(1);
+            total.fetch_add(0.5);
+          }
+        },
+        counter, total));
   }
   for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(counter.load() == 400'000);
@@ -101,10 +105,12 @@ TEST_CASE("Value copies and children share one value - value() is a reference in
   copy.value() = 8;
   CHECK(value.value() == 8);
   int& ref = value.value();
-  auto child = start([value]() mutable {
-    child_check(value.value() == 8);
-    value.value() = 9;
-  });
+  auto child = start(
+      [](mp::Value<int> value) {
+        child_check(value.value() == 8);
+        value.value() = 9;
+      },
+      value);
   CHECK(finish(child) == 0);
   CHECK(ref == 9);
   CHECK(mp::Value<double>().value() == 0.0);  // default: T{}
@@ -121,18 +127,20 @@ TEST_CASE("Value atomic load, store, exchange, compare_exchange, fetch_sub", "[v
   CHECK(value.compare_exchange(expected, 40));
   CHECK(value.fetch_sub(5) == 40);
   CHECK(value.load() == 35);
-  auto child = start([value]() mutable { value.fetch_sub(35); });
+  auto child = start([](mp::Value<int> value) { value.fetch_sub(35); }, value);
   CHECK(finish(child) == 0);
   CHECK(value.load() == 0);
 }
 
 TEST_CASE("Value holds a trivially copyable struct", "[value]") {
   mp::Value<point> value(point{1, 2.5});
-  auto child = start([value]() mutable {
-    std::lock_guard guard(value);
-    child_check(value.value().x == 1 && value.value().y == 2.5);
-    value.value() = point{3, 4.5};
-  });
+  auto child = start(
+      [](mp::Value<point> value) {
+        std::lock_guard guard(value);
+        child_check(value.value().x == 1 && value.value().y == 2.5);
+        value.value() = point{3, 4.5};
+      },
+      value);
   CHECK(finish(child) == 0);
   CHECK(value.value().x == 3);
   CHECK(value.value().y == 4.5);
@@ -141,21 +149,25 @@ TEST_CASE("Value holds a trivially copyable struct", "[value]") {
 TEST_CASE("Value lock held by a SIGKILLed process passes to its waiter within 1 s with owner_died()", "[value]") {
   mp::Value<int> value(0);
   mp::Semaphore locked(0), waiting(0);
-  auto holder = start([=]() mutable {
-    value.get_lock().acquire();
-    value.value() = -1;
-    locked.release();
-    hang();
-  });
+  auto holder = start(
+      [](mp::Value<int> value, mp::Semaphore locked) {
+        value.get_lock().acquire();
+        value.value() = -1;
+        locked.release();
+        hang();
+      },
+      value, locked);
   REQUIRE(locked.acquire(10s));
-  auto waiter = start([=]() mutable {
-    waiting.release();
-    child_check(value.get_lock().acquire(5s));
-    child_check(value.get_lock().owner_died());
-    child_check(value.value() == -1);
-    value.value() = 1;  // repaired
-    value.get_lock().release();
-  });
+  auto waiter = start(
+      [](mp::Value<int> value, mp::Semaphore waiting) {
+        waiting.release();
+        child_check(value.get_lock().acquire(5s));
+        child_check(value.get_lock().owner_died());
+        child_check(value.value() == -1);
+        value.value() = 1;  // repaired
+        value.get_lock().release();
+      },
+      value, waiting);
   REQUIRE(waiting.acquire(10s));
   const auto killed_at = std::chrono::steady_clock::now();
   holder.kill();
@@ -167,7 +179,7 @@ TEST_CASE("Value lock held by a SIGKILLed process passes to its waiter within 1 
 
 TEST_CASE("RawValue shares without a lock", "[value]") {
   mp::RawValue<std::uint16_t> value(5);
-  auto child = start([value]() mutable { value.value() = 6; });
+  auto child = start([](mp::RawValue<std::uint16_t> value) { value.value() = 6; }, value);
   CHECK(finish(child) == 0);
   CHECK(value.value() == 6);
   CHECK(value.fetch_add(1) == 6);
@@ -234,12 +246,14 @@ TEST_CASE("Array fetch_add on an element from 4 processes gives exact totals", "
   mp::Array<std::int64_t> counters(2);
   std::vector<mp::Process> children;
   for (int i = 0; i < 4; ++i) {
-    children.push_back(start([counters]() mutable {
-      for (int n = 0; n < 50'000; ++n) {
-        counters.fetch_add(0, 1);
-        counters.fetch_sub(1, 2);
-      }
-    }));
+    children.push_back(start(
+        [](mp::Array<std::int64_t> counters) {
+          for (int n = 0; n < 50'000; ++n) {
+            counters.fetch_add(0, 1);
+            counters.fetch_sub(1, 2);
+          }
+        },
+        counters));
   }
   for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(counters.load(0) == 200'000);
@@ -250,7 +264,7 @@ TEST_CASE("Array fetch_add on an element from 4 processes gives exact totals", "
 
 TEST_CASE("RawArray shares without a lock", "[array]") {
   mp::RawArray<char> text(6);
-  auto child = start([text]() mutable { std::memcpy(text.data(), "hello", 6); });
+  auto child = start([](mp::RawArray<char> text) { std::memcpy(text.data(), "hello", 6); }, text);
   CHECK(finish(child) == 0);
   CHECK(std::string(text.data()) == "hello");
   mp::RawArray<int> listed{1, 2};
@@ -267,14 +281,15 @@ TEST_CASE("SharedMemory created here is attached by name in another process - by
   CHECK(shm_exists(block.name()));
   CHECK(block.buf()[100] == std::byte{0});
   block.buf()[0] = std::byte{42};
-  mp::Semaphore written(0);
-  auto child = start([name = block.name(), written]() mutable {
-    auto attached = mp::SharedMemory::attach(name);
-    child_check(attached.size() == 4096);
-    child_check(attached.buf()[0] == std::byte{42});
-    attached.buf()[1] = std::byte{43};
-    attached.close();
-  });
+  auto child = start(
+      [](std::string name) {
+        auto attached = mp::SharedMemory::attach(name);
+        child_check(attached.size() == 4096);
+        child_check(attached.buf()[0] == std::byte{42});
+        attached.buf()[1] = std::byte{43};
+        attached.close();
+      },
+      block.name());
   CHECK(finish(child) == 0);
   CHECK(block.buf()[1] == std::byte{43});
   CHECK(shm_exists(block.name()));  // attaching and exiting never unlinks
@@ -315,11 +330,13 @@ TEST_CASE("SharedMemory rejects size 0, bad names, and use after close", "[share
 TEST_CASE("SharedMemory of 64 MiB carries an array between processes without copying", "[shared_memory]") {
   constexpr std::size_t count = (64u << 20) / sizeof(std::uint64_t);
   auto block = mp::SharedMemory::create(count * sizeof(std::uint64_t));
-  auto child = start([name = block.name()] {
-    auto attached = mp::SharedMemory::attach(name);
-    auto* numbers = reinterpret_cast<std::uint64_t*>(attached.buf().data());
-    for (std::size_t i = 0; i < count; ++i) numbers[i] = i;
-  });
+  auto child = start(
+      [](std::string name) {
+        auto attached = mp::SharedMemory::attach(name);
+        auto* numbers = reinterpret_cast<std::uint64_t*>(attached.buf().data());
+        for (std::size_t i = 0; i < count; ++i) numbers[i] = i;
+      },
+      block.name());
   CHECK(finish(child) == 0);
   const auto* numbers = reinterpret_cast<const std::uint64_t*>(block.buf().data());
   std::uint64_t sum = 0;
@@ -339,22 +356,26 @@ TEST_CASE("SharedMemory its creator never unlinked is unlinked once the creator'
     mp::Semaphore created(0);
     mp::RawArray<char> name(256);
     mp::Event exit_now;
-    mp::Process creator([=]() mutable {
-      auto block = mp::SharedMemory::create(128);
-      std::strncpy(name.data(), block.name().c_str(), 255);
-      created.release();
-      exit_now.wait();  // exits without unlink()
-    });
+    mp::Process creator(
+        [](mp::RawArray<char> name, mp::Semaphore created, mp::Event exit_now) {
+          auto block = mp::SharedMemory::create(128);
+          std::strncpy(name.data(), block.name().c_str(), 255);
+          created.release();
+          exit_now.wait();  // exits without unlink()
+        },
+        name, created, exit_now);
     creator.start();
     created.acquire();
     const std::string os_name = name.data();
     if (!shm_exists(os_name)) ::_exit(2);
-    mp::Process attacher([os_name] { mp::SharedMemory::attach(os_name).buf()[0] = std::byte{1}; });
+    mp::Process attacher([](std::string os_name) { mp::SharedMemory::attach(os_name).buf()[0] = std::byte{1}; },
+                         os_name);
     attacher.start();
     attacher.join();
     if (!shm_exists(os_name)) ::_exit(3);  // an attacher that exits does not unlink it (gh-82300)
     exit_now.set();
     creator.join();
+    mp::detail::stop_forkserver();  // under forkserver this process's own server is a child that waits for it
     while (::waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {  // the tracker, once it has cleaned up
     }
     if (shm_exists(os_name)) ::_exit(4);
@@ -364,7 +385,8 @@ TEST_CASE("SharedMemory its creator never unlinked is unlinked once the creator'
 
 TEST_CASE("SharedMemory created with track = false survives its creator", "[shared_memory]") {
   const std::string bare = "mp-test-" + std::to_string(::getpid()) + "-untracked";
-  auto creator = start([bare] { mp::SharedMemory::create(64, bare, false).buf()[0] = std::byte{9}; });
+  auto creator =
+      start([](std::string bare) { mp::SharedMemory::create(64, bare, false).buf()[0] = std::byte{9}; }, bare);
   CHECK(finish(creator) == 0);
   auto block = mp::SharedMemory::attach(bare);
   CHECK(block.buf()[0] == std::byte{9});
@@ -397,43 +419,49 @@ TEST_CASE("SIGKILLing the parent of a process tree using shared objects leaves n
     mp::Semaphore ready(0);
     mp::RawArray<char> name(256);
     mp::RawValue<pid_t> root_pid(0);
-    mp::Process root([=]() mutable {
-      mp::Value<int> value(0);
-      mp::Array<int> numbers(4);
-      mp::Lock lock;
-      mp::Event never;
-      mp::Barrier barrier(3);
-      auto block = mp::SharedMemory::create(4096);  // never unlinked by anyone
-      std::strncpy(name.data(), block.name().c_str(), 255);
-      root_pid.value() = ::getpid();
-      mp::Semaphore started(0);
-      std::vector<mp::Process> workers;
-      for (int i = 0; i < 2; ++i) {
-        workers.emplace_back([=]() mutable {
-          ::signal(SIGTERM, SIG_DFL);  // Catch's handler, inherited by fork, would report the parent's death
-          auto attached = mp::SharedMemory::attach(name.data());
-          {
-            std::lock_guard guard(lock);
-            value.value() += 1;
-            numbers[static_cast<std::size_t>(i)] = i;
-            attached.buf()[static_cast<std::size_t>(i)] = std::byte{1};
+    mp::Process root(
+        [](mp::Semaphore ready, mp::RawArray<char> name, mp::RawValue<pid_t> root_pid) {
+          mp::Value<int> value(0);
+          mp::Array<int> numbers(4);
+          mp::Lock lock;
+          mp::Event never;
+          mp::Barrier barrier(3);
+          auto block = mp::SharedMemory::create(4096);  // never unlinked by anyone
+          std::strncpy(name.data(), block.name().c_str(), 255);
+          root_pid.value() = ::getpid();
+          mp::Semaphore started(0);
+          std::vector<mp::Process> workers;
+          for (int i = 0; i < 2; ++i) {
+            workers.emplace_back(
+                [](mp::RawArray<char> name, mp::Lock lock, mp::Value<int> value, mp::Array<int> numbers,
+                   mp::Semaphore started, mp::Event never, int i) {
+                  ::signal(SIGTERM, SIG_DFL);  // Catch's handler, inherited by fork, would report the parent's death
+                  auto attached = mp::SharedMemory::attach(name.data());
+                  {
+                    std::lock_guard guard(lock);
+                    value.value() += 1;
+                    numbers[static_cast<std::size_t>(i)] = i;
+                    attached.buf()[static_cast<std::size_t>(i)] = std::byte{1};
+                  }
+                  started.release();
+                  never.wait();
+                },
+                name, lock, value, numbers, started, never, i);
+            workers.back().start();
           }
-          started.release();
-          never.wait();
-        });
-        workers.back().start();
-      }
-      for (int i = 0; i < 2; ++i) started.acquire();
-      lock.acquire();  // killed holding it
-      ready.release();
-      hang();
-    });
+          for (int i = 0; i < 2; ++i) started.acquire();
+          lock.acquire();  // killed holding it
+          ready.release();
+          hang();
+        },
+        ready, name, root_pid);
     root.start();
     ready.acquire();
     const std::string os_name = name.data();
     if (!shm_exists(os_name)) ::_exit(2);
     root.kill();
     root.join();
+    mp::detail::stop_forkserver();  // under forkserver this process's own server is a child that waits for it
     // Reap the orphans: the workers (SIGTERMed by their parent's death) and the shm tracker.
     while (::waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
     }

@@ -1,4 +1,6 @@
-// Tests of mp/sync.hpp (and the detail::robust_mutex under it), across real processes.
+// Tests of mp/sync.hpp (and the detail::robust_mutex under it), across real processes, under every start method
+// (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver): children get the primitives, note pipes
+// and test segments as Process arguments, never through captures.
 // Processes synchronize through the primitives under test or through pipes, never through sleeps; a short
 // timeout appears only where the test asserts that something does NOT happen.
 #include <catch2/catch.hpp>
@@ -17,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -47,6 +50,29 @@ bool wait_until_asleep(const mp::Process& process, Pred registered) {
   return asleep();
 }
 
+/// A test's shared segment as a Process argument (its memfd crosses as a descriptor); the child maps it with map().
+template <class T>
+struct segment_of {
+  int fd = -1;
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(mp::detail::export_fd(fd, "segment_of"));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    std::uint32_t index = 0;
+    ar(index);
+    fd = mp::detail::import_fd(index, "segment_of").release();
+  }
+  /// Maps the segment in this process (for the rest of its life: a child ends with _exit) and returns its T.
+  T* map() const {
+    auto* segment = new mp::detail::shm_segment(
+        mp::detail::shm_segment::from_fd(mp::detail::unique_fd(::dup(fd)), "segment_of"));
+    return static_cast<T*>(segment->data());
+  }
+};
+
 // A robust_mutex and a counter in a fresh shared segment.
 struct shared_mutex_block {
   struct layout {
@@ -56,9 +82,11 @@ struct shared_mutex_block {
   shared_mutex_block() : segment(mp::detail::shm_segment::create(sizeof(layout), "robust_mutex_test")) {
     block = new (segment.data()) layout();
   }
+  segment_of<layout> handle() const { return {segment.fd()}; }
   mp::detail::shm_segment segment;
   layout* block;
 };
+using mutex_block = segment_of<shared_mutex_block::layout>;
 
 }  // namespace
 
@@ -69,13 +97,16 @@ TEST_CASE("robust_mutex gives exactly 400000 for 4 processes x 100000 increments
   auto* block = shared.block;
   std::vector<mp::Process> children;
   for (int i = 0; i < 4; ++i) {
-    children.push_back(start([block] {
-      for (int n = 0; n < 100'000; ++n) {
-        block->mutex.lock();
-        block->counter = block->counter + 1;
-        block->mutex.unlock();
-      }
-    }));
+    children.push_back(start(
+        [](mutex_block shared) {
+          auto* block = shared.map();
+          for (int n = 0; n < 100'000; ++n) {
+            block->mutex.lock();
+            block->counter = block->counter + 1;
+            block->mutex.unlock();
+          }
+        },
+        shared.handle()));
   }
   for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(block->counter == 400'000);
@@ -85,12 +116,15 @@ TEST_CASE("robust_mutex try_lock and try_lock_until fail while another process h
   shared_mutex_block shared;
   auto* block = shared.block;
   note_pipe locked, release;
-  auto holder = start([&] {
-    block->mutex.lock();
-    locked.post();
-    release.wait();
-    block->mutex.unlock();
-  });
+  auto holder = start(
+      [](mutex_block shared, note_end locked, note_end release) {
+        auto* block = shared.map();
+        block->mutex.lock();
+        locked.post();
+        release.wait();
+        block->mutex.unlock();
+      },
+      shared.handle(), locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK(block->mutex.locked_hint());
   CHECK_FALSE(block->mutex.held_by_this_thread());
@@ -111,25 +145,31 @@ TEST_CASE("robust_mutex passes to a waiter within 1 s when its holder is SIGKILL
   shared_mutex_block shared;
   auto* block = shared.block;
   note_pipe locked;
-  auto holder = start([&] {
-    block->mutex.lock();
-    block->counter = -1;  // a half-updated state the next holder must repair
-    locked.post();
-    hang();
-  });
+  auto holder = start(
+      [](mutex_block shared, note_end locked) {
+        auto* block = shared.map();
+        block->mutex.lock();
+        block->counter = -1;  // a half-updated state the next holder must repair
+        locked.post();
+        hang();
+      },
+      shared.handle(), locked.writer());
   REQUIRE(locked.wait());
 
   SECTION("a waiter already blocked in another process") {
     note_pipe waiting;
-    auto waiter = start([&] {
-      waiting.post();
-      child_check(block->mutex.try_lock_until(mp::detail::deadline_after(5s)));
-      child_check(block->mutex.previous_owner_died());
-      child_check(block->counter == -1);
-      block->counter = 0;
-      block->mutex.unlock();
-      child_check(!block->mutex.previous_owner_died());
-    });
+    auto waiter = start(
+        [](mutex_block shared, note_end waiting) {
+          auto* block = shared.map();
+          waiting.post();
+          child_check(block->mutex.try_lock_until(mp::detail::deadline_after(5s)));
+          child_check(block->mutex.previous_owner_died());
+          child_check(block->counter == -1);
+          block->counter = 0;
+          block->mutex.unlock();
+          child_check(!block->mutex.previous_owner_died());
+        },
+        shared.handle(), waiting.writer());
     REQUIRE(waiting.wait());
     const auto killed_at = std::chrono::steady_clock::now();
     holder.kill();
@@ -159,11 +199,14 @@ TEST_CASE("robust_mutex: a sleeper whose wake-up a dead waiter consumed still ge
   shared_mutex_block shared;
   auto* block = shared.block;
   block->mutex.lock();
-  auto waiter = start([block] {
-    block->mutex.lock();
-    block->counter = 7;
-    block->mutex.unlock();
-  });
+  auto waiter = start(
+      [](mutex_block shared) {
+        auto* block = shared.map();
+        block->mutex.lock();
+        block->counter = 7;
+        block->mutex.unlock();
+      },
+      shared.handle());
   auto& word = reinterpret_cast<pthread_mutex_t*>(&block->mutex)->__data.__lock;  // the robust futex word
   REQUIRE(wait_until_asleep(waiter, [&] { return (__atomic_load_n(&word, __ATOMIC_SEQ_CST) & FUTEX_WAITERS) != 0; }));
   __atomic_and_fetch(&word, ~static_cast<int>(FUTEX_WAITERS), __ATOMIC_SEQ_CST);  // what the dead waiter leaves
@@ -181,7 +224,11 @@ TEST_CASE("A Semaphore waiter looks again when its releaser died before waking i
   // never comes. Here the "dead releaser" raises the count of a semaphore in shared memory without waking.
   auto segment = mp::detail::shm_segment::create(sizeof(mp::detail::semaphore_state), "mp-test-semaphore");
   auto* state = new (segment.data()) mp::detail::semaphore_state(0, 0);
-  auto waiter = start([state] { child_check(mp::detail::semaphore_acquire(*state, {}), "acquired"); });
+  auto waiter = start(
+      [](segment_of<mp::detail::semaphore_state> shared) {
+        child_check(mp::detail::semaphore_acquire(*shared.map(), {}), "acquired");
+      },
+      segment_of<mp::detail::semaphore_state>{segment.fd()});
   REQUIRE(wait_until_asleep(waiter, [&] { return state->sleepers.load() == 1; }));
   state->value.fetch_add(1);  // what the dead releaser did before it could wake anybody
   const bool ended = waiter.join(5s);
@@ -196,12 +243,15 @@ TEST_CASE("robust_mutex refuses a release by a process that does not hold it", "
   auto* block = shared.block;
   CHECK_THROWS_WITH(block->mutex.unlock(), Catch::Contains("does not hold"));
   note_pipe locked, release;
-  auto holder = start([&] {
-    block->mutex.lock();
-    locked.post();
-    release.wait();
-    block->mutex.unlock();
-  });
+  auto holder = start(
+      [](mutex_block shared, note_end locked, note_end release) {
+        auto* block = shared.map();
+        block->mutex.lock();
+        locked.post();
+        release.wait();
+        block->mutex.unlock();
+      },
+      shared.handle(), locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK_THROWS_AS(block->mutex.unlock(), mp::Error);
   release.post();
@@ -221,10 +271,12 @@ TEST_CASE("robust_mutex relocked by its holder throws instead of deadlocking", "
 TEST_CASE("this_thread_tid is refreshed in a forked child", "[robust_mutex]") {
   const pid_t parent_tid = mp::detail::this_thread_tid();
   CHECK(parent_tid == static_cast<pid_t>(::gettid()));
-  auto child = start([parent_tid] {
-    child_check(mp::detail::this_thread_tid() != parent_tid);
-    child_check(mp::detail::this_thread_tid() == static_cast<pid_t>(::gettid()));
-  });
+  auto child = start(
+      [](pid_t parent_tid) {
+        child_check(mp::detail::this_thread_tid() != parent_tid);
+        child_check(mp::detail::this_thread_tid() == static_cast<pid_t>(::gettid()));
+      },
+      parent_tid);
   CHECK(finish(child) == 0);
 }
 
@@ -252,12 +304,14 @@ TEMPLATE_TEST_CASE("Lock acquire, try_acquire and acquire(timeout) see a holder 
                    mp::Lock, mp::RLock) {
   TestType lock;
   note_pipe locked, release;
-  auto holder = start([&] {
-    lock.acquire();
-    locked.post();
-    release.wait();
-    lock.release();
-  });
+  auto holder = start(
+      [](TestType lock, note_end locked, note_end release) {
+        lock.acquire();
+        locked.post();
+        release.wait();
+        lock.release();
+      },
+      lock, locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK(lock.locked());
   CHECK_FALSE(lock.try_acquire());
@@ -294,7 +348,7 @@ TEMPLATE_TEST_CASE("Lock works with std::lock_guard, std::unique_lock and std::s
     CHECK(a.locked());
     CHECK(b.locked());
     // Another process sees both held.
-    auto child = start([&] { child_check(!a.try_lock() && !b.try_lock()); });
+    auto child = start([](TestType a, TestType b) { child_check(!a.try_lock() && !b.try_lock()); }, a, b);
     CHECK(finish(child) == 0);
   }
   CHECK_FALSE(a.locked());
@@ -306,25 +360,29 @@ TEMPLATE_TEST_CASE("Lock held by a SIGKILLed process passes to its waiter within
   TestType lock;
   mp::RawValue<int> guarded(0);
   note_pipe locked, waiting;
-  auto holder = start([&] {
-    lock.acquire();
-    if constexpr (std::is_same_v<TestType, mp::RLock>) lock.acquire();  // dies two levels deep
-    guarded.value() = -1;
-    locked.post();
-    hang();
-  });
+  auto holder = start(
+      [](TestType lock, mp::RawValue<int> guarded, note_end locked) {
+        lock.acquire();
+        if constexpr (std::is_same_v<TestType, mp::RLock>) lock.acquire();  // dies two levels deep
+        guarded.value() = -1;
+        locked.post();
+        hang();
+      },
+      lock, guarded, locked.writer());
   REQUIRE(locked.wait());
-  auto waiter = start([&] {
-    waiting.post();
-    child_check(lock.acquire(5s));
-    child_check(lock.owner_died());
-    guarded.value() = 0;  // repair
-    lock.release();       // one level: the dead holder's depth died with it
-    child_check(!lock.locked());
-    lock.acquire();
-    child_check(!lock.owner_died());
-    lock.release();
-  });
+  auto waiter = start(
+      [](TestType lock, mp::RawValue<int> guarded, note_end waiting) {
+        waiting.post();
+        child_check(lock.acquire(5s));
+        child_check(lock.owner_died());
+        guarded.value() = 0;  // repair
+        lock.release();       // one level: the dead holder's depth died with it
+        child_check(!lock.locked());
+        lock.acquire();
+        child_check(!lock.owner_died());
+        lock.release();
+      },
+      lock, guarded, waiting.writer());
   REQUIRE(waiting.wait());
   const auto killed_at = std::chrono::steady_clock::now();
   holder.kill();
@@ -349,12 +407,14 @@ TEMPLATE_TEST_CASE("Lock released by a process that does not hold it throws mp::
                    mp::RLock) {
   TestType lock;
   note_pipe locked, release;
-  auto holder = start([&] {
-    lock.acquire();
-    locked.post();
-    release.wait();
-    lock.release();
-  });
+  auto holder = start(
+      [](TestType lock, note_end locked, note_end release) {
+        lock.acquire();
+        locked.post();
+        release.wait();
+        lock.release();
+      },
+      lock, locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK_THROWS_WITH(lock.release(), Catch::Contains("does not hold"));
   CHECK(lock.locked());  // the holder still holds it
@@ -384,16 +444,18 @@ TEST_CASE("RLock is re-entrant: the owner's last release frees it for other proc
   CHECK(lock.acquire(1ms));
   CHECK(lock.is_owned());
   for (int level = 3; level > 0; --level) {
-    auto child = start([lock]() mutable { child_check(!lock.try_acquire() && !lock.is_owned()); });
+    auto child = start([](mp::RLock lock) { child_check(!lock.try_acquire() && !lock.is_owned()); }, lock);
     CHECK(finish(child) == 0);
     lock.release();
   }
   CHECK_FALSE(lock.locked());
   CHECK_FALSE(lock.is_owned());
-  auto child = start([lock]() mutable {
-    child_check(lock.try_acquire());
-    lock.release();
-  });
+  auto child = start(
+      [](mp::RLock lock) {
+        child_check(lock.try_acquire());
+        lock.release();
+      },
+      lock);
   CHECK(finish(child) == 0);
   CHECK_THROWS_WITH(lock.release(), Catch::Contains("RLock::release") && Catch::Contains("does not hold"));
 }
@@ -405,9 +467,11 @@ TEST_CASE("Semaphore counts releases from other processes and blocks at zero", "
   CHECK(semaphore.get_value() == 0);
   CHECK_FALSE(semaphore.try_acquire());
   CHECK_FALSE(semaphore.acquire(20ms));
-  auto releaser = start([semaphore]() mutable {
-    for (int i = 0; i < 3; ++i) semaphore.release();
-  });
+  auto releaser = start(
+      [](mp::Semaphore semaphore) {
+        for (int i = 0; i < 3; ++i) semaphore.release();
+      },
+      semaphore);
   for (int i = 0; i < 3; ++i) CHECK(semaphore.acquire(10s));
   CHECK(finish(releaser) == 0);
   CHECK(semaphore.get_value() == 0);
@@ -425,16 +489,18 @@ TEST_CASE("Semaphore(2) admits at most 2 processes at a time", "[semaphore]") {
   mp::RawValue<int> most(0);
   std::vector<mp::Process> children;
   for (int i = 0; i < 4; ++i) {
-    children.push_back(start([=]() mutable {
-      for (int n = 0; n < 2'000; ++n) {
-        std::lock_guard guard(semaphore);
-        const int now = inside.fetch_add(1) + 1;
-        int seen = most.load();
-        while (now > seen && !most.compare_exchange(seen, now)) {
-        }
-        inside.fetch_sub(1);
-      }
-    }));
+    children.push_back(start(
+        [](mp::Semaphore semaphore, mp::RawValue<int> inside, mp::RawValue<int> most) {
+          for (int n = 0; n < 2'000; ++n) {
+            std::lock_guard guard(semaphore);
+            const int now = inside.fetch_add(1) + 1;
+            int seen = most.load();
+            while (now > seen && !most.compare_exchange(seen, now)) {
+            }
+            inside.fetch_sub(1);
+          }
+        },
+        semaphore, inside, most));
   }
   for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(most.load() >= 1);
@@ -447,10 +513,12 @@ TEST_CASE("Semaphore waiters blocked in several processes are each woken by one 
   mp::Semaphore done(0);
   std::vector<mp::Process> children;
   for (int i = 0; i < 3; ++i) {
-    children.push_back(start([=]() mutable {
-      semaphore.acquire();
-      done.release();
-    }));
+    children.push_back(start(
+        [](mp::Semaphore semaphore, mp::Semaphore done) {
+          semaphore.acquire();
+          done.release();
+        },
+        semaphore, done));
   }
   for (int i = 0; i < 3; ++i) {
     semaphore.release();
@@ -463,15 +531,17 @@ TEST_CASE("Semaphore waiters blocked in several processes are each woken by one 
 TEST_CASE("Semaphore release is not lost to a waiter that was SIGKILLed", "[semaphore]") {
   mp::Semaphore semaphore(0);
   note_pipe waiting;
-  auto victim = start([&] {
-    waiting.post();
-    semaphore.acquire();
-    hang();
-  });
+  auto victim = start(
+      [](mp::Semaphore semaphore, note_end waiting) {
+        waiting.post();
+        semaphore.acquire();
+        hang();
+      },
+      semaphore, waiting.writer());
   REQUIRE(waiting.wait());
   victim.kill();
   CHECK(finish(victim) == -SIGKILL);
-  auto survivor = start([semaphore]() mutable { child_check(semaphore.acquire(5s)); });
+  auto survivor = start([](mp::Semaphore semaphore) { child_check(semaphore.acquire(5s)); }, semaphore);
   semaphore.release();
   CHECK(finish(survivor) == 0);
 }
@@ -486,15 +556,17 @@ TEST_CASE("BoundedSemaphore release above its initial value throws mp::Error", "
   CHECK_THROWS_WITH(semaphore.release(), Catch::Contains("released too many times") && Catch::Contains("2"));
   CHECK(semaphore.get_value() == 2);
   semaphore.acquire();
-  auto child = start([semaphore]() mutable {
-    semaphore.release();  // back to 2: allowed
-    try {
-      semaphore.release();
-    } catch (const mp::Error&) {
-      return;
-    }
-    throw std::runtime_error("over-release did not throw");
-  });
+  auto child = start(
+      [](mp::BoundedSemaphore semaphore) {
+        semaphore.release();  // back to 2: allowed
+        try {
+          semaphore.release();
+        } catch (const mp::Error&) {
+          return;
+        }
+        throw std::runtime_error("over-release did not throw");
+      },
+      semaphore);
   CHECK(finish(child) == 0);
   CHECK(semaphore.get_value() == 2);
 }
@@ -509,12 +581,14 @@ std::vector<mp::Process> start_condition_waiters(mp::Condition condition, mp::Se
                                                  mp::Semaphore woken, int n) {
   std::vector<mp::Process> waiters;
   for (int i = 0; i < n; ++i) {
-    waiters.push_back(start([=]() mutable {
-      std::unique_lock guard(condition);
-      registered.release();
-      condition.wait();
-      woken.release();
-    }));
+    waiters.push_back(start(
+        [](mp::Condition condition, mp::Semaphore registered, mp::Semaphore woken) {
+          std::unique_lock guard(condition);
+          registered.release();
+          condition.wait();
+          woken.release();
+        },
+        condition, registered, woken));
   }
   for (int i = 0; i < n; ++i) REQUIRE(registered.acquire(10s));
   return waiters;
@@ -552,11 +626,13 @@ TEST_CASE("Condition notify does not wake a waiter that started waiting after it
     std::lock_guard guard(condition);
     condition.notify();
     // A second waiter registers after the notify, while the first may not have taken its wake-up yet.
-    first.push_back(start([=]() mutable {
-      std::unique_lock lock(condition);
-      registered.release();
-      child_check(!condition.wait(100ms));
-    }));
+    first.push_back(start(
+        [](mp::Condition condition, mp::Semaphore registered) {
+          std::unique_lock lock(condition);
+          registered.release();
+          child_check(!condition.wait(100ms));
+        },
+        condition, registered));
   }
   CHECK(woken.acquire(10s));
   for (auto& waiter : first) CHECK(finish(waiter) == 0);
@@ -570,7 +646,7 @@ TEST_CASE("Condition wait(timeout) returns false once it runs out and holds the 
   CHECK_FALSE(condition.wait(30ms));
   CHECK(std::chrono::steady_clock::now() - began >= 30ms);
   CHECK(lock.locked());
-  auto child = start([lock]() mutable { child_check(!lock.try_acquire()); });
+  auto child = start([](mp::Lock lock) { child_check(!lock.try_acquire()); }, lock);
   CHECK(finish(child) == 0);
   // After a timed-out wait a later notify has no stale waiter to count.
   condition.notify();
@@ -581,13 +657,15 @@ TEST_CASE("Condition wait_for sees a predicate made true by another process", "[
   mp::Condition condition;
   mp::RawValue<int> state(0);
   std::unique_lock guard(condition);
-  auto setter = start([=]() mutable {
-    for (int step = 1; step <= 3; ++step) {
-      std::lock_guard lock(condition);
-      state.value() = step;
-      condition.notify_all();
-    }
-  });
+  auto setter = start(
+      [](mp::Condition condition, mp::RawValue<int> state) {
+        for (int step = 1; step <= 3; ++step) {
+          std::lock_guard lock(condition);
+          state.value() = step;
+          condition.notify_all();
+        }
+      },
+      condition, state);
   CHECK(condition.wait_for([&] { return state.value() == 3; }, 10s));
   CHECK_FALSE(condition.wait_for([&] { return state.value() == 4; }, 20ms));
   CHECK(condition.wait_for([&] { return state.value() == 3; }));
@@ -601,12 +679,14 @@ TEST_CASE("Condition wait releases every level of its RLock and restores them", 
   mp::Event inside;
   lock.acquire();
   lock.acquire();
-  auto notifier = start([=]() mutable {
-    // Only possible if the waiter released both levels.
-    std::lock_guard guard(condition);
-    inside.set();
-    condition.notify();
-  });
+  auto notifier = start(
+      [](mp::Condition condition, mp::Event inside) {
+        // Only possible if the waiter released both levels.
+        std::lock_guard guard(condition);
+        inside.set();
+        condition.notify();
+      },
+      condition, inside);
   CHECK(condition.wait(10s));
   CHECK(inside.is_set());
   CHECK(lock.is_owned());
@@ -630,12 +710,14 @@ TEST_CASE("Condition waiter recovers when the notifier is SIGKILLed holding the 
   mp::Semaphore registered(0), woken(0);
   auto waiters = start_condition_waiters(condition, registered, woken, 1);
   mp::Semaphore notified(0);
-  auto notifier = start([=]() mutable {
-    condition.acquire();
-    condition.notify();
-    notified.release();
-    hang();  // dies holding the lock: the waiter cannot reacquire it until the kernel frees it
-  });
+  auto notifier = start(
+      [](mp::Condition condition, mp::Semaphore notified) {
+        condition.acquire();
+        condition.notify();
+        notified.release();
+        hang();  // dies holding the lock: the waiter cannot reacquire it until the kernel frees it
+      },
+      condition, notified);
   REQUIRE(notified.acquire(10s));
   const auto killed_at = std::chrono::steady_clock::now();
   notifier.kill();
@@ -657,12 +739,14 @@ TEST_CASE("Event wait blocks until another process sets it - clear and is_set", 
   mp::Semaphore woken(0);
   std::vector<mp::Process> waiters;
   for (int i = 0; i < 3; ++i) {
-    waiters.push_back(start([=]() mutable {
-      event.wait();
-      woken.release();
-    }));
+    waiters.push_back(start(
+        [](mp::Event event, mp::Semaphore woken) {
+          event.wait();
+          woken.release();
+        },
+        event, woken));
   }
-  auto setter = start([event]() mutable { event.set(); });
+  auto setter = start([](mp::Event event) { event.set(); }, event);
   for (int i = 0; i < 3; ++i) CHECK(woken.acquire(10s));
   CHECK(finish(setter) == 0);
   for (auto& waiter : waiters) CHECK(finish(waiter) == 0);
@@ -677,29 +761,33 @@ TEST_CASE("Event wait blocks until another process sets it - clear and is_set", 
 TEST_CASE("Event waiters are not wedged by a waiter that was SIGKILLed", "[event]") {
   mp::Event event;
   note_pipe waiting;
-  auto victim = start([&] {
-    waiting.post();
-    event.wait();
-    hang();
-  });
+  auto victim = start(
+      [](mp::Event event, note_end waiting) {
+        waiting.post();
+        event.wait();
+        hang();
+      },
+      event, waiting.writer());
   REQUIRE(waiting.wait());
   victim.kill();
   CHECK(finish(victim) == -SIGKILL);
-  auto survivor = start([event]() mutable { child_check(event.wait(5s)); });
+  auto survivor = start([](mp::Event event) { child_check(event.wait(5s)); }, event);
   event.set();
   CHECK(finish(survivor) == 0);
 }
 
 // ---- Barrier ----------------------------------------------------------------------------------------------
 
-TEST_CASE("Barrier releases 3 processes together with distinct indices, action once per pass", "[barrier]") {
+// [fork]: a Barrier with an action cannot cross to spawn or forkserver (the action is the parent's code); that
+// refusal is tested under "A Barrier with an action refuses to cross to a spawned child".
+TEST_CASE("Barrier releases 3 processes together with distinct indices, action once per pass", "[barrier][fork]") {
   mp::RawValue<int> actions(0);
   mp::RawArray<int> index_seen(3 * 5);  // per pass, a count per index
   mp::Barrier barrier(3, [actions]() mutable { actions.fetch_add(1); });
   CHECK(barrier.parties() == 3);
   std::vector<mp::Process> children;
   for (int i = 0; i < 3; ++i) {
-    children.push_back(start([=]() mutable {
+    children.push_back(start_forked([=]() mutable {
       for (int pass = 0; pass < 5; ++pass) {
         const int index = barrier.wait();
         child_check(index >= 0 && index < 3);
@@ -721,10 +809,12 @@ TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
   mp::Semaphore arrived(0);
   std::vector<mp::Process> children;
   for (int i = 0; i < 2; ++i) {
-    children.push_back(start([=]() mutable {
-      arrived.release();
-      barrier.wait();
-    }));
+    children.push_back(start(
+        [](mp::Barrier barrier, mp::Semaphore arrived) {
+          arrived.release();
+          barrier.wait();
+        },
+        barrier, arrived));
   }
   for (int i = 0; i < 2; ++i) REQUIRE(arrived.acquire(10s));
   // They have posted and are about to wait: n_waiting reaches 2 (bounded wait on the barrier's own state).
@@ -738,15 +828,17 @@ TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
 TEST_CASE("Barrier abort breaks current and future waits until reset", "[barrier]") {
   mp::Barrier barrier(3);
   mp::Semaphore arrived(0);
-  auto waiter = start([=]() mutable {
-    arrived.release();
-    try {
-      barrier.wait();
-    } catch (const mp::BrokenBarrierError&) {
-      return;
-    }
-    throw std::runtime_error("wait did not break");
-  });
+  auto waiter = start(
+      [](mp::Barrier barrier, mp::Semaphore arrived) {
+        arrived.release();
+        try {
+          barrier.wait();
+        } catch (const mp::BrokenBarrierError&) {
+          return;
+        }
+        throw std::runtime_error("wait did not break");
+      },
+      barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
   barrier.abort();
@@ -759,7 +851,7 @@ TEST_CASE("Barrier abort breaks current and future waits until reset", "[barrier
   CHECK_FALSE(barrier.broken());
   // Usable again: three parties pass.
   std::vector<mp::Process> children;
-  for (int i = 0; i < 2; ++i) children.push_back(start([=]() mutable { barrier.wait(); }));
+  for (int i = 0; i < 2; ++i) children.push_back(start([](mp::Barrier barrier) { barrier.wait(); }, barrier));
   CHECK(barrier.wait(10s) >= 0);
   for (auto& child : children) CHECK(finish(child) == 0);
 }
@@ -768,22 +860,24 @@ TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and l
           "[barrier]") {
   mp::Barrier barrier(2);
   mp::Semaphore arrived(0);
-  auto waiter = start([=]() mutable {
-    arrived.release();
-    try {
-      barrier.wait();
-    } catch (const mp::BrokenBarrierError&) {
-      return;
-    }
-    throw std::runtime_error("wait was not broken by reset");
-  });
+  auto waiter = start(
+      [](mp::Barrier barrier, mp::Semaphore arrived) {
+        arrived.release();
+        try {
+          barrier.wait();
+        } catch (const mp::BrokenBarrierError&) {
+          return;
+        }
+        throw std::runtime_error("wait was not broken by reset");
+      },
+      barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
   REQUIRE(barrier.n_waiting() == 1);
   barrier.reset();
   CHECK(finish(waiter) == 0);
   CHECK_FALSE(barrier.broken());
-  auto partner = start([barrier]() mutable { barrier.wait(); });
+  auto partner = start([](mp::Barrier barrier) { barrier.wait(); }, barrier);
   CHECK(barrier.wait(10s) >= 0);
   CHECK(finish(partner) == 0);
 }
@@ -791,15 +885,17 @@ TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and l
 TEST_CASE("Barrier wait(timeout) breaks the barrier for every party", "[barrier]") {
   mp::Barrier barrier(3);
   mp::Semaphore arrived(0);
-  auto waiter = start([=]() mutable {
-    arrived.release();
-    try {
-      barrier.wait();
-    } catch (const mp::BrokenBarrierError&) {
-      return;
-    }
-    throw std::runtime_error("wait did not break");
-  });
+  auto waiter = start(
+      [](mp::Barrier barrier, mp::Semaphore arrived) {
+        arrived.release();
+        try {
+          barrier.wait();
+        } catch (const mp::BrokenBarrierError&) {
+          return;
+        }
+        throw std::runtime_error("wait did not break");
+      },
+      barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   const auto began = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH(barrier.wait(30ms), Catch::Contains("timed out"));
@@ -814,9 +910,10 @@ TEST_CASE("Barrier wait(timeout) breaks the barrier for every party", "[barrier]
   }
 }
 
-TEST_CASE("Barrier action that throws breaks the barrier and reaches its caller", "[barrier]") {
+// [fork]: a Barrier with an action cannot cross to spawn or forkserver (see above).
+TEST_CASE("Barrier action that throws breaks the barrier and reaches its caller", "[barrier][fork]") {
   mp::Barrier barrier(2, [] { throw std::runtime_error("action failed"); });
-  auto other = start([barrier]() mutable {
+  auto other = start_forked([barrier]() mutable {
     try {
       barrier.wait();
     } catch (const mp::BrokenBarrierError&) {
@@ -882,12 +979,14 @@ TEST_CASE("Synchronization objects created in a forked child never overlap the p
   mp::Semaphore child_done(0);
   mp::Event parent_done;
   mp::RawValue<int> child_saw_locked(-1);
-  auto child = start([=]() mutable {
-    mp::Lock child_lock;  // must not be a piece the parent hands out next
-    parent_done.wait();
-    child_saw_locked.value() = child_lock.locked() ? 1 : 0;
-    child_done.release();
-  });
+  auto child = start(
+      [](mp::Semaphore child_done, mp::Event parent_done, mp::RawValue<int> child_saw_locked) {
+        mp::Lock child_lock;  // must not be a piece the parent hands out next
+        parent_done.wait();
+        child_saw_locked.value() = child_lock.locked() ? 1 : 0;
+        child_done.release();
+      },
+      child_done, parent_done, child_saw_locked);
   std::vector<mp::Lock> parent_locks(8);
   for (auto& lock : parent_locks) lock.acquire();
   parent_done.set();

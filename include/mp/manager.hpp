@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -41,6 +42,8 @@
 #include <utility>
 #include <vector>
 
+#include <mp/context.hpp>
+#include <mp/detail/code_address.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/manager_protocol.hpp>
 #include <mp/detail/manager_server.hpp>
@@ -49,6 +52,7 @@
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
+#include <mp/process.hpp>
 #include <mp/serialize.hpp>
 
 namespace mp {
@@ -84,10 +88,12 @@ class Address {
   detail::manager_endpoint endpoint_;
 };
 
-/// How a Manager serves: `.address` (default: a private Unix socket) and `.authkey` (required for TCP).
+/// How a Manager serves: `.address` (default: a private Unix socket), `.authkey` (required for TCP) and
+/// `.start_method` of its server process (empty: get_start_method(); spawn and forkserver need mp::init).
 struct ManagerOptions {
   Address address = {};
   std::string authkey = {};
+  std::optional<StartMethod> start_method = {};
 };
 
 namespace detail {
@@ -783,9 +789,11 @@ class NamespaceProxy : public detail::proxy_base {
 /// Starts (or connects to) a manager server and creates shared objects in it.
 class Manager {
  public:
-  /// Forks a server on a private Unix socket; it exits when this Manager is destroyed or this process dies.
+  /// Starts a server (by get_start_method()) on a private Unix socket; it exits when this Manager is destroyed or
+  /// this process dies.
   Manager() : Manager(ManagerOptions{}) {}
-  /// Forks a server on `options.address` (TCP needs an authkey); mp::Error if the address cannot be bound.
+  /// Starts a server on `options.address` (TCP needs an authkey) by `options.start_method`; mp::Error if the
+  /// address cannot be bound or the server cannot start.
   explicit Manager(ManagerOptions options);
   Manager(Manager&& other) noexcept = default;
   Manager& operator=(Manager&& other) noexcept {
@@ -863,6 +871,8 @@ class Manager {
     pid_t pid = 0;
     pid_t owner = 0;          // the process that started it: only that process stops it
     detail::unique_fd pidfd;  // for waiting with a deadline
+    bool via_server = false;  // started by the fork server: its child, not ours (waitpid cannot reap it)
+    detail::unique_fd status; // via_server: readable once the fork server reaped it (it writes the wait status)
     std::string socket_path;  // removed after it stops (Unix sockets)
     std::string directory;    // the private directory holding a default socket
   };
@@ -890,6 +900,10 @@ class Manager {
     } catch (...) {
     }
   }
+  static int reap_server(server_process& server);
+  [[noreturn]] static void run_fresh_server(std::span<const std::byte> bytes);
+  static void start_fresh_server(server_process& owner, const detail::unique_fd& listener, const std::string& authkey,
+                                 StartMethod method, std::vector<unsigned> identity);
   static void run_server(detail::unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
                          std::vector<std::string> remove) {
     detail::manager_server server(std::move(listener), std::move(authkey), owner_pidfd, stop_fd, std::move(remove));
@@ -933,9 +947,162 @@ inline void close_inherited_fds(std::vector<int> keep) {
   }
   ::syscall(SYS_close_range, from, ~0U, 0U);
 }
+
+// A server started by spawn or forkserver is a fresh copy of the program: nothing of the owner's memory, only
+// what it is sent. It starts as any mp child (run_spawned_child, which mp::init runs) whose target is
+// Manager::run_fresh_server, located by code address; the server is type-agnostic (manager_store), so it needs no
+// user code. It gets what a forked server inherits: the bound listener, the authkey, the paths to remove, and a
+// pidfd of the owner to watch — opened by the owner on itself and sent with SCM_RIGHTS, so no reused pid can be
+// mistaken for it, and not getppid(): under forkserver the server's OS parent is the fork server.
+
+/// The bytes a fresh server gets. Its descriptors travel beside them: #0 the listener, #1 the write end of the
+/// ready pipe (one byte once it serves), #2 a pidfd of the owner if owner_pidfd (Linux >= 5.3).
+struct manager_server_start {
+  std::string authkey;
+  std::string socket_path;  // removed when it stops (Unix sockets), then...
+  std::string directory;    // ...the private directory holding a default socket
+  bool owner_pidfd = false;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(authkey, socket_path, directory, owner_pidfd);
+  }
+};
+
+// "exit code 1" / "signal 9": how a server that never served ended.
+inline std::string manager_wait_status(int status) {
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit code " + std::to_string(WEXITSTATUS(status));
+}
 }  // namespace detail
 
+/// The target of a server started by spawn or forkserver: serves, cleans up and _exits.
+inline void Manager::run_fresh_server(std::span<const std::byte> bytes) {
+  using namespace detail;
+  manager_server_start start = mp::deserialize<manager_server_start>(bytes);
+  fd_inbox* box = current_fd_inbox();
+  const std::size_t expected = start.owner_pidfd ? 3 : 2;
+  if (box == nullptr || box->fds.size() != expected) {
+    throw Error("manager server: its owner sent " + std::to_string(box ? box->fds.size() : 0) + " descriptors, not " +
+                std::to_string(expected));
+  }
+  // Taken, not dup'ed (import_fd): the inbox is never destroyed in this process, and a copy of the ready pipe's
+  // write end left there would hide this server's death from the owner.
+  unique_fd listener = std::move(box->fds[0]);
+  unique_fd ready = std::move(box->fds[1]);
+  unique_fd owner_pidfd;
+  if (start.owner_pidfd) owner_pidfd = std::move(box->fds[2]);
+  int code = 0;
+  try {
+    // As the forked server: SIGINT (the terminal's, to the whole group) is ignored, SIGTERM stops it cleanly.
+    ::signal(SIGINT, SIG_IGN);
+    ::signal(SIGPIPE, SIG_IGN);
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    ::sigprocmask(SIG_BLOCK, &stop, nullptr);
+    unique_fd stop_fd(sys("signalfd", "manager server", [&] { return ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK); }));
+    bool owner_alive = true;
+    if (owner_pidfd) {
+      // The death signal run_in_child armed (SIGTERM, now read through stop_fd) would fire when the owner's
+      // *thread* that started the server ends (spawn), or with the fork server: the pidfd watches the owner.
+      ::prctl(PR_SET_PDEATHSIG, 0);
+      pollfd gone{owner_pidfd.get(), POLLIN, 0};
+      owner_alive = ::poll(&gone, 1, 0) == 0;  // killed while it waited for the ready byte
+    }
+    // Without a pidfd the death signal stays: under spawn the owner is the OS parent; under forkserver the fork
+    // server sends SIGTERM to its children when the owner (its client) ends.
+    (void)!::write(ready.get(), "1", 1);
+    ready.reset();
+    if (owner_alive) {
+      close_inherited_fds({listener.get(), stop_fd.get(), owner_pidfd.get()});
+      std::vector<std::string> remove;
+      if (!start.socket_path.empty()) remove.push_back(start.socket_path);
+      if (!start.directory.empty()) remove.push_back(start.directory);
+      run_server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(), std::move(remove));
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
+    code = 1;
+  } catch (...) {
+    code = 1;
+  }
+  if (!start.socket_path.empty()) ::unlink(start.socket_path.c_str());
+  if (!start.directory.empty()) ::rmdir(start.directory.c_str());
+  ::_exit(code);
+}
+
+inline void Manager::start_fresh_server(server_process& owner, const detail::unique_fd& listener,
+                                        const std::string& authkey, StartMethod method,
+                                        std::vector<unsigned> identity) {
+  detail::manager_server_start start{authkey, owner.socket_path, owner.directory, false};
+  detail::unique_fd self(detail::manager_pidfd_open(owner.owner));
+  start.owner_pidfd = static_cast<bool>(self);
+  detail::spawn_request request;
+  request.name = "SyncManager-" + detail::identity_string(identity);
+  request.identity = std::move(identity);
+  request.parent_name = current_process().name();
+  request.parent_pid = owner.owner;
+  request.start_method = detail::the_start_method().load();
+  request.target = detail::spawn_target{
+      detail::locate_code(reinterpret_cast<std::uintptr_t>(&run_fresh_server)), mp::serialize(start)};
+  const std::vector<std::byte> bytes = mp::serialize(request);
+
+  const bool via_server = method == StartMethod::forkserver;
+  detail::unique_fd mine, ready;
+  detail::server_child forked;
+  {
+    // Held until the child's descriptors are closed here, as Process::start_fresh does: a fork-method start in
+    // another thread (which holds it across fork()) would copy them into its child, and the waits below would
+    // not see end of file if the server died.
+    std::lock_guard lock(detail::the_registry().mutex);
+    int pair[2];
+    detail::sys("socketpair", "manager server", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
+    mine.reset(pair[0]);
+    detail::unique_fd theirs(pair[1]);
+    int pipe_ends[2];
+    detail::sys("pipe2", "manager server", [&] { return ::pipe2(pipe_ends, O_CLOEXEC); });
+    ready.reset(pipe_ends[0]);
+    detail::unique_fd ready_write(pipe_ends[1]);
+    if (via_server) {
+      forked = detail::forkserver_fork(theirs.get(), false);  // not a daemon: SIGTERM (a clean stop) if we die
+    } else {
+      forked.pid = detail::spawn_program(detail::spawned_child_env, theirs.get(), request.name);
+    }
+    theirs.reset();
+    owner.pid = forked.pid;
+    owner.via_server = via_server;
+    owner.status = std::move(forked.status);
+    // The server cannot end before it answers below unless killed from outside; the pidfd is opened now, while
+    // its pid surely names it.
+    owner.pidfd.reset(detail::manager_pidfd_open(forked.pid));
+    std::vector<int> fds{listener.get(), ready_write.get()};
+    if (self) fds.push_back(self.get());
+    try {
+      detail::send_frame(mine.get(), bytes, fds, "manager server start");
+    } catch (const Error&) {
+      // It died before reading its start (killed from outside): the read below sees end of file.
+    }
+  }
+  // One byte when its Process is armed (it must be read: the server writes it), then one when it serves; end of
+  // file if it died first.
+  char byte = 0;
+  detail::retry_on_eintr([&] { return ::recv(mine.get(), &byte, 1, 0); });
+  if (detail::retry_on_eintr([&] { return ::read(ready.get(), &byte, 1); }) == 1) return;
+  const int status = reap_server(owner);
+  throw Error("Manager: its server (pid " + std::to_string(owner.pid) + ", start method " +
+              std::string(to_string(method)) + ") ended before serving (" + detail::manager_wait_status(status) +
+              "); its reason, if it gave one, is on stderr");
+}
+
 inline Manager::Manager(ManagerOptions options) {
+  const StartMethod method = options.start_method ? *options.start_method : get_start_method();
+  if (method != StartMethod::fork && method != StartMethod::spawn && method != StartMethod::forkserver) {
+    throw Error("Manager: ManagerOptions::start_method is " + std::to_string(static_cast<int>(method)) +
+                ", not a start method; use StartMethod::fork, StartMethod::spawn or StartMethod::forkserver (or "
+                "leave it empty for get_start_method())");
+  }
+  detail::require_init(method, "Manager");
   detail::manager_endpoint endpoint = options.address.endpoint_;
   auto owner = std::make_unique<server_process>();
   if (endpoint.tcp && options.authkey.empty()) {
@@ -957,9 +1124,23 @@ inline Manager::Manager(ManagerOptions options) {
   }
   if (!endpoint.tcp) owner->socket_path = endpoint.path;
   owner->owner = ::getpid();
-  // Python's manager server is a Process and takes a name ("Process-1"); so does this one, so that the processes
-  // started after it are named as in Python.
-  (void)detail::next_identity();
+  // Python's manager server is a Process and takes a name ("SyncManager-1"); so does this one, so that the
+  // processes started after it are named as in Python.
+  std::vector<unsigned> identity = detail::next_identity();
+  if (method != StartMethod::fork) {
+    try {
+      start_fresh_server(*owner, listener, options.authkey, method, std::move(identity));
+    } catch (...) {
+      // start_fresh_server reaped the server if it started one: nothing uses the socket any more.
+      if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
+      if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
+      throw;
+    }
+    listener.reset();
+    owner_ = std::move(owner);
+    client_ = std::make_shared<detail::manager_client>(std::move(endpoint), std::move(options.authkey));
+    return;
+  }
   pid_t child = ::fork();
   if (child == -1) {
     int err = detail::last_errno();
@@ -1070,19 +1251,37 @@ inline void Manager::shutdown() {
         // Already gone (or unreachable): the wait below and SIGKILL cover it.
       }
     }
-    // The server stops right after replying; if it does not within 5 s it is killed. (Without a pidfd, on
-    // Linux < 5.3, SIGTERM: the server stops cleanly on it.)
-    if (owner->pidfd) {
-      pollfd wait{owner->pidfd.get(), POLLIN, 0};
-      if (detail::retry_on_eintr([&] { return ::poll(&wait, 1, 5000); }) <= 0) ::kill(owner->pid, SIGKILL);
-    } else {
-      ::kill(owner->pid, SIGTERM);
-    }
-    detail::retry_on_eintr([&] { return ::waitpid(owner->pid, nullptr, 0); });
+    (void)reap_server(*owner);
     if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
     if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
   }
   client_.reset();
+}
+
+// Waits for a server that was asked to stop, kills it if it has not within 5 s, and reaps it: its wait status.
+inline int Manager::reap_server(server_process& server) {
+  // Without a pidfd (Linux < 5.3): the fork server's status pipe, or else SIGTERM (the server stops cleanly on it).
+  const int sentinel = server.pidfd ? server.pidfd.get() : server.status.get();
+  if (sentinel >= 0) {
+    pollfd wait{sentinel, POLLIN, 0};
+    if (detail::retry_on_eintr([&] { return ::poll(&wait, 1, 5000); }) <= 0) {
+      if (!server.pidfd || ::syscall(SYS_pidfd_send_signal, server.pidfd.get(), SIGKILL, nullptr, 0U) == -1) {
+        ::kill(server.pid, SIGKILL);
+      }
+    }
+  } else {
+    ::kill(server.pid, SIGTERM);
+  }
+  int status = 0;
+  if (server.via_server) {
+    // The fork server's child, not ours: it reaps it and writes the wait status (end of file if it died itself).
+    if (detail::retry_on_eintr([&] { return ::read(server.status.get(), &status, sizeof status); }) != sizeof status) {
+      status = 0;
+    }
+  } else {
+    detail::retry_on_eintr([&] { return ::waitpid(server.pid, &status, 0); });
+  }
+  return status;
 }
 
 }  // namespace mp

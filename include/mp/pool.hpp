@@ -1,11 +1,15 @@
 // mp::Pool and mp::AsyncResult: a pool of worker processes running function calls (Python's multiprocessing.Pool).
 // apply/apply_async, map/map_async, starmap/starmap_async, lazy imap/imap_unordered, close/terminate/join;
 // per-task timeouts, initializer, maxtasksperchild. Callables cross to the workers as code address + state, so
-// lambdas work (captures trivially copyable or serializable); see docs/pool.md.
+// lambdas work (under fork: captures trivially copyable or serializable; under spawn and forkserver: functions,
+// lambdas without captures, function objects with a serialize member); see docs/pool.md.
 // Process safety: a Pool and its AsyncResults may be used from several threads of the process that created the
 // Pool. A worker that dies fails only the task it was running (WorkerLost) and is replaced; ~Pool() = close() +
 // join() (all submitted work finishes), unlike Python's `with`, which terminates.
 #pragma once
+
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -31,10 +35,17 @@
 #include <vector>
 
 #include <mp/context.hpp>
+#include <mp/detail/code_address.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/pool_core.hpp>
 #include <mp/detail/pool_task.hpp>
+#include <mp/detail/spawn.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/detail/type_name.hpp>
+#include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 #include <mp/process.hpp>
+#include <mp/serialize.hpp>
 
 namespace mp {
 
@@ -43,7 +54,7 @@ struct PoolOptions {
   std::size_t processes = 0;                 ///< 0: cpu_count()
   std::function<void()> initializer{};       ///< runs once in every worker, replacements included
   std::size_t maxtasksperchild = 0;          ///< 0: unlimited; else a worker is replaced after that many tasks (chunks)
-  std::optional<StartMethod> start_method{}; ///< default get_start_method(); fork only in this release
+  std::optional<StartMethod> start_method{}; ///< default get_start_method(); spawn/forkserver: fresh workers
   std::optional<std::chrono::milliseconds> task_timeout{};  ///< a task running longer is killed with its worker
 };
 
@@ -221,6 +232,59 @@ constexpr void pool_check_callable_with_items() {
   static_assert(!std::is_same_v<E, pool_not_callable>,
                 "mp::Pool::map/imap/starmap: the function cannot be called with the range's items (for starmap: with "
                 "the elements of each tuple); check the parameter types against the range's value type");
+}
+
+/// Under spawn and forkserver, refuses a callable whose state may hold addresses (a lambda with captures): the
+/// same rule as Process::start. Under fork everything pool_check_callable accepts crosses.
+template <class F>
+void pool_check_fresh_callable(const pool_core& core, const char* caller) {
+  if constexpr (!target_crosses<F>()) {
+    if (core.fresh())
+      throw ProcessError(std::string(caller) + ": the function, of type " + type_name<F>() + ", cannot cross to "
+                         "the workers of a Pool started by spawn or forkserver: only a function, a lambda without "
+                         "captures, or a function object with a serialize member can (a capture may be a reference, "
+                         "meaningless in a fresh process); pass captured values as arguments, or use "
+                         "StartMethod::fork");
+  } else {
+    (void)core;
+    (void)caller;
+  }
+}
+
+/// Starts a Pool's factory as a fresh program: mp::Process's spawned-child path (mp::init) runs
+/// pool_factory_entry with the boot bytes and the descriptors. Called with the registry mutex held.
+inline pool_fresh_factory pool_start_fresh_factory(const pool_config& config, std::span<const std::byte> boot,
+                                                   std::span<const int> fds) {
+  const std::string name = "PoolFactory";
+  spawn_request request;
+  request.name = name;
+  request.daemon = false;
+  request.parent_name = config.parent_name;  // not current_process(): the registry mutex is held
+  request.parent_pid = ::getpid();
+  request.start_method = the_start_method().load();
+  request.target = spawn_target{locate_code(reinterpret_cast<std::uintptr_t>(&pool_factory_entry)),
+                                std::vector<std::byte>(boot.begin(), boot.end())};
+  const std::vector<std::byte> bytes = mp::serialize(request);
+  int pair[2];
+  sys("socketpair", "Pool worker factory", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
+  unique_fd mine(pair[0]);
+  unique_fd theirs(pair[1]);
+  pool_fresh_factory started;
+  if (config.start_method == static_cast<int>(StartMethod::forkserver)) {
+    server_child child = forkserver_fork(theirs.get(), false);
+    started.pid = child.pid;
+    started.status = std::move(child.status);
+  } else {
+    started.pid = spawn_program(spawned_child_env, theirs.get(), name);
+  }
+  theirs.reset();
+  try {
+    send_frame(mine.get(), bytes, fds, "Pool: starting the worker factory");
+  } catch (const Error&) {
+    // It died before reading (killed from outside): the caller sees end of file instead of its "ready" byte.
+  }
+  started.bootstrap = std::move(mine);
+  return started;
 }
 
 /// Python's automatic chunksize: ceil(n / (4 * processes)).
@@ -525,11 +589,25 @@ class Pool {
 
 inline Pool::Pool(PoolOptions options) {
   const StartMethod method = options.start_method.value_or(get_start_method());
-  if (method != StartMethod::fork)
-    throw ProcessError("Pool: start method " + std::string(to_string(method)) +
-                       " is not supported by Pool yet; use StartMethod::fork (workers are then forked from a "
-                       "single-threaded factory process, which is what forkserver would give)");
   detail::pool_config config;
+  if (method != StartMethod::fork) {
+    detail::require_init(method, "Pool");
+    config.start_method = static_cast<int>(method);
+    config.start_fresh = &detail::pool_start_fresh_factory;
+    config.parent_name = current_process().name();
+    if (options.initializer) {
+      // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.
+      auto* function = options.initializer.target<void (*)()>();
+      if (function == nullptr || *function == nullptr)
+        throw ProcessError("Pool: under start method " + std::string(to_string(method)) + " the initializer must be "
+                           "a plain function, but the std::function holds a " +
+                           detail::type_name(options.initializer.target_type()) + ", which cannot cross to a fresh "
+                           "process; pass a function (`.initializer = init`), a lambda without captures converted "
+                           "with + (`.initializer = +[] { ... }`), or use StartMethod::fork");
+      config.initializer_address = reinterpret_cast<std::uintptr_t>(*function);
+      (void)detail::locate_code(config.initializer_address);  // ProcessError now if it is not code in a module
+    }
+  }
   config.processes = options.processes != 0 ? options.processes : std::max<std::size_t>(1, cpu_count());
   if (config.processes > 4096)
     throw Error("Pool: processes = " + std::to_string(config.processes) + " is not a sensible number of workers; use "
@@ -569,6 +647,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
   detail::pool_check_callable<F>();
   (detail::pool_check_value<detail::pool_arg_t<Args>>(), ...);
   detail::pool_check_value<R>();
+  detail::pool_check_fresh_callable<F>(core(), "Pool::apply_async");
   auto job = std::make_shared<detail::pool_apply_job<R>>();
   job->trampoline = &detail::pool_apply_trampoline<F, R, detail::pool_arg_t<Args>...>;
   if (options.timeout) {
@@ -595,6 +674,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
   detail::pool_check_callable<F>();
   detail::pool_check_value<T>();
   detail::pool_check_value<E>();
+  detail::pool_check_fresh_callable<F>(core(), caller);
   if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range>) {
     // A single-pass or unsized input: read it once to count it, as Python turns it into a list.
     std::vector<T> items;
@@ -644,7 +724,7 @@ auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
   detail::pool_check_callable<F>();
   detail::pool_check_value<T>();
   detail::pool_check_value<E>();
-  (void)core();
+  detail::pool_check_fresh_callable<F>(core(), Ordered ? "Pool::imap" : "Pool::imap_unordered");
   return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range), chunksize);
 }
 

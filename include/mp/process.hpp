@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <concepts>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -440,6 +442,33 @@ inline std::string Process::describe(const detail::process_record& state) const 
   return state.pid > 0 ? state.name + " (pid " + std::to_string(state.pid) + ")" : state.name;
 }
 
+namespace detail {
+
+// A dynamically linked program binds a libc function at its first call (lazy binding: the dynamic linker looks
+// the name up, several microseconds and a few page faults). A function that only forked children call would be
+// bound anew in every child, since each child's binding dies with it: the parent calls them once, harmlessly, so
+// its children inherit them bound.
+inline void bind_child_calls_once() {
+  static const bool bound = [] {
+    int signal = 0;
+    ::prctl(PR_GET_PDEATHSIG, &signal);
+    (void)::getppid();
+    (void)::syscall(SYS_getpid);  // the child ends through syscall(SYS_exit_group)
+    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::dup2(fd, fd);  // a no-op that returns fd
+      ::close(fd);
+    }
+    char bytes[2] = {1, 2};
+    volatile std::size_t one = 1;  // not a constant: the call must not be inlined away
+    std::memmove(bytes, bytes + 1, one);
+    return bytes[0] == 2;  // read back, so the call is not removed as a dead store
+  }();
+  (void)bound;
+}
+
+}  // namespace detail
+
 inline void Process::start() {
   detail::process_record& state = usable_record("start");
   if (state.role == detail::process_record::kind::main || is_current(state)) {
@@ -468,13 +497,20 @@ inline void Process::start() {
   std::cout.flush();
   std::cerr.flush();
   std::clog.flush();
+  detail::bind_child_calls_once();
 
-  // The child reports through this pipe once its death signal is armed (see run_in_child): start() returns only
-  // then, so a child whose starting thread ends right after start() reliably gets the signal (docs/process.md).
-  int handshake[2];
-  detail::sys("pipe2", state.name, [&] { return ::pipe2(handshake, O_CLOEXEC); });
-  detail::unique_fd handshake_read(handshake[0]);
-  detail::unique_fd handshake_write(handshake[1]);
+  // Started from another thread than main, the child reports through this pipe once its death signal is armed
+  // (see run_in_child): start() returns only then, so a child whose starting thread ends right after start()
+  // reliably gets the signal (docs/process.md). The main thread ends only with the process, whose death the
+  // child checks by itself, so it skips the wait (one wake-up of the child fewer per start).
+  detail::unique_fd handshake_read;
+  detail::unique_fd handshake_write;
+  if (::gettid() != ::getpid()) {
+    int handshake[2];
+    detail::sys("pipe2", state.name, [&] { return ::pipe2(handshake, O_CLOEXEC); });
+    handshake_read.reset(handshake[0]);
+    handshake_write.reset(handshake[1]);
+  }
 
   detail::registry& reg = detail::the_registry();
   // Held across fork() so that no other thread holds it at that moment: the child gets it locked by its own
@@ -494,8 +530,10 @@ inline void Process::start() {
   adopt_child_locked(state, child);
   lock.unlock();
   // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
-  char ready;
-  detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
+  if (handshake_read) {
+    char ready;
+    detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
+  }
   // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
   // only in the child).
   target_.reset();
@@ -668,11 +706,14 @@ inline void Process::run_in_child(pid_t os_parent, int ready_fd) noexcept {
     int death_signal = state.daemon ? SIGKILL : SIGTERM;
     ::prctl(PR_SET_PDEATHSIG, death_signal);
     // The parent may have died between fork() and prctl(): then we were already re-parented. (The starting
-    // *thread* cannot have ended yet: start() waits for the byte written below.) Under forkserver the OS parent
-    // is the server, which ends when the parent does.
+    // *thread* cannot have ended yet: start() waits for the byte written below, unless it is the main thread,
+    // which ends only with the process.) Under forkserver the OS parent is the server, which ends when the parent
+    // does. ready_fd is -1 when nobody waits.
     const bool orphaned = ::getppid() != os_parent;
-    detail::retry_on_eintr([&] { return ::write(ready_fd, "r", 1); });
-    ::close(ready_fd);
+    if (ready_fd >= 0) {
+      detail::retry_on_eintr([&] { return ::write(ready_fd, "r", 1); });
+      ::close(ready_fd);
+    }
     if (orphaned) ::raise(death_signal);
     // As Python's util._close_stdin: a child does not compete with its parent for standard input.
     int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -702,6 +743,8 @@ inline void Process::run_in_child(pid_t os_parent, int ready_fd) noexcept {
   } catch (...) {
   }
   std::fflush(nullptr);
+  // _exit itself, without its lazy binding (see bind_child_calls_once): syscall() is bound by pidfd_open.
+  ::syscall(SYS_exit_group, code);
   ::_exit(code);
 }
 

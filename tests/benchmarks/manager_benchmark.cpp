@@ -5,6 +5,8 @@
 // Targets: issue 6, a socket dict get within 1.5x of the raw ping-pong; issue 8, dict get and set >= 10x Python's
 // Manager dict (28k ops/s measured by compare_python.py on this machine, so >= 285k ops/s); extend of 100k items
 // in one round trip; an idle server uses no CPU.
+// Also the cost of starting a Manager (until its first call is answered) and shutting it down, by each start
+// method, against fork.
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -130,7 +132,8 @@ void row(const char* what, double seconds, double ops, double baseline_per_op) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  mp::init(argc, argv);  // a Manager started by spawn or forkserver runs this program anew
   // The machine may be shared: each figure is the best of `reps` runs, and the runs of every figure are
   // interleaved with those of the baseline so that load changes hit them alike.
   constexpr int rounds = 20'000;
@@ -235,6 +238,30 @@ int main() {
     for (pid_t pid : children()) before.emplace_back(pid, cpu_seconds(pid));
     std::this_thread::sleep_for(std::chrono::seconds(1));
     for (auto& [pid, cpu] : before) idle_cpu = std::max(idle_cpu, cpu_seconds(pid) - cpu);
+  }
+
+  // Start + shutdown: a Manager whose server answers one call, then stops. The fork server (forkserver) is
+  // started by a first Manager outside the timings, as a program starts it once.
+  constexpr int starts = 20;
+  const mp::StartMethod methods[] = {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver};
+  mp::Manager({.start_method = mp::StartMethod::forkserver}).shutdown();
+  double start_stop[3] = {};
+  for (int rep = 0; rep < reps; ++rep) {
+    for (int m = 0; m < 3; ++m) {
+      best(start_stop[m], timed([&] {
+        for (int i = 0; i < starts; ++i) {
+          mp::Manager started({.start_method = methods[m]});
+          if (started.value<int>(i).get() != i) std::abort();
+          started.shutdown();
+        }
+      }));
+    }
+  }
+  std::printf("\n%-44s %12s %10s %11s\n", "Manager start, 1 call, shutdown", "per s", "ms each", "vs fork");
+  for (int m = 0; m < 3; ++m) {
+    const std::string what = "start method " + std::string(mp::to_string(methods[m]));
+    std::printf("%-44s %12.0f %10.2f %10.2fx\n", what.c_str(), starts / start_stop[m], start_stop[m] / starts * 1e3,
+                start_stop[m] / start_stop[0]);
   }
 
   std::printf("\nratio dict get (socket alone) / raw ping-pong: %.2fx (target <= 1.5x)\n", get[0] / raw);

@@ -6,6 +6,8 @@
 //   failure handling  SIGKILL of a busy worker -> WorkerLost raised by get(); a 50 ms task_timeout -> TimeoutError
 //   CPU-bound         sum of squares split into `processes` equal parts: serial, one std::thread per part,
 //                     pool.map over the parts (pool already running); speedup ratio pool / threads
+//   start methods     a Pool(2) per start method: create + first apply + close/join, and the apply round trip
+//                     (workers of spawn/forkserver translate code addresses); ratios against fork
 // Every figure is the best of several trials (the machine is shared). Usage: pool_benchmark [--quick]
 #include <signal.h>
 #include <unistd.h>
@@ -210,6 +212,34 @@ int main(int argc, char** argv) {
   std::printf("%-40s %12.3f %12.2f\n", "  serial", t_serial, 1.0);
   std::printf("%-40s %12.3f %12.2f\n", "  std::thread, one per part", t_threads, s_threads);
   std::printf("%-40s %12.3f %12.2f\n", "  pool.map over the same parts", t_pool, s_pool);
-  std::printf("  pool speedup / thread speedup = %.3fx (target >= 0.95x): %s\n", s_pool / s_threads,
+  std::printf("  pool speedup / thread speedup = %.3fx (target >= 0.95x): %s\n\n", s_pool / s_threads,
               s_pool / s_threads >= 0.95 ? "meets" : "MISSES");
+
+  // ---- start methods: the lifecycle of a small pool and its round trip ----
+  // Lifecycle: Pool(2) constructed, one apply (so a worker exists), close() + join(). Under forkserver the first
+  // trial also starts the fork server; best-of keeps the warm figure (the server is started once per program).
+  std::printf("%-40s %12s %12s %12s %12s\n", "start methods, Pool(2)", "life ms", "x fork", "apply us", "x fork");
+  double fork_life = 0, fork_apply = 0;
+  const int method_calls = quick ? 1'000 : 10'000;
+  for (mp::StartMethod method : {mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver}) {
+    const double life = seconds_of([&] {
+      mp::Pool small({.processes = 2, .start_method = method});
+      if (small.apply(trivial, 1) != 2) std::printf("ERROR: apply\n");
+      small.close();
+      small.join();
+    }, quick ? 3 : 10) * 1e3;
+    mp::Pool small({.processes = 2, .start_method = method});
+    const double round_trip = seconds_of([&] {
+      for (int i = 0; i < method_calls; ++i)
+        if (small.apply(trivial, i) != i + 1) std::printf("ERROR: apply\n");
+    }, trials) / method_calls * 1e6;
+    if (method == mp::StartMethod::fork) {
+      fork_life = life;
+      fork_apply = round_trip;
+    }
+    const char* name = method == mp::StartMethod::fork ? "  fork" : method == mp::StartMethod::spawn ? "  spawn" : "  forkserver";
+    std::printf("%-40s %12.2f %11.2fx %12.2f %11.2fx\n", name, life, life / fork_life, round_trip,
+                round_trip / fork_apply);
+  }
+  mp::detail::stop_forkserver();
 }

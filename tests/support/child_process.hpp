@@ -5,10 +5,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
 
@@ -18,6 +20,15 @@ namespace mp_test {
 template <class F, class... Args>
 mp::Process start(F&& target, Args&&... args) {
   mp::Process process(std::forward<F>(target), std::forward<Args>(args)...);
+  process.start();
+  return process;
+}
+
+/// Starts target(args...) in a child made by fork whatever the default start method (MP_START_METHOD): for the
+/// tests tagged [fork], about what only fork does (the child is a copy of the parent), which ctest runs once.
+template <class F, class... Args>
+mp::Process start_forked(F&& target, Args&&... args) {
+  mp::Process process({.start_method = mp::StartMethod::fork}, std::forward<F>(target), std::forward<Args>(args)...);
   process.start();
   return process;
 }
@@ -38,7 +49,34 @@ inline void child_check(bool condition, const char* what = "") {
   for (;;) ::pause();
 }
 
-/// A pipe for "I got here" notes between processes.
+/// One end of a note_pipe as a Process argument: fork copies it, spawn and forkserver send its descriptor (the
+/// save/load protocol of every mp handle, detail/handle_transfer.hpp). The note_pipe keeps owning the descriptor.
+struct note_end {
+  int fd = -1;
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(mp::detail::export_fd(fd, "note_end"));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    std::uint32_t index = 0;
+    ar(index);
+    fd = mp::detail::import_fd(index, "note_end").release();  // the child's copy lives until the child ends
+  }
+  /// Posts one note (usable in a child: no Catch2 macro).
+  void post() const {
+    const char c = 1;
+    (void)!::write(fd, &c, 1);
+  }
+  /// Blocks until a note arrives; false when every writer is gone without posting.
+  bool wait() const {
+    char c = 0;
+    return ::read(fd, &c, 1) == 1;
+  }
+};
+
+/// A pipe for "I got here" notes between processes. Pass reader() / writer() to a child as Process arguments.
 struct note_pipe {
   note_pipe() {
     int fds[2];
@@ -55,6 +93,8 @@ struct note_pipe {
     char c = 0;
     return ::read(read_end.get(), &c, 1) == 1;
   }
+  note_end reader() const { return {read_end.get()}; }
+  note_end writer() const { return {write_end.get()}; }
   mp::detail::unique_fd read_end, write_end;
 };
 

@@ -110,7 +110,6 @@ struct pool_slot_shared {
 /// The head of the pool's shared segment, followed by `slots` pool_slot_shared.
 struct pool_shared {
   alignas(64) std::atomic<std::uint32_t> collectors_awake{0};  // parent threads currently spinning on results
-  int wake_fd = -1;                                            // eventfd the parent's supervisor polls
 
   pool_slot_shared& slot(std::size_t i) noexcept {
     auto* first = reinterpret_cast<pool_slot_shared*>(reinterpret_cast<std::byte*>(this) + slots_offset());
@@ -122,15 +121,26 @@ struct pool_shared {
   static constexpr std::size_t bytes_for(std::size_t slots) noexcept {
     return slots_offset() + slots * sizeof(pool_slot_shared);
   }
+};
+
+/// Writes 1 to the eventfd the parent's supervisor polls.
+inline void pool_signal_eventfd(int fd) noexcept {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] auto n = retry_on_eintr([&] { return ::write(fd, &one, sizeof one); });
+}
+
+/// A worker's way to its parent: the shared segment and the worker's own descriptor of the parent's eventfd. Not in
+/// the segment itself: under spawn and forkserver the eventfd reaches the factory by SCM_RIGHTS under another
+/// number than the parent's.
+struct pool_link {
+  pool_shared& shared;
+  int wake_fd;
 
   /// Wakes the parent's supervisor (always: for rare events such as a timed task starting).
-  void wake_parent() const noexcept {
-    const std::uint64_t one = 1;
-    [[maybe_unused]] auto n = retry_on_eintr([&] { return ::write(wake_fd, &one, sizeof one); });
-  }
+  void wake_parent() const noexcept { pool_signal_eventfd(wake_fd); }
   /// Wakes the supervisor only if no parent thread is spinning to collect (the common case costs no syscall).
   void notify_parent() const noexcept {
-    if (collectors_awake.load() == 0) wake_parent();
+    if (shared.collectors_awake.load() == 0) wake_parent();
   }
 };
 
@@ -141,7 +151,7 @@ struct pool_shared {
 inline constexpr std::chrono::microseconds pool_worker_spin{100};
 
 /// Worker: reads exactly n bytes from its inbox, sleeping when it is empty.
-inline void pool_read_exact(pool_shared& shared, pool_ring& ring, std::byte* p, std::size_t n) {
+inline void pool_read_exact(const pool_link& link, pool_ring& ring, std::byte* p, std::size_t n) {
   while (n > 0) {
     if (ring.readable() == 0 && !spin_until([&] { return ring.readable() != 0; }, pool_worker_spin)) {
       for (;;) {
@@ -159,19 +169,19 @@ inline void pool_read_exact(pool_shared& shared, pool_ring& ring, std::byte* p, 
     // The parent streams a large task piece by piece: tell it there is room again.
     if (got != 0 && ring.producer_sleeping.load() != 0) {
       ring.producer_sleeping.store(0);
-      shared.wake_parent();
+      link.wake_parent();
     }
   }
 }
 
 /// Worker: writes all n bytes to its outbox, waiting for the parent to drain it when it is full.
-inline void pool_write_all(pool_shared& shared, pool_ring& ring, const std::byte* p, std::size_t n) {
+inline void pool_write_all(const pool_link& link, pool_ring& ring, const std::byte* p, std::size_t n) {
   while (n > 0) {
     const std::size_t put = ring.write_some(p, n);
     p += put;
     n -= put;
     if (put != 0) {
-      shared.notify_parent();
+      link.notify_parent();
       continue;
     }
     if (spin_until([&] { return ring.writable() != 0; }, pool_worker_spin)) continue;
@@ -179,7 +189,7 @@ inline void pool_write_all(pool_shared& shared, pool_ring& ring, const std::byte
       const std::uint32_t seen = ring.tail.load();
       ring.producer_sleeping.store(1);
       if (ring.writable() != 0) break;
-      shared.wake_parent();  // make sure someone drains
+      link.wake_parent();  // make sure someone drains
       futex_wait(ring.tail, seen, deadline_after(std::chrono::milliseconds(50)));
       if (ring.writable() != 0) break;
     }

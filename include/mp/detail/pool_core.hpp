@@ -9,10 +9,17 @@
 // writes which one it is running into its shared slot (current_chunk). When it dies, results it finished are
 // drained first; the chunk it was running fails (WorkerLost, or TimeoutError if we killed it for running late);
 // chunks it had not started go back to the front of the queue for another worker. Nothing else is touched.
+//
+// Start methods: under fork the factory is forked from this process; under spawn and forkserver it is a fresh
+// copy of the program (started through mp::Process's spawned-child path by <mp/pool.hpp>) that receives the
+// shared segment, the eventfd and its socket by SCM_RIGHTS and the settings as bytes (pool_factory_entry). Either
+// way the workers are forks of the single-threaded factory. The factory is not always our child (under forkserver
+// it is the server's): its death is seen as end of file on its socket, and it is reaped by whoever is its parent.
 #pragma once
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -38,7 +45,9 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/code_address.hpp>
 #include <mp/detail/futex.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/pool_channel.hpp>
 #include <mp/detail/pool_factory.hpp>
 #include <mp/detail/pool_task.hpp>
@@ -101,16 +110,56 @@ inline std::exception_ptr pool_read_failure(input_archive& ar) {
   return std::make_exception_ptr(RemoteError(std::move(type), message));
 }
 
+/// A factory started as a fresh program: its pid, the socket it answers "ready" on once running, and under
+/// forkserver the pipe the server writes its wait status to (it is the server's child, not ours).
+struct pool_fresh_factory {
+  pid_t pid = 0;
+  unique_fd bootstrap;
+  unique_fd status;
+};
+
+struct pool_config;
+
+/// Starts the factory as a fresh program by config.start_method, handing it `boot` (a serialized
+/// pool_factory_boot) and `fds` (segment, eventfd, factory socket). Called with the registry mutex held; returns
+/// once the bytes and descriptors are sent. Supplied by <mp/pool.hpp>, which has mp::Process's machinery.
+using pool_fresh_starter = pool_fresh_factory (*)(const pool_config& config, std::span<const std::byte> boot,
+                                                  std::span<const int> fds);
+
 struct pool_config {
   std::size_t processes = 1;
   std::function<void()> initializer;
   std::size_t maxtasksperchild = 0;
   std::uint64_t task_timeout_ns = 0;
+  int start_method = 0;                    // as mp::StartMethod: 0 fork, 1 spawn, 2 forkserver
+  pool_fresh_starter start_fresh = nullptr;  // set unless fork
+  std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's function (this process's address)
+  std::string parent_name;                 // spawn/forkserver: current_process().name(), for the factory
 };
 
+/// What a fresh factory receives as bytes (the descriptors travel beside them: segment, eventfd, socket).
+struct pool_factory_boot {
+  std::uint64_t processes = 0;
+  std::uint64_t maxtasksperchild = 0;
+  std::uint64_t initializer = 0;       // the parent's address of a void() function; 0: none
+  std::vector<loaded_module> modules;  // the parent's, to translate its code addresses
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(processes, maxtasksperchild, initializer, modules);
+  }
+};
+
+/// The result body of a chunk that could not even start (its trampoline could not be found): no outputs, the error.
+inline void pool_encode_chunk_failure(std::vector<std::byte>& out) {
+  const std::uint64_t none = 0;
+  out.insert(out.end(), reinterpret_cast<const std::byte*>(&none), reinterpret_cast<const std::byte*>(&none) + 8);
+  pool_encode_current_exception(out);
+}
+
 /// The worker process: runs the initializer, then chunks until told to stop or its task budget is spent.
-[[noreturn]] inline void pool_worker_main(pool_shared& shared, std::size_t slot, const pool_config& config) {
-  pool_slot_shared& mine = shared.slot(slot);
+[[noreturn]] inline void pool_worker_main(const pool_link& link, std::size_t slot, const pool_config& config) {
+  pool_slot_shared& mine = link.shared.slot(slot);
   std::vector<std::byte> out;
   if (config.initializer) {
     try {
@@ -118,12 +167,10 @@ struct pool_config {
     } catch (...) {
       // Tell the parent why (chunk id 0), so a pool whose initializer always fails reports it instead of looping.
       out.resize(sizeof(pool_result_header));
-      const std::uint64_t none = 0;
-      out.insert(out.end(), reinterpret_cast<const std::byte*>(&none), reinterpret_cast<const std::byte*>(&none) + 8);
-      pool_encode_current_exception(out);
+      pool_encode_chunk_failure(out);
       const pool_result_header header{out.size() - sizeof(std::uint64_t), 0};
       std::memcpy(out.data(), &header, sizeof header);
-      pool_write_all(shared, mine.outbox, out.data(), out.size());
+      pool_write_all(link, mine.outbox, out.data(), out.size());
       pool_flush_std_streams();
       ::_exit(1);
     }
@@ -131,25 +178,67 @@ struct pool_config {
   std::vector<std::byte> task;
   for (std::size_t done = 0;;) {
     pool_task_header header{};
-    pool_read_exact(shared, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
+    pool_read_exact(link, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
     task.resize(header.length - (sizeof header - sizeof header.length));
-    pool_read_exact(shared, mine.inbox, task.data(), task.size());
+    pool_read_exact(link, mine.inbox, task.data(), task.size());
     if (header.trampoline == 0) {
       pool_flush_std_streams();
       ::_exit(0);
     }
     mine.started_ns.store(monotonic_ns());
     mine.current_chunk.store(header.chunk_id);
-    if (header.timeout_ns != 0) shared.wake_parent();  // the supervisor must arm this task's deadline
+    if (header.timeout_ns != 0) link.wake_parent();  // the supervisor must arm this task's deadline
     out.resize(sizeof(pool_result_header));
-    pool_trampoline_from(header.trampoline)(task, out);
+    pool_trampoline run = nullptr;
+    try {
+      run = pool_trampoline_from(header.trampoline);  // translated under spawn/forkserver: may fail
+    } catch (...) {
+      pool_encode_chunk_failure(out);
+    }
+    if (run != nullptr) run(task, out);
     pool_flush_task_output();
     const pool_result_header result{out.size() - sizeof(std::uint64_t), header.chunk_id};
     std::memcpy(out.data(), &result, sizeof result);
-    pool_write_all(shared, mine.outbox, out.data(), out.size());
+    pool_write_all(link, mine.outbox, out.data(), out.size());
     mine.current_chunk.store(0);
     if (config.maxtasksperchild != 0 && ++done >= config.maxtasksperchild) ::_exit(0);
   }
+}
+
+/// The fresh program a Pool started by spawn or forkserver runs as its factory (called by mp::Process's
+/// spawned-child path with the descriptors in current_fd_inbox()); never returns.
+inline void pool_factory_entry(std::span<const std::byte> bytes) {
+  // Parent death shows as end of file on the factory socket, as for a forked factory. The death signal the
+  // spawned-child path armed would fire when the *thread* that created the Pool ends (PR_SET_PDEATHSIG follows
+  // the creating thread), which may happen while the Pool lives on in another thread.
+  ::prctl(PR_SET_PDEATHSIG, 0);
+  fd_inbox* box = current_fd_inbox();
+  if (box == nullptr || box->fds.size() != 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
+    throw ProcessError("Pool worker factory: expected 3 descriptors from the Pool's process (segment, eventfd, socket)");
+  pool_factory_boot boot;
+  input_archive ar(bytes);
+  ar(boot);
+  unique_fd wake = std::move(box->fds[1]);
+  unique_fd sock = std::move(box->fds[2]);
+  const shm_segment segment = shm_segment::from_fd(std::move(box->fds[0]), "mp-pool");
+  const std::size_t n = static_cast<std::size_t>(boot.processes);
+  if (n == 0 || n > 4096 || segment.size() < pool_shared::bytes_for(n))
+    throw ProcessError("Pool worker factory: a segment of " + std::to_string(segment.size()) + " bytes for " +
+                       std::to_string(n) + " workers");
+  const code_translator translator(boot.modules);
+  pool_worker_code_map() = &translator;  // inherited by every worker forked below
+  pool_config config;
+  config.processes = n;
+  config.maxtasksperchild = static_cast<std::size_t>(boot.maxtasksperchild);
+  if (boot.initializer != 0) config.initializer = reinterpret_cast<void (*)()>(translator.translate(boot.initializer));
+  const pool_link link{*static_cast<pool_shared*>(segment.data()), wake.get()};
+  pool_factory_main(sock.get(), n, [&](std::size_t slot) {
+    try {
+      pool_worker_main(link, slot, config);
+    } catch (...) {
+      ::_exit(70);
+    }
+  });
 }
 
 class pool_core {
@@ -160,6 +249,8 @@ class pool_core {
   pool_core& operator=(const pool_core&) = delete;
 
   std::size_t processes() const noexcept { return config_.processes; }
+  /// True when the workers are forks of a fresh program (spawn, forkserver): only what serializes reaches them.
+  bool fresh() const noexcept { return config_.start_fresh != nullptr; }
   /// True in the process that created the pool; its copy in a forked child must not be used (no supervisor there,
   /// and a mutex copied while another thread held it).
   bool owned_here() const noexcept { return owner_ == ::getpid(); }
@@ -234,6 +325,7 @@ class pool_core {
   void break_pool_locked(const std::string& why);
   void supervise();
   void stop_supervisor_and_factory() noexcept;
+  void reap_factory() noexcept;
 
   pool_config config_;
   pid_t owner_ = ::getpid();
@@ -242,6 +334,8 @@ class pool_core {
   unique_fd wake_fd_;
   unique_fd factory_;  // our end of the factory's socket
   pid_t factory_pid_ = 0;
+  unique_fd factory_status_;  // forkserver: the server writes the factory's wait status here when it reaps it
+  unique_fd factory_pidfd_;   // forkserver: to reap the factory if the server died and it was re-parented to us
   std::thread supervisor_;
   std::atomic<bool> stop_supervisor_{false};
   std::atomic<bool> factory_gone_{false};
@@ -271,39 +365,73 @@ inline pool_core::pool_core(pool_config config) : config_(std::move(config)) {
   shared_ = new (segment_.data()) pool_shared;
   for (std::size_t s = 0; s < n; ++s) new (&shared_->slot(s)) pool_slot_shared;
   wake_fd_.reset(pool_make_eventfd());
-  shared_->wake_fd = wake_fd_.get();
   slots_.resize(n);
   dispatched_ns_.resize(n, 0);
 
+  pool_flush_std_streams();
+  registry& reg = the_registry();
+  // Held from socketpair() until the factory's end is closed here: a fork in another thread (Process::start holds
+  // it across fork()) would otherwise copy that end into its child, and neither side would see end of file when
+  // the other dies. Under fork it is held across fork() like Process::start does, so the factory's copy of mp's
+  // process registry is consistent.
+  std::unique_lock reg_lock(reg.mutex);
   int pair[2];
   sys("socketpair", [&] { return ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair); });
   unique_fd ours(pair[0]);
   unique_fd theirs(pair[1]);
 
-  pool_flush_std_streams();
-  // Held across fork() like Process::start does, so the factory's copy of mp's process registry is consistent.
-  registry& reg = the_registry();
-  reg.mutex.lock();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    // The factory: forget the parent's children (not ours to join), close the parent's end, serve.
-    reg.children.clear();
-    reg.mutex.unlock();
-    ours.reset();
-    pool_shared* shared = shared_;
-    const pool_config& cfg = config_;
-    pool_factory_main(theirs.get(), n, [shared, &cfg](std::size_t slot) {
-      try {
-        pool_worker_main(*shared, slot, cfg);
-      } catch (...) {
-        ::_exit(70);
-      }
-    });
+  if (config_.start_fresh == nullptr) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // The factory: forget the parent's children (not ours to join), close the parent's end, serve.
+      reg.children.clear();
+      reg_lock.release();
+      reg.mutex.unlock();
+      ours.reset();
+      pool_worker_code_map() = nullptr;  // a Pool inside a spawn worker: these workers share our addresses
+      pool_shared* shared = shared_;
+      const int wake = wake_fd_.get();
+      const pool_config& cfg = config_;
+      pool_factory_main(theirs.get(), n, [shared, wake, &cfg](std::size_t slot) {
+        try {
+          pool_worker_main(pool_link{*shared, wake}, slot, cfg);
+        } catch (...) {
+          ::_exit(70);
+        }
+      });
+    }
+    const int err = last_errno();
+    reg_lock.unlock();
+    if (pid < 0) throw_errno("fork", "Pool worker factory", err);
+    factory_pid_ = pid;
+  } else {
+    pool_factory_boot boot;
+    boot.processes = n;
+    boot.maxtasksperchild = config_.maxtasksperchild;
+    boot.initializer = config_.initializer_address;
+    boot.modules = loaded_modules();
+    std::vector<std::byte> bytes;
+    {
+      output_archive ar(bytes);
+      ar(boot);
+    }
+    const int fds[] = {segment_.fd(), wake_fd_.get(), theirs.get()};
+    pool_fresh_factory started = config_.start_fresh(config_, bytes, std::span<const int>(fds));
+    theirs.reset();
+    reg_lock.unlock();
+    factory_pid_ = started.pid;
+    factory_status_ = std::move(started.status);
+    if (factory_status_) factory_pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, started.pid, 0)));
+    // One byte once it runs (from mp::Process's spawned-child path); end of file if it died first.
+    char ready = 0;
+    const auto got = retry_on_eintr([&] { return ::recv(started.bootstrap.get(), &ready, 1, 0); });
+    if (got != 1) {
+      ours.reset();
+      reap_factory();
+      throw ProcessError("Pool: the worker factory process (pid " + std::to_string(started.pid) +
+                         ") ended while starting; its standard error says why");
+    }
   }
-  const int err = last_errno();
-  reg.mutex.unlock();
-  if (pid < 0) throw_errno("fork", "Pool worker factory", err);
-  factory_pid_ = pid;
   factory_ = std::move(ours);
   {
     std::lock_guard lock(mutex_);
@@ -408,16 +536,39 @@ inline void pool_core::join() {
   stop_supervisor_and_factory();
 }
 
+// Waits for the factory to end once its socket is closed. Under fork and spawn it is our child; under forkserver
+// it is the server's, which reaps it and then writes its status to factory_status_ (end of file if the server
+// died: then the factory was re-parented, to us if we are the nearest subreaper, and the pidfd reaps it — waitid
+// fails at once with ECHILD if it is not ours).
+inline void pool_core::reap_factory() noexcept {
+  if (factory_pid_ == 0) return;
+  if (factory_status_) {
+    int status = 0;
+    std::size_t got = 0;
+    while (got < sizeof status) {
+      const auto n = retry_on_eintr([&] { return ::read(factory_status_.get(), reinterpret_cast<char*>(&status) + got, sizeof status - got); });
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    if (got != sizeof status && factory_pidfd_) {
+      siginfo_t info{};
+      retry_on_eintr([&] { return ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(factory_pidfd_.get()), &info, WEXITED); });
+    }
+    factory_status_.reset();
+    factory_pidfd_.reset();
+  } else {
+    retry_on_eintr([&] { return ::waitpid(factory_pid_, nullptr, 0); });
+  }
+  factory_pid_ = 0;
+}
+
 inline void pool_core::stop_supervisor_and_factory() noexcept {
   std::lock_guard teardown(teardown_mutex_);  // join() and terminate() may race here from two threads
   stop_supervisor_.store(true);
-  shared_->wake_parent();
+  pool_signal_eventfd(wake_fd_.get());
   if (supervisor_.joinable() && supervisor_.get_id() != std::this_thread::get_id()) supervisor_.join();
-  if (factory_pid_ != 0) {
-    factory_.reset();  // EOF: the factory kills whatever is left and exits
-    retry_on_eintr([&] { return ::waitpid(factory_pid_, nullptr, 0); });
-    factory_pid_ = 0;
-  }
+  factory_.reset();  // EOF: the factory kills whatever is left and exits
+  reap_factory();
   // Workers of a factory killed from outside die by PR_SET_PDEATHSIG, re-parented to the nearest subreaper. If
   // that is this process, reap them here. The pidfd names that exact process (no pid-reuse race); waitid fails
   // with ECHILD at once when the worker is not our child.

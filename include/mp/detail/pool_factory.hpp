@@ -1,8 +1,9 @@
 // pool_factory: a single-threaded process that forks the pool's workers (and their replacements) on request.
 // Why: fork() copies only the calling thread. A Pool has a supervisor thread, and the user's program may have
 // threads of its own; a worker forked from that parent while another thread holds a lock (an iostream, a user mutex,
-// the allocator of a custom malloc) starts with that lock held forever. The factory is forked once, in the Pool
-// constructor before the pool starts any thread, and it never starts one itself, so every worker it forks later
+// the allocator of a custom malloc) starts with that lock held forever. The factory is started once, in the Pool
+// constructor before the pool starts any thread — forked under StartMethod::fork, a fresh run of the program under
+// spawn and forkserver (pool_factory_entry) — and it never starts one itself, so every worker it forks later
 // (a replacement after a crash, after maxtasksperchild, after a timeout) is a copy of that same single-threaded
 // snapshot. Being the workers' parent, the factory also reaps them and reports each exit status (the parent cannot
 // waitpid a grandchild), and it kills them all if the Pool's process dies (its socket reaches EOF).

@@ -2,6 +2,9 @@
 // A task message is {trampoline address, callable state, arguments or items}. The trampoline is a function
 // template instantiated for <F, item types, R> in the caller's translation unit; the worker, a fork of the same
 // binary, calls it through that address: it rebuilds F, decodes the inputs, runs, and encodes the results.
+// Under spawn and forkserver the worker is a fork of a fresh copy of the program, whose modules ASLR loaded
+// elsewhere: the parent still sends its raw addresses (the fork path pays nothing), and such a worker translates
+// them through the parent's module table (pool_worker_code_map; code_address.hpp).
 // F's state crosses as its bytes when F is trivially copyable (function pointers, captureless lambdas, lambdas
 // capturing numbers or trivially copyable structs), through its serialize member otherwise; anything else is a
 // compile error naming the type and the fix. Arguments, items and results go through mp's archives (one memcpy
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/code_address.hpp>
 #include <mp/detail/type_name.hpp>
 
 namespace mp::detail {
@@ -81,6 +85,23 @@ constexpr void pool_check_value() {
   if constexpr (!pool_value_crosses<T>) (void)sizeof(argument_cannot_cross_to_a_pool_worker<T>);
 }
 
+template <class F>
+inline constexpr bool pool_is_function_pointer_v = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+
+/// In a worker of a Pool started by spawn or forkserver: the parent's code addresses -> this process's. nullptr in
+/// the parent and in workers of a fork Pool (same addresses); a fork Pool's factory resets it, so a Pool created
+/// inside such a worker does not translate twice.
+inline const code_translator*& pool_worker_code_map() noexcept {
+  static const code_translator* map = nullptr;
+  return map;
+}
+
+/// A code address from the parent (a trampoline, a function pointer's value) as this process can call it.
+inline std::uintptr_t pool_local_code(std::uint64_t address) {
+  if (const code_translator* map = pool_worker_code_map(); map != nullptr && address != 0) return map->translate(address);
+  return static_cast<std::uintptr_t>(address);
+}
+
 /// Appends F's state.
 template <class F>
 void pool_encode_callable(std::vector<std::byte>& out, const F& f) {
@@ -96,7 +117,12 @@ void pool_encode_callable(std::vector<std::byte>& out, const F& f) {
 /// Rebuilds F from the bytes pool_encode_callable wrote.
 template <class F>
 F pool_decode_callable(input_archive& ar) {
-  if constexpr (std::is_trivially_copyable_v<F>) {
+  if constexpr (pool_is_function_pointer_v<F>) {
+    std::uint64_t address = 0;
+    static_assert(sizeof(F) == sizeof address);
+    ar.read_bytes(&address, sizeof address, "callable");
+    return reinterpret_cast<F>(pool_local_code(address));
+  } else if constexpr (std::is_trivially_copyable_v<F>) {
     std::array<std::byte, sizeof(F)> bytes;
     ar.read_bytes(bytes.data(), sizeof(F), "callable");
     return std::bit_cast<F>(bytes);
@@ -222,12 +248,13 @@ void pool_map_trampoline(std::span<const std::byte> payload, std::vector<std::by
   }
 }
 
-/// The trampoline's address as it travels in a task header (a fork of this binary maps it at the same address).
+/// The trampoline's address as it travels in a task header: the parent's own (see pool_local_code).
 inline std::uint64_t pool_trampoline_address(pool_trampoline t) noexcept {
   return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(t));
 }
-inline pool_trampoline pool_trampoline_from(std::uint64_t address) noexcept {
-  return reinterpret_cast<pool_trampoline>(static_cast<std::uintptr_t>(address));
+/// In the worker; ProcessError if the address cannot be translated (spawn and forkserver only).
+inline pool_trampoline pool_trampoline_from(std::uint64_t address) {
+  return reinterpret_cast<pool_trampoline>(pool_local_code(address));
 }
 
 /// Starts a task message: a header to be patched at dispatch, then F's state.
