@@ -82,12 +82,13 @@ template <class Ready>
 bool manager_spin_until(Ready&& ready, const std::atomic<std::int32_t>& peer_cpu, std::chrono::nanoseconds budget) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    for (int i = 0; i < 32; ++i) {
-      if (ready()) return true;
-      cpu_relax();
+    if (ready()) return true;
+    if (peer_cpu.load(std::memory_order_relaxed) == manager_current_cpu()) {
+      ::sched_yield();  // at once: a pause here only delays the peer, which needs this CPU to answer
+    } else {
+      for (int i = 0; i < 16 && !ready(); ++i) cpu_relax();
     }
     if (std::chrono::steady_clock::now() - start >= budget) return ready();
-    if (peer_cpu.load(std::memory_order_relaxed) == manager_current_cpu()) ::sched_yield();
   }
 }
 
