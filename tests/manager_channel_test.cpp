@@ -244,3 +244,26 @@ TEST_CASE("Many clients at once, over channels and sockets, get the right result
     for (int i = 0; i < steps; ++i) REQUIRE(list[static_cast<std::size_t>(i)] == i);
   }
 }
+
+TEST_CASE("Forked children open channels of their own while the parent keeps calling through its channel",
+          "[manager_channel]") {
+  mp::Manager manager;
+  auto d = manager.dict<int, int>();
+  d.set(-1, 0);  // the parent's connection and channel exist before the forks
+  constexpr int children = 3, calls = 200;
+  std::vector<mp::Process> running;
+  for (int c = 0; c < children; ++c) {
+    running.push_back(start([d, c] {
+      for (int i = 0; i < calls; ++i) {
+        d.set(c * calls + i, i);
+        child_check(d.get(c * calls + i) == i, "a child reads back its own write");
+      }
+    }));
+  }
+  for (int i = 0; i < calls; ++i) {
+    d.set(-1, i);  // the parent's sequence numbers move on while the children call
+    REQUIRE(d.get(-1) == i);
+  }
+  for (auto& child : running) REQUIRE(finish(child) == 0);
+  REQUIRE(d.size() == children * calls + 1);
+}
