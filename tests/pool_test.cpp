@@ -138,6 +138,19 @@ bool ended_within_20s(pid_t pid) {
   return ended;
 }
 
+// Reaps the processes re-parented to this test (the runner is a subreaper) once their parent died: until none is
+// left but this process's own fork server. Repeats, because reaping one (a dying fork server) may hand us its
+// children; a process re-parented to us is always listed before its old parent can be reaped.
+void reap_orphans() {
+  const pid_t server = mp::detail::forkserver_pid();
+  for (;;) {
+    std::vector<pid_t> orphans = children();
+    std::erase(orphans, server);
+    if (orphans.empty()) return;
+    for (pid_t orphan : orphans) ::waitpid(orphan, nullptr, 0);
+  }
+}
+
 const char* method_name(mp::StartMethod method) {
   return method == mp::StartMethod::fork ? "fork" : method == mp::StartMethod::spawn ? "spawn" : "forkserver";
 }
@@ -592,9 +605,7 @@ TEST_CASE("If the worker factory is killed, pending results fail with a clear er
   // to this process: the pool reaps the ones it knew; one the factory was forking at the instant it died (its pid
   // never reported) exits by itself (PR_SET_PDEATHSIG, or its parent check) and is ours to reap.
   CHECK(ended_within_20s(worker));
-  const pid_t server = mp::detail::forkserver_pid();
-  for (pid_t orphan : children())
-    if (orphan != server) ::waitpid(orphan, nullptr, 0);
+  reap_orphans();
 }
 
 TEST_CASE("A Pool's copy in a forked child refuses to be used instead of hanging", "[pool]") {
@@ -813,10 +824,9 @@ TEST_CASE("When the Pool's process is killed, its factory and workers die too, u
     INFO("pid " << pid);
     CHECK(ended_within_20s(pid));
   }
-  // Re-parented to this process (subreaper): reap them, and the owner's own fork server (forkserver).
-  const pid_t server = mp::detail::forkserver_pid();
-  for (pid_t orphan : children())
-    if (orphan != server) ::waitpid(orphan, nullptr, 0);
+  // Re-parented to this process (subreaper): reap them, and the owner's own fork server (forkserver), which may
+  // exit before it reaped the factory.
+  reap_orphans();
 }
 
 int nested_sum(int method) {
@@ -837,7 +847,5 @@ TEST_CASE("A task of a spawn Pool can create a Pool of its own under every start
     }
   }
   // The worker's own fork server ends when the worker does (end of file), re-parented to this subreaper.
-  const pid_t server = mp::detail::forkserver_pid();
-  for (pid_t orphan : children())
-    if (orphan != server) ::waitpid(orphan, nullptr, 0);
+  reap_orphans();
 }

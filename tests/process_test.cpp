@@ -1,6 +1,8 @@
 // Tests of mp::Process, current_process(), parent_process(), active_children(), cpu_count() and the start methods.
-// Every test runs real child processes. Children report through pipes (or their exit codes) and block on pipe
-// reads, never on sleeps; the parent checks what they report.
+// Every test runs real child processes, under every start method (ctest runs each test with MP_START_METHOD=fork,
+// spawn and forkserver; the few [fork] tests are about what only fork does and fork explicitly). Children report
+// through pipes (or their exit codes) and block on pipe reads, never on sleeps; the parent checks what they report.
+// A child gets its pipes as Process arguments (pipe_view), never through a capture.
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -27,16 +29,72 @@
 #include <thread>
 #include <vector>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/process.hpp>
 
 using namespace std::chrono_literals;
 
 namespace {
 
+/// Both ends of a test_pipe as a Process argument: fork copies it, spawn and forkserver send its descriptors (the
+/// save/load protocol of every mp handle, detail/handle_transfer.hpp). Usable in a child: no Catch2 macro.
+struct pipe_view {
+  int read_fd = -1;
+  int write_fd = -1;
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(mp::detail::export_fd(read_fd, "pipe_view"), mp::detail::export_fd(write_fd, "pipe_view"));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    std::uint32_t read_index = 0, write_index = 0;
+    ar(read_index, write_index);
+    read_fd = mp::detail::import_fd(read_index, "pipe_view").release();  // the child's copies live as long as it
+    write_fd = mp::detail::import_fd(write_index, "pipe_view").release();
+  }
+
+  /// Writes all of text.
+  void write(std::string_view text) const {
+    while (!text.empty()) {
+      ssize_t n = ::write(write_fd, text.data(), text.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) std::abort();
+      text.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+  /// Lets `count` processes blocked in wait_for_release() go on.
+  void release(int count = 1) const { write(std::string(static_cast<std::size_t>(count), 'r')); }
+  /// Blocks until another process calls release() (or every write end is closed).
+  void wait_for_release() const {
+    char byte;
+    while (::read(read_fd, &byte, 1) < 0 && errno == EINTR) {
+    }
+  }
+  /// Reads one line, without its '\n'.
+  std::string read_line() const {
+    std::string line;
+    char c;
+    for (;;) {
+      ssize_t n = ::read(read_fd, &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || c == '\n') return line;
+      line += c;
+    }
+  }
+  /// Closes this process's copy of the write end (so that its own reads can see end of file).
+  void close_write() {
+    if (write_fd >= 0) ::close(std::exchange(write_fd, -1));
+  }
+};
+
 /// A pipe for tests: children write reports into it or block reading it until the parent releases them.
 class test_pipe {
  public:
-  test_pipe() { REQUIRE(::pipe2(fds_, O_CLOEXEC) == 0); }
+  // Not REQUIRE: children (started by spawn, outside any Catch test) make pipes too.
+  test_pipe() {
+    if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  }
   ~test_pipe() {
     close_read();
     close_write();
@@ -46,35 +104,17 @@ class test_pipe {
 
   int read_fd() const { return fds_[0]; }
   int write_fd() const { return fds_[1]; }
+  /// Both ends, to pass to a child as a Process argument (this test_pipe keeps owning them).
+  pipe_view view() const { return {fds_[0], fds_[1]}; }
 
-  /// Writes all of text (usable in a child: no Catch2 macro).
-  void write(std::string_view text) const {
-    while (!text.empty()) {
-      ssize_t n = ::write(fds_[1], text.data(), text.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) std::abort();
-      text.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
+  /// Writes all of text.
+  void write(std::string_view text) const { view().write(text); }
   /// Lets `count` children blocked in wait_for_release() go on.
-  void release(int count = 1) const { write(std::string(static_cast<std::size_t>(count), 'r')); }
-  /// Blocks until the parent calls release() (or every write end is closed).
-  void wait_for_release() const {
-    char byte;
-    while (::read(fds_[0], &byte, 1) < 0 && errno == EINTR) {
-    }
-  }
+  void release(int count = 1) const { view().release(count); }
+  /// Blocks until a child calls release() (or every write end is closed).
+  void wait_for_release() const { view().wait_for_release(); }
   /// Reads one line, without its '\n'.
-  std::string read_line() const {
-    std::string line;
-    char c;
-    for (;;) {
-      ssize_t n = ::read(fds_[0], &c, 1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0 || c == '\n') return line;
-      line += c;
-    }
-  }
+  std::string read_line() const { return view().read_line(); }
   /// Closes this process's write end, then reads until every writer has closed theirs.
   std::string read_all() {
     close_write();
@@ -124,47 +164,80 @@ void default_signal_actions() {
   for (int sig : {SIGTERM, SIGINT, SIGSEGV, SIGABRT, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
 }
 
-void report_pid_and_name(const test_pipe& out) {
+void report_pid_and_name(const pipe_view& out) {
   mp::Process& me = mp::current_process();
   out.write(me.name() + " " + std::to_string(me.pid()) + " " + std::to_string(::getpid()) + "\n");
 }
 
+// A function object with state: an aggregate of serializable fields, so it crosses to spawn and forkserver too.
 struct counting_target {
   int base;
-  void operator()(const test_pipe& out, int add) const { out.write(std::to_string(base + add)); }
+  void operator()(const pipe_view& out, int add) const { out.write(std::to_string(base + add)); }
 };
 
-void write_sum(const test_pipe* out, std::string label, int a, double b) {
-  out->write(label + "=" + std::to_string(a + static_cast<int>(b)));
+void write_sum(pipe_view out, std::string label, int a, double b) {
+  out.write(label + "=" + std::to_string(a + static_cast<int>(b)));
 }
 
-/// A subclass overriding run(), as Python's `class WorkerProcess(multiprocessing.Process)`.
+/// A subclass overriding run(), as Python's `class WorkerProcess(multiprocessing.Process)`; registered (below) so
+/// that a spawned child can rebuild it from its serialized fields.
 class ReportingProcess : public mp::Process {
  public:
-  ReportingProcess(std::string name, const test_pipe& out) : mp::Process({.name = std::move(name)}), out_(&out) {}
+  ReportingProcess() = default;
+  ReportingProcess(std::string name, pipe_view out) : mp::Process({.name = std::move(name)}), out_(out) {}
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(out_);
+  }
 
  protected:
-  void run() override { out_->write("run() of " + name() + " in pid " + std::to_string(::getpid())); }
+  void run() override { out_.write("run() of " + name() + " in pid " + std::to_string(::getpid())); }
 
  private:
-  const test_pipe* out_;
+  pipe_view out_;
 };
 
 }  // namespace
 
+MP_REGISTER_PROCESS(ReportingProcess);
+
 TEST_CASE("Process runs its target with copied arguments in a child process", "[process]") {
   test_pipe out;
   SECTION("a function pointer with converted arguments") {
-    mp::Process p(write_sum, &out, "sum", 2, 3.5);
+    mp::Process p(write_sum, out.view(), "sum", 2, 3.5);
     p.start();
     p.join();
     CHECK(out.read_all() == "sum=5");
   }
+  SECTION("a lambda without captures, run in another pid") {
+    mp::Process p(
+        [](pipe_view out, int add, std::string word, pid_t parent) {
+          out.write(word + " " + std::to_string(40 + add) + (::getpid() != parent ? " in child" : " in parent"));
+        },
+        out.view(), 2, std::string("answer"), ::getpid());
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "answer 42 in child");
+  }
+  SECTION("a function object with state") {
+    mp::Process p(counting_target{100}, out.view(), 23);
+    p.start();
+    p.join();
+    CHECK(out.read_all() == "123");
+  }
+}
+
+// [fork]: a target capturing by reference, a move-only argument and a copy of the parent's memory exist only under
+// fork (spawn and forkserver refuse them at start(), see context_test).
+TEST_CASE("Under fork a target may capture and take move-only arguments and the child's writes stay in the child",
+          "[process][fork]") {
+  test_pipe out;
+  const mp::ProcessOptions forked{.start_method = mp::StartMethod::fork};
   SECTION("a lambda with captures, run in another pid") {
     const pid_t parent = ::getpid();
     int base = 40;
     std::string word = "answer";
-    mp::Process p([&out, base, word, parent](int add) {
+    mp::Process p(forked, [&out, base, word, parent](int add) {
       out.write(word + " " + std::to_string(base + add) + (::getpid() != parent ? " in child" : " in parent"));
     }, 2);
     base = 0;  // the child got its copy at construction
@@ -174,30 +247,34 @@ TEST_CASE("Process runs its target with copied arguments in a child process", "[
   }
   SECTION("a move-only argument") {
     auto value = std::make_unique<int>(7);
-    mp::Process p([&out](std::unique_ptr<int> owned) { out.write("owned " + std::to_string(*owned)); }, std::move(value));
+    mp::Process p(forked, [&out](std::unique_ptr<int> owned) { out.write("owned " + std::to_string(*owned)); },
+                  std::move(value));
     CHECK_FALSE(value);
     p.start();
     p.join();
     CHECK(out.read_all() == "owned 7");
   }
-  SECTION("a function object with state") {
-    mp::Process p(counting_target{100}, std::cref(out), 23);
+  SECTION("a function object with state and a reference argument") {
+    const pipe_view view = out.view();
+    mp::Process p(forked, counting_target{100}, std::cref(view), 23);
     p.start();
     p.join();
     CHECK(out.read_all() == "123");
   }
   SECTION("a child's writes to its copy of a variable stay in the child") {
     int counter = 1;
-    mp::Process p([&counter] { counter = 99; });
+    mp::Process p(forked, [&counter] { counter = 99; });
     p.start();
     p.join();
     CHECK(counter == 1);
   }
 }
 
-TEST_CASE("Process drops its target and arguments once start() returns", "[process]") {
+// [fork]: a shared_ptr argument makes the drop visible (use_count), and smart pointers cannot cross to spawn.
+TEST_CASE("Process drops its target and arguments once start() returns", "[process][fork]") {
   auto shared = std::make_shared<int>(5);
-  mp::Process p([](std::shared_ptr<int> copy) { std::_Exit(*copy == 5 ? 0 : 1); }, shared);
+  mp::Process p({.start_method = mp::StartMethod::fork},
+                [](std::shared_ptr<int> copy) { std::_Exit(*copy == 5 ? 0 : 1); }, shared);
   CHECK(shared.use_count() == 2);
   p.start();
   CHECK(shared.use_count() == 1);
@@ -207,7 +284,7 @@ TEST_CASE("Process drops its target and arguments once start() returns", "[proce
 
 TEST_CASE("A subclass of Process runs its overridden run() in the child", "[process]") {
   test_pipe out;
-  ReportingProcess p("Reporter", out);
+  ReportingProcess p("Reporter", out.view());
   p.start();
   const pid_t child = p.pid();
   p.join();
@@ -233,15 +310,17 @@ TEST_CASE("Processes are named Process-N and a child's children Process-N:M", "[
   CHECK(mp::Process({.name = "given"}, [] {}).name() == "given");
 
   test_pipe out;
-  mp::Process parent([&out] {
-    report_pid_and_name(out);
-    mp::Process grandchild1([&out] { report_pid_and_name(out); });
-    mp::Process grandchild2([&out] { report_pid_and_name(out); });
-    grandchild1.start();
-    grandchild1.join();
-    grandchild2.start();
-    grandchild2.join();
-  });
+  mp::Process parent(
+      [](pipe_view out) {
+        report_pid_and_name(out);
+        mp::Process grandchild1(report_pid_and_name, out);
+        mp::Process grandchild2(report_pid_and_name, out);
+        grandchild1.start();
+        grandchild1.join();
+        grandchild2.start();
+        grandchild2.join();
+      },
+      out.view());
   const std::string expected = "Process-" + std::to_string(n + 3);
   CHECK(parent.name() == expected);
   parent.start();
@@ -253,7 +332,7 @@ TEST_CASE("Processes are named Process-N and a child's children Process-N:M", "[
 
   SECTION("name can be changed, and the child sees the new name") {
     test_pipe named;
-    mp::Process p([&named] { named.write(mp::current_process().name()); });
+    mp::Process p([](pipe_view named) { named.write(mp::current_process().name()); }, named.view());
     p.name("renamed");
     CHECK(p.name() == "renamed");
     p.start();
@@ -274,79 +353,121 @@ TEST_CASE("current_process and parent_process describe the main process and a ch
   }
   SECTION("in a child: itself, with the main process as its parent") {
     test_pipe out;
-    mp::Process p([&out] {
-      mp::Process& me = mp::current_process();
-      std::optional<mp::ParentProcess> parent = mp::parent_process();
-      out.write(me.name() + "|" + std::to_string(me.pid() == ::getpid()) + "|" + std::to_string(me.is_alive()) +
-                "|" + (parent ? parent->name() + "|" + std::to_string(parent->pid()) + "|" +
-                                    std::to_string(parent->is_alive())
-                              : std::string("no parent")));
-    });
+    mp::Process p(
+        [](pipe_view out) {
+          mp::Process& me = mp::current_process();
+          std::optional<mp::ParentProcess> parent = mp::parent_process();
+          out.write(me.name() + "|" + std::to_string(me.pid() == ::getpid()) + "|" + std::to_string(me.is_alive()) +
+                    "|" + (parent ? parent->name() + "|" + std::to_string(parent->pid()) + "|" +
+                                        std::to_string(parent->is_alive())
+                                  : std::string("no parent")));
+        },
+        out.view());
     p.start();
     p.join();
     CHECK(out.read_all() == p.name() + "|1|1|MainProcess|" + std::to_string(::getpid()) + "|1");
   }
   SECTION("in a grandchild: its parent is the child") {
     test_pipe out;
-    mp::Process p([&out] {
-      mp::Process inner([&out] {
-        std::optional<mp::ParentProcess> parent = mp::parent_process();
-        out.write(parent ? parent->name() + " " + std::to_string(parent->pid()) : std::string("none"));
-      });
-      inner.start();
-      inner.join();
-      out.write(" / " + mp::current_process().name() + " " + std::to_string(::getpid()));
-    });
+    mp::Process p(
+        [](pipe_view out) {
+          mp::Process inner(
+              [](pipe_view out) {
+                std::optional<mp::ParentProcess> parent = mp::parent_process();
+                out.write(parent ? parent->name() + " " + std::to_string(parent->pid()) : std::string("none"));
+              },
+              out);
+          inner.start();
+          inner.join();
+          out.write(" / " + mp::current_process().name() + " " + std::to_string(::getpid()));
+        },
+        out.view());
     p.start();
     const pid_t child = p.pid();
     p.join();
     CHECK(out.read_all() == p.name() + " " + std::to_string(child) + " / " + p.name() + " " + std::to_string(child));
   }
-  SECTION("current_process() in a child is the Process object that was started, even after a move") {
-    test_pipe out;
-    std::vector<mp::Process> processes;
-    processes.emplace_back([&out, &processes] { out.write(&mp::current_process() == &processes[0] ? "same" : "other"); });
-    processes.emplace_back([] {});
-    processes[0].start();
-    processes[0].join();
-    CHECK(out.read_all() == "same");
-  }
   SECTION("ParentProcess::is_alive turns false once the parent dies") {
     test_pipe out;
     // outer is a child subreaper: the orphan is re-parented to it, and outer reaps it.
-    mp::Process outer([&out] {
-      ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-      test_pipe pids;
-      test_pipe release;
-      mp::Process middle([&out, &pids, &release] {
-        mp::Process orphan([&out, &release, &pids] {
-          ::signal(SIGTERM, SIG_IGN);  // survive the death signal sent when middle dies
-          out.write(mp::parent_process()->is_alive() ? "alive;" : "dead;");
-          pids.write(std::to_string(::getpid()) + "\n");
-          release.wait_for_release();
-          out.write(mp::parent_process()->is_alive() ? "alive" : "dead");
-        });
-        orphan.start();
-        release.wait_for_release();
-      });
-      middle.start();
-      const pid_t orphan = std::stoi(pids.read_line());
-      middle.kill();
-      middle.join();
-      release.release();
-      ::waitpid(orphan, nullptr, 0);
-    });
+    mp::Process outer(
+        [](pipe_view out) {
+          ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+          test_pipe pids;
+          test_pipe release;
+          mp::Process middle(
+              [](pipe_view out, pipe_view pids, pipe_view release) {
+                mp::Process orphan(
+                    [](pipe_view out, pipe_view pids, pipe_view release) {
+                      ::signal(SIGTERM, SIG_IGN);  // survive the death signal sent when middle dies
+                      out.write(mp::parent_process()->is_alive() ? "alive;" : "dead;");
+                      pids.write(std::to_string(::getpid()) + "\n");
+                      release.wait_for_release();
+                      out.write(mp::parent_process()->is_alive() ? "alive" : "dead");
+                    },
+                    out, pids, release);
+                orphan.start();
+                release.wait_for_release();
+              },
+              out, pids.view(), release.view());
+          middle.start();
+          const pid_t orphan = std::stoi(pids.read_line());
+          middle.kill();
+          middle.join();
+          release.release();
+          mp::detail::stop_forkserver();  // under forkserver: the orphan's server is this process's child too
+          ::waitpid(orphan, nullptr, 0);
+        },
+        out.view());
     outer.start();
     outer.join();
     CHECK(out.read_all() == "alive;dead");
   }
 }
 
+// [fork]: the child reaches the parent's Process objects through a copy of the parent's memory.
+TEST_CASE("Under fork a child sees its own Process object as current_process and cannot join a sibling",
+          "[process][fork]") {
+  using Catch::Matchers::Contains;
+  const mp::ProcessOptions forked{.start_method = mp::StartMethod::fork};
+  SECTION("current_process() in a child is the Process object that was started, even after a move") {
+    test_pipe out;
+    std::vector<mp::Process> processes;
+    processes.emplace_back(forked, [&out, &processes] {
+      out.write(&mp::current_process() == &processes[0] ? "same" : "other");
+    });
+    processes.emplace_back([] {});
+    processes[0].start();
+    processes[0].join();
+    CHECK(out.read_all() == "same");
+  }
+  SECTION("a child joining a sibling it did not create") {
+    test_pipe out;
+    test_pipe release;
+    mp::Process sibling(forked, [&release]() { release.wait_for_release(); });
+    sibling.start();
+    mp::Process p(forked, [&out, &sibling] {
+      try {
+        sibling.join();
+        out.write("no error\n");
+      } catch (const mp::ProcessError& e) {
+        out.write(std::string(e.what()) + "\n");
+      }
+    });
+    p.start();
+    p.join();
+    // read_line, not read_all: the blocked sibling holds a copy of out's write end.
+    CHECK_THAT(out.read_line(), Contains("only the process that created"));
+    release.release();
+    sibling.join();
+  }
+}
+
 TEST_CASE("active_children lists the running children and reaps the finished ones", "[process]") {
   test_pipe release;
   REQUIRE(mp::active_children().empty());
-  mp::Process a([&release] { release.wait_for_release(); });
-  mp::Process b([&release] { release.wait_for_release(); });
+  mp::Process a([](pipe_view release) { release.wait_for_release(); }, release.view());
+  mp::Process b([](pipe_view release) { release.wait_for_release(); }, release.view());
   CHECK(mp::active_children().empty());  // not started yet
   a.start();
   b.start();
@@ -395,10 +516,13 @@ TEST_CASE("exitcode reports how the child ended", "[process]") {
   }
   SECTION("1 for an uncaught exception, whose type and what() go to stderr") {
     test_pipe err;
-    mp::Process p({.name = "Thrower"}, [&err] {
-      ::dup2(err.write_fd(), STDERR_FILENO);
-      throw std::invalid_argument("bad input 42");
-    });
+    mp::Process p(
+        {.name = "Thrower"},
+        [](pipe_view err) {
+          ::dup2(err.write_fd, STDERR_FILENO);
+          throw std::invalid_argument("bad input 42");
+        },
+        err.view());
     p.start();
     p.join();
     CHECK(p.exitcode() == 1);
@@ -406,10 +530,13 @@ TEST_CASE("exitcode reports how the child ended", "[process]") {
   }
   SECTION("1 for an uncaught non-std exception, whose type goes to stderr") {
     test_pipe err;
-    mp::Process p({.name = "IntThrower"}, [&err] {
-      ::dup2(err.write_fd(), STDERR_FILENO);
-      throw 42;
-    });
+    mp::Process p(
+        {.name = "IntThrower"},
+        [](pipe_view err) {
+          ::dup2(err.write_fd, STDERR_FILENO);
+          throw 42;
+        },
+        err.view());
     p.start();
     p.join();
     CHECK(p.exitcode() == 1);
@@ -418,12 +545,14 @@ TEST_CASE("exitcode reports how the child ended", "[process]") {
   SECTION("-15 after terminate(), -9 after kill()") {
     test_pipe release;
     test_pipe ready;
-    mp::Process terminated([&release, &ready] {
-      default_signal_actions();
-      ready.release();
-      release.wait_for_release();
-    });
-    mp::Process killed([&release] { release.wait_for_release(); });
+    mp::Process terminated(
+        [](pipe_view release, pipe_view ready) {
+          default_signal_actions();
+          ready.release();
+          release.wait_for_release();
+        },
+        release.view(), ready.view());
+    mp::Process killed([](pipe_view release) { release.wait_for_release(); }, release.view());
     terminated.start();
     killed.start();
     ready.wait_for_release();
@@ -452,7 +581,7 @@ TEST_CASE("exitcode reports how the child ended", "[process]") {
 
 TEST_CASE("join(timeout) returns false while the child runs and true once it ends", "[process]") {
   test_pipe release;
-  mp::Process p([&release] { release.wait_for_release(); });
+  mp::Process p([](pipe_view release) { release.wait_for_release(); }, release.view());
   p.start();
   CHECK_FALSE(p.join(20ms));
   CHECK_FALSE(p.join(0s));
@@ -469,7 +598,7 @@ TEST_CASE("join(timeout) returns false while the child runs and true once it end
 
 TEST_CASE("sentinel is a close-on-exec fd that becomes readable when the child ends", "[process]") {
   test_pipe release;
-  mp::Process p([&release] { release.wait_for_release(); });
+  mp::Process p([](pipe_view release) { release.wait_for_release(); }, release.view());
   CHECK_THROWS_AS(p.sentinel(), mp::ProcessError);
   p.start();
   const int fd = p.sentinel();
@@ -510,37 +639,19 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
   }
   SECTION("a child joining itself") {
     test_pipe out;
-    mp::Process p([&out] {
-      try {
-        mp::current_process().join();
-        out.write("no error");
-      } catch (const mp::ProcessError& e) {
-        out.write(e.what());
-      }
-    });
+    mp::Process p(
+        [](pipe_view out) {
+          try {
+            mp::current_process().join();
+            out.write("no error");
+          } catch (const mp::ProcessError& e) {
+            out.write(e.what());
+          }
+        },
+        out.view());
     p.start();
     p.join();
     CHECK_THAT(out.read_all(), Contains("cannot join itself"));
-  }
-  SECTION("a child joining a sibling it did not create") {
-    test_pipe out;
-    test_pipe release;
-    mp::Process sibling([&release] { release.wait_for_release(); });
-    sibling.start();
-    mp::Process p([&out, &sibling] {
-      try {
-        sibling.join();
-        out.write("no error\n");
-      } catch (const mp::ProcessError& e) {
-        out.write(std::string(e.what()) + "\n");
-      }
-    });
-    p.start();
-    p.join();
-    // read_line, not read_all: the blocked sibling holds a copy of out's write end.
-    CHECK_THAT(out.read_line(), Contains("only the process that created"));
-    release.release();
-    sibling.join();
   }
   SECTION("daemon set after start") {
     mp::Process p([] {});
@@ -554,7 +665,7 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
   }
   SECTION("close while running, then use after close") {
     test_pipe release;
-    mp::Process p([&release] { release.wait_for_release(); });
+    mp::Process p([](pipe_view release) { release.wait_for_release(); }, release.view());
     p.start();
     CHECK_THROWS_WITH(p.close(), Contains("still running") && Contains(std::to_string(p.pid())));
     release.release();
@@ -580,16 +691,19 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
   }
   SECTION("a daemon starting a child") {
     test_pipe out;
-    mp::Process p({.daemon = true}, [&out] {
-      try {
-        mp::Process inner([] {});
-        inner.start();
-        inner.join();
-        out.write("started");
-      } catch (const mp::ProcessError& e) {
-        out.write(e.what());
-      }
-    });
+    mp::Process p(
+        {.daemon = true},
+        [](pipe_view out) {
+          try {
+            mp::Process inner([] {});
+            inner.start();
+            inner.join();
+            out.write("started");
+          } catch (const mp::ProcessError& e) {
+            out.write(e.what());
+          }
+        },
+        out.view());
     p.start();
     p.join();
     CHECK_THAT(out.read_all(), Contains("daemonic processes are not allowed to have children"));
@@ -598,17 +712,22 @@ TEST_CASE("Misusing a Process throws ProcessError with a clear message", "[proce
 
 TEST_CASE("join reports a child reaped behind mp's back instead of waiting forever", "[process]") {
   test_pipe out;
-  mp::Process middle([&out] {
-    ::signal(SIGCHLD, SIG_IGN);  // the kernel reaps children at once: their exit codes are lost
-    mp::Process child([] {});
-    child.start();
-    try {
-      child.join();
-      out.write("joined");
-    } catch (const mp::ProcessError& e) {
-      out.write(e.what());
-    }
-  });
+  mp::Process middle(
+      [](pipe_view out) {
+        ::signal(SIGCHLD, SIG_IGN);  // the kernel reaps children at once: their exit codes are lost
+        // A child of this process's own (fork or spawn): a forkserver child is the server's, which reaps it.
+        const mp::StartMethod method = mp::get_start_method();
+        mp::Process child({.start_method = method == mp::StartMethod::forkserver ? mp::StartMethod::spawn : method},
+                          [] {});
+        child.start();
+        try {
+          child.join();
+          out.write("joined");
+        } catch (const mp::ProcessError& e) {
+          out.write(e.what());
+        }
+      },
+      out.view());
   middle.start();
   middle.join();
   CHECK_THAT(out.read_all(), Catch::Matchers::Contains("reaped by someone else") &&
@@ -619,11 +738,11 @@ TEST_CASE("join reports a child reaped behind mp's back instead of waiting forev
 TEST_CASE("A child forked without mp neither lists nor terminates its parent's children", "[process]") {
   test_pipe release;
   test_pipe ready;
-  mp::Process daemon({.daemon = true}, [&release, &ready] {
+  mp::Process daemon({.daemon = true}, [](pipe_view release, pipe_view ready) {
     default_signal_actions();
     ready.release();
     release.wait_for_release();
-  });
+  }, release.view(), ready.view());
   daemon.start();
   ready.wait_for_release();
   std::fflush(nullptr);
@@ -644,17 +763,24 @@ TEST_CASE("A child forked without mp neither lists nor terminates its parent's c
 }
 
 TEST_CASE("Starting and joining and destroying processes leaves no file descriptor open", "[process]") {
+  {
+    mp::Process first([] {});  // under forkserver: the server (and this process's socket to it) runs from now on
+    first.start();
+    first.join();
+  }
+  // Per child: its sentinel (a pidfd); a forkserver child also has the status pipe the server reports through.
+  const std::size_t per_child = mp::get_start_method() == mp::StartMethod::forkserver ? 2 : 1;
   const std::size_t before = open_fd_count();
   {
     mp::Process a([] {});
     mp::Process b([] { ::_exit(2); });
     a.start();
     b.start();
-    CHECK(open_fd_count() == before + 2);  // the two sentinels
+    CHECK(open_fd_count() == before + 2 * per_child);
     a.join();
     b.join();
     b.close();
-    CHECK(open_fd_count() == before + 1);
+    CHECK(open_fd_count() == before + per_child);
   }
   CHECK(open_fd_count() == before);
 }
@@ -664,53 +790,87 @@ TEST_CASE("A daemon child dies when its parent is killed with SIGKILL and a non-
   CAPTURE(daemon);
   test_pipe out;
   // outer is a child subreaper, so the orphaned grandchild is re-parented to it and its exit status can be read.
-  mp::Process outer([&out, daemon] {
-    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-    test_pipe pids;
-    test_pipe never;  // the grandchild blocks reading it until every other holder is gone
-    mp::Process middle([&pids, &never, daemon] {
-      mp::Process grandchild({.daemon = daemon}, [&never, &pids] {
-        default_signal_actions();
-        pids.write(std::to_string(::getpid()) + "\n");  // ready to die quietly
-        never.close_write();
-        never.wait_for_release();
-      });
-      grandchild.start();
-      never.wait_for_release();
-    });
-    middle.start();
-    const pid_t grandchild = std::stoi(pids.read_line());
-    const int pidfd = mp::detail::pidfd_open(grandchild);
-    middle.kill();
-    middle.join();
-    const bool ended = pidfd >= 0 && readable_within(pidfd, 30000ms);
-    int status = 0;
-    const bool waited = ended && ::waitpid(grandchild, &status, 0) == grandchild;
-    out.write("middle " + std::to_string(middle.exitcode().value_or(999)) + ", grandchild " +
-              (waited ? std::to_string(mp::detail::exitcode_from_status(status)) : std::string("still running")));
-  });
+  mp::Process outer(
+      [](pipe_view out, bool daemon) {
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+        test_pipe pids;
+        test_pipe never;  // the grandchild blocks reading it until every other holder is gone
+        mp::Process middle(
+            [](pipe_view pids, pipe_view never, bool daemon) {
+              // A child of middle's own (fork or spawn), so that outer, the subreaper, inherits and reaps it: a
+              // forkserver child is the server's, which may reap it first (context_test covers forkserver children
+              // dying with their parent).
+              const mp::StartMethod method = mp::get_start_method();
+              mp::Process grandchild(
+                  {.daemon = daemon,
+                   .start_method = method == mp::StartMethod::forkserver ? mp::StartMethod::spawn : method},
+                  [](pipe_view never, pipe_view pids) {
+                    default_signal_actions();
+                    pids.write(std::to_string(::getpid()) + "\n");  // ready to die quietly
+                    never.close_write();
+                    never.wait_for_release();
+                  },
+                  never, pids);
+              grandchild.start();
+              never.wait_for_release();
+            },
+            pids.view(), never.view(), daemon);
+        middle.start();
+        const pid_t grandchild = std::stoi(pids.read_line());
+        const int pidfd = mp::detail::pidfd_open(grandchild);
+        middle.kill();
+        middle.join();
+        const bool ended = pidfd >= 0 && readable_within(pidfd, 30000ms);
+        int status = 0;
+        const bool waited = ended && ::waitpid(grandchild, &status, 0) == grandchild;
+        out.write("middle " + std::to_string(middle.exitcode().value_or(999)) + ", grandchild " +
+                  (waited ? std::to_string(mp::detail::exitcode_from_status(status)) : std::string("still running")));
+      },
+      out.view(), daemon);
   outer.start();
   outer.join();
   CHECK(out.read_all() == "middle -9, grandchild " + std::to_string(daemon ? -SIGKILL : -SIGTERM));
   CHECK(outer.exitcode() == 0);
 }
 
-TEST_CASE("A child started from a thread gets its death signal when that thread ends", "[process]") {
-  // Documents PR_SET_PDEATHSIG's caveat (docs/process.md): the "parent" is the thread that called start().
+TEST_CASE("A child started from a thread that ends at once runs on until it is joined", "[process]") {
+  // PR_SET_PDEATHSIG follows the thread that creates the child: mp creates it on a thread that lives as long as
+  // the process (detail/fork_thread.hpp), so the starting thread's end does not kill it (it did before).
   test_pipe release;
-  test_pipe ready;
-  mp::Process p([&release, &ready] {
+  test_pipe out;
+  mp::Process p([](pipe_view release, pipe_view out) {
     default_signal_actions();
-    ready.release();
     release.wait_for_release();
-  });
-  std::thread starter([&p, &ready] {
-    p.start();
-    ready.wait_for_release();
-  });
-  starter.join();
+    out.write("done");
+  }, release.view(), out.view());
+  std::thread([&p] { p.start(); }).join();
+  CHECK(p.is_alive());
+  release.release();
   p.join();
-  CHECK(p.exitcode() == -SIGTERM);
+  CHECK(p.exitcode() == 0);
+  CHECK(out.read_all() == "done");
+}
+
+TEST_CASE("A child started from another thread keeps that thread's signal mask", "[process]") {
+  test_pipe out;
+  std::thread([&out] {
+    sigset_t blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGUSR1);
+    REQUIRE(::pthread_sigmask(SIG_BLOCK, &blocked, nullptr) == 0);
+    mp::Process p([](pipe_view out) {
+      sigset_t mask;
+      ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+      out.write(std::string(sigismember(&mask, SIGUSR1) == 1 ? "usr1 blocked" : "usr1 open") +
+                (sigismember(&mask, SIGTERM) == 1 ? ", term blocked" : ", term open"));
+    }, out.view());
+    p.start();
+    p.join();
+  }).join();
+  // Under spawn the new program starts with no signal blocked (POSIX_SPAWN_SETSIGMASK), as a Python spawn child.
+  const std::string expected = mp::get_start_method() == mp::StartMethod::fork ? "usr1 blocked, term open"
+                                                                                : "usr1 open, term open";
+  CHECK(out.read_all() == expected);
 }
 
 TEST_CASE("The destructor joins a non-daemon child and terminates a daemon one", "[process]") {
@@ -719,10 +879,12 @@ TEST_CASE("The destructor joins a non-daemon child and terminates a daemon one",
     test_pipe release;
     pid_t child = 0;
     {
-      mp::Process p([&out, &release] {
-        release.wait_for_release();
-        out.write("finished normally");
-      });
+      mp::Process p(
+          [](pipe_view out, pipe_view release) {
+            release.wait_for_release();
+            out.write("finished normally");
+          },
+          out.view(), release.view());
       p.start();
       child = p.pid();
       release.release();
@@ -737,11 +899,14 @@ TEST_CASE("The destructor joins a non-daemon child and terminates a daemon one",
     pid_t child = 0;
     int pidfd = -1;
     {
-      mp::Process p({.daemon = true}, [&release, &ready] {
-        default_signal_actions();
-        ready.release();
-        release.wait_for_release();
-      });
+      mp::Process p(
+          {.daemon = true},
+          [](pipe_view release, pipe_view ready) {
+            default_signal_actions();
+            ready.release();
+            release.wait_for_release();
+          },
+          release.view(), ready.view());
       p.start();
       ready.wait_for_release();
       child = p.pid();
@@ -758,7 +923,9 @@ TEST_CASE("A Process can be moved before and after start", "[process]") {
   test_pipe out;
   std::vector<mp::Process> processes;
   for (int i = 0; i < 3; ++i) {
-    mp::Process p([&out, i] { out.write(std::to_string(i) + ":" + mp::current_process().name() + "\n"); });
+    mp::Process p(
+        [](pipe_view out, int index) { out.write(std::to_string(index) + ":" + mp::current_process().name() + "\n"); },
+        out.view(), i);
     processes.push_back(std::move(p));  // moved before start (and again when the vector grows)
   }
   for (mp::Process& p : processes) p.start();
@@ -786,15 +953,17 @@ TEST_CASE("A Process can be moved before and after start", "[process]") {
 
 TEST_CASE("Buffered stdio output is written once and not once per process", "[process]") {
   test_pipe out;
-  mp::Process writer([&out] {
-    ::dup2(out.write_fd(), STDOUT_FILENO);
-    std::printf("before;");  // no newline: stays in the buffer
-    std::cout << "cout;";
-    mp::Process child([] { std::printf("child;"); });
-    child.start();
-    child.join();
-    std::printf("after\n");
-  });
+  mp::Process writer(
+      [](pipe_view out) {
+        ::dup2(out.write_fd, STDOUT_FILENO);
+        std::printf("before;");  // no newline: stays in the buffer
+        std::cout << "cout;";
+        mp::Process child([] { std::printf("child;"); });
+        child.start();
+        child.join();
+        std::printf("after\n");
+      },
+      out.view());
   writer.start();
   writer.join();
   CHECK(out.read_all() == "before;cout;child;after\n");
@@ -804,16 +973,20 @@ TEST_CASE("A child joins its own children when it ends and terminates its daemon
   SECTION("non-daemon grandchild: the child waits for it") {
     test_pipe out;
     test_pipe release;
-    mp::Process child([&out, &release] {
-      mp::Process grandchild([&out, &release] {
-        release.wait_for_release();
-        out.write("grandchild done;");
-      });
-      grandchild.start();
-      out.write("started\n");
-      // Leave without join(), and with no destructor to join it either: Python's _exit_function must.
-      new mp::Process(std::move(grandchild));
-    });
+    mp::Process child(
+        [](pipe_view out, pipe_view release) {
+          mp::Process grandchild(
+              [](pipe_view out, pipe_view release) {
+                release.wait_for_release();
+                out.write("grandchild done;");
+              },
+              out, release);
+          grandchild.start();
+          out.write("started\n");
+          // Leave without join(), and with no destructor to join it either: Python's _exit_function must.
+          new mp::Process(std::move(grandchild));
+        },
+        out.view(), release.view());
     child.start();
     CHECK(out.read_line() == "started");
     CHECK_FALSE(child.join(20ms));  // it cannot end before its non-daemon child
@@ -826,20 +999,25 @@ TEST_CASE("A child joins its own children when it ends and terminates its daemon
     test_pipe out;
     test_pipe never;
     test_pipe go;
-    mp::Process child([&out, &never, &go] {
-      test_pipe ready;
-      auto* grandchild = new mp::Process({.daemon = true}, [&never, &ready] {
-        default_signal_actions();
-        ready.release();
-        never.close_write();
-        never.wait_for_release();
-      });  // leaked: the atexit handler must still terminate it
-      grandchild->start();
-      ready.wait_for_release();
-      out.write(std::to_string(grandchild->pid()) + "\n");
-      go.wait_for_release();  // until the parent holds a pidfd of the grandchild
-      std::exit(0);
-    });
+    mp::Process child(
+        [](pipe_view out, pipe_view never, pipe_view go) {
+          test_pipe ready;
+          auto* grandchild = new mp::Process(
+              {.daemon = true},
+              [](pipe_view never, pipe_view ready) {
+                default_signal_actions();
+                ready.release();
+                never.close_write();
+                never.wait_for_release();
+              },
+              never, ready.view());  // leaked: the atexit handler must still terminate it
+          grandchild->start();
+          ready.wait_for_release();
+          out.write(std::to_string(grandchild->pid()) + "\n");
+          go.wait_for_release();  // until the parent holds a pidfd of the grandchild
+          std::exit(0);
+        },
+        out.view(), never.view(), go.view());
     child.start();
     const pid_t grandchild = std::stoi(out.read_line());
     const int pidfd = mp::detail::pidfd_open(grandchild);  // alive: it blocks on `never`, which we hold open
@@ -858,7 +1036,7 @@ TEST_CASE("Processes can be started and joined from several threads at once", "[
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&ok, t] {
       for (int i = 0; i < 5; ++i) {
-        mp::Process p([t, i] { ::_exit(t * 10 + i); });
+        mp::Process p([](int code) { ::_exit(code); }, t * 10 + i);
         p.start();
         p.join();  // before this thread ends: the child's death signal follows its starting thread
         if (p.exitcode() == t * 10 + i) ++ok;
@@ -880,11 +1058,11 @@ TEST_CASE("A Process prints as Python's repr", "[process]") {
   CHECK(text(mp::current_process()) == "<Process name='MainProcess' parent=None started>");
   test_pipe release;
   test_pipe ready;
-  mp::Process p({.name = "W", .daemon = true}, [&release, &ready] {
+  mp::Process p({.name = "W", .daemon = true}, [](pipe_view release, pipe_view ready) {
     default_signal_actions();
     ready.release();
     release.wait_for_release();
-  });
+  }, release.view(), ready.view());
   CHECK(text(p) == "<Process name='W'" + parent + " initial daemon>");
   p.start();
   ready.wait_for_release();

@@ -804,6 +804,27 @@ TEST_CASE("Barrier releases 3 processes together with distinct indices, action o
   CHECK_FALSE(barrier.broken());
 }
 
+TEST_CASE("Barrier without an action releases 3 processes together with distinct indices", "[barrier]") {
+  mp::RawArray<int> index_seen(3 * 5);  // per pass, a count per index
+  mp::Barrier barrier(3);
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 3; ++i) {
+    children.push_back(start(
+        [](mp::Barrier barrier, mp::RawArray<int> index_seen) {
+          for (int pass = 0; pass < 5; ++pass) {
+            const int index = barrier.wait();
+            child_check(index >= 0 && index < 3);
+            index_seen.fetch_add(static_cast<std::size_t>(pass * 3 + index), 1);
+          }
+        },
+        barrier, index_seen));
+  }
+  for (auto& child : children) CHECK(finish(child) == 0);
+  for (int count : index_seen) CHECK(count == 1);
+  CHECK(barrier.n_waiting() == 0);
+  CHECK_FALSE(barrier.broken());
+}
+
 TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
   mp::Barrier barrier(3);
   mp::Semaphore arrived(0);
@@ -1060,7 +1081,11 @@ TEST_CASE("Synchronization objects cross to children started by spawn and forkse
 }
 
 TEST_CASE("A Barrier with an action refuses to cross to a spawned child", "[spawn]") {
+  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
   mp::Barrier barrier(2, [] {});
-  mp::Process child({.start_method = mp::StartMethod::spawn}, [](mp::Barrier b) { b.wait(); }, barrier);
-  CHECK_THROWS_WITH(child.start(), Catch::Contains("Barrier with an action"));
+  mp::Process child({.start_method = method}, [](mp::Barrier b) { b.wait(); }, barrier);
+  CHECK_THROWS_AS(child.start(), mp::SerializationError);
+  mp::Process again({.start_method = method}, [](mp::Barrier b) { b.wait(); }, barrier);
+  CHECK_THROWS_WITH(again.start(), Catch::Contains("Barrier with an action"));
+  CHECK(again.pid() == 0);  // refused before any process was started
 }

@@ -39,6 +39,7 @@
 
 #include <mp/context.hpp>
 #include <mp/detail/code_address.hpp>
+#include <mp/detail/fork_thread.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/registry.hpp>
 #include <mp/detail/spawn.hpp>
@@ -499,40 +500,33 @@ inline void Process::start() {
   std::clog.flush();
   detail::bind_child_calls_once();
 
-  // Started from another thread than main, the child reports through this pipe once its death signal is armed
-  // (see run_in_child): start() returns only then, so a child whose starting thread ends right after start()
-  // reliably gets the signal (docs/process.md). The main thread ends only with the process, whose death the
-  // child checks by itself, so it skips the wait (one wake-up of the child fewer per start).
-  detail::unique_fd handshake_read;
-  detail::unique_fd handshake_write;
-  if (::gettid() != ::getpid()) {
-    int handshake[2];
-    detail::sys("pipe2", state.name, [&] { return ::pipe2(handshake, O_CLOEXEC); });
-    handshake_read.reset(handshake[0]);
-    handshake_write.reset(handshake[1]);
-  }
-
-  detail::registry& reg = detail::the_registry();
-  // Held across fork() so that no other thread holds it at that moment: the child gets it locked by its own
-  // (only) thread and releases it in become_child().
-  std::unique_lock lock(reg.mutex);
-  detail::reap_finished_children_locked(reg);
-  detail::register_exit_function_locked(reg);
-  pid_t child = ::fork();
-  if (child == 0) {
-    lock.release();
-    detail::become_child(reg, state, parent);
-    handshake_read.reset();
-    run_in_child(reg.parent ? reg.parent->pid : 0, handshake_write.release());
-  }
-  if (child == -1) detail::throw_errno("fork", state.name);
-  handshake_write.reset();
-  adopt_child_locked(state, child);
-  lock.unlock();
-  // One byte when the child is ready; end of file if it died first. Either way it is safe to go on.
-  if (handshake_read) {
-    char ready;
-    detail::retry_on_eintr([&] { return ::read(handshake_read.get(), &ready, 1); });
+  // The child's death signal follows the thread that forks it: from any thread but main, the fork happens on
+  // mp's fork thread, which lives as long as the process (detail/fork_thread.hpp). The child is then a copy of
+  // that thread, so it takes the starting thread's signal mask.
+  const bool on_main = detail::on_main_thread();
+  sigset_t caller_mask;
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &caller_mask);
+  auto fork_child = [&] {
+    detail::registry& reg = detail::the_registry();
+    // Held across fork() so that no other thread holds it at that moment: the child gets it locked by its own
+    // (only) thread and releases it in become_child().
+    std::unique_lock lock(reg.mutex);
+    detail::reap_finished_children_locked(reg);
+    detail::register_exit_function_locked(reg);
+    pid_t child = ::fork();
+    if (child == 0) {
+      lock.release();
+      if (!on_main) ::pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
+      detail::become_child(reg, state, parent);
+      run_in_child(reg.parent ? reg.parent->pid : 0, -1);
+    }
+    if (child == -1) detail::throw_errno("fork", state.name);
+    adopt_child_locked(state, child);
+  };
+  if (on_main) {
+    fork_child();
+  } else {
+    detail::run_on_fork_thread(fork_child);
   }
   // As Python: the parent keeps no copy of the target and its arguments (a Connection among them stays open
   // only in the child).
@@ -650,27 +644,22 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
   std::cerr.flush();
   std::clog.flush();
 
-  detail::registry& reg = detail::the_registry();
-  // Held from socketpair() until the child's end is closed here: a fork-method start in another thread (which
-  // holds it across fork()) would otherwise copy that end into its child, and recv() below would not see end of
-  // file if our child died before answering.
-  std::unique_lock lock(reg.mutex);
-  int pair[2];
-  detail::sys("socketpair", state.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
-  detail::unique_fd mine(pair[0]);
-  detail::unique_fd theirs(pair[1]);
-  const bool via_server = method == StartMethod::forkserver;
-  detail::server_child forked;
-  if (via_server) {
-    forked = detail::forkserver_fork(theirs.get(), state.daemon);
-  } else {
-    forked.pid = detail::spawn_program(detail::spawned_child_env, theirs.get(), state.name);
-  }
-  theirs.reset();
-  {
-    detail::reap_finished_children_locked(reg);
-    detail::register_exit_function_locked(reg);
-    if (via_server) {
+  detail::unique_fd mine;
+  auto launch = [&] {
+    detail::registry& reg = detail::the_registry();
+    // Held from socketpair() until the child's end is closed here: a fork-method start in another thread (which
+    // holds it across fork()) would otherwise copy that end into its child, and recv() below would not see end of
+    // file if our child died before answering.
+    std::lock_guard lock(reg.mutex);
+    int pair[2];
+    detail::sys("socketpair", state.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
+    mine.reset(pair[0]);
+    detail::unique_fd theirs(pair[1]);
+    if (method == StartMethod::forkserver) {
+      detail::server_child forked = detail::forkserver_fork(theirs.get(), state.daemon);
+      theirs.reset();
+      detail::reap_finished_children_locked(reg);
+      detail::register_exit_function_locked(reg);
       state.pid = forked.pid;
       state.via_server = true;
       state.status_fd = std::move(forked.status);
@@ -682,10 +671,20 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
       state.started = true;
       reg.children.push_back(&state);
     } else {
-      adopt_child_locked(state, forked.pid);
+      const pid_t child = detail::spawn_program(detail::spawned_child_env, theirs.get(), state.name);
+      theirs.reset();
+      detail::reap_finished_children_locked(reg);
+      detail::register_exit_function_locked(reg);
+      adopt_child_locked(state, child);
     }
+  };
+  // The spawned child's death signal follows the thread that starts it, as under fork (see start()). (The fork
+  // server's children are the server's: any thread will do, but one path is simpler.)
+  if (detail::on_main_thread()) {
+    launch();
+  } else {
+    detail::run_on_fork_thread(launch);
   }
-  lock.unlock();
   try {
     detail::send_frame(mine.get(), bytes, outbox.fds, state.name.c_str());
   } catch (const Error&) {
@@ -705,10 +704,9 @@ inline void Process::run_in_child(pid_t os_parent, int ready_fd) noexcept {
     // killed by SIGKILL), SIGTERM for the others (Python would leave them orphaned; mp does not, see docs).
     int death_signal = state.daemon ? SIGKILL : SIGTERM;
     ::prctl(PR_SET_PDEATHSIG, death_signal);
-    // The parent may have died between fork() and prctl(): then we were already re-parented. (The starting
-    // *thread* cannot have ended yet: start() waits for the byte written below, unless it is the main thread,
-    // which ends only with the process.) Under forkserver the OS parent is the server, which ends when the parent
-    // does. ready_fd is -1 when nobody waits.
+    // The parent may have died between fork() and prctl(): then we were already re-parented. (The creating
+    // thread is the main thread or the fork thread, which end only with the process.) Under forkserver the OS
+    // parent is the server, which ends when the parent does. ready_fd: a spawned child's socket, -1 if forked.
     const bool orphaned = ::getppid() != os_parent;
     if (ready_fd >= 0) {
       detail::retry_on_eintr([&] { return ::write(ready_fd, "r", 1); });
