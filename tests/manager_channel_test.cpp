@@ -66,7 +66,7 @@ char process_state(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("A local connection moves its calls to a shared-memory channel; TCP and opted-out ones stay on the socket",
+TEST_CASE("A local connection moves its calls to a shared-memory channel, TCP and opted-out ones stay on the socket",
           "[manager_channel]") {
   mp::Manager manager;
   auto connection = raw_connection(manager);
@@ -115,7 +115,7 @@ TEST_CASE("Requests and replies larger than the channel travel over the socket, 
   REQUIRE(small.size() == 3);
 }
 
-TEST_CASE("A client killed with its request half-written in the channel wedges nothing; others keep working",
+TEST_CASE("A client killed with its request half-written in the channel wedges nothing, and others keep working",
           "[manager_channel]") {
   mp::Manager manager;
   auto d = manager.dict<int, int>();
