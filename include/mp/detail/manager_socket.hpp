@@ -242,7 +242,7 @@ class manager_connection {
     const std::uint32_t expected = ++replies_;
     auto ready = [&] { return shared.reply_seq.load(std::memory_order_acquire) == expected; };
     std::string_view on_socket;
-    if (!manager_spin_until(ready, shared.server_cpu, manager_client_spin)) {
+    if (!manager_spin_until(ready, shared.server_cpu, colocated_yields_, manager_client_spin)) {
       // Doorbells owed from earlier sleeps come first (they are on their way: the server took the flag).
       for (; doorbells_owed_ > 0; --doorbells_owed_) {
         if (!receive().empty()) protocol_broken();
@@ -333,6 +333,7 @@ class manager_connection {
   manager_channel channel_;  // empty: everything goes over the socket
   std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
   std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
+  std::uint32_t colocated_yields_ = 0;        // hand-overs to a server on this CPU in a row (manager_spin_until)
 };
 
 }  // namespace mp::detail
