@@ -459,6 +459,38 @@ TEST_CASE("forkserver children are the single-threaded server's and still join a
   CHECK(mp::detail::forkserver_pid() == server);
 }
 
+TEST_CASE("A sentinel becomes readable only when the child's exit code is known, under every start method",
+          "[context]") {
+  // Under forkserver the child's pidfd is readable before the server has reaped it and reported its status: the
+  // sentinel is the status pipe instead, so a program that waits on it finds is_alive() false right away.
+  const mp::StartMethod method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  CAPTURE(mp::to_string(method));
+  for (int round = 0; round < 20; ++round) {
+    mp::Process p({.start_method = method}, exit_with, 3);
+    p.start();
+    pollfd ready{p.sentinel(), POLLIN, 0};
+    REQUIRE(::poll(&ready, 1, -1) == 1);
+    CHECK_FALSE(p.is_alive());
+    CHECK(p.exitcode() == 3);
+    p.join();
+  }
+}
+
+TEST_CASE("forkserver children report their exit codes even when the parent ignores SIGCHLD", "[context]") {
+  // SIG_IGN survives exec: a server started then would let the kernel reap its children, losing their status.
+  forkserver_stopper stop;
+  mp::detail::stop_forkserver();
+  struct sigaction ignore {};
+  struct sigaction previous {};
+  ignore.sa_handler = SIG_IGN;
+  REQUIRE(::sigaction(SIGCHLD, &ignore, &previous) == 0);
+  mp::Process p({.start_method = mp::StartMethod::forkserver}, exit_with, 5);
+  p.start();
+  ::sigaction(SIGCHLD, &previous, nullptr);  // the server exists now, with what it inherited
+  CHECK(p.join(20s));
+  CHECK(p.exitcode() == 5);
+}
+
 TEST_CASE("A killed fork server is replaced and its orphaned child's exit code is reported lost",
           "[context]") {
   forkserver_stopper stop;

@@ -647,7 +647,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
   detail::pool_check_callable<F>();
   (detail::pool_check_value<detail::pool_arg_t<Args>>(), ...);
   detail::pool_check_value<R>();
-  detail::pool_check_fresh_callable<F>(core(), "Pool::apply_async");
+  detail::pool_check_fresh_callable<F>(core(), "Pool::apply/apply_async");
   auto job = std::make_shared<detail::pool_apply_job<R>>();
   job->trampoline = &detail::pool_apply_trampoline<F, R, detail::pool_arg_t<Args>...>;
   if (options.timeout) {

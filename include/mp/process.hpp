@@ -866,6 +866,9 @@ inline int Process::sentinel() const {
     throw ProcessError("Process::sentinel: " + state.name + " was not started; a sentinel exists after start()");
   }
   if (!state.pidfd) state.throw_reaped_elsewhere();
+  // A forkserver child's pidfd is readable as soon as it exits, before the server has reaped it and reported its
+  // status; the status pipe becomes readable only then (and stays so), so is_alive() agrees with the sentinel.
+  if (state.via_server && state.status_fd) return state.status_fd.get();
   return state.pidfd.get();
 }
 

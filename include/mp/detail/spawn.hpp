@@ -255,6 +255,9 @@ inline pid_t forkserver_pid() {
       ::dup2(devnull, STDIN_FILENO);
       ::close(devnull);
     }
+    // A SIGCHLD ignored by the program that started the server survives exec, and then the kernel would reap
+    // the children itself: their exit statuses, which the server reports, would be lost.
+    ::signal(SIGCHLD, SIG_DFL);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
