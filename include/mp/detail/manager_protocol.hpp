@@ -49,6 +49,7 @@ enum class op : std::uint8_t {
   create = 1,  // kind u8, type string, name string, number u64, initial blob -> id u64
   shutdown,    // -> (nothing); the server stops after replying
   ping,        // -> (nothing)
+  attach_channel,  // (a memfd attached with SCM_RIGHTS, Unix sockets only) -> (nothing); see manager_channel.hpp
   dict_get = 10, dict_set, dict_contains, dict_erase, dict_size, dict_keys, dict_values, dict_items, dict_clear,
   dict_update, dict_setdefault, dict_pop,
   list_append = 30, list_extend, list_get, list_set, list_insert, list_pop, list_size, list_clear, list_copy,

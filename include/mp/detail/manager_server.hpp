@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include <mp/detail/manager_auth.hpp>
+#include <mp/detail/manager_channel.hpp>
 #include <mp/detail/manager_protocol.hpp>
 #include <mp/detail/manager_store.hpp>
 #include <mp/detail/syscall.hpp>
@@ -69,6 +71,9 @@ class manager_server {
         order.push_back(id);
       }
       int timeout = -1;
+      // Still watching the channels (a request came in the last manager_server_spin): look at the sockets and
+      // come straight back.
+      const bool spinning = manager_store::clock::now() - last_channel_request_ < manager_server_spin;
       auto deadline = store_.next_deadline();
       if (auto handshake = earliest_handshake_deadline(); handshake && (!deadline || *handshake < *deadline)) {
         deadline = handshake;
@@ -77,7 +82,12 @@ class manager_server {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - manager_store::clock::now()).count();
         timeout = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
       }
+      if (spinning) timeout = 0;
+      // Before sleeping, tell the channels' clients to ring the doorbell, then look once more (no lost wake-up).
+      const bool sleeping = timeout != 0 && set_server_sleeping(1);
+      if (sleeping && channel_request_pending()) timeout = 0;
       if (retry_on_eintr([&] { return ::poll(fds.data(), fds.size(), timeout); }) < 0) throw_errno("poll", "manager server");
+      if (sleeping) set_server_sleeping(0);
       auto now = manager_store::clock::now();
       if (fds[1].revents || fds[2].revents) break;  // the owner exited, or SIGTERM/SIGINT
       // First the clients that hung up (a process killed while blocked in get(), or one that sent its last request
@@ -106,6 +116,7 @@ class manager_server {
       deliver();
       reap();
       if (store_.shutdown_requested()) stop_ = true;
+      if (!stop_) serve_channels();
     }
     listener_.reset();
     for (const auto& path : remove_) ::remove(path.c_str());
@@ -133,7 +144,13 @@ class manager_server {
     bool closing = false;   // close once out is written (a failed handshake)
     bool dead = false;
     manager_store::clock::time_point handshake_deadline{};  // while not ready: closed if still not ready then
+    std::vector<unique_fd> fds;  // descriptors received (SCM_RIGHTS), for attach_channel
+    manager_channel channel;     // the client's shared-memory channel, once attached
+    std::uint32_t requests_seen = 0, replies_sent = 0;  // channel sequence numbers (ours, not the client's words)
   };
+
+  /// Descriptors one connection may hold unused: a client sends one, with attach_channel.
+  static constexpr std::size_t max_received_fds = 4;
 
   /// How long a new connection may take to authenticate: an idle peer cannot hold a descriptor forever.
   static constexpr std::chrono::seconds handshake_timeout{10};
@@ -188,10 +205,34 @@ class manager_server {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
 
+  // recvmsg rather than read: a client attaching a channel sends its memfd with the request.
+  static ssize_t read_with_fds(connection& c, char* data, std::size_t size) {
+    iovec part{data, size};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_received_fds)];
+    msghdr message{};
+    message.msg_iov = &part;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    auto got = ::recvmsg(c.fd.get(), &message, MSG_CMSG_CLOEXEC);
+    if (got < 0 || message.msg_controllen == 0) return got;
+    for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+      if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < n; ++i) {
+        int fd = -1;
+        std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof fd);
+        unique_fd owned(fd);
+        if (c.fds.size() < max_received_fds) c.fds.push_back(std::move(owned));  // else: closed
+      }
+    }
+    return got;
+  }
+
   void receive(connection& c, manager_store::clock::time_point now) {
     char chunk[64 * 1024];
     for (;;) {
-      auto got = retry_on_eintr([&] { return ::read(c.fd.get(), chunk, sizeof chunk); });
+      auto got = retry_on_eintr([&] { return read_with_fds(c, chunk, sizeof chunk); });
       if (got <= 0) {
         if (got == 0 || (last_errno() != EAGAIN && last_errno() != EWOULDBLOCK)) c.dead = true;
         return;
@@ -207,7 +248,6 @@ class manager_server {
 
   // Handles every complete frame in c.in, unless the connection is parked.
   void process(connection& c, manager_store::clock::time_point now) {
-    auto id = c.id;
     std::size_t at = 0;
     while (!c.parked && !c.dead && !c.closing && c.in.size() - at >= 4) {
       manager_protocol::reader header(c.in.data() + at, 4);
@@ -224,15 +264,158 @@ class manager_server {
         handshake(c, payload);
         continue;
       }
-      auto before = replies_.size();
-      if (!store_.handle(id, payload, now, replies_)) {
-        c.dead = true;
-        break;
+      if (size == 0 && c.channel) continue;  // a doorbell: its request is in the channel
+      if (payload.size() == 9 && payload[0] == static_cast<char>(manager_protocol::op::attach_channel)) {
+        attach(c);
+        continue;
       }
-      c.parked = std::none_of(replies_.begin() + static_cast<std::ptrdiff_t>(before), replies_.end(),
-                              [&](const manager_store::reply& r) { return r.client == id; });
+      handle(c, payload, now);
     }
     c.in.erase(0, at);
+  }
+
+  // Applies one request of c; it parks if the store answered nothing yet.
+  void handle(connection& c, std::string_view payload, manager_store::clock::time_point now) {
+    auto before = replies_.size();
+    if (!store_.handle(c.id, payload, now, replies_)) {
+      c.dead = true;
+      return;
+    }
+    c.parked = std::none_of(replies_.begin() + static_cast<std::ptrdiff_t>(before), replies_.end(),
+                            [&](const manager_store::reply& r) { return r.client == c.id; });
+  }
+
+  // attach_channel: maps the memfd that came with the request. The reply goes over the socket (the client reads
+  // it there); an error reply leaves the connection on the socket.
+  void attach(connection& c) {
+    if (!c.channel && !c.fds.empty()) c.channel = manager_channel::open(c.fds.front().get());
+    c.fds.clear();  // the mapping keeps the memory; no descriptor stays open per client
+    std::string reply;
+    manager_protocol::writer w(reply);
+    if (c.channel) {
+      w.u8(static_cast<std::uint8_t>(manager_protocol::status::ok));
+    } else {
+      w.u8(static_cast<std::uint8_t>(manager_protocol::status::error));
+      w.u8(static_cast<std::uint8_t>(manager_protocol::error_kind::error));
+      w.blob("the manager server could not map the channel: it stays on the socket");
+    }
+    append_frame(c.out, reply);
+    flush(c);
+  }
+
+  // Publishes a reply in c's channel (or, too big for it, on the socket, announced in the channel) and rings the
+  // client's doorbell if it sleeps. Never blocks: the socket's output is buffered.
+  void post(connection& c, std::string_view bytes) {
+    auto& shared = *c.channel;
+    if (bytes.size() <= manager_channel_capacity) {
+      std::memcpy(shared.reply, bytes.data(), bytes.size());
+      shared.reply_size.store(static_cast<std::uint32_t>(bytes.size()), std::memory_order_relaxed);
+    } else {
+      append_frame(c.out, bytes);
+      shared.reply_size.store(manager_reply_on_socket, std::memory_order_relaxed);
+    }
+    shared.server_cpu.store(manager_current_cpu(), std::memory_order_relaxed);
+    shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
+    if (shared.client_sleeping.exchange(0) != 0) append_frame(c.out, {});  // one doorbell per sleep
+  }
+
+  // The request c published in its channel and the server has not taken yet, if any (not while parked: a
+  // well-behaved client sends nothing then, and a misbehaving one must not keep the server awake).
+  static bool channel_has_request(const connection& c) {
+    return c.channel && !c.parked && !c.dead && c.channel->request_seq.load() != c.requests_seen;
+  }
+  bool channel_request_pending() const {
+    return std::any_of(connections_.begin(), connections_.end(),
+                       [](const auto& entry) { return channel_has_request(entry.second); });
+  }
+  // Raises or lowers server_sleeping in every channel; false if there is none (nothing to announce).
+  bool set_server_sleeping(std::uint32_t value) {
+    bool any = false;
+    for (auto& [id, c] : connections_) {
+      if (c.channel) c.channel->server_sleeping.store(value), any = true;  // seq_cst
+    }
+    return any || value == 0;
+  }
+
+  // Whether c's peer hung up (its process died): its socket reports it at once, its channel never does.
+  static bool hung_up(const connection& c) {
+    pollfd fd{c.fd.get(), POLLRDHUP, 0};
+    return ::poll(&fd, 1, 0) > 0 && (fd.revents & (POLLHUP | POLLERR | POLLRDHUP));
+  }
+
+  // Takes at most one request from every channel (so every client gets its turn) and applies it; the count taken.
+  // A request that parks (a blocking call) is followed by a look at its socket: a client killed right after it
+  // published the request is forgotten before a later request (of this round) can hand it an item or a lock.
+  std::size_t take_channel_requests(manager_store::clock::time_point now) {
+    std::size_t taken = 0;
+    pending_ids_.clear();
+    for (auto& [id, c] : connections_) {
+      if (channel_has_request(c)) pending_ids_.push_back(id);
+    }
+    for (auto id : pending_ids_) {
+      auto found = connections_.find(id);
+      if (found == connections_.end() || !channel_has_request(found->second)) continue;
+      auto& c = found->second;
+      auto& shared = *c.channel;
+      c.requests_seen = shared.request_seq.load(std::memory_order_acquire);
+      const std::uint32_t size = shared.request_size.load(std::memory_order_relaxed);
+      if (size > manager_channel_capacity) {
+        c.dead = true;  // a corrupt channel: close the connection, as for a malformed frame
+        continue;
+      }
+      // Copied out: the client's process may write the slot while we parse it.
+      request_.assign(reinterpret_cast<const char*>(shared.request), size);
+      last_client_cpu_ = shared.client_cpu.load(std::memory_order_relaxed);
+      handle(c, request_, now);
+      ++taken;
+      if (c.parked && hung_up(c)) {
+        c.dead = true;
+        reap();
+      }
+    }
+    return taken;
+  }
+
+  // Clients that hung up while parked (killed in queue get, lock acquire, ...): forgotten before a request taken
+  // from a channel can hand them an item or a lock they would never receive, as the poll() loop does for sockets.
+  void reap_parked_hangups() {
+    hangup_fds_.clear(), hangup_ids_.clear();
+    for (auto& [id, c] : connections_) {
+      if (c.parked && !c.dead) hangup_fds_.push_back({c.fd.get(), POLLRDHUP, 0}), hangup_ids_.push_back(id);
+    }
+    if (hangup_fds_.empty() || ::poll(hangup_fds_.data(), hangup_fds_.size(), 0) <= 0) return;
+    for (std::size_t i = 0; i < hangup_fds_.size(); ++i) {
+      if (!(hangup_fds_[i].revents & (POLLHUP | POLLERR | POLLRDHUP))) continue;
+      auto found = connections_.find(hangup_ids_[i]);
+      if (found != connections_.end()) found->second.dead = true;
+    }
+    reap();
+  }
+
+  // Serves the channels while requests keep coming: returns manager_server_spin after the last one, or after
+  // manager_socket_poll_period so that the sockets (and the store's deadlines) are looked at too.
+  void serve_channels() {
+    auto now = manager_store::clock::now();
+    const auto slice_end = now + manager_socket_poll_period;
+    for (;;) {
+      if (channel_request_pending()) {
+        reap_parked_hangups();
+        if (take_channel_requests(now) > 0) last_channel_request_ = now;
+        deliver();
+        reap();
+        if (store_.shutdown_requested()) {
+          stop_ = true;
+          return;
+        }
+      }
+      now = manager_store::clock::now();
+      if (now - last_channel_request_ >= manager_server_spin || now >= slice_end) return;
+      if (last_client_cpu_ == manager_current_cpu()) {
+        ::sched_yield();  // the client we answered last may be waiting for this very CPU (see manager_spin_until)
+      } else {
+        for (int i = 0; i < 32; ++i) cpu_relax();
+      }
+    }
   }
 
   void handshake(connection& c, std::string_view message) {
@@ -267,7 +450,11 @@ class manager_server {
         auto found = connections_.find(r.client);
         if (found == connections_.end() || found->second.dead) continue;
         auto& c = found->second;
-        append_frame(c.out, r.bytes);
+        if (c.channel) {
+          post(c, r.bytes);
+        } else {
+          append_frame(c.out, r.bytes);
+        }
         if (c.parked) c.parked = false, unparked_.push_back(r.client);
       }
       if (unparked_.empty()) continue;
@@ -325,6 +512,12 @@ class manager_server {
   std::unordered_map<std::uint64_t, connection> connections_;
   std::vector<manager_store::reply> replies_, batch_;
   std::vector<std::uint64_t> unparked_;
+  std::string request_;                             // a request copied out of a channel
+  std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
+  std::vector<std::uint64_t> hangup_ids_;
+  std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch
+  manager_store::clock::time_point last_channel_request_{};
+  int last_client_cpu_ = -1;  // where the client of the last channel request ran
   std::uint64_t next_client_ = 1;
   bool stop_ = false;
   bool accept_paused_ = false;

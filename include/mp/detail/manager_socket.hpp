@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <mp/detail/manager_auth.hpp>
+#include <mp/detail/manager_channel.hpp>
 #include <mp/detail/manager_protocol.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -135,6 +136,7 @@ class manager_connection {
       }
     }
     handshake(authkey);
+    if (!endpoint.tcp && manager_channels_enabled) attach_channel();
   }
 
   /// Sends one request frame (its first 4 bytes are reserved for the length) and returns the reply payload,
@@ -145,10 +147,24 @@ class manager_connection {
       throw Error("a manager request of " + std::to_string(payload) + " bytes exceeds the server's frame limit of " +
                   std::to_string(manager_protocol::max_request) + " bytes: send the data in smaller parts");
     }
+    if (channel_ && payload <= manager_channel_capacity) {
+      auto& shared = *channel_;
+      std::memcpy(shared.request, frame.data() + 4, payload);
+      shared.request_size.store(static_cast<std::uint32_t>(payload), std::memory_order_relaxed);
+      shared.client_cpu.store(manager_current_cpu(), std::memory_order_relaxed);
+      shared.request_seq.store(++requests_);  // seq_cst: publishes the bytes, and orders the flag load below
+      if (shared.server_sleeping.load() != 0) ring_doorbell();
+      return await_reply();
+    }
     for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(payload >> (8 * i));
     send_all(frame.data(), frame.size());
-    return receive();
+    return channel_ ? await_reply() : receive();
   }
+
+  /// True once requests and replies travel through shared memory (see manager_channel.hpp).
+  bool has_channel() const noexcept { return static_cast<bool>(channel_); }
+  /// Test seam: the channel's shared memory (nullptr without a channel).
+  manager_channel_shared* channel_memory() const noexcept { return channel_ ? &*channel_ : nullptr; }
 
   int fd() const noexcept { return fd_.get(); }
   /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
@@ -191,6 +207,73 @@ class manager_connection {
     std::memcpy(frame.data() + 4, message.data(), message.size());
     for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(message.size() >> (8 * i));
     send_all(frame.data(), frame.size());
+  }
+
+  // Offers the server a shared-memory channel; on any failure (no memfd, an old server) the socket carries on.
+  void attach_channel() {
+    auto [channel, fd] = manager_channel::create();
+    if (!channel) return;
+    std::vector<std::byte> frame;
+    manager_protocol::writer out(frame);
+    out.u32(1 + 8);
+    out.u8(static_cast<std::uint8_t>(manager_protocol::op::attach_channel));
+    out.u64(0);
+    if (!manager_send_with_fd(fd_.get(), frame.data(), frame.size(), fd.get())) {
+      int err = last_errno();
+      if (err == EPIPE || err == ECONNRESET) server_gone(err);
+      throw_errno("sendmsg", endpoint_.to_string(), err);
+    }
+    fd.reset();  // the server has its own descriptor now; the mapping keeps the memory
+    auto reply = receive();
+    if (!reply.empty() && reply[0] == static_cast<char>(manager_protocol::status::ok)) channel_ = std::move(channel);
+  }
+
+  // A doorbell: an empty frame (no request or reply is empty) that wakes the server's poll().
+  void ring_doorbell() {
+    const std::byte empty[4] = {};
+    send_all(empty, sizeof empty);
+  }
+
+  // Waits for the reply to the request just sent: spins on reply_seq, then sleeps in read() on the socket until
+  // the server's doorbell (or the reply itself, when it is too big for the slot, or EOF if the server died).
+  // The reply stays valid until the next call: the server writes the slot again only for the next request.
+  std::string_view await_reply() {
+    auto& shared = *channel_;
+    const std::uint32_t expected = ++replies_;
+    auto ready = [&] { return shared.reply_seq.load(std::memory_order_acquire) == expected; };
+    std::string_view on_socket;
+    if (!manager_spin_until(ready, shared.server_cpu, colocated_yields_, manager_client_spin)) {
+      // Doorbells owed from earlier sleeps come first (they are on their way: the server took the flag).
+      for (; doorbells_owed_ > 0; --doorbells_owed_) {
+        if (!receive().empty()) protocol_broken();
+      }
+      for (;;) {
+        shared.client_sleeping.store(1);  // seq_cst, then re-check: see the argument in manager_channel.hpp
+        if (shared.reply_seq.load() == expected) break;
+        on_socket = receive();  // a doorbell (empty; the server cleared the flag) or a reply too big for the slot
+        if (!on_socket.empty()) break;
+      }
+      // Still 1: the server did not see it, no doorbell comes. 0: the server took it; its doorbell is owed.
+      if (shared.client_sleeping.exchange(0) == 0) ++doorbells_owed_;
+    }
+    // A reply on the socket is announced in the slot before it is written to the socket: it is published now.
+    const bool published = shared.reply_seq.load(std::memory_order_acquire) == expected;
+    const std::uint32_t size = shared.reply_size.load(std::memory_order_relaxed);
+    if (!published || (size > manager_channel_capacity && size != manager_reply_on_socket) ||
+        (!on_socket.empty() && size != manager_reply_on_socket)) {
+      protocol_broken();
+    }
+    if (size != manager_reply_on_socket) return {reinterpret_cast<const char*>(shared.reply), size};
+    while (on_socket.empty()) {
+      on_socket = receive();
+      if (on_socket.empty() && doorbells_owed_ > 0) --doorbells_owed_;  // an owed doorbell came before it
+    }
+    return on_socket;
+  }
+
+  [[noreturn]] void protocol_broken() const {
+    throw Error("the manager server at " + endpoint_.to_string() +
+                " broke the shared-memory channel protocol: it runs another version of mp, or memory is corrupt");
   }
 
   [[noreturn]] void server_gone(int err) const {
@@ -247,6 +330,10 @@ class manager_connection {
   unique_fd fd_;
   std::string buffer_ = std::string(64 * 1024, '\0');
   std::size_t start_ = 0, end_ = 0;
+  manager_channel channel_;  // empty: everything goes over the socket
+  std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
+  std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
+  std::uint32_t colocated_yields_ = 0;        // hand-overs to a server on this CPU in a row (manager_spin_until)
 };
 
 }  // namespace mp::detail
