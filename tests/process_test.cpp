@@ -301,6 +301,27 @@ TEST_CASE("The child process never returns into the caller's stack", "[process]"
   CHECK(out.read_all() == std::to_string(::getpid()) + ";");
 }
 
+TEST_CASE("What a child wrote to std::cout and stdout without flushing reaches its stdout when it ends", "[process]") {
+  // The child flushes C stdio at its end, and the C++ streams only when they have a buffer of their own
+  // (sync_with_stdio(false)): both paths must lose nothing.
+  const bool synced = GENERATE(true, false);
+  CAPTURE(synced);
+  test_pipe out;
+  mp::Process p([](pipe_view out, bool synced) {
+    ::dup2(out.write_fd, STDOUT_FILENO);  // a pipe: stdio buffers it fully, nothing is written before the end
+    if (!synced) std::ios_base::sync_with_stdio(false);
+    std::cout << "from cout;";
+    std::printf("from printf;");
+  }, out.view(), synced);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
+  const std::string text = out.read_all();
+  CHECK_THAT(text, Catch::Matchers::Contains("from cout;"));
+  CHECK_THAT(text, Catch::Matchers::Contains("from printf;"));
+  CHECK(text.size() == std::string("from cout;from printf;").size());
+}
+
 TEST_CASE("Processes are named Process-N and a child's children Process-N:M", "[process]") {
   mp::Process first([] {});
   mp::Process second([] {});
