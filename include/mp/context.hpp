@@ -43,14 +43,6 @@ inline std::atomic<int>& the_start_method() {
   return method;
 }
 
-/// For components that start their workers by fork only (Pool in this version): throws ProcessError for spawn and
-/// forkserver. mp::Process supports all three methods.
-inline void require_implemented(StartMethod method, std::string_view where) {
-  if (method == StartMethod::fork) return;
-  throw ProcessError(std::string(where) + ": start method " + std::string(to_string(method)) +
-                     " is not implemented yet here; use StartMethod::fork");
-}
-
 /// Throws Error unless mp::init ran in this process (spawn and forkserver need it: see missing_init_message).
 inline void require_init(StartMethod method, std::string_view where) {
   if (method == StartMethod::fork) return;
