@@ -33,26 +33,15 @@
 #include <mp/process.hpp>
 #include <mp/queue.hpp>
 
+#include "support/child_process.hpp"
+
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 
 namespace {
 
-/// One end of a pipe as a handle: copied by fork, sent as a descriptor by spawn and forkserver (the
-/// detail/handle_transfer.hpp protocol every shared object follows).
-struct pipe_end {
-  int fd = -1;
-
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(mp::detail::export_fd(fd, "pipe_end"));
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    std::uint32_t index = 0;
-    ar(index);
-    fd = mp::detail::import_fd(index, "pipe_end").release();
-  }
+/// One end of a pipe as a Process argument: copied by fork, sent as a descriptor by spawn and forkserver.
+struct pipe_end : mp_test::fd_argument {
 
   /// Writes all of text (usable in a child: no Catch2 macro).
   void write(std::string_view text) const {

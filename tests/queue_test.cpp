@@ -426,19 +426,7 @@ struct ring_memory {
 };
 
 /// A test ring's segment as a Process argument (its memfd crosses as a descriptor); map() maps it in the child.
-struct ring_fd {
-  int fd = -1;
-
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(mp::detail::export_fd(fd, "ring_fd"));
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    std::uint32_t index = 0;
-    ar(index);
-    fd = mp::detail::import_fd(index, "ring_fd").release();
-  }
+struct ring_fd : mp_test::fd_argument {
   ring_memory map() const {
     return ring_memory(mp::detail::shm_segment::from_fd(mp::detail::unique_fd(::dup(fd)), "ring_test"));
   }

@@ -52,19 +52,7 @@ bool wait_until_asleep(const mp::Process& process, Pred registered) {
 
 /// A test's shared segment as a Process argument (its memfd crosses as a descriptor); the child maps it with map().
 template <class T>
-struct segment_of {
-  int fd = -1;
-
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(mp::detail::export_fd(fd, "segment_of"));
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    std::uint32_t index = 0;
-    ar(index);
-    fd = mp::detail::import_fd(index, "segment_of").release();
-  }
+struct segment_of : mp_test::fd_argument {
   /// Maps the segment in this process (for the rest of its life: a child ends with _exit) and returns its T.
   T* map() const {
     auto* segment = new mp::detail::shm_segment(

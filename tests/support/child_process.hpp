@@ -49,21 +49,26 @@ inline void child_check(bool condition, const char* what = "") {
   for (;;) ::pause();
 }
 
-/// One end of a note_pipe as a Process argument: fork copies it, spawn and forkserver send its descriptor (the
-/// save/load protocol of every mp handle, detail/handle_transfer.hpp). The note_pipe keeps owning the descriptor.
-struct note_end {
+/// A descriptor as a Process argument: fork copies it, spawn and forkserver send it (the save/load protocol of
+/// every mp handle, detail/handle_transfer.hpp). The sender keeps owning its descriptor; the child's copy lives
+/// until the child ends. The tests' pipe ends and shared segments derive from it.
+struct fd_argument {
   int fd = -1;
 
   template <class Archive>
   void save(Archive& ar) const {
-    ar(mp::detail::export_fd(fd, "note_end"));
+    ar(mp::detail::export_fd(fd, "test descriptor"));
   }
   template <class Archive>
   void load(Archive& ar) {
     std::uint32_t index = 0;
     ar(index);
-    fd = mp::detail::import_fd(index, "note_end").release();  // the child's copy lives until the child ends
+    fd = mp::detail::import_fd(index, "test descriptor").release();
   }
+};
+
+/// One end of a note_pipe as a Process argument. The note_pipe keeps owning the descriptor.
+struct note_end : fd_argument {
   /// Posts one note (usable in a child: no Catch2 macro).
   void post() const {
     const char c = 1;
