@@ -924,6 +924,33 @@ inline sigset_t manager_stop_signals() {
   return set;
 }
 
+// A server process's signals (forked or fresh): SIGINT from the terminal goes to the whole process group, so, as
+// Python's manager, the server ignores it and stops when its owner does; SIGPIPE is ignored (a client may vanish
+// mid-reply); SIGTERM is blocked and read through the returned signalfd, so it stops the server cleanly.
+inline unique_fd manager_server_signals() {
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  ::sigprocmask(SIG_BLOCK, &stop, nullptr);
+  return unique_fd(sys("signalfd", "manager server", [&] { return ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK); }));
+}
+
+// What a server removes when it stops, in order: its Unix socket, then the private directory holding it.
+inline std::vector<std::string> manager_server_files(const std::string& socket_path, const std::string& directory) {
+  std::vector<std::string> files;
+  if (!socket_path.empty()) files.push_back(socket_path);
+  if (!directory.empty()) files.push_back(directory);
+  return files;
+}
+
+// Removes them (the owner does too, when the server could not or did not).
+inline void remove_manager_server_files(const std::string& socket_path, const std::string& directory) noexcept {
+  if (!socket_path.empty()) ::unlink(socket_path.c_str());
+  if (!directory.empty()) ::rmdir(directory.c_str());
+}
+
 // A private directory (mode 0700) for the default Unix socket: other users cannot reach the socket, and the
 // directory is removed when the server stops.
 inline std::string make_private_directory() {
@@ -994,14 +1021,7 @@ inline void Manager::run_fresh_server(std::span<const std::byte> bytes) {
   if (start.owner_pidfd) owner_pidfd = std::move(box->fds[2]);
   int code = 0;
   try {
-    // As the forked server: SIGINT (the terminal's, to the whole group) is ignored, SIGTERM stops it cleanly.
-    ::signal(SIGINT, SIG_IGN);
-    ::signal(SIGPIPE, SIG_IGN);
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    ::sigprocmask(SIG_BLOCK, &stop, nullptr);
-    unique_fd stop_fd(sys("signalfd", "manager server", [&] { return ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK); }));
+    unique_fd stop_fd = manager_server_signals();
     bool owner_alive = true;
     if (owner_pidfd) {
       // The death signal run_in_child armed (SIGTERM, now read through stop_fd) would fire when the owner's
@@ -1016,10 +1036,8 @@ inline void Manager::run_fresh_server(std::span<const std::byte> bytes) {
     ready.reset();
     if (owner_alive) {
       close_inherited_fds({listener.get(), stop_fd.get(), owner_pidfd.get()});
-      std::vector<std::string> remove;
-      if (!start.socket_path.empty()) remove.push_back(start.socket_path);
-      if (!start.directory.empty()) remove.push_back(start.directory);
-      run_server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(), std::move(remove));
+      run_server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(),
+                 manager_server_files(start.socket_path, start.directory));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
@@ -1027,8 +1045,7 @@ inline void Manager::run_fresh_server(std::span<const std::byte> bytes) {
   } catch (...) {
     code = 1;
   }
-  if (!start.socket_path.empty()) ::unlink(start.socket_path.c_str());
-  if (!start.directory.empty()) ::rmdir(start.directory.c_str());
+  remove_manager_server_files(start.socket_path, start.directory);
   ::_exit(code);
 }
 
@@ -1132,8 +1149,7 @@ inline Manager::Manager(ManagerOptions options) {
       start_fresh_server(*owner, listener, options.authkey, method, std::move(identity));
     } catch (...) {
       // start_fresh_server reaped the server if it started one: nothing uses the socket any more.
-      if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
-      if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
+      detail::remove_manager_server_files(owner->socket_path, owner->directory);
       throw;
     }
     listener.reset();
@@ -1144,22 +1160,13 @@ inline Manager::Manager(ManagerOptions options) {
   pid_t child = ::fork();
   if (child == -1) {
     int err = detail::last_errno();
-    if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
-    if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
+    detail::remove_manager_server_files(owner->socket_path, owner->directory);
     detail::throw_errno("fork", "manager server", err);
   }
   if (child == 0) {
     int code = 0;
     try {
-      // SIGINT from the terminal goes to the whole process group: as Python's manager, ignore it and stop when
-      // the owner does. SIGTERM stops the server cleanly through the signalfd.
-      ::signal(SIGINT, SIG_IGN);
-      ::signal(SIGPIPE, SIG_IGN);
-      sigset_t stop;
-      sigemptyset(&stop);
-      sigaddset(&stop, SIGTERM);
-      ::sigprocmask(SIG_BLOCK, &stop, nullptr);
-      int stop_fd = ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
+      detail::unique_fd stop_fd = detail::manager_server_signals();
       int owner_pidfd = detail::manager_pidfd_open(owner->owner);
       if (owner_pidfd < 0) {
         // No pidfd (Linux < 5.3): the parent-death signal instead. It is SIGTERM, blocked and read through the
@@ -1167,19 +1174,16 @@ inline Manager::Manager(ManagerOptions options) {
         ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       }
       if (::getppid() != owner->owner) ::_exit(0);  // the owner died before we could watch it
-      detail::close_inherited_fds({listener.get(), stop_fd, owner_pidfd});
-      std::vector<std::string> remove;
-      if (!owner->socket_path.empty()) remove.push_back(owner->socket_path);
-      if (!owner->directory.empty()) remove.push_back(owner->directory);
-      run_server(std::move(listener), std::move(options.authkey), owner_pidfd, stop_fd, std::move(remove));
+      detail::close_inherited_fds({listener.get(), stop_fd.get(), owner_pidfd});
+      run_server(std::move(listener), std::move(options.authkey), owner_pidfd, stop_fd.get(),
+                 detail::manager_server_files(owner->socket_path, owner->directory));
     } catch (const std::exception& e) {
       std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
       code = 1;
     } catch (...) {
       code = 1;
     }
-    if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
-    if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
+    detail::remove_manager_server_files(owner->socket_path, owner->directory);
     ::_exit(code);
   }
   listener.reset();
@@ -1252,8 +1256,7 @@ inline void Manager::shutdown() {
       }
     }
     (void)reap_server(*owner);
-    if (!owner->socket_path.empty()) ::unlink(owner->socket_path.c_str());
-    if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
+    detail::remove_manager_server_files(owner->socket_path, owner->directory);
   }
   client_.reset();
 }
