@@ -834,20 +834,25 @@ TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
   CHECK(barrier.n_waiting() == 0);
 }
 
+namespace {
+
+/// A Barrier party that says it arrived, then expects its wait to break (abort, reset or another's timeout).
+void wait_expecting_broken_barrier(mp::Barrier barrier, mp::Semaphore arrived) {
+  arrived.release();
+  try {
+    barrier.wait();
+  } catch (const mp::BrokenBarrierError&) {
+    return;
+  }
+  throw std::runtime_error("the barrier wait did not break");
+}
+
+}  // namespace
+
 TEST_CASE("Barrier abort breaks current and future waits until reset", "[barrier]") {
   mp::Barrier barrier(3);
   mp::Semaphore arrived(0);
-  auto waiter = start(
-      [](mp::Barrier barrier, mp::Semaphore arrived) {
-        arrived.release();
-        try {
-          barrier.wait();
-        } catch (const mp::BrokenBarrierError&) {
-          return;
-        }
-        throw std::runtime_error("wait did not break");
-      },
-      barrier, arrived);
+  auto waiter = start(wait_expecting_broken_barrier, barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
   barrier.abort();
@@ -869,17 +874,7 @@ TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and l
           "[barrier]") {
   mp::Barrier barrier(2);
   mp::Semaphore arrived(0);
-  auto waiter = start(
-      [](mp::Barrier barrier, mp::Semaphore arrived) {
-        arrived.release();
-        try {
-          barrier.wait();
-        } catch (const mp::BrokenBarrierError&) {
-          return;
-        }
-        throw std::runtime_error("wait was not broken by reset");
-      },
-      barrier, arrived);
+  auto waiter = start(wait_expecting_broken_barrier, barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
   REQUIRE(barrier.n_waiting() == 1);
@@ -894,17 +889,7 @@ TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and l
 TEST_CASE("Barrier wait(timeout) breaks the barrier for every party", "[barrier]") {
   mp::Barrier barrier(3);
   mp::Semaphore arrived(0);
-  auto waiter = start(
-      [](mp::Barrier barrier, mp::Semaphore arrived) {
-        arrived.release();
-        try {
-          barrier.wait();
-        } catch (const mp::BrokenBarrierError&) {
-          return;
-        }
-        throw std::runtime_error("wait did not break");
-      },
-      barrier, arrived);
+  auto waiter = start(wait_expecting_broken_barrier, barrier, arrived);
   REQUIRE(arrived.acquire(10s));
   const auto began = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH(barrier.wait(30ms), Catch::Contains("timed out"));
