@@ -786,14 +786,23 @@ TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") 
   REQUIRE_THROWS_AS(mp::Manager::connect(address, key), mp::Error);
 }
 
-TEST_CASE("A manager server exits on its own when its owner is killed", "[manager]") {
+namespace {
+
+/// Owns a Manager (a private Unix socket, its server started by `method`) with a queue "q" until it is killed.
+void own_a_manager_until_killed(mp::Connection<std::string> out, int method) {
+  mp::Manager manager({.start_method = static_cast<mp::StartMethod>(method)});
+  manager.queue<int>("q");
+  out.send(manager.address().path());
+  ::pause();
+}
+
+}  // namespace
+
+TEST_CASE("A manager server exits on its own when its owner is killed, under every start method", "[manager]") {
+  const auto method = GENERATE(mp::StartMethod::fork, mp::StartMethod::spawn, mp::StartMethod::forkserver);
+  INFO("server started by " << mp::to_string(method));
   auto [paths, path_out] = mp::Pipe<std::string>(false);
-  mp::Process owner([](mp::Connection<std::string> out) {
-    mp::Manager manager;  // default: a private Unix socket, started by the default start method
-    manager.queue<int>("q");
-    out.send(manager.address().path());
-    ::pause();
-  }, path_out);
+  mp::Process owner(own_a_manager_until_killed, path_out, static_cast<int>(method));
   owner.start();
   path_out.close();
   const std::string path = paths.recv();
@@ -941,13 +950,6 @@ void write_through_manager(mp::DictProxy<std::string, int> seen, mp::QueueProxy<
   done.put(who);
 }
 
-void own_a_manager_until_killed(mp::Connection<std::string> out, int method) {
-  mp::Manager manager({.start_method = static_cast<mp::StartMethod>(method)});
-  manager.queue<int>("q");
-  out.send(manager.address().path());
-  ::pause();
-}
-
 }  // namespace
 
 TEST_CASE("A Manager started by spawn or forkserver runs a fresh copy of the program, not a copy of its owner",
@@ -1004,26 +1006,6 @@ TEST_CASE("A Manager started by spawn or forkserver serves children started by e
       }
     }
   }
-}
-
-TEST_CASE("A Manager server started by spawn or forkserver exits when its owner is SIGKILLed", "[manager]") {
-  const auto method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver);
-  INFO("server started by " << mp::to_string(method));
-  auto [paths, path_out] = mp::Pipe<std::string>(false);
-  mp::Process owner(own_a_manager_until_killed, path_out, static_cast<int>(method));
-  owner.start();
-  path_out.close();
-  const std::string path = paths.recv();
-  auto client = mp::Manager::connect(mp::Address::unix_socket(path), "");
-  auto q = client.queue<int>("q");
-  std::thread killer([&] { owner.kill(); });
-  REQUIRE_THROWS_WITH(q.get(), Catch::Contains("closed the connection"));  // the server exits: get() ends
-  killer.join();
-  owner.join();
-  REQUIRE(owner.exitcode() == -SIGKILL);
-  struct stat info {};
-  REQUIRE(::stat(path.c_str(), &info) == -1);  // the server removed its socket and private directory
-  REQUIRE(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
 }
 
 TEST_CASE("shutdown() of a Manager started by spawn or forkserver leaves no process, descriptor or file behind",
