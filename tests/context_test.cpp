@@ -391,14 +391,7 @@ TEST_CASE("A lock another thread holds forever deadlocks a forked child but not 
   forkserver_stopper stop;
   const mp::StartMethod method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver, mp::StartMethod::fork);
   INFO("start method " << method_name(method));
-  std::promise<void> locked;
-  std::promise<void> unlock;
-  std::thread holder([&] {
-    std::lock_guard lock(library_mutex());
-    locked.set_value();
-    unlock.get_future().wait();
-  });
-  locked.get_future().wait();
+  mp_test::lock_held_by_another_thread held(library_mutex());
   test_pipe out;
   mp::Process p({.start_method = method}, use_the_library, out.writer());
   p.start();
@@ -412,8 +405,6 @@ TEST_CASE("A lock another thread holds forever deadlocks a forked child but not 
     p.join();
     CHECK(p.exitcode() == 0);
   }
-  unlock.set_value();
-  holder.join();
   CHECK(out.read_all() == (method == mp::StartMethod::fork ? "" : "42\n"));
 }
 

@@ -20,7 +20,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -32,6 +31,8 @@
 
 #include <mp/pool.hpp>
 #include <mp/process.hpp>
+
+#include "support/child_process.hpp"
 
 using namespace std::chrono_literals;
 
@@ -365,13 +366,15 @@ TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool
   CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 }
 
-TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost - the others finish", "[pool]") {
-  leak_check leaks;
+namespace {
+
+/// SIGKILLs the worker running a hanging task while `others` more tasks wait, and checks that only that task fails
+/// (WorkerLost, -SIGKILL, naming the worker), the others finish, and later tasks run on a replacement.
+void kill_a_worker_mid_task(mp::Pool& pool, int others) {
   test_fifo started;
-  mp::Pool pool(2);
   auto victim = pool.apply_async(report_and_hang, started.path);
-  std::vector<mp::AsyncResult<int>> others;
-  for (int i = 0; i < 50; ++i) others.push_back(pool.apply_async(square, i));
+  std::vector<mp::AsyncResult<int>> waiting;
+  for (int i = 0; i < others; ++i) waiting.push_back(pool.apply_async(square, i));
   const pid_t worker = started.read_int();
   REQUIRE(::kill(worker, SIGKILL) == 0);
   try {
@@ -381,12 +384,21 @@ TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost - the
     CHECK(e.exitcode() == -SIGKILL);
     CHECK(std::string(e.what()).find(std::to_string(worker)) != std::string::npos);
   }
-  for (int i = 0; i < 50; ++i) CHECK(others[i].get() == i * i);
-  // The pool replaced the worker and keeps serving on both.
-  CHECK(pool.map(square, numbers(0, 100), 1).size() == 100);
+  for (int i = 0; i < others; ++i) CHECK(waiting[i].get() == i * i);
   std::set<int> pids;
   for (int pid : pool.map([](int) { return ::getpid(); }, std::vector<int>(200), 1)) pids.insert(pid);
   CHECK(pids.count(worker) == 0);
+  CHECK_FALSE(pids.empty());
+}
+
+}  // namespace
+
+TEST_CASE("A worker SIGKILLed mid-task fails only its task with WorkerLost - the others finish", "[pool]") {
+  leak_check leaks;
+  mp::Pool pool(2);
+  kill_a_worker_mid_task(pool, 50);
+  // The pool replaced the worker and keeps serving on both.
+  CHECK(pool.map(square, numbers(0, 100), 1).size() == 100);
 }
 
 TEST_CASE("A task that crashes its worker (segfault, abort, _exit) fails with WorkerLost carrying the exit code", "[pool]") {
@@ -675,14 +687,7 @@ TEST_CASE("Workers of a spawn or forkserver Pool are fresh: a lock another paren
   const mp::StartMethod method = GENERATE(mp::StartMethod::spawn, mp::StartMethod::forkserver, mp::StartMethod::fork);
   INFO("start method " << method_name(method));
   g_set_in_parent = 7;
-  std::promise<void> locked;
-  std::promise<void> unlock;
-  std::thread holder([&] {
-    std::lock_guard lock(library_mutex());
-    locked.set_value();
-    unlock.get_future().wait();
-  });
-  locked.get_future().wait();
+  mp_test::lock_held_by_another_thread held(library_mutex());
   {
     mp::Pool pool({.processes = 2, .start_method = method, .task_timeout = 300ms});
     if (method == mp::StartMethod::fork) {
@@ -698,8 +703,6 @@ TEST_CASE("Workers of a spawn or forkserver Pool are fresh: a lock another paren
       CHECK(pool.apply([] { return g_set_in_parent; }) == 0);
     }
   }
-  unlock.set_value();
-  holder.join();
   g_set_in_parent = 0;
 }
 
@@ -771,25 +774,10 @@ TEST_CASE("Under spawn and forkserver a SIGKILLed worker fails its task with Wor
   leak_check leaks;
   const mp::StartMethod method = GENERATE(mp::StartMethod::forkserver, mp::StartMethod::spawn);
   INFO("start method " << method_name(method));
-  test_fifo started;
   mp::Pool pool({.processes = 2, .start_method = method});
-  auto victim = pool.apply_async(report_and_hang, started.path);
-  std::vector<mp::AsyncResult<int>> others;
-  for (int i = 0; i < 20; ++i) others.push_back(pool.apply_async(square, i));
-  const pid_t worker = started.read_int();
-  REQUIRE(::kill(worker, SIGKILL) == 0);
-  try {
-    (void)victim.get();
-    FAIL("the killed task returned a value");
-  } catch (const mp::WorkerLost& e) {
-    CHECK(e.exitcode() == -SIGKILL);
-  }
-  for (int i = 0; i < 20; ++i) CHECK(others[i].get() == i * i);
-  std::set<int> pids;
-  for (int pid : pool.map([](int) { return ::getpid(); }, std::vector<int>(100), 1)) pids.insert(pid);
-  CHECK(pids.count(worker) == 0);
-  CHECK_FALSE(pids.empty());
+  kill_a_worker_mid_task(pool, 20);
   // task_timeout and terminate work the same way.
+  test_fifo started;
   auto late = pool.apply_async(mp::TaskOptions{.timeout = 100ms}, report_and_hang, started.path);
   (void)started.read_int();
   CHECK_THROWS_AS(late.get(), mp::TimeoutError);

@@ -6,8 +6,11 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <future>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include <mp/detail/handle_transfer.hpp>
@@ -43,6 +46,31 @@ inline int finish(mp::Process& process) {
 inline void child_check(bool condition, const char* what = "") {
   if (!condition) throw std::runtime_error(std::string("child check failed: ") + what);
 }
+
+/// Holds `mutex` on another thread for its own lifetime: the lock that fork copies into a child as held forever, by
+/// a thread that does not exist there (the reason for spawn and forkserver).
+class lock_held_by_another_thread {
+ public:
+  explicit lock_held_by_another_thread(std::mutex& mutex)
+      : holder_([this, &mutex] {
+          std::lock_guard lock(mutex);
+          locked_.set_value();
+          unlock_.get_future().wait();
+        }) {
+    locked_.get_future().wait();
+  }
+  ~lock_held_by_another_thread() {
+    unlock_.set_value();
+    holder_.join();
+  }
+  lock_held_by_another_thread(const lock_held_by_another_thread&) = delete;
+  lock_held_by_another_thread& operator=(const lock_held_by_another_thread&) = delete;
+
+ private:
+  std::promise<void> locked_;
+  std::promise<void> unlock_;
+  std::thread holder_;  // declared last: it starts once the promises exist
+};
 
 /// Blocks until killed: a child that must be SIGKILLed at a known point.
 [[noreturn]] inline void hang() {
