@@ -76,6 +76,15 @@ struct shared_mutex_block {
 };
 using mutex_block = segment_of<shared_mutex_block::layout>;
 
+/// A child that takes the shared mutex, posts `locked`, and unlocks once `release` has a note.
+void hold_until_released(mutex_block shared, note_end locked, note_end release) {
+  auto* block = shared.map();
+  block->mutex.lock();
+  locked.post();
+  release.wait();
+  block->mutex.unlock();
+}
+
 }  // namespace
 
 // ---- detail::robust_mutex ---------------------------------------------------------------------------------
@@ -104,15 +113,7 @@ TEST_CASE("robust_mutex try_lock and try_lock_until fail while another process h
   shared_mutex_block shared;
   auto* block = shared.block;
   note_pipe locked, release;
-  auto holder = start(
-      [](mutex_block shared, note_end locked, note_end release) {
-        auto* block = shared.map();
-        block->mutex.lock();
-        locked.post();
-        release.wait();
-        block->mutex.unlock();
-      },
-      shared.handle(), locked.writer(), release.reader());
+  auto holder = start(hold_until_released, shared.handle(), locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK(block->mutex.locked_hint());
   CHECK_FALSE(block->mutex.held_by_this_thread());
@@ -231,15 +232,7 @@ TEST_CASE("robust_mutex refuses a release by a process that does not hold it", "
   auto* block = shared.block;
   CHECK_THROWS_WITH(block->mutex.unlock(), Catch::Contains("does not hold"));
   note_pipe locked, release;
-  auto holder = start(
-      [](mutex_block shared, note_end locked, note_end release) {
-        auto* block = shared.map();
-        block->mutex.lock();
-        locked.post();
-        release.wait();
-        block->mutex.unlock();
-      },
-      shared.handle(), locked.writer(), release.reader());
+  auto holder = start(hold_until_released, shared.handle(), locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK_THROWS_AS(block->mutex.unlock(), mp::Error);
   release.post();
