@@ -31,99 +31,6 @@ struct code_address {
   }
 };
 
-namespace code_address_impl {
-
-struct search {
-  std::uintptr_t address = 0;
-  bool found = false;
-  bool executable = false;
-  bool first = true;
-  code_address result;
-};
-
-inline bool segment_holds(const dl_phdr_info* info, std::uintptr_t address, bool* executable) {
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& segment = info->dlpi_phdr[i];
-    if (segment.p_type != PT_LOAD) continue;
-    const std::uintptr_t begin = info->dlpi_addr + segment.p_vaddr;
-    if (address >= begin && address < begin + segment.p_memsz) {
-      *executable = (segment.p_flags & PF_X) != 0;
-      return true;
-    }
-  }
-  return false;
-}
-
-}  // namespace code_address_impl
-
-/// Where `address` (a function) lives; ProcessError if no loaded module holds it (code made at run time).
-inline code_address locate_code(std::uintptr_t address) {
-  code_address_impl::search search;
-  search.address = address;
-  ::dl_iterate_phdr(
-      [](dl_phdr_info* info, std::size_t, void* data) {
-        auto* s = static_cast<code_address_impl::search*>(data);
-        const bool first = std::exchange(s->first, false);
-        if (!code_address_impl::segment_holds(info, s->address, &s->executable)) return 0;
-        s->found = true;
-        s->result.module = first ? std::string() : std::string(info->dlpi_name ? info->dlpi_name : "");
-        s->result.offset = s->address - info->dlpi_addr;
-        return 1;
-      },
-      &search);
-  if (!search.found || !search.executable) {
-    throw ProcessError("spawn: the function at address " + std::to_string(address) +
-                       " is not code in any loaded module (was it generated at run time?), so a spawned child "
-                       "cannot find it; use a named function or a lambda without captures");
-  }
-  return search.result;
-}
-
-/// The address of `where` in this process; ProcessError if its module is not loaded here (a library the parent
-/// loaded with dlopen) or the offset is not code in it.
-inline std::uintptr_t resolve_code(const code_address& where) {
-  struct lookup {
-    const code_address* where;
-    bool first = true;
-    bool module_found = false;
-    bool executable = false;
-    std::uintptr_t address = 0;
-  } state{&where};
-  ::dl_iterate_phdr(
-      [](dl_phdr_info* info, std::size_t, void* data) {
-        auto* s = static_cast<lookup*>(data);
-        const bool first = std::exchange(s->first, false);
-        const std::string name = first ? std::string() : std::string(info->dlpi_name ? info->dlpi_name : "");
-        if (name != s->where->module) return 0;
-        s->module_found = true;
-        const std::uintptr_t address = info->dlpi_addr + s->where->offset;
-        bool executable = false;
-        if (code_address_impl::segment_holds(info, address, &executable) && executable) {
-          s->executable = true;
-          s->address = address;
-        }
-        return 1;
-      },
-      &state);
-  const std::string module = where.module.empty() ? "the main program" : where.module;
-  if (!state.module_found) {
-    throw ProcessError("spawn: the target's module " + module +
-                       " is not loaded in the child (was it loaded with dlopen after start?); a spawned child "
-                       "can run only functions of the program and the libraries it links");
-  }
-  if (!state.executable) {
-    throw ProcessError("spawn: offset " + std::to_string(where.offset) + " is not code in " + module +
-                       " in the child: the parent and the child do not run the same binary");
-  }
-  return state.address;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Many addresses, one table: a process that must run many code addresses of another process running the same
-// program (a Pool worker started by spawn or forkserver: every task names its trampoline by the parent's raw
-// address, so the fork hot path pays nothing) receives the parent's module table once and translates each
-// address as parent module + offset -> this process's load bias of that module + offset.
-
 /// One loaded module as another process sees it: the name locate_code gives it, its load bias, and its executable
 /// segments [begin, end) as absolute addresses.
 struct loaded_module {
@@ -158,6 +65,42 @@ inline std::vector<loaded_module> loaded_modules() {
       &modules);
   return modules;
 }
+
+/// Where `address` (a function) lives; ProcessError if no loaded module holds it (code made at run time).
+inline code_address locate_code(std::uintptr_t address) {
+  for (const loaded_module& m : loaded_modules()) {
+    for (const auto& [begin, end] : m.code) {
+      if (address >= begin && address < end) return code_address{m.module, address - m.bias};
+    }
+  }
+  throw ProcessError("spawn: the function at address " + std::to_string(address) +
+                     " is not code in any loaded module (was it generated at run time?), so a spawned child "
+                     "cannot find it; use a named function or a lambda without captures");
+}
+
+/// The address of `where` in this process; ProcessError if its module is not loaded here (a library the parent
+/// loaded with dlopen) or the offset is not code in it.
+inline std::uintptr_t resolve_code(const code_address& where) {
+  const std::string module = where.module.empty() ? "the main program" : where.module;
+  for (const loaded_module& m : loaded_modules()) {
+    if (m.module != where.module) continue;
+    const std::uint64_t address = m.bias + where.offset;
+    for (const auto& [begin, end] : m.code) {
+      if (address >= begin && address < end) return static_cast<std::uintptr_t>(address);
+    }
+    throw ProcessError("spawn: offset " + std::to_string(where.offset) + " is not code in " + module +
+                       " in the child: the parent and the child do not run the same binary");
+  }
+  throw ProcessError("spawn: the target's module " + module +
+                     " is not loaded in the child (was it loaded with dlopen after start?); a spawned child "
+                     "can run only functions of the program and the libraries it links");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Many addresses, one table: a process that must run many code addresses of another process running the same
+// program (a Pool worker started by spawn or forkserver: every task names its trampoline by the parent's raw
+// address, so the fork hot path pays nothing) receives the parent's module table once and translates each
+// address as parent module + offset -> this process's load bias of that module + offset.
 
 /// Translates code addresses of another process (given its loaded_modules()) into this process's. Modules are
 /// matched by name and, for equal names, by their rank among them. Not thread-safe (a small cache): one per thread.
