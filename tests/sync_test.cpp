@@ -281,18 +281,24 @@ TEMPLATE_TEST_CASE("Lock gives exactly 400000 for 4 processes x 100000 increment
   CHECK(counter.value() == 400'000);
 }
 
+namespace {
+
+/// A child that acquires `lock`, posts `locked`, and releases it once `release` has a note.
+template <class L>
+void hold_lock_until_released(L lock, note_end locked, note_end release) {
+  lock.acquire();
+  locked.post();
+  release.wait();
+  lock.release();
+}
+
+}  // namespace
+
 TEMPLATE_TEST_CASE("Lock acquire, try_acquire and acquire(timeout) see a holder in another process", "[lock]",
                    mp::Lock, mp::RLock) {
   TestType lock;
   note_pipe locked, release;
-  auto holder = start(
-      [](TestType lock, note_end locked, note_end release) {
-        lock.acquire();
-        locked.post();
-        release.wait();
-        lock.release();
-      },
-      lock, locked.writer(), release.reader());
+  auto holder = start(hold_lock_until_released<TestType>, lock, locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK(lock.locked());
   CHECK_FALSE(lock.try_acquire());
@@ -388,14 +394,7 @@ TEMPLATE_TEST_CASE("Lock released by a process that does not hold it throws mp::
                    mp::RLock) {
   TestType lock;
   note_pipe locked, release;
-  auto holder = start(
-      [](TestType lock, note_end locked, note_end release) {
-        lock.acquire();
-        locked.post();
-        release.wait();
-        lock.release();
-      },
-      lock, locked.writer(), release.reader());
+  auto holder = start(hold_lock_until_released<TestType>, lock, locked.writer(), release.reader());
   REQUIRE(locked.wait());
   CHECK_THROWS_WITH(lock.release(), Catch::Contains("does not hold"));
   CHECK(lock.locked());  // the holder still holds it
