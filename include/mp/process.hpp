@@ -884,13 +884,8 @@ inline int Process::sentinel() const {
   }
   if (!state.pidfd) state.throw_reaped_elsewhere();
   // A forkserver child's pidfd is readable as soon as it exits, before the server has reaped it and reported its
-  // status; the status pipe becomes readable only then, so is_alive() agrees with the sentinel. Once the status
-  // has been read from the pipe, the pipe is readable again only when the server closes its end, a moment later:
-  // the pidfd, readable for good by then, is the sentinel.
-  if (state.via_server && state.status_fd) {
-    std::lock_guard lock(state.mutex);  // guards returncode
-    if (!state.returncode) return state.status_fd.get();
-  }
+  // status; the status pipe becomes readable only then (and stays so), so is_alive() agrees with the sentinel.
+  if (state.via_server && state.status_fd) return state.status_fd.get();
   return state.pidfd.get();
 }
 
