@@ -104,6 +104,11 @@ struct process_record {
     ssize_t n = retry_on_eintr([&] { return ::read(status_fd.get(), &status, sizeof status); });
     if (n == static_cast<ssize_t>(sizeof status)) {
       returncode = exitcode_from_status(status);
+      // The server closes its end right after writing (no other process holds it): wait for that end of file, so
+      // that the pipe, which is the sentinel, stays readable from now on.
+      char more;
+      while (retry_on_eintr([&] { return ::read(status_fd.get(), &more, 1); }) > 0) {
+      }
       return returncode;
     }
     // End of file without a status: the fork server died (it was killed) before it could reap the child.
