@@ -33,7 +33,7 @@
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/syscall.hpp>
-#include <mp/detail/timeout.hpp>
+#include <mp/detail/clock.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>

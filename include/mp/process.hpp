@@ -453,19 +453,6 @@ namespace detail {
 // the name up, several microseconds and a few page faults). A function that only forked children call would be
 // bound anew in every child, since each child's binding dies with it: the parent calls them once, harmlessly, so
 // its children inherit them bound.
-/// False when `stream` writes straight through to C stdio (libstdc++'s std::cout/cerr/clog under the default
-/// sync_with_stdio(true)): fflush() covers it, and flushing it too would run, and fault into a fresh child, more
-/// library code (about 5% of a fork start+join). True when unsure.
-inline bool has_own_buffer(std::ostream& stream) {
-  std::streambuf* buffer = stream.rdbuf();
-  if (buffer == nullptr) return false;
-#if defined(__GLIBCXX__)
-  return typeid(*buffer) != typeid(__gnu_cxx::stdio_sync_filebuf<char>);
-#else
-  return true;
-#endif
-}
-
 inline void bind_child_calls_once() {
   static const bool bound = [] {
     int signal = 0;

@@ -28,7 +28,7 @@
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/ring_buffer.hpp>
 #include <mp/detail/shm_segment.hpp>
-#include <mp/detail/timeout.hpp>
+#include <mp/detail/clock.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
 

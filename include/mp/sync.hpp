@@ -29,30 +29,6 @@ namespace mp {
 
 namespace detail {
 
-// ---- time -------------------------------------------------------------------------------------------------
-
-/// A deadline for a time_point of any clock (std::unique_lock::try_lock_until may pass system_clock's).
-template <class Clock, class Duration>
-deadline deadline_at(std::chrono::time_point<Clock, Duration> when) {
-  if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-    return std::chrono::time_point_cast<std::chrono::steady_clock::duration>(when);
-  } else {
-    return deadline_after(when - Clock::now());
-  }
-}
-
-inline bool expired(const deadline& until) noexcept { return until && std::chrono::steady_clock::now() >= *until; }
-
-/// Spins (bounded, ~3 µs) until ready() holds; false if it still does not.
-template <class Ready>
-bool spin_until(Ready&& ready) {
-  for (int round = 0; round < lock_spin_rounds; ++round) {
-    if (ready()) return true;
-    cpu_relax();
-  }
-  return ready();
-}
-
 // ---- Lock and RLock ---------------------------------------------------------------------------------------
 
 struct lock_state {
@@ -120,7 +96,7 @@ inline bool semaphore_try_take(semaphore_state& s) noexcept {
 }
 
 inline bool semaphore_acquire(semaphore_state& s, const deadline& until) {
-  if (spin_until([&] { return s.value.load(std::memory_order_relaxed) > 0 && semaphore_try_take(s); })) return true;
+  if (spin_until([&] { return s.value.load(std::memory_order_relaxed) > 0 && semaphore_try_take(s); }, short_spin)) return true;
   // Dekker with release(): we publish "sleeping" then look at the value; release() publishes the value then looks
   // at sleepers (both seq_cst), so at least one of us sees the other and no wake-up is lost.
   s.sleepers.fetch_add(1);
@@ -201,7 +177,7 @@ inline bool condition_wait(condition_state& c, lock_state& lock, bool recursive,
       break;
     }
     if (expired(until)) break;
-    if (spin_until([&] { return c.seq.load(std::memory_order_relaxed) != seen; })) continue;
+    if (spin_until([&] { return c.seq.load(std::memory_order_relaxed) != seen; }, short_spin)) continue;
     futex_wait_bounded(c.seq, seen, until);  // a timeout is noticed at the top of the loop
   }
 
@@ -242,7 +218,7 @@ struct event_state {
 };
 
 inline bool event_wait(event_state& e, const deadline& until) {
-  if (spin_until([&] { return e.flag.load(std::memory_order_acquire) != 0; })) return true;
+  if (spin_until([&] { return e.flag.load(std::memory_order_acquire) != 0; }, short_spin)) return true;
   e.sleepers.fetch_add(1);
   while (e.flag.load() == 0) {
     if (!futex_wait_bounded(e.flag, 0, until)) break;
@@ -334,7 +310,7 @@ inline int barrier_wait(barrier_state& b, const std::function<void()>& action, c
     const std::uint32_t seen = b.epoch.load();
     b.mutex.unlock();
     bool timed_out = false;
-    if (!spin_until([&] { return b.epoch.load(std::memory_order_relaxed) != seen; })) {
+    if (!spin_until([&] { return b.epoch.load(std::memory_order_relaxed) != seen; }, short_spin)) {
       while (b.epoch.load() == seen) {
         if (!futex_wait_bounded(b.epoch, seen, until)) {
           timed_out = true;

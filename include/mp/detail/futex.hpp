@@ -1,7 +1,7 @@
 // futex: sleep on a 32-bit word in shared memory until another process changes it and wakes us.
 // Process-shared futexes (no FUTEX_PRIVATE_FLAG): the kernel keys them by the physical page, so waiters in
 // different processes mapping the same segment meet. Deadlines are absolute CLOCK_MONOTONIC (std::chrono::
-// steady_clock on Linux), so a wait interrupted by a signal resumes with the same deadline.
+// steady_clock on Linux, detail/clock.hpp), so a wait interrupted by a signal resumes with the same deadline.
 #pragma once
 
 #include <linux/futex.h>
@@ -15,34 +15,12 @@
 #include <ctime>
 #include <optional>
 
+#include <mp/detail/clock.hpp>
 #include <mp/detail/syscall.hpp>
 
 namespace mp::detail {
 
 static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t), "futex words must be plain 32-bit");
-
-using deadline = std::optional<std::chrono::steady_clock::time_point>;
-
-/// A deadline `timeout` from now (negative timeouts count as zero).
-template <class Rep, class Period>
-std::chrono::steady_clock::time_point deadline_after(std::chrono::duration<Rep, Period> timeout) {
-  if (timeout < timeout.zero()) timeout = timeout.zero();
-  return std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout);
-}
-
-/// `t` as an absolute CLOCK_MONOTONIC timespec (steady_clock's clock on Linux), for futex and clocklock calls.
-inline timespec to_timespec(std::chrono::steady_clock::time_point t) noexcept {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-  if (ns < 0) ns = 0;
-  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-}
-
-/// The time left until `until` as a relative timespec, zero once it passed: for poll-like calls.
-inline timespec time_left(std::chrono::steady_clock::time_point until) noexcept {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - std::chrono::steady_clock::now()).count();
-  if (ns < 0) ns = 0;
-  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-}
 
 /// Sleeps while *word == expected, until woken or the deadline passes. Returns false only on timeout;
 /// true means "look again" (woken, value changed, or a signal arrived): callers re-check their condition.
@@ -80,15 +58,6 @@ inline bool futex_wait_bounded(std::atomic<std::uint32_t>& word, std::uint32_t e
 /// Wakes up to n waiters on word (INT_MAX: all).
 inline void futex_wake(std::atomic<std::uint32_t>& word, int n = INT_MAX) noexcept {
   ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, n, nullptr, nullptr, 0);
-}
-
-/// One pause of a spin loop: lets the sibling hyperthread run and saves power.
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
 }
 
 }  // namespace mp::detail

@@ -29,24 +29,6 @@ namespace mp::detail {
 /// Bytes in each direction of one worker's channel; larger messages stream through in pieces.
 inline constexpr std::uint32_t pool_ring_capacity = 1u << 20;
 
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine (task start times cross).
-inline std::uint64_t monotonic_ns() noexcept {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-/// Spins for about `budget` calling ready(); true as soon as it returns true. Checks the clock every 64 rounds.
-template <class Ready>
-bool spin_until(Ready&& ready, std::chrono::nanoseconds budget) {
-  const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(budget.count());
-  for (unsigned round = 1;; ++round) {
-    if (ready()) return true;
-    cpu_relax();
-    if ((round & 63u) == 0 && monotonic_ns() >= until) return ready();
-  }
-}
-
 // One direction of a channel, in shared memory. Positions are free-running 32-bit byte counters (the capacity is a
 // power of two far below 2^32, so head - tail is the fill level even across wrap-around); each is also the futex
 // word its waiter sleeps on. Memory ordering: the producer copies the bytes, then stores head (release); the

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include <mp/detail/child_os.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
@@ -36,16 +37,6 @@ namespace mp::detail {
 /// How long a daemon child may take to end after SIGTERM (destructor, exit handler) before it gets SIGKILL.
 /// Python joins it forever; a daemon that ignores SIGTERM would then hang the parent's exit.
 inline constexpr std::chrono::seconds daemon_term_grace{2};
-
-/// Exit code as Python reports it: the status of exit(n), or -N for a child killed by signal N.
-inline int exitcode_from_status(int status) noexcept {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return 1;  // stopped/continued are never reported: waitpid is called without WUNTRACED
-}
-
-/// pidfd_open(2) through syscall(): glibc < 2.36 has no wrapper. The fd is always close-on-exec.
-inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U)); }
 
 /// The state of one Process, started or not. Lives on the heap so that pointers to it survive moves.
 struct process_record {

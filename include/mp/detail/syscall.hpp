@@ -1,12 +1,16 @@
 // The one seam between mp and the kernel: the only place that reads errno.
-// Every system call goes through sys() (retries EINTR, throws "call(detail): strerror") or retry_on_eintr().
+// System calls whose failure mp reports or handles go through sys() (retries EINTR, throws "call(detail):
+// strerror") or sys_try() (retries EINTR, returns -1 with errno set for the caller to handle EAGAIN, ESRCH, ...).
+// Both consult the fault hook first, so a test can make any named call fail with the errno of its choice.
+// Not through the seam, on purpose: calls whose failure changes nothing (close(2) on Linux frees the descriptor
+// whatever it returns; a futex wake; clock_gettime on CLOCK_MONOTONIC), and the few calls a freshly forked child
+// makes before it runs user code (async-signal-safe code must not throw).
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
-#include <system_error>
-#include <type_traits>
 #include <utility>
 
 #include <mp/errors.hpp>
@@ -25,6 +29,14 @@ inline int last_errno() noexcept { return errno; }
   throw Error(message);
 }
 
+/// Test seam: asked before every call through sys()/sys_try() with the call's name; a nonzero answer is the errno
+/// that call then fails with, without being made. Null (the default) costs one relaxed load.
+using fault_hook = int (*)(const char* call) noexcept;
+inline std::atomic<fault_hook>& the_fault_hook() noexcept {
+  static std::atomic<fault_hook> hook{nullptr};
+  return hook;
+}
+
 /// Calls f() until it does not fail with EINTR; returns its result (failures still return -1 with errno set).
 template <class F>
 auto retry_on_eintr(F&& f) noexcept(noexcept(f())) {
@@ -34,10 +46,23 @@ auto retry_on_eintr(F&& f) noexcept(noexcept(f())) {
   }
 }
 
+/// Calls f() retrying EINTR, after asking the fault hook about `call`; returns its result (-1 with errno set on
+/// failure, for the caller to handle).
+template <class F>
+auto sys_try(const char* call, F&& f) noexcept(noexcept(f())) -> decltype(f()) {
+  if (fault_hook hook = the_fault_hook().load(std::memory_order_relaxed)) {
+    if (const int err = hook(call); err != 0) {
+      errno = err;
+      return -1;
+    }
+  }
+  return retry_on_eintr(std::forward<F>(f));
+}
+
 /// Calls f() retrying EINTR; throws mp::Error naming `call` and `detail` if it still fails.
 template <class F>
 auto sys(const char* call, const std::string& detail, F&& f) {
-  auto result = retry_on_eintr(std::forward<F>(f));
+  auto result = sys_try(call, std::forward<F>(f));
   if (result == -1) throw_errno(call, detail);
   return result;
 }
