@@ -17,31 +17,15 @@
 #include <vector>
 
 #include <mp/detail/spawn.hpp>
+#include <mp/detail/start_method.hpp>
 #include <mp/errors.hpp>
 
 namespace mp {
 
-/// How a child process is created: fork (copy of this process), spawn (fresh program), forkserver.
-enum class StartMethod { fork, spawn, forkserver };
-
-/// "fork", "spawn" or "forkserver", as Python spells them.
-inline std::string_view to_string(StartMethod method) noexcept {
-  switch (method) {
-    case StartMethod::fork: return "fork";
-    case StartMethod::spawn: return "spawn";
-    case StartMethod::forkserver: return "forkserver";
-  }
-  return "unknown";
-}
+// enum class StartMethod { fork, spawn, forkserver };  and  std::string_view to_string(StartMethod)
+// are defined in <mp/detail/start_method.hpp>, a leaf header that detail code can include.
 
 namespace detail {
-
-// An atomic, not a mutex: a mutex held by another thread at fork() would stay locked forever in the child, and a
-// child that starts its own children reads this. -1: not set yet.
-inline std::atomic<int>& the_start_method() {
-  static std::atomic<int> method{-1};
-  return method;
-}
 
 /// Throws Error unless mp::init ran in this process (spawn and forkserver need it: see missing_init_message).
 inline void require_init(StartMethod method, std::string_view where) {
@@ -101,20 +85,17 @@ inline std::vector<StartMethod> get_all_start_methods() {
 inline void init(int argc, char** argv) {
   if (int socket = detail::take_marker(detail::spawned_child_env); socket >= 0) {
     detail::the_init_state().store(static_cast<int>(detail::init_state::called));
-    detail::spawned_child_main hook = detail::the_spawned_child_main().load();
-    if (hook == nullptr) {
-      std::fputs("mp::init: this spawned child cannot run its Process: <mp/process.hpp> is not part of the program\n",
-                 stderr);
-      ::_exit(1);
-    }
-    hook(socket, ::getppid(), false);  // never returns
+    detail::run_spawned_child(socket, ::getppid(), false);  // never returns
   }
   if (int control = detail::take_marker(detail::forkserver_env); control >= 0) {
     detail::the_init_state().store(static_cast<int>(detail::init_state::called));
-    detail::run_forkserver(control);  // never returns
+    detail::run_forkserver(control, &detail::run_spawned_child);  // never returns
   }
   if (argc > 0 && argv != nullptr && argv[0] != nullptr) detail::program_name() = argv[0];
   detail::the_init_state().store(static_cast<int>(detail::init_state::called));
 }
 
 }  // namespace mp
+
+// mp::init runs a spawned child's Process (detail::run_spawned_child), which is defined with mp::Process.
+#include <mp/process.hpp>

@@ -996,11 +996,6 @@ struct manager_server_start {
   }
 };
 
-// "exit code 1" / "signal 9": how a server that never served ended.
-inline std::string manager_wait_status(int status) {
-  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-  return "exit code " + std::to_string(WEXITSTATUS(status));
-}
 }  // namespace detail
 
 /// The target of a server started by spawn or forkserver: serves, cleans up and _exits.
@@ -1053,62 +1048,43 @@ inline void Manager::start_fresh_server(server_process& owner, const detail::uni
                                         const std::string& authkey, StartMethod method,
                                         std::vector<unsigned> identity) {
   detail::manager_server_start start{authkey, owner.socket_path, owner.directory, false};
-  detail::unique_fd self(detail::manager_pidfd_open(owner.owner));
+  detail::unique_fd self(detail::pidfd_open(owner.owner));
   start.owner_pidfd = static_cast<bool>(self);
   detail::spawn_request request;
   request.name = "SyncManager-" + detail::identity_string(identity);
   request.identity = std::move(identity);
   request.parent_name = current_process().name();
   request.parent_pid = owner.owner;
-  request.start_method = detail::the_start_method().load();
+  request.start_method = detail::start_method_setting();
   request.target = detail::spawn_target{
       detail::locate_code(reinterpret_cast<std::uintptr_t>(&run_fresh_server)), mp::serialize(start)};
-  const std::vector<std::byte> bytes = mp::serialize(request);
 
-  const bool via_server = method == StartMethod::forkserver;
-  detail::unique_fd mine, ready;
-  detail::server_child forked;
+  detail::unique_fd ready;
+  detail::fresh_child child;
   {
-    // Held until the child's descriptors are closed here, as Process::start_fresh does: a fork-method start in
-    // another thread (which holds it across fork()) would copy them into its child, and the waits below would
-    // not see end of file if the server died.
-    std::lock_guard lock(detail::the_registry().mutex);
-    int pair[2];
-    detail::sys("socketpair", "manager server", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
-    mine.reset(pair[0]);
-    detail::unique_fd theirs(pair[1]);
+    std::lock_guard lock(detail::the_registry().mutex);  // see start_fresh_child: held until our ends are closed
     int pipe_ends[2];
     detail::sys("pipe2", "manager server", [&] { return ::pipe2(pipe_ends, O_CLOEXEC); });
     ready.reset(pipe_ends[0]);
     detail::unique_fd ready_write(pipe_ends[1]);
-    if (via_server) {
-      forked = detail::forkserver_fork(theirs.get(), false);  // not a daemon: SIGTERM (a clean stop) if we die
-    } else {
-      forked.pid = detail::spawn_program(detail::spawned_child_env, theirs.get(), request.name);
-    }
-    theirs.reset();
-    owner.pid = forked.pid;
-    owner.via_server = via_server;
-    owner.status = std::move(forked.status);
-    // The server cannot end before it answers below unless killed from outside; the pidfd is opened now, while
-    // its pid surely names it.
-    owner.pidfd.reset(detail::manager_pidfd_open(forked.pid));
     std::vector<int> fds{listener.get(), ready_write.get()};
     if (self) fds.push_back(self.get());
-    try {
-      detail::send_frame(mine.get(), bytes, fds, "manager server start");
-    } catch (const Error&) {
-      // It died before reading its start (killed from outside): the read below sees end of file.
-    }
+    child = detail::start_fresh_child(method, request, fds);  // not a daemon: SIGTERM (a clean stop) if we die
+    owner.pid = child.pid;
+    owner.via_server = method == StartMethod::forkserver;
+    owner.status = std::move(child.status);
+    // The server cannot end before it answers below unless killed from outside; the pidfd is opened now, while
+    // its pid surely names it.
+    owner.pidfd.reset(detail::pidfd_open(child.pid));
   }
   // One byte when its Process is armed (it must be read: the server writes it), then one when it serves; end of
   // file if it died first.
+  (void)detail::wait_until_ready(child);
   char byte = 0;
-  detail::retry_on_eintr([&] { return ::recv(mine.get(), &byte, 1, 0); });
   if (detail::retry_on_eintr([&] { return ::read(ready.get(), &byte, 1); }) == 1) return;
   const int status = reap_server(owner);
   throw Error("Manager: its server (pid " + std::to_string(owner.pid) + ", start method " +
-              std::string(to_string(method)) + ") ended before serving (" + detail::manager_wait_status(status) +
+              std::string(to_string(method)) + ") ended before serving (" + detail::describe_wait_status(status) +
               "); its reason, if it gave one, is on stderr");
 }
 
@@ -1167,7 +1143,7 @@ inline Manager::Manager(ManagerOptions options) {
     int code = 0;
     try {
       detail::unique_fd stop_fd = detail::manager_server_signals();
-      int owner_pidfd = detail::manager_pidfd_open(owner->owner);
+      int owner_pidfd = detail::pidfd_open(owner->owner);
       if (owner_pidfd < 0) {
         // No pidfd (Linux < 5.3): the parent-death signal instead. It is SIGTERM, blocked and read through the
         // signalfd, so the server still stops cleanly; it fires when the creating *thread* ends (see above).
@@ -1188,7 +1164,7 @@ inline Manager::Manager(ManagerOptions options) {
   }
   listener.reset();
   owner->pid = child;
-  owner->pidfd = detail::unique_fd(detail::manager_pidfd_open(child));
+  owner->pidfd = detail::unique_fd(detail::pidfd_open(child));
   owner_ = std::move(owner);
   client_ = std::make_shared<detail::manager_client>(std::move(endpoint), std::move(options.authkey));
 }

@@ -251,42 +251,6 @@ void pool_check_fresh_callable(const pool_core& core, const char* caller) {
   }
 }
 
-/// Starts a Pool's factory as a fresh program: mp::Process's spawned-child path (mp::init) runs
-/// pool_factory_entry with the boot bytes and the descriptors. Called with the registry mutex held.
-inline pool_fresh_factory pool_start_fresh_factory(const pool_config& config, std::span<const std::byte> boot,
-                                                   std::span<const int> fds) {
-  const std::string name = "PoolFactory";
-  spawn_request request;
-  request.name = name;
-  request.daemon = false;
-  request.parent_name = config.parent_name;  // not current_process(): the registry mutex is held
-  request.parent_pid = ::getpid();
-  request.start_method = the_start_method().load();
-  request.target = spawn_target{locate_code(reinterpret_cast<std::uintptr_t>(&pool_factory_entry)),
-                                std::vector<std::byte>(boot.begin(), boot.end())};
-  const std::vector<std::byte> bytes = mp::serialize(request);
-  int pair[2];
-  sys("socketpair", "Pool worker factory", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
-  unique_fd mine(pair[0]);
-  unique_fd theirs(pair[1]);
-  pool_fresh_factory started;
-  if (config.start_method == static_cast<int>(StartMethod::forkserver)) {
-    server_child child = forkserver_fork(theirs.get(), false);
-    started.pid = child.pid;
-    started.status = std::move(child.status);
-  } else {
-    started.pid = spawn_program(spawned_child_env, theirs.get(), name);
-  }
-  theirs.reset();
-  try {
-    send_frame(mine.get(), bytes, fds, "Pool: starting the worker factory");
-  } catch (const Error&) {
-    // It died before reading (killed from outside): the caller sees end of file instead of its "ready" byte.
-  }
-  started.bootstrap = std::move(mine);
-  return started;
-}
-
 /// Python's automatic chunksize: ceil(n / (4 * processes)).
 inline std::size_t pool_auto_chunksize(std::size_t n, std::size_t processes) {
   const std::size_t per = 4 * processes;
@@ -590,10 +554,9 @@ class Pool {
 inline Pool::Pool(PoolOptions options) {
   const StartMethod method = options.start_method.value_or(get_start_method());
   detail::pool_config config;
+  config.start_method = method;
   if (method != StartMethod::fork) {
     detail::require_init(method, "Pool");
-    config.start_method = static_cast<int>(method);
-    config.start_fresh = &detail::pool_start_fresh_factory;
     config.parent_name = current_process().name();
     if (options.initializer) {
       // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.

@@ -64,18 +64,6 @@ struct ProcessOptions {
 
 namespace detail {
 
-/// A target and its arguments as a child started by spawn or forkserver receives them: the entry function that
-/// decodes and calls them (located by module and offset: ASLR moves every module) and the bytes it decodes.
-struct spawn_target {
-  code_address entry;
-  std::vector<std::byte> bytes;
-
-  template <class Archive>
-  void serialize(Archive& ar) {
-    ar(entry, bytes);
-  }
-};
-
 /// A type-erased target(args...) that may hold move-only arguments (std::function cannot).
 struct process_task {
   virtual ~process_task() = default;
@@ -200,25 +188,6 @@ struct spawned_task final : process_task {
   spawn_target target;
   std::shared_ptr<fd_inbox> fds;
 };
-
-/// Everything a child started by spawn or forkserver needs to become its Process.
-struct spawn_request {
-  std::string name;
-  std::vector<unsigned> identity;
-  bool daemon = false;
-  std::string parent_name;
-  std::int32_t parent_pid = 0;
-  std::int32_t start_method = -1;    // the child's default as set in the parent (-1: none), as Python passes it
-  std::optional<spawn_target> target;
-  std::optional<spawn_target> subclass;  // a registered Process subclass: factory + its serialized fields
-
-  template <class Archive>
-  void serialize(Archive& ar) {
-    ar(name, identity, daemon, parent_name, parent_pid, start_method, target, subclass);
-  }
-};
-
-[[noreturn]] void run_spawned_child(int socket, pid_t direct_parent, bool via_server) noexcept;
 
 struct main_process_tag {};
 
@@ -615,9 +584,9 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
   request.daemon = state.daemon;
   request.parent_name = parent.name;
   request.parent_pid = parent.pid;
-  // As set here (-1: not set yet, so the child's default also comes from MP_START_METHOD); reading it through
+  // As set here (none yet: the child's default also comes from MP_START_METHOD); reading it through
   // get_start_method() would fix this process's default as a side effect of a per-Process choice.
-  request.start_method = detail::the_start_method().load();
+  request.start_method = detail::start_method_setting();
   detail::fd_outbox outbox;
   {
     detail::fd_outbox_scope scope(outbox);
@@ -640,63 +609,33 @@ inline void Process::start_fresh(detail::process_record& state, StartMethod meth
     }
     if (target_) request.target = target_->encode_for_spawn();
   }
-  const std::vector<std::byte> bytes = mp::serialize(request);
 
   // Not for memory (nothing is copied) but for order: what the parent printed before start() comes first.
-  std::fflush(nullptr);
-  std::cout.flush();
-  std::cerr.flush();
-  std::clog.flush();
+  detail::flush_standard_streams();
 
-  detail::unique_fd mine;
-  auto launch = [&] {
+  detail::fresh_child child;
+  {
     detail::registry& reg = detail::the_registry();
-    // Held from socketpair() until the child's end is closed here: a fork-method start in another thread (which
-    // holds it across fork()) would otherwise copy that end into its child, and recv() below would not see end of
-    // file if our child died before answering.
     std::lock_guard lock(reg.mutex);
-    int pair[2];
-    detail::sys("socketpair", state.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
-    mine.reset(pair[0]);
-    detail::unique_fd theirs(pair[1]);
+    child = detail::start_fresh_child(method, request, outbox.fds);
+    detail::reap_finished_children_locked(reg);
+    detail::register_exit_function_locked(reg);
     if (method == StartMethod::forkserver) {
-      detail::server_child forked = detail::forkserver_fork(theirs.get(), state.daemon);
-      theirs.reset();
-      detail::reap_finished_children_locked(reg);
-      detail::register_exit_function_locked(reg);
-      state.pid = forked.pid;
+      state.pid = child.pid;
       state.via_server = true;
-      state.status_fd = std::move(forked.status);
-      // The child cannot end before it has read its Process (sent below) unless it is killed from outside; if it
-      // did and the server reaped it (ESRCH), the status pipe serves as the sentinel.
-      int pidfd = detail::pidfd_open(forked.pid);
+      state.status_fd = std::move(child.status);
+      // The child cannot end before it has read its Process unless it is killed from outside; if it did and the
+      // server reaped it (ESRCH), the status pipe serves as the sentinel.
+      int pidfd = detail::pidfd_open(child.pid);
       if (pidfd == -1) pidfd = ::fcntl(state.status_fd.get(), F_DUPFD_CLOEXEC, 0);
       state.pidfd.reset(pidfd);
       state.started = true;
       reg.children.push_back(&state);
     } else {
-      const pid_t child = detail::spawn_program(detail::spawned_child_env, theirs.get(), state.name);
-      theirs.reset();
-      detail::reap_finished_children_locked(reg);
-      detail::register_exit_function_locked(reg);
-      adopt_child_locked(state, child);
+      adopt_child_locked(state, child.pid);
     }
-  };
-  // The spawned child's death signal follows the thread that starts it, as under fork (see start()). (The fork
-  // server's children are the server's: any thread will do, but one path is simpler.)
-  if (detail::on_main_thread()) {
-    launch();
-  } else {
-    detail::run_on_fork_thread(launch);
   }
-  try {
-    detail::send_frame(mine.get(), bytes, outbox.fds, state.name.c_str());
-  } catch (const Error&) {
-    // The child died before reading its Process (killed from outside): its exit code says how.
-  }
-  // One byte when the child is ready (its death signal armed, as under fork); end of file if it died first.
-  char ready;
-  detail::retry_on_eintr([&] { return ::recv(mine.get(), &ready, 1, 0); });
+  (void)detail::wait_until_ready(child);  // end of file instead if it died first: its exit code says how
   target_.reset();
 }
 
@@ -937,10 +876,12 @@ namespace detail {
     frame message = receive_frame(socket_fd, "spawned child: reading its Process");
     spawn_request request = mp::deserialize<spawn_request>(message.bytes);
     name = "Process " + request.name;
-    if (request.start_method < -1 || request.start_method > static_cast<int>(StartMethod::forkserver)) {
-      throw ProcessError("spawned child: start method " + std::to_string(request.start_method) + " is not one");
+    if (request.start_method && (static_cast<int>(*request.start_method) < 0 ||
+                                 static_cast<int>(*request.start_method) > static_cast<int>(StartMethod::forkserver))) {
+      throw ProcessError("spawned child: start method " + std::to_string(static_cast<int>(*request.start_method)) +
+                         " is not one");
     }
-    the_start_method().store(request.start_method);
+    adopt_start_method_setting(request.start_method);
     auto fds = std::make_shared<fd_inbox>(std::move(message.fds));
     std::unique_ptr<Process> process;  // never destroyed: the child ends with _exit
     if (request.subclass) {
@@ -976,9 +917,6 @@ namespace detail {
   }
   ::_exit(1);
 }
-
-// mp::init (in context.hpp, which cannot include this header) reaches the child's side through this hook.
-inline const bool spawned_child_main_installed = (the_spawned_child_main().store(&run_spawned_child), true);
 
 }  // namespace detail
 

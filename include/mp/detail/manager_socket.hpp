@@ -26,6 +26,7 @@
 #include <mp/detail/manager_auth.hpp>
 #include <mp/detail/manager_channel.hpp>
 #include <mp/detail/manager_protocol.hpp>
+#include <mp/detail/child_os.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
@@ -44,9 +45,6 @@ struct manager_endpoint {
     return tcp ? "tcp://" + host + ":" + std::to_string(port) : "unix:" + path;
   }
 };
-
-/// pidfd_open(2) (no glibc wrapper before 2.36); -1 with errno set on failure. The fd is close-on-exec.
-inline int manager_pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U)); }
 
 inline sockaddr_un unix_address(const std::string& path) {
   sockaddr_un address{};

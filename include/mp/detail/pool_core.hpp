@@ -53,6 +53,8 @@
 #include <mp/detail/pool_task.hpp>
 #include <mp/detail/registry.hpp>
 #include <mp/detail/shm_segment.hpp>
+#include <mp/detail/spawn.hpp>
+#include <mp/detail/child_os.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -110,29 +112,12 @@ inline std::exception_ptr pool_read_failure(input_archive& ar) {
   return std::make_exception_ptr(RemoteError(std::move(type), message));
 }
 
-/// A factory started as a fresh program: its pid, the socket it answers "ready" on once running, and under
-/// forkserver the pipe the server writes its wait status to (it is the server's child, not ours).
-struct pool_fresh_factory {
-  pid_t pid = 0;
-  unique_fd bootstrap;
-  unique_fd status;
-};
-
-struct pool_config;
-
-/// Starts the factory as a fresh program by config.start_method, handing it `boot` (a serialized
-/// pool_factory_boot) and `fds` (segment, eventfd, factory socket). Called with the registry mutex held; returns
-/// once the bytes and descriptors are sent. Supplied by <mp/pool.hpp>, which has mp::Process's machinery.
-using pool_fresh_starter = pool_fresh_factory (*)(const pool_config& config, std::span<const std::byte> boot,
-                                                  std::span<const int> fds);
-
 struct pool_config {
   std::size_t processes = 1;
   std::function<void()> initializer;
   std::size_t maxtasksperchild = 0;
   std::uint64_t task_timeout_ns = 0;
-  int start_method = 0;                    // as mp::StartMethod: 0 fork, 1 spawn, 2 forkserver
-  pool_fresh_starter start_fresh = nullptr;  // set unless fork
+  StartMethod start_method = StartMethod::fork;  // spawn/forkserver: the factory is a fresh program
   std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's function (this process's address)
   std::string parent_name;                 // spawn/forkserver: current_process().name(), for the factory
 };
@@ -250,7 +235,7 @@ class pool_core {
 
   std::size_t processes() const noexcept { return config_.processes; }
   /// True when the workers are forks of a fresh program (spawn, forkserver): only what serializes reaches them.
-  bool fresh() const noexcept { return config_.start_fresh != nullptr; }
+  bool fresh() const noexcept { return config_.start_method != StartMethod::fork; }
   /// True in the process that created the pool; its copy in a forked child must not be used (no supervisor there,
   /// and a mutex copied while another thread held it).
   bool owned_here() const noexcept { return owner_ == ::getpid(); }
@@ -380,7 +365,7 @@ inline pool_core::pool_core(pool_config config) : config_(std::move(config)) {
   unique_fd ours(pair[0]);
   unique_fd theirs(pair[1]);
 
-  if (config_.start_fresh == nullptr) {
+  if (!fresh()) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       // The factory: forget the parent's children (not ours to join), close the parent's end, serve.
@@ -415,17 +400,22 @@ inline pool_core::pool_core(pool_config config) : config_(std::move(config)) {
       output_archive ar(bytes);
       ar(boot);
     }
+    spawn_request request;
+    request.name = "PoolFactory";
+    request.parent_name = config_.parent_name;  // not current_process(): the registry mutex is held
+    request.parent_pid = ::getpid();
+    request.start_method = start_method_setting();
+    request.target = spawn_target{locate_code(reinterpret_cast<std::uintptr_t>(&pool_factory_entry)), std::move(bytes)};
     const int fds[] = {segment_.fd(), wake_fd_.get(), theirs.get()};
-    pool_fresh_factory started = config_.start_fresh(config_, bytes, std::span<const int>(fds));
+    fresh_child started = start_fresh_child(config_.start_method, request, fds);
     theirs.reset();
     reg_lock.unlock();
     factory_pid_ = started.pid;
     factory_status_ = std::move(started.status);
-    if (factory_status_) factory_pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, started.pid, 0)));
+    if (factory_status_) factory_pidfd_.reset(pidfd_open(started.pid));
     // One byte once it runs (from mp::Process's spawned-child path); end of file if it died first.
-    char ready = 0;
-    const auto got = retry_on_eintr([&] { return ::recv(started.bootstrap.get(), &ready, 1, 0); });
-    if (got != 1) {
+    const bool got = wait_until_ready(started);
+    if (!got) {
       ours.reset();
       reap_factory();
       throw ProcessError("Pool: the worker factory process (pid " + std::to_string(started.pid) +
@@ -663,7 +653,7 @@ inline bool pool_core::read_factory_locked() {
     const std::size_t s = event.slot;
     if (event.kind == pool_factory_event::spawned) {
       slots_[s].pid = event.pid;
-      slots_[s].pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, event.pid, 0)));  // -1 if already gone
+      slots_[s].pidfd.reset(pidfd_open(event.pid));  // -1 if already gone
     } else if (event.kind == pool_factory_event::exited) {
       worker_exited_locked(s, event.pid, event.code);
     } else if (event.kind == pool_factory_event::spawn_failed) {

@@ -25,6 +25,7 @@
 #include <iostream>
 #include <vector>
 
+#include <mp/detail/child_os.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 
@@ -149,7 +150,7 @@ inline void pool_flush_task_output() noexcept {
       ::_exit(0);
     }
     c.pid = pid;
-    c.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    c.pidfd.reset(pidfd_open(pid));
     if (!c.pidfd) {  // no pidfd (very old kernel or out of fds): we cannot watch it, so do not keep it
       ::kill(pid, SIGKILL);
       siginfo_t info{};

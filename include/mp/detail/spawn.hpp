@@ -31,12 +31,19 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <mp/detail/archive.hpp>
+#include <mp/detail/code_address.hpp>
+#include <mp/detail/config.hpp>
+#include <mp/detail/fork_thread.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/syscall.hpp>
+#include <mp/detail/start_method.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
@@ -61,14 +68,41 @@ inline std::string& program_name() {
   return *name;
 }
 
-/// The child's side of a spawn, installed by <mp/process.hpp> (context.hpp cannot include it): reads the Process
-/// from `socket`, runs it and _exits. `direct_parent` is the pid whose death should end the child (the fork
-/// server's, under forkserver).
-using spawned_child_main = void (*)(int socket, pid_t direct_parent, bool via_server);
-inline std::atomic<spawned_child_main>& the_spawned_child_main() {
-  static std::atomic<spawned_child_main> hook{nullptr};
-  return hook;
-}
+/// The child's side of a fresh start (defined with mp::Process): reads its Process from `socket`, becomes it, runs
+/// it and _exits. `direct_parent` is the pid whose death should end the child (the fork server's, under
+/// forkserver). mp::init calls it in a spawned child, and hands it to the fork server for each child it forks.
+[[noreturn]] MP_DECL void run_spawned_child(int socket, pid_t direct_parent, bool via_server) noexcept;
+using fresh_child_main = void (*)(int socket, pid_t direct_parent, bool via_server) noexcept;
+
+/// A target and its arguments as a child started by spawn or forkserver receives them: the entry function that
+/// decodes and calls them (located by module and offset: ASLR moves every module) and the bytes it decodes.
+struct spawn_target {
+  code_address entry;
+  std::vector<std::byte> bytes;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(entry, bytes);
+  }
+};
+
+/// Everything a child started by spawn or forkserver needs to become its Process.
+struct spawn_request {
+  std::string name;
+  std::vector<unsigned> identity;
+  bool daemon = false;
+  std::string parent_name;
+  std::int32_t parent_pid = 0;
+  std::optional<StartMethod> start_method;  // the child's default as set in the parent (none: not set), as Python passes it
+  std::optional<spawn_target> target;
+  std::optional<spawn_target> subclass;  // a registered Process subclass: factory + its serialized fields
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, identity, daemon, parent_name, parent_pid, start_method, target, subclass);
+  }
+};
+
 
 /// The message for a program that uses spawn or forkserver without calling mp::init first.
 inline std::string missing_init_message(std::string_view where, std::string_view method) {
@@ -239,9 +273,64 @@ inline pid_t forkserver_pid() {
   return client.pid;
 }
 
+/// A child started by start_fresh_child.
+struct fresh_child {
+  pid_t pid = 0;
+  unique_fd status;  // forkserver: the server writes the child's wait status here once it reaped it; spawn: empty
+  unique_fd socket;  // this end of the child's socket: the request went out on it, and the child's answers come in
+};
+
+/// Starts a fresh copy of this program that becomes the Process `request` describes — posix_spawn of
+/// /proc/self/exe under spawn, a fork of the fork server under forkserver — and sends it the request with `fds`
+/// beside it (SCM_RIGHTS). Used by Process, the Pool's worker factory and the Manager's server alike.
+/// Call it with the registry mutex held: a fork-method start in another thread holds it across fork(), so no such
+/// child can inherit the new child's end of the socket (the parent would then never see end of file on it if the
+/// child died). The start itself runs on the main thread or on mp's fork thread, since the child's death signal
+/// follows the thread that creates it (detail/fork_thread.hpp).
+inline fresh_child start_fresh_child(StartMethod method, const spawn_request& request, std::span<const int> fds) {
+  std::vector<std::byte> bytes;
+  {
+    output_archive archive(bytes);
+    archive(request);
+  }
+  int pair[2];
+  sys("socketpair", request.name, [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); });
+  fresh_child child;
+  child.socket.reset(pair[0]);
+  unique_fd theirs(pair[1]);
+  auto launch = [&] {
+    if (method == StartMethod::forkserver) {
+      server_child forked = forkserver_fork(theirs.get(), request.daemon);
+      child.pid = forked.pid;
+      child.status = std::move(forked.status);
+    } else {
+      child.pid = spawn_program(spawned_child_env, theirs.get(), request.name);
+    }
+  };
+  if (on_main_thread()) {
+    launch();
+  } else {
+    run_on_fork_thread(launch);
+  }
+  theirs.reset();
+  try {
+    send_frame(child.socket.get(), bytes, fds, request.name.c_str());
+  } catch (const Error&) {
+    // It died before reading its request (killed from outside): wait_until_ready() sees end of file.
+  }
+  return child;
+}
+
+/// Waits for the one byte a fresh child writes once it is ready (its death signal armed): true, or false if it
+/// ended first (end of file).
+inline bool wait_until_ready(const fresh_child& child) {
+  char ready = 0;
+  return retry_on_eintr([&] { return ::recv(child.socket.get(), &ready, 1, 0); }) == 1;
+}
+
 /// The server's loop; never returns. Single-threaded by construction: it runs in mp::init, before main() starts
 /// anything (static initializers that start threads defeat it: see docs/start-methods.md).
-[[noreturn]] inline void run_forkserver(int control_fd) noexcept {
+[[noreturn]] inline void run_forkserver(int control_fd, fresh_child_main run_child) noexcept {
   struct child_entry {
     int status_write;
     bool daemon;
@@ -316,13 +405,7 @@ inline pid_t forkserver_pid() {
           control.reset();
           ::sigprocmask(SIG_SETMASK, &previous, nullptr);
           int socket = request.fds.fds[0].release();
-          spawned_child_main hook = the_spawned_child_main().load();
-          if (hook == nullptr) {
-            std::fputs("mp forkserver: <mp/process.hpp> is not part of this program\n", stderr);
-            ::_exit(1);
-          }
-          hook(socket, server, true);
-          ::_exit(1);  // not reached: the hook never returns
+          run_child(socket, server, true);  // never returns
         }
         if (pid == -1) {
           answer = -last_errno();
