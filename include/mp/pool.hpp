@@ -8,41 +8,30 @@
 // join() (all submitted work finishes), unlike Python's `with`, which terminates.
 #pragma once
 
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <chrono>
-#include <climits>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <ranges>
-#include <span>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include <mp/context.hpp>
-#include <mp/detail/code_address.hpp>
-#include <mp/detail/handle_transfer.hpp>
-#include <mp/detail/pool_core.hpp>
-#include <mp/detail/pool_task.hpp>
-#include <mp/detail/spawn.hpp>
-#include <mp/detail/syscall.hpp>
+#include <mp/detail/archive.hpp>
+#include <mp/detail/clock.hpp>
+#include <mp/detail/config.hpp>
+#include <mp/detail/pool/core.hpp>
+#include <mp/detail/pool/jobs.hpp>
+#include <mp/detail/pool/task.hpp>
 #include <mp/detail/type_name.hpp>
-#include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 #include <mp/process.hpp>
 #include <mp/serialize.hpp>
@@ -63,224 +52,15 @@ struct TaskOptions {
   std::optional<std::chrono::milliseconds> timeout{};  ///< overrides PoolOptions::task_timeout for this task
 };
 
-namespace detail {
-
-template <class R>
-using pool_stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
-
-/// A job whose outcome an AsyncResult<R> reads once done is set.
-template <class R>
-class pool_result_job : public pool_job {
- public:
-  std::atomic<bool> done{false};
-  pool_stored_t<R> value{};     // written before done (release), read after (acquire)
-  std::exception_ptr error;
-
-  void finish() {
-    done.store(true, std::memory_order_release);
-    event.notify();
-  }
-};
-
-/// apply_async: one chunk whose message is the callable's state and the arguments.
-template <class R>
-class pool_apply_job final : public pool_result_job<R> {
- public:
-  std::vector<std::byte> message;
-  std::span<const std::byte> prefix() override { return message; }
-  std::span<const std::byte> body(std::size_t) override { return {}; }
-  void deliver(std::size_t, input_archive& ar) override {
-    std::uint64_t ok = 0;
-    ar.read_bytes(&ok, sizeof ok, "result count");
-    if constexpr (!std::is_void_v<R>) {
-      if (ok == 1) this->value = pool_load<R>(ar);
-    }
-    this->error = pool_read_failure(ar);
-    this->finish();
-  }
-  void fail(std::size_t, std::exception_ptr e) override {
-    this->error = std::move(e);
-    this->finish();
-  }
-};
-
-template <class E>
-using pool_map_result_t = std::conditional_t<std::is_void_v<E>, void, std::vector<E>>;
-
-/// map/starmap: every chunk's items serialized at submission; results land in place.
-template <class E>
-class pool_map_job final : public pool_result_job<pool_map_result_t<E>> {
- public:
-  std::vector<std::byte> callable;
-  std::vector<std::byte> items;        // chunk bodies back to back
-  std::vector<std::size_t> offsets;    // chunk c's body: items[offsets[c], offsets[c + 1])
-  std::vector<std::size_t> starts;     // chunk c's first item index
-  std::size_t remaining = 0;           // chunks not yet answered
-  std::size_t error_at = SIZE_MAX;     // item index of the earliest failure so far
-  std::exception_ptr first_error;
-
-  std::span<const std::byte> prefix() override { return callable; }
-  std::span<const std::byte> body(std::size_t c) override {
-    return std::span<const std::byte>(items).subspan(offsets[c], offsets[c + 1] - offsets[c]);
-  }
-  void deliver(std::size_t c, input_archive& ar) override {
-    std::uint64_t ok = 0;
-    ar.read_bytes(&ok, sizeof ok, "result count");
-    const std::size_t start = starts[c];
-    if (ok > starts[c + 1] - start) ar.fail("map results", "more results than items in the chunk");
-    if constexpr (!std::is_void_v<E>) {
-      if constexpr (is_bitwise_v<E>) {
-        const auto bytes = ar.take(ok * sizeof(E), "map results");
-        if (ok != 0) std::memcpy(this->value.data() + start, bytes.data(), bytes.size());
-      } else {
-        for (std::size_t i = 0; i < ok; ++i) this->value[start + i] = pool_load<E>(ar);
-      }
-    }
-    if (auto e = pool_read_failure(ar)) note_failure(start + ok, std::move(e));
-    chunk_done();
-  }
-  void fail(std::size_t c, std::exception_ptr e) override {
-    note_failure(starts[c], std::move(e));
-    chunk_done();
-  }
-
- private:
-  void note_failure(std::size_t at, std::exception_ptr e) {
-    if (at < error_at) {
-      error_at = at;
-      first_error = std::move(e);
-    }
-  }
-  void chunk_done() {
-    if (--remaining != 0) return;
-    this->error = first_error;
-    std::vector<std::byte>().swap(items);
-    this->finish();
-  }
-};
-
-/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrived` until consumed.
-template <class E>
-class pool_imap_job final : public pool_job {
- public:
-  struct chunk_result {
-    std::vector<E> values;
-    std::exception_ptr error;  // after values: the item at position values.size() failed
-  };
-  std::vector<std::byte> callable;
-  std::mutex mutex;  // guards the maps below; taken under the core mutex, never the other way round
-  std::map<std::size_t, std::vector<std::byte>> bodies;
-  std::map<std::size_t, chunk_result> arrived;
-  std::deque<std::size_t> arrival_order;
-
-  std::span<const std::byte> prefix() override { return callable; }
-  std::span<const std::byte> body(std::size_t c) override {
-    std::lock_guard lock(mutex);
-    return bodies.at(c);  // the vector's buffer does not move when other entries come and go
-  }
-  void deliver(std::size_t c, input_archive& ar) override {
-    chunk_result result;
-    std::uint64_t ok = 0;
-    ar.read_bytes(&ok, sizeof ok, "result count");
-    if (ok > ar.remaining()) ar.fail("imap results", "more results than bytes");
-    result.values.reserve(ok);
-    for (std::uint64_t i = 0; i < ok; ++i) result.values.push_back(pool_load<E>(ar));
-    result.error = pool_read_failure(ar);
-    store(c, std::move(result));
-  }
-  void fail(std::size_t c, std::exception_ptr e) override { store(c, chunk_result{{}, std::move(e)}); }
-
- private:
-  void store(std::size_t c, chunk_result result) {
-    {
-      std::lock_guard lock(mutex);
-      bodies.erase(c);
-      arrived.emplace(c, std::move(result));
-      arrival_order.push_back(c);
-    }
-    event.notify();
-  }
-};
-
-/// Arguments as they travel: string literals and char pointers become std::string.
-template <class A>
-using pool_arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
-                                      std::string, std::decay_t<A>>;
-
-template <class F, class... Args>
-using pool_apply_result_t = std::remove_cvref_t<std::invoke_result_t<F&, Args&&...>>;
-
-/// Stands for the result of a call that does not compile, so the static_assert below names the problem.
-struct pool_not_callable {};
-
-template <class F, class T, bool Star>
-struct pool_item_result {
-  using type = pool_not_callable;
-};
-template <class F, class T>
-  requires std::is_invocable_v<F&, T&&>
-struct pool_item_result<F, T, false> {
-  using type = std::remove_cvref_t<std::invoke_result_t<F&, T&&>>;
-};
-template <class F, class T>
-  requires requires { std::apply(std::declval<F&>(), std::declval<T&&>()); }
-struct pool_item_result<F, T, true> {
-  using type = std::remove_cvref_t<decltype(std::apply(std::declval<F&>(), std::declval<T&&>()))>;
-};
-template <class E>
-constexpr void pool_check_callable_with_items() {
-  static_assert(!std::is_same_v<E, pool_not_callable>,
-                "mp::Pool::map/imap/starmap: the function cannot be called with the range's items (for starmap: with "
-                "the elements of each tuple); check the parameter types against the range's value type");
-}
-
-/// Under spawn and forkserver, refuses a callable whose state may hold addresses (a lambda with captures): the
-/// same rule as Process::start. Under fork everything pool_check_callable accepts crosses.
-template <class F>
-void pool_check_fresh_callable(const pool_core& core, const char* caller) {
-  if constexpr (!target_crosses<F>()) {
-    if (core.fresh())
-      throw ProcessError(std::string(caller) + ": the function, of type " + type_name<F>() + ", cannot cross to "
-                         "the workers of a Pool started by spawn or forkserver: only a function, a lambda without "
-                         "captures, or a function object with a serialize member can (a capture may be a reference, "
-                         "meaningless in a fresh process); pass captured values as arguments, or use "
-                         "StartMethod::fork");
-  } else {
-    (void)core;
-    (void)caller;
-  }
-}
-
-/// Python's automatic chunksize: ceil(n / (4 * processes)).
-inline std::size_t pool_auto_chunksize(std::size_t n, std::size_t processes) {
-  const std::size_t per = 4 * processes;
-  return std::max<std::size_t>(1, n / per + (n % per != 0 ? 1 : 0));
-}
-
-template <class Duration>
-std::string pool_ms_text(Duration d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
-}
-
-}  // namespace detail
-
 /// The pending result of apply_async/map_async/starmap_async (Python's AsyncResult). Copies share one result.
 template <class R>
 class [[nodiscard]] AsyncResult {
  public:
   /// Waits, then returns the value or throws the task's error (RemoteError, WorkerLost, TimeoutError, ...).
-  R get() {
-    wait();
-    return value();
-  }
+  R get();
   /// As get(), but throws TimeoutError if the result is not ready within timeout (the task keeps running).
   template <class Rep, class Period>
-  R get(std::chrono::duration<Rep, Period> timeout) {
-    if (!wait(timeout))
-      throw TimeoutError("AsyncResult::get timed out after " + detail::pool_ms_text(timeout) +
-                         "; the task is still running: call get() again to keep waiting");
-    return value();
-  }
+  R get(std::chrono::duration<Rep, Period> timeout);
   /// Waits until the result is ready.
   void wait() { (void)core_->wait(job_->event, [&] { return ready(); }); }
   /// Waits at most timeout; true if the result is ready.
@@ -291,35 +71,25 @@ class [[nodiscard]] AsyncResult {
   /// True once the task has finished (successfully or not).
   bool ready() const { return job_->done.load(std::memory_order_acquire); }
   /// True if it finished without an error; Error if it is not ready yet (as Python's ValueError).
-  bool successful() const {
-    if (!ready()) throw Error("AsyncResult::successful: the result is not ready yet; call wait() first");
-    return !job_->error;
-  }
+  bool successful() const;
 
  private:
   friend class Pool;
-  AsyncResult(std::shared_ptr<detail::pool_core> core, std::shared_ptr<detail::pool_result_job<R>> job)
+  AsyncResult(std::shared_ptr<detail::pool::core> core, std::shared_ptr<detail::pool::result_job<R>> job)
       : core_(std::move(core)), job_(std::move(job)) {}
-  R value() const {
-    if (job_->error) std::rethrow_exception(job_->error);
-    if constexpr (!std::is_void_v<R>) return job_->value;
-  }
+  R value() const;
   /// Moves the value out (the blocking map()/apply() own their result alone).
-  R take() {
-    wait();
-    if (job_->error) std::rethrow_exception(job_->error);
-    if constexpr (!std::is_void_v<R>) return std::move(job_->value);
-  }
+  R take();
 
-  std::shared_ptr<detail::pool_core> core_;
-  std::shared_ptr<detail::pool_result_job<R>> job_;
+  std::shared_ptr<detail::pool::core> core_;
+  std::shared_ptr<detail::pool::result_job<R>> job_;
 };
 
 /// The lazy result sequence of imap (Ordered) / imap_unordered: an input range; use it in a range-for.
 /// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
 template <class F, class V, class E, bool Ordered>
 class [[nodiscard]] IMapIterator {
-  struct state;
+  using state = detail::pool::imap_state<F, V, E, Ordered>;
 
  public:
   class iterator {
@@ -329,10 +99,8 @@ class [[nodiscard]] IMapIterator {
     iterator() = default;
     /// The current item; throws RemoteError (or WorkerLost, TimeoutError) if that item's task failed.
     const E& operator*() const { return s_->current(); }
-    iterator& operator++() {
-      s_->advance();
-      return *this;
-    }
+    /// Moves to the next item, waiting for its chunk's result.
+    iterator& operator++() { s_->advance(); return *this; }
     void operator++(int) { s_->advance(); }
     friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.s_->at_end; }
 
@@ -343,112 +111,12 @@ class [[nodiscard]] IMapIterator {
   };
 
   /// Starts iterating (once: an input range).
-  iterator begin() {
-    if (!state_->started) {
-      state_->started = true;
-      state_->advance();
-    }
-    return iterator(state_.get());
-  }
+  iterator begin();
   std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
   friend class Pool;
-  IMapIterator(std::shared_ptr<detail::pool_core> core, F f, V&& input, std::size_t chunksize)
-      : state_(std::make_unique<state>(std::move(core), std::move(f), std::forward<V>(input), chunksize)) {
-    state_->feed();  // work starts now, not at the first ++
-  }
-
-  struct state {
-    using input_type = std::remove_reference_t<V>&;  // iterated as an lvalue, owned or referenced
-    using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
-    std::shared_ptr<detail::pool_core> core;
-    std::shared_ptr<detail::pool_imap_job<E>> job = std::make_shared<detail::pool_imap_job<E>>();
-    V input;  // a reference to an lvalue range (which must outlive the iteration), or the moved-in rvalue range
-    std::ranges::iterator_t<input_type> it;
-    std::size_t chunksize;
-    std::size_t window;
-    bool input_done = false;
-    bool started = false;
-    bool at_end = false;
-    std::size_t submitted = 0;  // chunks handed to the pool
-    std::size_t consumed = 0;   // chunks taken out of job->arrived
-    typename detail::pool_imap_job<E>::chunk_result chunk;
-    std::size_t position = 0;   // next index into chunk.values
-    bool on_error = false;
-
-    state(std::shared_ptr<detail::pool_core> c, F f, V&& in, std::size_t size)
-        : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
-          window(4 * core->processes() + 2) {
-      job->trampoline = &detail::pool_map_trampoline<F, T, E, false>;
-      detail::pool_encode_callable(job->callable, f);
-    }
-
-    void feed() {
-      while (!input_done && submitted - consumed < window) {
-        std::vector<std::byte> body;
-        const auto end = std::ranges::end(input);
-        const std::uint64_t n = detail::pool_append_items<T>(body, it, end, chunksize);
-        if (it == end) input_done = true;
-        if (n == 0) break;
-        {
-          std::lock_guard lock(job->mutex);
-          job->bodies.emplace(submitted, std::move(body));
-        }
-        core->submit(job, submitted, 1, Ordered ? "Pool::imap" : "Pool::imap_unordered");
-        ++submitted;
-      }
-    }
-
-    const E& current() const {
-      if (at_end) throw Error("IMapIterator: dereferenced past the end");
-      if (on_error) std::rethrow_exception(chunk.error);
-      return chunk.values[position - 1];
-    }
-
-    // Moves to the next item (or error position, or the end).
-    void advance() {
-      if (on_error) {  // the failed item is behind us: the rest of that chunk never ran
-        on_error = false;
-        chunk.error = nullptr;
-      }
-      for (;;) {
-        if (position < chunk.values.size()) {
-          ++position;
-          return;
-        }
-        if (chunk.error) {
-          on_error = true;
-          return;
-        }
-        feed();
-        if (input_done && consumed == submitted) {
-          at_end = true;
-          return;
-        }
-        auto has_next = [&] {
-          std::lock_guard lock(job->mutex);
-          return Ordered ? job->arrived.count(consumed) != 0 : !job->arrival_order.empty();
-        };
-        core->wait(job->event, has_next);
-        {
-          std::lock_guard lock(job->mutex);
-          std::size_t key = consumed;
-          if constexpr (!Ordered) {
-            key = job->arrival_order.front();
-            job->arrival_order.pop_front();
-          } else {
-            std::erase(job->arrival_order, key);
-          }
-          auto node = job->arrived.extract(key);
-          chunk = std::move(node.mapped());
-        }
-        ++consumed;
-        position = 0;
-        feed();
-      }
-    }
-  };
+  IMapIterator(std::shared_ptr<detail::pool::core> core, F f, V&& input, std::size_t chunksize);
 
   std::unique_ptr<state> state_;
 };
@@ -458,9 +126,9 @@ class Pool {
  public:
   /// `processes` workers (0: cpu_count()).
   explicit Pool(std::size_t processes = 0) : Pool(PoolOptions{.processes = processes}) {}
-  explicit Pool(PoolOptions options);
+  MP_DECL explicit Pool(PoolOptions options);
   /// close() then join(): every submitted task finishes first (Python's `with` would terminate instead).
-  ~Pool();
+  MP_DECL ~Pool();
   Pool(Pool&&) noexcept = default;
   Pool& operator=(Pool&&) = delete;
 
@@ -478,7 +146,7 @@ class Pool {
   /// Starts f(args...) with per-task options (a timeout over the pool's task_timeout).
   template <class F, class... Args>
   auto apply_async(TaskOptions options, F f, Args&&... args)
-      -> AsyncResult<detail::pool_apply_result_t<F, detail::pool_arg_t<Args>...>>;
+      -> AsyncResult<detail::pool::apply_result_t<F, detail::pool::arg_t<Args>...>>;
 
   /// [f(x) for x in range], in order; chunksize 0 chooses ceil(n / (4 * processes)). Throws the first failed item's error.
   template <class F, std::ranges::input_range Range>
@@ -530,11 +198,11 @@ class Pool {
   }
 
   /// No new work; what was submitted still runs.
-  void close();
+  void close() { core().close(); }
   /// Kills the workers now; pending results fail with mp::Error instead of hanging.
-  void terminate();
+  void terminate() { core().terminate(); }
   /// Waits for submitted work and the workers' exit; call close() or terminate() first (as Python).
-  void join();
+  void join() { core().join(); }
   /// The number of worker processes.
   std::size_t processes() const noexcept { return core_ ? core_->processes() : 0; }
 
@@ -543,86 +211,90 @@ class Pool {
   auto submit_map(F f, Range&& range, std::size_t chunksize, const char* caller);
   template <bool Ordered, class F, class Range>
   auto make_imap(F f, Range&& range, std::size_t chunksize);
+  /// Under spawn and forkserver, ProcessError for a callable whose state may hold addresses (as Process::start).
+  template <class F>
+  void check_fresh_callable(const char* caller) const;
 
-  detail::pool_core& core() const;  // Error after a move
+  /// The core; Error after a move.
+  detail::pool::core& core() const { return core_ ? *core_ : moved_from(); }
+  [[noreturn]] MP_DECL static detail::pool::core& moved_from();
 
-  std::shared_ptr<detail::pool_core> core_;
+  std::shared_ptr<detail::pool::core> core_;
 };
 
-// ---------------------------------------------------------------------------------------------------------------
+// ---- definitions ----------------------------------------------------------------------------------------------
 
-inline Pool::Pool(PoolOptions options) {
-  const StartMethod method = options.start_method.value_or(get_start_method());
-  detail::pool_config config;
-  config.start_method = method;
-  if (method != StartMethod::fork) {
-    detail::require_init(method, "Pool");
-    config.parent_name = current_process().name();
-    if (options.initializer) {
-      // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.
-      auto* function = options.initializer.target<void (*)()>();
-      if (function == nullptr || *function == nullptr)
-        throw ProcessError("Pool: under start method " + std::string(to_string(method)) + " the initializer must be "
-                           "a plain function, but the std::function holds a " +
-                           detail::type_name(options.initializer.target_type()) + ", which cannot cross to a fresh "
-                           "process; pass a function (`.initializer = init`), a lambda without captures converted "
-                           "with + (`.initializer = +[] { ... }`), or use StartMethod::fork");
-      config.initializer_address = reinterpret_cast<std::uintptr_t>(*function);
-      (void)detail::locate_code(config.initializer_address);  // ProcessError now if it is not code in a module
-    }
-  }
-  config.processes = options.processes != 0 ? options.processes : std::max<std::size_t>(1, cpu_count());
-  if (config.processes > 4096)
-    throw Error("Pool: processes = " + std::to_string(config.processes) + " is not a sensible number of workers; use "
-                "at most a few per CPU (cpu_count() = " + std::to_string(cpu_count()) + ")");
-  config.initializer = std::move(options.initializer);
-  config.maxtasksperchild = options.maxtasksperchild;
-  if (options.task_timeout) {
-    if (options.task_timeout->count() <= 0)
-      throw Error("Pool: task_timeout must be positive, got " + detail::pool_ms_text(*options.task_timeout) +
-                  "; leave it unset for no timeout");
-    config.task_timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(*options.task_timeout).count());
-  }
-  core_ = std::make_shared<detail::pool_core>(std::move(config));
+template <class R>
+R AsyncResult<R>::get() {
+  wait();
+  return value();
 }
 
-inline Pool::~Pool() {
-  if (!core_ || !core_->owned_here()) return;  // moved from, or a copy inherited by a forked child
-  try {
-    core_->close();
-    core_->join();
-  } catch (...) {
-  }
+template <class R>
+template <class Rep, class Period>
+R AsyncResult<R>::get(std::chrono::duration<Rep, Period> timeout) {
+  if (!wait(timeout))
+    throw TimeoutError("AsyncResult::get timed out after " + detail::describe_timeout(timeout) +
+                       "; the task is still running: call get() again to keep waiting");
+  return value();
 }
 
-inline detail::pool_core& Pool::core() const {
-  if (!core_) throw Error("Pool: this Pool was moved from; use the Pool it was moved to");
-  return *core_;
+template <class R>
+bool AsyncResult<R>::successful() const {
+  if (!ready()) throw Error("AsyncResult::successful: the result is not ready yet; call wait() first");
+  return !job_->error;
 }
-inline void Pool::close() { core().close(); }
-inline void Pool::terminate() { core().terminate(); }
-inline void Pool::join() { core().join(); }
+
+template <class R>
+R AsyncResult<R>::value() const {
+  if (job_->error) std::rethrow_exception(job_->error);
+  if constexpr (!std::is_void_v<R>) return job_->value;
+}
+
+template <class R>
+R AsyncResult<R>::take() {
+  wait();
+  if (job_->error) std::rethrow_exception(job_->error);
+  if constexpr (!std::is_void_v<R>) return std::move(job_->value);
+}
+
+template <class F, class V, class E, bool Ordered>
+IMapIterator<F, V, E, Ordered>::IMapIterator(std::shared_ptr<detail::pool::core> core, F f, V&& input,
+                                             std::size_t chunksize)
+    : state_(std::make_unique<state>(std::move(core), std::move(f), std::forward<V>(input), chunksize)) {
+  state_->feed();  // work starts now, not at the first ++
+}
+
+template <class F, class V, class E, bool Ordered>
+auto IMapIterator<F, V, E, Ordered>::begin() -> iterator {
+  if (!state_->started) {
+    state_->started = true;
+    state_->advance();
+  }
+  return iterator(state_.get());
+}
 
 template <class F, class... Args>
 auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
-    -> AsyncResult<detail::pool_apply_result_t<F, detail::pool_arg_t<Args>...>> {
-  using R = detail::pool_apply_result_t<F, detail::pool_arg_t<Args>...>;
-  detail::pool_check_callable<F>();
-  (detail::pool_check_value<detail::pool_arg_t<Args>>(), ...);
-  detail::pool_check_value<R>();
-  detail::pool_check_fresh_callable<F>(core(), "Pool::apply_async");
-  auto job = std::make_shared<detail::pool_apply_job<R>>();
-  job->trampoline = &detail::pool_apply_trampoline<F, R, detail::pool_arg_t<Args>...>;
+    -> AsyncResult<detail::pool::apply_result_t<F, detail::pool::arg_t<Args>...>> {
+  namespace pool = detail::pool;
+  using R = pool::apply_result_t<F, pool::arg_t<Args>...>;
+  pool::check_callable<F>();
+  (pool::check_value<pool::arg_t<Args>>(), ...);
+  pool::check_value<R>();
+  check_fresh_callable<F>("Pool::apply_async");
+  auto job = std::make_shared<pool::apply_job<R>>();
+  job->trampoline = &pool::apply_trampoline<F, R, pool::arg_t<Args>...>;
   if (options.timeout) {
     if (options.timeout->count() <= 0)
       throw Error("Pool::apply_async: TaskOptions::timeout must be positive, got " +
-                  detail::pool_ms_text(*options.timeout));
+                  detail::describe_timeout(*options.timeout));
     job->timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(*options.timeout).count());
   }
-  detail::pool_encode_callable(job->message, f);
+  pool::encode_callable(job->message, f);
   if constexpr (sizeof...(Args) > 0) {
     detail::output_archive ar(job->message);
-    ar(std::tuple<detail::pool_arg_t<Args>...>(std::forward<Args>(args)...));
+    ar(std::tuple<pool::arg_t<Args>...>(std::forward<Args>(args)...));
   }
   core().submit(job, 0, 1, "Pool::apply_async");
   return AsyncResult<R>(core_, std::move(job));
@@ -630,25 +302,26 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
 
 template <bool Star, class F, class Range>
 auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* caller) {
+  namespace pool = detail::pool;
   using T = std::remove_cvref_t<std::ranges::range_value_t<Range>>;
-  using E = typename detail::pool_item_result<F, T, Star>::type;
-  using R = detail::pool_map_result_t<E>;
-  detail::pool_check_callable_with_items<E>();
-  detail::pool_check_callable<F>();
-  detail::pool_check_value<T>();
-  detail::pool_check_value<E>();
-  detail::pool_check_fresh_callable<F>(core(), caller);
+  using E = typename pool::item_result<F, T, Star>::type;
+  using R = pool::map_result_t<E>;
+  pool::check_callable_with_items<E>();
+  pool::check_callable<F>();
+  pool::check_value<T>();
+  pool::check_value<E>();
+  check_fresh_callable<F>(caller);
   if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range>) {
     // A single-pass or unsized input: read it once to count it, as Python turns it into a list.
     std::vector<T> items;
     for (auto&& item : range) items.push_back(static_cast<T>(item));
     return submit_map<Star>(std::move(f), items, chunksize, caller);
   } else {
-    auto job = std::make_shared<detail::pool_map_job<E>>();
-    job->trampoline = &detail::pool_map_trampoline<F, T, E, Star>;
-    detail::pool_encode_callable(job->callable, f);
+    auto job = std::make_shared<pool::map_job<E>>();
+    job->trampoline = &pool::map_trampoline<F, T, E, Star>;
+    pool::encode_callable(job->callable, f);
     const std::size_t n = static_cast<std::size_t>(std::ranges::size(range));
-    if (chunksize == 0) chunksize = detail::pool_auto_chunksize(n, core().processes());
+    if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
     if constexpr (detail::is_bitwise_v<T>) job->items.reserve(n * sizeof(T) + chunks * sizeof(std::uint64_t));
@@ -660,7 +333,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     for (std::size_t c = 0; c < chunks; ++c) {
       job->offsets.push_back(job->items.size());
       job->starts.push_back(position);
-      position += detail::pool_append_items<T>(job->items, it, end, chunksize);
+      position += pool::append_items<T>(job->items, it, end, chunksize);
     }
     job->offsets.push_back(job->items.size());
     job->starts.push_back(position);
@@ -676,19 +349,39 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
 
 template <bool Ordered, class F, class Range>
 auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
+  namespace pool = detail::pool;
   // Not std::views::all: clang 14 cannot compile libstdc++ 12's views. An lvalue range is referenced, an rvalue
   // one moved in.
   using V = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, std::remove_cvref_t<Range>>;
   using T = std::remove_cvref_t<std::ranges::range_value_t<std::remove_reference_t<V>&>>;
-  using E = typename detail::pool_item_result<F, T, false>::type;
-  detail::pool_check_callable_with_items<E>();
+  using E = typename pool::item_result<F, T, false>::type;
+  pool::check_callable_with_items<E>();
   static_assert(!std::is_void_v<E>, "mp::Pool::imap: the function returns void, so there is nothing to iterate; use "
                                     "map or map_async instead");
-  detail::pool_check_callable<F>();
-  detail::pool_check_value<T>();
-  detail::pool_check_value<E>();
-  detail::pool_check_fresh_callable<F>(core(), Ordered ? "Pool::imap" : "Pool::imap_unordered");
+  pool::check_callable<F>();
+  pool::check_value<T>();
+  pool::check_value<E>();
+  check_fresh_callable<F>(Ordered ? "Pool::imap" : "Pool::imap_unordered");
   return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range), chunksize);
 }
 
+template <class F>
+void Pool::check_fresh_callable(const char* caller) const {
+  // Under fork everything pool::check_callable accepts crosses.
+  if constexpr (!detail::target_crosses<F>()) {
+    if (core().fresh())
+      throw ProcessError(std::string(caller) + ": the function, of type " + detail::type_name<F>() + ", cannot cross "
+                         "to the workers of a Pool started by spawn or forkserver: only a function, a lambda without "
+                         "captures, or a function object with a serialize member can (a capture may be a reference, "
+                         "meaningless in a fresh process); pass captured values as arguments, or use "
+                         "StartMethod::fork");
+  } else {
+    (void)caller;
+  }
+}
+
 }  // namespace mp
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/impl/pool.ipp>
+#endif

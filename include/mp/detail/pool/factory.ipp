@@ -1,0 +1,200 @@
+// factory: definitions (see factory.hpp).
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include <mp/detail/archive.hpp>
+#include <mp/detail/child_os.hpp>
+#include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/pool/task.hpp>
+#include <mp/detail/shm_segment.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/detail/unique_fd.hpp>
+#include <mp/errors.hpp>
+
+#include <mp/detail/pool/factory.hpp>
+
+namespace mp::detail::pool {
+
+// Not through the syscall seam: what a freshly forked worker does before it runs user code (prctl, getppid, close,
+// open, dup2), as syscall.hpp says. kill(2) goes through it although its failure needs no handling: the factory
+// kills only its own unreaped children, which cannot fail.
+MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t)>& run_worker) {
+  struct child {
+    pid_t pid = 0;
+    unique_fd pidfd;  // readable when it exits
+  };
+  std::vector<child> children(slots);
+  std::vector<pollfd> fds;
+  std::vector<std::size_t> fd_slot;
+  const pid_t self = ::getpid();
+
+  // A failed send needs no handling: the Pool's process is gone, and the next recv() sees end of file.
+  auto send = [&](const factory_event& event) {
+    sys_try("send", [&] { return ::send(sock, &event, sizeof event, MSG_NOSIGNAL); });
+  };
+  auto reap = [&](std::size_t slot) {
+    int status = 0;
+    sys_try("waitpid", [&] { return ::waitpid(children[slot].pid, &status, 0); });
+    send({factory_event::exited, static_cast<std::uint32_t>(slot), children[slot].pid, exitcode_from_status(status)});
+    children[slot].pid = 0;
+    children[slot].pidfd.reset();
+  };
+  auto kill_all_and_exit = [&](int code) {
+    for (std::size_t s = 0; s < slots; ++s)
+      if (children[s].pid != 0) sys_try("kill", [&] { return ::kill(children[s].pid, SIGKILL); });
+    for (std::size_t s = 0; s < slots; ++s)
+      if (children[s].pid != 0) reap(s);
+    ::_exit(code);
+  };
+
+  for (;;) {
+    fds.clear();
+    fd_slot.clear();
+    fds.push_back({sock, POLLIN, 0});
+    for (std::size_t s = 0; s < slots; ++s) {
+      if (children[s].pid == 0) continue;
+      fds.push_back({children[s].pidfd.get(), POLLIN, 0});
+      fd_slot.push_back(s);
+    }
+    if (sys_try("poll", [&] { return ::poll(fds.data(), fds.size(), -1); }) < 0) kill_all_and_exit(70);
+    for (std::size_t i = 1; i < fds.size(); ++i)
+      if (fds[i].revents != 0) reap(fd_slot[i - 1]);
+    if (fds[0].revents == 0) continue;
+
+    factory_request request;
+    const auto got = sys_try("recv", [&] { return ::recv(sock, &request, sizeof request, 0); });
+    if (got <= 0) kill_all_and_exit(0);  // the Pool's process is gone: take the workers with us
+    if (request.op == factory_request::shutdown) kill_all_and_exit(0);
+    if (request.slot >= slots) continue;
+    child& c = children[request.slot];
+    if (request.op == factory_request::kill) {
+      if (c.pid != 0 && c.pid == request.pid) sys_try("kill", [&] { return ::kill(c.pid, SIGKILL); });
+      continue;
+    }
+    if (request.op != factory_request::spawn || c.pid != 0) continue;
+    flush_standard_streams();
+    const pid_t pid = sys_try("fork", [] { return ::fork(); });
+    if (pid < 0) {
+      send({factory_event::spawn_failed, request.slot, 0, last_errno()});
+      continue;
+    }
+    if (pid == 0) {
+      // The worker: dies with the factory, never returns into the factory's loop.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != self) ::_exit(70);
+      ::close(sock);
+      for (auto& other : children) other.pidfd.reset();
+      // As Python's workers (util._close_stdin): a worker does not compete with the parent for standard input.
+      const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (devnull >= 0) {
+        ::dup2(devnull, STDIN_FILENO);
+        ::close(devnull);
+      }
+      run_worker(request.slot);
+      ::_exit(0);
+    }
+    c.pid = pid;
+    c.pidfd.reset(pidfd_open(pid));
+    if (!c.pidfd) {  // no pidfd (very old kernel or out of fds): we cannot watch it, so do not keep it
+      const int err = last_errno();
+      sys_try("kill", [&] { return ::kill(pid, SIGKILL); });
+      sys_try("waitpid", [&] { return ::waitpid(pid, nullptr, 0); });
+      c.pid = 0;
+      send({factory_event::spawn_failed, request.slot, 0, err});
+      continue;
+    }
+    send({factory_event::spawned, request.slot, pid, 0});
+  }
+}
+
+MP_DECL void factory_entry(std::span<const std::byte> bytes) {
+  // Parent death shows as end of file on the factory socket, as for a forked factory. The death signal the
+  // spawned-child path armed would fire when the *thread* that created the Pool ends (PR_SET_PDEATHSIG follows
+  // the creating thread), which may happen while the Pool lives on in another thread. (Not through the syscall
+  // seam: with these arguments prctl cannot fail.)
+  ::prctl(PR_SET_PDEATHSIG, 0);
+  fd_inbox* box = current_fd_inbox();
+  if (box == nullptr || box->fds.size() != 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
+    throw ProcessError("Pool worker factory: expected 3 descriptors from the Pool's process (segment, eventfd, socket)");
+  factory_boot boot;
+  input_archive ar(bytes);
+  ar(boot);
+  unique_fd wake = std::move(box->fds[1]);
+  unique_fd sock = std::move(box->fds[2]);
+  const shm_segment segment = shm_segment::from_fd(std::move(box->fds[0]), "mp-pool");
+  const std::size_t n = static_cast<std::size_t>(boot.processes);
+  if (n == 0 || n > 4096 || segment.size() < shared_region::bytes_for(n))
+    throw ProcessError("Pool worker factory: a segment of " + std::to_string(segment.size()) + " bytes for " +
+                       std::to_string(n) + " workers");
+  const code_translator translator(boot.modules);
+  worker_code_map() = &translator;  // inherited by every worker forked below
+  const std::size_t maxtasksperchild = static_cast<std::size_t>(boot.maxtasksperchild);
+  std::function<void()> initializer;
+  if (boot.initializer != 0) initializer = reinterpret_cast<void (*)()>(translator.translate(boot.initializer));
+  const parent_link link{*static_cast<shared_region*>(segment.data()), wake.get()};
+  factory_main(sock.get(), n, [&](std::size_t slot) {
+    try {
+      worker_main(link, slot, initializer, maxtasksperchild);
+    } catch (...) {
+      ::_exit(70);
+    }
+  });
+}
+
+MP_DECL void worker_main(const parent_link& link, std::size_t slot, const std::function<void()>& initializer,
+                         std::size_t maxtasksperchild) {
+  shared_slot& mine = link.shared.slot(slot);
+  std::vector<std::byte> out;
+  if (initializer) {
+    try {
+      initializer();
+    } catch (...) {
+      // Tell the parent why (chunk id 0), so a pool whose initializer always fails reports it instead of looping.
+      begin_result(out);
+      encode_failed_chunk(out);
+      end_result(out, 0);
+      write_all(link, mine.outbox, out.data(), out.size());
+      flush_standard_streams();
+      ::_exit(1);
+    }
+  }
+  std::vector<std::byte> task;
+  for (std::size_t done = 0;;) {
+    task_header header{};
+    read_exact(link, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
+    task.resize(header.length - (sizeof header - sizeof header.length));
+    read_exact(link, mine.inbox, task.data(), task.size());
+    if (header.trampoline == 0) {
+      flush_standard_streams();
+      ::_exit(0);
+    }
+    mine.started_ns.store(monotonic_ns());
+    mine.current_chunk.store(header.chunk_id);
+    if (header.timeout_ns != 0) link.wake_parent();  // the supervisor must arm this task's deadline
+    begin_result(out);
+    trampoline_fn run = nullptr;
+    try {
+      run = trampoline_from(header.trampoline);  // translated under spawn/forkserver: may fail
+    } catch (...) {
+      encode_failed_chunk(out);
+    }
+    if (run != nullptr) run(task, out);
+    flush_pending_output();
+    end_result(out, header.chunk_id);
+    write_all(link, mine.outbox, out.data(), out.size());
+    mine.current_chunk.store(0);
+    if (maxtasksperchild != 0 && ++done >= maxtasksperchild) ::_exit(0);
+  }
+}
+
+}  // namespace mp::detail::pool

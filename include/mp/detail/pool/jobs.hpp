@@ -1,0 +1,258 @@
+// jobs: the parent side of each kind of work a Pool runs — apply (one chunk), map/starmap (every chunk encoded at
+// submission, results landing in place) and imap/imap_unordered (chunks fed as the consumer pulls) — and the state
+// an AsyncResult or an IMapIterator reads. Each job implements core.hpp's `job`: it hands the core its chunks'
+// bytes and receives their result bodies (read_results, task.hpp) or their failures.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <ranges>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <mp/detail/archive.hpp>
+#include <mp/detail/pool/core.hpp>
+#include <mp/detail/pool/task.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail::pool {
+
+/// What a job of result type R stores (void: nothing).
+template <class R>
+using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+/// A job whose outcome an AsyncResult<R> reads once done is set.
+template <class R>
+class result_job : public job {
+ public:
+  std::atomic<bool> done{false};
+  stored_t<R> value{};     // written before done (release), read after (acquire)
+  std::exception_ptr error;
+
+  void finish() {
+    done.store(true, std::memory_order_release);
+    event.notify();
+  }
+};
+
+/// apply_async: one chunk whose message is the callable's state and the arguments.
+template <class R>
+class apply_job final : public result_job<R> {
+ public:
+  std::vector<std::byte> message;
+  std::span<const std::byte> prefix() override { return message; }
+  std::span<const std::byte> body(std::size_t) override { return {}; }
+  void deliver(std::size_t, input_archive& ar) override {
+    this->error = read_results<R>(ar, 1, "apply result", [&](std::uint64_t) { return &this->value; }).failure;
+    this->finish();
+  }
+  void fail(std::size_t, std::exception_ptr e) override {
+    this->error = std::move(e);
+    this->finish();
+  }
+};
+
+/// What map over items of result E returns.
+template <class E>
+using map_result_t = std::conditional_t<std::is_void_v<E>, void, std::vector<E>>;
+
+/// Python's automatic chunksize: ceil(n / (4 * processes)).
+inline std::size_t auto_chunksize(std::size_t n, std::size_t processes) {
+  const std::size_t per = 4 * processes;
+  return std::max<std::size_t>(1, n / per + (n % per != 0 ? 1 : 0));
+}
+
+/// map/starmap: every chunk's items serialized at submission; results land in place.
+template <class E>
+class map_job final : public result_job<map_result_t<E>> {
+ public:
+  std::vector<std::byte> callable;
+  std::vector<std::byte> items;        // chunk bodies back to back
+  std::vector<std::size_t> offsets;    // chunk c's body: items[offsets[c], offsets[c + 1])
+  std::vector<std::size_t> starts;     // chunk c's first item index
+  std::size_t remaining = 0;           // chunks not yet answered
+  std::size_t error_at = SIZE_MAX;     // item index of the earliest failure so far
+  std::exception_ptr first_error;
+
+  std::span<const std::byte> prefix() override { return callable; }
+  std::span<const std::byte> body(std::size_t c) override {
+    return std::span<const std::byte>(items).subspan(offsets[c], offsets[c + 1] - offsets[c]);
+  }
+  void deliver(std::size_t c, input_archive& ar) override {
+    const std::size_t start = starts[c];
+    auto outcome = read_results<E>(ar, starts[c + 1] - start, "map results", [&](std::uint64_t) {
+      if constexpr (!std::is_void_v<E>) return this->value.data() + start;
+    });
+    if (outcome.failure) note_failure(start + outcome.count, std::move(outcome.failure));
+    chunk_done();
+  }
+  void fail(std::size_t c, std::exception_ptr e) override {
+    note_failure(starts[c], std::move(e));
+    chunk_done();
+  }
+
+ private:
+  void note_failure(std::size_t at, std::exception_ptr e) {
+    if (at < error_at) {
+      error_at = at;
+      first_error = std::move(e);
+    }
+  }
+  void chunk_done() {
+    if (--remaining != 0) return;
+    this->error = first_error;
+    std::vector<std::byte>().swap(items);
+    this->finish();
+  }
+};
+
+/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrived` until consumed.
+template <class E>
+class imap_job final : public job {
+ public:
+  struct chunk_result {
+    std::vector<E> values;
+    std::exception_ptr error;  // after values: the item at position values.size() failed
+  };
+  std::vector<std::byte> callable;
+  std::mutex mutex;  // guards the maps below; taken under the core mutex, never the other way round
+  std::map<std::size_t, std::vector<std::byte>> bodies;
+  std::map<std::size_t, chunk_result> arrived;
+  std::deque<std::size_t> arrival_order;
+
+  std::span<const std::byte> prefix() override { return callable; }
+  std::span<const std::byte> body(std::size_t c) override {
+    std::lock_guard lock(mutex);
+    return bodies.at(c);  // the vector's buffer does not move when other entries come and go
+  }
+  void deliver(std::size_t c, input_archive& ar) override {
+    chunk_result result;
+    const std::uint64_t items = chunk_length(body(c));
+    auto outcome = read_results<E>(ar, items, "imap results", [&](std::uint64_t count) {
+      result.values.reserve(count);
+      return std::back_inserter(result.values);
+    });
+    result.error = std::move(outcome.failure);
+    store(c, std::move(result));
+  }
+  void fail(std::size_t c, std::exception_ptr e) override { store(c, chunk_result{{}, std::move(e)}); }
+
+ private:
+  void store(std::size_t c, chunk_result result) {
+    {
+      std::lock_guard lock(mutex);
+      bodies.erase(c);
+      arrived.emplace(c, std::move(result));
+      arrival_order.push_back(c);
+    }
+    event.notify();
+  }
+};
+
+/// What an IMapIterator drives: the input range, the window of chunks in flight, the chunk being consumed.
+/// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
+template <class F, class V, class E, bool Ordered>
+struct imap_state {
+  using input_type = std::remove_reference_t<V>&;  // iterated as an lvalue, owned or referenced
+  using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
+  std::shared_ptr<pool::core> core;
+  std::shared_ptr<imap_job<E>> job = std::make_shared<imap_job<E>>();
+  V input;  // a reference to an lvalue range (which must outlive the iteration), or the moved-in rvalue range
+  std::ranges::iterator_t<input_type> it;
+  std::size_t chunksize;
+  std::size_t window;
+  bool input_done = false;
+  bool started = false;
+  bool at_end = false;
+  std::size_t submitted = 0;  // chunks handed to the pool
+  std::size_t consumed = 0;   // chunks taken out of job->arrived
+  typename imap_job<E>::chunk_result chunk;
+  std::size_t position = 0;   // next index into chunk.values
+  bool on_error = false;
+
+  imap_state(std::shared_ptr<pool::core> c, F f, V&& in, std::size_t size)
+      : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
+        window(4 * core->processes() + 2) {
+    job->trampoline = &map_trampoline<F, T, E, false>;
+    encode_callable(job->callable, f);
+  }
+
+  /// Submits chunks until the window is full or the input ends.
+  void feed() {
+    while (!input_done && submitted - consumed < window) {
+      std::vector<std::byte> body;
+      const auto end = std::ranges::end(input);
+      const std::uint64_t n = append_items<T>(body, it, end, chunksize);
+      if (it == end) input_done = true;
+      if (n == 0) break;
+      {
+        std::lock_guard lock(job->mutex);
+        job->bodies.emplace(submitted, std::move(body));
+      }
+      core->submit(job, submitted, 1, Ordered ? "Pool::imap" : "Pool::imap_unordered");
+      ++submitted;
+    }
+  }
+
+  const E& current() const {
+    if (at_end) throw Error("IMapIterator: dereferenced past the end");
+    if (on_error) std::rethrow_exception(chunk.error);
+    return chunk.values[position - 1];
+  }
+
+  // Moves to the next item (or error position, or the end).
+  void advance() {
+    if (on_error) {  // the failed item is behind us: the rest of that chunk never ran
+      on_error = false;
+      chunk.error = nullptr;
+    }
+    for (;;) {
+      if (position < chunk.values.size()) {
+        ++position;
+        return;
+      }
+      if (chunk.error) {
+        on_error = true;
+        return;
+      }
+      feed();
+      if (input_done && consumed == submitted) {
+        at_end = true;
+        return;
+      }
+      auto has_next = [&] {
+        std::lock_guard lock(job->mutex);
+        return Ordered ? job->arrived.count(consumed) != 0 : !job->arrival_order.empty();
+      };
+      core->wait(job->event, has_next);
+      {
+        std::lock_guard lock(job->mutex);
+        std::size_t key = consumed;
+        if constexpr (!Ordered) {
+          key = job->arrival_order.front();
+          job->arrival_order.pop_front();
+        } else {
+          std::erase(job->arrival_order, key);
+        }
+        auto node = job->arrived.extract(key);
+        chunk = std::move(node.mapped());
+      }
+      ++consumed;
+      position = 0;
+      feed();
+    }
+  }
+};
+
+}  // namespace mp::detail::pool

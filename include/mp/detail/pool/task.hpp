@@ -1,0 +1,405 @@
+// task: the pool's codec, both directions — how a callable and its arguments cross to a worker, how the worker
+// writes a chunk's results, and how the parent reads them back (read_results: the one reader).
+// A task message is {trampoline address, callable state, arguments or items}. The trampoline is a function
+// template instantiated for <F, item types, R> in the caller's translation unit; the worker, a fork of the same
+// binary, calls it through that address: it rebuilds F, decodes the inputs, runs, and encodes the results.
+// Under spawn and forkserver the worker is a fork of a fresh copy of the program, whose modules ASLR loaded
+// elsewhere: the parent still sends its raw addresses (the fork path pays nothing), and such a worker translates
+// them through the parent's module table (worker_code_map; code_address.hpp).
+// F's state crosses as its bytes when F is trivially copyable (function pointers, captureless lambdas, lambdas
+// capturing numbers or trivially copyable structs), through its serialize member otherwise; anything else is a
+// compile error naming the type and the fix. Arguments, items and results go through mp's archives (one memcpy
+// for a run of trivially copyable values).
+//
+// Task message (inbox):   task_header, then the payload: F's state, then an apply's std::tuple<Args...> or a
+//                         chunk (u64 n, n items).
+// Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
+//                         "failed" and, if set, the failing output's exception as (type, message). A chunk stops at
+//                         its first exception, so the parent knows the failing position.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <span>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/archive.hpp>
+#include <mp/detail/code_address.hpp>
+#include <mp/detail/config.hpp>
+
+namespace mp::detail::pool {
+
+/// The worker-side entry of one task kind: decodes `payload` and appends the result body to `out`.
+using trampoline_fn = void (*)(std::span<const std::byte> payload, std::vector<std::byte>& out);
+
+// Header of a task message (inbox) and of a result message (outbox); `length` counts the bytes after itself.
+struct task_header {
+  std::uint64_t length;
+  std::uint64_t chunk_id;
+  std::uint64_t trampoline;  // 0: "stop" (the worker exits)
+  std::uint64_t timeout_ns;  // 0: none
+};
+struct result_header {
+  std::uint64_t length;
+  std::uint64_t chunk_id;  // 0: the initializer failed (the body holds only the failure)
+};
+
+/// The message that tells a worker to exit.
+inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0};
+
+// ---------------------------------------------------------------------------------------------------------------
+// What may cross: checked at compile time, with messages that name the fix.
+
+template <class F>
+struct callable_cannot_cross_to_a_pool_worker {
+  static_assert(dependent_false_v<F>,
+                "mp::Pool: this callable cannot be sent to a worker process: its state (the lambda's captures or the "
+                "function object's members) is neither trivially copyable nor serializable. Capture only numbers "
+                "and trivially copyable structs, pass other data as arguments (they are serialized), or give the "
+                "function object a member `template <class Archive> void serialize(Archive& ar) { ar(fields...); }`");
+};
+template <class T>
+struct argument_cannot_cross_to_a_pool_worker {
+  static_assert(dependent_false_v<T>,
+                "mp::Pool: an argument, item or result type cannot cross a process boundary: use a type mp::serialize "
+                "supports (numbers, std::string, std::vector, std::tuple, ...) or add a serialize member to it");
+};
+
+/// Whether F's state can reach a worker.
+template <class F>
+inline constexpr bool callable_crosses =
+    std::is_trivially_copyable_v<F> || (has_member_serialize<F> && std::is_default_constructible_v<F>);
+
+template <class T>
+inline constexpr bool value_crosses = std::is_void_v<T> || is_serializable<std::remove_cvref_t<T>>();
+
+template <class F>
+constexpr void check_callable() {
+  if constexpr (!callable_crosses<F>) (void)sizeof(callable_cannot_cross_to_a_pool_worker<F>);
+}
+template <class T>
+constexpr void check_value() {
+  if constexpr (!value_crosses<T>) (void)sizeof(argument_cannot_cross_to_a_pool_worker<T>);
+}
+
+/// Arguments as they travel: string literals and char pointers become std::string.
+template <class A>
+using arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
+                                 std::string, std::decay_t<A>>;
+
+/// What apply(f, args...) returns.
+template <class F, class... Args>
+using apply_result_t = std::remove_cvref_t<std::invoke_result_t<F&, Args&&...>>;
+
+/// Stands for the result of a call that does not compile, so the static_assert below names the problem.
+struct not_callable {};
+
+/// What f returns for one item of map (Star: starmap, the item's elements unpacked into the call).
+template <class F, class T, bool Star>
+struct item_result {
+  using type = not_callable;
+};
+template <class F, class T>
+  requires std::is_invocable_v<F&, T&&>
+struct item_result<F, T, false> {
+  using type = std::remove_cvref_t<std::invoke_result_t<F&, T&&>>;
+};
+template <class F, class T>
+  requires requires { std::apply(std::declval<F&>(), std::declval<T&&>()); }
+struct item_result<F, T, true> {
+  using type = std::remove_cvref_t<decltype(std::apply(std::declval<F&>(), std::declval<T&&>()))>;
+};
+template <class E>
+constexpr void check_callable_with_items() {
+  static_assert(!std::is_same_v<E, not_callable>,
+                "mp::Pool::map/imap/starmap: the function cannot be called with the range's items (for starmap: with "
+                "the elements of each tuple); check the parameter types against the range's value type");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Code addresses.
+
+template <class F>
+inline constexpr bool is_function_pointer_v = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+
+/// In a worker of a Pool started by spawn or forkserver: the parent's code addresses -> this process's. nullptr in
+/// the parent and in workers of a fork Pool (same addresses); a fork Pool's factory resets it, so a Pool created
+/// inside such a worker does not translate twice.
+inline const code_translator*& worker_code_map() noexcept {
+  static const code_translator* map = nullptr;
+  return map;
+}
+
+/// A code address from the parent (a trampoline, a function pointer's value) as this process can call it.
+inline std::uintptr_t local_code(std::uint64_t address) {
+  if (const code_translator* map = worker_code_map(); map != nullptr && address != 0) return map->translate(address);
+  return static_cast<std::uintptr_t>(address);
+}
+
+/// The trampoline's address as it travels in a task header: the parent's own (see local_code).
+inline std::uint64_t trampoline_address(trampoline_fn t) noexcept {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(t));
+}
+/// In the worker; ProcessError if the address cannot be translated (spawn and forkserver only).
+inline trampoline_fn trampoline_from(std::uint64_t address) {
+  return reinterpret_cast<trampoline_fn>(local_code(address));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parent -> worker: the task payload.
+
+/// Appends F's state.
+template <class F>
+void encode_callable(std::vector<std::byte>& out, const F& f) {
+  if constexpr (std::is_trivially_copyable_v<F>) {
+    const auto* p = reinterpret_cast<const std::byte*>(std::addressof(f));
+    out.insert(out.end(), p, p + sizeof(F));
+  } else {
+    output_archive ar(out);
+    const_cast<F&>(f).serialize(ar);  // cereal's one-member convention takes a non-const object
+  }
+}
+
+/// Rebuilds F from the bytes encode_callable wrote.
+template <class F>
+F decode_callable(input_archive& ar) {
+  if constexpr (is_function_pointer_v<F>) {
+    std::uint64_t address = 0;
+    static_assert(sizeof(F) == sizeof address);
+    ar.read_bytes(&address, sizeof address, "callable");
+    return reinterpret_cast<F>(local_code(address));
+  } else if constexpr (std::is_trivially_copyable_v<F>) {
+    std::array<std::byte, sizeof(F)> bytes;
+    ar.read_bytes(bytes.data(), sizeof(F), "callable");
+    return std::bit_cast<F>(bytes);
+  } else {
+    F f{};
+    f.serialize(ar);
+    return f;
+  }
+}
+
+/// Appends up to n items from [it, end) as a chunk (u64 count, then the items), advancing it; returns the count.
+template <class T, class It, class S>
+std::uint64_t append_items(std::vector<std::byte>& message, It& it, const S& end, std::uint64_t n) {
+  const std::size_t count_at = message.size();
+  message.resize(count_at + sizeof n);
+  std::uint64_t count = 0;
+  if constexpr (is_bitwise_v<T> && std::contiguous_iterator<It> && std::sized_sentinel_for<S, It> &&
+                std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) {
+    count = std::min<std::uint64_t>(n, static_cast<std::uint64_t>(end - it));
+    const std::size_t bytes = count * sizeof(T);
+    const std::size_t start = message.size();
+    message.resize(start + bytes);
+    if (bytes != 0) std::memcpy(message.data() + start, std::to_address(it), bytes);
+    it += static_cast<std::iter_difference_t<It>>(count);
+  } else {
+    output_archive ar(message);
+    for (; count < n && it != end; ++count, ++it) {
+      const T item = static_cast<T>(*it);
+      if constexpr (is_bitwise_v<T>) ar.write_bytes(&item, sizeof(T));
+      else ar(item);
+    }
+  }
+  std::memcpy(message.data() + count_at, &count, sizeof count);
+  return count;
+}
+
+/// The number of items in a chunk append_items wrote.
+inline std::uint64_t chunk_length(std::span<const std::byte> chunk) noexcept {
+  std::uint64_t count = 0;
+  if (chunk.size() >= sizeof count) std::memcpy(&count, chunk.data(), sizeof count);
+  return count;
+}
+
+/// Decodes the next value of type T (bitwise types by one memcpy).
+template <class T>
+T load(input_archive& ar) {
+  if constexpr (is_bitwise_v<T>) {
+    std::array<std::byte, sizeof(T)> bytes;
+    ar.read_bytes(bytes.data(), sizeof(T), "item");
+    return std::bit_cast<T>(bytes);
+  } else {
+    T value{};
+    ar(value);
+    return value;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Worker -> parent: the result message. The worker writes it (result_writer, encode_failed_chunk), the parent reads
+// it (split_result, read_results).
+
+/// Worker: starts a result message in `out`, leaving room for its header.
+inline void begin_result(std::vector<std::byte>& out) { out.resize(sizeof(result_header)); }
+/// Worker: fills in the header of the result message in `out` once its body is written.
+inline void end_result(std::vector<std::byte>& out, std::uint64_t chunk_id) noexcept {
+  const result_header header{out.size() - sizeof(std::uint64_t), chunk_id};
+  std::memcpy(out.data(), &header, sizeof header);
+}
+
+/// Worker: appends the failure of the current exception (call inside a catch block).
+MP_DECL void encode_current_exception(std::vector<std::byte>& out);
+/// Worker: the body of a chunk that could not even start (its trampoline could not be found, or the initializer
+/// threw): no outputs, then the current exception (call inside a catch block).
+MP_DECL void encode_failed_chunk(std::vector<std::byte>& out);
+
+/// Encodes a run of results; R may be void (nothing is written per item).
+template <class R>
+struct result_writer {
+  std::vector<std::byte>& out;
+  std::size_t count_at;
+  std::uint64_t ok = 0;
+
+  explicit result_writer(std::vector<std::byte>& o) : out(o), count_at(o.size()) { out.resize(out.size() + 8); }
+  template <class Call>
+  void add(Call&& call) {
+    if constexpr (std::is_void_v<R>) {
+      call();
+    } else if constexpr (is_bitwise_v<R>) {
+      const R r = call();
+      const std::size_t at = out.size();
+      out.resize(at + sizeof(R));
+      std::memcpy(out.data() + at, &r, sizeof(R));
+    } else {
+      output_archive ar(out);
+      ar(call());
+    }
+    ++ok;
+  }
+  void finish_ok() {
+    std::memcpy(out.data() + count_at, &ok, sizeof ok);
+    out.push_back(std::byte{0});
+  }
+  void finish_failed() {
+    std::memcpy(out.data() + count_at, &ok, sizeof ok);
+    encode_current_exception(out);
+  }
+};
+
+/// Parent: a whole result message, as drained from an outbox: its chunk id and its body.
+struct result_message {
+  std::uint64_t chunk_id;
+  std::span<const std::byte> body;
+};
+inline result_message split_result(std::span<const std::byte> message) noexcept {
+  result_header header{};
+  std::memcpy(&header, message.data(), sizeof header);
+  return {header.chunk_id, message.subspan(sizeof header)};
+}
+
+/// Parent: the failure ending a result body as the RemoteError(type, message) it stands for (the rare path).
+MP_DECL std::exception_ptr read_remote_error(input_archive& ar);
+
+/// Parent: reads the failure that ends a result body; null if the chunk succeeded.
+inline std::exception_ptr read_failure(input_archive& ar) {
+  std::uint8_t failed = 0;
+  ar.read_bytes(&failed, 1, "failure flag");
+  if (failed == 0) return nullptr;
+  return read_remote_error(ar);
+}
+
+/// What a result body held: how many outputs succeeded, and the failure that ended the chunk (null if none).
+struct result_outcome {
+  std::uint64_t count = 0;
+  std::exception_ptr failure;
+};
+
+/// Parent: reads a result body of R outputs, the inverse of result_writer. More than `most` outputs (the items in
+/// the chunk) is a corrupt body. `place(count)` is called once, with count != 0 and never for void R, and returns
+/// where the outputs go: an R* with room for them (bitwise R: one memcpy), or an output iterator.
+template <class R, class Place>
+result_outcome read_results(input_archive& ar, std::uint64_t most, const char* what, Place&& place) {
+  result_outcome outcome;
+  ar.read_bytes(&outcome.count, sizeof outcome.count, "result count");
+  if (outcome.count > most) ar.fail(what, "more results than items in the chunk");
+  if constexpr (!std::is_void_v<R>) {
+    if (outcome.count != 0) {
+      auto out = place(outcome.count);
+      if constexpr (is_bitwise_v<R> && std::is_same_v<decltype(out), R*>) {
+        const auto bytes = ar.take(outcome.count * sizeof(R), what);
+        std::memcpy(out, bytes.data(), bytes.size());
+      } else {
+        for (std::uint64_t i = 0; i < outcome.count; ++i) *out++ = load<R>(ar);
+      }
+    }
+  }
+  outcome.failure = read_failure(ar);
+  return outcome;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Trampolines: run in the worker; payload layouts in the header comment.
+
+/// apply(f, args...) in the worker.
+template <class F, class R, class... Args>
+void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>& out) {
+  result_writer<R> writer(out);
+  try {
+    input_archive ar(payload);
+    F f = decode_callable<F>(ar);
+    std::tuple<Args...> args;
+    if constexpr (sizeof...(Args) > 0) ar(args);
+    writer.add([&]() -> R { return std::apply(f, std::move(args)); });
+    writer.finish_ok();
+  } catch (...) {
+    writer.finish_failed();
+  }
+}
+
+/// map / starmap over one chunk in the worker; stops at the first exception.
+template <class F, class T, class R, bool Star>
+void map_trampoline(std::span<const std::byte> payload, std::vector<std::byte>& out) {
+  result_writer<R> writer(out);
+  std::size_t results_at = out.size();  // bitwise results: written in place, trimmed to `ok` on failure
+  try {
+    input_archive ar(payload);
+    F f = decode_callable<F>(ar);
+    std::uint64_t n = 0;
+    ar.read_bytes(&n, sizeof n, "chunk length");
+    auto call = [&](T&& item) -> R {
+      if constexpr (Star) return std::apply(f, std::move(item));
+      else return std::invoke(f, std::move(item));
+    };
+    if constexpr (!std::is_void_v<R> && is_bitwise_v<R> && is_bitwise_v<T>) {
+      // The hot path of map over numbers: no per-item bounds check or vector growth.
+      const auto items = ar.take(n * sizeof(T), "chunk items");
+      out.resize(results_at + n * sizeof(R));
+      for (std::uint64_t i = 0; i < n; ++i) {
+        T item;
+        std::memcpy(&item, items.data() + i * sizeof(T), sizeof(T));
+        const R r = call(std::move(item));
+        std::memcpy(out.data() + results_at + i * sizeof(R), &r, sizeof(R));
+        ++writer.ok;
+      }
+    } else {
+      for (std::uint64_t i = 0; i < n; ++i) {
+        T item = load<T>(ar);
+        writer.add([&]() -> R { return call(std::move(item)); });
+      }
+    }
+    writer.finish_ok();
+  } catch (...) {
+    if constexpr (!std::is_void_v<R> && is_bitwise_v<R> && is_bitwise_v<T>)
+      out.resize(std::min(out.size(), results_at + writer.ok * sizeof(R)));
+    writer.finish_failed();
+  }
+}
+
+}  // namespace mp::detail::pool
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/pool/task.ipp>
+#endif

@@ -1,0 +1,37 @@
+// task: definitions (see task.hpp).
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/type_name.hpp>
+#include <mp/errors.hpp>
+
+#include <mp/detail/pool/task.hpp>
+
+namespace mp::detail::pool {
+
+MP_DECL void encode_current_exception(std::vector<std::byte>& out) {
+  const exception_description d = describe_current_exception();
+  const std::uint8_t failed = 1;
+  output_archive ar(out);
+  ar(failed, d.type, d.message);
+}
+
+MP_DECL void encode_failed_chunk(std::vector<std::byte>& out) {
+  const std::uint64_t none = 0;
+  out.insert(out.end(), reinterpret_cast<const std::byte*>(&none), reinterpret_cast<const std::byte*>(&none) + 8);
+  encode_current_exception(out);
+}
+
+MP_DECL std::exception_ptr read_remote_error(input_archive& ar) {
+  std::string type;
+  std::string message;
+  ar(type, message);
+  return std::make_exception_ptr(RemoteError(std::move(type), message));
+}
+
+}  // namespace mp::detail::pool
