@@ -29,7 +29,9 @@
 #include <vector>
 
 #include <mp/connection.hpp>
-#include <mp/detail/manager_store.hpp>
+#include <mp/detail/manager/auth.hpp>
+#include <mp/detail/manager/net.hpp>
+#include <mp/detail/manager/store.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 #include <mp/sync.hpp>
@@ -549,8 +551,8 @@ namespace {
 
 // A raw TCP connection to a manager, for sending hostile bytes.
 mp::detail::unique_fd raw_connect(std::uint16_t port) {
-  mp::detail::manager_endpoint endpoint{true, "127.0.0.1", port, {}};
-  return mp::detail::with_tcp_address(endpoint, "connect", [](int s, const sockaddr* a, socklen_t n) {
+  mp::detail::manager::endpoint endpoint{true, "127.0.0.1", port, {}};
+  return mp::detail::manager::with_tcp_address(endpoint, "connect", [](int s, const sockaddr* a, socklen_t n) {
     return ::connect(s, a, n) == 0;
   });
 }
@@ -562,7 +564,7 @@ void send_bytes(int fd, const std::string& bytes) {
 
 std::string frame(const std::string& payload, std::uint32_t announced) {
   std::string out;
-  mp::detail::manager_protocol::writer w(out);
+  mp::detail::manager::protocol::writer w(out);
   w.u32(announced);
   w.raw(payload.data(), payload.size());
   return out;
@@ -576,7 +578,7 @@ std::string read_frame(int fd) {
     if (got <= 0) return out;
     out.append(buffer, static_cast<std::size_t>(got));
     if (out.size() >= 4) {
-      mp::detail::manager_protocol::reader r(out.data(), 4);
+      mp::detail::manager::protocol::reader r(out.data(), 4);
       auto size = r.u32();
       if (out.size() >= 4 + size) return out.substr(4, size);
     }
@@ -586,12 +588,12 @@ std::string read_frame(int fd) {
 // Runs the client handshake on a raw socket so that hostile requests reach the request handler.
 void authenticate(int fd, const std::string& key) {
   auto challenge = read_frame(fd);
-  auto answer = mp::detail::answer_challenge(key, challenge);
+  auto answer = mp::detail::manager::answer_challenge(key, challenge);
   send_bytes(fd, frame(std::string(reinterpret_cast<const char*>(answer.data()), answer.size()), 32));
   REQUIRE(read_frame(fd) == "#WELCOME#");
-  auto mine = mp::detail::make_challenge();
+  auto mine = mp::detail::manager::make_challenge();
   send_bytes(fd, frame(mine, static_cast<std::uint32_t>(mine.size())));
-  REQUIRE(mp::detail::check_answer(key, mine, read_frame(fd)));
+  REQUIRE(mp::detail::manager::check_answer(key, mine, read_frame(fd)));
 }
 
 }  // namespace
@@ -612,10 +614,10 @@ TEST_CASE("10k random, truncated and oversized frames close only their connectio
   // Hostile frames after authentication reach the request parser: start them from valid op codes.
   auto hostile_request = [&] {
     std::string payload;
-    mp::detail::manager_protocol::writer w(payload);
+    mp::detail::manager::protocol::writer w(payload);
     // Any op but shutdown, which an authenticated client may send (as in Python) and which would end the test.
     auto code = static_cast<std::uint8_t>(random() % 100);
-    w.u8(code == static_cast<std::uint8_t>(mp::detail::manager_protocol::op::shutdown) ? 0 : code);
+    w.u8(code == static_cast<std::uint8_t>(mp::detail::manager::protocol::op::shutdown) ? 0 : code);
     w.u64(random() % 4);  // small ids: often an existing object
     payload += random_bytes(random() % 40);
     return payload;
@@ -644,7 +646,7 @@ TEST_CASE("10k random, truncated and oversized frames close only their connectio
       default: {  // hostile requests after authentication, some oversized, some truncated
         auto payload = hostile_request();
         std::uint32_t announced = static_cast<std::uint32_t>(payload.size());
-        if (random() % 50 == 0) announced = mp::detail::manager_protocol::max_request + 1;
+        if (random() % 50 == 0) announced = mp::detail::manager::protocol::max_request + 1;
         send_bytes(authed.get(), frame(payload, announced));
         pollfd p{authed.get(), POLLIN, 0};
         if (announced != payload.size() || ::poll(&p, 1, 1000) <= 0 || read_frame(authed.get()).empty()) {
@@ -667,20 +669,20 @@ TEST_CASE("10k random, truncated and oversized frames close only their connectio
 }
 
 TEST_CASE("The request handler rejects mutated requests without applying them", "[manager]") {
-  mp::detail::manager_store store;
-  std::vector<mp::detail::manager_store::reply> out;
-  auto now = mp::detail::manager_store::clock::now();
+  mp::detail::manager::store store;
+  std::vector<mp::detail::manager::store::reply> out;
+  auto now = mp::detail::manager::store::clock::now();
   std::string create;
   {
-    mp::detail::manager_protocol::writer w(create);
-    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::create)), w.u64(0);
-    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::kind::list)), w.blob("list<int>"), w.blob(""), w.u64(0), w.blob("");
+    mp::detail::manager::protocol::writer w(create);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::op::create)), w.u64(0);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::kind::list)), w.blob("list<int>"), w.blob(""), w.u64(0), w.blob("");
   }
   REQUIRE(store.handle(1, create, now, out));
   std::string extend;
   {
-    mp::detail::manager_protocol::writer w(extend);
-    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::list_extend)), w.u64(1);
+    mp::detail::manager::protocol::writer w(extend);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::op::list_extend)), w.u64(1);
     w.u32(3), w.blob("aaaa"), w.blob("bbbb"), w.blob("cccc");
   }
   std::mt19937 random(12345);
@@ -698,12 +700,12 @@ TEST_CASE("The request handler rejects mutated requests without applying them", 
   // Only well-formed extends applied; each added exactly 3 items or nothing.
   std::string size;
   {
-    mp::detail::manager_protocol::writer w(size);
-    w.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::list_size)), w.u64(1);
+    mp::detail::manager::protocol::writer w(size);
+    w.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::op::list_size)), w.u64(1);
   }
   out.clear();
   REQUIRE(store.handle(1, size, now, out));
-  mp::detail::manager_protocol::reader r(out.at(0).bytes);
+  mp::detail::manager::protocol::reader r(out.at(0).bytes);
   REQUIRE(r.u8() == 0);
   REQUIRE(r.u64() % 3 == 0);
   REQUIRE(store.handle(1, std::string("\x01", 1), now, out) == false);  // truncated create
@@ -712,10 +714,10 @@ TEST_CASE("The request handler rejects mutated requests without applying them", 
 TEST_CASE("Two barrier parties timing out in the same expiry both get BrokenBarrierError replies", "[manager]") {
   // Found by tests/fuzz/fuzz_manager.cpp: the first time-out broke the barrier and answered both parties; the
   // second was then timed out again and the server threw std::out_of_range.
-  namespace p = mp::detail::manager_protocol;
-  mp::detail::manager_store store;
-  std::vector<mp::detail::manager_store::reply> out;
-  const auto now = mp::detail::manager_store::clock::now();
+  namespace p = mp::detail::manager::protocol;
+  mp::detail::manager::store store;
+  std::vector<mp::detail::manager::store::reply> out;
+  const auto now = mp::detail::manager::store::clock::now();
   auto request = [](p::op code, std::uint64_t id, auto&& fill) {
     std::string bytes;
     p::writer w(bytes);
@@ -739,7 +741,7 @@ TEST_CASE("Two barrier parties timing out in the same expiry both get BrokenBarr
 
 TEST_CASE("A client whose server died gets mp::Error, not a hang", "[manager]") {
   auto key = random_key();
-  mp::detail::manager_endpoint endpoint{false, {}, 0, "/tmp/mp-manager-test-serve-" + std::to_string(::getpid())};
+  mp::detail::manager::endpoint endpoint{false, {}, 0, "/tmp/mp-manager-test-serve-" + std::to_string(::getpid())};
   auto address = mp::Address::unix_socket(endpoint.path);
   int ready[2];
   REQUIRE(::pipe(ready) == 0);

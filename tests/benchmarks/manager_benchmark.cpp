@@ -1,7 +1,7 @@
 // Manager round trips against a raw Unix-socket ping-pong measured in the same run.
 // Every figure is measured in a child process (the proxy's usual place), talking to the manager server process.
 // Each call is measured on both local transports: the shared-memory channel (the default for a Unix socket) and
-// the socket alone (the transport before it, detail::manager_channels_enabled = false in the child).
+// the socket alone (the transport before it, detail::manager::channels_enabled = false in the child).
 // Targets: issue 6, a socket dict get within 1.5x of the raw ping-pong; issue 8, dict get and set >= 10x Python's
 // Manager dict (28k ops/s measured by compare_python.py on this machine, so >= 285k ops/s); extend of 100k items
 // in one round trip; an idle server uses no CPU.
@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < reps; ++rep) {
     best(raw, raw_ping_pong(rounds, 32));
     for (int channel = 0; channel < 2; ++channel) {
-      auto on = [channel] { mp::detail::manager_channels_enabled = channel == 1; };
+      auto on = [channel] { mp::detail::manager::channels_enabled = channel == 1; };
       best(get[channel], in_child([&] {
         on();
         return timed([&] {

@@ -1,4 +1,4 @@
-// Tests for the manager's shared-memory channel (detail/manager_channel.hpp): calls larger than the channel, a
+// Tests for the manager's shared-memory channel (detail/manager/channel.hpp): calls larger than the channel, a
 // client killed with a request half-written, blocking calls that sleep on the doorbell, a server that sleeps when
 // idle, and many clients at once on both transports.
 #include <catch2/catch.hpp>
@@ -16,8 +16,8 @@
 #include <thread>
 #include <vector>
 
-#include <mp/detail/manager_protocol.hpp>
-#include <mp/detail/manager_socket.hpp>
+#include <mp/detail/manager/client.hpp>
+#include <mp/detail/manager/protocol.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 
@@ -31,15 +31,15 @@ using mp_test::start;
 namespace {
 
 // A connection of our own to `manager`'s Unix socket, to reach the channel's memory.
-mp::detail::manager_connection raw_connection(const mp::Manager& manager) {
-  return mp::detail::manager_connection({false, {}, 0, manager.address().path()}, "");
+mp::detail::manager::connection raw_connection(const mp::Manager& manager) {
+  return mp::detail::manager::connection({false, {}, 0, manager.address().path()}, "");
 }
 
 // A ping request frame (4 bytes reserved for the length, then op and object id).
 std::vector<std::byte> ping_frame() {
   std::vector<std::byte> frame(4);
-  mp::detail::manager_protocol::writer out(frame);
-  out.u8(static_cast<std::uint8_t>(mp::detail::manager_protocol::op::ping));
+  mp::detail::manager::protocol::writer out(frame);
+  out.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::op::ping));
   out.u64(0);
   return frame;
 }
@@ -79,12 +79,12 @@ TEST_CASE("A local connection moves its calls to a shared-memory channel, TCP an
   REQUIRE(connection.channel_memory()->reply_seq.load() == 1);
 
   mp::Manager tcp({.address = mp::Address::tcp("127.0.0.1", 0), .authkey = "channel-test"});
-  mp::detail::manager_connection over_tcp({true, "127.0.0.1", tcp.address().port(), {}}, "channel-test");
+  mp::detail::manager::connection over_tcp({true, "127.0.0.1", tcp.address().port(), {}}, "channel-test");
   REQUIRE_FALSE(over_tcp.has_channel());
 
-  mp::detail::manager_channels_enabled = false;
+  mp::detail::manager::channels_enabled = false;
   auto plain = raw_connection(manager);
-  mp::detail::manager_channels_enabled = true;
+  mp::detail::manager::channels_enabled = true;
   REQUIRE_FALSE(plain.has_channel());
   frame = ping_frame();
   REQUIRE(plain.call(frame).size() == 1);
@@ -93,7 +93,7 @@ TEST_CASE("A local connection moves its calls to a shared-memory channel, TCP an
 TEST_CASE("Requests and replies larger than the channel travel over the socket, in both directions",
           "[manager_channel]") {
   mp::Manager manager;
-  const std::size_t big = mp::detail::manager_channel_capacity + 12345;
+  const std::size_t big = mp::detail::manager::channel_capacity + 12345;
   auto text = manager.value<std::string>();
   auto small = manager.dict<int, int>();
   mp_test::note_pipe done;
@@ -154,7 +154,7 @@ TEST_CASE("A client that publishes a corrupt request size loses its connection, 
   auto child = start([&] {
     auto connection = raw_connection(manager);
     auto* shared = connection.channel_memory();
-    shared->request_size.store(mp::detail::manager_channel_capacity + 1);
+    shared->request_size.store(mp::detail::manager::channel_capacity + 1);
     shared->request_seq.store(1);
     if (shared->server_sleeping.load()) {
       const std::byte doorbell[4] = {};
@@ -216,7 +216,7 @@ TEST_CASE("Many clients at once, over channels and sockets, get the right result
   std::vector<mp::Process> children;
   for (int p = 0; p < processes; ++p) {
     children.push_back(start([&, p] {
-      mp::detail::manager_channels_enabled = p % 3 != 0;  // every third process stays on the socket
+      mp::detail::manager::channels_enabled = p % 3 != 0;  // every third process stays on the socket
       std::vector<std::thread> workers;
       std::atomic<int> failures{0};
       for (int t = 0; t < threads; ++t) {

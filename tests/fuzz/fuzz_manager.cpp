@@ -1,5 +1,5 @@
 // libFuzzer target for the Manager wire protocol: request payloads go straight to the server's request handler
-// (detail::manager_store::handle, a pure function of store, client, bytes and time) from four clients, with
+// (detail::manager::store::handle, a pure function of store, client, bytes and time) from four clients, with
 // disconnects and clock jumps between them, as the server's event loop drives it. The input is a list of steps:
 //   byte s: client = s & 3; action = s >> 2 & 3: 0, 1 request (u16 little-endian length, then the payload),
 //           2 disconnect the client, 3 advance the clock by the next byte in milliseconds and expire.
@@ -14,10 +14,10 @@
 #include <string_view>
 #include <vector>
 
-#include <mp/detail/manager_store.hpp>
+#include <mp/detail/manager/store.hpp>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using store = mp::detail::manager_store;
+  using store = mp::detail::manager::store;
   store server;
   auto now = store::clock::time_point{} + std::chrono::hours(1);
   std::vector<store::reply> replies;

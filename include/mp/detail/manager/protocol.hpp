@@ -1,5 +1,6 @@
-// The manager's wire protocol: frame limits, operation codes and the bounds-checked byte reader and writer that
-// both sides use. A frame is a 4-byte little-endian length followed by that many payload bytes.
+// protocol: the manager's wire protocol — frame limits, operation codes and the bounds-checked byte reader and
+// writer that both sides use. A frame is a 4-byte little-endian length followed by that many payload bytes.
+// (No .ipp: everything here is a constant, a template or a few-line reader on the parsing path.)
 //
 // Request payload:  u8 op, u64 object id, then the op's arguments.
 // Response payload: u8 status (0 ok, 1 error); ok: the op's results; error: u8 error kind, string message.
@@ -11,12 +12,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <string_view>
 #include <type_traits>
-#include <vector>
 
-namespace mp::detail::manager_protocol {
+namespace mp::detail::manager::protocol {
 
 /// Largest request the server reads; a frame announcing more closes the connection before any byte is buffered
 /// beyond the header.
@@ -28,28 +27,11 @@ enum class kind : std::uint8_t { dict = 1, list, value, queue, lock, rlock, sema
                                  namespace_ };
 inline constexpr std::uint8_t last_kind = static_cast<std::uint8_t>(kind::namespace_);
 
-inline const char* kind_name(kind k) {
-  switch (k) {
-    case kind::dict: return "dict";
-    case kind::list: return "list";
-    case kind::value: return "value";
-    case kind::queue: return "queue";
-    case kind::lock: return "lock";
-    case kind::rlock: return "rlock";
-    case kind::semaphore: return "semaphore";
-    case kind::event: return "event";
-    case kind::condition: return "condition";
-    case kind::barrier: return "barrier";
-    case kind::namespace_: return "namespace";
-  }
-  return "unknown";
-}
-
 enum class op : std::uint8_t {
   create = 1,  // kind u8, type string, name string, number u64, initial blob -> id u64
   shutdown,    // -> (nothing); the server stops after replying
   ping,        // -> (nothing)
-  attach_channel,  // (a memfd attached with SCM_RIGHTS, Unix sockets only) -> (nothing); see manager_channel.hpp
+  attach_channel,  // (a memfd attached with SCM_RIGHTS, Unix sockets only) -> (nothing); see channel.hpp
   dict_get = 10, dict_set, dict_contains, dict_erase, dict_size, dict_keys, dict_values, dict_items, dict_clear,
   dict_update, dict_setdefault, dict_pop,
   list_append = 30, list_extend, list_get, list_set, list_insert, list_pop, list_size, list_clear, list_copy,
@@ -159,4 +141,4 @@ class reader {
   const char* end_;
 };
 
-}  // namespace mp::detail::manager_protocol
+}  // namespace mp::detail::manager::protocol

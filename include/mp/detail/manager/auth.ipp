@@ -1,35 +1,17 @@
-// HMAC-SHA256 challenge-response for manager connections, the handshake of Python's
-// multiprocessing.connection.deliver_challenge / answer_challenge, run in both directions.
-//
-// Why libcrypto is loaded with dlopen: only programs that authenticate (TCP managers, or any manager given an
-// authkey) need it, so it stays out of every user's link line; a program without OpenSSL's libcrypto installed
-// gets a clear mp::Error the first time it needs HMAC, and managers without an authkey keep working.
-// Randomness comes from getrandom(2), the kernel's CSPRNG, so challenges never depend on libcrypto's state.
+// auth: definitions (see auth.hpp).
 #pragma once
 
 #include <dlfcn.h>
 #include <sys/random.h>
 
-#include <array>
-#include <cstddef>
-#include <cstdint>
 #include <mutex>
 #include <span>
-#include <string>
-#include <string_view>
 
+#include <mp/detail/manager/auth.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
 
-namespace mp::detail {
-
-inline constexpr std::size_t hmac_size = 32;                 // SHA-256 digest
-inline constexpr std::size_t challenge_size = 32;            // random bytes per challenge, as Python 3.12
-inline constexpr std::string_view challenge_tag = "#CHALLENGE#";
-inline constexpr std::string_view welcome_tag = "#WELCOME#";
-inline constexpr std::string_view failure_tag = "#FAILURE#";
-
-using hmac_digest = std::array<unsigned char, hmac_size>;
+namespace mp::detail::manager {
 
 /// The few libcrypto functions the handshake needs, resolved once per process.
 class libcrypto {
@@ -87,8 +69,9 @@ class libcrypto {
   memcmp_fn memcmp_ = nullptr;
 };
 
-/// n bytes from the kernel's CSPRNG.
-inline std::string random_bytes(std::size_t n) {
+MP_DECL void require_libcrypto() { (void)libcrypto::get(); }
+
+MP_DECL std::string random_bytes(std::size_t n) {
   std::string bytes(n, '\0');
   std::size_t filled = 0;
   while (filled < n) {
@@ -98,17 +81,14 @@ inline std::string random_bytes(std::size_t n) {
   return bytes;
 }
 
-/// The challenge message: "#CHALLENGE#" followed by fresh random bytes.
-inline std::string make_challenge() { return std::string(challenge_tag) + random_bytes(challenge_size); }
+MP_DECL std::string make_challenge() { return std::string(challenge_tag) + random_bytes(challenge_size); }
 
-/// The answer to a challenge message: HMAC-SHA256(authkey, the whole challenge message).
-inline hmac_digest answer_challenge(std::string_view authkey, std::string_view challenge) {
+MP_DECL hmac_digest answer_challenge(std::string_view authkey, std::string_view challenge) {
   return libcrypto::get().hmac_sha256(
       authkey, {reinterpret_cast<const unsigned char*>(challenge.data()), challenge.size()});
 }
 
-/// True if `answer` (raw bytes as received) is the right answer to `challenge` under `authkey`.
-inline bool check_answer(std::string_view authkey, std::string_view challenge, std::string_view answer) {
+MP_DECL bool check_answer(std::string_view authkey, std::string_view challenge, std::string_view answer) {
   if (answer.size() != hmac_size) return false;
   hmac_digest got{};
   for (std::size_t i = 0; i < hmac_size; ++i) got[i] = static_cast<unsigned char>(answer[i]);
@@ -116,4 +96,4 @@ inline bool check_answer(std::string_view authkey, std::string_view challenge, s
   return crypto.equal(got, answer_challenge(authkey, challenge));
 }
 
-}  // namespace mp::detail
+}  // namespace mp::detail::manager

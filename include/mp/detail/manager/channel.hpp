@@ -1,4 +1,4 @@
-// manager_channel: the shared-memory fast path of one local manager connection (a Unix socket).
+// channel: the shared-memory fast path of one local manager connection (a Unix socket).
 //
 // Why: every manager call used to be a socket round trip, and on a small VM waking a sleeping process on another
 // CPU costs 20-40 µs, so a call could never get much below 10 µs. Here, after the handshake, the client creates
@@ -37,62 +37,56 @@
 // reply that does not fit goes to the socket's (non-blocking, buffered) output.
 #pragma once
 
-#include <fcntl.h>
 #include <sched.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <memory>
 #include <utility>
 
-#include <mp/detail/futex.hpp>
-#include <mp/detail/syscall.hpp>
+#include <mp/detail/clock.hpp>
+#include <mp/detail/config.hpp>
 #include <mp/detail/unique_fd.hpp>
 
-namespace mp::detail {
+namespace mp::detail::manager {
 
 /// Bytes of payload each direction of a channel carries; larger requests and replies use the socket.
-inline constexpr std::uint32_t manager_channel_capacity = 1u << 20;
+inline constexpr std::uint32_t channel_capacity = 1u << 20;
 /// reply_size value meaning "the reply is the next non-empty frame on the socket".
-inline constexpr std::uint32_t manager_reply_on_socket = 0xffff'ffffu;
+inline constexpr std::uint32_t reply_on_socket = 0xffff'ffffu;
 /// How long a client watches for its reply before it sleeps on the socket: longer than a call takes in the server
 /// when it is awake, and than waking a sleeping server takes, so a client on an idle machine rarely sleeps.
-inline constexpr std::chrono::microseconds manager_client_spin{50};
+inline constexpr std::chrono::microseconds client_spin{50};
 /// How long the server keeps watching the channels after the last request it found there, before it sleeps in
 /// poll(): long enough to catch the next call of a client that calls in a loop; after it the server costs no CPU.
-inline constexpr std::chrono::microseconds manager_server_spin{50};
+inline constexpr std::chrono::microseconds server_spin{50};
 /// While spinning, how often the server also polls the sockets (new clients, hang-ups, socket-only clients).
-inline constexpr std::chrono::microseconds manager_socket_poll_period{50};
+inline constexpr std::chrono::microseconds socket_poll_period{50};
 
 /// The CPU this thread runs on (glibc reads it from rseq or the vDSO: no system call), -1 if unknown.
-inline int manager_current_cpu() noexcept { return ::sched_getcpu(); }
+inline int current_cpu() noexcept { return ::sched_getcpu(); }
 
-/// How many hand-overs by sched_yield (see manager_spin_until) in a row before a waiter sleeps instead, once.
-inline constexpr std::uint32_t manager_colocated_yields = 1000;
+/// How many hand-overs by sched_yield (see adaptive_spin_until) in a row before a waiter sleeps instead, once.
+inline constexpr std::uint32_t colocated_yields = 1000;
 
 /// Spins until ready() or `budget` passed; ready()'s last answer. While the peer last ran on this thread's CPU
 /// (`peer_cpu`), it yields the CPU between looks instead: on a busy machine both ends of a channel can share a
 /// CPU, and a pure spin would hold the peer off for the whole budget (measured: 25 µs a call instead of 0.3).
-/// `colocated` counts those yields across calls: after manager_colocated_yields (~1.5 ms of sharing) it gives up
-/// at once, so the caller sleeps and is woken by a doorbell. Why: yielding never moves a thread to another CPU,
-/// but a wake-up does, to an idle one if there is any, and a new server starts on its creator's CPU, so without
-/// this the two could share one CPU for long while the other idles (measured: 360k calls/s instead of 1.1M).
+/// `colocated` counts those yields across calls: after colocated_yields (~1.5 ms of sharing) it gives up at once,
+/// so the caller sleeps and is woken by a doorbell. Why: yielding never moves a thread to another CPU, but a
+/// wake-up does, to an idle one if there is any, and a new server starts on its creator's CPU, so without this the
+/// two could share one CPU for long while the other idles (measured: 360k calls/s instead of 1.1M).
+/// (clock.hpp's spin_until is the plain spin; this one adds the hand-over to a peer on the same CPU.)
 template <class Ready>
-bool manager_spin_until(Ready&& ready, const std::atomic<std::int32_t>& peer_cpu, std::uint32_t& colocated,
-                        std::chrono::nanoseconds budget) {
-  const auto start = std::chrono::steady_clock::now();
+bool adaptive_spin_until(Ready&& ready, const std::atomic<std::int32_t>& peer_cpu, std::uint32_t& colocated,
+                         std::chrono::nanoseconds budget) {
+  const std::uint64_t start = monotonic_ns();
+  const auto limit = static_cast<std::uint64_t>(budget.count());
   for (;;) {
     if (ready()) return true;
-    if (peer_cpu.load(std::memory_order_relaxed) == manager_current_cpu()) {
-      if (++colocated >= manager_colocated_yields) {
+    if (peer_cpu.load(std::memory_order_relaxed) == current_cpu()) {
+      if (++colocated >= colocated_yields) {
         colocated = 0;
         return false;
       }
@@ -101,108 +95,62 @@ bool manager_spin_until(Ready&& ready, const std::atomic<std::int32_t>& peer_cpu
       colocated = 0;
       for (int i = 0; i < 16 && !ready(); ++i) cpu_relax();
     }
-    if (std::chrono::steady_clock::now() - start >= budget) return ready();
+    if (monotonic_ns() - start >= limit) return ready();
   }
 }
 
 /// Test and benchmark seam: when false, new connections of this process stay on the socket (the old transport).
-inline bool manager_channels_enabled = true;
+inline bool channels_enabled = true;
 
 /// The segment of one channel. Each control line holds what one side writes plus what the other reads after its
 /// own store (so the poster's flag check after a publish hits the line it just wrote).
-struct manager_channel_shared {
+struct channel_shared {
   alignas(64) std::atomic<std::uint32_t> request_seq{0};  // requests published (client)
   std::atomic<std::uint32_t> request_size{0};             // payload bytes of the last one (client)
   std::atomic<std::uint32_t> server_sleeping{0};          // the server sleeps in poll(): ring the doorbell (server)
   std::atomic<std::int32_t> client_cpu{-1};               // where the client ran when it published (client)
   alignas(64) std::atomic<std::uint32_t> reply_seq{0};    // replies published (server)
-  std::atomic<std::uint32_t> reply_size{0};               // payload bytes, or manager_reply_on_socket (server)
+  std::atomic<std::uint32_t> reply_size{0};               // payload bytes, or reply_on_socket (server)
   std::atomic<std::uint32_t> client_sleeping{0};          // the client sleeps in read(): ring the doorbell (client)
   std::atomic<std::int32_t> server_cpu{-1};               // where the server ran when it replied (server)
-  alignas(64) std::byte request[manager_channel_capacity];
-  alignas(64) std::byte reply[manager_channel_capacity];
+  alignas(64) std::byte request[channel_capacity];
+  alignas(64) std::byte reply[channel_capacity];
 };
 
 /// One mapping of a channel segment (the descriptor is not kept: the mapping holds the memory).
-class manager_channel {
+class channel {
  public:
-  manager_channel() noexcept = default;
-  manager_channel(manager_channel&& other) noexcept : shared_(std::exchange(other.shared_, nullptr)) {}
-  manager_channel& operator=(manager_channel&& other) noexcept {
+  channel() noexcept = default;
+  channel(channel&& other) noexcept : shared_(std::exchange(other.shared_, nullptr)) {}
+  channel& operator=(channel&& other) noexcept {
     if (this != &other) {
       unmap();
       shared_ = std::exchange(other.shared_, nullptr);
     }
     return *this;
   }
-  ~manager_channel() { unmap(); }
+  ~channel() { unmap(); }
 
   /// Client: a new sealed segment (size fixed, so the server can never fault on a shrunk file) and its
   /// descriptor to send; an empty channel if memfd or mmap fail (the connection then stays on the socket).
-  static std::pair<manager_channel, unique_fd> create() noexcept {
-    unique_fd fd(::memfd_create("mp-manager-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(sizeof(manager_channel_shared))) != 0 ||
-        ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-      return {};
-    }
-    manager_channel channel;
-    if (!channel.map(fd.get())) return {};
-    return {std::move(channel), std::move(fd)};
-  }
+  MP_DECL static std::pair<channel, unique_fd> create() noexcept;
 
   /// Server: maps a segment a client sent; an empty channel unless it is a sealed memfd of the right size.
-  static manager_channel open(int fd) noexcept {
-    struct stat st {};
-    const int seals = ::fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW)) return {};
-    if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) != sizeof(manager_channel_shared)) return {};
-    manager_channel channel;
-    channel.map(fd);
-    return channel;
-  }
+  MP_DECL static channel open(int fd) noexcept;
 
   explicit operator bool() const noexcept { return shared_ != nullptr; }
-  manager_channel_shared& operator*() const noexcept { return *shared_; }
-  manager_channel_shared* operator->() const noexcept { return shared_; }
+  channel_shared& operator*() const noexcept { return *shared_; }
+  channel_shared* operator->() const noexcept { return shared_; }
 
  private:
-  bool map(int fd) noexcept {
-    void* p = ::mmap(nullptr, sizeof(manager_channel_shared), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) return false;
-    shared_ = static_cast<manager_channel_shared*>(p);  // a zero-filled memfd: every atomic starts at 0
-    return true;
-  }
-  void unmap() noexcept {
-    if (shared_ != nullptr) ::munmap(shared_, sizeof(manager_channel_shared));
-    shared_ = nullptr;
-  }
+  MP_DECL bool map(int fd) noexcept;
+  MP_DECL void unmap() noexcept;
 
-  manager_channel_shared* shared_ = nullptr;
+  channel_shared* shared_ = nullptr;
 };
 
-/// Sends all of `bytes` with `fd` attached to the first byte (SCM_RIGHTS); false (errno set) on failure.
-inline bool manager_send_with_fd(int socket, const std::byte* bytes, std::size_t size, int fd) noexcept {
-  iovec part{const_cast<std::byte*>(bytes), size};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &part;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
-  auto sent = retry_on_eintr([&] { return ::sendmsg(socket, &message, MSG_NOSIGNAL); });
-  if (sent < 0) return false;
-  // The descriptor went with the first byte; the rest (never seen on a Unix socket) goes plainly.
-  for (auto done = static_cast<std::size_t>(sent); done < size;) {
-    auto more = retry_on_eintr([&] { return ::send(socket, bytes + done, size - done, MSG_NOSIGNAL); });
-    if (more < 0) return false;
-    done += static_cast<std::size_t>(more);
-  }
-  return true;
-}
+}  // namespace mp::detail::manager
 
-}  // namespace mp::detail
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/manager/channel.ipp>
+#endif

@@ -1,0 +1,252 @@
+// client: the client side of a manager — one connection (framed request/reply over the socket or the shared-memory
+// channel, and the authentication handshake), the per-process and per-thread connections of one manager, one
+// request being built and its reply, and what every proxy holds.
+//
+// Why a connection per process and per thread: processes never share a socket (a forked child closes its copies
+// of the parent's connections at once, so the server sees the parent hang up when it dies, even while children
+// live), and threads never interleave frames on one. The typed parts of a request (a value's bytes, a reply
+// decoded into a T) are defined in <mp/manager.hpp>, with mp::serialize: this file carries bytes only.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <mp/detail/archive.hpp>
+#include <mp/detail/config.hpp>
+#include <mp/detail/manager/channel.hpp>
+#include <mp/detail/manager/net.hpp>
+#include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/unique_fd.hpp>
+
+namespace mp::detail::manager {
+
+/// One client connection to a manager server: blocking, used by one thread at a time.
+class connection {
+ public:
+  /// Connects and runs the handshake; AuthenticationError if the keys differ, mp::Error if nothing listens.
+  MP_DECL connection(const endpoint& where, const std::string& authkey);
+
+  /// Sends one request frame (its first 4 bytes are reserved for the length) and returns the reply payload,
+  /// valid until the next call.
+  MP_DECL std::string_view call(std::vector<std::byte>& frame);
+
+  /// True once requests and replies travel through shared memory (see channel.hpp).
+  bool has_channel() const noexcept { return static_cast<bool>(channel_); }
+  /// Test seam: the channel's shared memory (nullptr without a channel).
+  channel_shared* channel_memory() const noexcept { return channel_ ? &*channel_ : nullptr; }
+
+  int fd() const noexcept { return fd_.get(); }
+  /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
+  void abandon() noexcept { fd_.reset(); }
+
+ private:
+  MP_DECL void handshake(const std::string& authkey);
+  MP_DECL void send_message(std::string_view message);
+  MP_DECL void attach_channel();
+  MP_DECL void ring_doorbell();
+  MP_DECL std::string_view await_reply();
+  [[noreturn]] MP_DECL void protocol_broken() const;
+  [[noreturn]] MP_DECL void server_gone(int err) const;
+  MP_DECL void send_all(const std::byte* data, std::size_t size);
+  MP_DECL void fill(std::size_t wanted);
+  MP_DECL std::string_view receive();
+
+  endpoint endpoint_;
+  unique_fd fd_;
+  std::string buffer_ = std::string(64 * 1024, '\0');
+  std::size_t start_ = 0, end_ = 0;
+  channel channel_;  // empty: everything goes over the socket
+  std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
+  std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
+  std::uint32_t colocated_yields_ = 0;        // hand-overs to a server on this CPU in a row (adaptive_spin_until)
+};
+
+/// In a forked child: closes the descriptors of every connection the parent's clients had open.
+MP_DECL void close_inherited_connections() noexcept;
+
+/// Counts forks in this process's history: a child sees a different value than its parent had, which is how a
+/// proxy notices it runs in a new process (cheaper than a getpid() system call on every call). In the child, the
+/// inherited copies of the parent's connections are closed at once, so the server sees the parent hang up when it
+/// dies even while children live (its locks are released then).
+inline std::uint64_t fork_generation() {
+  static std::atomic<std::uint64_t> generation{0};
+  static std::once_flag registered;
+  std::call_once(registered, [] {
+    ::pthread_atfork(nullptr, nullptr, [] {
+      generation.fetch_add(1);
+      close_inherited_connections();
+    });
+  });
+  return generation.load(std::memory_order_relaxed);
+}
+
+/// The client side of one manager, shared by a Manager and its proxies: one connection per process and thread,
+/// opened on first use, re-opened after fork so processes never share a socket.
+class client {
+ public:
+  MP_DECL client(manager::endpoint where, std::string authkey);
+  MP_DECL ~client();
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  /// In a forked child: closes the descriptors of the parent's connections (the objects go on the next call).
+  MP_DECL void abandon_connections() noexcept;
+
+  /// This thread's connection, connecting (and authenticating) if needed.
+  manager::connection& connection() {
+    // The last connection this thread used, valid while the client and the process are the same.
+    struct cached {
+      std::uint64_t client = 0, generation = 0;
+      manager::connection* connection = nullptr;
+    };
+    thread_local cached last;
+    auto generation = fork_generation();
+    if (last.client == serial_ && last.generation == generation && last.connection) return *last.connection;
+    auto& found = lookup(generation);
+    last = {serial_, generation, &found};
+    return found;
+  }
+
+  const manager::endpoint& endpoint() const { return endpoint_; }
+  const std::string& authkey() const { return authkey_; }
+
+ private:
+  MP_DECL static std::uint64_t next_serial();
+  MP_DECL manager::connection& lookup(std::uint64_t generation);
+
+  const std::uint64_t serial_ = next_serial();  // tells this client from one later allocated at the same address
+  manager::endpoint endpoint_;
+  std::string authkey_;
+  std::mutex mutex_;
+  std::uint64_t generation_;  // guarded by mutex_
+  std::unordered_map<std::thread::id, std::unique_ptr<manager::connection>> connections_;  // guarded by mutex_
+};
+
+/// One request being built in place (the frame's length is patched in by connection::call), and the reply it
+/// gets: the status is checked and error replies become the matching mp exception.
+class request {
+ public:
+  request(client& to, protocol::op code, std::uint64_t id)
+      : connection_(to.connection()), borrowed_(!buffer_busy()), frame_(borrowed_ ? shared_buffer() : own_),
+        out_(frame_) {
+    if (borrowed_) buffer_busy() = true;
+    frame_.assign(4, std::byte{0});
+    out_.u8(static_cast<std::uint8_t>(code));
+    out_.u64(id);
+  }
+  request(const request&) = delete;
+  request& operator=(const request&) = delete;
+  ~request() {
+    if (borrowed_) buffer_busy() = false;
+  }
+
+  request& u8(std::uint8_t v) { return out_.u8(v), *this; }
+  request& u32(std::uint32_t v) { return out_.u32(v), *this; }
+  request& u64(std::uint64_t v) { return out_.u64(v), *this; }
+  request& i64(std::int64_t v) { return out_.i64(v), *this; }
+  request& text(std::string_view s) { return out_.blob(s), *this; }
+  /// Writes a u32 count to fill in later with patch_count, for bulk requests counted while they are written.
+  std::size_t count_placeholder() {
+    out_.u32(0);
+    return frame_.size() - 4;
+  }
+  void patch_count(std::size_t at, std::uint32_t n) {
+    for (std::size_t i = 0; i < 4; ++i) frame_[at + i] = static_cast<std::byte>(n >> (8 * i));
+  }
+  /// Appends `v` as a blob of mp::serialize bytes (defined in <mp/manager.hpp>, which has mp::serialize).
+  template <class T>
+  request& value(const T& v);
+
+  /// Sends the request and returns a reader over the reply's results; throws the error the server replied.
+  MP_DECL protocol::reader send();
+
+ private:
+  // One request buffer per thread, reused: a call allocates nothing once it has grown. A call built while another
+  // is being built on the same thread (extend() over a range whose elements come from another proxy) gets its own.
+  static std::vector<std::byte>& shared_buffer() {
+    thread_local std::vector<std::byte> frame;
+    return frame;
+  }
+  static bool& buffer_busy() {
+    thread_local bool busy = false;
+    return busy;
+  }
+  manager::connection& connection_;
+  bool borrowed_;
+  std::vector<std::byte> own_;
+  std::vector<std::byte>& frame_;
+  protocol::writer<std::vector<std::byte>> out_;
+};
+
+/// What every proxy holds: the shared client and the object's id in the server.
+class proxy_base {
+ public:
+  proxy_base() = default;
+  proxy_base(std::shared_ptr<client> to, std::uint64_t id) : client_(std::move(to)), id_(id) {}
+  /// The object's id in its server.
+  std::uint64_t id() const noexcept { return id_; }
+
+  /// How a proxy crosses to a Process started by spawn or forkserver: the server's address, the authkey and the
+  /// object's id (the child connects on first use). Only as a Process argument: a proxy in a Queue item or
+  /// plain bytes would carry the authkey where it was not meant to go, so that throws SerializationError.
+  MP_DECL void save(output_archive& ar) const;
+  /// In a spawned child: a proxy of the same object, with its own connection to the server.
+  MP_DECL void load(input_archive& ar);
+
+ protected:
+  request call(protocol::op code) const {
+    if (!client_) empty_proxy();
+    return request(*client_, code, id_);
+  }
+  [[noreturn]] MP_DECL static void empty_proxy();
+  /// A timeout as the protocol's i64 nanoseconds (negative ones count as zero; -1 on the wire means "forever").
+  static std::int64_t timeout_ns(std::chrono::nanoseconds timeout) { return timeout.count() < 0 ? 0 : timeout.count(); }
+
+  // Reading a reply (what call(...).send() returns).
+  /// The reply's next value (defined in <mp/manager.hpp>, which has mp::deserialize).
+  template <class T>
+  static T decode(protocol::reader& in);
+  /// The reply's one value.
+  template <class T>
+  static T reply_value(protocol::reader in) {
+    return decode<T>(in);
+  }
+  /// The reply's value if its flag byte says there is one.
+  template <class T>
+  static std::optional<T> reply_optional(protocol::reader in) {
+    if (!in.u8()) return std::nullopt;
+    return decode<T>(in);
+  }
+  /// The reply's list of values: a u32 count, then the values (a list, a dict's keys or values).
+  template <class T>
+  static std::vector<T> reply_list(protocol::reader in) {
+    std::vector<T> out;
+    auto n = in.count(4);
+    out.reserve(n);
+    for (std::uint32_t i = 0; i < n; ++i) out.push_back(decode<T>(in));
+    return out;
+  }
+  /// The reply's flag byte.
+  static bool reply_flag(protocol::reader in) { return in.u8() != 0; }
+
+  std::shared_ptr<client> client_;
+  std::uint64_t id_ = 0;
+};
+
+}  // namespace mp::detail::manager
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/manager/client.ipp>
+#endif

@@ -1,0 +1,324 @@
+// client: definitions (see client.hpp).
+#pragma once
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include <mp/detail/manager/client.hpp>
+#include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/manager/auth.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail::manager {
+
+// ---- connection ------------------------------------------------------------------------------------------------
+
+MP_DECL connection::connection(const endpoint& where, const std::string& authkey) : endpoint_(where) {
+  if (where.tcp) {
+    fd_ = with_tcp_address(where, "connect", [](int s, const sockaddr* a, socklen_t n) {
+      return sys_try("connect", [&] { return ::connect(s, a, n); }) == 0;
+    });
+    set_nodelay(fd_.get());
+  } else {
+    auto address = unix_address(where.path);
+    fd_ = unique_fd(sys("socket", where.path, [] { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); }));
+    if (sys_try("connect",
+                [&] { return ::connect(fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address); })) {
+      throw_errno("connect", where.path + ": no manager server listens there (it has shut down, or the address is wrong)");
+    }
+  }
+  handshake(authkey);
+  if (!where.tcp && channels_enabled) attach_channel();
+}
+
+MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
+  auto payload = frame.size() - 4;
+  if (payload > protocol::max_request) {
+    throw Error("a manager request of " + std::to_string(payload) + " bytes exceeds the server's frame limit of " +
+                std::to_string(protocol::max_request) + " bytes: send the data in smaller parts");
+  }
+  if (channel_ && payload <= channel_capacity) {
+    auto& shared = *channel_;
+    std::memcpy(shared.request, frame.data() + 4, payload);
+    shared.request_size.store(static_cast<std::uint32_t>(payload), std::memory_order_relaxed);
+    shared.client_cpu.store(current_cpu(), std::memory_order_relaxed);
+    shared.request_seq.store(++requests_);  // seq_cst: publishes the bytes, and orders the flag load below
+    if (shared.server_sleeping.load() != 0) ring_doorbell();
+    return await_reply();
+  }
+  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(payload >> (8 * i));
+  send_all(frame.data(), frame.size());
+  return channel_ ? await_reply() : receive();
+}
+
+MP_DECL void connection::handshake(const std::string& authkey) {
+  auto greeting = std::string(receive());
+  if (greeting == welcome_tag) {
+    if (!authkey.empty()) {
+      throw AuthenticationError("the manager server at " + endpoint_.to_string() +
+                                " does not check an authkey, but one was given: start the server with the same authkey");
+    }
+    return;
+  }
+  if (!greeting.starts_with(challenge_tag) || greeting.size() != challenge_tag.size() + challenge_size) {
+    throw AuthenticationError("the server at " + endpoint_.to_string() + " did not greet as an mp manager");
+  }
+  if (authkey.empty()) {
+    throw AuthenticationError("the manager server at " + endpoint_.to_string() +
+                              " requires an authkey: pass the key it was started with");
+  }
+  auto answer = answer_challenge(authkey, greeting);
+  send_message({reinterpret_cast<const char*>(answer.data()), answer.size()});
+  if (receive() != welcome_tag) {
+    throw AuthenticationError("the manager server at " + endpoint_.to_string() +
+                              " rejected the authkey (digest mismatch): use the key the server was started with");
+  }
+  // Now make the server prove it knows the key too, so a client never talks to an impostor.
+  auto challenge = make_challenge();
+  send_message(challenge);
+  if (!check_answer(authkey, challenge, receive())) {
+    throw AuthenticationError("the manager server at " + endpoint_.to_string() +
+                              " failed to prove it knows the authkey: it is not the server you meant");
+  }
+}
+
+MP_DECL void connection::send_message(std::string_view message) {
+  std::vector<std::byte> frame(4 + message.size());
+  std::memcpy(frame.data() + 4, message.data(), message.size());
+  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(message.size() >> (8 * i));
+  send_all(frame.data(), frame.size());
+}
+
+// Offers the server a shared-memory channel; on any failure (no memfd, an old server) the socket carries on.
+MP_DECL void connection::attach_channel() {
+  auto [made, fd] = channel::create();
+  if (!made) return;
+  std::vector<std::byte> frame;
+  protocol::writer out(frame);
+  out.u32(1 + 8);
+  out.u8(static_cast<std::uint8_t>(protocol::op::attach_channel));
+  out.u64(0);
+  if (!send_with_fd(fd_.get(), frame.data(), frame.size(), fd.get())) {
+    int err = last_errno();
+    if (err == EPIPE || err == ECONNRESET) server_gone(err);
+    throw_errno("sendmsg", endpoint_.to_string(), err);
+  }
+  fd.reset();  // the server has its own descriptor now; the mapping keeps the memory
+  auto reply = receive();
+  if (!reply.empty() && reply[0] == static_cast<char>(protocol::status::ok)) channel_ = std::move(made);
+}
+
+// A doorbell: an empty frame (no request or reply is empty) that wakes the server's poll().
+MP_DECL void connection::ring_doorbell() {
+  const std::byte empty[4] = {};
+  send_all(empty, sizeof empty);
+}
+
+// Waits for the reply to the request just sent: spins on reply_seq, then sleeps in read() on the socket until
+// the server's doorbell (or the reply itself, when it is too big for the slot, or EOF if the server died).
+// The reply stays valid until the next call: the server writes the slot again only for the next request.
+MP_DECL std::string_view connection::await_reply() {
+  auto& shared = *channel_;
+  const std::uint32_t expected = ++replies_;
+  auto ready = [&] { return shared.reply_seq.load(std::memory_order_acquire) == expected; };
+  std::string_view on_socket;
+  if (!adaptive_spin_until(ready, shared.server_cpu, colocated_yields_, client_spin)) {
+    // Doorbells owed from earlier sleeps come first (they are on their way: the server took the flag).
+    for (; doorbells_owed_ > 0; --doorbells_owed_) {
+      if (!receive().empty()) protocol_broken();
+    }
+    for (;;) {
+      shared.client_sleeping.store(1);  // seq_cst, then re-check: see the argument in channel.hpp
+      if (shared.reply_seq.load() == expected) break;
+      on_socket = receive();  // a doorbell (empty; the server cleared the flag) or a reply too big for the slot
+      if (!on_socket.empty()) break;
+    }
+    // Still 1: the server did not see it, no doorbell comes. 0: the server took it; its doorbell is owed.
+    if (shared.client_sleeping.exchange(0) == 0) ++doorbells_owed_;
+  }
+  // A reply on the socket is announced in the slot before it is written to the socket: it is published now.
+  const bool published = shared.reply_seq.load(std::memory_order_acquire) == expected;
+  const std::uint32_t size = shared.reply_size.load(std::memory_order_relaxed);
+  if (!published || (size > channel_capacity && size != reply_on_socket) ||
+      (!on_socket.empty() && size != reply_on_socket)) {
+    protocol_broken();
+  }
+  if (size != reply_on_socket) return {reinterpret_cast<const char*>(shared.reply), size};
+  while (on_socket.empty()) {
+    on_socket = receive();
+    if (on_socket.empty() && doorbells_owed_ > 0) --doorbells_owed_;  // an owed doorbell came before it
+  }
+  return on_socket;
+}
+
+MP_DECL void connection::protocol_broken() const {
+  throw Error("the manager server at " + endpoint_.to_string() +
+              " broke the shared-memory channel protocol: it runs another version of mp, or memory is corrupt");
+}
+
+MP_DECL void connection::server_gone(int err) const {
+  throw Error("the manager server at " + endpoint_.to_string() + " closed the connection (" +
+              (err ? std::string(std::strerror(err)) : std::string("end of file")) +
+              "): it has shut down or died; create a new Manager or connect to a running server");
+}
+
+MP_DECL void connection::send_all(const std::byte* data, std::size_t size) {
+  while (size > 0) {
+    auto sent = sys_try("send", [&] { return ::send(fd_.get(), data, size, MSG_NOSIGNAL); });
+    if (sent < 0) {
+      int err = last_errno();
+      if (err == EPIPE || err == ECONNRESET) server_gone(err);
+      throw_errno("send", endpoint_.to_string(), err);
+    }
+    data += sent, size -= static_cast<std::size_t>(sent);
+  }
+}
+
+// Reads until buffer_ holds `wanted` unread bytes. buffer_'s size is its capacity (bytes [start_, end_) are
+// unread), so a read never pays for zero-filling a fresh buffer.
+MP_DECL void connection::fill(std::size_t wanted) {
+  if (end_ - start_ >= wanted) return;
+  if (start_ + wanted > buffer_.size()) {  // compact, then grow if still too small
+    std::memmove(buffer_.data(), buffer_.data() + start_, end_ - start_);
+    end_ -= start_, start_ = 0;
+    if (wanted > buffer_.size()) buffer_.resize(std::max(wanted, 2 * buffer_.size()));
+  }
+  while (end_ - start_ < wanted) {
+    auto got = sys_try("read", [&] { return ::read(fd_.get(), buffer_.data() + end_, buffer_.size() - end_); });
+    if (got == 0) server_gone(0);
+    if (got < 0) {
+      int err = last_errno();
+      if (err == ECONNRESET) server_gone(err);
+      throw_errno("read", endpoint_.to_string(), err);
+    }
+    end_ += static_cast<std::size_t>(got);
+  }
+}
+
+MP_DECL std::string_view connection::receive() {
+  if (start_ == end_) start_ = end_ = 0;
+  fill(4);
+  std::uint32_t size = 0;
+  for (std::size_t i = 0; i < 4; ++i) size |= std::uint32_t{static_cast<unsigned char>(buffer_[start_ + i])} << (8 * i);
+  fill(4 + std::size_t{size});
+  std::string_view payload(buffer_.data() + start_ + 4, size);
+  start_ += 4 + size;
+  return payload;
+}
+
+// ---- client ----------------------------------------------------------------------------------------------------
+
+/// Every client alive in this process, so that a forked child can close its copies of their connections.
+struct live_clients {
+  std::mutex mutex;
+  std::vector<client*> clients;  // guarded by mutex
+};
+MP_DECL live_clients& the_live_clients() {
+  static auto* live = new live_clients;  // never destroyed: usable from atfork handlers during exit
+  return *live;
+}
+
+MP_DECL void close_inherited_connections() noexcept {
+  auto& live = the_live_clients();
+  if (!live.mutex.try_lock()) return;
+  for (auto* c : live.clients) c->abandon_connections();
+  live.mutex.unlock();
+}
+
+MP_DECL client::client(manager::endpoint where, std::string authkey)
+    : endpoint_(std::move(where)), authkey_(std::move(authkey)), generation_(fork_generation()) {
+  auto& live = the_live_clients();
+  std::lock_guard guard(live.mutex);
+  live.clients.push_back(this);
+}
+
+MP_DECL client::~client() {
+  auto& live = the_live_clients();
+  std::lock_guard guard(live.mutex);
+  std::erase(live.clients, this);
+}
+
+// try_lock: a mutex held by a parent thread at fork time stays locked forever in the child; then the connections
+// are left to the next call's check.
+MP_DECL void client::abandon_connections() noexcept {
+  if (!mutex_.try_lock()) return;
+  for (auto& [thread, open] : connections_) {
+    if (open) open->abandon();
+  }
+  mutex_.unlock();
+}
+
+MP_DECL std::uint64_t client::next_serial() {
+  static std::atomic<std::uint64_t> serial{0};
+  return ++serial;
+}
+
+MP_DECL manager::connection& client::lookup(std::uint64_t generation) {
+  std::unique_lock guard(mutex_);
+  if (generation != generation_) {
+    // A forked child: the inherited connections belong to the parent; close our copies of them.
+    connections_.clear();
+    generation_ = generation;
+  }
+  auto& slot = connections_[std::this_thread::get_id()];
+  if (slot) return *slot;
+  guard.unlock();  // connecting takes round trips: don't hold up other threads
+  auto made = std::make_unique<manager::connection>(endpoint_, authkey_);
+  guard.lock();
+  auto& again = connections_[std::this_thread::get_id()];
+  again = std::move(made);
+  return *again;
+}
+
+// ---- request ---------------------------------------------------------------------------------------------------
+
+MP_DECL protocol::reader request::send() {
+  namespace p = protocol;
+  auto reply = connection_.call(frame_);
+  try {
+    p::reader in(reply);
+    if (static_cast<p::status>(in.u8()) == p::status::ok) return in;
+    auto kind = static_cast<p::error_kind>(in.u8());
+    std::string message(in.blob());
+    switch (kind) {
+      case p::error_kind::empty: throw Empty(message);
+      case p::error_kind::full: throw Full(message);
+      case p::error_kind::broken_barrier: throw BrokenBarrierError(message);
+      default: throw Error(message);
+    }
+  } catch (const p::malformed&) {
+    throw Error("the manager server sent a malformed reply: it runs another version of mp, or the connection is corrupt");
+  }
+}
+
+// ---- proxy_base ------------------------------------------------------------------------------------------------
+
+MP_DECL void proxy_base::save(output_archive& ar) const {
+  if (current_fd_outbox() == nullptr) {
+    throw SerializationError(
+        "mp::serialize: a manager proxy crosses only as an argument of a Process started by spawn or forkserver "
+        "(it carries the manager's authkey); pass the values it holds, or the proxy as a Process argument");
+  }
+  if (!client_) throw SerializationError("mp::serialize: this manager proxy is empty (default-constructed)");
+  const manager::endpoint& where = client_->endpoint();
+  ar(where.tcp, where.host, where.port, where.path, client_->authkey(), id_);
+}
+
+MP_DECL void proxy_base::load(input_archive& ar) {
+  manager::endpoint where;
+  std::string authkey;
+  ar(where.tcp, where.host, where.port, where.path, authkey, id_);
+  client_ = std::make_shared<client>(std::move(where), std::move(authkey));
+}
+
+MP_DECL void proxy_base::empty_proxy() {
+  throw Error("this manager proxy is empty (default-constructed): get one from a Manager");
+}
+
+}  // namespace mp::detail::manager

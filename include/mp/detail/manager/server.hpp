@@ -1,0 +1,116 @@
+// server: the manager server — one thread, one poll() loop over the listening socket, every client connection, and
+// the wake-ups that end it (the owner process exiting, SIGTERM/SIGINT through a signalfd).
+//
+// Why an event loop rather than a thread per client: blocking calls park in the store and are answered when
+// another request releases them, so no client can block the server, the store needs no locking, and a client
+// that hangs up while parked is noticed at once (its waiter is dropped; nothing is consumed on its behalf).
+// Why the owner is watched through a pidfd rather than PR_SET_PDEATHSIG: the death signal fires when the parent
+// *thread* exits, which would kill a manager created on a short-lived thread.
+// Connections go through stages: greeting sent -> (answer checked -> our challenge answered) -> ready. Before
+// ready a frame may be at most max_handshake bytes and no payload is handed to the store; any framing or protocol
+// violation closes that connection only.
+#pragma once
+
+#include <poll.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <mp/detail/config.hpp>
+#include <mp/detail/manager/channel.hpp>
+#include <mp/detail/manager/store.hpp>
+#include <mp/detail/unique_fd.hpp>
+
+namespace mp::detail::manager {
+
+class server {
+ public:
+  /// Serves on `listener` until a shutdown request, a readable `stop_fd` (a signalfd) or the exit of the process
+  /// behind `owner_pidfd` (either may be -1). `remove` lists paths (a socket, then its directory) removed when it
+  /// stops, before the connections close, so a client that sees its connection end never finds them.
+  MP_DECL server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
+                 std::vector<std::string> remove = {});
+
+  /// Runs the poll loop until the server stops (see the constructor); then removes the files and flushes replies.
+  MP_DECL void run();
+
+ private:
+  enum class stage { await_answer, await_challenge, ready };
+  /// One client as the server sees it.
+  struct connection {
+    std::uint64_t id = 0;
+    unique_fd fd;
+    stage at = stage::ready;
+    std::string challenge;  // the one we sent, while awaiting its answer
+    std::string in;         // unparsed received bytes
+    std::string out;        // frames not yet written, from out_at
+    std::size_t out_at = 0;
+    bool parked = false;    // its request waits in the store: later frames wait too
+    bool closing = false;   // close once out is written (a failed handshake)
+    bool dead = false;
+    store::clock::time_point handshake_deadline{};  // while not ready: closed if still not ready then
+    std::vector<unique_fd> fds;  // descriptors received (SCM_RIGHTS), for attach_channel
+    manager::channel channel;    // the client's shared-memory channel, once attached
+    std::uint32_t requests_seen = 0, replies_sent = 0;  // channel sequence numbers (ours, not the client's words)
+  };
+  using time_point = store::clock::time_point;
+
+  /// How long a new connection may take to authenticate: an idle peer cannot hold a descriptor forever.
+  static constexpr std::chrono::seconds handshake_timeout{10};
+
+  MP_DECL std::optional<time_point> earliest_handshake_deadline() const;
+  MP_DECL void drop_slow_handshakes(time_point now);
+  MP_DECL static void append_frame(std::string& out, std::string_view payload);
+  MP_DECL void accept_all(time_point now);
+  MP_DECL void receive(connection& c, time_point now);
+  MP_DECL void process(connection& c, time_point now);
+  MP_DECL void handle(connection& c, std::string_view payload, time_point now);
+  MP_DECL void attach(connection& c);
+  MP_DECL void post(connection& c, std::string_view bytes);
+  // The request c published in its channel and the server has not taken yet, if any (not while parked: a
+  // well-behaved client sends nothing then, and a misbehaving one must not keep the server awake).
+  static bool channel_has_request(const connection& c) {
+    return c.channel && !c.parked && !c.dead && c.channel->request_seq.load() != c.requests_seen;
+  }
+  MP_DECL bool channel_request_pending() const;
+  MP_DECL bool set_server_sleeping(std::uint32_t value);
+  MP_DECL static bool hung_up(const connection& c);
+  MP_DECL std::size_t take_channel_requests(time_point now);
+  MP_DECL void reap_parked_hangups();
+  MP_DECL void serve_channels();
+  MP_DECL void handshake(connection& c, std::string_view message);
+  MP_DECL void deliver();
+  MP_DECL void flush(connection& c);
+  MP_DECL void reap();
+
+  unique_fd listener_;
+  std::string authkey_;
+  int owner_pidfd_;
+  int stop_fd_;
+  std::vector<std::string> remove_;
+  store store_;
+  std::unordered_map<std::uint64_t, connection> connections_;
+  std::vector<store::reply> replies_, batch_;
+  std::vector<std::uint64_t> unparked_;
+  std::string request_;                             // a request copied out of a channel
+  std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
+  std::vector<std::uint64_t> hangup_ids_;
+  std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch
+  time_point last_channel_request_{};
+  int last_client_cpu_ = -1;  // where the client of the last channel request ran
+  std::uint64_t next_client_ = 1;
+  bool stop_ = false;
+  bool accept_paused_ = false;
+};
+
+}  // namespace mp::detail::manager
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/manager/server.ipp>
+#endif

@@ -1,0 +1,430 @@
+// server: definitions (see server.hpp).
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include <mp/detail/manager/server.hpp>
+#include <mp/detail/clock.hpp>
+#include <mp/detail/manager/auth.hpp>
+#include <mp/detail/manager/net.hpp>
+#include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/syscall.hpp>
+
+namespace mp::detail::manager {
+
+MP_DECL server::server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
+                       std::vector<std::string> remove)
+    : listener_(std::move(listener)), authkey_(std::move(authkey)), owner_pidfd_(owner_pidfd), stop_fd_(stop_fd),
+      remove_(std::move(remove)) {
+  const int flags = sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_GETFL); });
+  sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK); });
+}
+
+MP_DECL void server::run() {
+  std::vector<pollfd> fds;
+  std::vector<std::uint64_t> order;  // fds[fixed + i] belongs to connection order[i]
+  while (!stop_) {
+    fds.clear(), order.clear();
+    // While out of descriptors, stop polling the listener (it would stay readable and spin the loop) until a
+    // connection closes.
+    fds.push_back({accept_paused_ ? -1 : listener_.get(), POLLIN, 0});
+    fds.push_back({owner_pidfd_, POLLIN, 0});
+    fds.push_back({stop_fd_, POLLIN, 0});
+    const std::size_t fixed = fds.size();
+    for (auto& [id, c] : connections_) {
+      short events = c.closing ? 0 : POLLIN | POLLRDHUP;
+      if (c.out_at < c.out.size()) events |= POLLOUT;
+      fds.push_back({c.fd.get(), events, 0});
+      order.push_back(id);
+    }
+    int timeout = -1;
+    // Still watching the channels (a request came in the last server_spin): look at the sockets and
+    // come straight back.
+    const bool spinning = store::clock::now() - last_channel_request_ < server_spin;
+    auto deadline = store_.next_deadline();
+    if (auto handshake = earliest_handshake_deadline(); handshake && (!deadline || *handshake < *deadline)) {
+      deadline = handshake;
+    }
+    if (deadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - store::clock::now()).count();
+      timeout = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
+    }
+    if (spinning) timeout = 0;
+    // Before sleeping, tell the channels' clients to ring the doorbell, then look once more (no lost wake-up).
+    const bool sleeping = timeout != 0 && set_server_sleeping(1);
+    if (sleeping && channel_request_pending()) timeout = 0;
+    sys("poll", "manager server", [&] { return ::poll(fds.data(), fds.size(), timeout); });
+    if (sleeping) set_server_sleeping(0);
+    auto now = store::clock::now();
+    if (fds[1].revents || fds[2].revents) break;  // the owner exited, or SIGTERM/SIGINT
+    // First the clients that hung up (a process killed while blocked in get(), or one that sent its last request
+    // and exited): apply what they sent, then forget them — before any request of the others in this batch can
+    // hand them an item or a lock they would never receive.
+    bool hung_up = false;
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      if (!(fds[fixed + i].revents & (POLLHUP | POLLERR | POLLRDHUP))) continue;
+      auto found = connections_.find(order[i]);
+      if (found == connections_.end()) continue;
+      receive(found->second, now);
+      found->second.dead = hung_up = true;
+    }
+    if (hung_up) reap();
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      auto revents = fds[fixed + i].revents;
+      if (!revents) continue;
+      auto found = connections_.find(order[i]);
+      if (found == connections_.end()) continue;
+      if (revents & POLLOUT) flush(found->second);
+      if (revents & POLLIN) receive(found->second, now);
+    }
+    if (fds[0].revents) accept_all(now);
+    drop_slow_handshakes(now);
+    store_.expire(now, replies_);
+    deliver();
+    reap();
+    if (store_.shutdown_requested()) stop_ = true;
+    if (!stop_) serve_channels();
+  }
+  listener_.reset();
+  for (const auto& path : remove_) ::remove(path.c_str());  // best effort: the owner removes them too
+  // Best effort: let the shutdown reply reach its client before the sockets close.
+  for (auto& [id, c] : connections_) {
+    if (c.out_at < c.out.size()) {
+      const int fd = c.fd.get();
+      const int flags = sys_try("fcntl", [&] { return ::fcntl(fd, F_GETFL); });
+      if (flags == -1 || sys_try("fcntl", [&] { return ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK); }) == -1) continue;
+      flush(c);
+    }
+  }
+}
+
+MP_DECL std::optional<server::time_point> server::earliest_handshake_deadline() const {
+  std::optional<time_point> earliest;
+  for (const auto& [id, c] : connections_) {
+    if (c.at != stage::ready && (!earliest || c.handshake_deadline < *earliest)) earliest = c.handshake_deadline;
+  }
+  return earliest;
+}
+
+MP_DECL void server::drop_slow_handshakes(time_point now) {
+  for (auto& [id, c] : connections_) {
+    if (c.at != stage::ready && c.handshake_deadline <= now) c.dead = true;
+  }
+}
+
+MP_DECL void server::append_frame(std::string& out, std::string_view payload) {
+  protocol::writer w(out);
+  w.u32(static_cast<std::uint32_t>(payload.size()));
+  w.raw(payload.data(), payload.size());
+}
+
+MP_DECL void server::accept_all(time_point now) {
+  for (;;) {
+    const int fd =
+        sys_try("accept4", [&] { return ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
+    if (fd < 0) {
+      int err = last_errno();
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) accept_paused_ = true;
+      return;  // EAGAIN, or a transient error (ECONNABORTED): retried on the next wake-up
+    }
+    set_nodelay(fd);     // harmless on Unix sockets (fails quietly)
+    connection c;
+    c.id = next_client_++;
+    c.fd = unique_fd(fd);
+    if (authkey_.empty()) {
+      append_frame(c.out, welcome_tag);
+    } else {
+      c.at = stage::await_answer;
+      c.challenge = make_challenge();
+      c.handshake_deadline = now + handshake_timeout;
+      append_frame(c.out, c.challenge);
+    }
+    auto id = c.id;
+    auto& placed = connections_.emplace(id, std::move(c)).first->second;
+    flush(placed);
+  }
+}
+
+MP_DECL void server::receive(connection& c, time_point now) {
+  char chunk[64 * 1024];
+  for (;;) {
+    // recvmsg rather than read: a client attaching a channel sends its memfd with the request.
+    auto got = receive_with_fds(c.fd.get(), chunk, sizeof chunk, c.fds);
+    if (got <= 0) {
+      if (got == 0 || (last_errno() != EAGAIN && last_errno() != EWOULDBLOCK)) c.dead = true;
+      return;
+    }
+    if (c.closing) return;  // a rejected client: ignore whatever it sends until FAILURE is written
+    c.in.append(chunk, static_cast<std::size_t>(got));
+    process(c, now);
+    // A client sends one request at a time: more than one full request buffered is a protocol violation.
+    if (c.in.size() > std::size_t{protocol::max_request} + 8) c.dead = true;
+    if (c.dead || static_cast<std::size_t>(got) < sizeof chunk) return;
+  }
+}
+
+// Handles every complete frame in c.in, unless the connection is parked.
+MP_DECL void server::process(connection& c, time_point now) {
+  std::size_t at = 0;
+  while (!c.parked && !c.dead && !c.closing && c.in.size() - at >= 4) {
+    protocol::reader header(c.in.data() + at, 4);
+    auto size = header.u32();
+    auto limit = c.at == stage::ready ? protocol::max_request : protocol::max_handshake;
+    if (size > limit) {
+      c.dead = true;  // oversized: drop the connection before buffering the body
+      break;
+    }
+    if (c.in.size() - at - 4 < size) break;
+    std::string_view payload(c.in.data() + at + 4, size);
+    at += 4 + size;
+    if (c.at != stage::ready) {
+      handshake(c, payload);
+      continue;
+    }
+    if (size == 0 && c.channel) continue;  // a doorbell: its request is in the channel
+    if (payload.size() == 9 && payload[0] == static_cast<char>(protocol::op::attach_channel)) {
+      attach(c);
+      continue;
+    }
+    handle(c, payload, now);
+  }
+  c.in.erase(0, at);
+}
+
+// Applies one request of c; it parks if the store answered nothing yet.
+MP_DECL void server::handle(connection& c, std::string_view payload, time_point now) {
+  auto before = replies_.size();
+  if (!store_.handle(c.id, payload, now, replies_)) {
+    c.dead = true;
+    return;
+  }
+  c.parked = std::none_of(replies_.begin() + static_cast<std::ptrdiff_t>(before), replies_.end(),
+                          [&](const store::reply& r) { return r.client == c.id; });
+}
+
+// attach_channel: maps the memfd that came with the request. The reply goes over the socket (the client reads
+// it there); an error reply leaves the connection on the socket.
+MP_DECL void server::attach(connection& c) {
+  if (!c.channel && !c.fds.empty()) c.channel = channel::open(c.fds.front().get());
+  c.fds.clear();  // the mapping keeps the memory; no descriptor stays open per client
+  std::string reply;
+  protocol::writer w(reply);
+  if (c.channel) {
+    w.u8(static_cast<std::uint8_t>(protocol::status::ok));
+  } else {
+    w.u8(static_cast<std::uint8_t>(protocol::status::error));
+    w.u8(static_cast<std::uint8_t>(protocol::error_kind::error));
+    w.blob("the manager server could not map the channel: it stays on the socket");
+  }
+  append_frame(c.out, reply);
+  flush(c);
+}
+
+// Publishes a reply in c's channel (or, too big for it, on the socket, announced in the channel) and rings the
+// client's doorbell if it sleeps. Never blocks: the socket's output is buffered.
+MP_DECL void server::post(connection& c, std::string_view bytes) {
+  auto& shared = *c.channel;
+  if (bytes.size() <= channel_capacity) {
+    std::memcpy(shared.reply, bytes.data(), bytes.size());
+    shared.reply_size.store(static_cast<std::uint32_t>(bytes.size()), std::memory_order_relaxed);
+  } else {
+    append_frame(c.out, bytes);
+    shared.reply_size.store(reply_on_socket, std::memory_order_relaxed);
+  }
+  shared.server_cpu.store(current_cpu(), std::memory_order_relaxed);
+  shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
+  if (shared.client_sleeping.exchange(0) != 0) append_frame(c.out, {});  // one doorbell per sleep
+}
+
+MP_DECL bool server::channel_request_pending() const {
+  return std::any_of(connections_.begin(), connections_.end(),
+                     [](const auto& entry) { return channel_has_request(entry.second); });
+}
+
+// Raises or lowers server_sleeping in every channel; false if there is none (nothing to announce).
+MP_DECL bool server::set_server_sleeping(std::uint32_t value) {
+  bool any = false;
+  for (auto& [id, c] : connections_) {
+    if (c.channel) c.channel->server_sleeping.store(value), any = true;  // seq_cst
+  }
+  return any || value == 0;
+}
+
+// Whether c's peer hung up (its process died): its socket reports it at once, its channel never does.
+MP_DECL bool server::hung_up(const connection& c) {
+  pollfd fd{c.fd.get(), POLLRDHUP, 0};
+  return sys_try("poll", [&] { return ::poll(&fd, 1, 0); }) > 0 && (fd.revents & (POLLHUP | POLLERR | POLLRDHUP));
+}
+
+// Takes at most one request from every channel (so every client gets its turn) and applies it; the count taken.
+// A request that parks (a blocking call) is followed by a look at its socket: a client killed right after it
+// published the request is forgotten before a later request (of this round) can hand it an item or a lock.
+MP_DECL std::size_t server::take_channel_requests(time_point now) {
+  std::size_t taken = 0;
+  pending_ids_.clear();
+  for (auto& [id, c] : connections_) {
+    if (channel_has_request(c)) pending_ids_.push_back(id);
+  }
+  for (auto id : pending_ids_) {
+    auto found = connections_.find(id);
+    if (found == connections_.end() || !channel_has_request(found->second)) continue;
+    auto& c = found->second;
+    auto& shared = *c.channel;
+    c.requests_seen = shared.request_seq.load(std::memory_order_acquire);
+    const std::uint32_t size = shared.request_size.load(std::memory_order_relaxed);
+    if (size > channel_capacity) {
+      c.dead = true;  // a corrupt channel: close the connection, as for a malformed frame
+      continue;
+    }
+    // Copied out: the client's process may write the slot while we parse it.
+    request_.assign(reinterpret_cast<const char*>(shared.request), size);
+    last_client_cpu_ = shared.client_cpu.load(std::memory_order_relaxed);
+    handle(c, request_, now);
+    ++taken;
+    if (c.parked && hung_up(c)) {
+      c.dead = true;
+      reap();
+    }
+  }
+  return taken;
+}
+
+// Clients that hung up while parked (killed in queue get, lock acquire, ...): forgotten before a request taken
+// from a channel can hand them an item or a lock they would never receive, as the poll() loop does for sockets.
+MP_DECL void server::reap_parked_hangups() {
+  hangup_fds_.clear(), hangup_ids_.clear();
+  for (auto& [id, c] : connections_) {
+    if (c.parked && !c.dead) hangup_fds_.push_back({c.fd.get(), POLLRDHUP, 0}), hangup_ids_.push_back(id);
+  }
+  if (hangup_fds_.empty() || sys_try("poll", [&] { return ::poll(hangup_fds_.data(), hangup_fds_.size(), 0); }) <= 0) {
+    return;
+  }
+  for (std::size_t i = 0; i < hangup_fds_.size(); ++i) {
+    if (!(hangup_fds_[i].revents & (POLLHUP | POLLERR | POLLRDHUP))) continue;
+    auto found = connections_.find(hangup_ids_[i]);
+    if (found != connections_.end()) found->second.dead = true;
+  }
+  reap();
+}
+
+// Serves the channels while requests keep coming: returns server_spin after the last one, or after
+// socket_poll_period so that the sockets (and the store's deadlines) are looked at too.
+MP_DECL void server::serve_channels() {
+  auto now = store::clock::now();
+  const auto slice_end = now + socket_poll_period;
+  for (;;) {
+    if (channel_request_pending()) {
+      reap_parked_hangups();
+      if (take_channel_requests(now) > 0) last_channel_request_ = now;
+      deliver();
+      reap();
+      if (store_.shutdown_requested()) {
+        stop_ = true;
+        return;
+      }
+    }
+    now = store::clock::now();
+    if (now - last_channel_request_ >= server_spin || now >= slice_end) return;
+    if (last_client_cpu_ == current_cpu()) {
+      ::sched_yield();  // the client we answered last may be waiting for this very CPU (see adaptive_spin_until)
+    } else {
+      for (int i = 0; i < 32; ++i) cpu_relax();
+    }
+  }
+}
+
+MP_DECL void server::handshake(connection& c, std::string_view message) {
+  if (c.at == stage::await_answer) {
+    if (check_answer(authkey_, c.challenge, message)) {
+      append_frame(c.out, welcome_tag);
+      c.at = stage::await_challenge;
+    } else {
+      append_frame(c.out, failure_tag);
+      c.closing = true;
+    }
+  } else {
+    if (!message.starts_with(challenge_tag) || message.size() != challenge_tag.size() + challenge_size) {
+      c.dead = true;
+      return;
+    }
+    auto answer = answer_challenge(authkey_, message);
+    append_frame(c.out, {reinterpret_cast<const char*>(answer.data()), answer.size()});
+    c.at = stage::ready;
+  }
+  flush(c);
+}
+
+// Routes store replies to their connections; a reply to a parked connection unparks it, so its buffered
+// frames are handled now.
+MP_DECL void server::deliver() {
+  while (!replies_.empty()) {
+    batch_.clear();
+    batch_.swap(replies_);  // swap, not move: both keep their capacity, so a request allocates no vector
+    unparked_.clear();
+    for (auto& r : batch_) {
+      auto found = connections_.find(r.client);
+      if (found == connections_.end() || found->second.dead) continue;
+      auto& c = found->second;
+      if (c.channel) {
+        post(c, r.bytes);
+      } else {
+        append_frame(c.out, r.bytes);
+      }
+      if (c.parked) c.parked = false, unparked_.push_back(r.client);
+    }
+    if (unparked_.empty()) continue;
+    auto now = store::clock::now();
+    for (auto id : unparked_) {
+      auto found = connections_.find(id);
+      if (found != connections_.end()) process(found->second, now);
+    }
+  }
+  for (auto& [id, c] : connections_) {
+    if (c.out_at < c.out.size() && !c.dead) flush(c);
+  }
+}
+
+MP_DECL void server::flush(connection& c) {
+  while (c.out_at < c.out.size()) {
+    auto sent = sys_try("send", [&] {
+      return ::send(c.fd.get(), c.out.data() + c.out_at, c.out.size() - c.out_at, MSG_NOSIGNAL | MSG_DONTWAIT);
+    });
+    if (sent < 0) {
+      if (last_errno() != EAGAIN && last_errno() != EWOULDBLOCK) c.dead = true;
+      return;
+    }
+    c.out_at += static_cast<std::size_t>(sent);
+  }
+  c.out.clear(), c.out_at = 0;
+  if (c.closing) c.dead = true;
+}
+
+// Closes dead connections; the store forgets them (releasing their locks), which may answer others.
+MP_DECL void server::reap() {
+  for (bool again = true; again;) {
+    again = false;
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      if (!it->second.dead) {
+        ++it;
+        continue;
+      }
+      auto id = it->first;
+      it = connections_.erase(it);
+      accept_paused_ = false;  // a descriptor was freed
+      store_.disconnect(id, replies_);
+      again = true;
+    }
+    if (again) deliver();
+  }
+}
+
+}  // namespace mp::detail::manager

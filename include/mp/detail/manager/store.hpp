@@ -1,0 +1,226 @@
+// store: the manager server's state (every shared object as serialized bytes) and the request handler, a pure
+// function of (store, client id, request bytes, now) to replies, so it can be fuzzed without sockets.
+//
+// Blocking calls (queue get/put, lock and semaphore acquire, event, condition and barrier waits) never block the
+// server: the request "parks" its client as a waiter on the object, and the reply is produced later by the request
+// that releases it, by expire() when its deadline passes, or never if disconnect() drops the client first. Every
+// request is parsed completely before it changes anything, so a malformed or interrupted request applies nothing.
+// Locks (Lock, RLock, a Condition's lock) record the client holding them; disconnect() releases them, so a client
+// process that dies holding a lock does not wedge the others.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <mp/detail/config.hpp>
+#include <mp/detail/manager/protocol.hpp>
+
+namespace mp::detail::manager {
+
+class store {
+ public:
+  using clock = std::chrono::steady_clock;
+  /// Reply bytes (a frame payload) for one client.
+  struct reply {
+    std::uint64_t client;
+    std::string bytes;
+  };
+
+  /// Applies one request of `client` and appends the replies it causes to `out`: the client's own (unless the
+  /// request parks it) and those of waiters it releases. Returns false if the request is malformed: the caller
+  /// closes that connection (then calls disconnect()); nothing was applied.
+  MP_DECL bool handle(std::uint64_t client, std::string_view request, clock::time_point now, std::vector<reply>& out);
+
+  /// Answers every parked request whose deadline has passed (a timed-out acquire, get, wait, ...).
+  MP_DECL void expire(clock::time_point now, std::vector<reply>& out);
+
+  /// The earliest deadline of a parked request, if any.
+  MP_DECL std::optional<clock::time_point> next_deadline() const;
+
+  /// Forgets a client whose connection closed: drops its parked request and releases the locks it holds.
+  MP_DECL void disconnect(std::uint64_t client, std::vector<reply>& out);
+
+  /// True once a shutdown request was handled.
+  bool shutdown_requested() const { return shutdown_; }
+  std::size_t object_count() const { return objects_.size(); }
+
+ private:
+  static constexpr clock::time_point never = clock::time_point::max();
+
+  struct waiter {
+    std::uint64_t client = 0;
+    clock::time_point deadline = never;
+    std::string item;         // queue put: the item to add
+    std::uint32_t count = 1;  // lock: recursion count to restore (a condition wait re-acquiring)
+    bool notified = false;    // condition: the reply once the lock is re-acquired
+    bool condition = false;   // lock waiter that is a condition wait re-acquiring its lock
+  };
+  static waiter entry(std::uint64_t client, clock::time_point deadline, std::string item = {}) {
+    waiter w;
+    w.client = client, w.deadline = deadline, w.item = std::move(item);
+    return w;
+  }
+  struct dict_state {
+    std::list<std::pair<std::string, std::string>> entries;  // insertion order, as a Python dict
+    std::unordered_map<std::string_view, decltype(entries)::iterator> index;  // views into entries' keys
+  };
+  struct list_state {
+    std::vector<std::string> items;
+  };
+  struct value_state {
+    std::string bytes;
+  };
+  struct queue_state {
+    std::deque<std::string> items;
+    std::uint64_t maxsize = 0;
+    std::deque<waiter> getters, putters;
+  };
+  struct lock_state {  // Lock, RLock and a Condition's (re-entrant) lock
+    bool reentrant = false;
+    std::uint64_t owner = 0;  // the client holding it, while held (any id, 0 included, is a valid client)
+    std::uint32_t count = 0;
+    std::deque<waiter> waiters, cond_waiters;
+    bool held = false;
+  };
+  struct semaphore_state {
+    std::int64_t value = 0;
+    std::deque<waiter> waiters;
+  };
+  struct event_state {
+    bool flag = false;
+    std::deque<waiter> waiters;
+  };
+  struct barrier_state {
+    std::uint32_t parties = 1;
+    bool broken = false;
+    std::deque<waiter> waiters;  // arrival order of the current cycle
+  };
+  struct namespace_state {
+    std::map<std::string, std::pair<std::string, std::string>, std::less<>> attributes;  // name -> (type, bytes)
+  };
+  struct object {
+    protocol::kind kind;
+    std::string type;
+    std::variant<dict_state, list_state, value_state, queue_state, lock_state, semaphore_state, event_state,
+                 barrier_state, namespace_state>
+        state;
+  };
+  struct parked_request {
+    std::uint64_t object;
+    clock::time_point deadline;
+  };
+
+  // ---- replies -------------------------------------------------------------------------------------------------
+  static std::string ok() { return std::string(1, '\0'); }
+  MP_DECL static std::string error(const std::string& message,
+                                   protocol::error_kind kind = protocol::error_kind::error);
+  template <class F>
+  static std::string ok_with(F&& fill) {
+    std::string bytes = ok();
+    protocol::writer w(bytes);
+    fill(w);
+    return bytes;
+  }
+  static std::string ok_flag(bool flag) {
+    return ok_with([&](auto& w) { w.u8(flag ? 1 : 0); });
+  }
+  static std::string ok_blob(std::string_view blob) {
+    return ok_with([&](auto& w) { w.blob(blob); });
+  }
+
+  MP_DECL static clock::time_point deadline_of(std::int64_t timeout_ns, clock::time_point now);
+
+  void park(std::uint64_t client, std::uint64_t id, clock::time_point deadline) { parked_[client] = {id, deadline}; }
+  void unpark(std::uint64_t client) { parked_.erase(client); }
+
+  // ---- create / attach -----------------------------------------------------------------------------------------
+  MP_DECL void create(std::uint64_t client, protocol::reader& in, std::vector<reply>& out);
+
+  // ---- dispatch ------------------------------------------------------------------------------------------------
+  MP_DECL void dispatch(std::uint64_t client, protocol::op code, std::uint64_t id, object& obj,
+                        protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- dict ----------------------------------------------------------------------------------------------------
+  MP_DECL static void dict_set(dict_state& d, std::string_view key, std::string_view value);
+  template <class F>
+  static std::string list_reply(std::size_t count, F&& each) {
+    return ok_with([&](auto& w) {
+                   w.u32(static_cast<std::uint32_t>(count));
+                   each(w);
+                   });
+  }
+
+  MP_DECL void dict_op(std::uint64_t client, protocol::op code, dict_state& d, protocol::reader& in,
+                       std::vector<reply>& out);
+
+  // ---- list ----------------------------------------------------------------------------------------------------
+  MP_DECL static std::optional<std::size_t> resolve(std::int64_t index, std::size_t size);
+  MP_DECL static std::string index_error(const char* what, std::int64_t index, std::size_t size);
+
+  MP_DECL void list_op(std::uint64_t client, protocol::op code, list_state& l, protocol::reader& in,
+                       std::vector<reply>& out);
+
+  // ---- value ---------------------------------------------------------------------------------------------------
+  MP_DECL void value_op(std::uint64_t client, protocol::op code, value_state& v, protocol::reader& in,
+                        std::vector<reply>& out);
+
+  // ---- queue ---------------------------------------------------------------------------------------------------
+  MP_DECL void pump_queue(std::uint64_t /*id*/, queue_state& q, std::vector<reply>& out);
+
+  MP_DECL void queue_op(std::uint64_t client, protocol::op code, std::uint64_t id, queue_state& q,
+                        protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- Lock, RLock, Condition ----------------------------------------------------------------------------------
+  MP_DECL void take(std::uint64_t client, std::uint64_t id, lock_state& l, std::uint32_t count);
+  MP_DECL void drop_hold(std::uint64_t client, std::uint64_t id);
+  MP_DECL void pump_lock(std::uint64_t id, lock_state& l, std::vector<reply>& out);
+
+  MP_DECL void lock_op(std::uint64_t client, protocol::op code, std::uint64_t id, lock_state& l,
+                       protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- Semaphore -----------------------------------------------------------------------------------------------
+  MP_DECL void pump_semaphore(semaphore_state& s, std::vector<reply>& out);
+  MP_DECL void semaphore_op(std::uint64_t client, protocol::op code, std::uint64_t id, semaphore_state& s,
+                            protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- Event ---------------------------------------------------------------------------------------------------
+  MP_DECL void event_op(std::uint64_t client, protocol::op code, std::uint64_t id, event_state& e,
+                        protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- Barrier -------------------------------------------------------------------------------------------------
+  MP_DECL void break_barrier(std::uint64_t /*id*/, barrier_state& b, std::vector<reply>& out, bool stay_broken = true);
+  MP_DECL void barrier_op(std::uint64_t client, protocol::op code, std::uint64_t id, barrier_state& b,
+                          protocol::reader& in, clock::time_point now, std::vector<reply>& out);
+
+  // ---- Namespace -----------------------------------------------------------------------------------------------
+  MP_DECL void namespace_op(std::uint64_t client, protocol::op code, namespace_state& ns,
+                            protocol::reader& in, std::vector<reply>& out);
+
+  // ---- timeouts ------------------------------------------------------------------------------------------------
+  MP_DECL void time_out(std::uint64_t client, std::vector<reply>& out);
+
+  std::unordered_map<std::uint64_t, object> objects_;
+  std::unordered_map<std::string, std::uint64_t> names_;
+  std::unordered_map<std::uint64_t, parked_request> parked_;          // client -> its one blocked request
+  std::unordered_map<std::uint64_t, std::set<std::uint64_t>> held_;  // client -> locks it holds
+  std::uint64_t next_id_ = 1;
+  bool shutdown_ = false;
+};
+
+}  // namespace mp::detail::manager
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/manager/store.ipp>
+#endif
