@@ -24,7 +24,6 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/config.hpp>
-#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/spawn.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -34,6 +33,8 @@ class Process;
 }
 
 namespace mp::detail {
+
+struct fd_inbox;  // detail/handle_transfer.hpp: the descriptors that arrived with a fresh child's request
 
 /// A type-erased target(args...) that may hold move-only arguments (std::function cannot).
 struct process_task {

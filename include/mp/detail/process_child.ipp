@@ -4,6 +4,7 @@
 #include <map>
 #include <mutex>
 
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/process_child.hpp>
 
 namespace mp::detail {

@@ -290,7 +290,9 @@ MP_DECL void Process::start_fresh(detail::process_record& state, StartMethod met
       // The child cannot end before it has read its Process unless it is killed from outside; if it did and the
       // server reaped it (ESRCH), the status pipe serves as the sentinel.
       int pidfd = detail::sys_try("pidfd_open", [&] { return detail::pidfd_open(child.pid); });
-      if (pidfd == -1) pidfd = detail::sys_try("fcntl", [&] { return ::fcntl(state.status_fd.get(), F_DUPFD_CLOEXEC, 0); });
+      if (pidfd == -1) {
+        pidfd = detail::sys_try("fcntl", [&] { return ::fcntl(state.status_fd.get(), F_DUPFD_CLOEXEC, 0); });
+      }
       state.pidfd.reset(pidfd);
       state.started = true;
       reg.children.push_back(&state);
