@@ -29,6 +29,11 @@
 #include <vector>
 
 #include <mp/connection.hpp>
+#include <mp/detail/child_os.hpp>
+#include <mp/detail/forkserver.hpp>
+#include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/spawn.hpp>
+#include <mp/detail/start_method.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 #include <mp/queue.hpp>
@@ -691,7 +696,7 @@ TEST_CASE("A child of spawn or forkserver inherits the start method set in its p
 }
 
 TEST_CASE("A spawned child that returns from main without reaching mp::init exits 1 with a message", "[context]") {
-  // What the exit handler installed at start-up (detail/spawn.hpp) does in a program whose main never called
+  // What the exit handler installed at start-up (detail/spawn.ipp) does in a program whose main never called
   // mp::init while the spawn marker is in its environment; run in a raw forked child with the marker set.
   test_pipe err;
   const pid_t pid = ::fork();

@@ -29,6 +29,8 @@
 #include <thread>
 #include <vector>
 
+#include <mp/detail/child_os.hpp>
+#include <mp/detail/forkserver.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/process.hpp>
 

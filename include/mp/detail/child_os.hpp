@@ -23,6 +23,9 @@ MP_DECL int pidfd_send_signal(int pidfd, int signal) noexcept;
 MP_DECL int exitcode_from_status(int status) noexcept;
 /// A wait status in words for messages: "exit code 1", "killed by signal 9 (SIGKILL)".
 MP_DECL std::string describe_wait_status(int status);
+/// An exit code as Python's _exitcode_to_name spells it in a Process's repr: "-SIGTERM" for -15, the number
+/// itself for other codes (and for signals without a name).
+MP_DECL std::string exitcode_name(int code);
 
 /// Closes every descriptor from 3 up except those in `keep` (close_range(2)): a new child must not hold its
 /// creator's pipes, sockets or pidfds (a pipe's reader would never see end of file). Async-signal-safe.

@@ -35,12 +35,18 @@ MP_DECL int exitcode_from_status(int status) noexcept {
   return 1;  // stopped/continued are never reported: waitpid is called without WUNTRACED
 }
 
+// Signals are named one way, by sigabbrev_np ("TERM" for SIGTERM; null for a number without a name).
 MP_DECL std::string describe_wait_status(int status) {
   if (WIFSIGNALED(status)) {
     const char* name = ::sigabbrev_np(WTERMSIG(status));
     return "killed by signal " + std::to_string(WTERMSIG(status)) + (name ? std::string(" (SIG") + name + ")" : "");
   }
   return "exit code " + std::to_string(exitcode_from_status(status));
+}
+
+MP_DECL std::string exitcode_name(int code) {
+  const char* name = code < 0 && code != INT_MIN ? ::sigabbrev_np(-code) : nullptr;
+  return name ? std::string("-SIG") + name : std::to_string(code);
 }
 
 MP_DECL void close_descriptors_except(std::initializer_list<int> keep) noexcept {

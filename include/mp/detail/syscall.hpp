@@ -4,7 +4,9 @@
 // Both consult the fault hook first, so a test can make any named call fail with the errno of its choice.
 // Not through the seam, on purpose: calls whose failure changes nothing (close(2) on Linux frees the descriptor
 // whatever it returns; a futex wake; clock_gettime on CLOCK_MONOTONIC), and the few calls a freshly forked child
-// makes before it runs user code (async-signal-safe code must not throw).
+// makes before it runs user code (async-signal-safe code must not throw). Also outside: calls made for a side effect
+// rather than their result (bind_child_calls_once binds a forked child's calls in its parent), and posix_spawn's
+// set-up calls, which return an error number instead of setting errno (posix_spawn itself goes through the seam).
 #pragma once
 
 #include <atomic>
