@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include <mp/detail/shm_tracker.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
 

@@ -22,6 +22,7 @@
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
+#include <mp/detail/sync_state.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/process.hpp>
 #include <mp/shared.hpp>

@@ -2,6 +2,10 @@
 // Process-shared futexes (no FUTEX_PRIVATE_FLAG): the kernel keys them by the physical page, so waiters in
 // different processes mapping the same segment meet. Deadlines are absolute CLOCK_MONOTONIC (std::chrono::
 // steady_clock on Linux, detail/clock.hpp), so a wait interrupted by a signal resumes with the same deadline.
+// Why not through the syscall seam (detail/syscall.hpp): a futex wait's "failures" are its answers — EAGAIN (the
+// word already changed), EINTR (a signal: the caller re-checks its condition, so it must return, not retry),
+// ETIMEDOUT — and are all handled here; a wake cannot fail in a way that changes anything. Both are also the hot
+// path of every blocked primitive, where the seam's hook check would be a cost with nothing to test.
 #pragma once
 
 #include <linux/futex.h>
@@ -12,11 +16,9 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
-#include <ctime>
-#include <optional>
 
 #include <mp/detail/clock.hpp>
-#include <mp/detail/syscall.hpp>
+#include <mp/detail/config.hpp>
 
 namespace mp::detail {
 
@@ -24,22 +26,7 @@ static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t), "fute
 
 /// Sleeps while *word == expected, until woken or the deadline passes. Returns false only on timeout;
 /// true means "look again" (woken, value changed, or a signal arrived): callers re-check their condition.
-inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {}) {
-  timespec ts{};
-  timespec* tsp = nullptr;
-  if (until) {
-    ts = to_timespec(*until);
-    tsp = &ts;
-  }
-  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, unlike FUTEX_WAIT's relative one.
-  long rc = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_BITSET, expected, tsp, nullptr,
-                      FUTEX_BITSET_MATCH_ANY);
-  if (rc == 0) return true;
-  const int err = last_errno();
-  if (err == ETIMEDOUT) return false;
-  if (err == EAGAIN || err == EINTR) return true;
-  throw_errno("futex(FUTEX_WAIT_BITSET)", {}, err);
-}
+MP_DECL bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {});
 
 /// Longest single sleep of futex_wait_bounded. A peer SIGKILLed between updating a word and its futex_wake leaves
 /// the sleepers unwoken, and later wakers may see no sleeper left to wake: each sleeper looks again after this
@@ -48,12 +35,7 @@ inline constexpr std::chrono::milliseconds lost_wake_period{100};
 
 /// futex_wait that never sleeps longer than lost_wake_period: false only once `until` has passed. For words whose
 /// wakers may die mid-update; callers re-check their condition whatever it returns.
-inline bool futex_wait_bounded(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {}) {
-  const auto look_again = std::chrono::steady_clock::now() + lost_wake_period;
-  if (until && *until <= look_again) return futex_wait(word, expected, until);
-  futex_wait(word, expected, look_again);
-  return true;
-}
+MP_DECL bool futex_wait_bounded(std::atomic<std::uint32_t>& word, std::uint32_t expected, const deadline& until = {});
 
 /// Wakes up to n waiters on word (INT_MAX: all).
 inline void futex_wake(std::atomic<std::uint32_t>& word, int n = INT_MAX) noexcept {
@@ -61,3 +43,7 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int n = INT_MAX) noexce
 }
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/futex.ipp>
+#endif

@@ -3,22 +3,26 @@
 // marks the lock word FUTEX_OWNER_DIED and wakes one waiter, so nobody is wedged; glibc reports that to the next
 // locker as EOWNERDEAD, which acquired() turns into previous_owner_died() — EOWNERDEAD is handled there only.
 // Why the spin: glibc robust mutexes never spin, and a cross-CPU futex wake-up costs ~50 µs on a small VM while a
-// critical section of a few instructions ends in well under 1 µs; so we watch the lock word for a few µs first.
+// critical section of a few instructions ends in well under 1 µs; so we watch the lock word for short_spin
+// (detail/clock.hpp, the one budget of every spin in mp) first. It is a spin of its own, not spin_until: it backs
+// off exponentially between looks at the lock word, which the holder is about to write.
+// Not through the syscall seam (detail/syscall.hpp): pthread_mutex_* and clock_nanosleep return their error rather
+// than set errno, and every one of their results is interpreted in acquired() or check(); gettid() cannot fail.
+// The uncontended paths (spin_try's first look, try_lock, unlock) are inline; the blocking ones in robust_mutex.ipp.
 #pragma once
 
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <string>
+#include <cstdint>
 
-#include <mp/detail/futex.hpp>
+#include <mp/detail/clock.hpp>
+#include <mp/detail/config.hpp>
 #include <mp/detail/syscall.hpp>
 
 #ifndef __GLIBC__
@@ -27,9 +31,6 @@
 
 namespace mp::detail {
 
-/// How many cpu_relax() rounds a waiter watches a busy lock or word before sleeping in the kernel: ~3 µs here
-/// (a pause is ~23 ns on the target VM) — longer than a short critical section, far shorter than a futex wake-up.
-inline constexpr int lock_spin_rounds = 128;
 /// Longest single sleep in the kernel of a blocked lock(). glibc's unlock wakes one waiter and clears
 /// FUTEX_WAITERS; that waiter sets it again when it finds the lock taken. If it is SIGKILLed after the wake-up while
 /// another thread took the lock by an uncontended trylock (no FUTEX_WAITERS), the kernel passes nothing on (the lock
@@ -59,18 +60,7 @@ inline pid_t this_thread_tid() noexcept {
 // if the holder dies, the next locker gets the lock and learns it.
 class robust_mutex {
  public:
-  robust_mutex() {
-    pthread_mutexattr_t attr;
-    check(::pthread_mutexattr_init(&attr), "pthread_mutexattr_init");
-    // ERRORCHECK: relocking by the holder reports EDEADLK (we throw) instead of hanging; unlock by a non-holder
-    // reports EPERM. Robust mutexes track their owner anyway, so this costs nothing.
-    ::pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    ::pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    ::pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    const int rc = ::pthread_mutex_init(&mutex_, &attr);
-    ::pthread_mutexattr_destroy(&attr);
-    check(rc, "pthread_mutex_init");
-  }
+  MP_DECL robust_mutex();
   robust_mutex(const robust_mutex&) = delete;
   robust_mutex& operator=(const robust_mutex&) = delete;
   // Trivial on purpose: the memory is shared and outlives any one process's view of it; a robust mutex owns no
@@ -79,9 +69,7 @@ class robust_mutex {
 
   /// Blocks until acquired; throws mp::Error if the calling thread already holds it (that would deadlock).
   void lock() {
-    if (spin_try()) return;
-    while (!timed_lock(std::chrono::steady_clock::now() + lock_rearm_period)) {
-    }
+    if (!spin_try()) lock_blocking();
   }
 
   /// Acquires if free right now.
@@ -97,29 +85,12 @@ class robust_mutex {
       lock();
       return true;
     }
-    if (spin_try()) return true;
-    for (;;) {  // in steps of lock_rearm_period (see there)
-      const auto step = std::chrono::steady_clock::now() + lock_rearm_period;
-      if (step >= *until) break;
-      if (timed_lock(step)) return true;
-    }
-    const timespec ts = to_timespec(*until);
-    const int rc = ::pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts);
-    if (rc == EDEADLK) {
-      // Held by this very thread: nobody else can release it before the deadline, so the answer is "timed out"
-      // (as Python's lock.acquire(timeout=t) on a lock its thread holds); honour the wait it asked for.
-      while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
-      }
-      return false;
-    }
-    return acquired(rc, "pthread_mutex_clocklock");
+    return spin_try() || lock_blocking_until(*until);
   }
 
   /// Releases; throws mp::Error if the calling thread does not hold it.
   void unlock() {
-    if (!try_unlock()) {
-      throw Error("cannot release a lock that this thread does not hold (release it in the process that acquired it)");
-    }
+    if (!try_unlock()) throw_not_holder();
   }
 
   /// Releases if the calling thread holds it; false (and nothing changes) if it does not.
@@ -148,11 +119,15 @@ class robust_mutex {
   }
 
  private:
+  // The blocking part of lock(): sleeps in steps of lock_rearm_period (see there) until acquired.
+  MP_DECL void lock_blocking();
+  // The blocking part of try_lock_until: as lock_blocking, giving up at `until`.
+  MP_DECL bool lock_blocking_until(std::chrono::steady_clock::time_point until);
   // One bounded wait: true if acquired (EDEADLK throws), false when `step` passed.
-  bool timed_lock(std::chrono::steady_clock::time_point step) {
-    const timespec ts = to_timespec(step);
-    return acquired(::pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts), "pthread_mutex_clocklock");
-  }
+  MP_DECL bool timed_lock(std::chrono::steady_clock::time_point step);
+  [[noreturn]] MP_DECL static void throw_not_holder();
+  // acquired()'s answer to anything but success, a dead owner, EBUSY and ETIMEDOUT.
+  [[noreturn]] MP_DECL static void throw_lock_error(int rc, const char* call);
 
   // glibc keeps the robust futex word (owner tid | FUTEX_WAITERS | FUTEX_OWNER_DIED) in __data.__lock: it is the
   // kernel's robust-futex ABI, so its meaning is fixed; we only ever read it.
@@ -160,15 +135,19 @@ class robust_mutex {
     return static_cast<unsigned>(__atomic_load_n(&mutex_.__data.__lock, __ATOMIC_RELAXED));
   }
 
-  // Watches the lock word (no writes, so the holder keeps its cache line) and tries once it looks free.
+  // Watches the lock word (no writes, so the holder keeps its cache line) and tries once it looks free, for about
+  // short_spin after a first look found it taken.
   bool spin_try() {
+    if (!locked_hint() && try_lock()) return true;
+    const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(short_spin.count());
     // Exponential backoff between looks: a spinner polling the holder's cache line slows the holder down (2-process
-    // contended lock+increment: 0.75x a raw pthread mutex with a look every pause, 1.0-1.5x with backoff).
-    for (int round = 0, pause = 1; round < lock_spin_rounds; round += pause, pause = std::min(pause * 2, 32)) {
-      if (!locked_hint() && try_lock()) return true;
+    // contended lock+increment: 0.75x a raw pthread mutex with a look every pause, 1.0-1.5x with backoff). The
+    // clock is read only between the longest pauses.
+    for (int pause = 1;; pause = std::min(pause * 2, max_pause)) {
       for (int i = 0; i < pause; ++i) cpu_relax();
+      if (!locked_hint() && try_lock()) return true;
+      if (pause == max_pause && monotonic_ns() >= until) return false;
     }
-    return false;
   }
 
   // The only place that interprets a lock result. EOWNERDEAD: we hold the lock, its previous holder died inside
@@ -186,12 +165,8 @@ class robust_mutex {
       case EBUSY:
       case ETIMEDOUT:
         return false;
-      case EDEADLK:
-        (void)call;
-        throw Error("acquire: this thread already holds this lock; acquiring it again would deadlock (use an RLock "
-                    "to re-enter, or release it first)");
       default:
-        throw_errno(call, {}, rc);
+        throw_lock_error(rc, call);  // EDEADLK and real errors
     }
   }
 
@@ -199,8 +174,14 @@ class robust_mutex {
     if (rc != 0) throw_errno(call, {}, rc);
   }
 
+  static constexpr int max_pause = 32;  // cpu_relax() rounds between looks at the word, at most
+
   pthread_mutex_t mutex_;
   bool owner_died_ = false;  // guarded by mutex_: only the holder reads or writes it
 };
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/robust_mutex.ipp>
+#endif

@@ -14,8 +14,6 @@
 // processes' bump pointers would hand out the same bytes.
 #pragma once
 
-#include <pthread.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -26,6 +24,7 @@
 #include <utility>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/config.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/shm_segment.hpp>
 
@@ -88,43 +87,15 @@ class shared_arena {
   static constexpr std::size_t chunk_size = 64 * 1024;
   static constexpr std::size_t largest_piece = 16 * 1024;  // larger objects get a block of their own
 
-  static shared_arena& instance() {
-    // Never destroyed: handles in static objects may outlive any destruction order.
-    static shared_arena* arena = new shared_arena();
-    return *arena;
-  }
+  /// This process's arena (never destroyed: handles in static objects may outlive any destruction order).
+  MP_DECL static shared_arena& instance();
 
   /// `size` zeroed bytes aligned to max(align, 64), and the block that holds them.
-  std::pair<std::shared_ptr<shm_segment>, void*> allocate(std::size_t size, std::size_t align, const char* label) {
-    if (align < 64) align = 64;  // a cache line per object: no false sharing between unrelated locks
-    if (size > largest_piece || align > largest_piece) {
-      auto block = std::make_shared<shm_segment>(shm_segment::create(size, std::string("mp-") + label));
-      return {block, block->data()};
-    }
-    std::lock_guard guard(mutex_);
-    std::shared_ptr<shm_segment> chunk = chunk_.lock();
-    std::size_t offset = (used_ + align - 1) / align * align;
-    if (!chunk || offset + size > chunk_size) {
-      chunk = std::make_shared<shm_segment>(shm_segment::create(chunk_size, "mp-shared-objects"));
-      chunk_ = chunk;
-      offset = 0;
-    }
-    used_ = offset + size;
-    return {chunk, static_cast<std::byte*>(chunk->data()) + offset};
-  }
+  MP_DECL std::pair<std::shared_ptr<shm_segment>, void*> allocate(std::size_t size, std::size_t align,
+                                                                  const char* label);
 
  private:
-  shared_arena() {
-    // fork(): hold the mutex across it (no other thread can be inside allocate), and make the child start chunks
-    // of its own. posix_spawn (spawn, forkserver) execs at once and needs nothing.
-    ::pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
-                     [] {
-                       shared_arena& self = instance();
-                       self.chunk_.reset();
-                       self.used_ = 0;
-                       self.mutex_.unlock();
-                     });
-  }
+  MP_DECL shared_arena();
 
   std::mutex mutex_;
   std::weak_ptr<shm_segment> chunk_;  // guarded by mutex_: the chunk being filled, alive while objects use it
@@ -148,3 +119,7 @@ inline std::pair<std::shared_ptr<shm_segment>, void*> make_shared_bytes(std::siz
 }
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/shared_state.ipp>
+#endif

@@ -9,31 +9,18 @@
 // in the user's process if the tracker was killed.
 #pragma once
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <climits>
 #include <mutex>
-#include <set>
 #include <string>
 
-#include <mp/detail/syscall.hpp>
+#include <mp/detail/config.hpp>
 
 namespace mp::detail {
 
 class shm_tracker {
  public:
   /// This process family's tracker (started on first use; forked children share their parent's).
-  static shm_tracker& instance() {
-    static shm_tracker tracker;
-    return tracker;
-  }
+  MP_DECL static shm_tracker& instance();
 
   /// From now on `posix_name` is unlinked when this process family is gone, unless untrack()ed first.
   void track(const std::string& posix_name) { send_record('R', posix_name); }
@@ -42,96 +29,18 @@ class shm_tracker {
 
   /// Lets go of the tracker inherited from the parent: this process (and the children it forks later) start a
   /// family of their own at the next track(). Names registered before stay with the old tracker.
-  void start_new_family() {
-    std::lock_guard guard(start_mutex_);
-    const int fd = fd_.exchange(-1);
-    if (fd >= 0) ::close(fd);
-  }
+  MP_DECL void start_new_family();
 
  private:
   shm_tracker() = default;
 
-  void send_record(char kind, const std::string& posix_name) {
-    const int fd = socket_fd();
-    if (fd < 0) return;  // could not start a tracker: the block is then only unlinked by unlink()
-    const std::string record = kind + posix_name;
-    // A failure means the tracker is gone (killed); there is nobody left to tell, and unlink() still works.
-    (void)retry_on_eintr([&] { return ::send(fd, record.data(), record.size(), MSG_NOSIGNAL); });
-  }
-
-  int socket_fd() {
-    int fd = fd_.load(std::memory_order_acquire);
-    if (fd != -1) return fd;
-    std::lock_guard guard(start_mutex_);
-    fd = fd_.load(std::memory_order_relaxed);
-    if (fd == -1) {
-      fd = start();
-      fd_.store(fd, std::memory_order_release);
-    }
-    return fd;
-  }
-
+  MP_DECL void send_record(char kind, const std::string& posix_name);
+  // Our end of the socketpair, starting the tracker on first use; negative if none could be started.
+  MP_DECL int socket_fd();
   // Returns our end of the socketpair, or -2 if no tracker could be started (not retried).
-  static int start() {
-    int ends[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ends) != 0) return -2;
-    const pid_t middle = ::fork();
-    if (middle == 0) {
-      if (::fork() == 0) run(ends[1]);  // never returns
-      ::_exit(0);
-    }
-    ::close(ends[1]);
-    if (middle < 0) {
-      ::close(ends[0]);
-      return -2;
-    }
-    int status = 0;
-    (void)retry_on_eintr([&] { return ::waitpid(middle, &status, 0); });
-    return ends[0];
-  }
-
-  [[noreturn]] static void run(int socket) noexcept {
-    // Outlive the process family: ignore the terminal's and the group's signals (Python's tracker ignores SIGINT
-    // and SIGTERM too); SIGKILL still ends it, leaving the names for a manual `rm /dev/shm/mp-*`.
-    ::signal(SIGINT, SIG_IGN);
-    ::signal(SIGTERM, SIG_IGN);
-    ::signal(SIGHUP, SIG_IGN);
-    ::signal(SIGPIPE, SIG_IGN);
-    ::prctl(PR_SET_NAME, "mp-shm-tracker", 0, 0, 0);
-    // Hold nothing of the creator's but stderr: an inherited pipe or socket end would keep some peer from ever
-    // seeing end-of-file, and an inherited stdout would keep a reader of the program's output waiting.
-    for (int fd = 0; fd < 2; ++fd) {
-      if (fd != socket) ::close(fd);
-    }
-    if (socket >= 3) {
-      if (socket > 3) ::close_range(3, static_cast<unsigned>(socket - 1), 0);
-      ::close_range(static_cast<unsigned>(socket + 1), UINT_MAX, 0);
-    } else {
-      ::close_range(3, UINT_MAX, 0);
-    }
-
-    std::set<std::string> names;
-    char record[NAME_MAX + 2];
-    for (;;) {
-      const ssize_t n = retry_on_eintr([&] { return ::recv(socket, record, sizeof record, 0); });
-      if (n <= 0) break;  // 0: every creator end is closed
-      const std::string name(record + 1, static_cast<std::size_t>(n - 1));
-      if (record[0] == 'R') {
-        names.insert(name);
-      } else {
-        names.erase(name);
-      }
-    }
-    for (const std::string& name : names) {
-      if (::shm_unlink(name.c_str()) == 0) {
-        const std::string warning = "mp: SharedMemory " + name +
-                                    " was never unlinked; unlinked it after its creator exited (call unlink() "
-                                    "when done, or create it with track = false to keep it)\n";
-        (void)!::write(2, warning.data(), warning.size());
-      }
-    }
-    ::_exit(0);
-  }
+  MP_DECL static int start();
+  // The tracker's life: collect names until end-of-file, then unlink what is left.
+  [[noreturn]] MP_DECL static void run(int socket) noexcept;
 
   std::atomic<int> fd_{-1};  // -1: not started; -2: could not start
   std::mutex start_mutex_;
@@ -143,3 +52,7 @@ class shm_tracker {
 inline void stop_shm_tracker() { shm_tracker::instance().start_new_family(); }
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/shm_tracker.ipp>
+#endif
