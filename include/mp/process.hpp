@@ -873,7 +873,7 @@ namespace detail {
   try {
     unique_fd socket(socket_fd);
     ::fcntl(socket_fd, F_SETFD, FD_CLOEXEC);  // inherited without it; the child's own children must not get it
-    frame message = receive_frame(socket_fd, "spawned child: reading its Process");
+    fd_frame message = receive_fd_frame(socket_fd, "spawned child: reading its Process");
     spawn_request request = mp::deserialize<spawn_request>(message.bytes);
     name = "Process " + request.name;
     if (request.start_method && (static_cast<int>(*request.start_method) < 0 ||

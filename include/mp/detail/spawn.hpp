@@ -237,8 +237,8 @@ inline server_child forkserver_fork(int child_socket, bool daemon) {
     const std::byte flags{static_cast<unsigned char>(daemon ? 1 : 0)};
     const int fds[] = {child_socket};
     try {
-      send_frame(client.control.get(), std::span(&flags, 1), fds, "forkserver request");
-      frame reply = receive_frame(client.control.get(), "forkserver reply", 64);
+      send_fd_frame(client.control.get(), std::span(&flags, 1), fds, "forkserver request");
+      fd_frame reply = receive_fd_frame(client.control.get(), "forkserver reply", 64);
       std::int32_t pid = 0;
       if (reply.bytes.size() != sizeof pid) throw ProcessError("forkserver reply: malformed");
       std::memcpy(&pid, reply.bytes.data(), sizeof pid);
@@ -314,7 +314,7 @@ inline fresh_child start_fresh_child(StartMethod method, const spawn_request& re
   }
   theirs.reset();
   try {
-    send_frame(child.socket.get(), bytes, fds, request.name.c_str());
+    send_fd_frame(child.socket.get(), bytes, fds, request.name.c_str());
   } catch (const Error&) {
     // It died before reading its request (killed from outside): wait_until_ready() sees end of file.
   }
@@ -384,7 +384,7 @@ inline bool wait_until_ready(const fresh_child& child) {
       ssize_t n = retry_on_eintr([&] { return ::recv(control.get(), &peek, 1, MSG_PEEK | MSG_DONTWAIT); });
       if (n == 0 || (n == -1 && last_errno() != EAGAIN)) break;  // the parent closed its end or died
       if (n == -1) continue;
-      frame request = receive_frame(control.get(), "forkserver request", 16);
+      fd_frame request = receive_fd_frame(control.get(), "forkserver request", 16);
       if (request.bytes.size() != 1 || request.fds.fds.size() != 1) break;  // not our parent speaking
       const bool daemon = request.bytes[0] != std::byte{0};
       int status_pipe[2];
@@ -418,7 +418,7 @@ inline bool wait_until_ready(const fresh_child& child) {
       }
       std::vector<int> fds;
       if (status_read) fds.push_back(status_read.get());
-      send_frame(control.get(), std::as_bytes(std::span(&answer, 1)), fds, "forkserver reply");
+      send_fd_frame(control.get(), std::as_bytes(std::span(&answer, 1)), fds, "forkserver reply");
     }
   } catch (...) {
   }
