@@ -308,6 +308,7 @@ int wait_fd(const W& object) {
 /// The indexes of the ready descriptors, in order; empty if the deadline passed first (impl/connection.ipp).
 MP_DECL std::vector<std::size_t> wait_ready(const std::vector<int>& fds, const deadline& until);
 
+/// wait()'s body: the objects that are ready, in their input order; none if `until` passed first.
 template <class R>
 std::vector<std::ranges::range_value_t<R>> wait_until(const R& objects, const deadline& until) {
   std::vector<int> fds;
@@ -327,6 +328,7 @@ std::vector<std::ranges::range_value_t<R>> wait_until(const R& objects, const de
   }
   return result;
 }
+
 }  // namespace detail
 
 template <std::ranges::forward_range R>

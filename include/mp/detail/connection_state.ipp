@@ -8,8 +8,8 @@
 #include <new>
 #include <string>
 
-#include <mp/detail/archive.hpp>
 #include <mp/detail/connection_state.hpp>
+#include <mp/detail/archive.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>

@@ -12,8 +12,8 @@
 #include <cstring>
 #include <iterator>
 
-#include <mp/detail/syscall.hpp>
 #include <mp/detail/wire.hpp>
+#include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail {
