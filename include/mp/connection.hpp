@@ -9,18 +9,11 @@
 // message in the stream: later sends and receives on that direction throw mp::Error saying so.
 #pragma once
 
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <chrono>
+#include <concepts>
 #include <cstddef>
-#include <cstdint>
 #include <initializer_list>
 #include <memory>
-#include <new>
 #include <ranges>
 #include <span>
 #include <string>
@@ -28,13 +21,9 @@
 #include <utility>
 #include <vector>
 
-#include <mp/detail/futex.hpp>
-#include <mp/detail/handle_transfer.hpp>
-#include <mp/detail/robust_mutex.hpp>
-#include <mp/detail/shm_segment.hpp>
-#include <mp/detail/syscall.hpp>
 #include <mp/detail/clock.hpp>
-#include <mp/detail/unique_fd.hpp>
+#include <mp/detail/config.hpp>
+#include <mp/detail/connection_state.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
@@ -48,126 +37,6 @@ class Connection;
 /// only sends (a pipe), as Python's Pipe(duplex=False) returns (reader, writer).
 template <class T>
 [[nodiscard]] std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
-
-namespace detail {
-
-// One direction of a Pipe, in memory shared by every process holding either end. The locks make each frame a unit
-// for concurrent senders (and receivers) in different processes; the flags detect a process that died mid-frame,
-// which leaves a partial frame in the stream that no later reader can re-synchronize on.
-struct connection_direction {
-  robust_mutex send_mutex;
-  robust_mutex recv_mutex;
-  std::atomic<std::uint32_t> sending{0};    // 1 while a sender is inside a frame; guarded by send_mutex
-  std::atomic<std::uint32_t> receiving{0};  // 1 while a receiver is inside a frame; guarded by recv_mutex
-  std::atomic<std::uint32_t> broken{0};     // 1 once a process died mid-frame: the stream cannot be trusted
-};
-
-struct connection_shared {
-  connection_direction direction[2];  // [0]: first -> second, [1]: second -> first
-};
-
-// The per-process state behind every copy of one Connection end.
-struct connection_state {
-  unique_fd fd;
-  fd_kind kind = fd_kind::socket;
-  std::shared_ptr<shm_segment> segment;       // keeps the shared locks mapped while an end lives here
-  connection_direction* outgoing = nullptr;   // nullptr: this end does not send
-  connection_direction* incoming = nullptr;   // nullptr: this end does not receive
-};
-
-// Holds one of a direction's locks for one frame and maintains its in-frame flag. A lock recovered from a dead
-// holder that was inside a frame marks the direction broken.
-class frame_guard {
- public:
-  frame_guard(robust_mutex& mutex, std::atomic<std::uint32_t>& in_frame, connection_direction& direction,
-              const char* operation)
-      : mutex_(mutex), in_frame_(in_frame) {
-    mutex_.lock();
-    if (mutex_.previous_owner_died() && in_frame_.load(std::memory_order_relaxed) != 0) {
-      direction.broken.store(1, std::memory_order_relaxed);
-      in_frame_.store(0, std::memory_order_relaxed);
-    }
-    if (direction.broken.load(std::memory_order_relaxed) != 0) {
-      mutex_.unlock();
-      throw Error(std::string(operation) +
-                  ": a process was killed in the middle of a message on this connection, so the stream is "
-                  "corrupt; close both ends and create a new Pipe");
-    }
-  }
-  frame_guard(const frame_guard&) = delete;
-  frame_guard& operator=(const frame_guard&) = delete;
-  /// Marks the start of the frame's bytes (after this, dying leaves a partial frame behind).
-  void begin() noexcept { in_frame_.store(1, std::memory_order_relaxed); }
-  /// The frame went through whole.
-  void end() noexcept { in_frame_.store(0, std::memory_order_relaxed); }
-  ~frame_guard() {
-    try {
-      mutex_.unlock();
-    } catch (...) {
-    }
-  }
-
- private:
-  robust_mutex& mutex_;
-  std::atomic<std::uint32_t>& in_frame_;
-};
-
-// Scratch buffers reused across messages by one thread; a buffer that grew for a huge message is released.
-inline std::vector<std::byte>& connection_scratch() {
-  thread_local std::vector<std::byte> scratch;
-  return scratch;
-}
-inline void trim_scratch(std::vector<std::byte>& scratch) {
-  if (scratch.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(scratch);
-}
-
-/// The descriptor mp::wait watches for one object: a Connection's fileno(), a Process's sentinel(), an int itself.
-template <class W>
-int wait_fd(const W& object) {
-  if constexpr (std::is_pointer_v<W>) {
-    return wait_fd(*object);
-  } else if constexpr (std::is_integral_v<W>) {
-    return static_cast<int>(object);
-  } else if constexpr (requires { { object.fileno() } -> std::convertible_to<int>; }) {
-    return object.fileno();
-  } else if constexpr (requires { { object.sentinel() } -> std::convertible_to<int>; }) {
-    return object.sentinel();
-  } else {
-    static_assert(sizeof(W) == 0,
-                  "mp::wait: this type cannot be waited on; pass Connections, Process pointers, or file "
-                  "descriptors (ints such as Process::sentinel() or Connection::fileno())");
-  }
-}
-
-/// The indexes of the ready descriptors, in order; empty if the deadline passed first.
-inline std::vector<std::size_t> wait_ready(const std::vector<int>& fds, const deadline& until) {
-  std::vector<pollfd> polls;
-  polls.reserve(fds.size());
-  for (int fd : fds) polls.push_back(pollfd{fd, POLLIN, 0});
-  for (;;) {
-    timespec ts{};
-    timespec* tsp = nullptr;
-    if (until) {
-      ts = time_left(*until);
-      tsp = &ts;
-    }
-    const int n = ::ppoll(polls.data(), polls.size(), tsp, nullptr);
-    if (n == -1) {
-      if (last_errno() == EINTR) continue;
-      throw_errno("ppoll", std::to_string(polls.size()) + " descriptors");
-    }
-    std::vector<std::size_t> ready;
-    for (std::size_t i = 0; i < polls.size(); ++i) {
-      if (polls[i].revents & POLLNVAL)
-        throw Error("mp::wait: descriptor " + std::to_string(polls[i].fd) +
-                    " is not open (a closed Connection, or a Process that was closed?)");
-      if (polls[i].revents != 0) ready.push_back(i);
-    }
-    return ready;
-  }
-}
-
-}  // namespace detail
 
 /// One end of a Pipe: sends and receives values of type T (any serializable type), or raw bytes.
 template <class T>
@@ -199,6 +68,7 @@ class Connection {
 
   /// Closes this end in this process (every copy here sees it closed); other processes' copies stay open.
   void close() noexcept;
+  /// True once closed in this process (or default-constructed).
   [[nodiscard]] bool closed() const noexcept { return !state_ || !state_->fd; }
   /// The descriptor (for mp::wait, poll(2), select(2)); throws mp::Error if closed.
   [[nodiscard]] int fileno() const;
@@ -207,42 +77,9 @@ class Connection {
 
   /// How a Connection crosses to a Process started by spawn or forkserver: its descriptor and its shared locks'
   /// memory travel along (detail/handle_transfer.hpp). Anywhere else it throws SerializationError.
-  void save(detail::output_archive& ar) const {
-    const int fd = state_ ? state_->fd.get() : -1;
-    const std::uint32_t fd_index = detail::export_fd(fd, "Connection");
-    const std::uint32_t segment_index = detail::export_fd(state_->segment->fd(), "Connection");
-    auto* shared = static_cast<detail::connection_shared*>(state_->segment->data());
-    auto direction_index = [shared](const detail::connection_direction* direction) {
-      return static_cast<std::int8_t>(direction ? direction - shared->direction : -1);
-    };
-    ar(fd_index, segment_index, static_cast<std::uint8_t>(state_->kind), direction_index(state_->outgoing),
-       direction_index(state_->incoming));
-  }
+  void save(detail::output_archive& ar) const { detail::save_connection_state(ar, state_.get()); }
   /// In a spawned child: the same end of the same Pipe.
-  void load(detail::input_archive& ar) {
-    std::uint32_t fd_index = 0, segment_index = 0;
-    std::uint8_t kind = 0;
-    std::int8_t outgoing = -1, incoming = -1;
-    ar(fd_index, segment_index, kind, outgoing, incoming);
-    auto valid = [](std::int8_t index) { return index >= -1 && index <= 1; };
-    if (kind > 1 || !valid(outgoing) || !valid(incoming)) {
-      throw SerializationError("mp::deserialize: a Connection with kind " + std::to_string(kind) + " and directions " +
-                               std::to_string(outgoing) + "/" + std::to_string(incoming) + " is malformed");
-    }
-    auto state = std::make_shared<detail::connection_state>();
-    state->fd = detail::import_fd(fd_index, "Connection");
-    state->kind = static_cast<detail::fd_kind>(kind);
-    state->segment = std::make_shared<detail::shm_segment>(
-        detail::shm_segment::from_fd(detail::import_fd(segment_index, "Connection"), "mp-pipe (received)"));
-    if (state->segment->size() < sizeof(detail::connection_shared)) {
-      throw SerializationError("mp::deserialize: a Connection's shared block is " +
-                               std::to_string(state->segment->size()) + " bytes, too small");
-    }
-    auto* shared = static_cast<detail::connection_shared*>(state->segment->data());
-    state->outgoing = outgoing < 0 ? nullptr : &shared->direction[outgoing];
-    state->incoming = incoming < 0 ? nullptr : &shared->direction[incoming];
-    state_ = std::move(state);
-  }
+  void load(detail::input_archive& ar) { state_ = detail::load_connection_state(ar); }
 
  private:
   friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool duplex);
@@ -251,9 +88,9 @@ class Connection {
   detail::connection_state& open_state(const char* operation) const;
   detail::connection_direction& outgoing(const char* operation) const;
   detail::connection_direction& incoming(const char* operation) const;
-  // Receives one frame: calls on_payload(fd, length) to consume exactly `length` bytes, under the receive lock.
+  // Receives one message: calls on_payload(fd, length) to consume exactly `length` bytes, under the receive lock.
   template <class F>
-  decltype(auto) receive_frame(const char* operation, F&& on_payload);
+  decltype(auto) receive_message(const char* operation, F&& on_payload);
 
   std::shared_ptr<detail::connection_state> state_;
 };
@@ -273,41 +110,11 @@ template <class W>
 template <class W, class Rep, class Period>
 [[nodiscard]] std::vector<W> wait(std::initializer_list<W> objects, std::chrono::duration<Rep, Period> timeout);
 
-// ---------------------------------------------------------------------------------------------------------------
+// ---- definitions ----------------------------------------------------------------------------------------------
 
 template <class T>
 std::pair<Connection<T>, Connection<T>> Pipe(bool duplex) {
-  int fds[2];
-  detail::fd_kind kind;
-  if (duplex) {
-    detail::sys("socketpair", "AF_UNIX, SOCK_STREAM",
-                [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); });
-    kind = detail::fd_kind::socket;
-  } else {
-    detail::sys("pipe2", "O_CLOEXEC", [&] { return ::pipe2(fds, O_CLOEXEC); });
-    kind = detail::fd_kind::pipe;
-  }
-  detail::unique_fd first_fd(fds[0]), second_fd(fds[1]);
-
-  auto segment = std::make_shared<detail::shm_segment>(
-      detail::shm_segment::create(sizeof(detail::connection_shared), "mp-pipe-" + std::to_string(::getpid())));
-  auto* shared = new (segment->data()) detail::connection_shared();
-
-  auto first = std::make_shared<detail::connection_state>();
-  auto second = std::make_shared<detail::connection_state>();
-  first->fd = std::move(first_fd);
-  second->fd = std::move(second_fd);
-  first->kind = second->kind = kind;
-  first->segment = second->segment = segment;
-  if (duplex) {
-    first->outgoing = &shared->direction[0];
-    second->incoming = &shared->direction[0];
-    second->outgoing = &shared->direction[1];
-    first->incoming = &shared->direction[1];
-  } else {
-    second->outgoing = &shared->direction[0];  // pipe: fds[1] (second) writes, fds[0] (first) reads
-    first->incoming = &shared->direction[0];
-  }
+  auto [first, second] = detail::make_pipe_states(duplex);
   return {Connection<T>(std::move(first)), Connection<T>(std::move(second))};
 }
 
@@ -362,7 +169,7 @@ void Connection<T>::send(const T& value) {
 
 template <class T>
 template <class F>
-decltype(auto) Connection<T>::receive_frame(const char* operation, F&& on_payload) {
+decltype(auto) Connection<T>::receive_message(const char* operation, F&& on_payload) {
   auto& direction = incoming(operation);
   const int fd = state_->fd.get();
   detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
@@ -387,7 +194,7 @@ T Connection<T>::recv() {
     alignas(T) std::byte bytes[sizeof(T)];
     bool size_mismatch = false;
     detail::frame_length got_length = 0;
-    receive_frame("Connection::recv", [&](int fd, detail::frame_length length) {
+    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
       got_length = length;
       if (length == sizeof(T)) {
         if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
@@ -406,7 +213,7 @@ T Connection<T>::recv() {
     return deserialize<T>(std::span<const std::byte>(bytes, sizeof bytes));
   } else {
     auto& buffer = detail::connection_scratch();
-    receive_frame("Connection::recv", [&](int fd, detail::frame_length length) {
+    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
       detail::recv_frame_payload(fd, length, buffer);
     });
     struct trim {
@@ -429,7 +236,7 @@ void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
 template <class T>
 std::vector<std::byte> Connection<T>::recv_bytes() {
   std::vector<std::byte> bytes;
-  receive_frame("Connection::recv_bytes",
+  receive_message("Connection::recv_bytes",
                 [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); });
   return bytes;
 }
@@ -437,7 +244,7 @@ std::vector<std::byte> Connection<T>::recv_bytes() {
 template <class T>
 std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
   detail::frame_length length = 0;
-  const bool fits = receive_frame("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
+  const bool fits = receive_message("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
     length = n;
     if (n <= buffer.size()) {
       if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
@@ -478,9 +285,30 @@ int Connection<T>::fileno() const {
   return open_state("Connection::fileno").fd.get();
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-
 namespace detail {
+
+/// The descriptor mp::wait watches for one object: a Connection's fileno(), a Process's sentinel(), an int itself.
+template <class W>
+int wait_fd(const W& object) {
+  if constexpr (std::is_pointer_v<W>) {
+    return wait_fd(*object);
+  } else if constexpr (std::is_integral_v<W>) {
+    return static_cast<int>(object);
+  } else if constexpr (requires { { object.fileno() } -> std::convertible_to<int>; }) {
+    return object.fileno();
+  } else if constexpr (requires { { object.sentinel() } -> std::convertible_to<int>; }) {
+    return object.sentinel();
+  } else {
+    static_assert(sizeof(W) == 0,
+                  "mp::wait: this type cannot be waited on; pass Connections, Process pointers, or file "
+                  "descriptors (ints such as Process::sentinel() or Connection::fileno())");
+  }
+}
+
+/// The indexes of the ready descriptors, in order; empty if the deadline passed first (impl/connection.ipp).
+MP_DECL std::vector<std::size_t> wait_ready(const std::vector<int>& fds, const deadline& until);
+
+/// wait()'s body: the objects that are ready, in their input order; none if `until` passed first.
 template <class R>
 std::vector<std::ranges::range_value_t<R>> wait_until(const R& objects, const deadline& until) {
   std::vector<int> fds;
@@ -500,6 +328,7 @@ std::vector<std::ranges::range_value_t<R>> wait_until(const R& objects, const de
   }
   return result;
 }
+
 }  // namespace detail
 
 template <std::ranges::forward_range R>
@@ -523,3 +352,7 @@ std::vector<W> wait(std::initializer_list<W> objects, std::chrono::duration<Rep,
 }
 
 }  // namespace mp
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/impl/connection.ipp>
+#endif

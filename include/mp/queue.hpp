@@ -8,11 +8,7 @@
 // once. A process killed inside get() loses at most the item it was taking; the queue stays usable for the others.
 #pragma once
 
-#include <unistd.h>
-
-#include <atomic>
 #include <chrono>
-#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -24,11 +20,10 @@
 #include <utility>
 #include <vector>
 
-#include <mp/detail/futex.hpp>
-#include <mp/detail/handle_transfer.hpp>
-#include <mp/detail/ring_buffer.hpp>
-#include <mp/detail/shm_segment.hpp>
 #include <mp/detail/clock.hpp>
+#include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/queue_state.hpp>
+#include <mp/detail/ring_buffer.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
 
@@ -43,61 +38,6 @@ struct QueueOptions {
   std::size_t capacity_bytes = std::size_t{1} << 20;
 };
 
-namespace detail {
-
-// Shared memory after the ring's data: what JoinableQueue adds.
-struct queue_extra {
-  std::atomic<std::uint32_t> joinable{0};          // constant after creation
-  std::atomic<std::uint32_t> unfinished_tasks{0};  // futex word: put() adds one, task_done() removes one
-};
-
-// The per-process state behind every copy of one queue handle.
-struct queue_state {
-  shm_segment segment;
-  ring_buffer ring;
-  queue_extra* extra = nullptr;
-  bool closed = false;
-};
-
-inline std::shared_ptr<queue_state> make_queue_state(const QueueOptions& options, bool joinable) {
-  const std::size_t capacity = ring_buffer::round_capacity(options.capacity_bytes);
-  auto state = std::make_shared<queue_state>();
-  state->segment = shm_segment::create(ring_buffer::header_bytes + capacity + sizeof(queue_extra),
-                                       "mp-queue-" + std::to_string(::getpid()));
-  auto* base = static_cast<std::byte*>(state->segment.data());
-  ring_buffer::create(base, capacity, options.maxsize);
-  state->ring = ring_buffer(base);
-  state->extra = new (base + ring_buffer::header_bytes + capacity) queue_extra();
-  state->extra->joinable.store(joinable ? 1 : 0, std::memory_order_relaxed);
-  return state;
-}
-
-// A spawned child's view of a queue whose ring arrived as a descriptor (Queue::load).
-inline std::shared_ptr<queue_state> attach_queue_state(unique_fd fd) {
-  auto state = std::make_shared<queue_state>();
-  state->segment = shm_segment::from_fd(std::move(fd), "mp-queue (received)");
-  auto* base = static_cast<std::byte*>(state->segment.data());
-  if (state->segment.size() < ring_buffer::header_bytes + sizeof(queue_extra)) {
-    throw SerializationError("mp::deserialize: a Queue's shared block is " + std::to_string(state->segment.size()) +
-                             " bytes, too small for a queue");
-  }
-  state->ring = ring_buffer(base);
-  const std::size_t capacity = state->ring.capacity();
-  if (capacity > state->segment.size() - ring_buffer::header_bytes - sizeof(queue_extra)) {
-    throw SerializationError("mp::deserialize: a Queue's ring claims " + std::to_string(capacity) +
-                             " bytes but its block holds " + std::to_string(state->segment.size()));
-  }
-  state->extra = reinterpret_cast<queue_extra*>(base + ring_buffer::header_bytes + capacity);
-  return state;
-}
-
-inline std::vector<std::byte>& queue_scratch() {
-  thread_local std::vector<std::byte> scratch;
-  return scratch;
-}
-
-}  // namespace detail
-
 /// A FIFO queue between processes (multiprocessing.Queue). put/get block; the timeout and _nowait forms throw
 /// Full / Empty; try_put / try_get report instead of throwing.
 template <class T>
@@ -108,7 +48,7 @@ class Queue {
   /// A queue holding at most `maxsize` items (0: no item bound) in a ring of the default size (1 MiB).
   explicit Queue(std::size_t maxsize = 0) : Queue(QueueOptions{.maxsize = maxsize}) {}
   /// A queue with explicit options: `Queue<T> q({.maxsize = 8, .capacity_bytes = 64 << 20});`
-  explicit Queue(QueueOptions options) : state_(detail::make_queue_state(options, false)) {}
+  explicit Queue(QueueOptions options) : Queue(options, false) {}
 
   /// Puts an item, waiting as long as the queue is full. Throws mp::Error if this handle was closed.
   /// (Takes const T&, not T by value as in API.md: the item is serialized straight into shared memory, never copied.)
@@ -135,20 +75,14 @@ class Queue {
   /// Takes the oldest item if there is one right now; throws Empty otherwise.
   [[nodiscard]] T get_nowait() { return get_until(std::chrono::steady_clock::now(), "Queue::get_nowait", {}); }
   /// Takes the oldest item if there is one right now; nullopt otherwise.
-  [[nodiscard]] std::optional<T> try_get() {
-    detail::ring_status why{};
-    return get_status(std::chrono::steady_clock::now(), "Queue::try_get", why);
-  }
+  [[nodiscard]] std::optional<T> try_get();
 
   /// Items put and not yet taken (approximate while other processes put and get, as in Python).
   [[nodiscard]] std::size_t qsize() const { return open_state("Queue::qsize").ring.size(); }
   /// True if no item is waiting (approximate, as qsize).
   [[nodiscard]] bool empty() const { return qsize() == 0; }
   /// True if maxsize items are waiting (never true without a maxsize; the ring's bytes are not counted).
-  [[nodiscard]] bool full() const {
-    const auto& state = open_state("Queue::full");
-    return state.ring.maxsize() != 0 && state.ring.size() >= state.ring.maxsize();
-  }
+  [[nodiscard]] bool full() const;
   /// The item bound given at construction (0: none).
   [[nodiscard]] std::size_t maxsize() const { return live_state().ring.maxsize(); }
   /// The ring's size in bytes (QueueOptions::capacity_bytes after rounding).
@@ -156,9 +90,7 @@ class Queue {
 
   /// This process will use the queue no more: later put/get on any copy here throw mp::Error. Other processes
   /// are unaffected and every item already put stays in the queue.
-  void close() noexcept {
-    if (state_) state_->closed = true;
-  }
+  void close() noexcept;
   /// True after close() on any copy in this process (or for a moved-from handle).
   [[nodiscard]] bool closed() const noexcept { return !state_ || state_->closed; }
   /// Python compatibility: there is no feeder thread to join, so these do nothing.
@@ -169,35 +101,26 @@ class Queue {
   /// (detail/handle_transfer.hpp). As in Python, a Queue cannot travel through another Queue: that throws.
   void save(detail::output_archive& ar) const { ar(detail::export_fd(live_state().segment.fd(), "Queue")); }
   /// In a spawned child: the same queue.
-  void load(detail::input_archive& ar) {
-    std::uint32_t index = 0;
-    ar(index);
-    state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"));
-  }
+  void load(detail::input_archive& ar);
 
  protected:
-  detail::queue_state& live_state() const {
-    if (!state_) throw Error("Queue: this handle was moved from; use a copy of the queue instead");
-    return *state_;
-  }
-  detail::queue_state& open_state(const char* operation) const {
-    live_state();
-    if (state_->closed)
-      throw Error(std::string(operation) + ": the queue is closed in this process (close() was called)");
-    return *state_;
-  }
+  /// The state, unless this handle was moved from (mp::Error then).
+  detail::queue_state& live_state() const;
+  /// The state, unless moved from or closed in this process (mp::Error naming `operation` then).
+  detail::queue_state& open_state(const char* operation) const;
 
  private:
+  template <class U>
+  friend class JoinableQueue;
+  Queue(QueueOptions options, bool joinable)
+      : state_(detail::make_queue_state(options.maxsize, options.capacity_bytes, joinable)) {}
+
   detail::ring_status put_status(const T& item, const detail::deadline& until, const char* operation);
   void put_until(const T& item, const detail::deadline& until, const char* operation, const std::string& timeout);
   std::optional<T> get_status(const detail::deadline& until, const char* operation, detail::ring_status& why);
   T get_until(const detail::deadline& until, const char* operation, const std::string& timeout);
 
   std::shared_ptr<detail::queue_state> state_;
-
-  template <class U>
-  friend class JoinableQueue;
-  Queue(QueueOptions options, bool joinable) : state_(detail::make_queue_state(options, joinable)) {}
 };
 
 /// A Queue whose consumers confirm each item with task_done(), so that join() can wait for all of them
@@ -209,17 +132,14 @@ class JoinableQueue : public Queue<T> {
   explicit JoinableQueue(QueueOptions options) : Queue<T>(options, true) {}
 
   /// One item taken by get() is fully processed. Throws mp::Error if called more times than items were put.
-  void task_done();
+  void task_done() { this->open_state("JoinableQueue::task_done").extra->task_done(); }
   /// Waits until every item put has been confirmed with task_done().
-  void join();
+  void join() { this->open_state("JoinableQueue::join").extra->join({}); }
   /// As join(), waiting at most `timeout`; false if items were still unfinished.
   template <class Rep, class Period>
   [[nodiscard]] bool join(std::chrono::duration<Rep, Period> timeout) {
-    return join_until(detail::deadline_or_forever(timeout));
+    return this->open_state("JoinableQueue::join").extra->join(detail::deadline_or_forever(timeout));
   }
-
- private:
-  bool join_until(const detail::deadline& until);
 };
 
 /// A queue without maxsize or timeouts (multiprocessing.SimpleQueue): put, get, empty, close.
@@ -243,24 +163,56 @@ class SimpleQueue {
   void close() noexcept { queue_.close(); }
 
  private:
-  static QueueOptions check(const QueueOptions& options) {
-    if (options.maxsize != 0)
-      throw Error("SimpleQueue has no maxsize (got " + std::to_string(options.maxsize) + "); use Queue<T> for a "
-                  "bounded queue");
-    return options;
-  }
+  static QueueOptions check(const QueueOptions& options);
   Queue<T> queue_;
 };
 
-// ---------------------------------------------------------------------------------------------------------------
+// ---- definitions ----------------------------------------------------------------------------------------------
+
+template <class T>
+std::optional<T> Queue<T>::try_get() {
+  detail::ring_status why{};
+  return get_status(std::chrono::steady_clock::now(), "Queue::try_get", why);
+}
+
+template <class T>
+bool Queue<T>::full() const {
+  const auto& state = open_state("Queue::full");
+  return state.ring.maxsize() != 0 && state.ring.size() >= state.ring.maxsize();
+}
+
+template <class T>
+void Queue<T>::close() noexcept {
+  if (state_) state_->closed = true;
+}
+
+template <class T>
+void Queue<T>::load(detail::input_archive& ar) {
+  std::uint32_t index = 0;
+  ar(index);
+  state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"));
+}
+
+template <class T>
+detail::queue_state& Queue<T>::live_state() const {
+  if (!state_) throw Error("Queue: this handle was moved from; use a copy of the queue instead");
+  return *state_;
+}
+
+template <class T>
+detail::queue_state& Queue<T>::open_state(const char* operation) const {
+  live_state();
+  if (state_->closed)
+    throw Error(std::string(operation) + ": the queue is closed in this process (close() was called)");
+  return *state_;
+}
 
 template <class T>
 detail::ring_status Queue<T>::put_status(const T& item, const detail::deadline& until, const char* operation) {
   auto& state = open_state(operation);
   auto* extra = state.extra;
-  const bool joinable = extra->joinable.load(std::memory_order_relaxed) != 0;
-  // Counted before it can be taken, so that join() never sees zero while an item is in flight (as Python).
-  if (joinable) extra->unfinished_tasks.fetch_add(1, std::memory_order_seq_cst);
+  const bool joinable = extra->is_joinable();
+  if (joinable) extra->add_unfinished();
   detail::ring_status status;
   try {
     if constexpr (detail::is_bitwise_v<T>) {
@@ -274,13 +226,10 @@ detail::ring_status Queue<T>::put_status(const T& item, const detail::deadline& 
       if (buffer.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(buffer);
     }
   } catch (...) {
-    if (joinable && extra->unfinished_tasks.fetch_sub(1, std::memory_order_seq_cst) == 1)
-      detail::futex_wake(extra->unfinished_tasks);
+    if (joinable) extra->remove_unfinished();
     throw;
   }
-  if (status != detail::ring_status::ok && joinable &&
-      extra->unfinished_tasks.fetch_sub(1, std::memory_order_seq_cst) == 1)
-    detail::futex_wake(extra->unfinished_tasks);
+  if (status != detail::ring_status::ok && joinable) extra->remove_unfinished();
   return status;
 }
 
@@ -288,25 +237,7 @@ template <class T>
 void Queue<T>::put_until(const T& item, const detail::deadline& until, const char* operation,
                          const std::string& timeout) {
   const auto status = put_status(item, until, operation);
-  if (status == detail::ring_status::ok) return;
-  std::string message = operation;
-  if (!timeout.empty()) message += " timed out after " + timeout;
-  switch (status) {
-    case detail::ring_status::full_items:
-      message += ": the queue is full (maxsize " + std::to_string(state_->ring.maxsize()) + ")";
-      break;
-    case detail::ring_status::full_bytes:
-      message += ": the queue's ring buffer is full (" + std::to_string(state_->ring.capacity()) +
-                 " bytes of items not yet taken); raise QueueOptions::capacity_bytes or take items sooner";
-      break;
-    default:
-      if (state_->ring.maxsize() != 0 && state_->ring.size() >= state_->ring.maxsize())
-        message += ": the queue is full (maxsize " + std::to_string(state_->ring.maxsize()) + ")";
-      else
-        message += ": other processes were putting, or waiting for room, the whole time";
-      break;
-  }
-  throw Full(message);
+  if (status != detail::ring_status::ok) detail::throw_full(state_->ring, status, operation, timeout);
 }
 
 template <class T>
@@ -335,35 +266,15 @@ T Queue<T>::get_until(const detail::deadline& until, const char* operation, cons
   detail::ring_status why{};
   auto item = get_status(until, operation, why);
   if (item) return std::move(*item);
-  if (!timeout.empty()) throw Empty(std::string(operation) + " timed out after " + timeout);
-  throw Empty(std::string(operation) + ": the queue is empty");
+  detail::throw_empty(operation, timeout);
 }
 
 template <class T>
-void JoinableQueue<T>::task_done() {
-  auto& unfinished = this->open_state("JoinableQueue::task_done").extra->unfinished_tasks;
-  std::uint32_t count = unfinished.load(std::memory_order_seq_cst);
-  do {
-    if (count == 0)
-      throw Error("JoinableQueue::task_done() called more times than items were put (Python's ValueError); call "
-                  "it once per item taken with get()");
-  } while (!unfinished.compare_exchange_weak(count, count - 1, std::memory_order_seq_cst));
-  if (count == 1) detail::futex_wake(unfinished);
-}
-
-template <class T>
-void JoinableQueue<T>::join() {
-  join_until({});
-}
-
-template <class T>
-bool JoinableQueue<T>::join_until(const detail::deadline& until) {
-  auto& unfinished = this->open_state("JoinableQueue::join").extra->unfinished_tasks;
-  for (;;) {
-    const std::uint32_t count = unfinished.load(std::memory_order_seq_cst);
-    if (count == 0) return true;
-    if (!detail::futex_wait(unfinished, count, until)) return unfinished.load(std::memory_order_seq_cst) == 0;
-  }
+QueueOptions SimpleQueue<T>::check(const QueueOptions& options) {
+  if (options.maxsize != 0)
+    throw Error("SimpleQueue has no maxsize (got " + std::to_string(options.maxsize) + "); use Queue<T> for a "
+                "bounded queue");
+  return options;
 }
 
 }  // namespace mp

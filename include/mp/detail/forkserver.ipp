@@ -60,8 +60,8 @@ MP_DECL server_child forkserver_fork(int child_socket, bool daemon) {
     const std::byte flags{static_cast<unsigned char>(daemon ? 1 : 0)};
     const int fds[] = {child_socket};
     try {
-      send_frame(client.control.get(), std::span(&flags, 1), fds, "forkserver request");
-      frame reply = receive_frame(client.control.get(), "forkserver reply", 64);
+      send_fd_frame(client.control.get(), std::span(&flags, 1), fds, "forkserver request");
+      fd_frame reply = receive_fd_frame(client.control.get(), "forkserver reply", 64);
       std::int32_t pid = 0;
       if (reply.bytes.size() != sizeof pid) throw ProcessError("forkserver reply: malformed");
       std::memcpy(&pid, reply.bytes.data(), sizeof pid);
@@ -146,7 +146,7 @@ MP_DECL void run_forkserver(int control_fd, fresh_child_main run_child) noexcept
       ssize_t n = sys_try("recv", [&] { return ::recv(control.get(), &peek, 1, MSG_PEEK | MSG_DONTWAIT); });
       if (n == 0 || (n == -1 && last_errno() != EAGAIN)) break;  // the parent closed its end or died
       if (n == -1) continue;
-      frame request = receive_frame(control.get(), "forkserver request", 16);
+      fd_frame request = receive_fd_frame(control.get(), "forkserver request", 16);
       if (request.bytes.size() != 1 || request.fds.fds.size() != 1) break;  // not our parent speaking
       const bool daemon = request.bytes[0] != std::byte{0};
       int status_pipe[2];
@@ -181,7 +181,7 @@ MP_DECL void run_forkserver(int control_fd, fresh_child_main run_child) noexcept
       }
       std::vector<int> fds;
       if (status_read) fds.push_back(status_read.get());
-      send_frame(control.get(), std::as_bytes(std::span(&answer, 1)), fds, "forkserver reply");
+      send_fd_frame(control.get(), std::as_bytes(std::span(&answer, 1)), fds, "forkserver reply");
     }
   } catch (...) {
   }

@@ -32,12 +32,8 @@
 // abort record, and consumers drop the partial item.
 #pragma once
 
-#include <sched.h>
-
-#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -49,6 +45,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <mp/detail/clock.hpp>
+#include <mp/detail/config.hpp>
 #include <mp/detail/futex.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/errors.hpp>
@@ -156,26 +154,13 @@ class ring_buffer {
   static constexpr std::size_t max_capacity = std::size_t{1} << 32;
 
   /// The capacity actually used for a requested one: rounded up to a power of two, at least min_capacity.
-  static std::size_t round_capacity(std::size_t requested) {
-    if (requested > max_capacity)
-      throw Error("Queue capacity_bytes = " + std::to_string(requested) + " is over the limit of " +
-                  std::to_string(max_capacity) + " bytes (4 GiB); items larger than the ring stream through it, "
-                  "so a smaller ring works for any item size");
-    std::size_t capacity = min_capacity;
-    while (capacity < requested) capacity <<= 1;
-    return capacity;
-  }
+  MP_DECL static std::size_t round_capacity(std::size_t requested);
 
   /// Bytes the header takes in front of the data (a whole number of pages keeps the data page-aligned).
   static constexpr std::size_t header_bytes = (sizeof(ring_header) + 4095) & ~std::size_t{4095};
 
   /// Constructs a ring in zero-filled shared memory at `memory` (header_bytes + capacity bytes).
-  static ring_header* create(void* memory, std::size_t capacity, std::size_t maxsize) {
-    auto* header = new (memory) ring_header();
-    header->capacity = capacity;
-    header->maxsize = maxsize;
-    return header;
-  }
+  MP_DECL static ring_header* create(void* memory, std::size_t capacity, std::size_t maxsize);
 
   ring_buffer() = default;
   explicit ring_buffer(void* memory) noexcept
@@ -213,20 +198,24 @@ class ring_buffer {
   }
   std::byte* at(std::uint64_t position) const noexcept { return data_ + (position & mask_); }
 
-  // Producer side (producers.mutex held).
-  void recover_producers();
+  // Producer side (producers.mutex held). Inline: what every put runs (its waits return at once while the
+  // consumers' position last seen leaves room). In ring_buffer.ipp: recovery, streaming, and the waits proper.
+  MP_DECL void recover_producers();
   bool wait_for_room(std::uint64_t end_position, const deadline& until);
+  MP_DECL bool wait_for_head(std::uint64_t end_position, const deadline& until);
   bool wait_below_maxsize(const deadline& until);
+  MP_DECL bool wait_for_get_count(std::uint64_t put, const deadline& until);
   bool reserve(std::size_t bytes, const deadline& until);
   void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item, bool wake_now = true);
-  void put_streamed(std::span<const std::byte> payload);
+  MP_DECL void put_streamed(std::span<const std::byte> payload);
 
-  // Consumer side (consumers.mutex held).
-  void recover_consumers();
+  // Consumer side (consumers.mutex held). commit is inline (every get runs it); the rest is in ring_buffer.ipp.
+  MP_DECL void recover_consumers();
   void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now = true);
-  bool wait_for_record(std::uint64_t position, const deadline& until);
-  void check_producer_alive();
+  MP_DECL bool wait_for_record(std::uint64_t position, const deadline& until);
+  MP_DECL void check_producer_alive();
 
+  // Defined in ring_buffer.ipp and used only there (by the waits).
   template <class Ready>
   static bool wait_until_ready(ring_wake_word& word, Ready&& ready, const deadline& until);
   // The first waker after a sleeper registered clears the flag and makes the one syscall; later ones see it clear,
@@ -241,7 +230,7 @@ class ring_buffer {
   // The last publish/commit of a put/get wakes the other side only after the mutex is released, and with a plain
   // release store instead of a seq_cst one: the unlock between the store and the sleeper check supplies the
   // store-load barrier the Dekker argument needs. That saves one locked instruction per put and per get (~20 ns
-  // here). Declared before the unlocker, so that it runs after it.
+  // here). A put or get declares it before its unlock_on_exit, so that it runs after the unlock.
   struct wake_after_unlock {
     ring_wake_word* word = nullptr;
     ~wake_after_unlock() {
@@ -257,6 +246,26 @@ class ring_buffer {
     }
   };
 
+  // Releases a side's mutex when a put or get leaves, however it leaves (unlock cannot fail for the holder; a
+  // destructor must not throw anyway).
+  struct unlock_on_exit {
+    robust_mutex& mutex;
+    ~unlock_on_exit() {
+      try {
+        mutex.unlock();
+      } catch (...) {
+      }
+    }
+  };
+
+  // The commit of a get that hands its item to consume(): made even if consume throws (a value that cannot be
+  // decoded is not retried), and without a wake-up of its own (wake_after_unlock does it).
+  struct commit_on_exit {
+    ring_buffer& ring;
+    std::uint64_t head, taken;
+    ~commit_on_exit() { ring.commit(head, taken + 1, 0, false); }
+  };
+
   ring_header* header_ = nullptr;
   std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
@@ -264,95 +273,22 @@ class ring_buffer {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
+// The hot path, inline: a put of a whole record, and what every get runs.
 
-// Spin for ring_spin_time (reading only: the other side keeps its cache lines), then register as a sleeper and
-// sleep on the futex until woken or `until`. `ready` must read with seq_cst (the Dekker argument above).
-template <class Ready>
-bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const deadline& until) {
-  if (ready()) return true;
-  auto now = std::chrono::steady_clock::now();
-  if (until && now >= *until) return false;
-  // First a tight spin (the other side is usually running on the other CPU and answers within a µs), then a spin
-  // that yields the CPU between looks: on a busy machine the other side may be waiting for this very CPU.
-  const auto tight_end = now + ring_spin_time / 8;
-  const auto spin_end = now + ring_spin_time;
-  for (;;) {
-    for (int i = 0; i < 32; ++i) {
-      cpu_relax();
-      if (ready()) return true;
-    }
-    now = std::chrono::steady_clock::now();
-    if (now >= spin_end || (until && now >= *until)) break;
-    if (now >= tight_end) {
-      ::sched_yield();
-      if (ready()) return true;
-    }
-  }
-  for (;;) {
-    const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
-    word.sleeping.store(1, std::memory_order_seq_cst);
-    if (ready()) return true;  // a flag left raised costs one spare wake-up at most
-    // Bounded sleeps: a waker SIGKILLed inside wake() (after clearing `sleeping`, before its futex_wake) must not
-    // leave this waiter asleep for good.
-    const bool in_time = futex_wait_bounded(word.seq, seq, until);
-    if (ready()) return true;
-    if (!in_time) return false;
-  }
-}
-
-inline void ring_buffer::recover_producers() {
-  auto& p = header_->producers;
-  if (p.journal.valid.load(std::memory_order_acquire) != 0) {
-    // Died while publishing: if its header word is out, the record is visible to consumers, so finish the commit.
-    if (slot(p.journal.position.load(std::memory_order_relaxed)).load(std::memory_order_acquire) != 0) {
-      p.tail.store(p.journal.index.load(std::memory_order_relaxed), std::memory_order_relaxed);
-      p.put_count.store(p.journal.count.load(std::memory_order_relaxed), std::memory_order_release);
-      p.in_item.store(p.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    }
-    p.journal.valid.store(0, std::memory_order_release);
-  }
-  // A producer sleeping for room holds the mutex, so after a death nobody else can be registered there.
-  header_->space_ready.sleeping.store(0, std::memory_order_seq_cst);
-  if (p.in_item.load(std::memory_order_relaxed) != 0) {
-    // Its item can never be completed: tell consumers to drop what they took of it. Room for 16 bytes always comes
-    // (consumers drain the partial item).
-    reserve(record_size(0), {});
-    publish(record_kind::abort, 0, false, 0);
-  }
-}
-
+// The fast path of every put: room up to end_position as of the consumers' head last seen; else wait_for_head.
 inline bool ring_buffer::wait_for_room(std::uint64_t end_position, const deadline& until) {
-  auto& p = header_->producers;
-  if (end_position - p.head_seen.load(std::memory_order_relaxed) <= capacity_) return true;
-  auto& c = header_->consumers;
-  const bool ok = wait_until_ready(
-      header_->space_ready,
-      [&] {
-        const auto head = c.head.load(std::memory_order_seq_cst);
-        p.head_seen.store(head, std::memory_order_relaxed);
-        return end_position - head <= capacity_;
-      },
-      until);
-  return ok;
+  if (end_position - header_->producers.head_seen.load(std::memory_order_relaxed) <= capacity_) return true;
+  return wait_for_head(end_position, until);
 }
 
+// The fast path of a put to a bounded queue: below maxsize as of the consumers' get_count last seen.
 inline bool ring_buffer::wait_below_maxsize(const deadline& until) {
   const std::uint64_t maxsize = header_->maxsize;
   if (maxsize == 0) return true;
   auto& p = header_->producers;
   const auto put = p.put_count.load(std::memory_order_relaxed);
   if (put - p.taken_seen.load(std::memory_order_relaxed) < maxsize) return true;
-  auto& c = header_->consumers;
-  return wait_until_ready(
-      header_->space_ready,
-      [&] {
-        // get_count is stored before head (seq_cst), so reading head first orders this read after it.
-        c.head.load(std::memory_order_seq_cst);
-        const auto taken = c.get_count.load(std::memory_order_seq_cst);
-        p.taken_seen.store(taken, std::memory_order_relaxed);
-        return put - taken < maxsize;
-      },
-      until);
+  return wait_for_get_count(put, until);
 }
 
 // Makes `bytes` contiguous bytes available at the tail (publishing a wrap record first if the data end is too
@@ -393,51 +329,11 @@ inline void ring_buffer::publish(record_kind kind, std::size_t length, bool coun
   if (wake_now) wake(header_->data_ready);
 }
 
-inline void ring_buffer::put_streamed(std::span<const std::byte> payload) {
-  auto& p = header_->producers;
-  // First chunk: the total size (8 bytes), then as much of the payload as fits; chunks are at most capacity/8 so
-  // that a producer and a consumer work on different chunks at once.
-  const std::size_t max_chunk = capacity_ / 8 - 8;
-  const std::uint64_t total = payload.size();
-  std::size_t sent = 0;
-  bool first = true;
-  while (first || sent < payload.size()) {
-    const std::size_t prefix = first ? sizeof total : 0;
-    std::size_t length = std::min(max_chunk, payload.size() - sent + prefix);
-    // Shorten a chunk to end exactly at the data end rather than wrap, unless that leaves a sliver.
-    const auto tail = p.tail.load(std::memory_order_relaxed);
-    const std::size_t to_end = capacity_ - static_cast<std::size_t>(tail & mask_);
-    if (record_size(length) > to_end && to_end >= 8 + 4096) length = (to_end - 8) & ~std::size_t{7};
-    reserve(record_size(length), {});
-    const auto start = p.tail.load(std::memory_order_relaxed) + 8;
-    std::byte* out = at(start);
-    if (first) std::memcpy(out, &total, sizeof total);
-    std::memcpy(out + prefix, payload.data() + sent, length - prefix);
-    sent += length - prefix;
-    const bool last = sent == payload.size();
-    publish(first ? record_kind::first : (last ? record_kind::last : record_kind::middle), length, first,
-            last && !first ? 0 : 1);
-    if (first && last) {
-      // Cannot happen (streamed items exceed a chunk), but never leave in_item set.
-      publish(record_kind::last, 0, false, 0);
-    }
-    first = false;
-  }
-}
-
 inline ring_status ring_buffer::put(std::span<const std::byte> payload, const deadline& until) {
   auto& p = header_->producers;
   if (!p.mutex.try_lock_until(until)) return ring_status::busy;
   wake_after_unlock wake_consumer;
-  struct unlocker {
-    robust_mutex& m;
-    ~unlocker() {
-      try {
-        m.unlock();
-      } catch (...) {
-      }
-    }
-  } unlock{p.mutex};
+  unlock_on_exit unlock{p.mutex};
   if (p.mutex.previous_owner_died() || p.journal.valid.load(std::memory_order_acquire) != 0 ||
       p.in_item.load(std::memory_order_relaxed) != 0)
     recover_producers();
@@ -457,19 +353,6 @@ inline ring_status ring_buffer::put(std::span<const std::byte> payload, const de
   return ring_status::ok;
 }
 
-inline void ring_buffer::recover_consumers() {
-  auto& c = header_->consumers;
-  if (c.journal.valid.load(std::memory_order_acquire) != 0) {
-    // Died while committing: its decision was made, finish applying it.
-    c.in_item.store(c.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    c.get_count.store(c.journal.count.load(std::memory_order_relaxed), std::memory_order_seq_cst);
-    c.head.store(c.journal.index.load(std::memory_order_relaxed), std::memory_order_seq_cst);
-    c.journal.valid.store(0, std::memory_order_release);
-  }
-  // A consumer sleeping for data holds the mutex, so after a death nobody else can be registered there.
-  header_->data_ready.sleeping.store(0, std::memory_order_seq_cst);
-}
-
 inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now) {
   auto& c = header_->consumers;
   c.journal.index.store(head, std::memory_order_relaxed);
@@ -484,26 +367,6 @@ inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::ui
   if (wake_now) wake(header_->space_ready);
 }
 
-inline bool ring_buffer::wait_for_record(std::uint64_t position, const deadline& until) {
-  auto& word = slot(position);
-  return wait_until_ready(
-      header_->data_ready, [&] { return word.load(std::memory_order_seq_cst) != 0; }, until);
-}
-
-// A consumer in the middle of a streamed item with no data in sight: if no producer holds the producer mutex, the
-// item's producer died (or gave up) and will never finish it; recovering the producer side appends the abort.
-inline void ring_buffer::check_producer_alive() {
-  auto& p = header_->producers;
-  if (!p.mutex.try_lock()) return;  // a live producer is at work
-  try {
-    recover_producers();
-  } catch (...) {
-    p.mutex.unlock();
-    throw;
-  }
-  p.mutex.unlock();
-}
-
 template <class F>
 auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     -> std::optional<std::invoke_result_t<F&, std::span<const std::byte>>> {
@@ -514,15 +377,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     return std::nullopt;
   }
   wake_after_unlock wake_producer;
-  struct unlocker {
-    robust_mutex& m;
-    ~unlocker() {
-      try {
-        m.unlock();
-      } catch (...) {
-      }
-    }
-  } unlock{c.mutex};
+  unlock_on_exit unlock{c.mutex};
   if (c.mutex.previous_owner_died() || c.journal.valid.load(std::memory_order_acquire) != 0) recover_consumers();
 
   // skipping: the rest of an item another consumer began (it died or failed) is discarded.
@@ -560,11 +415,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
         break;
       case record_kind::whole: {
         // Consume in place; commit even if consume throws (a value that cannot be decoded is not retried).
-        struct committer {
-          ring_buffer& ring;
-          std::uint64_t head, taken;
-          ~committer() { ring.commit(head, taken + 1, 0, false); }
-        } commit_on_exit{*this, head + record_size(length), taken};
+        commit_on_exit commit_taken{*this, head + record_size(length), taken};
         wake_producer.word = &header_->space_ready;
         return std::optional<result_type>(consume(std::span<const std::byte>(payload, length)));
       }
@@ -600,11 +451,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
           skipping = false;
           break;
         }
-        struct committer {
-          ring_buffer& ring;
-          std::uint64_t head, taken;
-          ~committer() { ring.commit(head, taken + 1, 0, false); }
-        } commit_on_exit{*this, head + record_size(length), taken};
+        commit_on_exit commit_taken{*this, head + record_size(length), taken};
         wake_producer.word = &header_->space_ready;
         return std::optional<result_type>(consume(std::span<const std::byte>(item, item_filled)));
       }
@@ -621,3 +468,8 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
 }
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/ring_buffer.ipp>
+#endif
+

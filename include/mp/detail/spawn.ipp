@@ -141,7 +141,7 @@ MP_DECL fresh_child start_fresh_child(StartMethod method, const spawn_request& r
   }
   theirs.reset();
   try {
-    send_frame(child.socket.get(), bytes, fds, request.name.c_str());
+    send_fd_frame(child.socket.get(), bytes, fds, request.name.c_str());
   } catch (const Error&) {
     // It died before reading its request (killed from outside): wait_until_ready() sees end of file.
   }

@@ -559,7 +559,7 @@ MP_DECL void run_spawned_child(int socket_fd, pid_t direct_parent, bool via_serv
     // Inherited without it; the child's own children must not get it. (A failure changes nothing worth
     // stopping for: the child would run all the same.)
     ::fcntl(socket_fd, F_SETFD, FD_CLOEXEC);
-    frame message = receive_frame(socket_fd, "spawned child: reading its Process");
+    fd_frame message = receive_fd_frame(socket_fd, "spawned child: reading its Process");
     spawn_request request = mp::deserialize<spawn_request>(message.bytes);
     name = "Process " + request.name;
     if (request.start_method && (static_cast<int>(*request.start_method) < 0 ||

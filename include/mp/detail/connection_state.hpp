@@ -1,0 +1,108 @@
+// connection_state: the state behind a Pipe's two ends: the block they share (per direction, the process-shared
+// locks that keep each frame of detail/wire.hpp whole, and the flags that mark a stream a dying sender left corrupt),
+// each end's per-process state, creating a new Pipe's ends, and an end's save/load for spawned children.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include <mp/detail/config.hpp>
+#include <mp/detail/robust_mutex.hpp>
+#include <mp/detail/shm_segment.hpp>
+#include <mp/detail/unique_fd.hpp>
+#include <mp/detail/wire.hpp>
+
+namespace mp::detail {
+
+class output_archive;
+class input_archive;
+
+// One direction of a Pipe, in memory shared by every process holding either end. The locks make each frame a unit
+// for concurrent senders (and receivers) in different processes; the flags detect a process that died mid-frame,
+// which leaves a partial frame in the stream that no later reader can re-synchronize on.
+struct connection_direction {
+  robust_mutex send_mutex;
+  robust_mutex recv_mutex;
+  std::atomic<std::uint32_t> sending{0};    // 1 while a sender is inside a frame; guarded by send_mutex
+  std::atomic<std::uint32_t> receiving{0};  // 1 while a receiver is inside a frame; guarded by recv_mutex
+  std::atomic<std::uint32_t> broken{0};     // 1 once a process died mid-frame: the stream cannot be trusted
+};
+
+struct connection_shared {
+  connection_direction direction[2];  // [0]: first -> second, [1]: second -> first
+};
+
+// The per-process state behind every copy of one Connection end.
+struct connection_state {
+  unique_fd fd;
+  fd_kind kind = fd_kind::socket;
+  std::shared_ptr<shm_segment> segment;       // keeps the shared locks mapped while an end lives here
+  connection_direction* outgoing = nullptr;   // nullptr: this end does not send
+  connection_direction* incoming = nullptr;   // nullptr: this end does not receive
+};
+
+/// The two ends of a new Pipe (a socketpair if duplex, else a pipe whose first end reads) and their shared block.
+MP_DECL std::pair<std::shared_ptr<connection_state>, std::shared_ptr<connection_state>> make_pipe_states(bool duplex);
+
+/// Connection::save: the end's descriptor and its shared block's, and which directions it sends and receives.
+/// `state` may be null (a closed Connection): export_fd then throws SerializationError.
+MP_DECL void save_connection_state(output_archive& ar, const connection_state* state);
+/// Connection::load: the same end, in a spawned child; SerializationError if the bytes are malformed.
+MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& ar);
+
+/// Throws mp::Error: "operation: a process was killed in the middle of a message on this connection, ...".
+[[noreturn]] MP_DECL void throw_broken_connection(const char* operation);
+
+// Holds one of a direction's locks for one frame and maintains its in-frame flag. A lock recovered from a dead
+// holder that was inside a frame marks the direction broken. Inline: every send and receive takes one.
+class frame_guard {
+ public:
+  frame_guard(robust_mutex& mutex, std::atomic<std::uint32_t>& in_frame, connection_direction& direction,
+              const char* operation)
+      : mutex_(mutex), in_frame_(in_frame) {
+    mutex_.lock();
+    if (mutex_.previous_owner_died() && in_frame_.load(std::memory_order_relaxed) != 0) {
+      direction.broken.store(1, std::memory_order_relaxed);
+      in_frame_.store(0, std::memory_order_relaxed);
+    }
+    if (direction.broken.load(std::memory_order_relaxed) != 0) {
+      mutex_.unlock();
+      throw_broken_connection(operation);
+    }
+  }
+  frame_guard(const frame_guard&) = delete;
+  frame_guard& operator=(const frame_guard&) = delete;
+  /// Marks the start of the frame's bytes (after this, dying leaves a partial frame behind).
+  void begin() noexcept { in_frame_.store(1, std::memory_order_relaxed); }
+  /// The frame went through whole.
+  void end() noexcept { in_frame_.store(0, std::memory_order_relaxed); }
+  ~frame_guard() {
+    try {
+      mutex_.unlock();
+    } catch (...) {
+    }
+  }
+
+ private:
+  robust_mutex& mutex_;
+  std::atomic<std::uint32_t>& in_frame_;
+};
+
+// Scratch buffers reused across messages by one thread; a buffer that grew for a huge message is released.
+inline std::vector<std::byte>& connection_scratch() {
+  thread_local std::vector<std::byte> scratch;
+  return scratch;
+}
+inline void trim_scratch(std::vector<std::byte>& scratch) {
+  if (scratch.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(scratch);
+}
+
+}  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/connection_state.ipp>
+#endif
