@@ -42,19 +42,29 @@ MP_DECL sigset_t stop_signals() {
   return set;
 }
 
+// The signalfd that reads SIGTERM. Made by the owner before it forks a server, so that running out of descriptors
+// is the owner's clear error ("signalfd(manager server): Too many open files"), not a server that dies at start.
+MP_DECL unique_fd make_stop_signalfd() {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  return unique_fd(
+      sys("signalfd", "manager server", [&] { return ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK); }));
+}
+
 // A server process's signals (forked or fresh): SIGINT from the terminal goes to the whole process group, so, as
 // Python's manager, the server ignores it and stops when its owner does; SIGPIPE is ignored (a client may vanish
-// mid-reply); SIGTERM is blocked and read through the returned signalfd, so it stops the server cleanly.
+// mid-reply); SIGTERM is blocked and read through the signalfd, so it stops the server cleanly. `stop_fd` is that
+// signalfd if the owner made it already, else one is made here.
 // (signal and sigprocmask cannot fail with these arguments: not through the seam.)
-MP_DECL unique_fd server_signals() {
+MP_DECL unique_fd server_signals(unique_fd stop_fd = {}) {
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   ::sigprocmask(SIG_BLOCK, &stop, nullptr);
-  return unique_fd(
-      sys("signalfd", "manager server", [&] { return ::signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK); }));
+  return stop_fd ? std::move(stop_fd) : make_stop_signalfd();
 }
 
 // What a server removes when it stops, in order: its Unix socket, then the private directory holding it.
@@ -155,6 +165,13 @@ struct server_start {
 }
 
 MP_DECL void start_forked_server(server_process& server, unique_fd listener, const std::string& authkey) {
+  unique_fd made_stop_fd;
+  try {
+    made_stop_fd = make_stop_signalfd();
+  } catch (...) {
+    remove_server_files(server.socket_path, server.directory);
+    throw;
+  }
   const pid_t child = sys_try("fork", [] { return ::fork(); });
   if (child == -1) {
     const int err = last_errno();
@@ -164,7 +181,7 @@ MP_DECL void start_forked_server(server_process& server, unique_fd listener, con
   if (child == 0) {
     int code = 0;
     try {
-      unique_fd stop_fd = server_signals();
+      unique_fd stop_fd = server_signals(std::move(made_stop_fd));
       const int owner_pidfd = pidfd_open(server.owner);
       if (owner_pidfd < 0) {
         // No pidfd (Linux < 5.3): the parent-death signal instead. It is SIGTERM, blocked and read through the
@@ -184,6 +201,7 @@ MP_DECL void start_forked_server(server_process& server, unique_fd listener, con
     remove_server_files(server.socket_path, server.directory);
     ::_exit(code);
   }
+  made_stop_fd.reset();  // the server's now
   server.pid = child;
   server.pidfd = unique_fd(pidfd_open(child));
 }
