@@ -1,0 +1,81 @@
+// heap/names_lock: the lock over a SharedHeap's named objects (find_or_construct, find, destroy) — robust, and
+// re-entrant because a constructor run by find_or_construct may itself find or construct in the same heap.
+// Why it knows more than a lock: Boost's index of names (a red-black tree in the heap) is written in a short span of
+// each construct and destroy, which the holder marks, with the name. If the holder dies inside that span the index
+// may be half-updated, so every later use of names throws an mp::Error naming that object; a death anywhere else
+// (while running a constructor, say) leaves at most an unreachable block. Allocation is not affected either way:
+// containers keep working.
+// Lives in the heap's control block (heap/segment.hpp), constructed once by the heap's creator.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+
+#include <mp/detail/config.hpp>
+#include <mp/detail/heap/test_seam.hpp>
+#include <mp/detail/robust_mutex.hpp>
+
+namespace mp::detail::heap {
+
+class names_lock {
+ public:
+  /// Acquires (again, if this thread holds it); throws mp::Error if a holder died while writing the index.
+  void lock() {
+    if (mutex_.held_by_this_thread()) {
+      ++depth_;
+      return;
+    }
+    mutex_.lock();
+    depth_ = 1;
+    if (mutex_.previous_owner_died()) settle_dead_holder();
+    if (broken_.load(std::memory_order_relaxed) != 0) {
+      depth_ = 0;
+      mutex_.unlock();
+      throw_broken();
+    }
+    holder_ = this_thread_tid();
+  }
+  void unlock() {
+    if (--depth_ == 0) mutex_.unlock();
+  }
+
+  /// Marks, for its lifetime, the span in which the holder lets Boost write the index entry of `name`.
+  class writing {
+   public:
+    MP_DECL writing(names_lock& lock, std::string_view name) noexcept;
+    ~writing() { lock_.writing_ = 0; }
+    writing(const writing&) = delete;
+    writing& operator=(const writing&) = delete;
+
+   private:
+    names_lock& lock_;
+  };
+
+  /// Throws the mp::Error that says why names can no longer be used.
+  [[noreturn]] MP_DECL void throw_broken() const;
+
+ private:
+  // After EOWNERDEAD: the dead holder left `writing_` set iff it died while Boost may have been writing the index.
+  MP_DECL void settle_dead_holder() noexcept;
+
+  static constexpr std::size_t name_capacity = 64;  // a longer name is kept truncated: it only serves the message
+
+  robust_mutex mutex_;
+  std::uint32_t depth_ = 0;                  // guarded by mutex_: re-entry depth of the holding thread
+  std::uint32_t writing_ = 0;                // guarded by mutex_: 1 while Boost may be writing the index
+  pid_t holder_ = 0;                         // guarded by mutex_: the holding thread
+  std::array<char, name_capacity> name_{};   // guarded by mutex_: the name being written (NUL-terminated)
+  pid_t broken_by_ = 0;                      // guarded by mutex_: the thread that died writing
+  std::array<char, name_capacity> broken_name_{};  // guarded by mutex_: the name it was writing
+  std::atomic<std::uint32_t> broken_{0};     // set once, under mutex_, after broken_by_ and broken_name_
+};
+
+}  // namespace mp::detail::heap
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/heap/names_lock.ipp>
+#endif
