@@ -9,6 +9,7 @@
 #include <mp/connection.hpp>
 #include <mp/queue.hpp>
 #include <mp/shared.hpp>
+#include <mp/shared_heap.hpp>
 #include <mp/sync.hpp>
 #include <mp/pool.hpp>
 #include <mp/manager.hpp>
