@@ -21,6 +21,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -118,7 +119,8 @@ TEST_CASE("SharedHeap nested map of strings to vectors is filled by 3 children a
           std::lock_guard guard(lock);
           auto& index = heap.find_or_construct<index_map>("index");
           // The inner vector gets the heap's allocator from the map (scoped allocator): no allocator in sight.
-          auto& own = index.try_emplace(shm::string("child-" + std::to_string(c), heap.allocator<char>())).first->second;
+          const std::string name = "child-" + std::to_string(c);
+          auto& own = index.try_emplace(shm::string(std::string_view(name), heap.allocator<char>())).first->second;
           for (int i = 0; i < 3; ++i) own.push_back(c * 10 + i);
           index.emplace(std::piecewise_construct, std::forward_as_tuple("all"), std::forward_as_tuple());
           index.find("all")->second.push_back(c);
@@ -199,7 +201,8 @@ TEST_CASE("SharedHeap crosses to children started by spawn and forkserver, mappe
           child_check(index != nullptr, "index found");
           std::lock_guard guard(lock);
           child_check(index->find("parent")->second.size() == 1, "parent's entry seen");
-          auto& own = (*index)[shm::string("spawned-" + std::to_string(c), heap.allocator<char>())];
+          const std::string name = "spawned-" + std::to_string(c);
+          auto& own = (*index)[shm::string(std::string_view(name), heap.allocator<char>())];
           for (int i = 0; i < 100; ++i) own.push_back(i);  // grows: allocates in the child's mapping
         },
         heap, lock, c);
