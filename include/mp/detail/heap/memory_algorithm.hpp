@@ -114,10 +114,14 @@ class memory_algorithm
     const seam_hook hook = the_seam_hook().load(std::memory_order_relaxed);
     if (hook != nullptr) hook(seam_point::allocator_locked);
     writing_ = what;
+    // A SIGKILL lands between two instructions of the program as compiled: the fences keep the compiler from
+    // moving Boost's writes out of the span that `writing_` marks (the next holder reads it only after the death).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     if (hook != nullptr && what != op::read) hook(seam_point::allocator_writing);
     return true;
   }
   void leave() noexcept {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     writing_ = op::read;
     lock_.unlock();
   }

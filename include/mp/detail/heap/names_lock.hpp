@@ -47,7 +47,10 @@ class names_lock {
   class writing {
    public:
     MP_DECL writing(names_lock& lock, std::string_view name) noexcept;
-    ~writing() { lock_.writing_ = 0; }
+    ~writing() {
+      std::atomic_signal_fence(std::memory_order_seq_cst);  // Boost's writes stay inside the span (memory_algorithm)
+      lock_.writing_ = 0;
+    }
     writing(const writing&) = delete;
     writing& operator=(const writing&) = delete;
 

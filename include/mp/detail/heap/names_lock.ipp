@@ -14,6 +14,7 @@ MP_DECL names_lock::writing::writing(names_lock& lock, std::string_view name) no
   std::copy_n(name.data(), n, lock_.name_.data());
   lock_.name_[n] = '\0';
   lock_.writing_ = 1;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   if (const seam_hook hook = the_seam_hook().load(std::memory_order_relaxed)) hook(seam_point::names_writing);
 }
 
