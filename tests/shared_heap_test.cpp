@@ -131,7 +131,8 @@ TEST_CASE("SharedHeap nested map of strings to vectors is filled by 3 children a
   const auto& index = *heap.find<index_map>("index");
   REQUIRE(index.size() == 4);
   for (int c = 0; c < 3; ++c) {
-    const auto& own = index.find("child-" + std::to_string(c))->second;
+    const std::string name = "child-" + std::to_string(c);
+    const auto& own = index.find(std::string_view(name))->second;
     CHECK(std::vector<int>(own.begin(), own.end()) == std::vector<int>{c * 10, c * 10 + 1, c * 10 + 2});
     CHECK(own.get_allocator() == heap.allocator<int>());
   }
@@ -286,8 +287,8 @@ TEST_CASE("SharedHeap: a child SIGKILLed while the allocator may be writing brea
   CHECK_NOTHROW(heap.destroy<int_vector>("xs"));
 }
 
-TEST_CASE("SharedHeap: a child SIGKILLed while writing a name makes names fail with an error naming it; "
-          "containers still allocate",
+TEST_CASE("SharedHeap: a child SIGKILLed while writing a name makes names fail with an error naming it, "
+          "and containers still allocate",
           "[shared_heap][robust]") {
   mp::SharedHeap heap(1 << 20);
   auto& xs = heap.find_or_construct<int_vector>("xs");
@@ -320,7 +321,7 @@ TEST_CASE("SharedHeap survives children SIGKILLed at arbitrary instants while al
           auto& v = heap.find_or_construct<shm::vector<shm::string>>("churn");
           started.post();
           for (unsigned i = 0;; ++i) {  // allocates and frees blocks of many sizes until killed
-            v.emplace_back(std::string(i % 200, 'x'));
+            v.emplace_back(i % 200, 'x');
             if (v.size() > 50) v.erase(v.begin(), v.begin() + static_cast<long>(i % 40));
           }
         },
@@ -393,6 +394,10 @@ TEST_CASE("SharedHeap is a handle: it crosses only as a Process argument, not in
 }
 
 TEST_CASE("SharedHeap leaves no /dev/shm entry and no descriptor behind", "[shared_heap][resources]") {
+  {
+    auto warm_up = start([] {});  // under forkserver, the server (and this process's line to it) exists from now on
+    CHECK(finish(warm_up) == 0);
+  }
   const auto shm_before = dev_shm_entries();
   const int fds_before = open_fd_count();
   {

@@ -165,7 +165,7 @@ void churn(mp::SharedHeap heap, mp::Semaphore started) {
   auto& v = heap.find_or_construct<mp::shm::vector<mp::shm::string>>("churn");
   started.release();
   for (unsigned i = 0;; ++i) {
-    v.emplace_back(std::string(i % 200, 'x'));
+    v.emplace_back(i % 200, 'x');
     if (v.size() > 50) v.erase(v.begin(), v.begin() + static_cast<long>(i % 40));
   }
 }
