@@ -19,7 +19,6 @@ MP_DECL names_lock::writing::writing(names_lock& lock, std::string_view name) no
 }
 
 MP_DECL void names_lock::settle_dead_holder() noexcept {
-  depth_ = 1;  // the dead holder's depth died with it; lock() counts this acquisition
   if (writing_ == 0) return;
   broken_by_ = holder_;
   broken_name_ = name_;
