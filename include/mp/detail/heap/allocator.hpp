@@ -53,9 +53,6 @@ class allocator {
   void deallocate(pointer p, size_type) noexcept { manager_->deallocate(p.get()); }
   size_type max_size() const noexcept { return std::numeric_limits<size_type>::max() / sizeof(T); }
 
-  /// The heap's segment manager (for mp's own use: named objects are reached through SharedHeap).
-  segment_manager& manager() const noexcept { return *manager_; }
-
   template <class U>
   bool operator==(const allocator<U>& other) const noexcept {
     return manager_ == other.manager_;
