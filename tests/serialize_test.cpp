@@ -8,14 +8,33 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <filesystem>
+#include <functional>
 #include <limits>
-#include <random>
+#include <list>
+#include <map>
+#include <memory>
 #include <new>
+#include <optional>
+#include <random>
+#include <set>
+#include <span>
 #include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
 
 using Catch::Matchers::Contains;
 

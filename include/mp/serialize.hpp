@@ -1,7 +1,7 @@
 // What crosses a process boundary: mp::serialize turns a value into bytes, mp::deserialize<T> turns them back.
 // Python's counterpart is pickle, which multiprocessing uses for every argument, result and queue item.
 // Built in: arithmetic, enums, std::byte, strings, std containers, pair/tuple/optional/variant, chrono durations,
-// filesystem paths, trivially copyable structs, and user types with a member
+// filesystem paths (include <filesystem> yourself), trivially copyable structs, and user types with a member
 // `template <class Archive> void serialize(Archive& ar) { ar(a, b, c); }`. The format is the host's (same binary,
 // same machine): see docs/serialization.md.
 // Process safety: pure functions over values; bytes from another process are untrusted and fully checked —
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
 
 namespace mp {

@@ -7,13 +7,13 @@
 // fixed budget so an absurd count can neither loop 2^64 times nor allocate without bound.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <list>
@@ -26,15 +26,15 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
-#include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <variant>
 #include <vector>
 
-#include <boost/core/demangle.hpp>
-
+#include <mp/detail/config.hpp>
+// type_name<T>() and is_specialization_v; std::filesystem::path is declared there without <filesystem> (see why).
+#include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail {
@@ -45,13 +45,7 @@ class input_archive;
 // ---------------------------------------------------------------------------------------------------------------
 // Recognising the built-in families.
 
-template <class T, template <class...> class Template>
-inline constexpr bool is_specialization_v = false;
-template <template <class...> class Template, class... Args>
-inline constexpr bool is_specialization_v<Template<Args...>, Template> = true;
-
-template <class T> inline constexpr bool is_std_array_v = false;
-template <class T, std::size_t N> inline constexpr bool is_std_array_v<std::array<T, N>> = true;
+// is_specialization_v and is_std_array_v: type_name.hpp.
 
 template <class T> inline constexpr bool is_std_span_v = false;
 template <class T, std::size_t N> inline constexpr bool is_std_span_v<std::span<T, N>> = true;
@@ -261,59 +255,6 @@ consteval std::size_t min_element_size() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Readable type names for error messages ("std::vector<int>", not "std::vector<int, std::allocator<int> >").
-
-template <class T>
-std::string type_name();
-
-template <class... Ts>
-std::string type_name_list() {
-  std::string names;
-  ((names += (names.empty() ? "" : ", ") + type_name<Ts>()), ...);
-  return names;
-}
-
-template <class T>
-std::string type_name() {
-  using U = std::remove_cv_t<T>;
-  std::string prefix = std::is_const_v<T> ? "const " : "";
-  if constexpr (std::is_same_v<U, std::string>) return prefix + "std::string";
-  else if constexpr (std::is_same_v<U, std::byte>) return prefix + "std::byte";
-  else if constexpr (std::is_same_v<U, std::filesystem::path>) return prefix + "std::filesystem::path";
-  else if constexpr (std::is_same_v<U, std::monostate>) return prefix + "std::monostate";
-  else if constexpr (is_std_array_v<U>)
-    return prefix + "std::array<" + type_name<typename U::value_type>() + ", " + std::to_string(std::tuple_size_v<U>) + ">";
-  else if constexpr (std::is_bounded_array_v<U>)
-    return prefix + type_name<std::remove_extent_t<U>>() + "[" + std::to_string(std::extent_v<U>) + "]";
-  else if constexpr (is_specialization_v<U, std::chrono::duration>)
-    return prefix + "std::chrono::duration<" + type_name<typename U::rep>() + ", std::ratio<" +
-           std::to_string(U::period::num) + ", " + std::to_string(U::period::den) + ">>";
-#define MP_DETAIL_NAME_OF(template_name, spelled, ...)                              \
-  else if constexpr (is_specialization_v<U, template_name>) return prefix + spelled "<" + \
-      [&]<template <class...> class Template, class... Ts>(std::type_identity<Template<Ts...>>) { \
-        return type_name_list<__VA_ARGS__>();                                                    \
-      }(std::type_identity<U>{}) + ">";
-  MP_DETAIL_NAME_OF(std::vector, "std::vector", typename U::value_type)
-  MP_DETAIL_NAME_OF(std::deque, "std::deque", typename U::value_type)
-  MP_DETAIL_NAME_OF(std::list, "std::list", typename U::value_type)
-  MP_DETAIL_NAME_OF(std::set, "std::set", typename U::key_type)
-  MP_DETAIL_NAME_OF(std::multiset, "std::multiset", typename U::key_type)
-  MP_DETAIL_NAME_OF(std::unordered_set, "std::unordered_set", typename U::key_type)
-  MP_DETAIL_NAME_OF(std::unordered_multiset, "std::unordered_multiset", typename U::key_type)
-  MP_DETAIL_NAME_OF(std::map, "std::map", typename U::key_type, typename U::mapped_type)
-  MP_DETAIL_NAME_OF(std::multimap, "std::multimap", typename U::key_type, typename U::mapped_type)
-  MP_DETAIL_NAME_OF(std::unordered_map, "std::unordered_map", typename U::key_type, typename U::mapped_type)
-  MP_DETAIL_NAME_OF(std::unordered_multimap, "std::unordered_multimap", typename U::key_type, typename U::mapped_type)
-  MP_DETAIL_NAME_OF(std::basic_string, "std::basic_string", typename U::value_type)
-  MP_DETAIL_NAME_OF(std::pair, "std::pair", typename U::first_type, typename U::second_type)
-  MP_DETAIL_NAME_OF(std::tuple, "std::tuple", Ts...)
-  MP_DETAIL_NAME_OF(std::optional, "std::optional", typename U::value_type)
-  MP_DETAIL_NAME_OF(std::variant, "std::variant", Ts...)
-#undef MP_DETAIL_NAME_OF
-  else return prefix + boost::core::demangle(typeid(U).name());
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Compile errors for types that cannot cross. Each is a class template so the compiler's "in instantiation of
 // ..." line names the offending type; the message names the fix.
 
@@ -429,11 +370,7 @@ class output_archive {
   void save(const T& value);
   // A user serialize member that writes more on its second call than on its first would overrun the space the
   // measuring pass sized: refuse instead.
-  [[noreturn]] static void overflow_presized() {
-    throw SerializationError(
-        "serialize: a serialize member wrote more bytes than when it was measured; it must write the same "
-        "fields every time it is called");
-  }
+  [[noreturn]] static void overflow_presized();
   void save_length(std::size_t n) {
     const auto length = static_cast<length_type>(n);
     write_bytes(&length, sizeof length);
@@ -496,15 +433,7 @@ class input_archive {
   }
 
   /// Throws SerializationError "deserialize <what>: <problem> (byte P of N[, inside <outer type>])".
-  [[noreturn]] void fail(std::string_view what, const std::string& problem) const {
-    std::string message = "deserialize " + std::string(what) + ": " + problem + " (byte " +
-                          std::to_string(position_) + " of " + std::to_string(bytes_.size());
-    if (outer_name_ != nullptr) {
-      const std::string outer = outer_name_();
-      if (outer != what) message += ", inside " + outer;
-    }
-    throw SerializationError(message + ")");
-  }
+  [[noreturn]] void fail(std::string_view what, const std::string& problem) const;
 
   /// Names the whole value being decoded in error messages about its parts (called by mp::deserialize<T>).
   void set_outer_name(std::string (*outer_name)()) noexcept { outer_name_ = outer_name; }
@@ -810,3 +739,7 @@ template <class T>
 inline constexpr bool is_serializable_v = is_serializable<std::remove_cv_t<T>>();
 
 }  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/archive.ipp>
+#endif
