@@ -1,4 +1,5 @@
-// mp's version: the only public macros.
+// mp's version. Public macros elsewhere: MP_REGISTER_PROCESS (process.hpp) and the build switch
+// MP_SEPARATE_COMPILATION (detail/config.hpp), which users define, not mp.
 #pragma once
 
 #define MP_VERSION_MAJOR 0
