@@ -5,6 +5,7 @@
 // timeout appears only where the test asserts that something does NOT happen.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <unistd.h>
