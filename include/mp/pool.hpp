@@ -86,11 +86,17 @@ class [[nodiscard]] AsyncResult {
   template <class Rep, class Period>
   R get(std::chrono::duration<Rep, Period> timeout);
   /// Waits until the result is ready.
-  void wait() { (void)detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, {}); }
+  void wait() {
+    (void)detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, {});
+    if (job_->progress) job_->progress->finish_and_wait();  // the bar's last state is on the screen
+  }
   /// Waits at most timeout; true if the result is ready.
   template <class Rep, class Period>
   bool wait(std::chrono::duration<Rep, Period> timeout) {
-    return detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, detail::deadline_after(timeout));
+    if (!detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, detail::deadline_after(timeout)))
+      return false;
+    if (job_->progress) job_->progress->finish_and_wait();
+    return true;
   }
   /// True once the task has finished (successfully or not) or was cancelled.
   bool ready() const { return job_->done.load(std::memory_order_acquire); }
@@ -140,6 +146,14 @@ template <std::ranges::range Results, class Rep, class Period>
 auto as_completed(Results& results, std::chrono::duration<Rep, Period> timeout);
 template <std::ranges::range Results>
 auto as_completed(Results& results, std::optional<std::chrono::milliseconds> timeout);
+/// Settings of as_completed: `mp::as_completed(results, {.progress = mp::Progress::on_tty, .desc = "jobs"})`.
+struct AsCompletedOptions {
+  std::optional<std::chrono::milliseconds> timeout{};  ///< counted from the call; none: wait as long as it takes
+  Progress progress = Progress::off;                    ///< a bar counting the results as they are yielded
+  std::string desc{};                                   ///< the bar's label
+};
+template <std::ranges::range Results>
+auto as_completed(Results& results, AsCompletedOptions options);
 
 /// Waits until `when` holds for `results` (a range of AsyncResult) or the timeout passes; returns the indices of
 /// the results done and not done then, each in range order (concurrent.futures.wait).
@@ -423,6 +437,18 @@ template <std::ranges::range Results>
 auto as_completed(Results& results, std::optional<std::chrono::milliseconds> timeout) {
   return detail::pool::completion_order<detail::pool::result_of_range<Results>>(
       results, timeout ? detail::deadline_or_forever(*timeout) : detail::deadline{});
+}
+
+template <std::ranges::range Results>
+auto as_completed(Results& results, AsCompletedOptions options) {
+  std::shared_ptr<detail::pool::progress_bar> progress;
+  if (options.progress != Progress::off)
+    progress = detail::pool::progress_bar::start(options.progress == Progress::always,
+                                                 static_cast<std::size_t>(std::ranges::distance(results)),
+                                                 std::move(options.desc));
+  return detail::pool::completion_order<detail::pool::result_of_range<Results>>(
+      results, options.timeout ? detail::deadline_or_forever(*options.timeout) : detail::deadline{},
+      std::move(progress));
 }
 
 template <std::ranges::range Results>

@@ -26,6 +26,7 @@
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/pool/core.hpp>
+#include <mp/detail/pool/progress.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail::pool {
@@ -146,7 +147,8 @@ template <class A>
 class completion_order {
  public:
   template <class Results>
-  completion_order(Results& results, deadline until) : watched_(results), until_(until) {}
+  completion_order(Results& results, deadline until, std::shared_ptr<progress_bar> progress = nullptr)
+      : watched_(results), until_(until), progress_(std::move(progress)) {}
 
   class iterator {
    public:
@@ -159,11 +161,12 @@ class completion_order {
       return *this;
     }
     void operator++(int) { order_->next(); }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.order_->current_ == nullptr; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
 
    private:
     friend class completion_order;
     explicit iterator(completion_order* order) : order_(order) {}
+    bool at_end() const { return order_->current_ == nullptr; }
     completion_order* order_ = nullptr;
   };
 
@@ -178,7 +181,10 @@ class completion_order {
   void next() {
     current_ = nullptr;
     const std::size_t n = watched_.results.size();
-    if (yielded_ == n) return;
+    if (yielded_ == n) {
+      if (progress_) progress_->finish_and_wait();
+      return;
+    }
     auto& w = *watched_.w;
     if (!watched_.wait_until([&] { return !w.finished.empty(); }, until_))
       throw TimeoutError("as_completed: " + std::to_string(n - yielded_) + " of " + std::to_string(n) +
@@ -190,11 +196,13 @@ class completion_order {
       w.finished.pop_front();
     }
     ++yielded_;
+    if (progress_) progress_->advance(1);
     current_ = watched_.results[index];
   }
 
   watched_results<A> watched_;
   deadline until_;
+  std::shared_ptr<progress_bar> progress_;  // counts the results yielded; null: none
   std::size_t yielded_ = 0;
   A* current_ = nullptr;
 };

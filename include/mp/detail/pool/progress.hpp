@@ -37,6 +37,8 @@ class progress_bar {
   /// The work ended (completely or by an error): the thread draws the last state and ends the line. Never blocks
   /// on the drawing.
   MP_DECL void finish() noexcept;
+  /// finish(), then waits until the last state is drawn (AsyncResult::wait: the bar is complete when map returns).
+  MP_DECL void finish_and_wait() noexcept;
   /// The line as drawn now (for tests of the format).
   MP_DECL std::string line() const;
 
@@ -53,6 +55,7 @@ class progress_bar {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool finished_ = false;  // guarded by mutex_
+  std::mutex join_mutex_;  // serializes joining thread_
   std::thread thread_;
 };
 

@@ -25,9 +25,12 @@ MP_DECL progress_bar::progress_bar(std::optional<std::size_t> total, std::string
   thread_ = std::thread([this] { loop(); });
 }
 
-MP_DECL progress_bar::~progress_bar() {
+MP_DECL progress_bar::~progress_bar() { finish_and_wait(); }
+
+MP_DECL void progress_bar::finish_and_wait() noexcept {
   finish();
-  if (thread_.joinable()) thread_.join();
+  std::lock_guard lock(join_mutex_);
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
 MP_DECL void progress_bar::finish() noexcept {
