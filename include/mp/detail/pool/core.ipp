@@ -393,8 +393,11 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
     try {
       if (auto failure = read_results<void>(ar, 0, "initializer failure", [] {}).failure)
         std::rethrow_exception(failure);
+    } catch (const RemoteError& e) {
+      initializer_error_ = e.what();  // "<type>: <message>"
     } catch (const std::exception& e) {
-      initializer_error_ = e.what();
+      const auto* info = dynamic_cast<const RemoteInfo*>(&e);  // a Remote<E>: what() is the message alone
+      initializer_error_ = info != nullptr ? info->remote_type() + ": " + e.what() : std::string(e.what());
     } catch (...) {
     }
     return;
