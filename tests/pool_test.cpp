@@ -320,18 +320,17 @@ TEST_CASE("Under fork a lambda capturing by reference sees the worker's copy of 
   CHECK(pool.apply([&value] { return value; }) == 5);
 }
 
-TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool stays usable", "[pool]") {
+TEST_CASE("An exception in a task reaches the caller with its standard type and the pool stays usable", "[pool]") {
   leak_check leaks;
   mp::Pool pool(2);
   SECTION("apply / get") {
     auto result = pool.apply_async([](int x) -> int { throw std::invalid_argument("bad x = " + std::to_string(x)); }, 7);
-    CHECK_THROWS_MATCHES(result.get(), mp::RemoteError,
-                         Catch::Matchers::Message("std::invalid_argument: bad x = 7"));
+    CHECK_THROWS_MATCHES(result.get(), std::invalid_argument, Catch::Matchers::Message("bad x = 7"));
     CHECK(result.ready());
     CHECK_FALSE(result.successful());
     try {
       (void)result.get();
-    } catch (const mp::RemoteError& e) {
+    } catch (const mp::RemoteInfo& e) {
       CHECK(e.remote_type() == "std::invalid_argument");
     }
   }
@@ -341,8 +340,8 @@ TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool
       return x;
     };
     const std::size_t chunksize = GENERATE(0, 1, 64);
-    CHECK_THROWS_MATCHES(pool.map(f, numbers(0, 10'000), chunksize), mp::RemoteError,
-                         Catch::Matchers::Message("std::runtime_error: item 5000"));
+    CHECK_THROWS_MATCHES(pool.map(f, numbers(0, 10'000), chunksize), std::runtime_error,
+                         Catch::Matchers::Message("item 5000"));
   }
   SECTION("imap raises at the failing position and goes on after it") {
     auto f = [](int x) {
@@ -355,7 +354,7 @@ TEST_CASE("An exception in a task reaches the caller as RemoteError and the pool
     std::vector<int> before;
     for (int i = 0; i < 3; ++i, ++it) before.push_back(*it);
     CHECK(before == std::vector<int>{0, 1, 2});
-    CHECK_THROWS_MATCHES(*it, mp::RemoteError, Catch::Matchers::Message("std::out_of_range: three"));
+    CHECK_THROWS_MATCHES(*it, std::out_of_range, Catch::Matchers::Message("three"));
     ++it;
     // Python's imap goes on after the failed item; with chunks, the rest of the failed chunk never ran.
     std::vector<int> after;
@@ -678,7 +677,7 @@ TEST_CASE("Every start method runs functions, lambdas without captures and seria
   CHECK(pid != ::getpid());
   CHECK(initialized_in == pid);
   CHECK_THROWS_MATCHES(pool.apply([](int x) -> int { throw std::invalid_argument("bad " + std::to_string(x)); }, 7),
-                       mp::RemoteError, Catch::Matchers::Message("std::invalid_argument: bad 7"));
+                       std::invalid_argument, Catch::Matchers::Message("bad 7"));
 }
 
 TEST_CASE("Workers of a spawn or forkserver Pool are fresh: a lock another parent thread holds forever does not "

@@ -1,12 +1,18 @@
 // Every exception mp throws: Python's multiprocessing exceptions as C++ types.
 // All derive from mp::Error (a std::runtime_error), so `catch (const mp::Error&)` catches everything mp throws.
-// Process safety: exception objects are plain values; RemoteError carries an exception across a process boundary
-// as its demangled type name and message.
+// An exception thrown in another process (a Pool task) arrives as mp::Remote<E> (deriving from E) when E is a
+// standard exception or registered with register_exception<E>(), else as RemoteError; both derive from RemoteInfo.
+// Process safety: exception objects are plain values; register_exception may be called from any thread.
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <typeinfo>
 #include <utility>
+
+#include <mp/detail/config.hpp>
 
 namespace mp {
 
@@ -35,26 +41,92 @@ class SerializationError : public Error { using Error::Error; };
 /// A Barrier was aborted, reset, or a wait on it timed out.
 class BrokenBarrierError : public Error { using Error::Error; };
 
-/// An exception thrown in another process: what() is "<remote_type>: <message>".
-class RemoteError : public Error {
+/// What every exception that came from another process carries: the remote type, the remote process's pid, and
+/// its stack. Not an exception type itself (so `std::exception` stays an unambiguous base of everything mp throws):
+/// `catch (const mp::RemoteInfo& e)` catches Remote<E>, RemoteError and WorkerLost alike.
+class RemoteInfo {
  public:
-  RemoteError(std::string remote_type, const std::string& message)
-      : Error(remote_type + ": " + message), remote_type_(std::move(remote_type)) {}
-  /// The demangled type name of the exception in the other process.
+  RemoteInfo(std::string remote_type, int pid = 0, std::string remote_traceback = {})
+      : remote_type_(std::move(remote_type)), remote_traceback_(std::move(remote_traceback)), pid_(pid) {}
+  RemoteInfo(const RemoteInfo&) = default;
+  RemoteInfo(RemoteInfo&&) = default;
+  RemoteInfo& operator=(const RemoteInfo&) = default;
+  RemoteInfo& operator=(RemoteInfo&&) = default;
+  virtual ~RemoteInfo() = default;
+  /// The demangled type name of the exception in the other process ("std::invalid_argument").
   const std::string& remote_type() const noexcept { return remote_type_; }
+  /// The other process's frames (symbolized where the platform allows), one per line; empty if unknown.
+  const std::string& remote_traceback() const noexcept { return remote_traceback_; }
+  /// The process the exception came from; 0 if unknown.
+  int pid() const noexcept { return pid_; }
 
  private:
   std::string remote_type_;
+  std::string remote_traceback_;
+  int pid_ = 0;
+};
+
+/// A standard exception (logic_error, runtime_error and their std subclasses, bad_alloc) or a type registered with
+/// register_exception<E>() thrown in another process: `catch (const std::invalid_argument&)` matches it; what() is
+/// the remote message.
+template <class E>
+class Remote final : public E, public RemoteInfo {
+ public:
+  Remote(const std::string& message, RemoteInfo info) : E(make(message)), RemoteInfo(std::move(info)), message_(message) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  static E make(const std::string& message) {
+    if constexpr (std::is_constructible_v<E, const std::string&>) return E(message);
+    else return E();
+  }
+  std::string message_;
+};
+
+/// An exception of a type that is neither standard nor registered, thrown in another process: what() is
+/// "<remote_type>: <message>".
+class RemoteError : public Error, public RemoteInfo {
+ public:
+  RemoteError(std::string remote_type, const std::string& message, int pid = 0, std::string remote_traceback = {})
+      : Error(remote_type + ": " + message), RemoteInfo(std::move(remote_type), pid, std::move(remote_traceback)) {}
 };
 
 /// The process running a task died before finishing it: exitcode() is its exit status, -N if killed by signal N.
 class WorkerLost : public RemoteError {
  public:
-  WorkerLost(int exitcode, const std::string& message) : RemoteError("mp::WorkerLost", message), exitcode_(exitcode) {}
+  WorkerLost(int exitcode, const std::string& message, int pid = 0)
+      : RemoteError("mp::WorkerLost", message, pid), exitcode_(exitcode) {}
   int exitcode() const noexcept { return exitcode_; }
 
  private:
   int exitcode_;
 };
 
+/// A pool task cancelled while it was still queued (AsyncResult::cancel()); concurrent.futures.CancelledError.
+class CancelledError : public Error { using Error::Error; };
+
+namespace detail {
+/// Rebuilds a remote exception of one registered type from its message.
+using remote_factory = std::exception_ptr (*)(const std::string& message, RemoteInfo info);
+/// Registers (or replaces) the factory for the exception type `type` (impl/errors.ipp).
+MP_DECL void register_remote_type(const std::type_info& type, remote_factory factory);
+}  // namespace detail
+
+/// Makes exceptions of type E thrown in pool tasks arrive as Remote<E> (catchable as E) instead of RemoteError.
+/// E must be constructible from a std::string (its what()). Register in the parent, before the results arrive.
+template <class E>
+void register_exception() {
+  static_assert(std::is_class_v<E> && std::is_constructible_v<E, const std::string&> &&
+                    std::is_copy_constructible_v<E>,
+                "mp::register_exception<E>: E must be a copyable class constructible from a std::string (the "
+                "remote what()); give it a constructor `explicit E(const std::string& message)`");
+  detail::register_remote_type(typeid(E), [](const std::string& message, RemoteInfo info) {
+    return std::make_exception_ptr(Remote<E>(message, std::move(info)));
+  });
+}
+
 }  // namespace mp
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/impl/errors.ipp>
+#endif

@@ -12,4 +12,5 @@
 #include <mp/shared_heap.hpp>
 #include <mp/sync.hpp>
 #include <mp/pool.hpp>
+#include <mp/thread_pool.hpp>
 #include <mp/manager.hpp>

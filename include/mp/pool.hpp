@@ -28,8 +28,10 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/pool/completion.hpp>
 #include <mp/detail/pool/core.hpp>
 #include <mp/detail/pool/jobs.hpp>
+#include <mp/detail/pool/progress.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -52,38 +54,117 @@ struct TaskOptions {
   std::optional<std::chrono::milliseconds> timeout{};  ///< overrides PoolOptions::task_timeout for this task
 };
 
-/// The pending result of apply_async/map_async/starmap_async (Python's AsyncResult). Copies share one result.
+/// Whether map/imap/starmap draw a progress bar on stderr (done/total, rate, ETA, desc), as mpire's.
+enum class Progress {
+  off,     ///< nothing is written
+  on_tty,  ///< a bar redrawn in place, only when stderr is a terminal
+  always,  ///< also into a file or pipe (a log): a line at most once a second, and the final one
+};
+
+/// Per-call settings of map, map_async, imap, imap_unordered, starmap, starmap_async:
+/// `pool.map(f, xs, {.progress = mp::Progress::on_tty, .desc = "squares"})`.
+struct MapOptions {
+  std::size_t chunksize = 0;           ///< 0: map's automatic chunksize; 1 for imap
+  Progress progress = Progress::off;   ///< map: items as results arrive; imap: items as you consume them
+  std::string desc{};                  ///< the bar's label
+};
+
+/// How mp::wait(results, ReturnWhen) decides it is done (concurrent.futures.wait's return_when).
+enum class ReturnWhen { first_completed, first_exception, all_completed };
+
+class ThreadPool;
+
+/// The pending result of apply_async/submit/map_async/starmap_async: Python's AsyncResult and a
+/// concurrent.futures.Future in one. Copies share one result.
 template <class R>
 class [[nodiscard]] AsyncResult {
  public:
-  /// Waits, then returns the value or throws the task's error (RemoteError, WorkerLost, TimeoutError, ...).
+  /// Waits, then returns the value or throws the task's error (Remote<E>, RemoteError, WorkerLost, TimeoutError,
+  /// CancelledError, ...).
   R get();
   /// As get(), but throws TimeoutError if the result is not ready within timeout (the task keeps running).
   template <class Rep, class Period>
   R get(std::chrono::duration<Rep, Period> timeout);
   /// Waits until the result is ready.
-  void wait() { (void)core_->wait(job_->event, [&] { return ready(); }); }
+  void wait() {
+    (void)detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, {});
+    if (job_->progress) job_->progress->finish_and_wait();  // the bar's last state is on the screen
+  }
   /// Waits at most timeout; true if the result is ready.
   template <class Rep, class Period>
   bool wait(std::chrono::duration<Rep, Period> timeout) {
-    return core_->wait(job_->event, [&] { return ready(); }, detail::deadline_after(timeout));
+    if (!detail::pool::wait_on(core_.get(), job_->event, [&] { return ready(); }, detail::deadline_after(timeout)))
+      return false;
+    if (job_->progress) job_->progress->finish_and_wait();
+    return true;
   }
-  /// True once the task has finished (successfully or not).
+  /// True once the task has finished (successfully or not) or was cancelled.
   bool ready() const { return job_->done.load(std::memory_order_acquire); }
   /// True if it finished without an error; Error if it is not ready yet (as Python's ValueError).
   bool successful() const;
 
+  // ---- concurrent.futures.Future ----
+  /// Same as ready().
+  bool done() const { return ready(); }
+  /// True while a worker runs the task (for map_async: one of its chunks).
+  bool running() const;
+  /// Cancels the task if it is still queued (no worker has it yet): then true, and it never runs. False once
+  /// started or done.
+  bool cancel();
+  /// True if cancel() succeeded; get() then throws CancelledError.
+  bool cancelled() const { return job_->was_cancelled.load(); }
+  /// Waits, then returns the task's exception (null if it succeeded); throws CancelledError if it was cancelled.
+  std::exception_ptr exception();
+  /// As exception(), but throws TimeoutError if not done within timeout.
+  template <class Rep, class Period>
+  std::exception_ptr exception(std::chrono::duration<Rep, Period> timeout);
+  /// Calls fn(*this) once the result is done — Python's callback= and error_callback= (check successful()):
+  /// in this process, on the pool's callback thread, or at once in this thread if already done. An exception fn
+  /// throws is reported on stderr and does not reach the pool. Pool::join() waits for the callbacks.
+  void add_done_callback(std::function<void(AsyncResult&)> fn);
+
  private:
   friend class Pool;
+  friend class ThreadPool;
+  friend struct detail::pool::result_access;
   AsyncResult(std::shared_ptr<detail::pool::core> core, std::shared_ptr<detail::pool::result_job<R>> job)
       : core_(std::move(core)), job_(std::move(job)) {}
   R value() const;
   /// Moves the value out (the blocking map()/apply() own their result alone).
   R take();
 
-  std::shared_ptr<detail::pool::core> core_;
+  std::shared_ptr<detail::pool::core> core_;  // null for a ThreadPool's result
   std::shared_ptr<detail::pool::result_job<R>> job_;
 };
+
+/// Yields each result of `results` (a range of AsyncResult) as an AsyncResult& as it completes, earliest first
+/// (concurrent.futures.as_completed). The iteration throws TimeoutError if `timeout` (counted from this call)
+/// passes before all are done.
+template <std::ranges::range Results>
+auto as_completed(Results& results);
+template <std::ranges::range Results, class Rep, class Period>
+auto as_completed(Results& results, std::chrono::duration<Rep, Period> timeout);
+template <std::ranges::range Results>
+auto as_completed(Results& results, std::optional<std::chrono::milliseconds> timeout);
+/// Settings of as_completed: `mp::as_completed(results, {.progress = mp::Progress::on_tty, .desc = "jobs"})`.
+struct AsCompletedOptions {
+  std::optional<std::chrono::milliseconds> timeout{};  ///< counted from the call; none: wait as long as it takes
+  Progress progress = Progress::off;                    ///< a bar counting the results as they are yielded
+  std::string desc{};                                   ///< the bar's label
+};
+template <std::ranges::range Results>
+auto as_completed(Results& results, AsCompletedOptions options);
+
+/// Waits until `when` holds for `results` (a range of AsyncResult) or the timeout passes; returns the indices of
+/// the results done and not done then, each in range order (concurrent.futures.wait).
+template <std::ranges::range Results>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when);
+template <std::ranges::range Results, class Rep, class Period>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when,
+                                                                   std::chrono::duration<Rep, Period> timeout);
+template <std::ranges::range Results>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when,
+                                                                   std::optional<std::chrono::milliseconds> timeout);
 
 /// The lazy result sequence of imap (Ordered) / imap_unordered: an input range; use it in a range-for.
 /// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
@@ -116,7 +197,8 @@ class [[nodiscard]] IMapIterator {
 
  private:
   friend class Pool;
-  IMapIterator(std::shared_ptr<detail::pool::core> core, F f, V&& input, std::size_t chunksize);
+  IMapIterator(std::shared_ptr<detail::pool::core> core, F f, V&& input, std::size_t chunksize,
+               std::shared_ptr<detail::pool::progress_bar> progress);
 
   std::unique_ptr<state> state_;
 };
@@ -148,35 +230,67 @@ class Pool {
   auto apply_async(TaskOptions options, F f, Args&&... args)
       -> AsyncResult<detail::pool::apply_result_t<F, detail::pool::arg_t<Args>...>>;
 
+  /// concurrent.futures' name for apply_async: `auto future = pool.submit(f, args...);`.
+  template <class F, class... Args>
+  auto submit(F f, Args&&... args) {
+    return apply_async(std::move(f), std::forward<Args>(args)...);
+  }
+
   /// [f(x) for x in range], in order; chunksize 0 chooses ceil(n / (4 * processes)). Throws the first failed item's error.
   template <class F, std::ranges::input_range Range>
   auto map(F f, Range&& range, std::size_t chunksize = 0) {
-    return map_async(std::move(f), std::forward<Range>(range), chunksize).take();
+    return map(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  /// As map, with a progress bar and other per-call options.
+  template <class F, std::ranges::input_range Range>
+  auto map(F f, Range&& range, MapOptions options) {
+    return map_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
   }
   /// As map, without waiting. The input is read (and serialized) before it returns.
   template <class F, std::ranges::input_range Range>
   auto map_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return submit_map<false>(std::move(f), std::forward<Range>(range), chunksize, "Pool::map_async");
+    return map_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto map_async(F f, Range&& range, MapOptions options) {
+    return submit_map<false>(std::move(f), std::forward<Range>(range), std::move(options), "Pool::map_async");
   }
   /// [f(a, b, ...) for (a, b, ...) in range]: items are tuples (or pairs, arrays) unpacked into the call.
   template <class F, std::ranges::input_range Range>
   auto starmap(F f, Range&& range, std::size_t chunksize = 0) {
-    return starmap_async(std::move(f), std::forward<Range>(range), chunksize).take();
+    return starmap(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap(F f, Range&& range, MapOptions options) {
+    return starmap_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
   }
   /// As starmap, without waiting.
   template <class F, std::ranges::input_range Range>
   auto starmap_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return submit_map<true>(std::move(f), std::forward<Range>(range), chunksize, "Pool::starmap_async");
+    return starmap_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap_async(F f, Range&& range, MapOptions options) {
+    return submit_map<true>(std::move(f), std::forward<Range>(range), std::move(options), "Pool::starmap_async");
   }
   /// Lazy f(x) for x in range, in input order; the range may be endless (input is pulled as results are consumed).
   template <class F, std::ranges::input_range Range>
   auto imap(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<true>(std::move(f), std::forward<Range>(range), chunksize);
+    return make_imap<true>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  /// As imap; a progress bar counts the items as you consume them.
+  template <class F, std::ranges::input_range Range>
+  auto imap(F f, Range&& range, MapOptions options) {
+    return make_imap<true>(std::move(f), std::forward<Range>(range), std::move(options));
   }
   /// As imap, in completion order.
   template <class F, std::ranges::input_range Range>
   auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<false>(std::move(f), std::forward<Range>(range), chunksize);
+    return make_imap<false>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto imap_unordered(F f, Range&& range, MapOptions options) {
+    return make_imap<false>(std::move(f), std::forward<Range>(range), std::move(options));
   }
 
   /// Braced lists, as Python's literal lists: `pool.map(f, {1, 2, 3})` (copied, so imap over one is safe).
@@ -201,16 +315,19 @@ class Pool {
   void close() { core().close(); }
   /// Kills the workers now; pending results fail with mp::Error instead of hanging.
   void terminate() { core().terminate(); }
-  /// Waits for submitted work and the workers' exit; call close() or terminate() first (as Python).
-  void join() { core().join(); }
+  /// Waits for submitted work, the workers' exit and the done callbacks; call close() or terminate() first.
+  void join() {
+    core().join();
+    runner_->drain();
+  }
   /// The number of worker processes.
   std::size_t processes() const noexcept { return core_ ? core_->processes() : 0; }
 
  private:
   template <bool Star, class F, class Range>
-  auto submit_map(F f, Range&& range, std::size_t chunksize, const char* caller);
+  auto submit_map(F f, Range&& range, MapOptions options, const char* caller);
   template <bool Ordered, class F, class Range>
-  auto make_imap(F f, Range&& range, std::size_t chunksize);
+  auto make_imap(F f, Range&& range, MapOptions options);
   /// Under spawn and forkserver, ProcessError for a callable whose state may hold addresses (as Process::start).
   template <class F>
   void check_fresh_callable(const char* caller) const;
@@ -220,6 +337,7 @@ class Pool {
   [[noreturn]] MP_DECL static detail::pool::core& moved_from();
 
   std::shared_ptr<detail::pool::core> core_;
+  std::shared_ptr<detail::pool::callback_runner> runner_ = std::make_shared<detail::pool::callback_runner>();
 };
 
 // ---- definitions ----------------------------------------------------------------------------------------------
@@ -246,6 +364,48 @@ bool AsyncResult<R>::successful() const {
 }
 
 template <class R>
+bool AsyncResult<R>::running() const {
+  if (ready()) return false;
+  if (core_) return core_->running(*job_);
+  return job_->phase.load() == detail::pool::completion::running;
+}
+
+template <class R>
+bool AsyncResult<R>::cancel() {
+  if (ready()) return false;
+  if (core_) {
+    if (!core_->cancel(*job_)) return false;
+  } else {
+    int expected = detail::pool::completion::queued;
+    if (!job_->phase.compare_exchange_strong(expected, detail::pool::completion::cancelled)) return false;
+  }
+  job_->finish_cancelled();
+  return true;
+}
+
+template <class R>
+std::exception_ptr AsyncResult<R>::exception() {
+  wait();
+  if (cancelled()) std::rethrow_exception(job_->error);
+  return job_->error;
+}
+
+template <class R>
+template <class Rep, class Period>
+std::exception_ptr AsyncResult<R>::exception(std::chrono::duration<Rep, Period> timeout) {
+  if (!wait(timeout))
+    throw TimeoutError("AsyncResult::exception timed out after " + detail::describe_timeout(timeout) +
+                       "; the task is still running");
+  return exception();
+}
+
+template <class R>
+void AsyncResult<R>::add_done_callback(std::function<void(AsyncResult&)> fn) {
+  if (!fn) throw Error("AsyncResult::add_done_callback: the callback is empty");
+  job_->add_callback([self = *this, fn = std::move(fn)]() mutable { fn(self); });
+}
+
+template <class R>
 R AsyncResult<R>::value() const {
   if (job_->error) std::rethrow_exception(job_->error);
   if constexpr (!std::is_void_v<R>) return job_->value;
@@ -258,10 +418,62 @@ R AsyncResult<R>::take() {
   if constexpr (!std::is_void_v<R>) return std::move(job_->value);
 }
 
+namespace detail::pool {
+/// The AsyncResult type a range of results holds.
+template <class Results>
+using result_of_range = std::remove_cvref_t<std::ranges::range_reference_t<Results&>>;
+}  // namespace detail::pool
+
+template <std::ranges::range Results>
+auto as_completed(Results& results) {
+  return detail::pool::completion_order<detail::pool::result_of_range<Results>>(results, {});
+}
+template <std::ranges::range Results, class Rep, class Period>
+auto as_completed(Results& results, std::chrono::duration<Rep, Period> timeout) {
+  return detail::pool::completion_order<detail::pool::result_of_range<Results>>(results,
+                                                                                detail::deadline_or_forever(timeout));
+}
+template <std::ranges::range Results>
+auto as_completed(Results& results, std::optional<std::chrono::milliseconds> timeout) {
+  return detail::pool::completion_order<detail::pool::result_of_range<Results>>(
+      results, timeout ? detail::deadline_or_forever(*timeout) : detail::deadline{});
+}
+
+template <std::ranges::range Results>
+auto as_completed(Results& results, AsCompletedOptions options) {
+  std::shared_ptr<detail::pool::progress_bar> progress;
+  if (options.progress != Progress::off)
+    progress = detail::pool::progress_bar::start(options.progress == Progress::always,
+                                                 static_cast<std::size_t>(std::ranges::distance(results)),
+                                                 std::move(options.desc));
+  return detail::pool::completion_order<detail::pool::result_of_range<Results>>(
+      results, options.timeout ? detail::deadline_or_forever(*options.timeout) : detail::deadline{},
+      std::move(progress));
+}
+
+template <std::ranges::range Results>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when) {
+  return detail::pool::wait_results<detail::pool::result_of_range<Results>>(results, static_cast<int>(when), {});
+}
+template <std::ranges::range Results, class Rep, class Period>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when,
+                                                                   std::chrono::duration<Rep, Period> timeout) {
+  return detail::pool::wait_results<detail::pool::result_of_range<Results>>(results, static_cast<int>(when),
+                                                                            detail::deadline_or_forever(timeout));
+}
+template <std::ranges::range Results>
+std::pair<std::vector<std::size_t>, std::vector<std::size_t>> wait(Results& results, ReturnWhen when,
+                                                                   std::optional<std::chrono::milliseconds> timeout) {
+  return detail::pool::wait_results<detail::pool::result_of_range<Results>>(
+      results, static_cast<int>(when), timeout ? detail::deadline_or_forever(*timeout) : detail::deadline{});
+}
+
 template <class F, class V, class E, bool Ordered>
 IMapIterator<F, V, E, Ordered>::IMapIterator(std::shared_ptr<detail::pool::core> core, F f, V&& input,
-                                             std::size_t chunksize)
+                                             std::size_t chunksize,
+                                             std::shared_ptr<detail::pool::progress_bar> progress)
     : state_(std::make_unique<state>(std::move(core), std::move(f), std::forward<V>(input), chunksize)) {
+  state_->progress = std::move(progress);
   state_->feed();  // work starts now, not at the first ++
 }
 
@@ -284,6 +496,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
   pool::check_value<R>();
   check_fresh_callable<F>("Pool::apply_async");
   auto job = std::make_shared<pool::apply_job<R>>();
+  job->runner = runner_;
   job->trampoline = &pool::apply_trampoline<F, R, pool::arg_t<Args>...>;
   if (options.timeout) {
     if (options.timeout->count() <= 0)
@@ -301,7 +514,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
 }
 
 template <bool Star, class F, class Range>
-auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* caller) {
+auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller) {
   namespace pool = detail::pool;
   using T = std::remove_cvref_t<std::ranges::range_value_t<Range>>;
   using E = typename pool::item_result<F, T, Star>::type;
@@ -315,12 +528,14 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     // A single-pass or unsized input: read it once to count it, as Python turns it into a list.
     std::vector<T> items;
     for (auto&& item : range) items.push_back(static_cast<T>(item));
-    return submit_map<Star>(std::move(f), items, chunksize, caller);
+    return submit_map<Star>(std::move(f), items, std::move(options), caller);
   } else {
     auto job = std::make_shared<pool::map_job<E>>();
+    job->runner = runner_;
     job->trampoline = &pool::map_trampoline<F, T, E, Star>;
     pool::encode_callable(job->callable, f);
     const std::size_t n = static_cast<std::size_t>(std::ranges::size(range));
+    std::size_t chunksize = options.chunksize;
     if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
@@ -338,6 +553,8 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     job->offsets.push_back(job->items.size());
     job->starts.push_back(position);
     job->remaining = chunks;
+    if (options.progress != Progress::off)
+      job->progress = pool::progress_bar::start(options.progress == Progress::always, n, std::move(options.desc));
     if (chunks == 0) {
       job->finish();
     } else {
@@ -348,7 +565,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
 }
 
 template <bool Ordered, class F, class Range>
-auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
+auto Pool::make_imap(F f, Range&& range, MapOptions options) {
   namespace pool = detail::pool;
   // Not std::views::all: clang 14 cannot compile libstdc++ 12's views. An lvalue range is referenced, an rvalue
   // one moved in.
@@ -362,7 +579,14 @@ auto Pool::make_imap(F f, Range&& range, std::size_t chunksize) {
   pool::check_value<T>();
   pool::check_value<E>();
   check_fresh_callable<F>(Ordered ? "Pool::imap" : "Pool::imap_unordered");
-  return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range), chunksize);
+  std::shared_ptr<pool::progress_bar> progress;
+  if (options.progress != Progress::off) {
+    std::optional<std::size_t> total;
+    if constexpr (std::ranges::sized_range<Range>) total = static_cast<std::size_t>(std::ranges::size(range));
+    progress = pool::progress_bar::start(options.progress == Progress::always, total, std::move(options.desc));
+  }
+  return IMapIterator<F, V, E, Ordered>(core_, std::move(f), std::forward<Range>(range),
+                                        std::max<std::size_t>(1, options.chunksize), std::move(progress));
 }
 
 template <class F>

@@ -3,6 +3,8 @@
 // chunksize=1, 326 us per sequential apply).
 //   map overhead      pool.map(trivial, 1M ints) wall time / 1M, auto chunksize and chunksize=1
 //   apply round trip  sequential pool.apply(trivial) vs a std::thread ping-pong through a mutex + condvar
+//   futures           submit().get() round trip vs apply_async().get(); 10,000 submits collected by as_completed vs
+//                     10,000 apply_async collected by get() in order
 //   failure handling  SIGKILL of a busy worker -> WorkerLost raised by get(); a 50 ms task_timeout -> TimeoutError
 //   CPU-bound         sum of squares split into `processes` equal parts: serial, one std::thread per part,
 //                     pool.map over the parts (pool already running); speedup ratio pool / threads
@@ -150,6 +152,34 @@ int main(int argc, char** argv) {
               326.0 / async_rt);
   std::printf("  pool.apply / thread ping-pong = %.2fx; %s target\n\n", apply_rt / thread_rt,
               apply_rt <= 5.0 ? "meets" : "MISSES");
+
+  // ---- futures: submit().get(), and many results collected in completion order ----
+  const double submit_rt = seconds_of([&] {
+    for (int i = 0; i < calls; ++i)
+      if (pool.submit(trivial, i).get() != i + 1) std::printf("ERROR: submit\n");
+  }, trials) / calls * 1e6;
+  const int many = 10'000;
+  const double all_async = seconds_of([&] {
+    std::vector<mp::AsyncResult<int>> results;
+    results.reserve(many);
+    for (int i = 0; i < many; ++i) results.push_back(pool.apply_async(trivial, i));
+    long sum = 0;
+    for (auto& r : results) sum += r.get();
+    if (sum != static_cast<long>(many) * (many + 1) / 2) std::printf("ERROR: apply_async x 10,000\n");
+  }, trials) / many * 1e6;
+  const double all_completed = seconds_of([&] {
+    std::vector<mp::AsyncResult<int>> results;
+    results.reserve(many);
+    for (int i = 0; i < many; ++i) results.push_back(pool.submit(trivial, i));
+    long sum = 0;
+    for (auto& r : mp::as_completed(results)) sum += r.get();
+    if (sum != static_cast<long>(many) * (many + 1) / 2) std::printf("ERROR: as_completed x 10,000\n");
+  }, trials) / many * 1e6;
+  std::printf("%-40s %12s %12s\n", "futures", "us/task", "x baseline");
+  std::printf("%-40s %12.2f %12s\n", "  apply_async(...).get() (baseline)", async_rt, "");
+  std::printf("%-40s %12.2f %11.2fx\n", "  submit(...).get()", submit_rt, submit_rt / async_rt);
+  std::printf("%-40s %12.2f %12s\n", "  10,000 apply_async, get in order", all_async, "");
+  std::printf("%-40s %12.2f %11.2fx\n\n", "  10,000 submit, as_completed", all_completed, all_completed / all_async);
 
   // ---- failure detection ----
   {

@@ -52,6 +52,7 @@ MP_DECL Pool::~Pool() {
     core_->join();
   } catch (...) {
   }
+  runner_->drain();  // the done callbacks of the last results run before the Pool is gone
 }
 
 MP_DECL detail::pool::core& Pool::moved_from() {

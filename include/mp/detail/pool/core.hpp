@@ -75,6 +75,8 @@ class job {
   /// 0: no timeout; else a chunk running longer is killed with its worker and fails with TimeoutError.
   std::uint64_t timeout_ns = 0;
   pool::event event;
+  /// Set once a chunk was sent to a worker (then the job can no longer be cancelled); guarded by the core mutex.
+  bool dispatched = false;
 
   /// Bytes every chunk message starts with (the callable's state, an apply's arguments). Valid until the job ends.
   virtual std::span<const std::byte> prefix() = 0;
@@ -121,6 +123,11 @@ class core {
   /// Sleeps until done() holds or the deadline passes (false), collecting results meanwhile.
   template <class Done>
   bool wait(pool::event& event, Done&& done, const deadline& until = {});
+
+  /// Takes the job's chunks out of the queue if none was sent to a worker yet; true if it did (AsyncResult::cancel).
+  MP_DECL bool cancel(const job& job);
+  /// True while a worker runs one of the job's chunks (AsyncResult::running).
+  MP_DECL bool running(const job& job);
 
   MP_DECL void close();
   MP_DECL void terminate();

@@ -139,6 +139,35 @@ MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size
   dispatch_locked();
 }
 
+MP_DECL bool core::cancel(const job& target) {
+  std::lock_guard lock(mutex_);
+  if (target.dispatched) return false;
+  std::size_t removed = 0;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->job.get() == &target) {
+      removed += it->end - it->next;
+      it = pending_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (removed == 0) return false;  // finished already (or failed by terminate)
+  outstanding_ -= removed;
+  if (outstanding_ == 0) changed_.notify_all();
+  return true;
+}
+
+MP_DECL bool core::running(const job& target) {
+  std::lock_guard lock(mutex_);
+  for (std::size_t s = 0; s < slots_.size(); ++s) {
+    const std::uint64_t current = shared_->slot(s).current_chunk.load();
+    if (current == 0) continue;
+    for (const inflight& chunk : slots_[s].chunks)
+      if (chunk.job.get() == &target && chunk.id == current) return true;
+  }
+  return false;
+}
+
 MP_DECL void core::close() {
   require_owner("Pool::close");
   std::lock_guard lock(mutex_);
@@ -364,8 +393,11 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
     try {
       if (auto failure = read_results<void>(ar, 0, "initializer failure", [] {}).failure)
         std::rethrow_exception(failure);
+    } catch (const RemoteError& e) {
+      initializer_error_ = e.what();  // "<type>: <message>"
     } catch (const std::exception& e) {
-      initializer_error_ = e.what();
+      const auto* info = dynamic_cast<const RemoteInfo*>(&e);  // a Remote<E>: what() is the message alone
+      initializer_error_ = info != nullptr ? info->remote_type() + ": " + e.what() : std::string(e.what());
     } catch (...) {
     }
     return;
@@ -413,7 +445,8 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
         error = std::make_exception_ptr(WorkerLost(
             code, "the worker process (pid " + std::to_string(pid) + ") running this task died with exit code " +
                       std::to_string(code) + (code < 0 ? " (killed by signal " + std::to_string(-code) + ")" : "") +
-                      "; the pool replaced it and the other tasks go on"));
+                      "; the pool replaced it and the other tasks go on",
+            pid));
       }
       it->job->fail(it->chunk, error);
       failed_one = true;
@@ -564,6 +597,7 @@ MP_DECL bool core::dispatch_locked() {
       const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + prefix.size() + body.size(), id,
                                trampoline_address(job->trampoline), job->timeout_ns};
       if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
+      job->dispatched = true;
       slot.chunks.push_back({std::move(job), chunk, id});
       ++slot.sent;
       start_message_locked(s, header, prefix, body);

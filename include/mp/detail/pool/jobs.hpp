@@ -22,7 +22,9 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/pool/completion.hpp>
 #include <mp/detail/pool/core.hpp>
+#include <mp/detail/pool/progress.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/errors.hpp>
 
@@ -32,17 +34,23 @@ namespace mp::detail::pool {
 template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
-/// A job whose outcome an AsyncResult<R> reads once done is set.
+/// A job whose outcome an AsyncResult<R> reads once done is set (completion.hpp: callbacks, watchers).
 template <class R>
-class result_job : public job {
+class result_job : public job, public completion {
  public:
-  std::atomic<bool> done{false};
   stored_t<R> value{};     // written before done (release), read after (acquire)
   std::exception_ptr error;
+  std::shared_ptr<progress_bar> progress;  // MapOptions::progress; null: none
 
   void finish() {
-    done.store(true, std::memory_order_release);
-    event.notify();
+    if (progress) progress->finish();
+    complete(event, error != nullptr && !was_cancelled.load());
+  }
+  /// Ends a job taken out of the queue before it ran (AsyncResult::cancel).
+  void finish_cancelled() {
+    error = std::make_exception_ptr(CancelledError("AsyncResult: the task was cancelled before it started"));
+    was_cancelled.store(true);
+    finish();
   }
 };
 
@@ -95,6 +103,7 @@ class map_job final : public result_job<map_result_t<E>> {
       if constexpr (!std::is_void_v<E>) return this->value.data() + start;
     });
     if (outcome.failure) note_failure(start + outcome.count, std::move(outcome.failure));
+    if (this->progress) this->progress->advance(outcome.count);
     chunk_done();
   }
   void fail(std::size_t c, std::exception_ptr e) override {
@@ -180,6 +189,7 @@ struct imap_state {
   typename imap_job<E>::chunk_result chunk;
   std::size_t position = 0;   // next index into chunk.values
   bool on_error = false;
+  std::shared_ptr<progress_bar> progress;  // counts items as they are consumed; null: none
 
   imap_state(std::shared_ptr<pool::core> c, F f, V&& in, std::size_t size)
       : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
@@ -220,15 +230,18 @@ struct imap_state {
     for (;;) {
       if (position < chunk.values.size()) {
         ++position;
+        if (progress) progress->advance(1);
         return;
       }
       if (chunk.error) {
         on_error = true;
+        if (progress) progress->advance(1);
         return;
       }
       feed();
       if (input_done && consumed == submitted) {
         at_end = true;
+        if (progress) progress->finish();
         return;
       }
       auto has_next = [&] {

@@ -14,8 +14,8 @@
 // Task message (inbox):   task_header, then the payload: F's state, then an apply's std::tuple<Args...> or a
 //                         chunk (u64 n, n items).
 // Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
-//                         "failed" and, if set, the failing output's exception as (type, message). A chunk stops at
-//                         its first exception, so the parent knows the failing position.
+//                         "failed" and, if set, the failing output's exception as (type, message, i32 pid,
+//                         traceback). A chunk stops at its first exception, so the parent knows the failing position.
 #pragma once
 
 #include <algorithm>
@@ -300,7 +300,7 @@ inline result_message split_result(std::span<const std::byte> message) noexcept 
   return {header.chunk_id, message.subspan(sizeof header)};
 }
 
-/// Parent: the failure ending a result body as the RemoteError(type, message) it stands for (the rare path).
+/// Parent: the failure ending a result body as the exception it stands for, Remote<E> or RemoteError (remote_error.hpp).
 MP_DECL std::exception_ptr read_remote_error(input_archive& ar);
 
 /// Parent: reads the failure that ends a result body; null if the chunk succeeded.

@@ -1,12 +1,15 @@
 // task: definitions (see task.hpp).
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <exception>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include <mp/detail/remote_error.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
 
@@ -17,8 +20,9 @@ namespace mp::detail::pool {
 MP_DECL void encode_current_exception(std::vector<std::byte>& out) {
   const exception_description d = describe_current_exception();
   const std::uint8_t failed = 1;
+  const std::int32_t pid = ::getpid();
   output_archive ar(out);
-  ar(failed, d.type, d.message);
+  ar(failed, d.type, d.message, pid, current_traceback(1));
 }
 
 MP_DECL void encode_failed_chunk(std::vector<std::byte>& out) {
@@ -30,8 +34,10 @@ MP_DECL void encode_failed_chunk(std::vector<std::byte>& out) {
 MP_DECL std::exception_ptr read_remote_error(input_archive& ar) {
   std::string type;
   std::string message;
-  ar(type, message);
-  return std::make_exception_ptr(RemoteError(std::move(type), message));
+  std::int32_t pid = 0;
+  std::string traceback;
+  ar(type, message, pid, traceback);
+  return make_remote_exception(type, message, pid, std::move(traceback));
 }
 
 }  // namespace mp::detail::pool

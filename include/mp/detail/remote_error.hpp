@@ -1,0 +1,28 @@
+// remote_error: the exception a parent rebuilds from a failure reported by another process (a Pool worker), and
+// the worker's stack sent with it. A standard exception type or one registered with mp::register_exception<E>()
+// becomes mp::Remote<E>; any other type becomes mp::RemoteError. The registry maps the demangled type name (as
+// type_name.hpp's describe_current_exception() spells it in the worker) to a factory; it lives in the parent only.
+#pragma once
+
+#include <cstddef>
+#include <exception>
+#include <string>
+
+#include <mp/detail/config.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail {
+
+/// The exception a remote failure stands for: Remote<E> for a standard or registered type, else RemoteError.
+MP_DECL std::exception_ptr make_remote_exception(const std::string& type, const std::string& message, int pid,
+                                                 std::string traceback);
+
+/// This thread's stack as text, one frame a line (innermost first, the first `skip` frames left out), symbolized
+/// as far as backtrace_symbols(3) and the demangler can (functions of the executable need -rdynamic for names).
+MP_DECL std::string current_traceback(std::size_t skip = 0);
+
+}  // namespace mp::detail
+
+#if MP_INCLUDE_DEFINITIONS
+#include <mp/detail/remote_error.ipp>
+#endif

@@ -1,0 +1,91 @@
+// remote_error: definitions (see remote_error.hpp).
+#pragma once
+
+#include <execinfo.h>
+
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+#include <unordered_map>
+#include <utility>
+
+#include <mp/detail/type_name.hpp>
+
+#include <mp/detail/remote_error.hpp>
+
+namespace mp::detail {
+
+
+/// The registry of remote exception types: demangled name -> factory. Guarded by its mutex.
+struct remote_type_registry {
+  std::mutex mutex;
+  std::unordered_map<std::string, remote_factory> factories;
+
+  template <class E>
+  void add() {
+    factories[type_name(typeid(E))] = [](const std::string& message, RemoteInfo info) {
+      return std::make_exception_ptr(Remote<E>(message, std::move(info)));
+    };
+  }
+  remote_type_registry() {
+    add<std::logic_error>();
+    add<std::invalid_argument>();
+    add<std::domain_error>();
+    add<std::length_error>();
+    add<std::out_of_range>();
+    add<std::runtime_error>();
+    add<std::range_error>();
+    add<std::overflow_error>();
+    add<std::underflow_error>();
+    add<std::bad_alloc>();
+  }
+};
+
+inline remote_type_registry& remote_types() {
+  static remote_type_registry registry;
+  return registry;
+}
+
+MP_DECL void register_remote_type(const std::type_info& type, remote_factory factory) {
+  remote_type_registry& registry = remote_types();
+  std::lock_guard lock(registry.mutex);
+  registry.factories[type_name(type)] = factory;
+}
+
+MP_DECL std::exception_ptr make_remote_exception(const std::string& type, const std::string& message, int pid,
+                                                 std::string traceback) {
+  remote_factory factory = nullptr;
+  {
+    remote_type_registry& registry = remote_types();
+    std::lock_guard lock(registry.mutex);
+    if (auto it = registry.factories.find(type); it != registry.factories.end()) factory = it->second;
+  }
+  if (factory != nullptr) return factory(message, RemoteInfo(type, pid, std::move(traceback)));
+  return std::make_exception_ptr(RemoteError(type, message, pid, std::move(traceback)));
+}
+
+MP_DECL std::string current_traceback(std::size_t skip) {
+  void* frames[64];
+  const int n = ::backtrace(frames, 64);
+  if (n <= 0) return {};
+  std::unique_ptr<char*, void (*)(void*)> symbols(::backtrace_symbols(frames, n), std::free);
+  std::string text;
+  for (int i = static_cast<int>(skip) + 1; i < n; ++i) {  // frame 0 is this function
+    std::string line = symbols ? std::string(symbols.get()[i]) : std::string("?");
+    // "module(mangled+0x1f) [0x...]": demangle the name between '(' and '+'.
+    const auto open = line.find('(');
+    const auto plus = line.find('+', open == std::string::npos ? 0 : open);
+    if (open != std::string::npos && plus != std::string::npos && plus > open + 1) {
+      const std::string mangled = line.substr(open + 1, plus - open - 1);
+      line.replace(open + 1, plus - open - 1, demangle(mangled.c_str()));
+    }
+    text += "  #" + std::to_string(i - static_cast<int>(skip) - 1) + " " + line + "\n";
+  }
+  return text;
+}
+
+}  // namespace mp::detail
