@@ -16,10 +16,12 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include <mp/detail/manager/store.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 
@@ -250,7 +252,7 @@ long rss_kib(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("100,000 unnamed temporary dicts created and dropped: the server's memory stays bounded",
+TEST_CASE("100000 unnamed temporary dicts created and dropped: the server's memory stays bounded",
           "[manager_breadth]") {
   mp::Manager manager;
   auto keep = manager.dict<int, int>("kept");  // a named object survives everything below
@@ -294,14 +296,15 @@ TEST_CASE("An unnamed object passed to a child survives the parent dropping its 
           "[manager_breadth]") {
   mp::Manager manager;
   auto results = manager.list<int>();
+  auto dropped = manager.event();
   {
-    mp::Process child([](mp::DictProxy<std::string, int> d, mp::ListProxy<int> results) {
-      // The parent dropped its only proxy of d when start() returned: the hold lent for us keeps it alive.
-      std::this_thread::sleep_for(50ms);  // give the parent time to drop it (not a synchronization)
+    mp::Process child([](mp::DictProxy<std::string, int> d, mp::ListProxy<int> results, mp::EventProxy dropped) {
+      dropped.wait();  // the parent has let go of its only proxy of d: the hold lent for this child keeps it
       d["x"] = 5;
       results.append(d["x"]);
-    }, manager.dict<std::string, int>(), results);
-    child.start();
+    }, manager.dict<std::string, int>(), results, dropped);
+    child.start();  // drops the Process's copy of the arguments: the dict's last proxy in this process
+    dropped.set();
     child.join();
     REQUIRE(child.exitcode() == 0);
   }
@@ -442,4 +445,109 @@ TEST_CASE("Custom types: register_type, make, call across processes; errors reac
   REQUIRE(objects.at("c").call(&FooBar::add, 1) == 401);
   // An unregistered type is a clear error.
   REQUIRE_THROWS_WITH(manager.make<NotRegistered>(), Catch::Contains("not registered"));
+}
+
+// ---- the server's reference counts, request by request (detail::manager::store, no sockets) -----------------------
+
+namespace {
+
+namespace p = mp::detail::manager::protocol;
+using mp::detail::manager::store;
+
+struct raw_request {
+  std::string bytes;
+  p::writer<std::string> w{bytes};
+  raw_request(p::op code, std::uint64_t id) { w.u8(static_cast<std::uint8_t>(code)), w.u64(id); }
+};
+
+// Applies one request and returns the requester's reply (empty if it parked).
+std::string apply(store& s, std::uint64_t client, const raw_request& r) {
+  std::vector<store::reply> out;
+  REQUIRE(s.handle(client, r.bytes, store::clock::now(), out));
+  for (auto& reply : out) {
+    if (reply.client == client) return reply.bytes;
+  }
+  return {};
+}
+
+void hello(store& s, std::uint64_t client, std::uint64_t session) {
+  raw_request r(p::op::hello, 0);
+  r.w.u64(session), r.w.u32(0);
+  apply(s, client, r);
+}
+
+std::uint64_t create(store& s, std::uint64_t client, p::kind k, const std::string& name = {}) {
+  raw_request r(p::op::create, 0);
+  r.w.u8(static_cast<std::uint8_t>(k)), r.w.blob(k == p::kind::dict ? "dict<a, b>" : "list<c>"), r.w.blob(name);
+  r.w.u64(0), r.w.blob("");
+  auto reply = apply(s, client, r);
+  p::reader in(reply);
+  REQUIRE(in.u8() == 0);
+  return in.u64();
+}
+
+// A value holding a proxy of `id` (tag 1: the ids, then the bytes).
+std::string nested(std::uint64_t id) {
+  std::string value;
+  p::writer w(value);
+  w.u8(1), w.u32(1), w.u64(id), w.u64(id);
+  return value;
+}
+
+void decref(store& s, std::uint64_t client, std::uint64_t id, std::uint64_t n = 1) {
+  raw_request r(p::op::decref, id);
+  r.w.u64(n);
+  apply(s, client, r);
+}
+
+}  // namespace
+
+TEST_CASE("The server frees an unnamed object when its last reference goes, and a session's when it disconnects",
+          "[manager_breadth]") {
+  store s;
+  hello(s, 1, 1001);
+  hello(s, 2, 1001);  // a second connection (thread) of the same process
+  hello(s, 3, 2002);  // another process
+  auto d = create(s, 1, p::kind::dict);
+  auto l = create(s, 1, p::kind::list);
+  REQUIRE(s.object_count() == 2);
+  // d[k] = proxy of l: the dict's value holds l.
+  raw_request set(p::op::dict_set, d);
+  set.w.blob(std::string_view("\0k", 2)), set.w.blob(nested(l));
+  apply(s, 1, set);
+  decref(s, 2, l);  // the process drops its proxy of l (through its other connection)
+  REQUIRE(s.object_count() == 2);  // the dict's value keeps it
+  decref(s, 3, d, 5);  // a session releases only what it holds: process 2002 holds nothing
+  REQUIRE(s.object_count() == 2);
+  // Process 2002 reads d[k]: the hand-over is a reference of its own.
+  raw_request get(p::op::dict_get, d);
+  get.w.blob(std::string_view("\0k", 2));
+  apply(s, 3, get);
+  raw_request clear(p::op::dict_clear, d);
+  apply(s, 1, clear);
+  REQUIRE(s.object_count() == 2);  // 2002 still holds l
+  std::vector<store::reply> out;
+  s.disconnect(3, out);  // 2002 died
+  REQUIRE(s.object_count() == 1);
+  s.disconnect(1, out);
+  REQUIRE(s.object_count() == 1);  // connection 2 of the process is still open
+  s.disconnect(2, out);
+  REQUIRE(s.object_count() == 0);
+  // A named object outlives its sessions; erasing the name frees it once no one refers to it.
+  hello(s, 4, 3003);
+  create(s, 4, p::kind::dict, "named");
+  s.disconnect(4, out);
+  REQUIRE(s.object_count() == 1);
+  hello(s, 5, 4004);
+  raw_request erase(p::op::erase_name, 0);
+  erase.w.blob("named");
+  apply(s, 5, erase);
+  REQUIRE(s.object_count() == 0);
+  // A list holding a value that refers to the list itself (a cycle) is not freed, as in Python's manager.
+  auto cyclic = create(s, 5, p::kind::list);
+  raw_request append(p::op::list_append, cyclic);
+  append.w.blob(nested(cyclic));
+  apply(s, 5, append);
+  s.disconnect(5, out);
+  REQUIRE(s.object_count() == 1);
 }
