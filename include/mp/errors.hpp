@@ -40,6 +40,12 @@ class AuthenticationError : public Error { using Error::Error; };
 class SerializationError : public Error { using Error::Error; };
 /// A Barrier was aborted, reset, or a wait on it timed out.
 class BrokenBarrierError : public Error { using Error::Error; };
+/// Python's KeyError: a missing key of a manager dict (DictProxy::at, d[k] read).
+class KeyError : public Error { using Error::Error; };
+/// Python's IndexError: an index out of range of a manager list, or pop from an empty one.
+class IndexError : public Error { using Error::Error; };
+/// Python's ValueError: a value not in a manager list (ListProxy::remove, ListProxy::index).
+class ValueError : public Error { using Error::Error; };
 
 /// What every exception that came from another process carries: the remote type, the remote process's pid, and
 /// its stack. Not an exception type itself (so `std::exception` stays an unambiguous base of everything mp throws):

@@ -28,6 +28,8 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/manager/client.hpp>
 #include <mp/detail/manager/launch.hpp>
+#include <mp/detail/manager/proxy.hpp>
+#include <mp/detail/manager/snapshot.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
 #include <mp/process.hpp>
@@ -46,6 +48,22 @@ class EventProxy;
 class ConditionProxy;
 class BarrierProxy;
 class NamespaceProxy;
+template <class T> class JoinableQueueProxy;
+template <class T> class ArrayProxy;
+class BoundedSemaphoreProxy;
+template <class T> class ObjectProxy;
+
+/// The name of a named custom object: mgr.make<Counter>(mp::ObjectName{"hits"}, 0) finds or creates it.
+struct ObjectName {
+  std::string value;
+};
+
+/// Registers T as a custom shared type under `name` with the member functions a proxy may call (Python's
+/// BaseManager.register). Process-wide: a server sees it if it was registered before the Manager started it (fork),
+/// or at static initialization (MP_REGISTER_TYPE, for every start method). Methods' arguments and results, and
+/// make()'s constructor arguments, cross by mp::serialize. Returns true.
+template <class T, class... Methods>
+bool register_type(std::string name, Methods... methods);
 
 /// Where a manager server listens: a Unix socket path or a TCP host and port.
 class Address {
@@ -125,9 +143,34 @@ class Manager {
   /// A barrier for `parties` processes or threads (mp::Error if fewer than 1).
   MP_DECL BarrierProxy barrier(int parties, std::string name = {});
   MP_DECL NamespaceProxy namespace_(std::string name = {});
+  /// A queue whose join() waits until task_done() was called once per item put (Python's manager.JoinableQueue).
+  template <class T>
+  JoinableQueueProxy<T> joinable_queue(std::size_t maxsize = 0, std::string name = {});
+  /// n items, each T{} (Python's manager.Array): a fixed length; read, assign, slice and iterate.
+  template <class T>
+  ArrayProxy<T> array(std::size_t n, std::string name = {});
+  /// A semaphore whose release() above its initial `value` throws ValueError (Python's manager.BoundedSemaphore).
+  MP_DECL BoundedSemaphoreProxy bounded_semaphore(int value = 1, std::string name = {});
+
+  /// Removes the name of a named object (false if no object has it): the object then lives while proxies or values
+  /// refer to it, as an unnamed one. Unnamed objects are freed when the last proxy to them, in any process, is gone.
+  MP_DECL bool erase(std::string_view name);
+
+  /// Custom shared types (Python's BaseManager.register): registers T as mp::register_type does, then checks that
+  /// this Manager's server serves it the same way; mp::Error saying how to register it otherwise.
+  template <class T, class... Methods>
+  void register_type(std::string name, Methods... methods);
+  /// A new T in the server, made from `args` (serialized, then T(args...) runs there).
+  template <class T, class... A>
+  ObjectProxy<T> make(A&&... args);
+  /// The T named `name`, made from `args` if no object has that name yet.
+  template <class T, class... A>
+  ObjectProxy<T> make(ObjectName name, A&&... args);
 
   /// Where the server listens (the actual port for TCP port 0).
   MP_DECL Address address() const;
+  /// The server process this Manager started (Python's manager._process.pid); 0 for a connected Manager.
+  MP_DECL pid_t server_pid() const;
   /// Stops the server if this Manager started it (its proxies then fail with mp::Error); a connected Manager
   /// only lets go of the server (proxies already made keep working). Idempotent.
   MP_DECL void shutdown();
@@ -140,6 +183,8 @@ class Manager {
   MP_DECL std::uint64_t create(kind k, const std::string& type, const std::string& name, std::uint64_t number = 0,
                                std::string_view initial = {});
   MP_DECL void shutdown_noexcept() noexcept;
+  template <class T>
+  std::string value_bytes(const T& v) const;
 
   std::unique_ptr<detail::manager::server_process> owner_;  // the server this Manager started, if it did
   std::shared_ptr<detail::manager::client> client_;
@@ -170,7 +215,7 @@ class DictProxy : public detail::manager::proxy_base {
   std::optional<V> get(const K& k) const { return reply_optional<V>(call(op::dict_get).value(k).send()); }
   /// The value for k, or `otherwise` (Python's d.get(k, default)).
   V get(const K& k, V otherwise) const { return get(k).value_or(std::move(otherwise)); }
-  /// The value for k; mp::Error (Python's KeyError) if missing.
+  /// The value for k; mp::KeyError if missing.
   V at(const K& k) const;
   /// d[k] = v.
   void set(const K& k, const V& v) const { call(op::dict_set).value(k).value(v).send(); }
@@ -201,19 +246,24 @@ class DictProxy : public detail::manager::proxy_base {
   /// A local copy (Python's dict(d)): std::map by default; any container constructible from pair iterators.
   template <class Map = std::map<K, V>>
   Map copy() const;
+  /// Removes and returns the last inserted (key, value) (Python's popitem, LIFO); nullopt if the dict is empty.
+  std::optional<std::pair<K, V>> popitem() const;
+  /// for (const auto& [k, v] : d): over a snapshot of items() taken in one round trip, in insertion order.
+  detail::manager::snapshot_iterator<std::pair<K, V>> begin() const { return detail::manager::snapshot_iterator(items()); }
+  std::default_sentinel_t end() const { return {}; }
 };
 
-/// l[i]: converts to T, assignable from T; negative i counts from the end (as Python).
-template <class T>
+/// l[i] of a ListProxy or ArrayProxy: converts to T, assignable from T; negative i counts from the end (as Python).
+template <class T, class Proxy = ListProxy<T>>
 class ListItem {
  public:
   operator T() const { return list_.get(index_); }
   ListItem& operator=(const T& value) { list_.set(index_, value); return *this; }
 
  private:
-  friend class ListProxy<T>;
-  ListItem(const ListProxy<T>& list, std::int64_t index) : list_(list), index_(index) {}
-  ListProxy<T> list_;  // a copy (a handle), as DictItem
+  friend Proxy;
+  ListItem(const Proxy& list, std::int64_t index) : list_(list), index_(index) {}
+  Proxy list_;  // a copy (a handle), as DictItem
   std::int64_t index_;
 };
 
@@ -242,6 +292,46 @@ class ListProxy : public detail::manager::proxy_base {
   void clear() const { call(op::list_clear).send(); }
   /// A local copy of every item (Python's list(l)).
   std::vector<T> copy() const { return reply_list<T>(call(op::list_copy).send()); }
+  /// Removes the first item equal to `item` (items compare by their serialized bytes); ValueError if none is.
+  void remove(const T& item) const { call(op::list_remove).value(item).send(); }
+  /// The position of the first item equal to `item` in [start, stop) (Python's bounds); ValueError if none is.
+  std::size_t index(const T& item, std::int64_t start = 0, std::int64_t stop = INT64_MAX) const {
+    return call(op::list_index).value(item).i64(start).i64(stop).send().u64();
+  }
+  /// How many items equal `item`.
+  std::size_t count(const T& item) const { return call(op::list_count).value(item).send().u64(); }
+  /// Reverses the list in place.
+  void reverse() const { call(op::list_reverse).send(); }
+  /// Sorts the list in place, stably, by `comp` on T (run here: the server does not know T). Atomic: the order is
+  /// applied only if nobody changed the list meanwhile, else it is read and sorted again.
+  template <class Compare = std::ranges::less>
+  void sort(Compare comp = {}) const;
+  /// The items l[begin:end] (Python's slice bounds: negative from the end, clamped).
+  std::vector<T> slice(std::int64_t begin, std::int64_t end = INT64_MAX) const {
+    return reply_list<T>(call(op::list_slice).i64(begin).i64(end).send());
+  }
+  /// for (const T& x : l): over a snapshot taken in one round trip.
+  detail::manager::snapshot_iterator<T> begin() const { return detail::manager::snapshot_iterator(copy()); }
+  std::default_sentinel_t end() const { return {}; }
+};
+
+/// A fixed-length array in the manager server (Python's manager.Array); indexes as ListProxy.
+template <class T>
+class ArrayProxy : public detail::manager::proxy_base {
+  using op = detail::manager::protocol::op;
+
+ public:
+  using proxy_base::proxy_base;
+  T get(std::int64_t index) const { return reply_value<T>(call(op::list_get).i64(index).send()); }
+  void set(std::int64_t index, const T& item) const { call(op::list_set).i64(index).value(item).send(); }
+  ListItem<T, ArrayProxy> operator[](std::int64_t index) const { return ListItem<T, ArrayProxy>(*this, index); }
+  std::size_t size() const { return call(op::list_size).send().u64(); }
+  std::vector<T> copy() const { return reply_list<T>(call(op::list_copy).send()); }
+  std::vector<T> slice(std::int64_t begin, std::int64_t end = INT64_MAX) const {
+    return reply_list<T>(call(op::list_slice).i64(begin).i64(end).send());
+  }
+  detail::manager::snapshot_iterator<T> begin() const { return detail::manager::snapshot_iterator(copy()); }
+  std::default_sentinel_t end() const { return {}; }
 };
 
 /// One value in the manager server (Python's manager.Value): get() and set() are its .value.
@@ -292,6 +382,19 @@ class QueueProxy : public detail::manager::proxy_base {
 
  private:
   T take(std::int64_t timeout) const { return reply_value<T>(call(op::queue_get).i64(timeout).send()); }
+};
+
+/// A manager queue with task_done() and join() (Python's manager.JoinableQueue()).
+template <class T>
+class JoinableQueueProxy : public QueueProxy<T> {
+  using op = detail::manager::protocol::op;
+
+ public:
+  using QueueProxy<T>::QueueProxy;
+  /// Marks one item got earlier as processed; ValueError if called more times than items were put.
+  void task_done() const { this->call(op::queue_task_done).send(); }
+  /// Waits until every item put has been marked task_done().
+  void join() const { this->call(op::queue_join).send(); }
 };
 
 namespace detail::manager {
@@ -346,6 +449,13 @@ class SemaphoreProxy : public detail::manager::lockable_proxy<SemaphoreProxy> {
   /// Adds n to the value, waking up to n waiters.
   void release(std::uint32_t n = 1) const { call(op::semaphore_release).u32(n).send(); }
   int get_value() const { return static_cast<int>(call(op::semaphore_value).send().i64()); }
+};
+
+/// A semaphore whose value may not exceed its initial value (Python's manager.BoundedSemaphore()).
+class BoundedSemaphoreProxy : public SemaphoreProxy {
+ public:
+  using SemaphoreProxy::SemaphoreProxy;
+  // release(n): ValueError if the value would exceed the initial value (nothing is released then).
 };
 
 /// An event in the manager server (Python's manager.Event).
@@ -411,6 +521,17 @@ class BarrierProxy : public detail::manager::proxy_base {
   MP_DECL bool broken() const;
 };
 
+/// A custom type's object in the manager server: call(&T::method, args...) runs the method there, one call at a
+/// time per object, and returns its result; an exception it throws reaches the caller as mp::RemoteError.
+template <class T>
+class ObjectProxy : public detail::manager::proxy_base {
+ public:
+  using proxy_base::proxy_base;
+  /// Runs `method` (registered for T) with `args` converted to its parameter types; mp::Error if not registered.
+  template <class Method, class... A>
+  auto call(Method method, A&&... args) const;
+};
+
 /// Named attributes of any serializable types (Python's manager.Namespace(): ns.x = 1 is ns.set("x", 1)).
 class NamespaceProxy : public detail::manager::proxy_base {
   using op = detail::manager::protocol::op;
@@ -436,147 +557,15 @@ class NamespaceProxy : public detail::manager::proxy_base {
   MP_DECL std::vector<std::string> names() const;
 };
 
-// ---- definitions ---------------------------------------------------------------------------------------------
-
-namespace detail::manager {
-
-template <class T>
-request& request::value(const T& v) {
-  auto mark = out_.start_blob();
-  mp::serialize_into(frame_, v);
-  out_.finish_blob(mark);
-  return *this;
-}
-
-template <class T>
-T proxy_base::decode(protocol::reader& in) {
-  auto bytes = in.blob();
-  return mp::deserialize<T>(std::as_bytes(std::span(bytes.data(), bytes.size())));
-}
-
-}  // namespace detail::manager
-
-template <class K, class V>
-V DictProxy<K, V>::at(const K& k) const {
-  auto found = get(k);
-  if (!found) throw Error("manager dict has no such key (KeyError): use get(k) or get(k, default) for optional keys");
-  return std::move(*found);
-}
-
-template <class K, class V>
-std::vector<std::pair<K, V>> DictProxy<K, V>::items() const {
-  auto in = call(op::dict_items).send();
-  std::vector<std::pair<K, V>> out;
-  auto n = in.count(8);
-  out.reserve(n);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    auto k = decode<K>(in);
-    out.emplace_back(std::move(k), decode<V>(in));
-  }
-  return out;
-}
-
-template <class K, class V>
-template <std::ranges::input_range R>
-void DictProxy<K, V>::update(R&& pairs) const {
-  auto request = call(op::dict_update);
-  auto at = request.count_placeholder();
-  std::uint32_t n = 0;
-  for (const auto& [k, v] : pairs) request.value(k).value(v), ++n;
-  request.patch_count(at, n);
-  request.send();
-}
-
-template <class K, class V>
-template <class Map>
-Map DictProxy<K, V>::copy() const {
-  auto all = items();
-  return Map(std::make_move_iterator(all.begin()), std::make_move_iterator(all.end()));
-}
-
-template <class T>
-template <std::ranges::input_range R>
-void ListProxy<T>::extend(R&& items) const {
-  auto request = call(op::list_extend);
-  auto at = request.count_placeholder();
-  std::uint32_t n = 0;
-  for (const auto& item : items) request.value(item), ++n;
-  request.patch_count(at, n);
-  request.send();
-}
-
-template <class T>
-bool QueueProxy<T>::try_put(const T& item) const {
-  try {
-    put_nowait(item);
-    return true;
-  } catch (const Full&) {
-    return false;
-  }
-}
-
-template <class T>
-std::optional<T> QueueProxy<T>::try_get() const {
-  try {
-    return take(0);
-  } catch (const Empty&) {
-    return std::nullopt;
-  }
-}
-
-template <class T>
-bool QueueProxy<T>::full() const {
-  auto in = call(op::queue_state).send();
-  auto size = in.u64();
-  auto maxsize = in.u64();
-  return maxsize != 0 && size >= maxsize;
-}
-
-template <class Pred, class R, class P>
-bool ConditionProxy::wait_for(Pred pred, std::chrono::duration<R, P> timeout) const {
-  const detail::deadline until = detail::deadline_or_forever(timeout);
-  bool result = pred();
-  while (!result && !detail::expired(until)) {
-    if (until) {
-      wait(*until - std::chrono::steady_clock::now());
-    } else {
-      wait();
-    }
-    result = pred();
-  }
-  return result;
-}
-
-template <class T>
-T NamespaceProxy::get(std::string_view name) const {
-  auto found = try_get<T>(name);
-  if (!found) throw Error("manager namespace has no attribute '" + std::string(name) + "' (AttributeError)");
-  return std::move(*found);
-}
-
-template <class K, class V>
-DictProxy<K, V> Manager::dict(std::string name) {
-  return {client(), create(kind::dict, "dict<" + detail::type_name<K>() + ", " + detail::type_name<V>() + ">", name)};
-}
-
-template <class T>
-ListProxy<T> Manager::list(std::string name) {
-  return {client(), create(kind::list, "list<" + detail::type_name<T>() + ">", name)};
-}
-
-template <class T>
-ValueProxy<T> Manager::value(T initial, std::string name) {
-  auto bytes = mp::serialize(initial);
-  return {client(), create(kind::value, "value<" + detail::type_name<T>() + ">", name, 0,
-                           {reinterpret_cast<const char*>(bytes.data()), bytes.size()})};
-}
-
-template <class T>
-QueueProxy<T> Manager::queue(std::size_t maxsize, std::string name) {
-  return {client(), create(kind::queue, "queue<" + detail::type_name<T>() + ">", name, maxsize)};
-}
-
 }  // namespace mp
+
+#include <mp/impl/manager_templates.ipp>
+
+/// At namespace scope: registers T as a custom shared type under `name` with the given member functions, in every
+/// process of the program (servers started by spawn and forkserver included). See mp::register_type.
+#define MP_REGISTER_TYPE(T, name, ...) \
+  [[maybe_unused]] static const bool MP_DETAIL_CONCAT(mp_type_registered_, __COUNTER__) = \
+      ::mp::register_type<T>(name, __VA_ARGS__)
 
 #if MP_INCLUDE_DEFINITIONS
 #include <mp/impl/manager.ipp>

@@ -14,6 +14,7 @@ of 3 runs, on both sides. The whole run takes about a minute or two.
 """
 
 import multiprocessing as mp
+from multiprocessing.managers import BaseManager
 import os
 import subprocess
 import sys
@@ -185,6 +186,43 @@ def cpu_speedups(quick):
     }
 
 
+class Counter:
+    """A custom shared type (mp: MP_REGISTER_TYPE(Counter, "Counter", &Counter::add))."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, n):
+        self.total += n
+        return self.total
+
+
+class CounterManager(BaseManager):
+    pass
+
+
+CounterManager.register("Counter", Counter)
+
+
+def timed_in_child(fn, n, conn):
+    t0 = time.perf_counter()
+    fn(n)
+    conn.send(time.perf_counter() - t0)
+
+
+def best_rate_in_child(runs, n, fn):
+    """Best of `runs`: fn(n) run in a child process (as a worker would), n / its own elapsed time."""
+    best = 0.0
+    for _ in range(runs):
+        receiver, sender = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=timed_in_child, args=(fn, n, sender))
+        p.start()
+        seconds = receiver.recv()
+        p.join()
+        best = max(best, n / seconds)
+    return best
+
+
 def python_rows(quick):
     s = 10 if quick else 1
     rows = {}
@@ -219,6 +257,21 @@ def python_rows(quick):
                     raise RuntimeError("manager dict")
 
         report("manager_dict_ops", best_rate(3, 4000 // s, dict_ops))
+        l = manager.list()
+
+        def list_appends(n):
+            for i in range(n):
+                l.append(i)
+
+        report("manager_list_append", best_rate_in_child(3, 4000 // s, list_appends))
+    with CounterManager(ctx=ctx) as custom:
+        counter = custom.Counter()
+
+        def custom_calls(n):
+            for _ in range(n):
+                counter.add(1)
+
+        report("manager_custom_call", best_rate_in_child(3, 4000 // s, custom_calls))
     for name, value in cpu_speedups(quick).items():
         report(name, value)
     return rows
@@ -245,6 +298,8 @@ ROWS = [
     ("apply_async_round_trip", "us", "latency", None, "10x"),
     ("value_lock_increments", "ops/s", "rate", None, "10x"),
     ("manager_dict_ops", "ops/s", "rate", None, "10x"),
+    ("manager_list_append", "ops/s", "rate", None, "10x"),
+    ("manager_custom_call", "calls/s", "rate", None, "10x"),
     ("cpu_speedup_threads", "x", "speedup", None, None),
     ("cpu_speedup_processes", "x", "speedup", None, None),
     ("cpu_speedup_pool", "x", "speedup", None, None),

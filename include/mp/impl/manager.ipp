@@ -109,6 +109,11 @@ MP_DECL SemaphoreProxy Manager::semaphore(int value, std::string name) {
   return {client(), create(kind::semaphore, "semaphore", name, static_cast<std::uint64_t>(value))};
 }
 
+MP_DECL BoundedSemaphoreProxy Manager::bounded_semaphore(int value, std::string name) {
+  if (value < 0) throw Error("Manager::bounded_semaphore: initial value " + std::to_string(value) + " must be >= 0");
+  return {client(), create(kind::bounded_semaphore, "bounded_semaphore", name, static_cast<std::uint64_t>(value))};
+}
+
 MP_DECL EventProxy Manager::event(std::string name) { return {client(), create(kind::event, "event", name)}; }
 
 MP_DECL ConditionProxy Manager::condition(std::string name) {
@@ -123,6 +128,13 @@ MP_DECL BarrierProxy Manager::barrier(int parties, std::string name) {
 MP_DECL NamespaceProxy Manager::namespace_(std::string name) {
   return {client(), create(kind::namespace_, "namespace", name)};
 }
+
+MP_DECL bool Manager::erase(std::string_view name) {
+  detail::manager::request request(*client(), detail::manager::protocol::op::erase_name, 0);
+  return request.text(name).send().u8() != 0;
+}
+
+MP_DECL pid_t Manager::server_pid() const { return owner_ ? owner_->pid : 0; }
 
 MP_DECL Address Manager::address() const {
   return client_ ? Address(client_->endpoint()) : Address();

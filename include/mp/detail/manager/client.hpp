@@ -28,6 +28,7 @@
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/manager/refs.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::manager {
@@ -121,6 +122,8 @@ class client {
 
   const manager::endpoint& endpoint() const { return endpoint_; }
   const std::string& authkey() const { return authkey_; }
+  /// This process's references to the server's objects (refs.hpp).
+  ref_table& refs() noexcept { return refs_; }
 
  private:
   MP_DECL static std::uint64_t next_serial();
@@ -132,6 +135,7 @@ class client {
   std::mutex mutex_;
   std::uint64_t generation_;  // guarded by mutex_
   std::unordered_map<std::thread::id, std::unique_ptr<manager::connection>> connections_;  // guarded by mutex_
+  ref_table refs_{*this};
 };
 
 /// One request being built in place (the frame's length is patched in by connection::call), and the reply it
@@ -139,7 +143,7 @@ class client {
 class request {
  public:
   request(client& to, protocol::op code, std::uint64_t id)
-      : connection_(to.connection()), borrowed_(!buffer_busy()), frame_(borrowed_ ? shared_buffer() : own_),
+      : target_(to), connection_(to.connection()), borrowed_(!buffer_busy()), frame_(borrowed_ ? shared_buffer() : own_),
         out_(frame_) {
     if (borrowed_) buffer_busy() = true;
     frame_.assign(4, std::byte{0});
@@ -183,6 +187,7 @@ class request {
     thread_local bool busy = false;
     return busy;
   }
+  client& target_;  // whose server: nested proxies in a value must belong to it
   manager::connection& connection_;
   bool borrowed_;
   std::vector<std::byte> own_;
@@ -190,63 +195,9 @@ class request {
   protocol::writer<std::vector<std::byte>> out_;
 };
 
-/// What every proxy holds: the shared client and the object's id in the server.
-class proxy_base {
- public:
-  proxy_base() = default;
-  proxy_base(std::shared_ptr<client> to, std::uint64_t id) : client_(std::move(to)), id_(id) {}
-  /// The object's id in its server.
-  std::uint64_t id() const noexcept { return id_; }
-
-  /// How a proxy crosses to a Process started by spawn or forkserver: the server's address, the authkey and the
-  /// object's id (the child connects on first use). Only as a Process argument: a proxy in a Queue item or
-  /// plain bytes would carry the authkey where it was not meant to go, so that throws SerializationError.
-  MP_DECL void save(output_archive& ar) const;
-  /// In a spawned child: a proxy of the same object, with its own connection to the server.
-  MP_DECL void load(input_archive& ar);
-
- protected:
-  request call(protocol::op code) const {
-    if (!client_) empty_proxy();
-    return request(*client_, code, id_);
-  }
-  [[noreturn]] MP_DECL static void empty_proxy();
-  /// A timeout as the protocol's i64 nanoseconds (negative ones count as zero; -1 on the wire means "forever").
-  static std::int64_t timeout_ns(std::chrono::nanoseconds timeout) { return timeout.count() < 0 ? 0 : timeout.count(); }
-
-  // Reading a reply (what call(...).send() returns).
-  /// The reply's next value (defined in <mp/manager.hpp>, which has mp::deserialize).
-  template <class T>
-  static T decode(protocol::reader& in);
-  /// The reply's one value.
-  template <class T>
-  static T reply_value(protocol::reader in) {
-    return decode<T>(in);
-  }
-  /// The reply's value if its flag byte says there is one.
-  template <class T>
-  static std::optional<T> reply_optional(protocol::reader in) {
-    if (!in.u8()) return std::nullopt;
-    return decode<T>(in);
-  }
-  /// The reply's list of values: a u32 count, then the values (a list, a dict's keys or values).
-  template <class T>
-  static std::vector<T> reply_list(protocol::reader in) {
-    std::vector<T> out;
-    auto n = in.count(4);
-    out.reserve(n);
-    for (std::uint32_t i = 0; i < n; ++i) out.push_back(decode<T>(in));
-    return out;
-  }
-  /// The reply's flag byte.
-  static bool reply_flag(protocol::reader in) { return in.u8() != 0; }
-
-  std::shared_ptr<client> client_;
-  std::uint64_t id_ = 0;
-};
-
 }  // namespace mp::detail::manager
 
 #if MP_INCLUDE_DEFINITIONS
 #include <mp/detail/manager/client.ipp>
+#include <mp/detail/manager/refs.ipp>
 #endif

@@ -12,6 +12,7 @@
 #include <mp/detail/manager/client.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/manager/auth.hpp>
+#include <mp/detail/manager/remote.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
 
@@ -270,6 +271,7 @@ MP_DECL manager::connection& client::lookup(std::uint64_t generation) {
   if (slot) return *slot;
   guard.unlock();  // connecting takes round trips: don't hold up other threads
   auto made = std::make_unique<manager::connection>(endpoint_, authkey_);
+  refs_.bind(*made);  // this process's session, for reference counting (refs.hpp)
   guard.lock();
   auto& again = connections_[std::this_thread::get_id()];
   again = std::move(made);
@@ -290,35 +292,15 @@ MP_DECL protocol::reader request::send() {
       case p::error_kind::empty: throw Empty(message);
       case p::error_kind::full: throw Full(message);
       case p::error_kind::broken_barrier: throw BrokenBarrierError(message);
+      case p::error_kind::key: throw KeyError(message);
+      case p::error_kind::index: throw IndexError(message);
+      case p::error_kind::value: throw ValueError(message);
+      case p::error_kind::remote: throw_remote(std::move(message), std::string(in.blob()));
       default: throw Error(message);
     }
   } catch (const p::malformed&) {
     throw Error("the manager server sent a malformed reply: it runs another version of mp, or the connection is corrupt");
   }
-}
-
-// ---- proxy_base ------------------------------------------------------------------------------------------------
-
-MP_DECL void proxy_base::save(output_archive& ar) const {
-  if (current_fd_outbox() == nullptr) {
-    throw SerializationError(
-        "mp::serialize: a manager proxy crosses only as an argument of a Process started by spawn or forkserver "
-        "(it carries the manager's authkey); pass the values it holds, or the proxy as a Process argument");
-  }
-  if (!client_) throw SerializationError("mp::serialize: this manager proxy is empty (default-constructed)");
-  const manager::endpoint& where = client_->endpoint();
-  ar(where.tcp, where.host, where.port, where.path, client_->authkey(), id_);
-}
-
-MP_DECL void proxy_base::load(input_archive& ar) {
-  manager::endpoint where;
-  std::string authkey;
-  ar(where.tcp, where.host, where.port, where.path, authkey, id_);
-  client_ = std::make_shared<client>(std::move(where), std::move(authkey));
-}
-
-MP_DECL void proxy_base::empty_proxy() {
-  throw Error("this manager proxy is empty (default-constructed): get one from a Manager");
 }
 
 }  // namespace mp::detail::manager

@@ -24,30 +24,42 @@ inline constexpr std::uint32_t max_request = 256u << 20;
 inline constexpr std::uint32_t max_handshake = 256;
 
 enum class kind : std::uint8_t { dict = 1, list, value, queue, lock, rlock, semaphore, event, condition, barrier,
-                                 namespace_ };
-inline constexpr std::uint8_t last_kind = static_cast<std::uint8_t>(kind::namespace_);
+                                 namespace_, joinable_queue, array, bounded_semaphore, object };
+inline constexpr std::uint8_t last_kind = static_cast<std::uint8_t>(kind::object);
 
 enum class op : std::uint8_t {
   create = 1,  // kind u8, type string, name string, number u64, initial blob -> id u64
   shutdown,    // -> (nothing); the server stops after replying
   ping,        // -> (nothing)
   attach_channel,  // (a memfd attached with SCM_RIGHTS, Unix sockets only) -> (nothing); see channel.hpp
+  hello,       // session u64, u32 n, n x lend token u64 -> u32 m, m x adopted id u64 (refs.hpp)
+  decref,      // (id) count u64 -> (nothing)
+  lend,        // u32 n, n x id u64 -> token u64
+  erase_name,  // name string -> u8 flag
+  type_info,   // name string -> u8 known, u64 signature (registered.hpp)
   dict_get = 10, dict_set, dict_contains, dict_erase, dict_size, dict_keys, dict_values, dict_items, dict_clear,
   dict_update, dict_setdefault, dict_pop,
   list_append = 30, list_extend, list_get, list_set, list_insert, list_pop, list_size, list_clear, list_copy,
   value_get = 45, value_set,
-  queue_put = 50, queue_get, queue_state,
+  queue_put = 50, queue_get, queue_state, queue_task_done, queue_join,
   lock_acquire = 60, lock_release,
   semaphore_acquire = 65, semaphore_release, semaphore_value,
   event_set = 70, event_clear, event_is_set, event_wait,
   condition_wait = 75, condition_notify,
   barrier_wait = 80, barrier_reset, barrier_abort, barrier_state,
   ns_get = 90, ns_set, ns_contains, ns_erase, ns_names,
+  // list (and array) additions: remove value, index value i64 start i64 stop -> u64, count value -> u64, reverse,
+  // slice i64 begin i64 end -> list, snapshot -> u64 version + list, permute u64 version + u32 n + n x u32 -> flag
+  list_remove = 100, list_index, list_count, list_reverse, list_slice, list_snapshot, list_permute,
+  dict_popitem = 110,  // -> u8 flag (+ key blob, value blob)
+  object_call = 120,   // u32 method, args blob -> result blob (custom types, see registered.hpp)
 };
 
 enum class status : std::uint8_t { ok = 0, error = 1 };
 /// Which mp exception the client throws for an error reply.
-enum class error_kind : std::uint8_t { error = 0, empty, full, broken_barrier };
+/// remote: the message blob is followed by a second one; the first names the exception's type, the second is its
+/// what() (a custom type's method threw).
+enum class error_kind : std::uint8_t { error = 0, empty, full, broken_barrier, key, index, value, remote };
 
 /// A request or reply that does not parse: the connection that sent it is closed.
 struct malformed {};

@@ -15,6 +15,7 @@
 #include <deque>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -26,6 +27,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/manager/registered.hpp>
 
 namespace mp::detail::manager {
 
@@ -78,6 +80,8 @@ class store {
   };
   struct list_state {
     std::vector<std::string> items;
+    std::uint64_t version = 0;  // bumped by every change of items: sort() applies its order only to what it read
+    bool fixed = false;         // an array: its length never changes
   };
   struct value_state {
     std::string bytes;
@@ -86,6 +90,8 @@ class store {
     std::deque<std::string> items;
     std::uint64_t maxsize = 0;
     std::deque<waiter> getters, putters;
+    std::uint64_t unfinished = 0;  // joinable: items put and not yet task_done()
+    std::deque<waiter> joiners;    // joinable: join() callers, answered when unfinished reaches 0
   };
   struct lock_state {  // Lock, RLock and a Condition's (re-entrant) lock
     bool reentrant = false;
@@ -97,6 +103,7 @@ class store {
   struct semaphore_state {
     std::int64_t value = 0;
     std::deque<waiter> waiters;
+    std::int64_t bound = -1;  // a bounded semaphore: release() above it is a ValueError
   };
   struct event_state {
     bool flag = false;
@@ -110,11 +117,16 @@ class store {
   struct namespace_state {
     std::map<std::string, std::pair<std::string, std::string>, std::less<>> attributes;  // name -> (type, bytes)
   };
+  struct object_state {  // a custom type's instance (registered.hpp)
+    std::shared_ptr<void> instance;
+    const registered_type* type = nullptr;
+  };
   struct object {
     protocol::kind kind;
     std::string type;
+    std::uint64_t refs = 0;  // sessions' references + values holding it + its name + lent holds (refs.hpp)
     std::variant<dict_state, list_state, value_state, queue_state, lock_state, semaphore_state, event_state,
-                 barrier_state, namespace_state>
+                 barrier_state, namespace_state, object_state>
         state;
   };
   struct parked_request {
@@ -153,7 +165,7 @@ class store {
                         protocol::reader& in, clock::time_point now, std::vector<reply>& out);
 
   // ---- dict ----------------------------------------------------------------------------------------------------
-  MP_DECL static void dict_set(dict_state& d, std::string_view key, std::string_view value);
+  MP_DECL void dict_set(dict_state& d, std::string_view key, std::string_view value);
   template <class F>
   static std::string list_reply(std::size_t count, F&& each) {
     return ok_with([&](auto& w) {
@@ -171,6 +183,8 @@ class store {
 
   MP_DECL void list_op(std::uint64_t client, protocol::op code, list_state& l, protocol::reader& in,
                        std::vector<reply>& out);
+  MP_DECL void list_more_op(std::uint64_t client, protocol::op code, list_state& l, protocol::reader& in,
+                            std::vector<reply>& out);
 
   // ---- value ---------------------------------------------------------------------------------------------------
   MP_DECL void value_op(std::uint64_t client, protocol::op code, value_state& v, protocol::reader& in,
@@ -204,9 +218,48 @@ class store {
   MP_DECL void barrier_op(std::uint64_t client, protocol::op code, std::uint64_t id, barrier_state& b,
                           protocol::reader& in, clock::time_point now, std::vector<reply>& out);
 
+  // ---- custom types ----------------------------------------------------------------------------------------------
+  /// Makes the instance of a custom type; an error reply (and false) if it cannot.
+  MP_DECL bool construct(std::uint64_t client, const std::string& type, std::string_view initial, object_state& made,
+                         std::vector<reply>& out);
+  MP_DECL void object_op(std::uint64_t client, object_state& o, protocol::reader& in, std::vector<reply>& out);
+
   // ---- Namespace -----------------------------------------------------------------------------------------------
   MP_DECL void namespace_op(std::uint64_t client, protocol::op code, namespace_state& ns,
                             protocol::reader& in, std::vector<reply>& out);
+
+  // ---- references (refs.hpp) ----------------------------------------------------------------------------------
+  struct session {
+    std::unordered_map<std::uint64_t, std::uint64_t> refs;  // object id -> references handed to this session
+    std::uint32_t connections = 0;
+  };
+  struct lent_hold {
+    std::vector<std::uint64_t> ids;
+    clock::time_point expiry;
+  };
+  MP_DECL void refs_op(std::uint64_t client, protocol::op code, std::uint64_t id, protocol::reader& in,
+                       clock::time_point now, std::vector<reply>& out);
+  MP_DECL session* session_of(std::uint64_t client);
+  /// One more reference to `id`, if it exists; true if it does.
+  MP_DECL bool add_ref(std::uint64_t id);
+  /// n fewer references to `id`; at zero the object is doomed (destroyed by destroy_doomed).
+  MP_DECL void release(std::uint64_t id, std::uint64_t n = 1);
+  /// Destroys the doomed objects, releasing what their values referred to (iteratively: no recursion).
+  MP_DECL void destroy_doomed(std::vector<reply>& out);
+  /// A value (tag 1, see manager_templates.ipp) entering or leaving a container: its proxies' objects gain or
+  /// lose a reference.
+  MP_DECL void hold_refs(std::string_view blob);
+  MP_DECL void drop_refs(std::string_view blob);
+  /// A value sent to `client`: its session now holds a reference to each object the value refers to.
+  MP_DECL void handoff(std::uint64_t client, std::string_view blob);
+  template <class F>
+  static void for_each_ref(std::string_view blob, F&& each) {
+    if (blob.size() < 5 || blob[0] != 1) return;
+    protocol::reader in(blob.substr(1));
+    auto n = in.u32();
+    if (std::size_t{n} * 8 > blob.size() - 5) return;  // not a value mp wrote: no references, consistently
+    for (std::uint32_t i = 0; i < n; ++i) each(in.u64());
+  }
 
   // ---- timeouts ------------------------------------------------------------------------------------------------
   MP_DECL void time_out(std::uint64_t client, std::vector<reply>& out);
@@ -215,7 +268,12 @@ class store {
   std::unordered_map<std::string, std::uint64_t> names_;
   std::unordered_map<std::uint64_t, parked_request> parked_;          // client -> its one blocked request
   std::unordered_map<std::uint64_t, std::set<std::uint64_t>> held_;  // client -> locks it holds
+  std::unordered_map<std::uint64_t, session> sessions_;       // session token -> its references
+  std::unordered_map<std::uint64_t, std::uint64_t> bound_;    // client (connection) -> session token
+  std::unordered_map<std::uint64_t, lent_hold> lent_;         // lend token -> hold for a child
+  std::vector<std::uint64_t> doomed_;
   std::uint64_t next_id_ = 1;
+  std::uint64_t next_lend_ = 1;
   bool shutdown_ = false;
 };
 
