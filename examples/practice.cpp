@@ -3,7 +3,9 @@
 // shortened so the whole tour runs in about a second. The program also checks every result it computes and
 // exits 1 on a wrong one, so ctest running it proves the tour, not only that it ran.
 // Two fixes of the Python: section 8's `d['count'] = d.get('count', 0) + 1` is a read-modify-write race between
-// processes (it can print 2), so the C++ holds a Lock around it; and every child flushes its lines as it prints them.
+// processes (it can print 2), so the C++ holds a Lock around it; and every line is flushed as it is printed
+// (std::endl), so that lines of several processes come out in the order they were printed.
+// ctest runs it under each start method (fork, spawn, forkserver) and diffs its output against practice.expected.
 #include <mp/manager.hpp>
 #include <mp/pool.hpp>
 #include <mp/process.hpp>
@@ -16,15 +18,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdarg>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
+#include <iomanip>
+#include <iostream>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "lesson/lesson.hpp"
 
 using namespace std::chrono_literals;
 
@@ -32,26 +36,16 @@ namespace {
 
 int failures = 0;
 
-/// Prints one line and flushes it at once: lines from several processes then appear whole and in time order.
-[[gnu::format(printf, 1, 2)]] void say(const char* format, ...) {
-  std::va_list args;
-  va_start(args, format);
-  std::vprintf(format, args);
-  va_end(args);
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
-}
-
 void expect(bool ok, const std::string& what) {
   if (!ok) {
-    std::fprintf(stderr, "practice: wrong result: %s\n", what.c_str());
+    std::cerr << "practice: wrong result: " << what << std::endl;
     ++failures;
   }
 }
 
 void banner(const char* title) {
-  say("%s", title);
-  say("%s", std::string(60, '-').c_str());
+  std::cout << title << std::endl;
+  std::cout << std::string(60, '-') << std::endl;
 }
 
 /// Starts nothing; joins every process and checks each ended with exit code 0 (a child's own checks failed else).
@@ -64,35 +58,45 @@ void join_all(std::vector<mp::Process>& processes) {
 
 // 1. Basic process
 void basic_worker(std::string name) {
-  say("Process %s (PID: %d) starting", name.c_str(), static_cast<int>(::getpid()));
+  std::cout << "Process " << name << " (PID: " << ::getpid() << ") starting" << std::endl;
   std::this_thread::sleep_for(100ms);
-  say("Process %s finished", name.c_str());
+  std::cout << "Process " << name << " finished" << std::endl;
 }
 
 // 2. Multiple processes
 void delayed_worker(std::string name, std::chrono::milliseconds delay) {
-  say("Process %s starting", name.c_str());
+  std::cout << "Process " << name << " starting" << std::endl;
   std::this_thread::sleep_for(delay);
-  say("Process %s finished", name.c_str());
+  std::cout << "Process " << name << " finished" << std::endl;
 }
 
 // 3. Process with class
 class WorkerProcess : public mp::Process {
  public:
+  WorkerProcess() = default;  // spawn and forkserver rebuild the object in the child: see MP_REGISTER_PROCESS
   explicit WorkerProcess(std::string name) : mp::Process(mp::ProcessOptions{.name = std::move(name)}) {}
+  template <class Archive>
+  void serialize(Archive&) {}  // no fields of its own (the name always travels)
 
  protected:
   void run() override {
-    say("%s starting", name().c_str());
+    std::cout << name() << " starting" << std::endl;
     std::this_thread::sleep_for(100ms);
-    say("%s finished", name().c_str());
+    std::cout << name() << " finished" << std::endl;
   }
 };
+
+}  // namespace
+
+// Lets the start methods that start the program anew (spawn, forkserver) rebuild a WorkerProcess in the child.
+MP_REGISTER_PROCESS(WorkerProcess);
+
+namespace {
 
 // 4. Queue for communication: std::nullopt plays Python's None sentinel.
 void producer(mp::Queue<std::optional<int>> q) {
   for (int i = 0; i < 5; ++i) {
-    say("Producing %d", i);
+    std::cout << "Producing " << i << std::endl;
     q.put(i);
     std::this_thread::sleep_for(50ms);
   }
@@ -104,7 +108,7 @@ void consumer(mp::Queue<std::optional<int>> q) {
   while (true) {
     std::optional<int> item = q.get();
     if (!item) break;
-    say("Consuming %d", *item);
+    std::cout << "Consuming " << *item << std::endl;
     if (*item != expected++) std::exit(1);  // items arrive in order, each exactly once
   }
   if (expected != 5) std::exit(1);
@@ -118,7 +122,7 @@ void sender(mp::Connection<std::string> conn) {
 
 void receiver(mp::Connection<std::string> conn) {
   std::string message = conn.recv();
-  say("Received: %s", message.c_str());
+  std::cout << "Received: " << message << std::endl;
   conn.close();
   if (message != "Hello from sender") std::exit(1);
 }
@@ -127,13 +131,13 @@ void receiver(mp::Connection<std::string> conn) {
 void increment_worker(mp::Value<int> shared_value, mp::Lock lock) {
   std::lock_guard guard(lock);
   shared_value.value() += 1;
-  say("Value: %d", shared_value.value());
+  std::cout << "Value: " << shared_value.value() << std::endl;
 }
 
 // 7. Shared array
 void array_worker(mp::Array<int> shared_array, std::size_t index, int value) {
   shared_array[index] = value;
-  say("Set index %zu to %d", index, value);
+  std::cout << "Set index " << index << " to " << value << std::endl;
 }
 
 // 8. Manager
@@ -156,25 +160,16 @@ std::int64_t compute_square(std::int64_t n) {
   return result;
 }
 
-template <class T, class F>
-std::string python_list(const std::vector<T>& items, F format) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + format(items[i]);
-  return out + "]";
-}
-
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
   const std::string rule(60, '=');
 
-  say("%s", rule.c_str());
-  say("MULTIPROCESSING PRACTICE");
-  say("%s", rule.c_str());
-  say("%s", "");
+  std::cout << rule << std::endl;
+  std::cout << "MULTIPROCESSING PRACTICE" << std::endl;
+  std::cout << rule << std::endl;
+  std::cout << std::endl;
 
   {
     banner("1. BASIC PROCESS");
@@ -182,7 +177,7 @@ int main(int argc, char** argv) {
     process.start();
     process.join();
     expect(process.exitcode() == 0, "basic process exit code");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -193,7 +188,7 @@ int main(int argc, char** argv) {
       processes.back().start();
     }
     join_all(processes);
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -202,7 +197,7 @@ int main(int argc, char** argv) {
     process.start();
     process.join();
     expect(process.exitcode() == 0, "WorkerProcess exit code");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -213,7 +208,7 @@ int main(int argc, char** argv) {
     processes.emplace_back(consumer, q);
     for (auto& p : processes) p.start();
     join_all(processes);
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -224,7 +219,7 @@ int main(int argc, char** argv) {
     processes.emplace_back(receiver, parent_conn);
     for (auto& p : processes) p.start();
     join_all(processes);
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -237,9 +232,9 @@ int main(int argc, char** argv) {
       processes.back().start();
     }
     join_all(processes);
-    say("Final value: %d", shared_value.value());
+    std::cout << "Final value: " << shared_value.value() << std::endl;
     expect(shared_value.value() == 5, "final value " + std::to_string(shared_value.value()) + ", expected 5");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -252,9 +247,9 @@ int main(int argc, char** argv) {
     }
     join_all(processes);
     std::vector<int> values(shared_array.begin(), shared_array.end());
-    say("Final array: %s", python_list(values, [](int v) { return std::to_string(v); }).c_str());
+    std::cout << "Final array: " << lesson::repr(values) << std::endl;
     expect(values == std::vector<int>{0, 10, 20, 30, 40}, "final array");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -271,19 +266,15 @@ int main(int argc, char** argv) {
       processes.back().start();
     }
     join_all(processes);
-    std::string dict = "{";
-    for (const auto& [key, value] : shared_dict.items()) {
-      dict += (dict.size() > 1 ? ", " : "") + quoted(key) + ": " + std::to_string(value);
-    }
-    dict += "}";
+    const std::string dict = lesson::repr(shared_dict.copy());
     std::vector<std::string> list = shared_list.copy();
-    say("Dict: %s", dict.c_str());
-    say("List: %s", python_list(list, quoted).c_str());
+    std::cout << "Dict: " << dict << std::endl;
+    std::cout << "List: " << lesson::repr(list) << std::endl;
     expect(shared_dict.get("count", 0) == 3 && shared_dict.size() == 1, "dict " + dict + ", expected {'count': 3}");
     std::sort(list.begin(), list.end());
     std::sort(names.begin(), names.end());
     expect(list == names, "list holds the names of the three processes");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -291,9 +282,9 @@ int main(int argc, char** argv) {
     mp::Pool pool;
     std::vector<int> inputs{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
     std::vector<int> results = pool.map(square, inputs);
-    say("Results: %s", python_list(results, [](int v) { return std::to_string(v); }).c_str());
+    std::cout << "Results: " << lesson::repr(results) << std::endl;
     expect(results == std::vector<int>{0, 1, 4, 9, 16, 25, 36, 49, 64, 81}, "pool.map(square, range(10))");
-    say("%s", "");
+    std::cout << std::endl;
   }
 
   {
@@ -306,21 +297,21 @@ int main(int argc, char** argv) {
       results = pool.map(compute_square, numbers);
     }
     std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    say("Results: %s", python_list(results, [](std::int64_t v) { return std::to_string(v); }).c_str());
-    say("Time: %.2fs", elapsed.count());
+    std::cout << "Results: " << lesson::repr(results) << std::endl;
+    std::cout << "Time: " << std::fixed << std::setprecision(2) << elapsed.count() << "s" << std::endl;
     for (std::size_t i = 0; i < numbers.size(); ++i) {
       const std::int64_t n = numbers[i];
       expect(results.size() == numbers.size() && results[i] == (n - 1) * n * (2 * n - 1) / 6,
              "compute_square(" + std::to_string(n) + ")");
     }
-    say("%s", "");
+    std::cout << std::endl;
   }
 
-  say("%s", rule.c_str());
-  say("PRACTICE COMPLETE!");
-  say("%s", rule.c_str());
+  std::cout << rule << std::endl;
+  std::cout << "PRACTICE COMPLETE!" << std::endl;
+  std::cout << rule << std::endl;
   if (failures != 0) {
-    std::fprintf(stderr, "practice: %d wrong result(s)\n", failures);
+    std::cerr << "practice: " << failures << " wrong result(s)" << std::endl;
     return 1;
   }
   return 0;

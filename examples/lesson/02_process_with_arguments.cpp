@@ -1,5 +1,10 @@
 // Lesson "Process with Arguments": the target gets several arguments of different types.
 //
+//   def worker(name, count, delay):
+//       for i in range(count):
+//           print(f"{name}: {i}")
+//           time.sleep(delay)
+//
 //   process = multiprocessing.Process(target=worker, args=("Worker", 5, 0.5))
 //
 // Arguments are copied into the Process when it is constructed, and the child gets its own copies.
@@ -12,7 +17,7 @@
 
 void worker(const std::string& name, int count, std::chrono::duration<double> delay) {
   for (int i = 0; i < count; ++i) {
-    std::cout << name << ": " << i << '\n';
+    std::cout << name << ": " << i << std::endl;
     std::this_thread::sleep_for(delay);
   }
 }

@@ -1,14 +1,21 @@
 // Lesson "Multiple Processes": start three processes, then wait for all of them.
 //
+//   def worker(name, delay):
+//       print(f"Process {name} starting")
+//       time.sleep(delay)
+//       print(f"Process {name} finished")
+//
 //   for i in range(3):
 //       process = multiprocessing.Process(target=worker, args=(f"Worker{i}", 2))
 //       processes.append(process)
 //       process.start()
 //   for process in processes:
 //       process.join()
+//   print("All processes finished")
 //
 // mp::Process is movable, so it lives in a std::vector like Python's list. The three run at the same time: their
-// lines interleave in any order (the .expected file compares them unordered).
+// lines interleave in any order (the .expected file compares those six unordered), and "All processes finished"
+// comes last: every join() has returned.
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -36,5 +43,5 @@ int main(int argc, char** argv) {
   // Wait for all processes
   for (mp::Process& process : processes) process.join();
 
-  std::cout << "All processes finished\n";
+  std::cout << "All processes finished" << std::endl;
 }

@@ -4,7 +4,13 @@
 //       def __init__(self, name):
 //           super().__init__(name=name)
 //       def run(self):
-//           ...
+//           print(f"{self.name} starting")
+//           time.sleep(2)
+//           print(f"{self.name} finished")
+//
+//   process = WorkerProcess("Worker1")
+//   process.start()
+//   process.join()
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -21,9 +27,9 @@ class WorkerProcess : public mp::Process {
 
  protected:
   void run() override {
-    std::cout << name() << " starting\n";
+    std::cout << name() << " starting" << std::endl;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the lesson sleeps 2 s
-    std::cout << name() << " finished\n";
+    std::cout << name() << " finished" << std::endl;
   }
 };
 

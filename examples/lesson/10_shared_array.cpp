@@ -5,15 +5,20 @@
 //       shared_array[index] = value
 //       print(f"Set index {index} to {value}")
 //   shared_array = multiprocessing.Array('i', 5)  # Integer array of size 5
+//   ... five Processes with args=(shared_array, i, i * 10), started, then joined ...
+//   print(f"Final array: {list(shared_array)}")
 //
 // mp::Array<int>(5) is five zeros in shared memory; each child writes its own element, so no lock is needed.
-// The children run at the same time: their lines come in any order (the .expected file compares them unordered).
+// The children run at the same time: their lines come in any order (the .expected file compares those five unordered);
+// the final line comes after every join().
 #include <cstddef>
 #include <iostream>
 #include <vector>
 
 #include <mp/process.hpp>
 #include <mp/shared.hpp>
+
+#include "lesson.hpp"
 
 void worker(mp::Array<int> shared_array, std::size_t index, int value) {
   shared_array[index] = value;
@@ -33,8 +38,5 @@ int main(int argc, char** argv) {
 
   for (mp::Process& process : processes) process.join();
 
-  // Python's list(shared_array)
-  std::cout << "Final array: [";
-  for (std::size_t i = 0; i < shared_array.size(); ++i) std::cout << (i ? ", " : "") << shared_array[i];
-  std::cout << "]\n";
+  std::cout << "Final array: " << lesson::repr(shared_array.to_vector()) << std::endl;  // list(shared_array)
 }

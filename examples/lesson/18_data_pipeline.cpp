@@ -1,9 +1,25 @@
 // Lesson "Example 3: Data Processing Pipeline": three stages, each run in the pool on the previous stage's output.
-#include <cstdio>
+//
+//   def stage1(data):
+//       return [x * 2 for x in data]
+//   def stage2(data):
+//       return [x ** 2 for x in data]
+//   def stage3(data):
+//       return sum(data)
+//
+//   input_data = list(range(10))
+//   with multiprocessing.Pool() as pool:
+//       stage1_result = pool.map(stage1, [input_data])[0]
+//       stage2_result = pool.map(stage2, [stage1_result])[0]
+//       final_result = pool.map(stage3, [stage2_result])[0]
+//   print(f"Final result: {final_result}")
+#include <iostream>
 #include <numeric>
 #include <vector>
 
 #include <mp/pool.hpp>
+
+#include "lesson.hpp"
 
 std::vector<int> stage1(const std::vector<int>& data) {
   std::vector<int> out;
@@ -21,8 +37,8 @@ int stage3(const std::vector<int>& data) { return std::accumulate(data.begin(), 
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
-  std::vector<int> input_data(10);
-  std::iota(input_data.begin(), input_data.end(), 0);
+
+  const std::vector<int> input_data = lesson::range(10);
 
   int final_result = 0;
   {
@@ -34,5 +50,5 @@ int main(int argc, char** argv) {
     // Stage 3
     final_result = pool.map(stage3, std::vector<std::vector<int>>{stage2_result})[0];
   }
-  std::printf("Final result: %d\n", final_result);
+  std::cout << "Final result: " << final_result << std::endl;
 }

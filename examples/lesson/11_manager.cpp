@@ -23,6 +23,8 @@
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 
+#include "lesson.hpp"
+
 void worker(mp::DictProxy<std::string, int> shared_dict, mp::ListProxy<std::string> shared_list, mp::LockProxy lock) {
   {
     std::scoped_lock guard(lock);
@@ -46,19 +48,6 @@ int main(int argc, char** argv) {
   }
   for (mp::Process& process : processes) process.join();
 
-  // Python prints dict(shared_dict) and list(shared_list) with repr's quotes.
-  std::cout << "Dict: {";
-  const char* separator = "";
-  for (const auto& [key, value] : shared_dict.items()) {
-    std::cout << separator << "'" << key << "': " << value;
-    separator = ", ";
-  }
-  std::cout << "}\n";
-  std::cout << "List: [";
-  separator = "";
-  for (const auto& name : shared_list.copy()) {
-    std::cout << separator << "'" << name << "'";
-    separator = ", ";
-  }
-  std::cout << "]\n";
+  std::cout << "Dict: " << lesson::repr(shared_dict.copy()) << std::endl;  // dict(shared_dict)
+  std::cout << "List: " << lesson::repr(shared_list.copy()) << std::endl;  // list(shared_list)
 }

@@ -1,11 +1,26 @@
-// Lesson "Example 2: File Processing": four real files are created in a temporary directory, then a pool
-// processes them (each worker opens its file and counts its lines); results come back in input order.
-// The lesson's snippet forgot `import time` and never created the files: this does what it meant.
+// Lesson "Example 2: File Processing": a pool processes four files; the results come back in input order.
+//
+//   def process_file(filename):
+//       """Process a single file"""
+//       print(f"Processing {filename}")
+//       # Simulate file processing
+//       time.sleep(1)
+//       return f"Processed {filename}"
+//
+//   files = ['file1.txt', 'file2.txt', 'file3.txt', 'file4.txt']
+//   with multiprocessing.Pool() as pool:
+//       results = pool.map(process_file, files)
+//   for result in results:
+//       print(result)
+//
+// The lesson's snippet forgot `import time` and never creates the files: this does what it meant. Four real files
+// are written to a temporary directory, and each worker opens its file and counts its lines. The "Processing"
+// lines come from the workers in any order (compared unordered); the results are printed after map() returns.
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -14,7 +29,7 @@
 
 std::string process_file(const std::string& path) {  // process a single file
   const std::string filename = std::filesystem::path(path).filename().string();
-  std::printf("Processing %s\n", filename.c_str());
+  std::cout << "Processing " << filename << std::endl;
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open " + path);
   std::size_t lines = 0;
@@ -25,6 +40,7 @@ std::string process_file(const std::string& path) {  // process a single file
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
+
   const auto dir = std::filesystem::temp_directory_path() / ("mp-lesson-files-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::vector<std::string> files;
@@ -41,5 +57,5 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  for (const auto& result : results) std::printf("%s\n", result.c_str());
+  for (const auto& result : results) std::cout << result << std::endl;
 }

@@ -6,6 +6,8 @@
 //           print(f"Value: {shared_value.value}")
 //   shared_value = multiprocessing.Value('i', 0)
 //   lock = multiprocessing.Lock()
+//   ... five Processes with args=(shared_value, lock), started, then joined ...
+//   print(f"Final value: {shared_value.value}")
 //
 // mp::Value<int> and mp::Lock are handles: the copies each child receives as arguments refer to the same shared
 // memory, and value() is a reference into it. std::lock_guard is Python's `with lock:`. The print is inside the
@@ -38,5 +40,5 @@ int main(int argc, char** argv) {
 
   for (mp::Process& process : processes) process.join();
 
-  std::cout << "Final value: " << shared_value.value() << "\n";
+  std::cout << "Final value: " << shared_value.value() << std::endl;
 }
