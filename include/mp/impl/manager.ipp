@@ -55,7 +55,8 @@ MP_DECL Manager::Manager(ManagerOptions options) {
     listener.reset();
   }
   owner_ = std::move(owner);
-  client_ = std::make_shared<detail::manager::client>(std::move(where), std::move(options.authkey));
+  client_ = std::make_shared<detail::manager::client>(std::move(where), std::move(options.authkey),
+                                                     options.connect_timeout);
 }
 
 MP_DECL Manager::Manager(std::shared_ptr<detail::manager::client> client,
@@ -71,9 +72,9 @@ MP_DECL Manager& Manager::operator=(Manager&& other) noexcept {
   return *this;
 }
 
-MP_DECL Manager Manager::connect(Address address, std::string authkey) {
+MP_DECL Manager Manager::connect(Address address, std::string authkey, std::chrono::milliseconds timeout) {
   if (address.empty()) throw Error("Manager::connect: the address is empty; pass the server's Manager::address()");
-  auto client = std::make_shared<detail::manager::client>(address.endpoint_, std::move(authkey));
+  auto client = std::make_shared<detail::manager::client>(address.endpoint_, std::move(authkey), timeout);
   client->connection();  // connect and authenticate now: a wrong key fails here
   return Manager(std::move(client), nullptr);
 }

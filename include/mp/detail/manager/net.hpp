@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,7 @@ MP_DECL sockaddr_un unix_address(const std::string& path);
 /// which use(socket, address, length) returns true (bind or connect it there); mp::Error "what(endpoint): ..." if
 /// none does.
 MP_DECL unique_fd with_tcp_address(const endpoint& where, const char* what,
-                                   bool (*use)(int socket, const sockaddr* address, socklen_t length));
+                                   const std::function<bool(int socket, const sockaddr* address, socklen_t length)>& use);
 
 /// TCP_NODELAY: replies are small, never wait for Nagle. Harmless on a Unix socket (it fails quietly there).
 MP_DECL void set_nodelay(int fd) noexcept;

@@ -27,7 +27,7 @@ MP_DECL sockaddr_un unix_address(const std::string& path) {
 }
 
 MP_DECL unique_fd with_tcp_address(const endpoint& where, const char* what,
-                                   bool (*use)(int socket, const sockaddr* address, socklen_t length)) {
+                                   const std::function<bool(int socket, const sockaddr* address, socklen_t length)>& use) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
