@@ -74,11 +74,14 @@ class Address {
 /// How a Manager serves: `.address` (default: a private Unix socket), `.authkey` (required for TCP) and
 /// `.start_method` of its server process (empty: get_start_method(); spawn and forkserver need mp::init).
 /// `.connect_timeout` bounds connecting and authenticating each connection (TimeoutError past it).
+/// A Unix socket is created 0600 and serves only processes of the same user (or root) unless
+/// `.allow_other_users` (then the umask sets its mode; protect it with an authkey).
 struct ManagerOptions {
   Address address = {};
   std::string authkey = {};
   std::optional<StartMethod> start_method = {};
   std::chrono::milliseconds connect_timeout = detail::manager::default_connect_timeout;
+  bool allow_other_users = false;
 };
 
 /// Starts (or connects to) a manager server and creates shared objects in it.

@@ -26,6 +26,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/manager/auth.hpp>
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
@@ -71,6 +72,9 @@ class connection {
   // unauthenticated peer must not make us allocate) is refused before its body is read.
   MP_DECL std::string_view receive(std::size_t limit = std::size_t(-1));
   MP_DECL void connect_socket(const endpoint& where);
+  // Appends the MAC (with a session key) to a frame whose first 4 bytes are reserved, and writes its length.
+  MP_DECL void seal(std::vector<std::byte>& frame);
+  [[noreturn]] MP_DECL void integrity_failed();
   [[noreturn]] MP_DECL void setup_timed_out() const;
 
   endpoint endpoint_;
@@ -80,6 +84,8 @@ class connection {
   std::string buffer_ = std::string(64 * 1024, '\0');
   std::size_t start_ = 0, end_ = 0;
   channel channel_;  // empty: everything goes over the socket
+  std::optional<hmac_digest> session_;         // with an authkey: every later socket frame carries a MAC (auth.hpp)
+  std::uint64_t frames_sent_ = 0, frames_received_ = 0;  // their sequence numbers
   std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
   std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
   std::uint32_t colocated_yields_ = 0;        // hand-overs to a server on this CPU in a row (adaptive_spin_until)

@@ -67,7 +67,13 @@ MP_DECL void connection::connect_socket(const endpoint& where) {
     fd_ = unique_fd(sys("socket", where.path, [] { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); }));
     if (!bounded_connect(fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address)) {
       if (timed_out) setup_timed_out();
-      throw_errno("connect", where.path + ": no manager server listens there (it has shut down, or the address is wrong)");
+      const int err = last_errno();
+      if (err == EACCES) {
+        throw_errno("connect", where.path + ": the socket belongs to another user (a manager's socket is 0600 unless "
+                               "its owner sets ManagerOptions::allow_other_users)", err);
+      }
+      throw_errno("connect", where.path + ": no manager server listens there (it has shut down, or the address is wrong)",
+                  err);
     }
   }
 }
@@ -78,6 +84,24 @@ MP_DECL void connection::setup_timed_out() const {
                      ": nothing answers there as an mp manager would (a server that never speaks, or one too busy); "
                      "check the address, or allow more time (ManagerOptions::connect_timeout, or the timeout of "
                      "Manager::connect)");
+}
+
+MP_DECL void connection::seal(std::vector<std::byte>& frame) {
+  if (session_) {
+    const std::string_view payload(reinterpret_cast<const char*>(frame.data()) + 4, frame.size() - 4);
+    const auto mac = frame_mac(*session_, direction::to_server, frames_sent_++, payload);
+    const auto* first = reinterpret_cast<const std::byte*>(mac.data());
+    frame.insert(frame.end(), first, first + mac.size());
+  }
+  const std::size_t size = frame.size() - 4;
+  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(size >> (8 * i));
+}
+
+MP_DECL void connection::integrity_failed() {
+  fd_.reset();
+  throw Error("the manager connection to " + endpoint_.to_string() +
+              " failed its integrity check: a frame was altered or injected on the way (it was not sent by the "
+              "server that authenticated); the connection is closed");
 }
 
 MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
@@ -95,7 +119,7 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
     if (shared.server_sleeping.load() != 0) ring_doorbell();
     return await_reply();
   }
-  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(payload >> (8 * i));
+  seal(frame);
   send_all(frame.data(), frame.size());
   return channel_ ? await_reply() : receive();
 }
@@ -131,6 +155,8 @@ MP_DECL void connection::handshake(const std::string& authkey) {
     throw AuthenticationError("the manager server at " + endpoint_.to_string() +
                               " failed to prove it knows the authkey: it is not the server you meant");
   }
+  // Both proved they know the key; what follows is bound to this handshake (see auth.hpp).
+  session_ = session_key(authkey, greeting, challenge);
 }
 
 MP_DECL void connection::send_message(std::string_view message) {
@@ -146,9 +172,10 @@ MP_DECL void connection::attach_channel() {
   if (!made) return;
   std::vector<std::byte> frame;
   protocol::writer out(frame);
-  out.u32(1 + 8);
+  out.u32(0);  // the length: seal() writes it
   out.u8(static_cast<std::uint8_t>(protocol::op::attach_channel));
   out.u64(0);
+  seal(frame);
   if (!send_with_fd(fd_.get(), frame.data(), frame.size(), fd.get())) {
     int err = last_errno();
     if (err == EPIPE || err == ECONNRESET) server_gone(err);
@@ -263,6 +290,14 @@ MP_DECL std::string_view connection::receive(std::size_t limit) {
   fill(4 + std::size_t{size});
   std::string_view payload(buffer_.data() + start_ + 4, size);
   start_ += 4 + size;
+  if (session_ && size > 0) {  // empty frames are doorbells: they carry nothing to authenticate
+    if (size < hmac_size) integrity_failed();
+    const auto body = payload.substr(0, size - hmac_size);
+    if (!frame_mac_matches(*session_, direction::to_client, frames_received_++, body, payload.substr(body.size()))) {
+      integrity_failed();
+    }
+    return body;
+  }
   return payload;
 }
 

@@ -46,7 +46,8 @@ MP_DECL unique_fd with_tcp_address(const endpoint& where, const char* what,
 MP_DECL void set_nodelay(int fd) noexcept;
 
 /// A listening socket bound to `where`; for TCP port 0 the kernel picks a port, written back into where.port.
-MP_DECL unique_fd listen_on(endpoint& where);
+/// A Unix socket is created with mode 0600 whatever the umask, unless `other_users` (then the umask decides).
+MP_DECL unique_fd listen_on(endpoint& where, bool other_users = false);
 
 /// Sends all of `bytes` with `fd` attached to the first byte (SCM_RIGHTS); false (errno set) on failure.
 MP_DECL bool send_with_fd(int socket, const std::byte* bytes, std::size_t size, int fd) noexcept;
