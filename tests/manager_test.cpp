@@ -585,8 +585,9 @@ std::string read_frame(int fd) {
   }
 }
 
-// Runs the client handshake on a raw socket so that hostile requests reach the request handler.
-void authenticate(int fd, const std::string& key) {
+// Runs the client handshake on a raw socket so that hostile requests reach the request handler; returns the session
+// key that every later frame must carry a MAC under (detail/manager/auth.hpp).
+mp::detail::manager::hmac_digest authenticate(int fd, const std::string& key) {
   auto challenge = read_frame(fd);
   auto answer = mp::detail::manager::answer_challenge(key, challenge);
   send_bytes(fd, frame(std::string(reinterpret_cast<const char*>(answer.data()), answer.size()), 32));
@@ -594,6 +595,13 @@ void authenticate(int fd, const std::string& key) {
   auto mine = mp::detail::manager::make_challenge();
   send_bytes(fd, frame(mine, static_cast<std::uint32_t>(mine.size())));
   REQUIRE(mp::detail::manager::check_answer(key, mine, read_frame(fd)));
+  return mp::detail::manager::session_key(key, challenge, mine);
+}
+
+// A request payload followed by its MAC, as an authenticated client sends it.
+std::string sealed(const mp::detail::manager::hmac_digest& session, std::uint64_t sequence, const std::string& payload) {
+  auto mac = mp::detail::manager::frame_mac(session, mp::detail::manager::direction::to_server, sequence, payload);
+  return payload + std::string(reinterpret_cast<const char*>(mac.data()), mac.size());
 }
 
 }  // namespace
@@ -625,7 +633,8 @@ TEST_CASE("10k random, truncated and oversized frames close only their connectio
   int sent = 0;
   // Each authenticated connection carries many frames until one of them closes it.
   auto authed = raw_connect(port);
-  authenticate(authed.get(), key);
+  auto session = authenticate(authed.get(), key);
+  std::uint64_t sequence = 0;
   while (sent < 10'000) {
     switch (random() % 5) {
       case 0: {  // garbage before authentication
@@ -644,14 +653,15 @@ TEST_CASE("10k random, truncated and oversized frames close only their connectio
         break;
       }
       default: {  // hostile requests after authentication, some oversized, some truncated
-        auto payload = hostile_request();
+        auto payload = sealed(session, sequence++, hostile_request());
         std::uint32_t announced = static_cast<std::uint32_t>(payload.size());
         if (random() % 50 == 0) announced = mp::detail::manager::protocol::max_request + 1;
         send_bytes(authed.get(), frame(payload, announced));
         pollfd p{authed.get(), POLLIN, 0};
         if (announced != payload.size() || ::poll(&p, 1, 1000) <= 0 || read_frame(authed.get()).empty()) {
           authed = raw_connect(port);  // closed by the server (or a hang): start a fresh authenticated one
-          authenticate(authed.get(), key);
+          session = authenticate(authed.get(), key);
+          sequence = 0;
         }
       }
     }

@@ -469,6 +469,7 @@ class Bytes {  // builds hand-made buffers
     return *this;
   }
   operator std::span<const std::byte>() const { return bytes_; }
+  std::vector<std::byte> bytes() const { return bytes_; }
 
  private:
   std::vector<std::byte> bytes_;
@@ -604,8 +605,10 @@ TEST_CASE("Absurd container lengths throw for every container family", "[seriali
   CHECK_THAT((decode_error<std::map<int, int>>(absurd)), Contains(length));
   CHECK_THAT((decode_error<std::unordered_map<std::string, int>>(absurd)), Contains(length));
   CHECK_THAT((decode_error<std::vector<std::optional<int>>>(absurd)), Contains(length));
-  // Elements of user types have no static size: they decode until the bytes run out.
-  CHECK_THAT((decode_error<std::vector<Team>>(absurd)), Contains("inside std::vector<(anonymous namespace)::Team>)"));
+  // Elements of user types take at least a byte each, or count against the empty-element budget.
+  CHECK_THAT((decode_error<std::vector<Team>>(absurd)),
+             Contains("deserialize std::vector<(anonymous namespace)::Team>: " + length + " the 16 bytes left plus the "
+                      "1048576 elements that take no bytes a buffer may still hold"));
   CHECK_THAT((decode_error<std::filesystem::path>(absurd)), Contains(length));
 }
 
@@ -617,10 +620,11 @@ TEST_CASE("Absurd lengths of elements that take no bytes throw without looping o
   CHECK_THAT((decode_error<std::list<std::pair<std::tuple<>, std::monostate>>>(huge)),
              Contains("elements that take no bytes"));
   CHECK_THAT((decode_error<std::set<std::tuple<>>>(Bytes().length(2))), Contains("repeats an earlier one"));
-  // A user type's encoding is not known statically: its elements are counted as they decode from nothing.
+  // A user type's encoding is not known statically: a length beyond the bytes left plus the budget is refused at
+  // once, and elements are counted as they decode from nothing.
   CHECK_THAT((decode_error<std::vector<Empty>>(huge)),
-             Contains("deserialize std::vector<(anonymous namespace)::Empty>: more than 1048576 elements that take "
-                      "no bytes"));
+             Contains("deserialize std::vector<(anonymous namespace)::Empty>: length 9223372036854775808 exceeds the 0 "
+                      "bytes left plus the 1048576 elements that take no bytes"));
   CHECK_THAT((decode_error<std::deque<Empty>>(huge)), Contains("elements that take no bytes"));
   // The budget is per buffer, so nesting cannot multiply it.
   CHECK_THAT((decode_error<std::vector<std::vector<std::tuple<>>>>(
@@ -719,6 +723,99 @@ TEST_CASE("Hostile lengths are refused within a 64 MB address-space allowance", 
   child.start();
   child.join();
   CHECK(child.exitcode() == 0);
+#endif
+}
+
+namespace {
+
+struct Sample {  // issue 19: far bigger in memory (4 KiB) than its smallest encoding... if that were 0 bytes
+  std::string label;
+  std::array<double, 512> values{};
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(label, values);
+  }
+  friend bool operator==(const Sample&, const Sample&) = default;
+};
+
+struct BigEmpty {  // writes nothing but holds 4 KiB: 2^20 of them from zero bytes would be 4 GiB
+  std::array<char, 4096> scratch{};
+  template <class Archive>
+  void serialize(Archive&) {}
+};
+
+// Peak and current virtual memory of this process (kB), from /proc/self/status.
+std::pair<long, long> vm_peak_and_size() {
+  long peak = 0, size = 0;
+  if (FILE* status = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, status)) {
+      std::sscanf(line, "VmPeak: %ld", &peak);
+      std::sscanf(line, "VmSize: %ld", &size);
+    }
+    std::fclose(status);
+  }
+  return {peak, size};
+}
+
+}  // namespace
+
+TEST_CASE("Hostile bytes for containers of user types stay within a small multiple of the input's memory",
+          "[serialize]") {
+#ifdef MP_TEST_UNDER_ASAN
+  SUCCEED("skipped: AddressSanitizer reserves address space that RLIMIT_AS would deny");
+#else
+  // Issue 19, finding 1: a std::vector<Sample> of 1 MiB of crafted bytes reserved min(length, bytes left) Samples,
+  // 4.2 GB of address space. For each input size, in a child whose address space may grow by only 8 times the
+  // input plus 64 MiB, every attack must throw SerializationError. Exit code 0: all refused; 2: an allocation
+  // failed (the bound is broken); 3: one decoded; 4: no limit could be set.
+  for (const std::size_t input : {std::size_t{1} << 20, std::size_t{16} << 20}) {
+    CAPTURE(input);
+    mp::Process child([](std::size_t size) {
+      const std::uint64_t count = size;  // as many elements as bytes: each "could" take one
+      std::vector<std::vector<std::byte>> attacks;
+      attacks.push_back(Bytes().length(count).zeros(size).bytes());                       // std::vector<Sample>
+      attacks.push_back(Bytes().length(count).zeros(size).bytes());                       // std::deque<Sample>
+      attacks.push_back(Bytes().length(count).zeros(size).bytes());                       // unordered_map<int, Sample>
+      attacks.push_back(Bytes().length(std::uint64_t{1} << 20).bytes());                  // std::vector<BigEmpty>
+      Bytes nested;  // a tree of Nodes whose every level announces as many children as there are bytes
+      for (int level = 0; level < 1000; ++level) nested.length(count);
+      attacks.push_back(nested.zeros(size - 8000).bytes());
+      attacks.push_back(Bytes().length(count).length(count).zeros(size).bytes());         // vector<vector<Sample>>
+      const auto [peak_before, size_before] = vm_peak_and_size();
+      const rlim_t limit = static_cast<rlim_t>(size_before) * 1024 + 8 * size + (64u << 20);
+      const rlimit allowance{limit, limit};
+      if (size_before == 0 || ::setrlimit(RLIMIT_AS, &allowance) != 0) std::_Exit(4);
+      const auto refused = [](auto decode) {
+        try {
+          decode();
+        } catch (const mp::SerializationError&) {
+          return;
+        } catch (const std::bad_alloc&) {
+          std::_Exit(2);
+        }
+        std::_Exit(3);
+      };
+      refused([&] { (void)mp::deserialize<std::vector<Sample>>(attacks[0]); });
+      refused([&] { (void)mp::deserialize<std::deque<Sample>>(attacks[1]); });
+      refused([&] { (void)mp::deserialize<std::unordered_map<int, Sample>>(attacks[2]); });
+      refused([&] { (void)mp::deserialize<std::vector<BigEmpty>>(attacks[3]); });
+      refused([&] { (void)mp::deserialize<Node>(attacks[4]); });
+      refused([&] { (void)mp::deserialize<std::vector<std::vector<Sample>>>(attacks[5]); });
+      const auto [peak_after, size_after] = vm_peak_and_size();
+      std::fprintf(stderr, "hostile user-type containers, %zu MiB input: VmPeak %ld -> %ld kB (VmSize %ld kB)\n",
+                   size >> 20, peak_before, peak_after, size_after);
+    }, input);
+    child.start();
+    child.join();
+    CHECK(child.exitcode() == 0);
+  }
+  CHECK_THAT((decode_error<std::vector<BigEmpty>>(Bytes().length(5000))),
+             Contains("more than 1048576 elements (or 16777216 bytes) that take no bytes"));
+  // Honest values of the same types still round-trip, including more Samples than the reservation budget covers.
+  check_round_trip(std::vector<Sample>(3000, Sample{"s", {1.5}}));
+  check_round_trip(std::unordered_map<int, Sample>{{1, Sample{"a", {}}}, {2, Sample{"b", {2.0}}}});
+  check_round_trip(std::vector<std::vector<Sample>>{{Sample{}}, {}, {Sample{"x", {}}, Sample{}}});
 #endif
 }
 

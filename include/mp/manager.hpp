@@ -91,10 +91,15 @@ class Address {
 
 /// How a Manager serves: `.address` (default: a private Unix socket), `.authkey` (required for TCP) and
 /// `.start_method` of its server process (empty: get_start_method(); spawn and forkserver need mp::init).
+/// `.connect_timeout` bounds connecting and authenticating each connection (TimeoutError past it).
+/// A Unix socket is created 0600 and serves only processes of the same user (or root) unless
+/// `.allow_other_users` (then the umask sets its mode; protect it with an authkey).
 struct ManagerOptions {
   Address address = {};
   std::string authkey = {};
   std::optional<StartMethod> start_method = {};
+  std::chrono::milliseconds connect_timeout = detail::manager::default_connect_timeout;
+  bool allow_other_users = false;
 };
 
 /// Starts (or connects to) a manager server and creates shared objects in it.
@@ -112,8 +117,10 @@ class Manager {
   /// Shuts the server down if this Manager started it (in this process).
   ~Manager() { shutdown_noexcept(); }
 
-  /// Attaches to a running server; AuthenticationError if `authkey` is wrong, mp::Error if nothing listens.
-  MP_DECL static Manager connect(Address address, std::string authkey);
+  /// Attaches to a running server; AuthenticationError if `authkey` is wrong, mp::Error if nothing listens,
+  /// TimeoutError if connecting and the handshake take longer than `timeout` (20 s by default).
+  MP_DECL static Manager connect(Address address, std::string authkey,
+                                 std::chrono::milliseconds timeout = detail::manager::default_connect_timeout);
   /// Runs the server in this process until SIGTERM/SIGINT or a client's shutdown request (no fork).
   MP_DECL static void serve_forever(ManagerOptions options);
   /// Serves (the server started by this Manager) until this process gets SIGTERM/SIGINT, then shuts it down.

@@ -401,9 +401,18 @@ class input_archive {
   /// User types may nest in themselves (a tree of nodes); hostile bytes could nest them until the stack
   /// overflows, so decoding refuses more than this many levels of user types inside one another.
   static constexpr std::size_t max_user_depth = 1024;
+  /// Elements that decode from zero bytes may occupy at most this much memory per archive (2^20 empty elements of
+  /// a 4 KiB user type would otherwise be 4 GiB from a buffer of one length).
+  static constexpr std::size_t max_empty_element_bytes = std::size_t{16} << 20;
+  /// Containers reserve room for their announced length only while the reservations of the whole archive stay
+  /// under this many times the buffer's size (plus reserve_floor): a hostile length then costs at most that much
+  /// memory before the bytes run out, and honest containers beyond it grow as their elements actually decode.
+  static constexpr std::size_t reserve_factor = 4;
+  static constexpr std::size_t reserve_floor = std::size_t{64} << 10;
 
   /// Reads from `bytes`, which must outlive the archive.
-  explicit input_archive(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
+  explicit input_archive(std::span<const std::byte> bytes) noexcept
+      : bytes_(bytes), reserve_left_(reserve_factor * bytes.size() + reserve_floor) {}
 
   /// Decodes into each value in order (containers are cleared first).
   template <class... Ts>
@@ -457,10 +466,20 @@ class input_archive {
   void load_user(T& value);
   template <class Container, class Element>
   void load_element(Element& element);
+  // How many of n announced elements, each costing `bytes` of memory up front, a container may reserve now: all
+  // of them while the archive's reservation budget allows, fewer after (the container then grows as elements
+  // decode, so memory follows the bytes actually consumed). Charges the budget.
+  std::size_t reservable(std::size_t n, std::size_t bytes) noexcept {
+    const std::size_t count = std::min(n, reserve_left_ / bytes);
+    reserve_left_ -= count * bytes;
+    return count;
+  }
 
   std::span<const std::byte> bytes_;
   std::size_t position_ = 0;
+  std::size_t reserve_left_;        // bytes containers may still reserve ahead of decoding; see reserve_factor
   std::size_t empty_elements_ = 0;  // elements so far that decoded from zero bytes; see max_empty_elements
+  std::size_t empty_bytes_ = 0;     // their memory; see max_empty_element_bytes
   std::size_t user_depth_ = 0;      // user types being decoded inside one another; see max_user_depth
   std::string (*outer_name_)() = nullptr;
 };
@@ -544,11 +563,20 @@ std::size_t input_archive::load_length() {
       fail(type_name<Container>(), problem);
     }
   } else if constexpr (is_always_empty<typename Container::value_type>()) {
-    // Elements that never take a byte: the length is checked against the empty-element budget up front.
-    if (length > max_empty_elements - empty_elements_)
+    // Elements that never take a byte: the length is checked against the empty-element budgets up front.
+    const std::size_t left = std::min(max_empty_elements - empty_elements_,
+                                      (max_empty_element_bytes - empty_bytes_) / sizeof(typename Container::value_type));
+    if (length > left)
       fail(type_name<Container>(), "length " + std::to_string(length) + " of elements that take no bytes exceeds the " +
-                                       std::to_string(max_empty_elements - empty_elements_) +
-                                       " such elements a buffer may still hold");
+                                       std::to_string(left) + " such elements a buffer may still hold");
+  } else {
+    // Elements whose encoding is not known statically (user types): each takes at least one byte or is charged to
+    // the empty-element budget, so no honest length exceeds the bytes left plus what that budget still allows.
+    const std::size_t empty_left = max_empty_elements - empty_elements_;
+    if (length > remaining() + empty_left)
+      fail(type_name<Container>(), "length " + std::to_string(length) + " exceeds the " + byte_count(remaining()) +
+                                       " left plus the " + std::to_string(empty_left) +
+                                       " elements that take no bytes a buffer may still hold");
   }
   return static_cast<std::size_t>(length);
 }
@@ -574,9 +602,12 @@ template <class Container, class Element>
 void input_archive::load_element(Element& element) {
   const std::size_t before = position_;
   load(element);
-  if (position_ == before && ++empty_elements_ > max_empty_elements)
-    fail(type_name<Container>(), "more than " + std::to_string(max_empty_elements) +
-                                     " elements that take no bytes; the buffer is corrupt or hostile");
+  if (position_ != before) return;
+  empty_bytes_ += sizeof(Element);
+  if (++empty_elements_ > max_empty_elements || empty_bytes_ > max_empty_element_bytes)
+    fail(type_name<Container>(), "more than " + std::to_string(max_empty_elements) + " elements (or " +
+                                     byte_count(max_empty_element_bytes) +
+                                     ") that take no bytes; the buffer is corrupt or hostile");
 }
 
 template <class T>
@@ -633,11 +664,9 @@ void input_archive::load(T& value) {
         copy_checked<U>(value.data(), n * sizeof(element));
       }
     } else {
-      if constexpr (is_specialization_v<U, std::vector>) {
-        // n was checked against the bytes left when elements take at least one byte; otherwise reserve only what
-        // the bytes left could honestly hold and let the empty-element budget bound the rest.
-        value.reserve(min_wire_size<element>() > 0 ? n : std::min(n, remaining()));
-      }
+      // n was checked against the bytes left, but an element may be far bigger in memory than on the wire (a
+      // user type holding a std::array): reserve within the archive's budget, not n * sizeof(element).
+      if constexpr (is_specialization_v<U, std::vector>) value.reserve(reservable(n, sizeof(element)));
       for (std::size_t i = 0; i < n; ++i) load_element<U>(value.emplace_back());
     }
   } else if constexpr (f == family::array) {
@@ -652,7 +681,8 @@ void input_archive::load(T& value) {
     require_default_constructible<key>();
     const std::size_t n = load_length<U>();
     value.clear();
-    if constexpr (requires { value.reserve(n); }) value.reserve(min_wire_size<key>() > 0 ? n : std::min(n, remaining()));
+    // A hash container's reserve allocates its bucket array (a pointer or two per element) at once.
+    if constexpr (requires { value.reserve(n); }) value.reserve(reservable(n, 2 * sizeof(void*)));
     for (std::size_t i = 0; i < n; ++i) {
       key k{};
       load_element<U>(k);
@@ -671,8 +701,7 @@ void input_archive::load(T& value) {
     require_default_constructible<mapped>();
     const std::size_t n = load_length<U>();
     value.clear();
-    if constexpr (requires { value.reserve(n); })
-      value.reserve(min_wire_size<key>() + min_wire_size<mapped>() > 0 ? n : std::min(n, remaining()));
+    if constexpr (requires { value.reserve(n); }) value.reserve(reservable(n, 2 * sizeof(void*)));
     for (std::size_t i = 0; i < n; ++i) {
       std::pair<key, mapped> entry{};
       load_element<U>(entry);

@@ -31,13 +31,14 @@ MP_DECL Manager::Manager(ManagerOptions options) {
   }
   detail::unique_fd listener;
   try {
-    listener = detail::manager::listen_on(where);
+    listener = detail::manager::listen_on(where, options.allow_other_users);
   } catch (...) {
     if (!owner->directory.empty()) ::rmdir(owner->directory.c_str());
     throw;
   }
   if (!where.tcp) owner->socket_path = where.path;
   owner->owner = ::getpid();
+  owner->same_user_only = !options.allow_other_users;
   // Python's manager server is a Process and takes a name ("SyncManager-1"); so does this one, so that the
   // processes started after it are named as in Python.
   std::vector<unsigned> identity = detail::next_identity();
@@ -55,7 +56,8 @@ MP_DECL Manager::Manager(ManagerOptions options) {
     listener.reset();
   }
   owner_ = std::move(owner);
-  client_ = std::make_shared<detail::manager::client>(std::move(where), std::move(options.authkey));
+  client_ = std::make_shared<detail::manager::client>(std::move(where), std::move(options.authkey),
+                                                     options.connect_timeout);
 }
 
 MP_DECL Manager::Manager(std::shared_ptr<detail::manager::client> client,
@@ -71,9 +73,9 @@ MP_DECL Manager& Manager::operator=(Manager&& other) noexcept {
   return *this;
 }
 
-MP_DECL Manager Manager::connect(Address address, std::string authkey) {
+MP_DECL Manager Manager::connect(Address address, std::string authkey, std::chrono::milliseconds timeout) {
   if (address.empty()) throw Error("Manager::connect: the address is empty; pass the server's Manager::address()");
-  auto client = std::make_shared<detail::manager::client>(address.endpoint_, std::move(authkey));
+  auto client = std::make_shared<detail::manager::client>(address.endpoint_, std::move(authkey), timeout);
   client->connection();  // connect and authenticate now: a wrong key fails here
   return Manager(std::move(client), nullptr);
 }
@@ -87,7 +89,7 @@ MP_DECL void Manager::serve_forever(ManagerOptions options) {
     throw Error("Manager::serve_forever on " + where.to_string() + ": a TCP manager needs an authkey");
   }
   if (!options.authkey.empty()) detail::manager::require_libcrypto();
-  detail::manager::serve_in_this_process(std::move(where), std::move(options.authkey));
+  detail::manager::serve_in_this_process(std::move(where), std::move(options.authkey), !options.allow_other_users);
 }
 
 MP_DECL void Manager::serve_forever() {

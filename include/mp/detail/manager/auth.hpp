@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -40,6 +41,27 @@ MP_DECL hmac_digest answer_challenge(std::string_view authkey, std::string_view 
 /// True if `answer` (raw bytes as received) is the right answer to `challenge` under `authkey`; the comparison
 /// takes constant time, so a wrong answer reveals nothing about where it differs.
 MP_DECL bool check_answer(std::string_view authkey, std::string_view challenge, std::string_view answer);
+
+// After the handshake both ends hold a session key only they can know: HMAC-SHA256(authkey, "mp-session-v1" ||
+// server's challenge || client's challenge). Every later non-empty socket frame carries, after its payload, the
+// HMAC-SHA256 under that key of (direction, sequence number, payload): a relay that passed the handshake through
+// (it cannot answer a challenge itself) can neither inject, alter, replay, reorder nor reflect a frame. Empty
+// frames (doorbells of the shared-memory channel) carry nothing and are not authenticated; the channel's shared
+// memory is reachable only by processes the connection handed its descriptor to.
+
+/// Which way a frame goes: bound into its MAC so a frame cannot be reflected back to its sender.
+enum class direction : unsigned char { to_server = 'C', to_client = 'S' };
+
+/// The session key of a handshake that exchanged these two challenges.
+MP_DECL hmac_digest session_key(std::string_view authkey, std::string_view server_challenge,
+                                std::string_view client_challenge);
+
+/// One frame's MAC: HMAC-SHA256(key, direction || sequence (u64 little-endian) || payload).
+MP_DECL hmac_digest frame_mac(const hmac_digest& key, direction way, std::uint64_t sequence, std::string_view payload);
+
+/// True if `mac` (raw bytes as received) is frame_mac of the payload; constant-time comparison.
+MP_DECL bool frame_mac_matches(const hmac_digest& key, direction way, std::uint64_t sequence, std::string_view payload,
+                               std::string_view mac);
 
 }  // namespace mp::detail::manager
 

@@ -24,7 +24,9 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/manager/auth.hpp>
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
@@ -33,11 +35,16 @@
 
 namespace mp::detail::manager {
 
+/// How long connecting and the handshake may take unless the user says otherwise (Python's CONNECTION_TIMEOUT).
+inline constexpr std::chrono::milliseconds default_connect_timeout{20'000};
+
 /// One client connection to a manager server: blocking, used by one thread at a time.
 class connection {
  public:
-  /// Connects and runs the handshake; AuthenticationError if the keys differ, mp::Error if nothing listens.
-  MP_DECL connection(const endpoint& where, const std::string& authkey);
+  /// Connects and runs the handshake; AuthenticationError if the keys differ, mp::Error if nothing listens,
+  /// TimeoutError if connecting and the handshake take longer than `timeout` (a peer that never speaks).
+  MP_DECL connection(const endpoint& where, const std::string& authkey,
+                     std::chrono::milliseconds timeout = default_connect_timeout);
 
   /// Sends one request frame (its first 4 bytes are reserved for the length) and returns the reply payload,
   /// valid until the next call.
@@ -62,13 +69,24 @@ class connection {
   [[noreturn]] MP_DECL void server_gone(int err) const;
   MP_DECL void send_all(const std::byte* data, std::size_t size);
   MP_DECL void fill(std::size_t wanted);
-  MP_DECL std::string_view receive();
+  // The next frame's payload; a frame announcing more than `limit` bytes (before authentication: an
+  // unauthenticated peer must not make us allocate) is refused before its body is read.
+  MP_DECL std::string_view receive(std::size_t limit = std::size_t(-1));
+  MP_DECL void connect_socket(const endpoint& where);
+  // Appends the MAC (with a session key) to a frame whose first 4 bytes are reserved, and writes its length.
+  MP_DECL void seal(std::vector<std::byte>& frame);
+  [[noreturn]] MP_DECL void integrity_failed();
+  [[noreturn]] MP_DECL void setup_timed_out() const;
 
   endpoint endpoint_;
+  std::chrono::milliseconds timeout_;
+  deadline setup_deadline_;  // while connecting and authenticating: reads wait at most until then
   unique_fd fd_;
   std::string buffer_ = std::string(64 * 1024, '\0');
   std::size_t start_ = 0, end_ = 0;
   channel channel_;  // empty: everything goes over the socket
+  std::optional<hmac_digest> session_;         // with an authkey: every later socket frame carries a MAC (auth.hpp)
+  std::uint64_t frames_sent_ = 0, frames_received_ = 0;  // their sequence numbers
   std::uint32_t requests_ = 0, replies_ = 0;  // published through channel_, and awaited
   std::uint32_t doorbells_owed_ = 0;          // sent by the server for a sleep that ended without reading them
   std::uint32_t colocated_yields_ = 0;        // hand-overs to a server on this CPU in a row (adaptive_spin_until)
@@ -97,7 +115,8 @@ inline std::uint64_t fork_generation() {
 /// opened on first use, re-opened after fork so processes never share a socket.
 class client {
  public:
-  MP_DECL client(manager::endpoint where, std::string authkey);
+  MP_DECL client(manager::endpoint where, std::string authkey,
+                 std::chrono::milliseconds connect_timeout = default_connect_timeout);
   MP_DECL ~client();
   client(const client&) = delete;
   client& operator=(const client&) = delete;
@@ -124,6 +143,7 @@ class client {
   const std::string& authkey() const { return authkey_; }
   /// This process's references to the server's objects (refs.hpp).
   ref_table& refs() noexcept { return refs_; }
+  std::chrono::milliseconds connect_timeout() const { return connect_timeout_; }
 
  private:
   MP_DECL static std::uint64_t next_serial();
@@ -132,6 +152,7 @@ class client {
   const std::uint64_t serial_ = next_serial();  // tells this client from one later allocated at the same address
   manager::endpoint endpoint_;
   std::string authkey_;
+  std::chrono::milliseconds connect_timeout_;
   std::mutex mutex_;
   std::uint64_t generation_;  // guarded by mutex_
   std::unordered_map<std::thread::id, std::unique_ptr<manager::connection>> connections_;  // guarded by mutex_

@@ -1,7 +1,9 @@
 // client: definitions (see client.hpp).
 #pragma once
 
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,22 +22,87 @@ namespace mp::detail::manager {
 
 // ---- connection ------------------------------------------------------------------------------------------------
 
-MP_DECL connection::connection(const endpoint& where, const std::string& authkey) : endpoint_(where) {
+MP_DECL connection::connection(const endpoint& where, const std::string& authkey, std::chrono::milliseconds timeout)
+    : endpoint_(where), timeout_(timeout), setup_deadline_(deadline_or_forever(timeout)) {
+  connect_socket(where);
+  handshake(authkey);
+  if (!where.tcp && channels_enabled) attach_channel();
+  setup_deadline_.reset();  // from now on a call may wait as long as its operation blocks (a queue get, a lock)
+}
+
+// Connects with the setup deadline: SO_SNDTIMEO bounds a blocking connect(2) (TCP: the SYN handshake; Unix: a
+// listener whose backlog is full), and is cleared once connected, so that later requests may block as long as the
+// server takes to read them.
+MP_DECL void connection::connect_socket(const endpoint& where) {
+  bool timed_out = false;
+  const auto bounded_connect = [this, &timed_out](int s, const sockaddr* a, socklen_t n) {
+    const int left = poll_timeout_ms(setup_deadline_);
+    if (left == 0) {
+      timed_out = true;
+      return false;
+    }
+    if (left > 0) {
+      timeval limit{left / 1000, (left % 1000) * 1000};
+      (void)sys_try("setsockopt", [&] { return ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit); });
+    }
+    if (sys_try("connect", [&] { return ::connect(s, a, n); }) != 0) {
+      // A timed-out connect says EINPROGRESS (TCP) or EAGAIN (Unix).
+      const int err = last_errno();
+      if (err == EINPROGRESS || err == EAGAIN) timed_out = true;
+      return false;
+    }
+    timeval forever{0, 0};
+    (void)sys_try("setsockopt", [&] { return ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &forever, sizeof forever); });
+    return true;
+  };
   if (where.tcp) {
-    fd_ = with_tcp_address(where, "connect", [](int s, const sockaddr* a, socklen_t n) {
-      return sys_try("connect", [&] { return ::connect(s, a, n); }) == 0;
-    });
+    try {
+      fd_ = with_tcp_address(where, "connect", bounded_connect);
+    } catch (const Error&) {
+      if (timed_out) setup_timed_out();
+      throw;
+    }
     set_nodelay(fd_.get());
   } else {
     auto address = unix_address(where.path);
     fd_ = unique_fd(sys("socket", where.path, [] { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); }));
-    if (sys_try("connect",
-                [&] { return ::connect(fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address); })) {
-      throw_errno("connect", where.path + ": no manager server listens there (it has shut down, or the address is wrong)");
+    if (!bounded_connect(fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address)) {
+      if (timed_out) setup_timed_out();
+      const int err = last_errno();
+      if (err == EACCES) {
+        throw_errno("connect", where.path + ": the socket belongs to another user (a manager's socket is 0600 unless "
+                               "its owner sets ManagerOptions::allow_other_users)", err);
+      }
+      throw_errno("connect", where.path + ": no manager server listens there (it has shut down, or the address is wrong)",
+                  err);
     }
   }
-  handshake(authkey);
-  if (!where.tcp && channels_enabled) attach_channel();
+}
+
+MP_DECL void connection::setup_timed_out() const {
+  throw TimeoutError("Manager: connecting to " + endpoint_.to_string() + " and authenticating took longer than " +
+                     describe_timeout(timeout_) +
+                     ": nothing answers there as an mp manager would (a server that never speaks, or one too busy); "
+                     "check the address, or allow more time (ManagerOptions::connect_timeout, or the timeout of "
+                     "Manager::connect)");
+}
+
+MP_DECL void connection::seal(std::vector<std::byte>& frame) {
+  if (session_) {
+    const std::string_view payload(reinterpret_cast<const char*>(frame.data()) + 4, frame.size() - 4);
+    const auto mac = frame_mac(*session_, direction::to_server, frames_sent_++, payload);
+    const auto* first = reinterpret_cast<const std::byte*>(mac.data());
+    frame.insert(frame.end(), first, first + mac.size());
+  }
+  const std::size_t size = frame.size() - 4;
+  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(size >> (8 * i));
+}
+
+MP_DECL void connection::integrity_failed() {
+  fd_.reset();
+  throw Error("the manager connection to " + endpoint_.to_string() +
+              " failed its integrity check: a frame was altered or injected on the way (it was not sent by the "
+              "server that authenticated); the connection is closed");
 }
 
 MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
@@ -53,13 +120,15 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
     if (shared.server_sleeping.load() != 0) ring_doorbell();
     return await_reply();
   }
-  for (std::size_t i = 0; i < 4; ++i) frame[i] = static_cast<std::byte>(payload >> (8 * i));
+  seal(frame);
   send_all(frame.data(), frame.size());
   return channel_ ? await_reply() : receive();
 }
 
 MP_DECL void connection::handshake(const std::string& authkey) {
-  auto greeting = std::string(receive());
+  // Every frame before the handshake completes comes from a peer not yet authenticated: at most max_handshake.
+  const std::size_t limit = protocol::max_handshake;
+  auto greeting = std::string(receive(limit));
   if (greeting == welcome_tag) {
     if (!authkey.empty()) {
       throw AuthenticationError("the manager server at " + endpoint_.to_string() +
@@ -76,17 +145,19 @@ MP_DECL void connection::handshake(const std::string& authkey) {
   }
   auto answer = answer_challenge(authkey, greeting);
   send_message({reinterpret_cast<const char*>(answer.data()), answer.size()});
-  if (receive() != welcome_tag) {
+  if (receive(limit) != welcome_tag) {
     throw AuthenticationError("the manager server at " + endpoint_.to_string() +
                               " rejected the authkey (digest mismatch): use the key the server was started with");
   }
   // Now make the server prove it knows the key too, so a client never talks to an impostor.
   auto challenge = make_challenge();
   send_message(challenge);
-  if (!check_answer(authkey, challenge, receive())) {
+  if (!check_answer(authkey, challenge, receive(limit))) {
     throw AuthenticationError("the manager server at " + endpoint_.to_string() +
                               " failed to prove it knows the authkey: it is not the server you meant");
   }
+  // Both proved they know the key; what follows is bound to this handshake (see auth.hpp).
+  session_ = session_key(authkey, greeting, challenge);
 }
 
 MP_DECL void connection::send_message(std::string_view message) {
@@ -102,9 +173,10 @@ MP_DECL void connection::attach_channel() {
   if (!made) return;
   std::vector<std::byte> frame;
   protocol::writer out(frame);
-  out.u32(1 + 8);
+  out.u32(0);  // the length: seal() writes it
   out.u8(static_cast<std::uint8_t>(protocol::op::attach_channel));
   out.u64(0);
+  seal(frame);
   if (!send_with_fd(fd_.get(), frame.data(), frame.size(), fd.get())) {
     int err = last_errno();
     if (err == EPIPE || err == ECONNRESET) server_gone(err);
@@ -191,6 +263,10 @@ MP_DECL void connection::fill(std::size_t wanted) {
     if (wanted > buffer_.size()) buffer_.resize(std::max(wanted, 2 * buffer_.size()));
   }
   while (end_ - start_ < wanted) {
+    if (setup_deadline_) {
+      pollfd ready{fd_.get(), POLLIN, 0};
+      if (sys_try("poll", [&] { return ::poll(&ready, 1, poll_timeout_ms(setup_deadline_)); }) == 0) setup_timed_out();
+    }
     auto got = sys_try("read", [&] { return ::read(fd_.get(), buffer_.data() + end_, buffer_.size() - end_); });
     if (got == 0) server_gone(0);
     if (got < 0) {
@@ -202,14 +278,27 @@ MP_DECL void connection::fill(std::size_t wanted) {
   }
 }
 
-MP_DECL std::string_view connection::receive() {
+MP_DECL std::string_view connection::receive(std::size_t limit) {
   if (start_ == end_) start_ = end_ = 0;
   fill(4);
   std::uint32_t size = 0;
   for (std::size_t i = 0; i < 4; ++i) size |= std::uint32_t{static_cast<unsigned char>(buffer_[start_ + i])} << (8 * i);
+  if (size > limit) {
+    throw AuthenticationError("the server at " + endpoint_.to_string() + " announced a " + std::to_string(size) +
+                              "-byte frame before authenticating (at most " + std::to_string(limit) +
+                              " bytes then): it is not an mp manager; the frame was not read");
+  }
   fill(4 + std::size_t{size});
   std::string_view payload(buffer_.data() + start_ + 4, size);
   start_ += 4 + size;
+  if (session_ && size > 0) {  // empty frames are doorbells: they carry nothing to authenticate
+    if (size < hmac_size) integrity_failed();
+    const auto body = payload.substr(0, size - hmac_size);
+    if (!frame_mac_matches(*session_, direction::to_client, frames_received_++, body, payload.substr(body.size()))) {
+      integrity_failed();
+    }
+    return body;
+  }
   return payload;
 }
 
@@ -232,8 +321,9 @@ MP_DECL void close_inherited_connections() noexcept {
   live.mutex.unlock();
 }
 
-MP_DECL client::client(manager::endpoint where, std::string authkey)
-    : endpoint_(std::move(where)), authkey_(std::move(authkey)), generation_(fork_generation()) {
+MP_DECL client::client(manager::endpoint where, std::string authkey, std::chrono::milliseconds connect_timeout)
+    : endpoint_(std::move(where)), authkey_(std::move(authkey)), connect_timeout_(connect_timeout),
+      generation_(fork_generation()) {
   auto& live = the_live_clients();
   std::lock_guard guard(live.mutex);
   live.clients.push_back(this);
@@ -270,7 +360,7 @@ MP_DECL manager::connection& client::lookup(std::uint64_t generation) {
   auto& slot = connections_[std::this_thread::get_id()];
   if (slot) return *slot;
   guard.unlock();  // connecting takes round trips: don't hold up other threads
-  auto made = std::make_unique<manager::connection>(endpoint_, authkey_);
+  auto made = std::make_unique<manager::connection>(endpoint_, authkey_, connect_timeout_);
   refs_.bind(*made);  // this process's session, for reference counting (refs.hpp)
   guard.lock();
   auto& again = connections_[std::this_thread::get_id()];

@@ -32,6 +32,7 @@ struct server_process {
   unique_fd status;          // via_server: readable once the fork server reaped it (it writes the wait status)
   std::string socket_path;   // removed after it stops (Unix sockets)
   std::string directory;     // the private directory holding a default socket
+  bool same_user_only = true;  // Unix sockets: peers of another uid are refused (ManagerOptions::allow_other_users)
 };
 
 /// A private directory (mode 0700) for the default Unix socket: other users cannot reach the socket, and the
@@ -55,7 +56,7 @@ MP_DECL void start_fresh_server(server_process& server, const unique_fd& listene
 MP_DECL int reap_server(server_process& server);
 
 /// Serves on `where` in this process until SIGTERM/SIGINT or a client's shutdown request (Manager::serve_forever).
-MP_DECL void serve_in_this_process(endpoint where, std::string authkey);
+MP_DECL void serve_in_this_process(endpoint where, std::string authkey, bool same_user_only = true);
 
 /// Waits until the server behind `server_pidfd` ends or this process gets SIGTERM/SIGINT (blocked and read
 /// through a signalfd meanwhile; the previous signal mask is restored).

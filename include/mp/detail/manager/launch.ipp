@@ -93,8 +93,8 @@ MP_DECL std::string make_private_directory() {
 
 // Runs a server on `listener` in this process until it stops.
 MP_DECL void run_server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
-                        std::vector<std::string> remove) {
-  server serving(std::move(listener), std::move(authkey), owner_pidfd, stop_fd, std::move(remove));
+                        std::vector<std::string> remove, bool same_user_only) {
+  server serving(std::move(listener), std::move(authkey), owner_pidfd, stop_fd, std::move(remove), same_user_only);
   serving.run();
 }
 
@@ -105,10 +105,11 @@ struct server_start {
   std::string socket_path;  // removed when it stops (Unix sockets), then...
   std::string directory;    // ...the private directory holding a default socket
   bool owner_pidfd = false;
+  bool same_user_only = true;
 
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(authkey, socket_path, directory, owner_pidfd);
+    ar(authkey, socket_path, directory, owner_pidfd, same_user_only);
   }
 };
 
@@ -152,7 +153,7 @@ struct server_start {
     if (owner_alive) {
       close_descriptors_except({listener.get(), stop_fd.get(), owner_pidfd.get()});
       run_server(std::move(listener), std::move(start.authkey), owner_pidfd.get(), stop_fd.get(),
-                 server_files(start.socket_path, start.directory));
+                 server_files(start.socket_path, start.directory), start.same_user_only);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
@@ -191,7 +192,7 @@ MP_DECL void start_forked_server(server_process& server, unique_fd listener, con
       if (::getppid() != server.owner) ::_exit(0);  // the owner died before we could watch it
       close_descriptors_except({listener.get(), stop_fd.get(), owner_pidfd});
       run_server(std::move(listener), authkey, owner_pidfd, stop_fd.get(),
-                 server_files(server.socket_path, server.directory));
+                 server_files(server.socket_path, server.directory), server.same_user_only);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "mp::Manager server (pid %d) stopped: %s\n", static_cast<int>(::getpid()), e.what());
       code = 1;
@@ -208,7 +209,7 @@ MP_DECL void start_forked_server(server_process& server, unique_fd listener, con
 
 MP_DECL void start_fresh_server(server_process& server, const unique_fd& listener, const std::string& authkey,
                                 StartMethod method, std::vector<unsigned> identity, std::string parent_name) {
-  server_start start{authkey, server.socket_path, server.directory, false};
+  server_start start{authkey, server.socket_path, server.directory, false, server.same_user_only};
   unique_fd self(pidfd_open(server.owner));
   start.owner_pidfd = static_cast<bool>(self);
   std::vector<std::byte> bytes;
@@ -292,8 +293,8 @@ struct stop_signals_blocked {
   }
 };
 
-MP_DECL void serve_in_this_process(endpoint where, std::string authkey) {
-  auto listener = listen_on(where);
+MP_DECL void serve_in_this_process(endpoint where, std::string authkey, bool same_user_only) {
+  auto listener = listen_on(where, !same_user_only);
   stop_signals_blocked blocked;
   // Removed before the mask is restored (a SIGTERM that stopped the server is still pending, and is delivered
   // then); needed only when the server threw before removing it.
@@ -306,7 +307,7 @@ MP_DECL void serve_in_this_process(endpoint where, std::string authkey) {
   unique_fd stop_fd = blocked.signalfd();
   std::vector<std::string> remove;
   if (!where.tcp) remove.push_back(where.path);
-  run_server(std::move(listener), std::move(authkey), -1, stop_fd.get(), std::move(remove));
+  run_server(std::move(listener), std::move(authkey), -1, stop_fd.get(), std::move(remove), same_user_only);
 }
 
 MP_DECL void wait_for_server_or_stop_signal(int server_pidfd) {

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,13 +40,14 @@ MP_DECL sockaddr_un unix_address(const std::string& path);
 /// which use(socket, address, length) returns true (bind or connect it there); mp::Error "what(endpoint): ..." if
 /// none does.
 MP_DECL unique_fd with_tcp_address(const endpoint& where, const char* what,
-                                   bool (*use)(int socket, const sockaddr* address, socklen_t length));
+                                   const std::function<bool(int socket, const sockaddr* address, socklen_t length)>& use);
 
 /// TCP_NODELAY: replies are small, never wait for Nagle. Harmless on a Unix socket (it fails quietly there).
 MP_DECL void set_nodelay(int fd) noexcept;
 
 /// A listening socket bound to `where`; for TCP port 0 the kernel picks a port, written back into where.port.
-MP_DECL unique_fd listen_on(endpoint& where);
+/// A Unix socket is created with mode 0600 whatever the umask, unless `other_users` (then the umask decides).
+MP_DECL unique_fd listen_on(endpoint& where, bool other_users = false);
 
 /// Sends all of `bytes` with `fd` attached to the first byte (SCM_RIGHTS); false (errno set) on failure.
 MP_DECL bool send_with_fd(int socket, const std::byte* bytes, std::size_t size, int fd) noexcept;

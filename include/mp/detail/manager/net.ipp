@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <cstring>
@@ -27,7 +28,7 @@ MP_DECL sockaddr_un unix_address(const std::string& path) {
 }
 
 MP_DECL unique_fd with_tcp_address(const endpoint& where, const char* what,
-                                   bool (*use)(int socket, const sockaddr* address, socklen_t length)) {
+                                   const std::function<bool(int socket, const sockaddr* address, socklen_t length)>& use) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -63,7 +64,7 @@ MP_DECL void set_nodelay(int fd) noexcept {
   (void)sys_try("setsockopt", [&] { return ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); });
 }
 
-MP_DECL unique_fd listen_on(endpoint& where) {
+MP_DECL unique_fd listen_on(endpoint& where, bool other_users) {
   unique_fd fd;
   if (where.tcp) {
     fd = with_tcp_address(where, "bind", [](int s, const sockaddr* a, socklen_t n) {
@@ -80,6 +81,9 @@ MP_DECL unique_fd listen_on(endpoint& where) {
   } else {
     auto address = unix_address(where.path);
     fd = unique_fd(sys("socket", where.path, [] { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); }));
+    // Linux creates the socket file with the socket inode's mode masked by the umask: 0600 here makes it 0600 at
+    // once (a chmod after bind would leave a window in which another user could connect).
+    if (!other_users) sys("fchmod", where.path, [&] { return ::fchmod(fd.get(), 0600); });
     sys("bind", where.path, [&] { return ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address); });
   }
   sys("listen", where.to_string(), [&] { return ::listen(fd.get(), SOMAXCONN); });

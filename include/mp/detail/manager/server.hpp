@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,19 +24,29 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/manager/auth.hpp>
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/store.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::manager {
 
+/// The largest reply payload a frame can carry: its length field is a u32, and a longer reply (a copy of a list of
+/// more than 4 GiB) would wrap it and desynchronise the stream. Such a reply is replaced by an error reply naming
+/// its size. Every length inside a reply is no longer than the reply, so this one check covers them too.
+/// A variable only so that a test can lower it (a 4 GiB reply is impractical in a test); set it before the server
+/// starts (it is read in the server's process).
+inline std::uint64_t max_reply = std::numeric_limits<std::uint32_t>::max();
+
 class server {
  public:
   /// Serves on `listener` until a shutdown request, a readable `stop_fd` (a signalfd) or the exit of the process
   /// behind `owner_pidfd` (either may be -1). `remove` lists paths (a socket, then its directory) removed when it
   /// stops, before the connections close, so a client that sees its connection end never finds them.
+  /// `same_user_only`: on a Unix socket, a peer whose uid (SO_PEERCRED) is neither ours nor root's is closed at
+  /// once, whatever the socket file's mode says.
   MP_DECL server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
-                 std::vector<std::string> remove = {});
+                 std::vector<std::string> remove = {}, bool same_user_only = true);
 
   /// Runs the poll loop until the server stops (see the constructor); then removes the files and flushes replies.
   MP_DECL void run();
@@ -58,16 +69,35 @@ class server {
     std::vector<unique_fd> fds;  // descriptors received (SCM_RIGHTS), for attach_channel
     manager::channel channel;    // the client's shared-memory channel, once attached
     std::uint32_t requests_seen = 0, replies_sent = 0;  // channel sequence numbers (ours, not the client's words)
+    std::string peer;  // who connected, for the per-peer cap: a TCP peer's IP address, a Unix peer's pid
+    bool throttled = false;  // process() left frames unhandled: its replies reached max_unsent (see deliver)
+    std::optional<hmac_digest> session;  // with an authkey, once ready: every non-empty frame carries a MAC
+    std::uint64_t frames_sent = 0, frames_received = 0;  // their sequence numbers
   };
   using time_point = store::clock::time_point;
 
   /// How long a new connection may take to authenticate: an idle peer cannot hold a descriptor forever.
   static constexpr std::chrono::seconds handshake_timeout{10};
+  /// Connections still authenticating, in all and per peer: past either cap the oldest of them (of that peer) is
+  /// closed, so a flood of silent connections can neither exhaust the descriptors nor lock out a new client.
+  static constexpr std::size_t max_unauthenticated = 64;
+  static constexpr std::size_t max_unauthenticated_per_peer = 16;
+  /// Reply bytes a client may leave unread: past this the server stops reading and handling its requests until it
+  /// reads (replies are never dropped), so a client that pipelines requests without reading cannot grow the
+  /// server's memory without bound or hold the loop copying replies while others wait.
+  static constexpr std::size_t max_unsent = std::size_t{16} << 20;
+  static bool backlogged(const connection& c) { return c.out.size() - c.out_at > max_unsent; }
 
   MP_DECL std::optional<time_point> earliest_handshake_deadline() const;
   MP_DECL void drop_slow_handshakes(time_point now);
   MP_DECL static void append_frame(std::string& out, std::string_view payload);
+  MP_DECL static std::string oversized_reply(std::size_t size);
+  // Appends a reply frame for c: with its MAC when c has a session key.
+  MP_DECL static void send_frame(connection& c, std::string_view payload);
   MP_DECL void accept_all(time_point now);
+  MP_DECL bool peer_allowed(int fd) const;
+  MP_DECL static std::string peer_of(int fd);
+  MP_DECL void cap_unauthenticated(const std::string& peer);
   MP_DECL void receive(connection& c, time_point now);
   MP_DECL void process(connection& c, time_point now);
   MP_DECL void handle(connection& c, std::string_view payload, time_point now);
@@ -76,7 +106,7 @@ class server {
   // The request c published in its channel and the server has not taken yet, if any (not while parked: a
   // well-behaved client sends nothing then, and a misbehaving one must not keep the server awake).
   static bool channel_has_request(const connection& c) {
-    return c.channel && !c.parked && !c.dead && c.channel->request_seq.load() != c.requests_seen;
+    return c.channel && !c.parked && !c.dead && !backlogged(c) && c.channel->request_seq.load() != c.requests_seen;
   }
   MP_DECL bool channel_request_pending() const;
   MP_DECL bool set_server_sleeping(std::uint32_t value);
@@ -107,6 +137,7 @@ class server {
   std::uint64_t next_client_ = 1;
   bool stop_ = false;
   bool accept_paused_ = false;
+  bool check_peer_uid_ = false;  // a Unix listener serving only its own user (see the constructor)
 };
 
 }  // namespace mp::detail::manager

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,9 +23,15 @@
 namespace mp::detail::manager {
 
 MP_DECL server::server(unique_fd listener, std::string authkey, int owner_pidfd, int stop_fd,
-                       std::vector<std::string> remove)
+                       std::vector<std::string> remove, bool same_user_only)
     : listener_(std::move(listener)), authkey_(std::move(authkey)), owner_pidfd_(owner_pidfd), stop_fd_(stop_fd),
       remove_(std::move(remove)) {
+  sockaddr_storage bound{};
+  socklen_t length = sizeof bound;
+  if (same_user_only &&
+      sys_try("getsockname", [&] { return ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &length); }) == 0) {
+    check_peer_uid_ = bound.ss_family == AF_UNIX;
+  }
   const int flags = sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_GETFL); });
   sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK); });
 }
@@ -41,7 +48,8 @@ MP_DECL void server::run() {
     fds.push_back({stop_fd_, POLLIN, 0});
     const std::size_t fixed = fds.size();
     for (auto& [id, c] : connections_) {
-      short events = c.closing ? 0 : POLLIN | POLLRDHUP;
+      // A backlogged client is not read from (its requests wait in the kernel) until it reads its replies.
+      short events = c.closing ? 0 : backlogged(c) ? POLLRDHUP : POLLIN | POLLRDHUP;
       if (c.out_at < c.out.size()) events |= POLLOUT;
       fds.push_back({c.fd.get(), events, 0});
       order.push_back(id);
@@ -83,7 +91,11 @@ MP_DECL void server::run() {
       if (!revents) continue;
       auto found = connections_.find(order[i]);
       if (found == connections_.end()) continue;
-      if (revents & POLLOUT) flush(found->second);
+      if (revents & POLLOUT) {
+        flush(found->second);
+        // Its replies drained: the requests it sent meanwhile are handled now.
+        if (!found->second.in.empty() && !backlogged(found->second)) process(found->second, now);
+      }
       if (revents & POLLIN) receive(found->second, now);
     }
     if (fds[0].revents) accept_all(now);
@@ -127,6 +139,18 @@ MP_DECL void server::append_frame(std::string& out, std::string_view payload) {
   w.raw(payload.data(), payload.size());
 }
 
+MP_DECL void server::send_frame(connection& c, std::string_view payload) {
+  if (!c.session) {
+    append_frame(c.out, payload);
+    return;
+  }
+  const auto mac = frame_mac(*c.session, direction::to_client, c.frames_sent++, payload);
+  protocol::writer w(c.out);
+  w.u32(static_cast<std::uint32_t>(payload.size() + hmac_size));
+  w.raw(payload.data(), payload.size());
+  w.raw(mac.data(), mac.size());
+}
+
 MP_DECL void server::accept_all(time_point now) {
   for (;;) {
     const int fd =
@@ -135,6 +159,10 @@ MP_DECL void server::accept_all(time_point now) {
       int err = last_errno();
       if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) accept_paused_ = true;
       return;  // EAGAIN, or a transient error (ECONNABORTED): retried on the next wake-up
+    }
+    if (!peer_allowed(fd)) {
+      ::close(fd);  // another user's process: nothing is said to it (close cannot fail in a way we could handle)
+      continue;
     }
     set_nodelay(fd);     // harmless on Unix sockets (fails quietly)
     connection c;
@@ -149,9 +177,70 @@ MP_DECL void server::accept_all(time_point now) {
       append_frame(c.out, c.challenge);
     }
     auto id = c.id;
+    const bool pending = c.at != stage::ready;
+    if (pending) c.peer = peer_of(fd);
     auto& placed = connections_.emplace(id, std::move(c)).first->second;
     flush(placed);
+    if (pending) cap_unauthenticated(placed.peer);
   }
+}
+
+// Who is at the other end, for the per-peer cap: the IP address (without the port) of a TCP peer; the pid of a Unix
+// peer (all of a user's processes share its uid; one process opening many connections is the flood).
+MP_DECL std::string server::peer_of(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  if (sys_try("getpeername", [&] { return ::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length); }) != 0) {
+    return {};
+  }
+  if (address.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(address).sin_addr;
+    return std::string(reinterpret_cast<const char*>(&in), sizeof in);
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(address).sin6_addr;
+    return std::string(reinterpret_cast<const char*>(&in6), sizeof in6);
+  }
+  ucred peer{};
+  socklen_t size = sizeof peer;
+  if (sys_try("getsockopt", [&] { return ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size); }) != 0) return {};
+  return "pid " + std::to_string(peer.pid);
+}
+
+// Closes the oldest connection still authenticating of `peer` past the per-peer cap, else the oldest of all past
+// the total cap (ids grow with time: the smallest is the oldest).
+MP_DECL void server::cap_unauthenticated(const std::string& peer) {
+  std::size_t total = 0, of_peer = 0;
+  connection* oldest = nullptr;
+  connection* oldest_of_peer = nullptr;
+  for (auto& [id, c] : connections_) {
+    if (c.at == stage::ready || c.dead) continue;
+    ++total;
+    if (!oldest || c.id < oldest->id) oldest = &c;
+    if (c.peer == peer) {
+      ++of_peer;
+      if (!oldest_of_peer || c.id < oldest_of_peer->id) oldest_of_peer = &c;
+    }
+  }
+  if (of_peer > max_unauthenticated_per_peer) {
+    oldest_of_peer->dead = true;
+  } else if (total > max_unauthenticated) {
+    oldest->dead = true;
+  }
+  // Closed now, not at the end of the loop: a flood must not hold more descriptors than the caps while accepting.
+  if (of_peer > max_unauthenticated_per_peer || total > max_unauthenticated) reap();
+}
+
+// A Unix socket's peer must run as our user (or root), unless the owner opted in to other users: the socket file
+// is created 0600, and this check holds even if its mode or its directory's is loosened later.
+MP_DECL bool server::peer_allowed(int fd) const {
+  if (!check_peer_uid_) return true;
+  ucred peer{};
+  socklen_t length = sizeof peer;
+  if (sys_try("getsockopt", [&] { return ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &length); }) != 0) {
+    return false;
+  }
+  return peer.uid == ::geteuid() || peer.uid == 0;
 }
 
 MP_DECL void server::receive(connection& c, time_point now) {
@@ -168,17 +257,24 @@ MP_DECL void server::receive(connection& c, time_point now) {
     process(c, now);
     // A client sends one request at a time: more than one full request buffered is a protocol violation.
     if (c.in.size() > std::size_t{protocol::max_request} + 8) c.dead = true;
-    if (c.dead || static_cast<std::size_t>(got) < sizeof chunk) return;
+    if (c.dead || backlogged(c) || static_cast<std::size_t>(got) < sizeof chunk) return;
   }
 }
 
 // Handles every complete frame in c.in, unless the connection is parked.
 MP_DECL void server::process(connection& c, time_point now) {
   std::size_t at = 0;
+  std::size_t queued = 0;  // bytes of c's replies made here, still in replies_ until deliver() moves them to c.out
+  c.throttled = false;
   while (!c.parked && !c.dead && !c.closing && c.in.size() - at >= 4) {
+    if (c.out.size() - c.out_at + queued > max_unsent) {
+      c.throttled = true;  // the rest waits until its replies are read (deliver, or the POLLOUT that drains them)
+      break;
+    }
     protocol::reader header(c.in.data() + at, 4);
     auto size = header.u32();
-    auto limit = c.at == stage::ready ? protocol::max_request : protocol::max_handshake;
+    auto limit = c.at != stage::ready ? protocol::max_handshake
+                                      : protocol::max_request + static_cast<std::uint32_t>(c.session ? hmac_size : 0);
     if (size > limit) {
       c.dead = true;  // oversized: drop the connection before buffering the body
       break;
@@ -190,12 +286,25 @@ MP_DECL void server::process(connection& c, time_point now) {
       handshake(c, payload);
       continue;
     }
+    if (c.session && size > 0) {  // empty frames are doorbells: they carry nothing to authenticate
+      const auto body = payload.substr(0, size >= hmac_size ? size - hmac_size : 0);
+      if (size < hmac_size || !frame_mac_matches(*c.session, direction::to_server, c.frames_received++, body,
+                                                 payload.substr(body.size()))) {
+        c.dead = true;  // altered, injected, replayed or reordered: the connection is closed, nothing applied
+        break;
+      }
+      payload = body;
+    }
     if (size == 0 && c.channel) continue;  // a doorbell: its request is in the channel
     if (payload.size() == 9 && payload[0] == static_cast<char>(protocol::op::attach_channel)) {
       attach(c);
       continue;
     }
+    const std::size_t before = replies_.size();
     handle(c, payload, now);
+    for (std::size_t i = before; i < replies_.size(); ++i) {
+      if (replies_[i].client == c.id) queued += replies_[i].bytes.size();
+    }
   }
   c.in.erase(0, at);
 }
@@ -225,7 +334,7 @@ MP_DECL void server::attach(connection& c) {
     w.u8(static_cast<std::uint8_t>(protocol::error_kind::error));
     w.blob("the manager server could not map the channel: it stays on the socket");
   }
-  append_frame(c.out, reply);
+  send_frame(c, reply);
   flush(c);
 }
 
@@ -237,7 +346,7 @@ MP_DECL void server::post(connection& c, std::string_view bytes) {
     std::memcpy(shared.reply, bytes.data(), bytes.size());
     shared.reply_size.store(static_cast<std::uint32_t>(bytes.size()), std::memory_order_relaxed);
   } else {
-    append_frame(c.out, bytes);
+    send_frame(c, bytes);
     shared.reply_size.store(reply_on_socket, std::memory_order_relaxed);
   }
   shared.server_cpu.store(current_cpu(), std::memory_order_relaxed);
@@ -358,6 +467,7 @@ MP_DECL void server::handshake(connection& c, std::string_view message) {
     }
     auto answer = answer_challenge(authkey_, message);
     append_frame(c.out, {reinterpret_cast<const char*>(answer.data()), answer.size()});
+    c.session = session_key(authkey_, c.challenge, message);  // binds what follows to this handshake (auth.hpp)
     c.at = stage::ready;
   }
   flush(c);
@@ -366,31 +476,53 @@ MP_DECL void server::handshake(connection& c, std::string_view message) {
 // Routes store replies to their connections; a reply to a parked connection unparks it, so its buffered
 // frames are handled now.
 MP_DECL void server::deliver() {
-  while (!replies_.empty()) {
-    batch_.clear();
-    batch_.swap(replies_);  // swap, not move: both keep their capacity, so a request allocates no vector
-    unparked_.clear();
-    for (auto& r : batch_) {
-      auto found = connections_.find(r.client);
-      if (found == connections_.end() || found->second.dead) continue;
-      auto& c = found->second;
-      if (c.channel) {
-        post(c, r.bytes);
-      } else {
-        append_frame(c.out, r.bytes);
+  for (bool again = true; again;) {
+    while (!replies_.empty()) {
+      batch_.clear();
+      batch_.swap(replies_);  // swap, not move: both keep their capacity, so a request allocates no vector
+      unparked_.clear();
+      for (auto& r : batch_) {
+        auto found = connections_.find(r.client);
+        if (found == connections_.end() || found->second.dead) continue;
+        auto& c = found->second;
+        if (r.bytes.size() > max_reply) r.bytes = oversized_reply(r.bytes.size());
+        if (c.channel) {
+          post(c, r.bytes);
+        } else {
+          send_frame(c, r.bytes);
+        }
+        if (c.parked) c.parked = false, unparked_.push_back(r.client);
       }
-      if (c.parked) c.parked = false, unparked_.push_back(r.client);
+      if (unparked_.empty()) continue;
+      auto now = store::clock::now();
+      for (auto id : unparked_) {
+        auto found = connections_.find(id);
+        if (found != connections_.end()) process(found->second, now);
+      }
     }
-    if (unparked_.empty()) continue;
-    auto now = store::clock::now();
-    for (auto id : unparked_) {
-      auto found = connections_.find(id);
-      if (found != connections_.end()) process(found->second, now);
+    for (auto& [id, c] : connections_) {
+      if (c.out_at < c.out.size() && !c.dead) flush(c);
+    }
+    // Throttled connections whose replies drained at once (their client reads): their waiting frames are handled now
+    // (one whose replies still wait is resumed by the POLLOUT that drains them).
+    again = false;
+    for (auto& [id, c] : connections_) {
+      if (c.throttled && !c.dead && !backlogged(c)) {
+        process(c, store::clock::now());
+        again = true;
+      }
     }
   }
-  for (auto& [id, c] : connections_) {
-    if (c.out_at < c.out.size() && !c.dead) flush(c);
-  }
+}
+
+MP_DECL std::string server::oversized_reply(std::size_t size) {
+  std::string reply;
+  protocol::writer w(reply);
+  w.u8(static_cast<std::uint8_t>(protocol::status::error));
+  w.u8(static_cast<std::uint8_t>(protocol::error_kind::error));
+  w.blob("the manager server's reply of " + std::to_string(size) + " bytes exceeds the " +
+         std::to_string(max_reply) + " bytes one frame can carry: ask for it in parts (slices, single keys)");
+  return reply;
 }
 
 MP_DECL void server::flush(connection& c) {
