@@ -6,7 +6,8 @@
 //
 // Each rank holds at most `depth` chunks (2: the next one is already there when it finishes one), and runs them in
 // order; its answers name the chunk. Sends are non-blocking (MPI_Isend): a large payload waits in MPI's rendezvous
-// until the rank takes it, straight from the job's buffer (small messages are packed into one buffer first).
+// until the rank takes it, straight from the job's buffers (small messages are packed into one buffer first), and
+// rank 0 polls without sleeping while a send is incomplete.
 // A dead rank on rank 0's host is noticed through its pidfd (every 100 ms while waiting): its chunks fail with
 // WorkerLost and the pool goes on with the others (this needs mpirun --enable-recovery; by default mpirun aborts
 // the whole job within about two seconds of a rank's death). Ranks on other hosts are not watched.
@@ -101,7 +102,7 @@ class engine {
     std::uint64_t id;
     task_header header;              // the message starts here (stable: deque elements do not move)
     std::vector<std::byte> packed;   // small messages: header, prefix and body in one buffer
-    MPI_Request request = MPI_REQUEST_NULL;
+    MPI_Request requests[3] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL};  // header, prefix, body
     bool dropped = false;            // failed already (terminate): its answer is ignored
   };
   struct pending {
@@ -118,6 +119,7 @@ class engine {
   inline bool progress_locked();
   inline bool receive_locked();
   inline bool dispatch_locked();
+  inline void test_sends_locked();
   inline void send_locked(slot& s, std::shared_ptr<mpi::job> job, std::size_t chunk);
   inline void check_ranks_locked();
   inline void rank_lost_locked(slot& s);
@@ -130,6 +132,7 @@ class engine {
   std::size_t outstanding_ = 0;  // chunks submitted and not yet answered or failed
   std::uint64_t next_id_ = 1;
   std::uint64_t last_check_ = 0;
+  bool sending_ = false;  // some send has not completed
   state state_ = state::running;
   std::vector<std::byte> rx_;
   std::vector<inflight> graveyard_;  // chunks of dead ranks: MPI may still read their messages
@@ -142,7 +145,7 @@ bool engine::wait(Done&& done, const deadline& until) {
     bool moved = false;
     {
       std::lock_guard lock(mpi_mutex());
-      moved = progress_locked();
+      moved = progress_locked() || sending_;  // a large send moves only while rank 0 polls: no sleeping then
     }
     run_callbacks();
     if (done()) return true;

@@ -134,6 +134,7 @@ inline void engine::poll() {
 inline bool engine::progress_locked() {
   bool moved = receive_locked();
   moved = dispatch_locked() || moved;
+  test_sends_locked();
   if (!moved && outstanding_ != 0) {
     const std::uint64_t now = monotonic_ns();
     if (now - last_check_ > 100'000'000) {
@@ -170,7 +171,7 @@ inline bool engine::receive_locked() {
     // Ranks answer in order; the request of an answered chunk has completed (the rank received it).
     inflight chunk = std::move(s.chunks.front());
     s.chunks.pop_front();
-    if (chunk.request != MPI_REQUEST_NULL) MPI_Wait(&chunk.request, MPI_STATUS_IGNORE);
+    MPI_Waitall(3, chunk.requests, MPI_STATUSES_IGNORE);
     s.last_answer = monotonic_ns();
     --outstanding_;
     if (chunk.dropped) continue;
@@ -227,7 +228,7 @@ inline void engine::send_locked(slot& s, std::shared_ptr<mpi::job> job, std::siz
   f.chunk = chunk;
   f.id = next_id_++;
   f.header = task_header{f.id, pool::trampoline_address(f.job->trampoline),
-                         f.job->timeout_ns != 0 ? f.job->timeout_ns : config_.task_timeout_ns};
+                         f.job->timeout_ns != 0 ? f.job->timeout_ns : config_.task_timeout_ns, 0, 0, 0};
   const std::span<const std::byte> prefix = f.job->prefix();
   const std::span<const std::byte> body = f.job->body(chunk);
   const std::size_t total = sizeof f.header + prefix.size() + body.size();
@@ -240,26 +241,40 @@ inline void engine::send_locked(slot& s, std::shared_ptr<mpi::job> job, std::siz
     return;
   }
   f.job->started(chunk);
-  if (total <= 65536) {
+  f.header.prefix_bytes = prefix.size();
+  f.header.body_bytes = body.size();
+  const int to = s.worker->rank;
+  if (total <= packed_limit) {
     f.packed.resize(total);
     std::memcpy(f.packed.data(), &f.header, sizeof f.header);
     if (!prefix.empty()) std::memcpy(f.packed.data() + sizeof f.header, prefix.data(), prefix.size());
     if (!body.empty()) std::memcpy(f.packed.data() + sizeof f.header + prefix.size(), body.data(), body.size());
-    check("MPI_Isend", MPI_Isend(f.packed.data(), static_cast<int>(total), MPI_BYTE, s.worker->rank, tag_task,
-                                 group_->comm, &f.request));
-    return;
+    check("MPI_Isend", MPI_Isend(f.packed.data(), static_cast<int>(total), MPI_BYTE, to, tag_task, group_->comm,
+                                 &f.requests[0]));
+  } else {
+    f.header.split = 1;
+    check("MPI_Isend", MPI_Isend(&f.header, sizeof f.header, MPI_BYTE, to, tag_task, group_->comm, &f.requests[0]));
+    if (!prefix.empty())
+      check("MPI_Isend", MPI_Isend(prefix.data(), static_cast<int>(prefix.size()), MPI_BYTE, to, tag_part,
+                                   group_->comm, &f.requests[1]));
+    if (!body.empty())
+      check("MPI_Isend", MPI_Isend(body.data(), static_cast<int>(body.size()), MPI_BYTE, to, tag_part, group_->comm,
+                                   &f.requests[2]));
   }
-  // Large: one message straight from the three buffers (no packing copy), as an hindexed type over MPI_BOTTOM.
-  int lengths[3] = {static_cast<int>(sizeof f.header), static_cast<int>(prefix.size()), static_cast<int>(body.size())};
-  MPI_Aint places[3];
-  MPI_Get_address(&f.header, &places[0]);
-  MPI_Get_address(prefix.data(), &places[1]);
-  MPI_Get_address(body.data(), &places[2]);
-  MPI_Datatype type;
-  MPI_Type_create_hindexed(3, lengths, places, MPI_BYTE, &type);
-  MPI_Type_commit(&type);
-  check("MPI_Isend", MPI_Isend(MPI_BOTTOM, 1, type, s.worker->rank, tag_task, group_->comm, &f.request));
-  MPI_Type_free(&type);  // freed once the send completes
+  sending_ = true;
+}
+
+inline void engine::test_sends_locked() {
+  if (!sending_) return;
+  bool any = false;
+  for (slot& s : slots_) {
+    for (inflight& f : s.chunks) {
+      int complete = 0;
+      MPI_Testall(3, f.requests, &complete, MPI_STATUSES_IGNORE);
+      if (complete == 0) any = true;
+    }
+  }
+  sending_ = any;
 }
 
 inline void engine::check_ranks_locked() {

@@ -5,7 +5,10 @@
 //
 //   tag_start  rank 0 -> worker  loaded_modules() of rank 0, then the initializer as a task (trampoline 0: none)
 //   tag_hello  worker -> rank 0  i32 pid, host name, then a result body (the initializer's outcome, task.hpp)
-//   tag_task   rank 0 -> worker  task_header (chunk id, trampoline, timeout), then the payload (task.hpp)
+//   tag_task   rank 0 -> worker  task_header (chunk id, trampoline, timeout, sizes), then the payload (task.hpp);
+//                                 a large payload (split) follows instead as one or two tag_part messages, prefix
+//                                 then body, each received in place: contiguous buffers on both sides let Open MPI
+//                                 move them with one copy (CMA) without the sender's help
 //   tag_result worker -> rank 0  u64 chunk id, then the result body
 //   tag_exit   rank 0 -> worker  no payload: finalize MPI and exit
 //
@@ -19,6 +22,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include <mp/detail/clock.hpp>
@@ -30,12 +34,19 @@ inline constexpr int tag_hello = 7102;
 inline constexpr int tag_task = 7103;
 inline constexpr int tag_result = 7104;
 inline constexpr int tag_exit = 7105;
+inline constexpr int tag_part = 7106;
+
+/// Payloads up to this size travel inside the tag_task message (one copy into it beats a second message).
+inline constexpr std::size_t packed_limit = 65536;
 
 /// Header of a tag_task message.
 struct task_header {
   std::uint64_t chunk_id;
   std::uint64_t trampoline;  // rank 0's address of the trampoline
   std::uint64_t timeout_ns;  // 0: none
+  std::uint64_t prefix_bytes;
+  std::uint64_t body_bytes;
+  std::uint64_t split;       // 1: prefix and body follow as tag_part messages (each sent only if not empty)
 };
 
 /// Waiting for a message: spin for `spin_ns` after the last one, then sleep 2 us, 4 us, ... up to 1 ms per poll.

@@ -31,8 +31,10 @@ inline outcome run_timed(pool::trampoline_fn trampoline, std::span<const std::by
   flush_standard_streams();
   const pid_t pid = sys("fork", [] { return ::fork(); });
   if (pid == 0) {
-    // The child: no MPI, no exit handlers (MPI_Finalize is one of them); the result goes through the pipe.
+    // The child: no MPI, no exit handlers (MPI_Finalize is one of them); the result goes through the pipe. MPI's
+    // handlers for crash signals are dropped: a crash here is reported as this child's exit, not as the rank's.
     reader.reset();
+    for (int sig : {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL}) ::signal(sig, SIG_DFL);
     std::vector<std::byte> body;
     try {
       trampoline(payload, body);
@@ -87,6 +89,7 @@ inline void serve(MPI_Comm comm, const std::string& host) {
   unique_fd master;  // rank 0's pidfd when it runs on this host: a spawned worker whose parent died exits
   std::vector<std::byte> in;
   std::vector<std::byte> out;
+  std::vector<std::byte> large;  // a split payload
   backoff idle;
   std::uint64_t last_check = monotonic_ns();
   for (;;) {
@@ -144,7 +147,17 @@ inline void serve(MPI_Comm comm, const std::string& host) {
     // tag_task: {task_header, payload}; the answer: {chunk id, outcome, i32 code, result body}
     task_header header{};
     std::memcpy(&header, message.data(), std::min(message.size(), sizeof header));
-    const std::span<const std::byte> payload = message.subspan(std::min(message.size(), sizeof header));
+    std::span<const std::byte> payload = message.subspan(std::min(message.size(), sizeof header));
+    if (header.split != 0) {  // the payload follows in place: prefix, then body
+      const std::size_t total = header.prefix_bytes + header.body_bytes;
+      large.resize(total);
+      if (header.prefix_bytes != 0)
+        MPI_Recv(large.data(), static_cast<int>(header.prefix_bytes), MPI_BYTE, 0, tag_part, comm, MPI_STATUS_IGNORE);
+      if (header.body_bytes != 0)
+        MPI_Recv(large.data() + header.prefix_bytes, static_cast<int>(header.body_bytes), MPI_BYTE, 0, tag_part, comm,
+                 MPI_STATUS_IGNORE);
+      payload = large;
+    }
     out.resize(sizeof(std::uint64_t) + 1 + sizeof(std::int32_t));
     std::memcpy(out.data(), &header.chunk_id, sizeof header.chunk_id);
     outcome how = outcome::ran;
@@ -166,6 +179,7 @@ inline void serve(MPI_Comm comm, const std::string& host) {
     out[sizeof(std::uint64_t)] = static_cast<std::byte>(how);
     std::memcpy(out.data() + sizeof(std::uint64_t) + 1, &code, sizeof code);
     MPI_Send(out.data(), static_cast<int>(out.size()), MPI_BYTE, 0, tag_result, comm);
+    if (large.size() > packed_limit) std::vector<std::byte>().swap(large);
     idle.reset();
   }
 }
