@@ -235,11 +235,12 @@ TEST_CASE("a 16 MiB argument and result cross intact", "[mpi]") {
 }
 
 TEST_CASE("task_timeout fails a task at its deadline, and its rank goes on serving", "[mpi]") {
-  mp::mpi::Pool pool({.task_timeout = 300ms});
+  // Generous: under a loaded machine a fork, or a crash's core handling, can take hundreds of milliseconds.
+  mp::mpi::Pool pool({.task_timeout = 3s});
   const auto started = std::chrono::steady_clock::now();
   auto slow = pool.apply_async(sleep_ms, 20'000);
   CHECK_THROWS_AS(slow.get(), mp::TimeoutError);
-  CHECK(std::chrono::steady_clock::now() - started < 10s);
+  CHECK(std::chrono::steady_clock::now() - started < 15s);
   SECTION("a task that crashes its process fails with WorkerLost") {
     try {
       (void)pool.apply(crash);

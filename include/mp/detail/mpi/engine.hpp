@@ -116,6 +116,8 @@ class engine {
     std::uint64_t last_answer = 0;  // when it last answered: the most recent is the hottest
   };
 
+  /// A slot's rank as mp::mpi::rank() numbers it on that worker (spawned groups count from 1).
+  inline int shown_rank(const slot& s) const noexcept;
   inline bool progress_locked();
   inline bool receive_locked();
   inline bool dispatch_locked();

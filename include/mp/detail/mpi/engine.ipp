@@ -21,6 +21,10 @@ inline std::vector<std::function<void()>>& deferred() {
   return list;
 }
 
+inline int engine::shown_rank(const slot& s) const noexcept {
+  return group_->spawned ? s.worker->rank + 1 : s.worker->rank;
+}
+
 inline void engine::defer(std::function<void()> callback) {
   std::lock_guard lock(mpi_mutex());
   deferred().push_back(std::move(callback));
@@ -82,7 +86,7 @@ inline void engine::start_workers() {
       try {
         std::rethrow_exception(outcome.failure);
       } catch (const std::exception& e) {
-        failure = "rank " + std::to_string(s.worker->rank) + " (pid " + std::to_string(pid) + "): " + e.what();
+        failure = "rank " + std::to_string(shown_rank(s)) + " (pid " + std::to_string(pid) + "): " + e.what();
       }
     }
   }
@@ -183,10 +187,10 @@ inline bool engine::receive_locked() {
     if (how == outcome::timed_out) {
       chunk.job->fail(chunk.chunk, std::make_exception_ptr(TimeoutError(
           "mp::mpi::Pool: a task ran longer than its timeout of " + describe_timeout(std::chrono::nanoseconds(chunk.header.timeout_ns)) +
-          " on rank " + std::to_string(s.worker->rank) + "; its process was killed and the rank goes on serving")));
+          " on rank " + std::to_string(shown_rank(s)) + "; its process was killed and the rank goes on serving")));
     } else if (how == outcome::lost) {
       chunk.job->fail(chunk.chunk, std::make_exception_ptr(WorkerLost(
-          code, "the process running a task on rank " + std::to_string(s.worker->rank) + " died (exit code " +
+          code, "the process running a task on rank " + std::to_string(shown_rank(s)) + " died (exit code " +
                     std::to_string(code) + "); the rank goes on serving")));
     } else {
       input_archive ar(std::span<const std::byte>(rx_).subspan(head));
@@ -285,7 +289,7 @@ inline void engine::check_ranks_locked() {
 
 inline void engine::rank_lost_locked(slot& s) {
   s.worker->alive = false;
-  const std::string who = "rank " + std::to_string(s.worker->rank) + " (pid " + std::to_string(s.worker->pid) + ")";
+  const std::string who = "rank " + std::to_string(shown_rank(s)) + " (pid " + std::to_string(s.worker->pid) + ")";
   while (!s.chunks.empty()) {
     inflight f = std::move(s.chunks.front());
     s.chunks.pop_front();

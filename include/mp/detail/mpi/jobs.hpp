@@ -41,6 +41,14 @@ constexpr void check_callable() {
                 "meaningless in another process); pass captured values as arguments");
 }
 
+/// Appends one argument as the element of a std::tuple<T...> would be written (a tuple is its elements in order),
+/// from the caller's object: no copy of the arguments into a tuple first (a 16 MiB buffer is read once, not twice).
+template <class T, class A>
+void save_argument(output_archive& ar, const A& argument) {
+  if constexpr (std::is_same_v<std::remove_cvref_t<A>, T>) ar(argument);
+  else ar(T(argument));  // a string literal or char pointer travels as std::string
+}
+
 template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 

@@ -167,7 +167,7 @@ auto Pool::apply_async(F f, Args&&... args)
   pool::encode_callable(job->message, f);
   if constexpr (sizeof...(Args) > 0) {
     detail::output_archive ar(job->message);
-    ar(std::tuple<pool::arg_t<Args>...>(std::forward<Args>(args)...));
+    (detail::mpi::save_argument<pool::arg_t<Args>>(ar, args), ...);
   }
   engine().submit(job, 0, 1, "mp::mpi::Pool::apply_async");
   return AsyncResult<R>(engine_, std::move(job));
