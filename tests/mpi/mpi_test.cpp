@@ -1,0 +1,284 @@
+// mp::mpi::Pool across real MPI ranks: run by ctest under `mpirun -n 3` (ranks 1 and 2 serve) and alone (the pools
+// spawn their workers). Results carry the worker's rank and pid, so each test sees where its work ran.
+#include <catch2/catch.hpp>
+
+#include <mp/mp.hpp>
+#include <mp/mpi.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <iterator>
+#include <numeric>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "mpi/support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+struct where {
+  int rank;
+  int pid;
+};
+
+where whoami() { return {mp::mpi::rank(), static_cast<int>(::getpid())}; }
+int square(int x) { return x * x; }
+std::pair<int, int> rank_of_item(int x) { return {x, mp::mpi::rank()}; }
+int add(int a, int b) { return a + b; }
+int fail_on_7(int x) {
+  if (x == 7) throw std::invalid_argument("item 7 is bad");
+  return x;
+}
+int throw_runtime() { throw std::runtime_error("boom on a worker"); }
+struct custom_error : std::exception {
+  const char* what() const noexcept override { return "a custom failure"; }
+};
+int throw_custom() { throw custom_error(); }
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+int crash() { std::abort(); }
+std::vector<std::byte> reverse_bytes(std::vector<std::byte> data) {
+  std::reverse(data.begin(), data.end());
+  return data;
+}
+
+int configured = 0;  // set by the initializer on each worker rank
+void configure(int value, std::string text) { configured = value + static_cast<int>(text.size()); }
+int read_configured() { return configured; }
+
+/// The worker count the tests expect: every other rank under mpirun, cpu_count() spawned workers alone.
+std::size_t expected_workers() {
+  return mp_test_expected_ranks > 1 ? static_cast<std::size_t>(mp_test_expected_ranks - 1) : mp::cpu_count();
+}
+
+}  // namespace
+
+TEST_CASE("mp::mpi::init leaves rank 0 in main, and the launch is the one ctest asked for", "[mpi]") {
+  CHECK(mp::mpi::rank() == 0);
+  if (mp_test_expected_ranks > 1) CHECK(mp::mpi::size() == mp_test_expected_ranks);
+}
+
+TEST_CASE("apply runs the call on another rank, in another process", "[mpi]") {
+  mp::mpi::Pool pool;
+  CHECK(pool.processes() == expected_workers());
+  const where w = pool.apply(whoami);
+  CHECK(w.rank >= 1);
+  CHECK(w.rank < mp::mpi::size());
+  CHECK(w.pid != ::getpid());
+  CHECK(pool.apply(add, 2, 40) == 42);
+  CHECK(pool.apply([](std::string s) { return s + "!"; }, "hello") == "hello!");
+}
+
+TEST_CASE("map returns every result in order, computed on more than one rank", "[mpi]") {
+  mp::mpi::Pool pool;
+  std::vector<int> items(200);
+  std::iota(items.begin(), items.end(), 0);
+  const auto results = pool.map(rank_of_item, items, 10);
+  REQUIRE(results.size() == items.size());
+  std::set<int> ranks;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    CHECK(results[i].first == items[i]);
+    ranks.insert(results[i].second);
+  }
+  CHECK(ranks.size() == std::min<std::size_t>(pool.processes(), 20));
+  CHECK(ranks.count(0) == 0);
+  CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+  CHECK(pool.map(square, std::vector<int>{}).empty());
+}
+
+TEST_CASE("starmap unpacks tuples, and a braced list works as in Python", "[mpi]") {
+  mp::mpi::Pool pool;
+  const std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  CHECK(pool.starmap(add, pairs) == std::vector<int>{3, 7, 11});
+  CHECK(pool.map(square, {4, 5}) == std::vector<int>{16, 25});
+}
+
+TEST_CASE("a task's exception reaches rank 0 with its type and message, and the pool goes on", "[mpi]") {
+  mp::mpi::Pool pool;
+  SECTION("a standard exception") {
+    try {
+      (void)pool.apply(throw_runtime);
+      FAIL("no exception");
+    } catch (const std::runtime_error& e) {
+      CHECK(std::string(e.what()).find("boom on a worker") != std::string::npos);
+    }
+  }
+  SECTION("any other type, as RemoteError naming it") {
+    try {
+      (void)pool.apply(throw_custom);
+      FAIL("no exception");
+    } catch (const mp::RemoteError& e) {
+      CHECK(e.remote_type().find("custom_error") != std::string::npos);
+      CHECK(std::string(e.what()).find("a custom failure") != std::string::npos);
+    }
+  }
+  SECTION("map throws the first failed item's error") {
+    std::vector<int> items(20);
+    std::iota(items.begin(), items.end(), 0);
+    CHECK_THROWS_WITH(pool.map(fail_on_7, items, 3), Catch::Contains("item 7 is bad"));
+    auto result = pool.map_async(fail_on_7, items, 3);
+    result.wait();
+    CHECK(result.ready());
+    CHECK_FALSE(result.successful());
+  }
+  CHECK(pool.apply(square, 9) == 81);
+}
+
+TEST_CASE("AsyncResult has the futures surface: wait, ready, callbacks, exception, cancel", "[mpi]") {
+  mp::mpi::Pool pool;
+  auto quick = pool.submit(square, 12);
+  CHECK(quick.get() == 144);
+  CHECK(quick.done());
+  CHECK(quick.successful());
+  CHECK(quick.exception() == nullptr);
+
+  int called = 0;
+  auto later = pool.apply_async(sleep_ms, 50);
+  later.add_done_callback([&](mp::mpi::AsyncResult<int>& r) { called = r.get(); });
+  CHECK(later.get() == 50);
+  CHECK(called == 50);
+  int at_once = 0;
+  later.add_done_callback([&](mp::mpi::AsyncResult<int>&) { at_once = 1; });
+  CHECK(at_once == 1);
+
+  auto failing = pool.apply_async(throw_runtime);
+  CHECK(failing.exception() != nullptr);
+
+  // Every rank holds at most two chunks: with 2 * processes sleepers ahead, the next task is still queued.
+  std::vector<mp::mpi::AsyncResult<int>> busy;
+  for (std::size_t i = 0; i < 2 * pool.processes(); ++i) busy.push_back(pool.apply_async(sleep_ms, 200));
+  auto queued = pool.apply_async(square, 3);
+  CHECK(queued.cancel());
+  CHECK(queued.cancelled());
+  CHECK(queued.ready());
+  CHECK_THROWS_AS(queued.get(), mp::Error);
+  CHECK_FALSE(busy.front().cancel());
+  auto timed = pool.apply_async(sleep_ms, 300);
+  CHECK_THROWS_AS(timed.get(10ms), mp::TimeoutError);
+  CHECK_FALSE(timed.wait(1ms));
+  for (auto& r : busy) CHECK(r.get() == 200);
+  CHECK(timed.get() == 300);
+}
+
+namespace {
+/// An endless input range that counts how many items were pulled from it.
+struct counting_input {
+  struct iterator {
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    counting_input* owner = nullptr;
+    int operator*() const { return owner->next; }
+    iterator& operator++() {
+      ++owner->next;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator&, std::unreachable_sentinel_t) { return false; }
+  };
+  int next = 0;
+  iterator begin() { return iterator{this}; }
+  std::unreachable_sentinel_t end() const { return {}; }
+};
+}  // namespace
+
+TEST_CASE("imap and imap_unordered are lazy over an endless input, with a bounded number in flight", "[mpi]") {
+  mp::mpi::Pool pool;
+  counting_input input;
+  std::vector<int> got;
+  for (int x : pool.imap(square, input)) {
+    got.push_back(x);
+    if (got.size() == 30) break;
+  }
+  for (int i = 0; i < 30; ++i) CHECK(got[static_cast<std::size_t>(i)] == i * i);
+  CHECK(input.next <= 30 + static_cast<int>(4 * pool.processes() + 2));
+
+  std::vector<int> items(100);
+  std::iota(items.begin(), items.end(), 0);
+  std::multiset<int> unordered;
+  for (int x : pool.imap_unordered(square, items, 7)) unordered.insert(x);
+  std::multiset<int> expected;
+  for (int i : items) expected.insert(i * i);
+  CHECK(unordered == expected);
+
+  std::vector<int> seen;
+  auto with_error = pool.imap(fail_on_7, items, 2);
+  auto it = with_error.begin();
+  for (int i = 0; i < 7; ++it, ++i) seen.push_back(*it);
+  CHECK_THROWS_WITH(*it, Catch::Contains("item 7 is bad"));
+  CHECK(seen == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("the initializer runs on every worker rank with its arguments", "[mpi]") {
+  mp::mpi::Pool pool({.initializer = mp::mpi::task(configure, 40, std::string("ab"))});
+  std::vector<int> items(40, 0);
+  for (int value : pool.map([](int) { return read_configured(); }, items, 1)) CHECK(value == 42);
+}
+
+TEST_CASE("a 16 MiB argument and result cross intact", "[mpi]") {
+  mp::mpi::Pool pool;
+  std::vector<std::byte> data(16u << 20);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>(i * 7 + i / 4096);
+  const auto back = pool.apply(reverse_bytes, data);
+  REQUIRE(back.size() == data.size());
+  CHECK(std::equal(back.begin(), back.end(), data.rbegin()));
+}
+
+TEST_CASE("task_timeout fails a task at its deadline, and its rank goes on serving", "[mpi]") {
+  // Generous: under a loaded machine a fork, or a crash's core handling, can take hundreds of milliseconds.
+  mp::mpi::Pool pool({.task_timeout = 3s});
+  const auto started = std::chrono::steady_clock::now();
+  auto slow = pool.apply_async(sleep_ms, 20'000);
+  CHECK_THROWS_AS(slow.get(), mp::TimeoutError);
+  CHECK(std::chrono::steady_clock::now() - started < 15s);
+  SECTION("a task that crashes its process fails with WorkerLost") {
+    try {
+      (void)pool.apply(crash);
+      FAIL("no exception");
+    } catch (const mp::WorkerLost& e) {
+      CHECK(e.exitcode() == -6);
+    }
+  }
+  std::vector<int> items(10);
+  std::iota(items.begin(), items.end(), 0);
+  std::set<int> ranks;
+  for (const auto& [x, r] : pool.map(rank_of_item, items, 1)) ranks.insert(r);
+  CHECK(ranks.size() == pool.processes());
+}
+
+TEST_CASE("terminate fails queued work at once; close and join wait for the rest", "[mpi]") {
+  mp::mpi::Pool pool;
+  std::vector<mp::mpi::AsyncResult<int>> results;
+  for (int i = 0; i < 12; ++i) results.push_back(pool.apply_async(sleep_ms, 50));
+  pool.terminate();
+  CHECK_THROWS_AS(results.back().get(), mp::Error);
+  pool.join();
+  CHECK_THROWS_AS(pool.apply(square, 2), mp::Error);
+
+  mp::mpi::Pool second;
+  auto r = second.apply_async(sleep_ms, 20);
+  second.close();
+  CHECK_THROWS_AS(second.apply_async(square, 1), mp::Error);
+  second.join();
+  CHECK(r.get() == 20);
+}
+
+TEST_CASE("misuse gives a clear mp::Error", "[mpi]") {
+  mp::mpi::Pool pool;
+  CHECK_THROWS_WITH(mp::mpi::Pool(), Catch::Contains("another mp::mpi::Pool"));
+  if (mp_test_expected_ranks > 1) {
+    pool.close();
+    pool.join();
+    CHECK_THROWS_WITH(mp::mpi::Pool(static_cast<std::size_t>(mp_test_expected_ranks)), Catch::Contains("mpirun -n"));
+  }
+}
