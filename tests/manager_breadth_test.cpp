@@ -413,9 +413,11 @@ TEST_CASE("Custom types: register_type, make, call across processes, and errors 
   try {
     foo.call(&FooBar::g);
     FAIL("g() throws");
-  } catch (const mp::RemoteError& e) {
-    REQUIRE(e.remote_type() == "std::invalid_argument");
+  } catch (const std::invalid_argument& e) {  // typed, as a Pool task's error (mp::Remote<std::invalid_argument>)
     REQUIRE(std::string(e.what()).find("g raised") != std::string::npos);
+    const auto* info = dynamic_cast<const mp::RemoteInfo*>(&e);
+    REQUIRE(info != nullptr);
+    REQUIRE(info->remote_type() == "std::invalid_argument");
   }
   // _h is not exposed: a clear error, and the server goes on.
   REQUIRE_THROWS_WITH(foo.call(&FooBar::h), Catch::Contains("not registered"));
