@@ -23,11 +23,11 @@
 #include <utility>
 #include <vector>
 
-#include <mp/detail/blob.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/queue_state.hpp>
 #include <mp/detail/ring_buffer.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
 
@@ -40,8 +40,9 @@ struct QueueOptions {
   /// Bytes of the shared ring (rounded up to a power of two, at least 4 KiB, at most 4 GiB). When items not yet
   /// taken fill it, put() blocks. Smaller items larger than a quarter of it stream through it in pieces.
   std::size_t capacity_bytes = std::size_t{1} << 20;
-  /// Items whose serialized form has at least this many bytes are large: each is written once into a sealed memfd
-  /// segment of its own and only its descriptor passes through the ring (SIZE_MAX: never).
+  /// Items whose serialized form has at least this many bytes are large: each is written once into a memfd segment
+  /// (recycled by the producing thread once consumed) and only its descriptor passes through the ring (SIZE_MAX:
+  /// never).
   std::size_t large_item_threshold = std::size_t{256} << 10;
   /// Most bytes of large items put and not yet taken; put() waits beyond it. One large item passes alone whatever
   /// its size, so any item fits; producers' memory stays bounded by this plus the items they are putting.
@@ -256,22 +257,32 @@ detail::ring_status Queue<T>::put_status(const T& item, const detail::deadline& 
   return status;
 }
 
-// A large item: serialized once, straight into a segment of its own, whose descriptor the ring then takes.
+// A large item: serialized once, straight into a segment (detail/segment_pool.hpp: recycled once its consumer is
+// done), whose descriptor the ring then takes.
 template <class T>
 detail::ring_status Queue<T>::put_large(const T& item, std::size_t size, const detail::deadline& until) {
-  detail::blob_writer writer(size, "mp-queue-item");
+  auto& segment = detail::thread_segment_pool().acquire(size, state_->ring.segment_limit());
+  struct release_unless_put {
+    detail::segment_header& header;
+    bool put = false;
+    ~release_unless_put() {
+      if (!put) header.consumed.store(1, std::memory_order_relaxed);  // not sent: ours to reuse
+    }
+  } guard{segment.header()};
+  const auto bytes = segment.item(size);
   if constexpr (detail::is_bitwise_v<T>) {
-    std::memcpy(writer.bytes().data(), static_cast<const void*>(&item), sizeof(T));
+    std::memcpy(bytes.data(), static_cast<const void*>(&item), sizeof(T));
   } else {
-    detail::output_archive archive(detail::output_archive::presized_tag{}, writer.bytes());
+    detail::output_archive archive(detail::output_archive::presized_tag{}, bytes);
     archive(item);
     if (archive.unfilled() != 0)
       throw SerializationError("Queue::put: the item's serialize member wrote " +
                                std::to_string(size - archive.unfilled()) + " bytes after measuring " +
                                std::to_string(size) + "; it must write the same bytes every time");
   }
-  const detail::unique_fd fd = writer.publish();
-  return state_->ring.put_segment(fd.get(), size, until);
+  const auto status = state_->ring.put_segment(segment.fd.get(), size, until);
+  guard.put = status == detail::ring_status::ok;
+  return status;
 }
 
 template <class T>

@@ -1,5 +1,5 @@
 // fd_mailbox: a place where descriptors wait, held by the kernel, for whichever process takes them next — the way a
-// Queue's large items (blob.hpp segments) reach their consumer, even after their producer has exited.
+// Queue's large items (segment_pool.hpp segments) reach their consumer, even after their producer has exited.
 //
 // A mailbox is one unix datagram socket bound to an automatic abstract address and connected to itself: a message
 // sent on it lands in its own receive queue, with its descriptors (SCM_RIGHTS). Every process holding the socket can

@@ -20,7 +20,8 @@
 // put or get the mutex release that follows it, see wake_after_unlock).
 //
 // Large items (from QueueOptions::large_item_threshold up, 256 KiB by default) do not enter the ring: each is written
-// once into a sealed memfd segment of its own (blob.hpp) whose descriptor waits in the queue's mailbox socket
+// once into a memfd segment (segment_pool.hpp: recycled by its producing thread once consumed) whose descriptor
+// waits in the queue's mailbox socket
 // (fd_mailbox.hpp); the ring holds a 16-byte `segment` record {tag, size}. Producers post the descriptor and publish
 // the record under their mutex, so mailbox messages and segment records are in the same order, tags increasing.
 // A consumer that reads a segment record takes the mailbox's oldest message: a lower tag is an orphan (its producer
@@ -54,12 +55,12 @@
 #include <type_traits>
 #include <utility>
 
-#include <mp/detail/blob.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/fd_mailbox.hpp>
 #include <mp/detail/futex.hpp>
 #include <mp/detail/robust_mutex.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
@@ -229,7 +230,7 @@ class ring_buffer {
   /// honours `until` only until its first chunk is published; then it finishes, waiting for consumers.
   ring_status put(std::span<const std::byte> payload, const deadline& until);
 
-  /// Puts one large item: the sealed segment `fd` of `size` bytes (blob_writer::publish) is posted to the mailbox
+  /// Puts one large item: the segment `fd` holding `size` item bytes (segment_pool.hpp) is posted to the mailbox
   /// (a dup: the caller closes its own) and a segment record names it. Waits as put() does, and for the segment
   /// bound (full_segments on timeout).
   MP_DECL ring_status put_segment(int fd, std::size_t size, const deadline& until);
@@ -549,7 +550,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     if (segment) break;
   }
   }  // the consumer lock is released, the producers woken; the item counts as taken whatever happens next
-  const blob_reader reader(std::move(segment), segment_size);  // checks the descriptor: sealed, of that size
+  const segment_reader reader(std::move(segment), segment_size);  // checks its size; marks it consumed at the end
   if (ring_segment_hook != nullptr && !ring_segment_hook_before_commit) ring_segment_hook();
   return std::optional<result_type>(consume(reader.bytes()));
 }

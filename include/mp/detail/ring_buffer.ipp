@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 
+#include <mp/detail/cpu_load.hpp>
 #include <mp/detail/ring_buffer.hpp>
 
 namespace mp::detail {
@@ -43,8 +44,12 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
   // (Not clock.hpp's spin_until: that one spins tightly for its whole budget and knows no deadline. One clock read
   // serves both the deadline and the spin's end, hence `now` rather than expired(until). sched_yield bypasses the
   // syscall seam: it cannot fail on Linux, and nothing would change if it did.)
+  // With more runnable threads than CPUs, the other side may be waiting for this very CPU: only the tight spin,
+  // then one yield before sleeping (cpu_load.hpp; the answer is at most 10 ms old).
+  const bool crowded = cpus_oversubscribed(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count()));
   const auto tight_end = now + ring_spin_time / 8;
-  const auto spin_end = now + ring_spin_time;
+  const auto spin_end = crowded ? tight_end : now + ring_spin_time;
   for (;;) {
     for (int i = 0; i < 32; ++i) {
       cpu_relax();
@@ -56,6 +61,10 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
       ::sched_yield();
       if (ready()) return true;
     }
+  }
+  if (crowded) {
+    ::sched_yield();
+    if (ready()) return true;
   }
   for (;;) {
     const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
