@@ -60,12 +60,14 @@ int open_fd_count() {
   return n;
 }
 
-// mp's names in /dev/shm ("mp-<pid>-<n>", shared.hpp): other programs on the machine make their own meanwhile.
+// This process's names in /dev/shm ("mp-<pid>-<n>", shared.hpp): other programs and tests on the machine make
+// their own meanwhile. (A Queue never names anything there; this checks it stays so.)
 int dev_shm_count() {
   int n = 0;
+  const std::string prefix = "mp-" + std::to_string(::getpid()) + "-";
   if (DIR* dir = ::opendir("/dev/shm")) {
     while (dirent* entry = ::readdir(dir))
-      if (std::strncmp(entry->d_name, "mp-", 3) == 0) ++n;
+      if (std::strncmp(entry->d_name, prefix.c_str(), prefix.size()) == 0) ++n;
     ::closedir(dir);
   }
   return n;
