@@ -83,7 +83,7 @@ std::size_t mixed_size(int i) {
   return 8 + static_cast<std::size_t>(i * 7919) % 1500;
 }
 
-std::size_t blob_size(std::int64_t c) { return c == 0 ? (5 << 20) : 600'000; }  // 5 MiB streams
+std::size_t blob_size(std::int64_t c) { return c == 0 ? (5 << 20) : 600'000; }  // large items: segments
 
 // What each consumer counted, summed by the parent.
 struct tally {
@@ -317,9 +317,10 @@ TEST_CASE("A consumer SIGKILLed inside get in the middle of a big item does not 
   note_pipe mid;
   auto producer = start(
       [](mp::Queue<bytes> q) {
-        q.put(make_item(std::size_t{1} << 20, 1));  // 16x the ring: streams while the consumer takes it
+        // 3x the ring, below the large-item threshold: streams while the consumer takes it
+        q.put(make_item(std::size_t{200} << 10, 1));
         q.put(make_item(1000, 2));
-        q.put(make_item(std::size_t{3} << 20, 3));
+        q.put(make_item(std::size_t{250} << 10, 3));
       },
       q);
   auto victim = start(
@@ -338,7 +339,7 @@ TEST_CASE("A consumer SIGKILLed inside get in the middle of a big item does not 
   // The next consumer recovers the lock, discards the rest of item 1 (the only loss) and goes on.
   CHECK(item_tag(q.get()) == std::optional<std::uint64_t>(2));
   const bytes third = q.get();
-  CHECK(third.size() == std::size_t{3} << 20);
+  CHECK(third.size() == std::size_t{250} << 10);
   CHECK(item_tag(third) == std::optional<std::uint64_t>(3));
   CHECK(finish(producer) == 0);
   CHECK(q.qsize() == 0);
@@ -370,7 +371,7 @@ TEST_CASE("A producer SIGKILLed in the middle of a big item does not wedge the q
   mp::Queue<bytes> q({.capacity_bytes = 64 << 10});
   note_pipe go;
   g_after_kill = go.writer();
-  auto victim = start([](mp::Queue<bytes> q) { q.put(make_item(std::size_t{4} << 20, 1)); }, q);
+  auto victim = start([](mp::Queue<bytes> q) { q.put(make_item(std::size_t{250} << 10, 1)); }, q);  // streams
   auto next = start(
       [](mp::Queue<bytes> q, note_end go) {
         go.wait();
@@ -639,12 +640,13 @@ TEST_CASE("QueueOptions: capacity is rounded up to a power of two and bounded", 
   CHECK(joinable.maxsize() == 1);
 }
 
-TEST_CASE("A Queue holds one memfd and no /dev/shm name, released with its last handle", "[queue][resources]") {
+TEST_CASE("A Queue holds a memfd and a mailbox socket, no /dev/shm name, released with its last handle",
+          "[queue][resources]") {
   const int before = open_fd_count();
   {
     mp::Queue<int> q;
     mp::Queue<int> copy = q;
-    CHECK(open_fd_count() == before + 1);
+    CHECK(open_fd_count() == before + 2);
     copy.put(1);
     CHECK(q.get() == 1);
   }

@@ -1,8 +1,11 @@
 // Queue<T>, JoinableQueue<T>, SimpleQueue<T>: FIFO queues between processes, as Python's multiprocessing.Queue,
 // JoinableQueue and SimpleQueue. Items are mp::serialize'd values of any size.
 // Unlike Python's (a pipe fed by a background thread), an mp queue is a ring buffer in shared memory and put()
-// writes the item into it before returning: a process may put and exit at once and nothing is lost. When the ring
-// is full (too many bytes not yet taken), put blocks until consumers make room; see docs/pipes-and-queues.md.
+// writes the item into it before returning: a process may put and exit at once and nothing is lost. A large item
+// (256 KiB or more by default) is written once into a memory segment of its own, whose descriptor the queue keeps
+// for the consumer: put() of a 64 MiB item returns without waiting for a consumer either. When the ring is full (too
+// many bytes not yet taken), or large items not yet taken hold too many bytes, put blocks until consumers make room;
+// see docs/pipes-and-queues.md.
 // Process safety: a Queue is a handle. Copies in one process share one state (close() on any copy closes it for
 // that process); copies passed to children refer to the same queue. Any number of processes may put and get at
 // once. A process killed inside get() loses at most the item it was taking; the queue stays usable for the others.
@@ -24,6 +27,7 @@
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/queue_state.hpp>
 #include <mp/detail/ring_buffer.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
 
@@ -34,8 +38,15 @@ struct QueueOptions {
   /// Most items the queue holds before put() blocks (Python's maxsize); 0: no item bound.
   std::size_t maxsize = 0;
   /// Bytes of the shared ring (rounded up to a power of two, at least 4 KiB, at most 4 GiB). When items not yet
-  /// taken fill it, put() blocks. Items larger than a quarter of it stream through it in pieces.
+  /// taken fill it, put() blocks. Smaller items larger than a quarter of it stream through it in pieces.
   std::size_t capacity_bytes = std::size_t{1} << 20;
+  /// Items whose serialized form has at least this many bytes are large: each is written once into a memfd segment
+  /// (recycled by the producing thread once consumed) and only its descriptor passes through the ring (SIZE_MAX:
+  /// never).
+  std::size_t large_item_threshold = std::size_t{256} << 10;
+  /// Most bytes of large items put and not yet taken; put() waits beyond it. One large item passes alone whatever
+  /// its size, so any item fits; producers' memory stays bounded by this plus the items they are putting.
+  std::size_t large_bytes_limit = std::size_t{256} << 20;
 };
 
 /// A FIFO queue between processes (multiprocessing.Queue). put/get block; the timeout and _nowait forms throw
@@ -97,9 +108,12 @@ class Queue {
   void join_thread() noexcept {}
   void cancel_join_thread() noexcept {}
 
-  /// How a Queue crosses to a Process started by spawn or forkserver: its ring's descriptor travels along
-  /// (detail/handle_transfer.hpp). As in Python, a Queue cannot travel through another Queue: that throws.
-  void save(detail::output_archive& ar) const { ar(detail::export_fd(live_state().segment.fd(), "Queue")); }
+  /// How a Queue crosses to a Process started by spawn or forkserver: its ring's and its mailbox's descriptors
+  /// travel along (detail/handle_transfer.hpp). As in Python, a Queue cannot travel through another Queue: that
+  /// throws.
+  void save(detail::output_archive& ar) const {
+    ar(detail::export_fd(live_state().segment.fd(), "Queue"), detail::export_fd(live_state().mailbox.get(), "Queue"));
+  }
   /// In a spawned child: the same queue.
   void load(detail::input_archive& ar);
 
@@ -113,9 +127,11 @@ class Queue {
   template <class U>
   friend class JoinableQueue;
   Queue(QueueOptions options, bool joinable)
-      : state_(detail::make_queue_state(options.maxsize, options.capacity_bytes, joinable)) {}
+      : state_(detail::make_queue_state(options.maxsize, options.capacity_bytes, joinable,
+                                        options.large_item_threshold, options.large_bytes_limit)) {}
 
   detail::ring_status put_status(const T& item, const detail::deadline& until, const char* operation);
+  detail::ring_status put_large(const T& item, std::size_t size, const detail::deadline& until);
   void put_until(const T& item, const detail::deadline& until, const char* operation, const std::string& timeout);
   std::optional<T> get_status(const detail::deadline& until, const char* operation, detail::ring_status& why);
   T get_until(const detail::deadline& until, const char* operation, const std::string& timeout);
@@ -188,9 +204,9 @@ void Queue<T>::close() noexcept {
 
 template <class T>
 void Queue<T>::load(detail::input_archive& ar) {
-  std::uint32_t index = 0;
-  ar(index);
-  state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"));
+  std::uint32_t index = 0, mailbox = 0;
+  ar(index, mailbox);
+  state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"), detail::import_fd(mailbox, "Queue"));
 }
 
 template <class T>
@@ -216,20 +232,56 @@ detail::ring_status Queue<T>::put_status(const T& item, const detail::deadline& 
   detail::ring_status status;
   try {
     if constexpr (detail::is_bitwise_v<T>) {
-      // Its bytes are its serialized form: copied straight into the ring.
-      status = state.ring.put(std::as_bytes(std::span<const T, 1>(&item, 1)), until);
+      // Its bytes are its serialized form: copied straight into the ring (or a segment).
+      if (sizeof(T) >= state.ring.segment_threshold())
+        status = put_large(item, sizeof(T), until);
+      else
+        status = state.ring.put(std::as_bytes(std::span<const T, 1>(&item, 1)), until);
     } else {
-      auto& buffer = detail::queue_scratch();
-      buffer.clear();
-      serialize_into(buffer, item);
-      status = state.ring.put(buffer, until);
-      if (buffer.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(buffer);
+      const std::size_t size = serialized_size(item);
+      if (size >= state.ring.segment_threshold() && size != 0) {
+        status = put_large(item, size, until);
+      } else {
+        auto& buffer = detail::queue_scratch();
+        buffer.clear();
+        serialize_into(buffer, item);
+        status = state.ring.put(buffer, until);
+        if (buffer.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(buffer);
+      }
     }
   } catch (...) {
     if (joinable) extra->remove_unfinished();
     throw;
   }
   if (status != detail::ring_status::ok && joinable) extra->remove_unfinished();
+  return status;
+}
+
+// A large item: serialized once, straight into a segment (detail/segment_pool.hpp: recycled once its consumer is
+// done), whose descriptor the ring then takes.
+template <class T>
+detail::ring_status Queue<T>::put_large(const T& item, std::size_t size, const detail::deadline& until) {
+  auto& segment = detail::thread_segment_pool().acquire(size, state_->ring.segment_limit());
+  struct release_unless_put {
+    detail::segment_header& header;
+    bool put = false;
+    ~release_unless_put() {
+      if (!put) header.consumed.store(1, std::memory_order_relaxed);  // not sent: ours to reuse
+    }
+  } guard{segment.header()};
+  const auto bytes = segment.item(size);
+  if constexpr (detail::is_bitwise_v<T>) {
+    std::memcpy(bytes.data(), static_cast<const void*>(&item), sizeof(T));
+  } else {
+    detail::output_archive archive(detail::output_archive::presized_tag{}, bytes);
+    archive(item);
+    if (archive.unfilled() != 0)
+      throw SerializationError("Queue::put: the item's serialize member wrote " +
+                               std::to_string(size - archive.unfilled()) + " bytes after measuring " +
+                               std::to_string(size) + "; it must write the same bytes every time");
+  }
+  const auto status = state_->ring.put_segment(segment.fd.get(), size, until);
+  guard.put = status == detail::ring_status::ok;
   return status;
 }
 

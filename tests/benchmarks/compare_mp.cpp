@@ -22,11 +22,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -194,6 +196,50 @@ void queue_throughput(i64 n, T item) {
   producer.join();
 }
 
+// ---- large Queue items (issue 14): MB/s through a default Queue, and memcpy of the same size in the same run ----
+
+using byte_vector = std::vector<std::byte>;
+
+void produce_bytes(mp::Queue<byte_vector> q, i64 n, i64 size) {
+  byte_vector item(static_cast<std::size_t>(size));
+  for (std::size_t i = 0; i < item.size(); i += 4096) item[i] = static_cast<std::byte>(i >> 12);
+  for (i64 i = 0; i < n; ++i) q.put(item);
+}
+
+/// n items of `size` bytes from a child to this process through a default Queue; the consumer checks each size.
+void queue_bytes(i64 n, i64 size) {
+  mp::Queue<byte_vector> q;
+  mp::Process producer(produce_bytes, q, n, size);
+  producer.start();
+  for (i64 i = 0; i < n; ++i)
+    if (q.get().size() != static_cast<std::size_t>(size)) fail("queue item of the wrong size");
+  producer.join();
+}
+
+/// MB/s (10^6 bytes) of n copies of `size` bytes between two buffers allocated and touched beforehand.
+double memcpy_mbps(i64 n, i64 size) {
+  byte_vector from(static_cast<std::size_t>(size), std::byte{1}), to(static_cast<std::size_t>(size));
+  return best_rate(3, n, [&](i64 count) {
+           for (i64 i = 0; i < count; ++i) {
+             std::memcpy(to.data(), from.data(), from.size());
+             asm volatile("" ::"r"(to.data()) : "memory");  // the copy is not optimized away
+           }
+         }) * static_cast<double>(size) / 1e6;
+}
+
+// 256 MiB per run at every size (a tenth with --quick, at least one item), best of 3 runs.
+void queue_big_rows(i64 scale) {
+  const std::pair<const char*, i64> sizes[] = {{"64KiB", i64{64} << 10}, {"1MiB", i64{1} << 20},
+                                               {"16MiB", i64{16} << 20}, {"64MiB", i64{64} << 20}};
+  for (const auto& [label, size] : sizes) {
+    const i64 n = std::max<i64>(1, (i64{256} << 20) / size / scale);
+    const std::string name = std::string("queue_") + label + "_MBps";
+    row(name.c_str(), best_rate(3, n, [size](i64 count) { queue_bytes(count, size); }) * static_cast<double>(size) / 1e6,
+        "MB/s");
+    row((std::string("memcpy_") + label + "_MBps").c_str(), memcpy_mbps(n * 4, size), "MB/s");
+  }
+}
+
 i64 identity(i64 x) { return x; }
 
 void value_lock_worker(mp::Value<i64> v, i64 n) {
@@ -309,6 +355,7 @@ int main(int argc, char** argv) {
   row("queue_8B", best_rate(3, 1000000 / scale, [](i64 n) { queue_throughput<i64>(n, 42); }), "items/s");
   row("queue_1KiB", best_rate(3, 200000 / scale, [](i64 n) { queue_throughput(n, std::string(1024, 'x')); }),
       "items/s");
+  queue_big_rows(scale);
 
   {
     mp::Pool pool;

@@ -91,6 +91,27 @@ def queue_throughput(n, item):
     producer.join()
 
 
+def produce_bytes(q, n, size):
+    item = bytes(size)
+    for _ in range(n):
+        q.put(item)
+
+
+def queue_bytes(n, size):
+    """n items of `size` bytes from a child to this process through a default Queue (as compare_mp's)."""
+    q = ctx.Queue()
+    producer = ctx.Process(target=produce_bytes, args=(q, n, size))
+    producer.start()
+    for _ in range(n):
+        if len(q.get()) != size:
+            raise RuntimeError("queue item of the wrong size")
+    producer.join()
+
+
+# Large Queue items (issue 14): label, bytes. 256 MiB per run at every size (a tenth with --quick).
+QUEUE_BIG_SIZES = [("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20), ("64MiB", 64 << 20)]
+
+
 def identity(x):
     return x
 
@@ -235,6 +256,9 @@ def python_rows(quick):
     report("pipe_round_trip", best_us(5, 5000 // s, pipe_round_trip))
     report("queue_8B", best_rate(3, 50000 // s, lambda n: queue_throughput(n, 42)))
     report("queue_1KiB", best_rate(3, 50000 // s, lambda n: queue_throughput(n, b"x" * 1024)))
+    for label, size in QUEUE_BIG_SIZES:
+        n = max(1, (256 << 20) // size // s)
+        report(f"queue_{label}_MBps", best_rate(3, n, lambda n, size=size: queue_bytes(n, size)) * size / 1e6)
     with ctx.Pool() as pool:
         pool.map(identity, range(4))
         report("pool_map_auto", best_us(5, 1000000 // s, lambda n: pool.map(identity, range(n))))
@@ -367,7 +391,25 @@ def main():
               f"{target_text} | {met_text} |")
     print()
     print(f"targets met: {met} of {met + missed}")
+    print()
+    big_table(py, cpp)
     return 0
+
+
+def big_table(py, cpp):
+    """Large Queue items: MB/s of mp and Python, memcpy of the same size measured by compare_mp in the same run.
+    Targets (issue 14) from 1 MiB up: >= 2x Python and >= 0.1x memcpy."""
+    print("| Queue item | Python MB/s | mp MB/s | mp vs Python | memcpy MB/s | mp / memcpy | target | met |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for label, size in QUEUE_BIG_SIZES:
+        p, m, c = py.get(f"queue_{label}_MBps"), cpp.get(f"queue_{label}_MBps"), cpp.get(f"memcpy_{label}_MBps")
+        if p is None or m is None or c is None:
+            print(f"| {label} | {fmt(p) if p else '-'} | {fmt(m) if m else '-'} | | | | | missing |")
+            continue
+        target = size >= 1 << 20
+        ok = m >= 2 * p and m >= 0.1 * c
+        print(f"| {label} | {fmt(p)} | {fmt(m)} | {m / p:.1f}x | {fmt(c)} | {m / c:.3f} | "
+              f"{'>= 2x Python, >= 0.1x memcpy' if target else ''} | {('yes' if ok else 'NO') if target else ''} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/fd_mailbox.hpp>
 #include <mp/detail/futex.hpp>
 #include <mp/detail/ring_buffer.hpp>
 #include <mp/detail/shm_segment.hpp>
@@ -43,18 +44,22 @@ struct queue_extra {
 // The per-process state behind every copy of one queue handle.
 struct queue_state {
   shm_segment segment;
+  unique_fd mailbox;  // where large items' descriptors wait (fd_mailbox.hpp)
   ring_buffer ring;
   queue_extra* extra = nullptr;
   bool closed = false;
 };
 
 /// A new queue: a ring of `capacity_bytes` (rounded up, ring_buffer::round_capacity) that holds at most `maxsize`
-/// items (0: no bound), then its queue_extra.
-MP_DECL std::shared_ptr<queue_state> make_queue_state(std::size_t maxsize, std::size_t capacity_bytes, bool joinable);
+/// items (0: no bound), then its queue_extra; items of `large_item_threshold` bytes or more travel as segments, at
+/// most `large_bytes_limit` bytes of them waiting at once.
+MP_DECL std::shared_ptr<queue_state> make_queue_state(std::size_t maxsize, std::size_t capacity_bytes, bool joinable,
+                                                      std::size_t large_item_threshold,
+                                                      std::size_t large_bytes_limit);
 
-/// A spawned child's view of a queue whose block arrived as a descriptor (Queue::load); SerializationError if the
-/// block is too small for the ring it claims to hold.
-MP_DECL std::shared_ptr<queue_state> attach_queue_state(unique_fd fd);
+/// A spawned child's view of a queue whose block and mailbox arrived as descriptors (Queue::load);
+/// SerializationError if the block is too small for the ring it claims to hold.
+MP_DECL std::shared_ptr<queue_state> attach_queue_state(unique_fd fd, unique_fd mailbox);
 
 /// Where put() serializes an item, reused by its thread (released after an item of more than 4 MiB).
 inline std::vector<std::byte>& queue_scratch() {

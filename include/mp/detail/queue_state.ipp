@@ -18,29 +18,32 @@ MP_DECL bool queue_extra::join(const deadline& until) {
   }
 }
 
-MP_DECL std::shared_ptr<queue_state> make_queue_state(std::size_t maxsize, std::size_t capacity_bytes,
-                                                      bool joinable) {
+MP_DECL std::shared_ptr<queue_state> make_queue_state(std::size_t maxsize, std::size_t capacity_bytes, bool joinable,
+                                                      std::size_t large_item_threshold,
+                                                      std::size_t large_bytes_limit) {
   const std::size_t capacity = ring_buffer::round_capacity(capacity_bytes);
   auto state = std::make_shared<queue_state>();
   state->segment = shm_segment::create(ring_buffer::header_bytes + capacity + sizeof(queue_extra),
                                        "mp-queue-" + std::to_string(::getpid()));
+  state->mailbox = make_fd_mailbox();
   auto* base = static_cast<std::byte*>(state->segment.data());
-  ring_buffer::create(base, capacity, maxsize);
-  state->ring = ring_buffer(base);
+  ring_buffer::create(base, capacity, maxsize, large_item_threshold, large_bytes_limit);
+  state->ring = ring_buffer(base, state->mailbox.get());
   state->extra = new (base + ring_buffer::header_bytes + capacity) queue_extra();
   state->extra->joinable.store(joinable ? 1 : 0, std::memory_order_relaxed);
   return state;
 }
 
-MP_DECL std::shared_ptr<queue_state> attach_queue_state(unique_fd fd) {
+MP_DECL std::shared_ptr<queue_state> attach_queue_state(unique_fd fd, unique_fd mailbox) {
   auto state = std::make_shared<queue_state>();
   state->segment = shm_segment::from_fd(std::move(fd), "mp-queue (received)");
+  state->mailbox = std::move(mailbox);
   auto* base = static_cast<std::byte*>(state->segment.data());
   if (state->segment.size() < ring_buffer::header_bytes + sizeof(queue_extra)) {
     throw SerializationError("mp::deserialize: a Queue's shared block is " + std::to_string(state->segment.size()) +
                              " bytes, too small for a queue");
   }
-  state->ring = ring_buffer(base);
+  state->ring = ring_buffer(base, state->mailbox.get());
   const std::size_t capacity = state->ring.capacity();
   if (capacity > state->segment.size() - ring_buffer::header_bytes - sizeof(queue_extra)) {
     throw SerializationError("mp::deserialize: a Queue's ring claims " + std::to_string(capacity) +
@@ -57,6 +60,11 @@ MP_DECL void throw_full(const ring_buffer& ring, ring_status status, const char*
   switch (status) {
     case ring_status::full_items:
       message += ": the queue is full (maxsize " + std::to_string(ring.maxsize()) + ")";
+      break;
+    case ring_status::full_segments:
+      message += ": the queue's large items not yet taken hold " + std::to_string(ring.segment_bytes_waiting()) +
+                 " bytes (QueueOptions::large_bytes_limit " + std::to_string(ring.segment_limit()) +
+                 "); take items sooner or raise the limit";
       break;
     case ring_status::full_bytes:
       message += ": the queue's ring buffer is full (" + std::to_string(ring.capacity()) +

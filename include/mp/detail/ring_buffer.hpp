@@ -19,8 +19,18 @@
 // re-check, against store then check flag; the store-load barrier is a seq_cst store, or for the last store of a
 // put or get the mutex release that follows it, see wake_after_unlock).
 //
-// Items larger than capacity/4 stream through the ring as chunks (first, middle..., last); a producer holds its
-// mutex for the whole item, so chunks of two items never interleave.
+// Large items (from QueueOptions::large_item_threshold up, 256 KiB by default) do not enter the ring: each is written
+// once into a memfd segment (segment_pool.hpp: recycled by its producing thread once consumed) whose descriptor
+// waits in the queue's mailbox socket
+// (fd_mailbox.hpp); the ring holds a 16-byte `segment` record {tag, size}. Producers post the descriptor and publish
+// the record under their mutex, so mailbox messages and segment records are in the same order, tags increasing.
+// A consumer that reads a segment record takes the mailbox's oldest message: a lower tag is an orphan (its producer
+// died between posting and publishing: closed), a higher tag or none means the record's descriptor was taken by a
+// consumer that died before its commit (the record is skipped: that item is the loss). It commits, unlocks, and
+// maps the segment outside the lock, so consumers decode large items in parallel. The bytes of segments posted and
+// not yet taken are bounded (ring_header::segment_limit; one segment passes alone whatever its size).
+// Other items larger than capacity/4 stream through the ring as chunks (first, middle..., last); a producer holds
+// its mutex for the whole item, so chunks of two items never interleave.
 //
 // Robustness (a process SIGKILLed anywhere): every state change of a side is a "commit" of a few words, written
 // first to that side's journal (valid flag last), then applied, then the journal is cleared. The next holder of a
@@ -47,8 +57,11 @@
 
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/fd_mailbox.hpp>
 #include <mp/detail/futex.hpp>
 #include <mp/detail/robust_mutex.hpp>
+#include <mp/detail/segment_pool.hpp>
+#include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail {
@@ -62,8 +75,18 @@ inline constexpr std::chrono::milliseconds ring_producer_check_period{100};
 /// Test seam (fault injection): called by a consumer right after it has taken the first chunk of a streamed item,
 /// i.e. while it is inside get() in the middle of an item. nullptr in production.
 inline void (*ring_mid_item_hook)() = nullptr;
+/// Test seam: called by a consumer that has taken a segment's descriptor from the mailbox and mapped it, before it
+/// decodes the item (and, if `ring_segment_hook_before_commit`, before its commit too). nullptr in production.
+inline void (*ring_segment_hook)() = nullptr;
+inline bool ring_segment_hook_before_commit = false;
 
-enum class record_kind : std::uint32_t { whole = 1, first = 2, middle = 3, last = 4, abort = 5, wrap = 6 };
+enum class record_kind : std::uint32_t { whole = 1, first = 2, middle = 3, last = 4, abort = 5, wrap = 6, segment = 7 };
+
+// The payload of a segment record: the mailbox tag of its descriptor and the segment's size.
+struct segment_record {
+  std::uint64_t tag = 0;
+  std::uint64_t size = 0;
+};
 
 inline constexpr std::uint64_t record_header(record_kind kind, std::uint64_t length) noexcept {
   return (static_cast<std::uint64_t>(kind) << 32) | length;
@@ -81,6 +104,7 @@ struct ring_journal {
   std::atomic<std::uint64_t> position{0};  // producers: where the record being published starts
   std::atomic<std::uint64_t> index{0};     // the new tail (producers) or head (consumers)
   std::atomic<std::uint64_t> count{0};     // the new put_count / get_count
+  std::atomic<std::uint64_t> segment_bytes{0};  // the new segment_bytes
   std::atomic<std::uint32_t> in_item{0};   // the new in_item
   std::atomic<std::uint32_t> valid{0};
 };
@@ -92,6 +116,8 @@ struct alignas(64) ring_producers {
   std::atomic<std::uint64_t> head_seen{0};   // consumers' head as last read; guarded by mutex (saves a miss)
   std::atomic<std::uint64_t> taken_seen{0};  // consumers' get_count as last read; guarded by mutex
   std::atomic<std::uint32_t> in_item{0};     // 1 while a streamed item is partly written; guarded by mutex
+  std::atomic<std::uint64_t> next_tag{1};        // the mailbox tag of the next segment; guarded by mutex
+  std::atomic<std::uint64_t> segment_bytes{0};   // bytes of segments published, ever; written under mutex
   ring_journal journal;                      // guarded by mutex
 };
 
@@ -100,6 +126,7 @@ struct alignas(64) ring_consumers {
   std::atomic<std::uint64_t> head{0};       // the next record to read; written under mutex, read by producers
   std::atomic<std::uint64_t> get_count{0};  // items finished; written under mutex, read by anyone
   std::atomic<std::uint32_t> in_item{0};    // 1 while a streamed item is partly taken; guarded by mutex
+  std::atomic<std::uint64_t> segment_bytes{0};  // bytes of segments taken, ever; written under mutex
   ring_journal journal;                     // guarded by mutex
 };
 
@@ -112,6 +139,8 @@ struct alignas(64) ring_wake_word {
 struct ring_header {
   std::uint64_t capacity = 0;  // data bytes: a power of two; constant after creation
   std::uint64_t maxsize = 0;   // item bound (0: none); constant after creation
+  std::uint64_t segment_threshold = 0;  // items of this many bytes or more travel as segments; constant
+  std::uint64_t segment_limit = 0;      // most bytes of segments posted and not yet taken; constant
   ring_producers producers;
   ring_consumers consumers;
   ring_wake_word data_ready;   // a consumer sleeps here for a record
@@ -145,7 +174,7 @@ inline assembly_buffer& thread_assembly_buffer() {
 }
 
 /// Why a put or get gave up (timeouts and the _nowait forms).
-enum class ring_status { ok, busy, full_items, full_bytes, empty };
+enum class ring_status { ok, busy, full_items, full_bytes, full_segments, empty };
 
 class ring_buffer {
  public:
@@ -159,15 +188,21 @@ class ring_buffer {
   /// Bytes the header takes in front of the data (a whole number of pages keeps the data page-aligned).
   static constexpr std::size_t header_bytes = (sizeof(ring_header) + 4095) & ~std::size_t{4095};
 
-  /// Constructs a ring in zero-filled shared memory at `memory` (header_bytes + capacity bytes).
-  MP_DECL static ring_header* create(void* memory, std::size_t capacity, std::size_t maxsize);
+  /// Constructs a ring in zero-filled shared memory at `memory` (header_bytes + capacity bytes). Items of at least
+  /// `segment_threshold` bytes travel as segments, of which at most `segment_limit` bytes wait at once.
+  MP_DECL static ring_header* create(void* memory, std::size_t capacity, std::size_t maxsize,
+                                     std::size_t segment_threshold = ~std::size_t{0},
+                                     std::size_t segment_limit = 0);
 
   ring_buffer() = default;
-  explicit ring_buffer(void* memory) noexcept
+  /// A view of the ring at `memory`; `mailbox` is this process's descriptor of the ring's fd_mailbox (-1: none,
+  /// then segments cannot be put or taken).
+  explicit ring_buffer(void* memory, int mailbox = -1) noexcept
       : header_(static_cast<ring_header*>(memory)),
         data_(static_cast<std::byte*>(memory) + header_bytes),
         capacity_(header_->capacity),
-        mask_(header_->capacity - 1) {}
+        mask_(header_->capacity - 1),
+        mailbox_(mailbox) {}
 
   std::size_t capacity() const noexcept { return capacity_; }
   std::size_t maxsize() const noexcept { return header_->maxsize; }
@@ -179,11 +214,26 @@ class ring_buffer {
   }
   /// Largest payload stored as one record; larger ones stream as chunks.
   std::size_t max_whole_payload() const noexcept { return capacity_ / 4 - 16; }
+  /// Items of this many bytes or more should be put with put_segment().
+  std::size_t segment_threshold() const noexcept { return static_cast<std::size_t>(header_->segment_threshold); }
+  /// Most bytes of segments posted and not yet taken (one segment passes alone whatever its size).
+  std::size_t segment_limit() const noexcept { return static_cast<std::size_t>(header_->segment_limit); }
+  /// Bytes of segments posted and not yet taken (a snapshot).
+  std::size_t segment_bytes_waiting() const noexcept {
+    const auto taken = header_->consumers.segment_bytes.load(std::memory_order_acquire);
+    const auto put = header_->producers.segment_bytes.load(std::memory_order_acquire);
+    return put > taken ? static_cast<std::size_t>(put - taken) : 0;
+  }
 
   /// Puts one item of `payload` bytes. Waits (spin, then futex) for the producer lock, for maxsize and for room,
   /// until `until`; on timeout returns why and nothing was published. An item larger than max_whole_payload()
   /// honours `until` only until its first chunk is published; then it finishes, waiting for consumers.
   ring_status put(std::span<const std::byte> payload, const deadline& until);
+
+  /// Puts one large item: the segment `fd` holding `size` item bytes (segment_pool.hpp) is posted to the mailbox
+  /// (a dup: the caller closes its own) and a segment record names it. Waits as put() does, and for the segment
+  /// bound (full_segments on timeout).
+  MP_DECL ring_status put_segment(int fd, std::size_t size, const deadline& until);
 
   /// Takes one item and returns consume(std::span<const std::byte>)'s result; nullopt (and `why`) if none came by
   /// `until`. consume runs on the bytes in place (inside the ring, or an assembled buffer for a streamed item);
@@ -206,12 +256,16 @@ class ring_buffer {
   bool wait_below_maxsize(const deadline& until);
   MP_DECL bool wait_for_get_count(std::uint64_t put, const deadline& until);
   bool reserve(std::size_t bytes, const deadline& until);
-  void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item, bool wake_now = true);
+  void publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item, bool wake_now = true,
+               std::uint64_t segment_bytes = 0);
+  MP_DECL bool wait_for_segment_room(std::size_t size, const deadline& until);
   MP_DECL void put_streamed(std::span<const std::byte> payload);
 
   // Consumer side (consumers.mutex held). commit is inline (every get runs it); the rest is in ring_buffer.ipp.
   MP_DECL void recover_consumers();
-  void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now = true);
+  void commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now = true,
+              std::uint64_t segment_bytes = 0);
+  MP_DECL unique_fd take_segment(std::uint64_t tag);
   MP_DECL bool wait_for_record(std::uint64_t position, const deadline& until);
   MP_DECL void check_producer_alive();
 
@@ -270,6 +324,7 @@ class ring_buffer {
   std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
   std::uint64_t mask_ = 0;
+  int mailbox_ = -1;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -309,21 +364,24 @@ inline bool ring_buffer::reserve(std::size_t bytes, const deadline& until) {
 
 // The record's payload is already in place at the tail (after its header slot); room was reserved.
 inline void ring_buffer::publish(record_kind kind, std::size_t length, bool counts, std::uint32_t in_item,
-                                 bool wake_now) {
+                                 bool wake_now, std::uint64_t segment_bytes) {
   auto& p = header_->producers;
   const auto tail = p.tail.load(std::memory_order_relaxed);
   const auto next = tail + (kind == record_kind::wrap ? length + 8 : record_size(length));
   const auto count = p.put_count.load(std::memory_order_relaxed) + (counts ? 1 : 0);
+  const auto bytes = p.segment_bytes.load(std::memory_order_relaxed) + segment_bytes;
   slot(next).store(0, std::memory_order_relaxed);  // keeps the invariant: the slot at the tail is zero
   p.journal.position.store(tail, std::memory_order_relaxed);
   p.journal.index.store(next, std::memory_order_relaxed);
   p.journal.count.store(count, std::memory_order_relaxed);
+  p.journal.segment_bytes.store(bytes, std::memory_order_relaxed);
   p.journal.in_item.store(in_item, std::memory_order_relaxed);
   p.journal.valid.store(1, std::memory_order_release);
   // The publication. seq_cst when the sleeper check follows at once; otherwise see wake_after_unlock.
   slot(tail).store(record_header(kind, length), wake_now ? std::memory_order_seq_cst : std::memory_order_release);
   p.tail.store(next, std::memory_order_relaxed);
   p.put_count.store(count, std::memory_order_release);
+  if (segment_bytes != 0) p.segment_bytes.store(bytes, std::memory_order_release);
   p.in_item.store(in_item, std::memory_order_relaxed);
   p.journal.valid.store(0, std::memory_order_release);
   if (wake_now) wake(header_->data_ready);
@@ -353,13 +411,17 @@ inline ring_status ring_buffer::put(std::span<const std::byte> payload, const de
   return ring_status::ok;
 }
 
-inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now) {
+inline void ring_buffer::commit(std::uint64_t head, std::uint64_t count, std::uint32_t in_item, bool wake_now,
+                                std::uint64_t segment_bytes) {
   auto& c = header_->consumers;
+  const auto bytes = c.segment_bytes.load(std::memory_order_relaxed) + segment_bytes;
   c.journal.index.store(head, std::memory_order_relaxed);
   c.journal.count.store(count, std::memory_order_relaxed);
+  c.journal.segment_bytes.store(bytes, std::memory_order_relaxed);
   c.journal.in_item.store(in_item, std::memory_order_relaxed);
   c.journal.valid.store(1, std::memory_order_release);
   c.in_item.store(in_item, std::memory_order_relaxed);
+  if (segment_bytes != 0) c.segment_bytes.store(bytes, std::memory_order_seq_cst);
   c.get_count.store(count, std::memory_order_release);
   // Frees the room. seq_cst when the sleeper check follows at once; otherwise see wake_after_unlock.
   c.head.store(head, wake_now ? std::memory_order_seq_cst : std::memory_order_release);
@@ -376,6 +438,10 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     why = ring_status::busy;
     return std::nullopt;
   }
+  // A segment taken under the lock is mapped and decoded after it (other consumers go on meanwhile).
+  unique_fd segment;
+  std::size_t segment_size = 0;
+  {
   wake_after_unlock wake_producer;
   unlock_on_exit unlock{c.mutex};
   if (c.mutex.previous_owner_died() || c.journal.valid.load(std::memory_order_acquire) != 0) recover_consumers();
@@ -413,6 +479,23 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
       case record_kind::wrap:
         commit(head + 8 + length, taken, c.in_item.load(std::memory_order_relaxed));
         break;
+      case record_kind::segment: {
+        segment_record record;
+        if (length != sizeof record)
+          throw Error("Queue: a segment record of " + std::to_string(length) + " bytes; the queue's memory is corrupt");
+        std::memcpy(&record, payload, sizeof record);
+        unique_fd fd = take_segment(record.tag);
+        if (fd && ring_segment_hook != nullptr && ring_segment_hook_before_commit) ring_segment_hook();
+        if (!fd) {  // its descriptor went with a consumer that died before this commit: that item is lost
+          commit(head + record_size(length), taken + 1, 0, true, record.size);
+          break;
+        }
+        commit(head + record_size(length), taken + 1, 0, false, record.size);
+        wake_producer.word = &header_->space_ready;
+        segment = std::move(fd);
+        segment_size = static_cast<std::size_t>(record.size);
+        break;
+      }
       case record_kind::whole: {
         // Consume in place; commit even if consume throws (a value that cannot be decoded is not retried).
         commit_on_exit commit_taken{*this, head + record_size(length), taken};
@@ -464,7 +547,12 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
         throw Error("Queue: unknown record kind " + std::to_string(static_cast<unsigned>(kind)) +
                     "; the queue's shared memory is corrupt");
     }
+    if (segment) break;
   }
+  }  // the consumer lock is released, the producers woken; the item counts as taken whatever happens next
+  const segment_reader reader(std::move(segment), segment_size);  // checks its size; marks it consumed at the end
+  if (ring_segment_hook != nullptr && !ring_segment_hook_before_commit) ring_segment_hook();
+  return std::optional<result_type>(consume(reader.bytes()));
 }
 
 }  // namespace mp::detail

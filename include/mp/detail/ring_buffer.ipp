@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 
+#include <mp/detail/cpu_load.hpp>
 #include <mp/detail/ring_buffer.hpp>
 
 namespace mp::detail {
@@ -21,10 +22,13 @@ MP_DECL std::size_t ring_buffer::round_capacity(std::size_t requested) {
   return capacity;
 }
 
-MP_DECL ring_header* ring_buffer::create(void* memory, std::size_t capacity, std::size_t maxsize) {
+MP_DECL ring_header* ring_buffer::create(void* memory, std::size_t capacity, std::size_t maxsize,
+                                        std::size_t segment_threshold, std::size_t segment_limit) {
   auto* header = new (memory) ring_header();
   header->capacity = capacity;
   header->maxsize = maxsize;
+  header->segment_threshold = segment_threshold;
+  header->segment_limit = segment_limit;
   return header;
 }
 
@@ -40,8 +44,12 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
   // (Not clock.hpp's spin_until: that one spins tightly for its whole budget and knows no deadline. One clock read
   // serves both the deadline and the spin's end, hence `now` rather than expired(until). sched_yield bypasses the
   // syscall seam: it cannot fail on Linux, and nothing would change if it did.)
+  // With more runnable threads than CPUs, the other side may be waiting for this very CPU: only the tight spin,
+  // then one yield before sleeping (cpu_load.hpp; the answer is at most 10 ms old).
+  const bool crowded = cpus_oversubscribed(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count()));
   const auto tight_end = now + ring_spin_time / 8;
-  const auto spin_end = now + ring_spin_time;
+  const auto spin_end = crowded ? tight_end : now + ring_spin_time;
   for (;;) {
     for (int i = 0; i < 32; ++i) {
       cpu_relax();
@@ -53,6 +61,10 @@ bool ring_buffer::wait_until_ready(ring_wake_word& word, Ready&& ready, const de
       ::sched_yield();
       if (ready()) return true;
     }
+  }
+  if (crowded) {
+    ::sched_yield();
+    if (ready()) return true;
   }
   for (;;) {
     const std::uint32_t seq = word.seq.load(std::memory_order_seq_cst);
@@ -73,6 +85,7 @@ MP_DECL void ring_buffer::recover_producers() {
     if (slot(p.journal.position.load(std::memory_order_relaxed)).load(std::memory_order_acquire) != 0) {
       p.tail.store(p.journal.index.load(std::memory_order_relaxed), std::memory_order_relaxed);
       p.put_count.store(p.journal.count.load(std::memory_order_relaxed), std::memory_order_release);
+      p.segment_bytes.store(p.journal.segment_bytes.load(std::memory_order_relaxed), std::memory_order_release);
       p.in_item.store(p.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     p.journal.valid.store(0, std::memory_order_release);
@@ -151,11 +164,63 @@ MP_DECL void ring_buffer::put_streamed(std::span<const std::byte> payload) {
   }
 }
 
+MP_DECL ring_status ring_buffer::put_segment(int fd, std::size_t size, const deadline& until) {
+  if (mailbox_ < 0) throw Error("Queue: this ring has no mailbox for large items");
+  auto& p = header_->producers;
+  if (!p.mutex.try_lock_until(until)) return ring_status::busy;
+  wake_after_unlock wake_consumer;
+  unlock_on_exit unlock{p.mutex};
+  if (p.mutex.previous_owner_died() || p.journal.valid.load(std::memory_order_acquire) != 0 ||
+      p.in_item.load(std::memory_order_relaxed) != 0)
+    recover_producers();
+  if (!wait_below_maxsize(until)) return ring_status::full_items;
+  if (!wait_for_segment_room(size, until)) return ring_status::full_segments;
+  const std::size_t bytes = record_size(sizeof(segment_record));
+  if (!reserve(bytes, until)) return ring_status::full_bytes;
+  // The tag is used up before the post: a producer killed after posting leaves a message whose tag no record will
+  // ever carry (consumers drop it), never one that a later record's tag matches.
+  const segment_record record{p.next_tag.load(std::memory_order_relaxed), size};
+  p.next_tag.store(record.tag + 1, std::memory_order_relaxed);
+  if (!fd_mailbox_post(mailbox_, record.tag, fd, until)) return ring_status::full_segments;
+  std::memcpy(at(p.tail.load(std::memory_order_relaxed) + 8), &record, sizeof record);
+  publish(record_kind::segment, sizeof record, true, 0, false, size);
+  wake_consumer.word = &header_->data_ready;
+  return ring_status::ok;
+}
+
+// Spins, then sleeps, until the segments waiting leave room for `size` more bytes (or none is waiting).
+MP_DECL bool ring_buffer::wait_for_segment_room(std::size_t size, const deadline& until) {
+  auto& p = header_->producers;
+  auto& c = header_->consumers;
+  const std::uint64_t limit = header_->segment_limit;
+  const std::uint64_t put = p.segment_bytes.load(std::memory_order_relaxed);
+  return wait_until_ready(
+      header_->space_ready,
+      [&] {
+        const std::uint64_t waiting = put - c.segment_bytes.load(std::memory_order_seq_cst);
+        return waiting == 0 || (waiting <= limit && size <= limit - waiting);
+      },
+      until);
+}
+
+// The descriptor of the segment record tagged `tag` (consumers.mutex held); empty if it is gone.
+MP_DECL unique_fd ring_buffer::take_segment(std::uint64_t tag) {
+  if (mailbox_ < 0) throw Error("Queue: this ring has no mailbox for large items");
+  for (;;) {
+    const auto oldest = fd_mailbox_peek(mailbox_);
+    if (!oldest || *oldest > tag) return {};  // taken by a consumer that died before committing this record
+    unique_fd fd = fd_mailbox_take(mailbox_);
+    if (*oldest == tag) return fd;
+    // Lower: posted by a producer that died before publishing its record; dropped (closing frees the segment).
+  }
+}
+
 MP_DECL void ring_buffer::recover_consumers() {
   auto& c = header_->consumers;
   if (c.journal.valid.load(std::memory_order_acquire) != 0) {
     // Died while committing: its decision was made, finish applying it.
     c.in_item.store(c.journal.in_item.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    c.segment_bytes.store(c.journal.segment_bytes.load(std::memory_order_relaxed), std::memory_order_seq_cst);
     c.get_count.store(c.journal.count.load(std::memory_order_relaxed), std::memory_order_seq_cst);
     c.head.store(c.journal.index.load(std::memory_order_relaxed), std::memory_order_seq_cst);
     c.journal.valid.store(0, std::memory_order_release);

@@ -1,0 +1,122 @@
+// segment_pool: definitions (see segment_pool.hpp).
+#pragma once
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+#include <utility>
+
+#include <mp/detail/clock.hpp>
+#include <mp/detail/segment_pool.hpp>
+#include <mp/detail/syscall.hpp>
+#include <mp/errors.hpp>
+
+namespace mp::detail {
+
+MP_DECL segment_pool::~segment_pool() { clear(); }
+
+MP_DECL void segment_pool::drop(std::size_t index) noexcept {
+  auto& s = segments_[index];
+  if (s.data != nullptr) ::munmap(s.data, segment_header_bytes + s.capacity);
+  segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+MP_DECL void segment_pool::clear() noexcept {
+  while (!segments_.empty()) drop(segments_.size() - 1);
+}
+
+MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget) {
+  const int pid = static_cast<int>(::getpid());
+  if (pid != pid_) {
+    // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
+    clear();
+    pid_ = pid;
+  }
+  // A consumed segment that fits without wasting more than half of it; the oldest first.
+  auto reusable = [&]() -> pooled_segment* {
+    for (std::size_t i = 0; i < segments_.size(); ++i) {
+      auto& s = segments_[i];
+      if (s.capacity >= size && s.capacity / 2 <= size &&
+          s.header().consumed.load(std::memory_order_acquire) != 0) {
+        s.header().consumed.store(0, std::memory_order_relaxed);
+        pooled_segment moved = std::move(s);
+        segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(i));
+        segments_.push_back(std::move(moved));
+        return &segments_.back();
+      }
+    }
+    return nullptr;
+  };
+  if (auto* s = reusable()) return *s;
+  // A full cache of fitting segments still being read: a consumer is at work on them. Waiting for one (up to 2 ms)
+  // keeps producer and consumer in step on warm pages, instead of running ahead on fresh ones.
+  std::size_t fitting = 0;
+  for (auto& s : segments_) fitting += s.capacity >= size && s.capacity / 2 <= size ? 1 : 0;
+  if (fitting >= 2) {
+    const std::uint64_t until = monotonic_ns() + 2'000'000;
+    while (monotonic_ns() < until) {
+      ::sched_yield();
+      if (auto* s = reusable()) return *s;
+    }
+  }
+  // Room for a new one: drop consumed segments first, then the oldest busy ones (their consumers died or are slow).
+  const std::size_t capacity = (size + 4095) & ~std::size_t{4095};
+  auto bytes = [&] {
+    std::size_t total = 0;
+    for (auto& s : segments_) total += s.capacity;
+    return total;
+  };
+  while (!segments_.empty() && (segments_.size() >= 4 || bytes() + capacity > budget)) {
+    std::size_t victim = 0;
+    for (std::size_t i = 0; i < segments_.size(); ++i)
+      if (segments_[i].header().consumed.load(std::memory_order_acquire) != 0) {
+        victim = i;
+        break;
+      }
+    drop(victim);
+  }
+  pooled_segment s;
+  s.fd.reset(sys("memfd_create", "Queue large item",
+                 [] { return ::memfd_create("mp-queue-item", MFD_CLOEXEC); }));
+  sys("ftruncate", "Queue large item",
+      [&] { return ::ftruncate(s.fd.get(), static_cast<off_t>(segment_header_bytes + capacity)); });
+  void* data = nullptr;
+  sys("mmap", "Queue large item", [&] {
+    data = ::mmap(nullptr, segment_header_bytes + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                  s.fd.get(), 0);
+    return data == MAP_FAILED ? -1 : 0;
+  });
+  s.data = static_cast<std::byte*>(data);
+  s.capacity = capacity;
+  segments_.push_back(std::move(s));
+  return segments_.back();
+}
+
+MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size) : size_(size) {
+  struct stat st {};
+  if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+      static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
+      static_cast<std::size_t>(st.st_size) - segment_header_bytes < size) {
+    throw SerializationError("Queue: the descriptor received for an item of " + std::to_string(size) +
+                             " bytes is not a segment that holds it: the queue's memory is corrupt");
+  }
+  mapped_ = segment_header_bytes + size;
+  void* data = nullptr;
+  sys("mmap", "Queue large item", [&] {
+    data = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+    return data == MAP_FAILED ? -1 : 0;
+  });
+  data_ = static_cast<std::byte*>(data);
+  // The mapping keeps the segment alive: the descriptor closes here.
+}
+
+MP_DECL segment_reader::~segment_reader() {
+  if (data_ == nullptr) return;
+  reinterpret_cast<segment_header*>(data_)->consumed.store(1, std::memory_order_release);
+  ::munmap(data_, mapped_);
+}
+
+}  // namespace mp::detail
