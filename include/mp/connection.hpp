@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <concepts>
+#include <cstring>
 #include <cstddef>
 #include <initializer_list>
 #include <memory>
@@ -21,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include <mp/detail/blob.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_state.hpp>
@@ -88,9 +90,10 @@ class Connection {
   detail::connection_state& open_state(const char* operation) const;
   detail::connection_direction& outgoing(const char* operation) const;
   detail::connection_direction& incoming(const char* operation) const;
-  // Receives one message: calls on_payload(fd, length) to consume exactly `length` bytes, under the receive lock.
+  // Receives one message. A stream frame: calls on_payload(fd, length) to consume exactly `length` bytes under the
+  // receive lock, returns null. A blob frame: returns its segment, mapped after the lock was released.
   template <class F>
-  decltype(auto) receive_message(const char* operation, F&& on_payload);
+  std::unique_ptr<detail::blob_reader> receive_message(const char* operation, F&& on_payload);
 
   std::shared_ptr<detail::connection_state> state_;
 };
@@ -147,13 +150,27 @@ void Connection<T>::send(const T& value) {
   auto& direction = outgoing("Connection::send");
   const int fd = state_->fd.get();
   const auto kind = state_->kind;
-  if constexpr (detail::is_bitwise_v<T>) {
+  if constexpr (detail::is_bitwise_v<T> && sizeof(T) < detail::pipe_blob_threshold) {
     // Its bytes are its serialized form: header and value leave in one writev, no copy.
     detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
     guard.begin();
     detail::send_frame(fd, kind, {std::as_bytes(std::span<const T, 1>(&value, 1))});
     guard.end();
   } else {
+    if (kind == detail::fd_kind::socket) {
+      const std::size_t size = serialized_size(value);
+      if (size >= detail::pipe_blob_threshold) {
+        // Serialized straight into its own segment: the one copy on this side, made outside any lock.
+        detail::blob_writer writer(size, "mp-pipe-message");
+        detail::output_archive archive(detail::output_archive::presized_tag{}, writer.bytes());
+        archive(value);
+        if (archive.unfilled() == 0) {
+          detail::send_blob_message(*state_, direction, writer.publish(), size, "Connection::send");
+          return;
+        }
+        // A serialize member that wrote less than it measured: the stream frame below carries its real bytes.
+      }
+    }
     auto& buffer = detail::connection_scratch();
     buffer.assign(detail::frame_header_size, std::byte{0});
     serialize_into(buffer, value);
@@ -169,22 +186,36 @@ void Connection<T>::send(const T& value) {
 
 template <class T>
 template <class F>
-decltype(auto) Connection<T>::receive_message(const char* operation, F&& on_payload) {
+std::unique_ptr<detail::blob_reader> Connection<T>::receive_message(const char* operation, F&& on_payload) {
   auto& direction = incoming(operation);
   const int fd = state_->fd.get();
-  detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
-  const auto length = detail::recv_frame_header(fd);
-  if (!length)
-    throw EOFError(std::string(operation) +
-                   ": the other end of the connection is closed and every message has been read");
-  guard.begin();
-  if constexpr (std::is_void_v<decltype(on_payload(fd, *length))>) {
-    on_payload(fd, *length);
-    guard.end();
-  } else {
-    decltype(auto) result = on_payload(fd, *length);
-    guard.end();
-    return result;
+  detail::unique_fd descriptor;
+  detail::frame_length length = 0;
+  {
+    detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+    auto header = detail::recv_frame_header(fd, state_->kind);
+    if (!header)
+      throw EOFError(std::string(operation) +
+                     ": the other end of the connection is closed and every message has been read");
+    if (header->malformed) detail::reject_frame(direction, operation, header->malformed);
+    if (!header->blob) {
+      guard.begin();
+      on_payload(fd, header->length);
+      guard.end();
+      return nullptr;
+    }
+    // A blob frame is whole once its header is in: the stream is in step, and the lock goes before the copy.
+    length = header->length;
+    descriptor = std::move(header->descriptor);
+    detail::release_blob_window(direction, length);
+  }
+  try {
+    return std::make_unique<detail::blob_reader>(std::move(descriptor), static_cast<std::size_t>(length));
+  } catch (const SerializationError&) {
+    std::string what = "a blob frame of " + std::to_string(length) + " bytes whose descriptor is not a sealed "
+                       "segment of that size";
+    detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+    detail::reject_frame(direction, operation, what);
   }
 }
 
@@ -194,7 +225,7 @@ T Connection<T>::recv() {
     alignas(T) std::byte bytes[sizeof(T)];
     bool size_mismatch = false;
     detail::frame_length got_length = 0;
-    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
+    auto blob = receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
       got_length = length;
       if (length == sizeof(T)) {
         if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
@@ -206,6 +237,11 @@ T Connection<T>::recv() {
         detail::recv_frame_payload(fd, length, discard);
       }
     });
+    if (blob) {
+      got_length = blob->bytes().size();
+      size_mismatch = got_length != sizeof(T);
+      if (!size_mismatch) std::memcpy(bytes, blob->bytes().data(), sizeof bytes);
+    }
     if (size_mismatch)
       throw SerializationError("Connection::recv: received a message of " + std::to_string(got_length) +
                                " bytes where a " + std::to_string(sizeof(T)) +
@@ -213,9 +249,10 @@ T Connection<T>::recv() {
     return deserialize<T>(std::span<const std::byte>(bytes, sizeof bytes));
   } else {
     auto& buffer = detail::connection_scratch();
-    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
+    auto blob = receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
       detail::recv_frame_payload(fd, length, buffer);
     });
+    if (blob) return deserialize<T>(blob->bytes());  // the one copy on this side: out of the mapping
     struct trim {
       std::vector<std::byte>& b;
       ~trim() { detail::trim_scratch(b); }
@@ -227,6 +264,12 @@ T Connection<T>::recv() {
 template <class T>
 void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
   auto& direction = outgoing("Connection::send_bytes");
+  if (state_->kind == detail::fd_kind::socket && bytes.size() >= detail::pipe_blob_threshold) {
+    detail::blob_writer writer(bytes.size(), "mp-pipe-message");
+    std::memcpy(writer.bytes().data(), bytes.data(), bytes.size());
+    detail::send_blob_message(*state_, direction, writer.publish(), bytes.size(), "Connection::send_bytes");
+    return;
+  }
   detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send_bytes");
   guard.begin();
   detail::send_frame(state_->fd.get(), state_->kind, {bytes});
@@ -236,26 +279,33 @@ void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
 template <class T>
 std::vector<std::byte> Connection<T>::recv_bytes() {
   std::vector<std::byte> bytes;
-  receive_message("Connection::recv_bytes",
+  auto blob = receive_message("Connection::recv_bytes",
                 [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); });
+  if (blob) bytes.assign(blob->bytes().begin(), blob->bytes().end());
   return bytes;
 }
 
 template <class T>
 std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
   detail::frame_length length = 0;
-  const bool fits = receive_message("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
+  bool fits = true;
+  auto blob = receive_message("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
     length = n;
     if (n <= buffer.size()) {
       if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
         throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed or "
                        "died mid-send");
-      return true;
+      return;
     }
     std::vector<std::byte> discard;
     detail::recv_frame_payload(fd, n, discard);
-    return false;
+    fits = false;
   });
+  if (blob) {
+    length = blob->bytes().size();
+    fits = length <= buffer.size();
+    if (fits) std::memcpy(buffer.data(), blob->bytes().data(), blob->bytes().size());
+  }
   if (!fits)
     throw BufferTooShort("Connection::recv_bytes_into: the message has " + std::to_string(length) +
                          " bytes but the buffer holds " + std::to_string(buffer.size()) +
