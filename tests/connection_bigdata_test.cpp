@@ -384,3 +384,118 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
   }
   CHECK(count_fds() == fds_before);
 }
+
+// ---- the shared-memory lane (detail/connection_lane.hpp): small messages to a receiver waiting in recv() ---------
+
+TEST_CASE("Round trips of small values stay intact and in order, then EOFError", "[connection][lane]") {
+  auto [here, there] = mp::Pipe<std::string>();
+  auto child = start([](mp::Connection<std::string> there) {
+    for (;;) {
+      std::string message = there.recv();
+      if (message == "stop") return;
+      there.send(message + "!");
+    }
+  }, there);
+  there.close();
+  for (int i = 0; i < 3000; ++i) {
+    const std::string message = std::to_string(i);
+    here.send(message);
+    const std::string back = here.recv();
+    if (back != message + "!") FAIL("round trip " << i << ": " << back);
+  }
+  here.send("stop");
+  CHECK_THROWS_AS(here.recv(), mp::EOFError);  // the child exits while this receiver waits
+  CHECK(finish(child) == 0);
+}
+
+TEST_CASE("Messages around the lane's capacity cross both ways intact", "[connection][lane]") {
+  const std::size_t capacity = mp::detail::pipe_lane_capacity;
+  const std::size_t sizes[] = {0, 1, 8, capacity - 1, capacity, capacity + 1, 100 * 1024};
+  auto [here, there] = mp::Pipe<int>();
+  auto child = start([](mp::Connection<int> there) {
+    for (;;) {
+      bytes message = there.recv_bytes();
+      if (message.size() == 3) return;
+      there.send_bytes(message);
+    }
+  }, there);
+  there.close();
+  for (int round = 0; round < 50; ++round) {
+    for (std::size_t size : sizes) {
+      bytes message(size);
+      for (std::size_t i = 0; i < size; ++i) message[i] = static_cast<std::byte>((i + size + round) & 0xff);
+      here.send_bytes(message);
+      bytes back(size + 16);
+      const std::size_t n = here.recv_bytes_into(back);
+      REQUIRE(n == size);
+      back.resize(n);
+      REQUIRE(back == message);
+    }
+  }
+  here.send_bytes(bytes(3));
+  CHECK(finish(child) == 0);
+}
+
+TEST_CASE("poll, wait and fileno see messages between receives that used the lane", "[connection][lane]") {
+  auto [here, there] = mp::Pipe<int>();
+  auto child = start([](mp::Connection<int> there) {
+    for (;;) {
+      const int v = there.recv();
+      if (v < 0) return;
+      for (int k = 0; k < v; ++k) there.send(k);  // v answers to one question
+    }
+  }, there);
+  there.close();
+  for (int round = 1; round < 200; ++round) {
+    const int answers = round % 4;
+    here.send(answers);
+    for (int k = 0; k < answers; ++k) {
+      if (k % 2 == 0) {
+        // A receiver outside recv(): the answer must be visible on the descriptor.
+        REQUIRE(here.poll(std::chrono::seconds(60)));
+        REQUIRE(mp::wait({here.fileno()}, std::chrono::seconds(60)).size() == 1);
+        REQUIRE(mp::wait({here}).size() == 1);
+      }
+      REQUIRE(here.recv() == k);
+    }
+    REQUIRE_FALSE(here.poll());
+  }
+  here.send(-1);
+  CHECK(finish(child) == 0);
+  CHECK(here.poll());
+  CHECK_THROWS_AS(here.recv(), mp::EOFError);
+}
+
+TEST_CASE("4 processes sending small messages on one end, to a receiver in recv, lose and reorder nothing",
+          "[connection][lane]") {
+  constexpr int senders = 4;
+  constexpr int per_sender = 1000;
+  auto [reader, writer] = mp::Pipe<std::vector<std::int32_t>>();
+  std::vector<mp::Process> children;
+  for (int s = 0; s < senders; ++s) {
+    children.push_back(start([](mp::Connection<std::vector<std::int32_t>> writer, int s) {
+      for (int seq = 0; seq < per_sender; ++seq)
+        writer.send(std::vector<std::int32_t>(static_cast<std::size_t>(2 + (seq * 7 + s) % 40), s * 1'000'000 + seq));
+    }, writer, s));
+  }
+  writer.close();
+  std::map<int, int> next_seq;
+  int received = 0;
+  for (;;) {
+    std::vector<std::int32_t> message;
+    try {
+      message = reader.recv();
+    } catch (const mp::EOFError&) {
+      break;
+    }
+    REQUIRE(message.size() >= 2);
+    const int sender = message[0] / 1'000'000, seq = message[0] % 1'000'000;
+    REQUIRE(message.size() == static_cast<std::size_t>(2 + (seq * 7 + sender) % 40));
+    for (auto word : message) REQUIRE(word == message[0]);
+    REQUIRE(seq == next_seq[sender]);
+    next_seq[sender] = seq + 1;
+    ++received;
+  }
+  CHECK(received == senders * per_sender);
+  for (auto& child : children) CHECK(finish(child) == 0);
+}

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -90,10 +91,10 @@ class Connection {
   detail::connection_state& open_state(const char* operation) const;
   detail::connection_direction& outgoing(const char* operation) const;
   detail::connection_direction& incoming(const char* operation) const;
-  // Receives one message. A stream frame: calls on_payload(fd, length) to consume exactly `length` bytes under the
-  // receive lock, returns null. A blob frame: returns its segment, mapped after the lock was released.
-  template <class F>
-  std::unique_ptr<detail::blob_reader> receive_message(const char* operation, F&& on_payload);
+  // Receives one message: a stream frame by on_stream(fd, length), which consumes exactly `length` bytes under the
+  // receive lock; a message in the lane (under the lock) or a blob frame (after it) by on_bytes(its bytes).
+  template <class OnStream, class OnBytes>
+  void receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes);
 
   std::shared_ptr<detail::connection_state> state_;
 };
@@ -152,9 +153,10 @@ void Connection<T>::send(const T& value) {
   const auto kind = state_->kind;
   if constexpr (detail::is_bitwise_v<T> && sizeof(T) < detail::pipe_blob_threshold) {
     // Its bytes are its serialized form: header and value leave in one writev, no copy.
+    const auto bytes = std::as_bytes(std::span<const T, 1>(&value, 1));
     detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
     guard.begin();
-    detail::send_frame(fd, kind, {std::as_bytes(std::span<const T, 1>(&value, 1))});
+    if (!detail::lane_try_send(direction.lane, bytes)) detail::send_frame(fd, kind, {bytes});
     guard.end();
   } else {
     if (kind == detail::fd_kind::socket) {
@@ -177,7 +179,8 @@ void Connection<T>::send(const T& value) {
     {
       detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
       guard.begin();
-      detail::send_prefixed_frame(fd, kind, buffer);
+      if (!detail::lane_try_send(direction.lane, std::span(buffer).subspan(detail::frame_header_size)))
+        detail::send_prefixed_frame(fd, kind, buffer);
       guard.end();
     }
     detail::trim_scratch(buffer);
@@ -185,38 +188,56 @@ void Connection<T>::send(const T& value) {
 }
 
 template <class T>
-template <class F>
-std::unique_ptr<detail::blob_reader> Connection<T>::receive_message(const char* operation, F&& on_payload) {
+template <class OnStream, class OnBytes>
+void Connection<T>::receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes) {
   auto& direction = incoming(operation);
   const int fd = state_->fd.get();
   detail::unique_fd descriptor;
   detail::frame_length length = 0;
   {
     detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+    if (detail::lane_receive(direction.lane, state_->receive_history, direction.broken, operation) ==
+        detail::lane_source::slot) {
+      // In the lane's slot: taken (and the slot freed) even if on_bytes throws, e.g. on bytes of another type.
+      guard.begin();
+      struct take {
+        detail::connection_lane& lane;
+        detail::frame_guard& guard;
+        ~take() {
+          detail::lane_taken(lane);
+          guard.end();
+        }
+      } taking{direction.lane, guard};
+      on_bytes(detail::lane_payload(direction.lane));
+      return;
+    }
     auto header = detail::recv_frame_header(fd, state_->kind);
     if (!header)
       throw EOFError(std::string(operation) +
                      ": the other end of the connection is closed and every message has been read");
+    detail::lane_count_socket_receive(direction.lane);
     if (header->malformed) detail::reject_frame(direction, operation, header->malformed);
     if (!header->blob) {
       guard.begin();
-      on_payload(fd, header->length);
+      on_stream(fd, header->length);
       guard.end();
-      return nullptr;
+      return;
     }
     // A blob frame is whole once its header is in: the stream is in step, and the lock goes before the copy.
     length = header->length;
     descriptor = std::move(header->descriptor);
     detail::release_blob_window(direction, length);
   }
+  std::unique_ptr<detail::blob_reader> blob;
   try {
-    return std::make_unique<detail::blob_reader>(std::move(descriptor), static_cast<std::size_t>(length));
+    blob = std::make_unique<detail::blob_reader>(std::move(descriptor), static_cast<std::size_t>(length));
   } catch (const SerializationError&) {
     std::string what = "a blob frame of " + std::to_string(length) + " bytes whose descriptor is not a sealed "
                        "segment of that size";
     detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
     detail::reject_frame(direction, operation, what);
   }
+  on_bytes(blob->bytes());  // the one copy on this side: out of the mapping
 }
 
 template <class T>
@@ -225,23 +246,25 @@ T Connection<T>::recv() {
     alignas(T) std::byte bytes[sizeof(T)];
     bool size_mismatch = false;
     detail::frame_length got_length = 0;
-    auto blob = receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
-      got_length = length;
-      if (length == sizeof(T)) {
-        if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
-          throw EOFError("Connection::recv: the connection ended inside a message: the sender closed or died "
-                         "mid-send");
-      } else {
-        size_mismatch = true;  // not ours to interpret: consume it whole, then report
-        std::vector<std::byte> discard;
-        detail::recv_frame_payload(fd, length, discard);
-      }
-    });
-    if (blob) {
-      got_length = blob->bytes().size();
-      size_mismatch = got_length != sizeof(T);
-      if (!size_mismatch) std::memcpy(bytes, blob->bytes().data(), sizeof bytes);
-    }
+    receive_message(
+        "Connection::recv",
+        [&](int fd, detail::frame_length length) {
+          got_length = length;
+          if (length == sizeof(T)) {
+            if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
+              throw EOFError("Connection::recv: the connection ended inside a message: the sender closed or died "
+                             "mid-send");
+          } else {
+            size_mismatch = true;  // not ours to interpret: consume it whole, then report
+            std::vector<std::byte> discard;
+            detail::recv_frame_payload(fd, length, discard);
+          }
+        },
+        [&](std::span<const std::byte> payload) {
+          got_length = payload.size();
+          size_mismatch = payload.size() != sizeof(T);
+          if (!size_mismatch) std::memcpy(bytes, payload.data(), sizeof bytes);
+        });
     if (size_mismatch)
       throw SerializationError("Connection::recv: received a message of " + std::to_string(got_length) +
                                " bytes where a " + std::to_string(sizeof(T)) +
@@ -249,10 +272,12 @@ T Connection<T>::recv() {
     return deserialize<T>(std::span<const std::byte>(bytes, sizeof bytes));
   } else {
     auto& buffer = detail::connection_scratch();
-    auto blob = receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
-      detail::recv_frame_payload(fd, length, buffer);
-    });
-    if (blob) return deserialize<T>(blob->bytes());  // the one copy on this side: out of the mapping
+    std::optional<T> value;
+    receive_message(
+        "Connection::recv",
+        [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, buffer); },
+        [&](std::span<const std::byte> payload) { value.emplace(deserialize<T>(payload)); });
+    if (value) return std::move(*value);
     struct trim {
       std::vector<std::byte>& b;
       ~trim() { detail::trim_scratch(b); }
@@ -272,16 +297,17 @@ void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
   }
   detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send_bytes");
   guard.begin();
-  detail::send_frame(state_->fd.get(), state_->kind, {bytes});
+  if (!detail::lane_try_send(direction.lane, bytes)) detail::send_frame(state_->fd.get(), state_->kind, {bytes});
   guard.end();
 }
 
 template <class T>
 std::vector<std::byte> Connection<T>::recv_bytes() {
   std::vector<std::byte> bytes;
-  auto blob = receive_message("Connection::recv_bytes",
-                [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); });
-  if (blob) bytes.assign(blob->bytes().begin(), blob->bytes().end());
+  receive_message(
+      "Connection::recv_bytes",
+      [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); },
+      [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); });
   return bytes;
 }
 
@@ -289,23 +315,25 @@ template <class T>
 std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
   detail::frame_length length = 0;
   bool fits = true;
-  auto blob = receive_message("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
-    length = n;
-    if (n <= buffer.size()) {
-      if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
-        throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed or "
-                       "died mid-send");
-      return;
-    }
-    std::vector<std::byte> discard;
-    detail::recv_frame_payload(fd, n, discard);
-    fits = false;
-  });
-  if (blob) {
-    length = blob->bytes().size();
-    fits = length <= buffer.size();
-    if (fits) std::memcpy(buffer.data(), blob->bytes().data(), blob->bytes().size());
-  }
+  receive_message(
+      "Connection::recv_bytes_into",
+      [&](int fd, detail::frame_length n) {
+        length = n;
+        if (n <= buffer.size()) {
+          if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
+            throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed "
+                           "or died mid-send");
+          return;
+        }
+        std::vector<std::byte> discard;
+        detail::recv_frame_payload(fd, n, discard);
+        fits = false;
+      },
+      [&](std::span<const std::byte> payload) {
+        length = payload.size();
+        fits = payload.size() <= buffer.size();
+        if (fits && !payload.empty()) std::memcpy(buffer.data(), payload.data(), payload.size());
+      });
   if (!fits)
     throw BufferTooShort("Connection::recv_bytes_into: the message has " + std::to_string(length) +
                          " bytes but the buffer holds " + std::to_string(buffer.size()) +

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/connection_lane.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -46,6 +47,7 @@ struct connection_direction {
   std::atomic<std::uint64_t> blob_bytes_in_flight{0};  // blob payload bytes sent, not yet taken by a receiver
   std::atomic<std::uint32_t> blob_taken{0};            // bumped by each receiver's take (futex word of the window)
   std::atomic<std::uint32_t> blob_sender_waiting{0};   // a sender sleeps on blob_taken: wake it
+  connection_lane lane;  // small messages to a receiver waiting in recv() (detail/connection_lane.hpp)
 };
 
 /// Why a direction is broken (connection_direction::broken).
@@ -68,6 +70,7 @@ struct connection_state {
   std::shared_ptr<shm_segment> segment;       // keeps the shared locks mapped while an end lives here
   connection_direction* outgoing = nullptr;   // nullptr: this end does not send
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
+  lane_history receive_history;               // how this process's recent offers on `incoming` went
 };
 
 /// The two ends of a new Pipe (a socketpair if duplex, else a pipe whose first end reads) and their shared block.

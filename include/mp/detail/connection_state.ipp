@@ -35,7 +35,9 @@ MP_DECL std::pair<std::shared_ptr<connection_state>, std::shared_ptr<connection_
 
   auto segment = std::make_shared<shm_segment>(
       shm_segment::create(sizeof(connection_shared), "mp-pipe-" + std::to_string(::getpid())));
-  auto* shared = new (segment->data()) connection_shared();
+  // Default-initialized, not value-initialized: the lanes' slots stay untouched (a fresh memfd reads as zeros anyway),
+  // so a Pipe costs memory only for the pages its messages use.
+  auto* shared = new (segment->data()) connection_shared;
 
   auto first = std::make_shared<connection_state>();
   auto second = std::make_shared<connection_state>();
@@ -168,6 +170,7 @@ MP_DECL void send_blob_message(connection_state& state, connection_direction& di
   // Counted before it is sent, so that a receiver's give-back never comes first. No guard.begin(): one 8-byte
   // sendmsg goes whole or not at all, so a sender killed anywhere here leaves the stream in step.
   direction.blob_bytes_in_flight.fetch_add(size);
+  lane_count_socket_send(direction.lane);
   try {
     send_blob_frame(state.fd.get(), size, blob.get());
   } catch (...) {
