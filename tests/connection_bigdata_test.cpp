@@ -1,5 +1,6 @@
 // Tests of big messages through mp::Pipe (connection.hpp, detail/connection_state.hpp): on a socketpair, a message
-// of pipe_blob_threshold bytes and up crosses as a sealed memfd whose descriptor rides beside a blob frame. Across
+// of pipe_blob_threshold bytes (32 MiB) and up crosses as a sealed memfd whose descriptor rides beside a blob
+// frame; smaller ones stream, and the tests mix both. Then the shared-memory lane (detail/connection_lane.hpp). Across
 // real processes, under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver).
 // Processes synchronize through the connections under test or through note pipes, never through sleeps.
 #include <catch2/catch.hpp>
@@ -194,8 +195,8 @@ TEST_CASE("send_bytes and recv_bytes_into move big buffers - BufferTooShort cons
   auto child = start([](mp::Connection<int> writer) {
     writer.send_bytes(make_message(32 * MiB, 1, 0));
     writer.send_bytes(make_message(1 * MiB, 1, 1));
-    writer.send_bytes(make_message(300 * 1024, 1, 2));  // just above the blob threshold
-    writer.send_bytes(make_message(64 * 1024, 1, 3));   // below it: a stream frame between blob frames
+    writer.send_bytes(make_message(300 * 1024, 1, 2));  // stream frames between blob frames
+    writer.send_bytes(make_message(64 * 1024, 1, 3));
     writer.send_bytes(make_message(48 * MiB, 1, 4));
     writer.send(42);
   }, writer);
@@ -219,7 +220,7 @@ TEST_CASE("poll, wait and fileno see a big message waiting", "[connection][bigda
   note_pipe go;
   auto child = start([](note_end go, mp::Connection<bytes> writer) {
     go.wait();
-    writer.send(make_message(16 * MiB, 4, 4));
+    writer.send(make_message(32 * MiB, 4, 4));  // a blob frame
   }, go.reader(), writer);
   writer.close();
   CHECK_FALSE(reader.poll());
@@ -230,7 +231,7 @@ TEST_CASE("poll, wait and fileno see a big message waiting", "[connection][bigda
   CHECK(ready[0] == reader);
   CHECK(mp::wait({reader.fileno()}, 0ms).size() == 1);
   CHECK(reader.poll());
-  CHECK(is(reader.recv(), 16 * MiB, 4, 4));
+  CHECK(is(reader.recv(), 32 * MiB, 4, 4));
   CHECK(finish(child) == 0);
   CHECK(reader.poll());  // end of stream
   CHECK_THROWS_AS(reader.recv(), mp::EOFError);
@@ -315,8 +316,8 @@ TEST_CASE("Concurrent senders in 3 processes send big and small messages, each a
   for (int s = 0; s < senders; ++s) {
     children.push_back(start([](mp::Connection<bytes> writer, int s) {
       for (int seq = 0; seq < per_sender; ++seq) {
-        // From 1 KiB (stream frames) to 8 MiB (blob frames), interleaved.
-        const std::size_t size = std::size_t{1024} << ((seq * 5 + s * 3) % 14);
+        // From 1 KiB to 16 MiB (stream frames) and 32 MiB (blob frames), interleaved.
+        const std::size_t size = std::size_t{1024} << ((seq * 5 + s * 3) % 16);
         if (seq % 2 == 0) {
           writer.send(make_message(size, s, seq));
         } else {

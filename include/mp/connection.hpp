@@ -1,7 +1,10 @@
 // Connection<T>, Pipe<T>() and wait(): typed message channels between processes, as Python's
 // multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
 // A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
-// values (detail/wire.hpp), of any size.
+// values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels as a sealed memfd
+// beside a small frame (detail/connection_state.hpp); a small message to a receiver already waiting in recv() goes
+// through shared memory, with no system call (detail/connection_lane.hpp). fileno(), poll() and wait() see every
+// message that waits while nobody is in recv().
 // Process safety: a Connection is a handle. Copies in one process share one state (close() on any copy closes it
 // for that process); a copy passed to a child refers to the same end. Several processes may send on one end at
 // once: each whole message is written under a process-shared lock, so bytes of two messages never interleave.

@@ -3,7 +3,7 @@
 // peer left corrupt, and the window of blob bytes in flight), each end's per-process state, creating a new Pipe's
 // ends, and an end's save/load for spawned children.
 //
-// Big messages (pipe_blob_threshold and up, on a socketpair) travel as blobs: the sender writes the serialized
+// Big messages (pipe_blob_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the serialized
 // value straight into a sealed memfd of its own (detail/blob.hpp), outside any lock, then sends only a blob frame
 // (the length word, the descriptor beside it) under the send lock; the receiver takes the header and descriptor
 // under the receive lock, releases it, and copies out of a read-only mapping. One copy on each side; a receiver
@@ -54,8 +54,12 @@ struct connection_direction {
 enum class broken_reason : std::uint32_t { none = 0, killed_mid_message = 1, malformed_frame = 2 };
 
 /// Messages from this size up go as blobs on a socketpair (a one-way Pipe's pipe(2) cannot carry descriptors: its
-/// messages always stream). Below it the socket copy costs less than creating and mapping a segment.
-inline constexpr std::size_t pipe_blob_threshold = std::size_t{256} << 10;
+/// messages always stream). Why so high: a blob is fresh memory every time, and on the VMs measured a fresh page
+/// costs 45-65 µs to touch (fresh memory at 60-90 MB/s), while below 32 MiB glibc's malloc recycles the sender's
+/// and receiver's buffers and the socket path ran at 1.7-6 GB/s (docs/performance.md, "Big messages through a
+/// Pipe"). From 32 MiB up malloc maps fresh memory for every message either way, and the blob path is one copy
+/// per side with no hand-off per socket buffer. Recycling segments would lower this; not done yet.
+inline constexpr std::size_t pipe_blob_threshold = std::size_t{32} << 20;
 /// Blob payload bytes that may be in flight in one direction before a sender waits for the receiver.
 inline constexpr std::uint64_t pipe_blob_window = std::uint64_t{64} << 20;
 
