@@ -1,7 +1,10 @@
 // Connection<T>, Pipe<T>() and wait(): typed message channels between processes, as Python's
 // multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
 // A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
-// values (detail/wire.hpp), of any size.
+// values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels as a sealed memfd
+// beside a small frame (detail/connection_state.hpp); a small message to a receiver already waiting in recv() goes
+// through shared memory, with no system call (detail/connection_lane.hpp). fileno(), poll() and wait() see every
+// message that waits while nobody is in recv().
 // Process safety: a Connection is a handle. Copies in one process share one state (close() on any copy closes it
 // for that process); a copy passed to a child refers to the same end. Several processes may send on one end at
 // once: each whole message is written under a process-shared lock, so bytes of two messages never interleave.
@@ -11,9 +14,11 @@
 
 #include <chrono>
 #include <concepts>
+#include <cstring>
 #include <cstddef>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -21,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include <mp/detail/blob.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_state.hpp>
@@ -88,9 +94,10 @@ class Connection {
   detail::connection_state& open_state(const char* operation) const;
   detail::connection_direction& outgoing(const char* operation) const;
   detail::connection_direction& incoming(const char* operation) const;
-  // Receives one message: calls on_payload(fd, length) to consume exactly `length` bytes, under the receive lock.
-  template <class F>
-  decltype(auto) receive_message(const char* operation, F&& on_payload);
+  // Receives one message: a stream frame by on_stream(fd, length), which consumes exactly `length` bytes under the
+  // receive lock; a message in the lane (under the lock) or a blob frame (after it) by on_bytes(its bytes).
+  template <class OnStream, class OnBytes>
+  void receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes);
 
   std::shared_ptr<detail::connection_state> state_;
 };
@@ -147,20 +154,36 @@ void Connection<T>::send(const T& value) {
   auto& direction = outgoing("Connection::send");
   const int fd = state_->fd.get();
   const auto kind = state_->kind;
-  if constexpr (detail::is_bitwise_v<T>) {
+  if constexpr (detail::is_bitwise_v<T> && sizeof(T) < detail::pipe_blob_threshold) {
     // Its bytes are its serialized form: header and value leave in one writev, no copy.
+    const auto bytes = std::as_bytes(std::span<const T, 1>(&value, 1));
     detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
     guard.begin();
-    detail::send_frame(fd, kind, {std::as_bytes(std::span<const T, 1>(&value, 1))});
+    if (!detail::lane_try_send(direction.lane, bytes)) detail::send_frame(fd, kind, {bytes});
     guard.end();
   } else {
+    if (kind == detail::fd_kind::socket) {
+      const std::size_t size = serialized_size(value);
+      if (size >= detail::pipe_blob_threshold) {
+        // Serialized straight into its own segment: the one copy on this side, made outside any lock.
+        detail::blob_writer writer(size, "mp-pipe-message");
+        detail::output_archive archive(detail::output_archive::presized_tag{}, writer.bytes());
+        archive(value);
+        if (archive.unfilled() == 0) {
+          detail::send_blob_message(*state_, direction, writer.publish(), size, "Connection::send");
+          return;
+        }
+        // A serialize member that wrote less than it measured: the stream frame below carries its real bytes.
+      }
+    }
     auto& buffer = detail::connection_scratch();
     buffer.assign(detail::frame_header_size, std::byte{0});
     serialize_into(buffer, value);
     {
       detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
       guard.begin();
-      detail::send_prefixed_frame(fd, kind, buffer);
+      if (!detail::lane_try_send(direction.lane, std::span(buffer).subspan(detail::frame_header_size)))
+        detail::send_prefixed_frame(fd, kind, buffer);
       guard.end();
     }
     detail::trim_scratch(buffer);
@@ -168,24 +191,56 @@ void Connection<T>::send(const T& value) {
 }
 
 template <class T>
-template <class F>
-decltype(auto) Connection<T>::receive_message(const char* operation, F&& on_payload) {
+template <class OnStream, class OnBytes>
+void Connection<T>::receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes) {
   auto& direction = incoming(operation);
   const int fd = state_->fd.get();
-  detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
-  const auto length = detail::recv_frame_header(fd);
-  if (!length)
-    throw EOFError(std::string(operation) +
-                   ": the other end of the connection is closed and every message has been read");
-  guard.begin();
-  if constexpr (std::is_void_v<decltype(on_payload(fd, *length))>) {
-    on_payload(fd, *length);
-    guard.end();
-  } else {
-    decltype(auto) result = on_payload(fd, *length);
-    guard.end();
-    return result;
+  detail::unique_fd descriptor;
+  detail::frame_length length = 0;
+  {
+    detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+    if (detail::lane_receive(direction.lane, state_->receive_history, direction.broken, operation) ==
+        detail::lane_source::slot) {
+      // In the lane's slot: taken (and the slot freed) even if on_bytes throws, e.g. on bytes of another type.
+      guard.begin();
+      struct take {
+        detail::connection_lane& lane;
+        detail::frame_guard& guard;
+        ~take() {
+          detail::lane_taken(lane);
+          guard.end();
+        }
+      } taking{direction.lane, guard};
+      on_bytes(detail::lane_payload(direction.lane));
+      return;
+    }
+    auto header = detail::recv_frame_header(fd, state_->kind);
+    if (!header)
+      throw EOFError(std::string(operation) +
+                     ": the other end of the connection is closed and every message has been read");
+    detail::lane_count_socket_receive(direction.lane);
+    if (header->malformed) detail::reject_frame(direction, operation, header->malformed);
+    if (!header->blob) {
+      guard.begin();
+      on_stream(fd, header->length);
+      guard.end();
+      return;
+    }
+    // A blob frame is whole once its header is in: the stream is in step, and the lock goes before the copy.
+    length = header->length;
+    descriptor = std::move(header->descriptor);
+    detail::release_blob_window(direction, length);
   }
+  std::unique_ptr<detail::blob_reader> blob;
+  try {
+    blob = std::make_unique<detail::blob_reader>(std::move(descriptor), static_cast<std::size_t>(length));
+  } catch (const SerializationError&) {
+    std::string what = "a blob frame of " + std::to_string(length) + " bytes whose descriptor is not a sealed "
+                       "segment of that size";
+    detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+    detail::reject_frame(direction, operation, what);
+  }
+  on_bytes(blob->bytes());  // the one copy on this side: out of the mapping
 }
 
 template <class T>
@@ -194,18 +249,25 @@ T Connection<T>::recv() {
     alignas(T) std::byte bytes[sizeof(T)];
     bool size_mismatch = false;
     detail::frame_length got_length = 0;
-    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
-      got_length = length;
-      if (length == sizeof(T)) {
-        if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
-          throw EOFError("Connection::recv: the connection ended inside a message: the sender closed or died "
-                         "mid-send");
-      } else {
-        size_mismatch = true;  // not ours to interpret: consume it whole, then report
-        std::vector<std::byte> discard;
-        detail::recv_frame_payload(fd, length, discard);
-      }
-    });
+    receive_message(
+        "Connection::recv",
+        [&](int fd, detail::frame_length length) {
+          got_length = length;
+          if (length == sizeof(T)) {
+            if (detail::read_full(fd, bytes, sizeof bytes) != sizeof bytes)
+              throw EOFError("Connection::recv: the connection ended inside a message: the sender closed or died "
+                             "mid-send");
+          } else {
+            size_mismatch = true;  // not ours to interpret: consume it whole, then report
+            std::vector<std::byte> discard;
+            detail::recv_frame_payload(fd, length, discard);
+          }
+        },
+        [&](std::span<const std::byte> payload) {
+          got_length = payload.size();
+          size_mismatch = payload.size() != sizeof(T);
+          if (!size_mismatch) std::memcpy(bytes, payload.data(), sizeof bytes);
+        });
     if (size_mismatch)
       throw SerializationError("Connection::recv: received a message of " + std::to_string(got_length) +
                                " bytes where a " + std::to_string(sizeof(T)) +
@@ -213,9 +275,12 @@ T Connection<T>::recv() {
     return deserialize<T>(std::span<const std::byte>(bytes, sizeof bytes));
   } else {
     auto& buffer = detail::connection_scratch();
-    receive_message("Connection::recv", [&](int fd, detail::frame_length length) {
-      detail::recv_frame_payload(fd, length, buffer);
-    });
+    std::optional<T> value;
+    receive_message(
+        "Connection::recv",
+        [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, buffer); },
+        [&](std::span<const std::byte> payload) { value.emplace(deserialize<T>(payload)); });
+    if (value) return std::move(*value);
     struct trim {
       std::vector<std::byte>& b;
       ~trim() { detail::trim_scratch(b); }
@@ -227,35 +292,51 @@ T Connection<T>::recv() {
 template <class T>
 void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
   auto& direction = outgoing("Connection::send_bytes");
+  if (state_->kind == detail::fd_kind::socket && bytes.size() >= detail::pipe_blob_threshold) {
+    detail::blob_writer writer(bytes.size(), "mp-pipe-message");
+    std::memcpy(writer.bytes().data(), bytes.data(), bytes.size());
+    detail::send_blob_message(*state_, direction, writer.publish(), bytes.size(), "Connection::send_bytes");
+    return;
+  }
   detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send_bytes");
   guard.begin();
-  detail::send_frame(state_->fd.get(), state_->kind, {bytes});
+  if (!detail::lane_try_send(direction.lane, bytes)) detail::send_frame(state_->fd.get(), state_->kind, {bytes});
   guard.end();
 }
 
 template <class T>
 std::vector<std::byte> Connection<T>::recv_bytes() {
   std::vector<std::byte> bytes;
-  receive_message("Connection::recv_bytes",
-                [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); });
+  receive_message(
+      "Connection::recv_bytes",
+      [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); },
+      [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); });
   return bytes;
 }
 
 template <class T>
 std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
   detail::frame_length length = 0;
-  const bool fits = receive_message("Connection::recv_bytes_into", [&](int fd, detail::frame_length n) {
-    length = n;
-    if (n <= buffer.size()) {
-      if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
-        throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed or "
-                       "died mid-send");
-      return true;
-    }
-    std::vector<std::byte> discard;
-    detail::recv_frame_payload(fd, n, discard);
-    return false;
-  });
+  bool fits = true;
+  receive_message(
+      "Connection::recv_bytes_into",
+      [&](int fd, detail::frame_length n) {
+        length = n;
+        if (n <= buffer.size()) {
+          if (detail::read_full(fd, buffer.data(), static_cast<std::size_t>(n)) != n)
+            throw EOFError("Connection::recv_bytes_into: the connection ended inside a message: the sender closed "
+                           "or died mid-send");
+          return;
+        }
+        std::vector<std::byte> discard;
+        detail::recv_frame_payload(fd, n, discard);
+        fits = false;
+      },
+      [&](std::span<const std::byte> payload) {
+        length = payload.size();
+        fits = payload.size() <= buffer.size();
+        if (fits && !payload.empty()) std::memcpy(buffer.data(), payload.data(), payload.size());
+      });
   if (!fits)
     throw BufferTooShort("Connection::recv_bytes_into: the message has " + std::to_string(length) +
                          " bytes but the buffer holds " + std::to_string(buffer.size()) +

@@ -13,6 +13,7 @@
 #include <mp/connection.hpp>
 #include <mp/shared.hpp>
 
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -180,6 +181,77 @@ void pipe_round_trip(i64 n) {
   }
   here.send(-1);
   child.join();
+}
+
+// ---- big messages through a Pipe (issue 14): MB/s of send_bytes -> recv_bytes, beside memcpy of the same size ---
+
+void send_items(mp::Connection<i64> out, std::size_t size, i64 n) {
+  const std::vector<std::byte> item(size, std::byte{7});
+  for (i64 i = 0; i < n; ++i) out.send_bytes(item);
+}
+
+/// One run: a child sends n + 1 items of `size` bytes; the clock runs from the first item's arrival to the last's.
+double pipe_simplex_mb_per_s(std::size_t size, i64 n) {
+  auto [reader, writer] = mp::Pipe<i64>();
+  mp::Process child(send_items, writer, size, n + 1);
+  child.start();
+  writer.close();
+  if (reader.recv_bytes().size() != size) fail("pipe simplex: a wrong size");
+  const auto t0 = clock_type::now();
+  for (i64 i = 0; i < n; ++i)
+    if (reader.recv_bytes().size() != size) fail("pipe simplex: a wrong size");
+  const double mb_per_s = static_cast<double>(size) * static_cast<double>(n) / seconds_since(t0) / 1e6;
+  child.join();
+  return mb_per_s;
+}
+
+/// memcpy of `size` bytes between two buffers touched beforehand, n times: what one copy costs on this machine.
+double memcpy_mb_per_s(std::size_t size, i64 n) {
+  std::vector<std::byte> from(size, std::byte{1}), to(size, std::byte{2});
+  const auto t0 = clock_type::now();
+  for (i64 i = 0; i < n; ++i) {
+    from[static_cast<std::size_t>(i) % size] = static_cast<std::byte>(i);
+    std::memcpy(to.data(), from.data(), size);
+    asm volatile("" : : "r"(to.data()) : "memory");
+  }
+  return static_cast<double>(size) * static_cast<double>(n) / seconds_since(t0) / 1e6;
+}
+
+/// Memory freshly mapped, touched and unmapped, n times: what any transport pays that hands out new memory per item
+/// (on some VMs a fresh page costs tens of µs: then this, not memcpy, bounds a big message's speed).
+double fresh_memory_mb_per_s(std::size_t size, i64 n) {
+  const auto t0 = clock_type::now();
+  for (i64 i = 0; i < n; ++i) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("mmap failed");
+    std::memset(p, 1, size);
+    ::munmap(p, size);
+  }
+  return static_cast<double>(size) * static_cast<double>(n) / seconds_since(t0) / 1e6;
+}
+
+void pipe_big_rows(i64 scale) {
+  struct size_row {
+    const char* name;
+    std::size_t size;
+    i64 n;  // about 256 MiB per run
+  };
+  const size_row sizes[] = {{"64KiB", std::size_t{64} << 10, 4096},
+                            {"1MiB", std::size_t{1} << 20, 256},
+                            {"16MiB", std::size_t{16} << 20, 16},
+                            {"64MiB", std::size_t{64} << 20, 4}};
+  for (const auto& s : sizes) {
+    const i64 n = std::max<i64>(2, s.n / scale);
+    double pipe = 0, copy = 0, fresh = 0;
+    for (int r = 0; r < 3; ++r) {
+      pipe = std::max(pipe, pipe_simplex_mb_per_s(s.size, n));
+      copy = std::max(copy, memcpy_mb_per_s(s.size, n));
+      fresh = std::max(fresh, fresh_memory_mb_per_s(s.size, std::max<i64>(1, n / 4)));
+    }
+    row(("pipe_simplex_" + std::string(s.name)).c_str(), pipe, "MB/s");
+    row(("pipe_simplex_memcpy_" + std::string(s.name)).c_str(), copy, "MB/s");
+    row(("pipe_simplex_fresh_memory_" + std::string(s.name)).c_str(), fresh, "MB/s");
+  }
 }
 
 template <class T>
@@ -351,6 +423,7 @@ int main(int argc, char** argv) {
 
   row("raw_socketpair_round_trip", best_us(5, 20000 / scale, raw_socketpair_ping_pong), "us");
   row("pipe_round_trip", best_us(5, 20000 / scale, pipe_round_trip), "us");
+  pipe_big_rows(scale);
 
   row("queue_8B", best_rate(3, 1000000 / scale, [](i64 n) { queue_throughput<i64>(n, 42); }), "items/s");
   row("queue_1KiB", best_rate(3, 200000 / scale, [](i64 n) { queue_throughput(n, std::string(1024, 'x')); }),

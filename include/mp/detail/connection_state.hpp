@@ -1,16 +1,30 @@
 // connection_state: the state behind a Pipe's two ends: the block they share (per direction, the process-shared
-// locks that keep each frame of detail/wire.hpp whole, and the flags that mark a stream a dying sender left corrupt),
-// each end's per-process state, creating a new Pipe's ends, and an end's save/load for spawned children.
+// locks that keep each frame of detail/wire.hpp whole, the flags that mark a stream a dying sender or a hostile
+// peer left corrupt, and the window of blob bytes in flight), each end's per-process state, creating a new Pipe's
+// ends, and an end's save/load for spawned children.
+//
+// Big messages (pipe_blob_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the serialized
+// value straight into a sealed memfd of its own (detail/blob.hpp), outside any lock, then sends only a blob frame
+// (the length word, the descriptor beside it) under the send lock; the receiver takes the header and descriptor
+// under the receive lock, releases it, and copies out of a read-only mapping. One copy on each side; a receiver
+// killed while copying loses that message only (the stream is in step); the kernel frees the segment with the
+// last descriptor or mapping, wherever it is (in flight in the socket included).
+// Why a window: a blob frame costs the socket buffer a few hundred bytes whatever the payload, so without a bound a
+// sender could queue hundreds of big segments ahead of a slow receiver. blob_bytes_in_flight counts the payload
+// bytes sent and not yet taken; a sender waits (futex on blob_taken) while that plus its own exceeds
+// pipe_blob_window, except that a message always goes when nothing is in flight (so any size passes).
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/connection_lane.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -29,8 +43,25 @@ struct connection_direction {
   robust_mutex recv_mutex;
   std::atomic<std::uint32_t> sending{0};    // 1 while a sender is inside a frame; guarded by send_mutex
   std::atomic<std::uint32_t> receiving{0};  // 1 while a receiver is inside a frame; guarded by recv_mutex
-  std::atomic<std::uint32_t> broken{0};     // 1 once a process died mid-frame: the stream cannot be trusted
+  std::atomic<std::uint32_t> broken{0};     // a broken_reason once the stream cannot be trusted
+  std::atomic<std::uint64_t> blob_bytes_in_flight{0};  // blob payload bytes sent, not yet taken by a receiver
+  std::atomic<std::uint32_t> blob_taken{0};            // bumped by each receiver's take (futex word of the window)
+  std::atomic<std::uint32_t> blob_sender_waiting{0};   // a sender sleeps on blob_taken: wake it
+  connection_lane lane;  // small messages to a receiver waiting in recv() (detail/connection_lane.hpp)
 };
+
+/// Why a direction is broken (connection_direction::broken).
+enum class broken_reason : std::uint32_t { none = 0, killed_mid_message = 1, malformed_frame = 2 };
+
+/// Messages from this size up go as blobs on a socketpair (a one-way Pipe's pipe(2) cannot carry descriptors: its
+/// messages always stream). Why so high: a blob is fresh memory every time, and on the VMs measured a fresh page
+/// costs 45-65 µs to touch (fresh memory at 60-90 MB/s), while below 32 MiB glibc's malloc recycles the sender's
+/// and receiver's buffers and the socket path ran at 1.7-6 GB/s (docs/performance.md, "Big messages through a
+/// Pipe"). From 32 MiB up malloc maps fresh memory for every message either way, and the blob path is one copy
+/// per side with no hand-off per socket buffer. Recycling segments would lower this; not done yet.
+inline constexpr std::size_t pipe_blob_threshold = std::size_t{32} << 20;
+/// Blob payload bytes that may be in flight in one direction before a sender waits for the receiver.
+inline constexpr std::uint64_t pipe_blob_window = std::uint64_t{64} << 20;
 
 struct connection_shared {
   connection_direction direction[2];  // [0]: first -> second, [1]: second -> first
@@ -43,6 +74,7 @@ struct connection_state {
   std::shared_ptr<shm_segment> segment;       // keeps the shared locks mapped while an end lives here
   connection_direction* outgoing = nullptr;   // nullptr: this end does not send
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
+  lane_history receive_history;               // how this process's recent offers on `incoming` went
 };
 
 /// The two ends of a new Pipe (a socketpair if duplex, else a pipe whose first end reads) and their shared block.
@@ -54,8 +86,21 @@ MP_DECL void save_connection_state(output_archive& ar, const connection_state* s
 /// Connection::load: the same end, in a spawned child; SerializationError if the bytes are malformed.
 MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& ar);
 
-/// Throws mp::Error: "operation: a process was killed in the middle of a message on this connection, ...".
-[[noreturn]] MP_DECL void throw_broken_connection(const char* operation);
+/// Throws mp::Error: "operation: a process was killed in the middle of a message on this connection, ..." (or
+/// "... received a malformed message ..."), after `reason`.
+[[noreturn]] MP_DECL void throw_broken_connection(const char* operation, broken_reason reason);
+
+/// A receiver found a frame it cannot trust (`what`): marks the direction broken and throws SerializationError.
+/// Call with the receive lock held.
+[[noreturn]] MP_DECL void reject_frame(connection_direction& direction, const char* operation, const std::string& what);
+
+/// Sends a blob frame for `blob` (a published segment of `size` bytes) on `state`'s socket: waits for room in the
+/// direction's window, then sends under the send lock. Throws as send does (peer closed, broken direction).
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, unique_fd blob,
+                               std::size_t size, const char* operation);
+
+/// A receiver took a blob frame of `size` bytes off the socket: gives the window back and wakes a waiting sender.
+MP_DECL void release_blob_window(connection_direction& direction, std::uint64_t size) noexcept;
 
 // Holds one of a direction's locks for one frame and maintains its in-frame flag. A lock recovered from a dead
 // holder that was inside a frame marks the direction broken. Inline: every send and receive takes one.
@@ -66,12 +111,12 @@ class frame_guard {
       : mutex_(mutex), in_frame_(in_frame) {
     mutex_.lock();
     if (mutex_.previous_owner_died() && in_frame_.load(std::memory_order_relaxed) != 0) {
-      direction.broken.store(1, std::memory_order_relaxed);
+      direction.broken.store(static_cast<std::uint32_t>(broken_reason::killed_mid_message), std::memory_order_relaxed);
       in_frame_.store(0, std::memory_order_relaxed);
     }
-    if (direction.broken.load(std::memory_order_relaxed) != 0) {
+    if (const auto reason = direction.broken.load(std::memory_order_relaxed); reason != 0) {
       mutex_.unlock();
-      throw_broken_connection(operation);
+      throw_broken_connection(operation, static_cast<broken_reason>(reason));
     }
   }
   frame_guard(const frame_guard&) = delete;

@@ -2,14 +2,19 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <limits>
 #include <new>
 #include <string>
 
 #include <mp/detail/connection_state.hpp>
 #include <mp/detail/archive.hpp>
+#include <mp/detail/futex.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
@@ -30,7 +35,9 @@ MP_DECL std::pair<std::shared_ptr<connection_state>, std::shared_ptr<connection_
 
   auto segment = std::make_shared<shm_segment>(
       shm_segment::create(sizeof(connection_shared), "mp-pipe-" + std::to_string(::getpid())));
-  auto* shared = new (segment->data()) connection_shared();
+  // Default-initialized, not value-initialized: the lanes' slots stay untouched (a fresh memfd reads as zeros anyway),
+  // so a Pipe costs memory only for the pages its messages use.
+  auto* shared = new (segment->data()) connection_shared;
 
   auto first = std::make_shared<connection_state>();
   auto second = std::make_shared<connection_state>();
@@ -87,10 +94,90 @@ MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& a
   return state;
 }
 
-MP_DECL void throw_broken_connection(const char* operation) {
+MP_DECL void throw_broken_connection(const char* operation, broken_reason reason) {
+  if (reason == broken_reason::malformed_frame) {
+    throw Error(std::string(operation) +
+                ": a malformed message was received on this connection (a hostile or confused peer), so the stream "
+                "cannot be trusted; close both ends and create a new Pipe");
+  }
   throw Error(std::string(operation) +
               ": a process was killed in the middle of a message on this connection, so the stream is corrupt; "
               "close both ends and create a new Pipe");
+}
+
+MP_DECL void release_blob_window(connection_direction& direction, std::uint64_t size) noexcept {
+  std::uint64_t in_flight = direction.blob_bytes_in_flight.load();
+  // Saturating: after a malformed frame the count may no longer match what is in the socket.
+  while (!direction.blob_bytes_in_flight.compare_exchange_weak(in_flight, in_flight >= size ? in_flight - size : 0)) {
+  }
+  direction.blob_taken.fetch_add(1);
+  if (direction.blob_sender_waiting.exchange(0) != 0) futex_wake(direction.blob_taken);
+}
+
+MP_DECL void reject_frame(connection_direction& direction, const char* operation, const std::string& what) {
+  direction.broken.store(static_cast<std::uint32_t>(broken_reason::malformed_frame), std::memory_order_relaxed);
+  release_blob_window(direction, std::numeric_limits<std::uint64_t>::max());  // a waiting sender looks again
+  throw SerializationError(std::string(operation) + ": received " + what +
+                           ": the peer is not mp or is hostile; the connection is marked corrupt");
+}
+
+// True once every copy of the other end is closed (POLLHUP) or the socket failed: a window wait would never end.
+MP_DECL bool peer_gone(int socket) {
+  pollfd p{socket, POLLOUT, 0};
+  const int n = sys_try("poll", [&] { return ::poll(&p, 1, 0); });
+  return n == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+// True if no byte this socket sent is still unread by its peer (SIOCOUTQ: what the kernel still charges to the
+// sender). Then no blob frame is in flight whatever the count says: a receiver killed between taking a frame and
+// giving its bytes back left the count too high, and this is where it heals.
+MP_DECL bool nothing_unread(int socket) {
+  int unread = 0;
+  return sys_try("ioctl", [&] { return ::ioctl(socket, SIOCOUTQ, &unread); }) == 0 && unread == 0;
+}
+
+// Under the send lock (so the senders' order is kept): until the window has room for `size` more bytes, or nothing
+// is in flight. The no-lost-wake-up argument is the Dekker pattern of manager/channel.hpp on seq_cst atomics: the
+// sender raises blob_sender_waiting, then re-reads the count; a receiver lowers the count, then reads the flag.
+MP_DECL void wait_for_blob_window(connection_state& state, connection_direction& direction, std::uint64_t size,
+                                  const char* operation) {
+  auto has_room = [&] {
+    const std::uint64_t in_flight = direction.blob_bytes_in_flight.load();
+    return in_flight == 0 || in_flight + size <= pipe_blob_window;
+  };
+  while (!has_room()) {
+    const std::uint32_t taken = direction.blob_taken.load();
+    direction.blob_sender_waiting.store(1);
+    if (has_room()) break;
+    if (nothing_unread(state.fd.get())) {
+      direction.blob_bytes_in_flight.store(0);
+      break;
+    }
+    // Bounded: a receiver killed between taking a frame and giving its bytes back, or a receiving end closed
+    // everywhere, is noticed here rather than waited on forever.
+    futex_wait_bounded(direction.blob_taken, taken, deadline_after(lost_wake_period));
+    if (const auto reason = direction.broken.load(std::memory_order_relaxed); reason != 0)
+      throw_broken_connection(operation, static_cast<broken_reason>(reason));
+    if (peer_gone(state.fd.get())) throw Error(peer_closed_message(state.fd.get()));
+  }
+  direction.blob_sender_waiting.store(0);
+}
+
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, unique_fd blob,
+                               std::size_t size, const char* operation) {
+  frame_guard guard(direction.send_mutex, direction.sending, direction, operation);
+  wait_for_blob_window(state, direction, size, operation);
+  // Counted before it is sent, so that a receiver's give-back never comes first. No guard.begin(): one 8-byte
+  // sendmsg goes whole or not at all, so a sender killed anywhere here leaves the stream in step.
+  direction.blob_bytes_in_flight.fetch_add(size);
+  lane_count_socket_send(direction.lane);
+  try {
+    send_blob_frame(state.fd.get(), size, blob.get());
+  } catch (...) {
+    release_blob_window(direction, size);
+    throw;
+  }
+  // `blob` closes here: the segment lives on in the socket until a receiver takes it (or the socket closes).
 }
 
 }  // namespace mp::detail

@@ -132,14 +132,99 @@ MP_DECL void send_prefixed_frame(int fd, fd_kind kind, std::span<std::byte> buff
   write_all(fd, kind, std::span<iovec>(&iov, 1));
 }
 
-MP_DECL std::optional<frame_length> recv_frame_header(int fd) {
-  frame_length length = 0;
-  const std::size_t got = read_full(fd, &length, sizeof length);
-  if (got == 0) return std::nullopt;
-  if (got < sizeof length)
+MP_DECL void send_blob_frame(int socket, frame_length size, int descriptor) {
+  frame_length word = size | blob_frame_flag;
+  iovec part{&word, sizeof word};
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cmsg), &descriptor, sizeof descriptor);
+  const ssize_t n = sys_try("sendmsg", [&] { return ::sendmsg(socket, &message, MSG_NOSIGNAL); });
+  if (n == -1) {
+    const int err = last_errno();
+    if (err == EPIPE || err == ECONNRESET) throw Error(peer_closed_message(socket));
+    throw_errno("sendmsg", "fd " + std::to_string(socket) + ", a blob frame", err);
+  }
+  // The descriptor went with the first byte; the rest of an 8-byte header (never split on a unix socket) follows.
+  if (static_cast<std::size_t>(n) < sizeof word) {
+    iovec rest{reinterpret_cast<std::byte*>(&word) + n, sizeof word - static_cast<std::size_t>(n)};
+    write_all(socket, fd_kind::socket, std::span<iovec>(&rest, 1));
+  }
+}
+
+// recvmsg for a socket's header bytes: keeps every descriptor that came (so none leaks), at most a few.
+MP_DECL std::size_t recv_header_bytes(int socket, std::byte* data, std::size_t size, std::vector<unique_fd>& fds,
+                                      bool& truncated) {
+  constexpr std::size_t max_fds = 4;  // one is legitimate; room for a few more tells a hostile peer apart
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int) * max_fds)];
+  iovec part{data, size};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  const ssize_t n = sys_try("recvmsg", [&] { return ::recvmsg(socket, &message, MSG_CMSG_CLOEXEC); });
+  if (n == -1) {
+    const int err = last_errno();
+    if (err == ECONNRESET) return 0;  // a socket peer that closed with data unread: the stream has ended
+    throw_errno("recvmsg", "fd " + std::to_string(socket), err);
+  }
+  if (message.msg_controllen != 0) {
+    for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+      if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+  }
+  if ((message.msg_flags & MSG_CTRUNC) != 0) truncated = true;
+  return static_cast<std::size_t>(n);
+}
+
+MP_DECL std::optional<frame_header> recv_frame_header(int fd, fd_kind kind) {
+  frame_header header;
+  frame_length word = 0;
+  std::size_t got = 0;
+  std::vector<unique_fd> fds;
+  bool truncated = false;
+  if (kind == fd_kind::socket) {
+    auto* bytes = reinterpret_cast<std::byte*>(&word);
+    while (got < sizeof word) {
+      const std::size_t n = recv_header_bytes(fd, bytes + got, sizeof word - got, fds, truncated);
+      if (n == 0) break;
+      got += n;
+    }
+  } else {
+    got = read_full(fd, &word, sizeof word);
+  }
+  if (got == 0 && fds.empty()) return std::nullopt;
+  if (got < sizeof word)
     throw EOFError("the connection ended inside a message header (" + std::to_string(got) + " of " +
-                   std::to_string(sizeof length) + " bytes): the sender closed or died mid-send");
-  return length;
+                   std::to_string(sizeof word) + " bytes): the sender closed or died mid-send");
+  header.blob = (word & blob_frame_flag) != 0;
+  header.length = word & ~blob_frame_flag;
+  if (header.blob && kind != fd_kind::socket) {
+    header.malformed = "a blob frame on a pipe, which cannot carry descriptors";
+  } else if (truncated || fds.size() > 1) {
+    header.malformed = "more descriptors than a frame carries";
+  } else if (header.blob && fds.empty()) {
+    header.malformed = "a blob frame without its descriptor";
+  } else if (!header.blob && !fds.empty()) {
+    header.malformed = "a descriptor attached to a plain frame";
+  } else if (header.blob) {
+    header.descriptor = std::move(fds.front());
+  }
+  return header;
 }
 
 MP_DECL void recv_frame_payload(int fd, frame_length length, std::vector<std::byte>& out, frame_length max_size) {
