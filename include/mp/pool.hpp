@@ -291,12 +291,19 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
                   detail::describe_timeout(*options.timeout));
     job->timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(*options.timeout).count());
   }
-  pool::encode_callable(job->message, f);
-  if constexpr (sizeof...(Args) > 0) {
-    detail::output_archive ar(job->message);
-    ar(std::tuple<pool::arg_t<Args>...>(std::forward<Args>(args)...));
+  // Handles among the arguments (a Queue, a Lock, ...) put their descriptors in `box`; the tuple keeps them open
+  // until the core holds its own.
+  std::tuple<pool::arg_t<Args>...> values(std::forward<Args>(args)...);
+  detail::fd_outbox box;
+  {
+    detail::fd_outbox_scope scope(box);
+    pool::encode_callable(job->message, f);
+    if constexpr (sizeof...(Args) > 0) {
+      detail::output_archive ar(job->message);
+      ar(values);
+    }
   }
-  core().submit(job, 0, 1, "Pool::apply_async");
+  core().submit(job, 0, 1, "Pool::apply_async", pool::handles_of(box, "Pool::apply_async"));
   return AsyncResult<R>(core_, std::move(job));
 }
 
@@ -311,15 +318,22 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
   pool::check_value<T>();
   pool::check_value<E>();
   check_fresh_callable<F>(caller);
-  if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range>) {
-    // A single-pass or unsized input: read it once to count it, as Python turns it into a list.
+  if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range> ||
+                (!std::is_lvalue_reference_v<std::ranges::range_reference_t<Range>> && !detail::is_bitwise_v<T>)) {
+    // A single-pass or unsized input: read it once to count it, as Python turns it into a list. Also an input
+    // that makes its items on the fly: handles among them must stay open until the pool holds their descriptors.
     std::vector<T> items;
     for (auto&& item : range) items.push_back(static_cast<T>(item));
     return submit_map<Star>(std::move(f), items, chunksize, caller);
   } else {
     auto job = std::make_shared<pool::map_job<E>>();
     job->trampoline = &pool::map_trampoline<F, T, E, Star>;
-    pool::encode_callable(job->callable, f);
+    detail::fd_outbox callable_box;  // handles in the callable's state: every chunk carries them
+    {
+      detail::fd_outbox_scope scope(callable_box);
+      pool::encode_callable(job->callable, f);
+    }
+    auto handles = std::make_shared<pool::submission_handles>(0);
     const std::size_t n = static_cast<std::size_t>(std::ranges::size(range));
     if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
@@ -333,7 +347,12 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     for (std::size_t c = 0; c < chunks; ++c) {
       job->offsets.push_back(job->items.size());
       job->starts.push_back(position);
-      position += pool::append_items<T>(job->items, it, end, chunksize);
+      detail::fd_outbox box = callable_box;
+      {
+        detail::fd_outbox_scope scope(box);
+        position += pool::append_items<T>(job->items, it, end, chunksize);
+      }
+      handles->add_chunk(box, caller);
     }
     job->offsets.push_back(job->items.size());
     job->starts.push_back(position);
@@ -341,7 +360,7 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
     if (chunks == 0) {
       job->finish();
     } else {
-      core().submit(job, 0, chunks, caller);
+      core().submit(job, 0, chunks, caller, std::move(handles));
     }
     return AsyncResult<R>(core_, std::move(job));
   }

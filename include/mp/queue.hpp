@@ -190,7 +190,10 @@ template <class T>
 void Queue<T>::load(detail::input_archive& ar) {
   std::uint32_t index = 0;
   ar(index);
-  state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"));
+  // A Pool worker attaches once for all the tasks that carry this queue, again only after close() here.
+  state_ = detail::import_shared<detail::queue_state>(
+      index, "Queue", [](detail::unique_fd fd) { return detail::attach_queue_state(std::move(fd)); },
+      [](const detail::queue_state& state) { return !state.closed; });
 }
 
 template <class T>

@@ -39,6 +39,7 @@
 #include <mp/detail/futex.hpp>
 #include <mp/detail/pool/channel.hpp>
 #include <mp/detail/pool/factory.hpp>
+#include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/start_method.hpp>
@@ -116,8 +117,10 @@ class core {
     if (!owned_here()) throw_not_owner(caller);
   }
 
-  /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work.
-  MP_DECL void submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller);
+  /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work. `handles`: the
+  /// descriptors the chunks carry (null: none), still alive in the caller during the call.
+  MP_DECL void submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller,
+                      std::shared_ptr<submission_handles> handles = nullptr);
   /// Sleeps until done() holds or the deadline passes (false), collecting results meanwhile.
   template <class Done>
   bool wait(pool::event& event, Done&& done, const deadline& until = {});
@@ -137,11 +140,13 @@ class core {
     std::shared_ptr<pool::job> job;
     std::size_t chunk;
     std::uint64_t id;
+    std::shared_ptr<submission_handles> handles;
   };
   struct pending {
     std::shared_ptr<pool::job> job;
     std::size_t next;
     std::size_t end;
+    std::shared_ptr<submission_handles> handles;
   };
   struct slot_state {
     pid_t pid = 0;             // 0 until the factory reports it
@@ -150,9 +155,12 @@ class core {
     bool stop_sent = false;
     std::size_t sent = 0;      // chunks dispatched to the current worker (maxtasksperchild)
     std::deque<inflight> chunks;
-    // The message being written into the inbox: header, then prefix, then body.
+    unique_fd socket;          // our end of the worker's socket: descriptors of handles (handles.hpp)
+    worker_view handles;       // the shared objects the worker keeps
+    // The message being written into the inbox: header, then handle section, then prefix, then body.
     bool writing = false;
     task_header header{};
+    std::vector<std::byte> section;
     std::span<const std::byte> prefix, body;
     std::size_t written = 0;
     // The result being read from the outbox.
@@ -173,9 +181,10 @@ class core {
   MP_DECL bool flush_locked(std::size_t s);
   MP_DECL void start_message_locked(std::size_t s, const task_header& header, std::span<const std::byte> prefix,
                                     std::span<const std::byte> body);
+  MP_DECL void reset_handles_locked(std::size_t s) noexcept;
   MP_DECL std::optional<std::uint64_t> check_timeouts_locked();
   MP_DECL void spawn_locked(std::size_t s);
-  MP_DECL void request_locked(const factory_request& request);
+  MP_DECL void request_locked(const factory_request& request, int fd = -1);
   MP_DECL void fail_everything_locked(const std::function<std::exception_ptr()>& make_error);
   MP_DECL void break_pool_locked(const std::string& why);
   MP_DECL void supervise();
@@ -199,6 +208,7 @@ class core {
   std::mutex teardown_mutex_;  // serializes stop_supervisor_and_factory()
   std::mutex mutex_;
   std::condition_variable changed_;   // outstanding_ or live workers changed
+  handle_table handles_;              // guarded by mutex_; declared before what refers to it (slots_, pending_)
   state state_ = state::running;      // guarded by mutex_
   std::string broken_;                // guarded by mutex_; why the pool cannot run tasks any more
   std::vector<slot_state> slots_;     // guarded by mutex_

@@ -1,6 +1,7 @@
 // core: definitions (see core.hpp).
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -54,9 +55,9 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
       shared_region* shared = shared_;
       const int wake = wake_fd_.get();
       const config& cfg = config_;
-      factory_main(theirs.get(), n, [shared, wake, &cfg](std::size_t slot) {
+      factory_main(theirs.get(), n, [shared, wake, &cfg](std::size_t slot, int socket) {
         try {
-          worker_main(parent_link{*shared, wake}, slot, cfg.initializer, cfg.maxtasksperchild);
+          worker_main(parent_link{*shared, wake}, slot, socket, cfg.initializer, cfg.maxtasksperchild);
         } catch (...) {
           ::_exit(70);
         }
@@ -125,8 +126,10 @@ MP_DECL void core::throw_not_owner(const char* caller) const {
               "); a Pool works only in the process that created it: create one here");
 }
 
-MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller) {
+MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller,
+                          std::shared_ptr<submission_handles> handles) {
   require_owner(caller);
+  if (handles && handles->empty()) handles.reset();
   std::lock_guard lock(mutex_);
   if (!broken_.empty()) throw Error(std::string(caller) + ": the pool is broken (" + broken_ + "); create a new Pool");
   if (state_ != state::running)
@@ -134,7 +137,8 @@ MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size
                 " and accepts no new work; create a new Pool");
   if (count == 0) return;
   if (job->timeout_ns == 0) job->timeout_ns = config_.task_timeout_ns;
-  pending_.push_back({std::move(job), first, first + count});
+  if (handles) handles->attach(handles_);
+  pending_.push_back({std::move(job), first, first + count, std::move(handles)});
   outstanding_ += count;
   dispatch_locked();
 }
@@ -419,10 +423,11 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
       failed_one = true;
       if (--outstanding_ == 0) changed_.notify_all();
     } else {
-      pending_.push_front({it->job, it->chunk, it->chunk + 1});
+      pending_.push_front({it->job, it->chunk, it->chunk + 1, it->handles});
     }
   }
   // Reset the slot for its successor: the dead worker can no longer touch the rings.
+  reset_handles_locked(s);
   shared.inbox.reset();
   shared.outbox.reset();
   shared.current_chunk.store(0);
@@ -454,13 +459,27 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
 MP_DECL void core::spawn_locked(std::size_t s) {
   slots_[s].live = true;
   ++live_;
-  request_locked({factory_request::spawn, static_cast<std::uint32_t>(s), 0});
+  // The worker's socket for the descriptors of handles: its end travels with the request, through the factory.
+  int pair[2] = {-1, -1};
+  if (sys_try("socketpair", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); }) == 0) {
+    slots_[s].socket.reset(pair[0]);
+    // Ours never blocks (the core mutex is held while sending); a full socket is a failed send (handles.hpp).
+    sys_try("fcntl", [&] { return ::fcntl(pair[0], F_SETFL, O_NONBLOCK); });
+  }
+  unique_fd theirs(pair[1]);
+  request_locked({factory_request::spawn, static_cast<std::uint32_t>(s), 0}, theirs.get());
 }
 
-MP_DECL void core::request_locked(const factory_request& request) {
+MP_DECL void core::reset_handles_locked(std::size_t s) noexcept {
+  slots_[s].handles.forget(handles_);
+  slots_[s].socket.reset();
+}
+
+MP_DECL void core::request_locked(const factory_request& request, int fd) {
   if (!factory_) return;
-  // A failure needs no handling: the factory is gone, and the supervisor sees end of file on this socket.
-  sys_try("send", [&] { return ::send(factory_.get(), &request, sizeof request, MSG_NOSIGNAL); });
+  // A failure needs no handling: the factory is gone, and the supervisor sees end of file on this socket. (A
+  // worker whose socket could not be made or sent gets none: a task with handles to it fails as WorkerLost.)
+  send_factory_request(factory_.get(), request, fd);
 }
 
 MP_DECL std::optional<std::uint64_t> core::check_timeouts_locked() {
@@ -494,6 +513,7 @@ MP_DECL void core::start_message_locked(std::size_t s, const task_header& header
                                         std::span<const std::byte> body) {
   slot_state& slot = slots_[s];
   slot.header = header;
+  if (header.handles == 0) slot.section.clear();
   slot.prefix = prefix;
   slot.body = body;
   slot.written = 0;
@@ -505,8 +525,8 @@ MP_DECL bool core::flush_locked(std::size_t s) {
   slot_state& slot = slots_[s];
   if (!slot.writing) return false;
   ring& ring = shared_->slot(s).inbox;
-  const std::span<const std::byte> parts[3] = {
-      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.prefix, slot.body};
+  const std::span<const std::byte> parts[4] = {
+      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.section, slot.prefix, slot.body};
   bool did = false;
   std::size_t offset = slot.written;
   for (const auto& part : parts) {
@@ -557,14 +577,27 @@ MP_DECL bool core::dispatch_locked() {
       pending& front = pending_.front();
       std::shared_ptr<job> job = front.job;
       const std::size_t chunk = front.next++;
+      std::shared_ptr<submission_handles> handles = front.handles;
       if (front.next == front.end) pending_.pop_front();
       const std::uint64_t id = next_id_++;
       const auto prefix = job->prefix();
       const auto body = job->body(chunk);
-      const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + prefix.size() + body.size(), id,
-                               trampoline_address(job->trampoline), job->timeout_ns};
+      slot.section.clear();
+      if (handles || slot.handles.size() != 0) {
+        const handle_plan plan = slot.handles.plan(handles ? handles->chunk(chunk) : std::span<const handle_key>{}, handles_);
+        if (!plan.empty()) encode_handle_section(slot.section, plan);
+        // Before the message enters the ring: the worker reads them as soon as it reads the section. A worker we
+        // cannot send to is gone or going; make sure it goes, so its chunks fail or move on rather than hang.
+        if (!send_handles(slot.socket.get(), plan, handles_) && !slot.kill_sent && slot.pid != 0) {
+          slot.kill_sent = true;
+          request_locked({factory_request::kill, static_cast<std::uint32_t>(s), slot.pid});
+        }
+      }
+      const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + slot.section.size() + prefix.size() +
+                                   body.size(),
+                               id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size()};
       if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
-      slot.chunks.push_back({std::move(job), chunk, id});
+      slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});
       ++slot.sent;
       start_message_locked(s, header, prefix, body);
       did = true;

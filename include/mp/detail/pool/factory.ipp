@@ -6,15 +6,18 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/syscall.hpp>
@@ -28,7 +31,49 @@ namespace mp::detail::pool {
 // Not through the syscall seam: what a freshly forked worker does before it runs user code (prctl, getppid, close,
 // open, dup2), as syscall.hpp says. kill(2) goes through it although its failure needs no handling: the factory
 // kills only its own unreaped children, which cannot fail.
-MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t)>& run_worker) {
+MP_DECL void send_factory_request(int sock, const factory_request& request, int fd) noexcept {
+  iovec part{const_cast<factory_request*>(&request), sizeof request};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+  }
+  sys_try("sendmsg", [&] { return ::sendmsg(sock, &message, MSG_NOSIGNAL); });
+}
+
+// Receives one request and the descriptor it may carry (owned by `fd`); the byte count as recv(2).
+MP_DECL ssize_t receive_factory_request(int sock, factory_request& request, unique_fd& fd) {
+  iovec part{&request, sizeof request};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int) * 4)];
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  const ssize_t got = sys_try("recvmsg", [&] { return ::recvmsg(sock, &message, MSG_CMSG_CLOEXEC); });
+  if (got < 0) return got;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received = -1;
+      std::memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof received);
+      if (i == 0) fd.reset(received);
+      else unique_fd extra(received);
+    }
+  }
+  return got;
+}
+
+MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t, int)>& run_worker) {
   struct child {
     pid_t pid = 0;
     unique_fd pidfd;  // readable when it exits
@@ -72,7 +117,8 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
     if (fds[0].revents == 0) continue;
 
     factory_request request;
-    const auto got = sys_try("recv", [&] { return ::recv(sock, &request, sizeof request, 0); });
+    unique_fd worker_socket;
+    const auto got = receive_factory_request(sock, request, worker_socket);
     if (got <= 0) kill_all_and_exit(0);  // the Pool's process is gone: take the workers with us
     if (request.op == factory_request::shutdown) kill_all_and_exit(0);
     if (request.slot >= slots) continue;
@@ -100,7 +146,7 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
         ::dup2(devnull, STDIN_FILENO);
         ::close(devnull);
       }
-      run_worker(request.slot);
+      run_worker(request.slot, worker_socket.release());
       ::_exit(0);
     }
     c.pid = pid;
@@ -142,18 +188,24 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   std::function<void()> initializer;
   if (boot.initializer != 0) initializer = reinterpret_cast<void (*)()>(translator.translate(boot.initializer));
   const parent_link link{*static_cast<shared_region*>(segment.data()), wake.get()};
-  factory_main(sock.get(), n, [&](std::size_t slot) {
+  factory_main(sock.get(), n, [&](std::size_t slot, int socket) {
     try {
-      worker_main(link, slot, initializer, maxtasksperchild);
+      worker_main(link, slot, socket, initializer, maxtasksperchild);
     } catch (...) {
       ::_exit(70);
     }
   });
 }
 
-MP_DECL void worker_main(const parent_link& link, std::size_t slot, const std::function<void()>& initializer,
-                         std::size_t maxtasksperchild) {
+MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
+                         const std::function<void()>& initializer, std::size_t maxtasksperchild) {
   shared_slot& mine = link.shared.slot(slot);
+  // Handles in task arguments resolve through what this worker keeps (handles.hpp). The scope also hides the
+  // spawned factory's own inbox, which a fork of it would otherwise inherit as current.
+  worker_handles kept;
+  fd_inbox inbox;
+  inbox.cache = &kept;
+  fd_inbox_scope inbox_scope(inbox);
   std::vector<std::byte> out;
   if (initializer) {
     try {
@@ -188,7 +240,22 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, const std::f
     } catch (...) {
       encode_failed_chunk(out);
     }
-    if (run != nullptr) run(task, out);
+    if (run != nullptr) {
+      std::span<const std::byte> payload(task);
+      try {
+        if (header.handles == 0) {
+          kept.clear_current();
+        } else {
+          if (header.handles > payload.size()) throw SerializationError("Pool worker: a truncated task message");
+          kept.apply_section(payload.first(header.handles), socket);
+          payload = payload.subspan(header.handles);
+        }
+      } catch (...) {
+        encode_failed_chunk(out);
+        run = nullptr;
+      }
+      if (run != nullptr) run(payload, out);
+    }
     flush_pending_output();
     end_result(out, header.chunk_id);
     write_all(link, mine.outbox, out.data(), out.size());

@@ -181,10 +181,13 @@ struct imap_state {
   std::size_t position = 0;   // next index into chunk.values
   bool on_error = false;
 
+  fd_outbox callable_box;  // descriptors of handles in the callable's state: every chunk carries them
+
   imap_state(std::shared_ptr<pool::core> c, F f, V&& in, std::size_t size)
       : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
         window(4 * core->processes() + 2) {
     job->trampoline = &map_trampoline<F, T, E, false>;
+    fd_outbox_scope scope(callable_box);
     encode_callable(job->callable, f);
   }
 
@@ -193,16 +196,38 @@ struct imap_state {
     while (!input_done && submitted - consumed < window) {
       std::vector<std::byte> body;
       const auto end = std::ranges::end(input);
-      const std::uint64_t n = append_items<T>(body, it, end, chunksize);
+      const char* caller = Ordered ? "Pool::imap" : "Pool::imap_unordered";
+      fd_outbox box = callable_box;
+      std::uint64_t n = 0;
+      if constexpr (!std::is_lvalue_reference_v<std::ranges::range_reference_t<input_type>> && !is_bitwise_v<T>) {
+        // Items made on the fly: handles among them must stay open until the pool holds their descriptors.
+        std::vector<T> items;
+        for (; items.size() < chunksize && it != end; ++it) items.push_back(static_cast<T>(*it));
+        auto from = items.begin();
+        fd_outbox_scope scope(box);
+        n = append_items<T>(body, from, items.end(), chunksize);
+        auto handles = handles_of(box, caller, submitted);
+        if (it == end) input_done = true;
+        if (n == 0) break;
+        submit_chunk(std::move(body), caller, std::move(handles));
+        continue;
+      } else {
+        fd_outbox_scope scope(box);
+        n = append_items<T>(body, it, end, chunksize);
+      }
       if (it == end) input_done = true;
       if (n == 0) break;
-      {
-        std::lock_guard lock(job->mutex);
-        job->bodies.emplace(submitted, std::move(body));
-      }
-      core->submit(job, submitted, 1, Ordered ? "Pool::imap" : "Pool::imap_unordered");
-      ++submitted;
+      submit_chunk(std::move(body), caller, handles_of(box, caller, submitted));
     }
+  }
+
+  void submit_chunk(std::vector<std::byte> body, const char* caller, std::shared_ptr<submission_handles> handles) {
+    {
+      std::lock_guard lock(job->mutex);
+      job->bodies.emplace(submitted, std::move(body));
+    }
+    core->submit(job, submitted, 1, caller, std::move(handles));
+    ++submitted;
   }
 
   const E& current() const {

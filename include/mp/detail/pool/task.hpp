@@ -11,8 +11,9 @@
 // compile error naming the type and the fix. Arguments, items and results go through mp's archives (one memcpy
 // for a run of trivially copyable values).
 //
-// Task message (inbox):   task_header, then the payload: F's state, then an apply's std::tuple<Args...> or a
-//                         chunk (u64 n, n items).
+// Task message (inbox):   task_header, then the handle section if the task carries handles (handles.hpp;
+//                         task_header::handles bytes), then the payload: F's state, then an apply's
+//                         std::tuple<Args...> or a chunk (u64 n, n items).
 // Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
 //                         "failed" and, if set, the failing output's exception as (type, message). A chunk stops at
 //                         its first exception, so the parent knows the failing position.
@@ -50,6 +51,7 @@ struct task_header {
   std::uint64_t chunk_id;
   std::uint64_t trampoline;  // 0: "stop" (the worker exits)
   std::uint64_t timeout_ns;  // 0: none
+  std::uint64_t handles;     // bytes of the handle section before the payload (0: none)
 };
 struct result_header {
   std::uint64_t length;
@@ -57,7 +59,7 @@ struct result_header {
 };
 
 /// The message that tells a worker to exit.
-inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0};
+inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0, 0};
 
 // ---------------------------------------------------------------------------------------------------------------
 // What may cross: checked at compile time, with messages that name the fix.
