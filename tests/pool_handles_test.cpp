@@ -274,3 +274,58 @@ TEST_CASE("100,000 tasks carrying the same Value keep each worker's descriptor c
     ++k;
   }
 }
+
+namespace {
+void init_with(mp::Queue<int> q, mp::Lock lock) {
+  const bool got = lock.try_lock();
+  if (got) lock.release();
+  q.put(got ? 1 : 0);
+}
+int lock_state_seen(mp::Queue<int> q) { return q.get(10s); }
+std::string worker_name() { return mp::current_process().name(); }
+int parent_pid_seen() { return static_cast<int>(mp::parent_process()->pid()); }
+long sum_array(mp::Array<long> a) {
+  long sum = 0;
+  for (long x : a.span()) sum += x;
+  return sum;
+}
+void count_init() { (void)0; }
+}  // namespace
+
+TEST_CASE("An initializer bound with mp::task gets a Queue and a Lock in every worker", "[pool_handles]") {
+  mp::Queue<int> q;
+  mp::Lock lock;
+  SECTION("the lock is free") {
+    mp::Pool pool({.processes = 2, .initializer = mp::task(init_with, q, lock)});
+    CHECK(q.get(10s) == 1);
+    CHECK(q.get(10s) == 1);
+  }
+  SECTION("the parent holds the lock: the workers see it held") {
+    std::lock_guard guard(lock);
+    mp::Pool pool({.processes = 2, .initializer = mp::task(init_with, q, lock)});
+    CHECK(q.get(10s) == 0);
+    CHECK(q.get(10s) == 0);
+  }
+  SECTION("a plain function still works, and tasks still get handles") {
+    mp::Pool pool({.processes = 1, .initializer = count_init});
+    q.put(5);
+    CHECK(pool.apply(lock_state_seen, q) == 5);
+  }
+}
+
+TEST_CASE("Pool workers are named PoolWorker-N and know their parent", "[pool_handles]") {
+  mp::Pool pool(2);
+  const auto names = pool.map([](int) { return worker_name(); }, std::vector<int>(8, 0), 1);
+  for (const auto& name : names) CHECK(name.rfind("PoolWorker-", 0) == 0);
+  CHECK(pool.apply(parent_pid_seen) == static_cast<int>(::getpid()));
+}
+
+TEST_CASE("An Array passed to a task is read in place, not copied (the zero-copy path)", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Array<long> big(std::size_t{1} << 20);  // 8 MiB
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<long>(i);
+  const long n = static_cast<long>(big.size());
+  CHECK(pool.apply(sum_array, big) == n * (n - 1) / 2);
+  big[0] = 1'000'000;  // the worker sees the parent's memory, not a snapshot
+  CHECK(pool.apply(sum_array, big) == n * (n - 1) / 2 + 1'000'000);
+}

@@ -38,10 +38,40 @@
 
 namespace mp {
 
+/// A call bound to its arguments that can cross to pool workers: the initializer with Python's initargs,
+/// `PoolOptions{.initializer = mp::task(init, queue, lock)}`. Arguments cross as task arguments do, handles
+/// included. A plain function (or any void() callable: fork only if it has state) converts to a Task.
+class Task {
+ public:
+  Task() = default;
+  template <class F>
+    requires(std::is_invocable_v<F&> && !std::is_same_v<std::remove_cvref_t<F>, Task>)
+  Task(F f);  // NOLINT(google-explicit-constructor): `.initializer = init` as before
+  /// True unless empty.
+  explicit operator bool() const noexcept { return static_cast<bool>(run_); }
+  /// Runs the call here.
+  void operator()() const { run_(); }
+
+ private:
+  template <class F, class... A>
+  friend Task task(F f, A... args);
+  friend class Pool;
+
+  std::function<void()> run_;                               // the call (a forked worker runs this copy)
+  std::function<void(std::vector<std::byte>&)> encode_;     // a fresh worker's copy: F's state and the arguments
+  detail::pool::trampoline_fn trampoline_ = nullptr;        // ... decoded and run by this; null: cannot cross
+  std::string type_;                                         // F, for the error when it cannot cross
+};
+
+/// Binds f to args for a pool worker (Python's initializer + initargs): `mp::task(init, queue, lock)`.
+template <class F, class... A>
+Task task(F f, A... args);
+
 /// Pool settings, for designated initializers: `mp::Pool pool({.processes = 4, .maxtasksperchild = 100});`
 struct PoolOptions {
   std::size_t processes = 0;                 ///< 0: cpu_count()
-  std::function<void()> initializer{};       ///< runs once in every worker, replacements included
+  Task initializer{};                        ///< runs once in every worker, replacements included: a function, or
+                                             ///< mp::task(f, args...) with arguments (handles too)
   std::size_t maxtasksperchild = 0;          ///< 0: unlimited; else a worker is replaced after that many tasks (chunks)
   std::optional<StartMethod> start_method{}; ///< default get_start_method(); spawn/forkserver: fresh workers
   std::optional<std::chrono::milliseconds> task_timeout{};  ///< a task running longer is killed with its worker
@@ -223,6 +253,47 @@ class Pool {
 };
 
 // ---- definitions ----------------------------------------------------------------------------------------------
+
+template <class F>
+  requires(std::is_invocable_v<F&> && !std::is_same_v<std::remove_cvref_t<F>, Task>)
+Task::Task(F f) {
+  if constexpr (std::is_same_v<F, std::function<void()>>) {
+    // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.
+    if (!f) return;
+    if (auto* function = f.template target<void (*)()>(); function != nullptr && *function != nullptr) {
+      *this = Task(*function);
+      return;
+    }
+    type_ = detail::type_name(f.target_type());
+    run_ = std::move(f);
+  } else {
+    if constexpr (std::is_pointer_v<F>)
+      if (f == nullptr) return;
+    *this = task(std::move(f));
+  }
+}
+
+template <class F, class... A>
+Task task(F f, A... args) {
+  namespace pool = detail::pool;
+  static_assert(std::is_invocable_v<F&, A&...>,
+                "mp::task(f, args...): f cannot be called with these arguments (they are passed as lvalues)");
+  (pool::check_value<pool::arg_t<A>>(), ...);
+  Task t;
+  t.type_ = detail::type_name<F>();
+  t.run_ = [f, args...]() mutable { std::invoke(f, args...); };
+  if constexpr (pool::callable_crosses<F> && detail::target_crosses<F>()) {
+    t.trampoline_ = &pool::initializer_trampoline<F, pool::arg_t<A>...>;
+    t.encode_ = [f, args...](std::vector<std::byte>& out) {
+      pool::encode_callable(out, f);
+      if constexpr (sizeof...(A) > 0) {
+        detail::output_archive ar(out);
+        ar(std::tuple<pool::arg_t<A>...>(args...));
+      }
+    };
+  }
+  return t;
+}
 
 template <class R>
 R AsyncResult<R>::get() {

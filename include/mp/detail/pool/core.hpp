@@ -94,8 +94,10 @@ struct config {
   std::size_t maxtasksperchild = 0;
   std::uint64_t task_timeout_ns = 0;
   StartMethod start_method = StartMethod::fork;  // spawn/forkserver: the factory is a fresh program
-  std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's function (this process's address)
-  std::string parent_name;                 // spawn/forkserver: current_process().name(), for the factory
+  std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's trampoline (this process's address)
+  std::vector<std::byte> initializer_state;  // spawn/forkserver: its callable and arguments
+  std::vector<int> initializer_fds;        // spawn/forkserver: their handles' descriptors (borrowed)
+  std::string parent_name;                 // current_process().name(), as the workers' parent_process()
 };
 
 class core {

@@ -55,7 +55,9 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
       shared_region* shared = shared_;
       const int wake = wake_fd_.get();
       const config& cfg = config_;
-      factory_main(theirs.get(), n, [shared, wake, &cfg](std::size_t slot, int socket) {
+      const pid_t owner = owner_;
+      factory_main(theirs.get(), n, [shared, wake, &cfg, owner](std::size_t slot, int socket, unsigned number) {
+        become_pool_worker("PoolWorker-" + std::to_string(number), parent_record{cfg.parent_name, owner, false});
         try {
           worker_main(parent_link{*shared, wake}, slot, socket, cfg.initializer, cfg.maxtasksperchild);
         } catch (...) {
@@ -73,7 +75,10 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
     boot.processes = n;
     boot.maxtasksperchild = config_.maxtasksperchild;
     boot.initializer = config_.initializer_address;
+    boot.initializer_state = config_.initializer_state;
     boot.modules = loaded_modules();
+    boot.parent_name = config_.parent_name;
+    boot.parent_pid = ::getpid();
     std::vector<std::byte> bytes;
     {
       output_archive ar(bytes);
@@ -85,7 +90,8 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
     request.parent_pid = ::getpid();
     request.start_method = start_method_setting();
     request.target = spawn_target{locate_code(reinterpret_cast<std::uintptr_t>(&factory_entry)), std::move(bytes)};
-    const int fds[] = {segment_.fd(), wake_fd_.get(), theirs.get()};
+    std::vector<int> fds = {segment_.fd(), wake_fd_.get(), theirs.get()};
+    fds.insert(fds.end(), config_.initializer_fds.begin(), config_.initializer_fds.end());
     fresh_child started = start_fresh_child(config_.start_method, request, fds);
     theirs.reset();
     reg_lock.unlock();

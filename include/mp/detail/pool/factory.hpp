@@ -52,19 +52,23 @@ struct factory_event {
 struct factory_boot {
   std::uint64_t processes = 0;
   std::uint64_t maxtasksperchild = 0;
-  std::uint64_t initializer = 0;       // the parent's address of a void() function; 0: none
+  std::uint64_t initializer = 0;       // the parent's address of the initializer's trampoline; 0: none
+  std::vector<std::byte> initializer_state;  // its callable and arguments (handles: descriptors 3... beside)
   std::vector<loaded_module> modules;  // the parent's, to translate its code addresses
+  std::string parent_name;             // the Pool's process, as its workers' parent_process()
+  std::int64_t parent_pid = 0;
 
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(processes, maxtasksperchild, initializer, modules);
+    ar(processes, maxtasksperchild, initializer, initializer_state, modules, parent_name, parent_pid);
   }
 };
 
-/// The factory's main loop; never returns. `run_worker(slot, socket)` runs in each forked worker (socket: its end
-/// of the worker's socket, -1 if none arrived) and must not return.
+/// The factory's main loop; never returns. `run_worker(slot, socket, number)` runs in each forked worker (socket:
+/// its end of the worker's socket, -1 if none arrived; number: 1 for the first worker forked, and so on) and
+/// must not return.
 [[noreturn]] MP_DECL void factory_main(int sock, std::size_t slots,
-                                       const std::function<void(std::size_t, int)>& run_worker);
+                                       const std::function<void(std::size_t, int, unsigned)>& run_worker);
 
 /// The fresh program a Pool started by spawn or forkserver runs as its factory (called by mp::Process's
 /// spawned-child path with the descriptors in current_fd_inbox()); never returns.

@@ -20,6 +20,7 @@
 #include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/shm_segment.hpp>
+#include <mp/detail/registry.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
@@ -73,7 +74,9 @@ MP_DECL ssize_t receive_factory_request(int sock, factory_request& request, uniq
   return got;
 }
 
-MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t, int)>& run_worker) {
+MP_DECL void factory_main(int sock, std::size_t slots,
+                          const std::function<void(std::size_t, int, unsigned)>& run_worker) {
+  unsigned forked = 0;
   struct child {
     pid_t pid = 0;
     unique_fd pidfd;  // readable when it exits
@@ -129,6 +132,7 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
     }
     if (request.op != factory_request::spawn || c.pid != 0) continue;
     flush_standard_streams();
+    ++forked;
     const pid_t pid = sys_try("fork", [] { return ::fork(); });
     if (pid < 0) {
       send({factory_event::spawn_failed, request.slot, 0, last_errno()});
@@ -146,7 +150,7 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
         ::dup2(devnull, STDIN_FILENO);
         ::close(devnull);
       }
-      run_worker(request.slot, worker_socket.release());
+      run_worker(request.slot, worker_socket.release(), forked);
       ::_exit(0);
     }
     c.pid = pid;
@@ -170,7 +174,7 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   // seam: with these arguments prctl cannot fail.)
   ::prctl(PR_SET_PDEATHSIG, 0);
   fd_inbox* box = current_fd_inbox();
-  if (box == nullptr || box->fds.size() != 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
+  if (box == nullptr || box->fds.size() < 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
     throw ProcessError("Pool worker factory: expected 3 descriptors from the Pool's process (segment, eventfd, socket)");
   factory_boot boot;
   input_archive ar(bytes);
@@ -185,10 +189,24 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   const code_translator translator(boot.modules);
   worker_code_map() = &translator;  // inherited by every worker forked below
   const std::size_t maxtasksperchild = static_cast<std::size_t>(boot.maxtasksperchild);
+  // The initializer's handles: descriptors after the first 3, inherited by every worker forked below.
+  std::vector<unique_fd> initializer_fds;
+  for (std::size_t i = 3; i < box->fds.size(); ++i) initializer_fds.push_back(std::move(box->fds[i]));
   std::function<void()> initializer;
-  if (boot.initializer != 0) initializer = reinterpret_cast<void (*)()>(translator.translate(boot.initializer));
+  if (boot.initializer != 0) {
+    const auto run = reinterpret_cast<trampoline_fn>(translator.translate(boot.initializer));
+    initializer = [run, &boot, &initializer_fds] {
+      fd_inbox inbox;  // this worker's copies: closed once the handles in the arguments hold their own
+      inbox.fds = std::move(initializer_fds);
+      fd_inbox_scope scope(inbox);
+      std::vector<std::byte> unused;
+      run(boot.initializer_state, unused);
+    };
+  }
   const parent_link link{*static_cast<shared_region*>(segment.data()), wake.get()};
-  factory_main(sock.get(), n, [&](std::size_t slot, int socket) {
+  factory_main(sock.get(), n, [&](std::size_t slot, int socket, unsigned number) {
+    become_pool_worker("PoolWorker-" + std::to_string(number),
+                       parent_record{boot.parent_name, static_cast<pid_t>(boot.parent_pid), false});
     try {
       worker_main(link, slot, socket, initializer, maxtasksperchild);
     } catch (...) {

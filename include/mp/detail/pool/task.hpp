@@ -361,6 +361,17 @@ void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>
   }
 }
 
+/// The initializer bound by mp::task(f, args...) in a fresh worker: F's state, then std::tuple<Args...>. Throws
+/// what f throws (the worker reports it as an initializer failure).
+template <class F, class... Args>
+void initializer_trampoline(std::span<const std::byte> payload, std::vector<std::byte>&) {
+  input_archive ar(payload);
+  F f = decode_callable<F>(ar);
+  std::tuple<Args...> args;
+  if constexpr (sizeof...(Args) > 0) ar(args);
+  std::apply(f, std::move(args));
+}
+
 /// map / starmap over one chunk in the worker; stops at the first exception.
 template <class F, class T, class R, bool Star>
 void map_trampoline(std::span<const std::byte> payload, std::vector<std::byte>& out) {
