@@ -8,6 +8,7 @@
 // join() (all submitted work finishes), unlike Python's `with`, which terminates.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -369,10 +370,8 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
   {
     detail::fd_outbox_scope scope(box);
     pool::encode_callable(job->message, f);
-    if constexpr (sizeof...(Args) > 0) {
-      detail::output_archive ar(job->message);
-      ar(values);
-    }
+    // Big arguments (blob_threshold and up) are written once, into a segment whose descriptor travels instead.
+    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size);
   }
   core().submit(job, 0, 1, "Pool::apply_async", pool::handles_of(box, "Pool::apply_async"));
   return AsyncResult<R>(core_, std::move(job));
@@ -421,7 +420,24 @@ auto Pool::submit_map(F f, Range&& range, std::size_t chunksize, const char* cal
       detail::fd_outbox box = callable_box;
       {
         detail::fd_outbox_scope scope(box);
-        position += pool::append_items<T>(job->items, it, end, chunksize);
+        if constexpr (!detail::is_bitwise_v<T>) {
+          // A chunk of big items (blob_threshold and up) is written once, into a segment of its own.
+          const std::uint64_t count = std::min<std::uint64_t>(chunksize, n - position);
+          const std::size_t size = job->callable.size() + sizeof count + pool::measure_items<T>(it, count);
+          if (size >= detail::blob_threshold) {
+            if (job->bigs.empty()) {
+              job->bigs.resize(chunks);
+              job->big_sizes.resize(chunks, 0);
+            }
+            job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size);
+            job->big_sizes[c] = size;
+            position += count;
+          } else {
+            position += pool::append_items<T>(job->items, it, end, chunksize);
+          }
+        } else {
+          position += pool::append_items<T>(job->items, it, end, chunksize);
+        }
       }
       handles->add_chunk(box, caller);
     }

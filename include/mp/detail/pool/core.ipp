@@ -11,8 +11,11 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <optional>
 
+#include <mp/detail/blob.hpp>
 #include <mp/detail/child_os.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/registry.hpp>
 #include <mp/detail/spawn.hpp>
@@ -369,7 +372,20 @@ MP_DECL bool core::drain_locked(std::size_t s) {
 MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte> message) {
   slot_state& slot = slots_[s];
   const result_message result = split_result(message);
-  input_archive ar(result.body);
+  // A big result: the worker sent its blob segment on the socket before this message entered the ring.
+  std::optional<blob_reader> big;
+  std::exception_ptr lost;
+  if (result.blob != 0) {
+    try {
+      fd_frame frame = receive_fd_frame(slot.socket.get(), "Pool: a worker's big result", 0);
+      if (frame.fds.fds.size() != 1)
+        throw ProcessError("Pool: " + std::to_string(frame.fds.fds.size()) + " descriptors came with a big result");
+      big.emplace(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob));
+    } catch (...) {
+      lost = std::current_exception();
+    }
+  }
+  input_archive ar(big ? big->bytes() : result.body);
   if (result.chunk_id == 0) {  // the initializer threw; the worker exits next
     try {
       if (auto failure = read_results<void>(ar, 0, "initializer failure", [] {}).failure)
@@ -391,6 +407,7 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   }
   dispatched_ns_[s] = slot.chunks.empty() ? 0 : now;
   try {
+    if (lost) std::rethrow_exception(lost);
     done.job->deliver(done.chunk, ar);
   } catch (...) {
     done.job->fail(done.chunk, std::current_exception());
@@ -586,11 +603,14 @@ MP_DECL bool core::dispatch_locked() {
       std::shared_ptr<submission_handles> handles = front.handles;
       if (front.next == front.end) pending_.pop_front();
       const std::uint64_t id = next_id_++;
-      const auto prefix = job->prefix();
-      const auto body = job->body(chunk);
+      std::size_t blob_size = 0;
+      const int blob = job->blob(chunk, blob_size);  // a big payload: its segment travels instead of its bytes
+      const auto prefix = blob >= 0 ? std::span<const std::byte>{} : job->prefix();
+      const auto body = blob >= 0 ? std::span<const std::byte>{} : job->body(chunk);
       slot.section.clear();
-      if (handles || slot.handles.size() != 0) {
-        const handle_plan plan = slot.handles.plan(handles ? handles->chunk(chunk) : std::span<const handle_key>{}, handles_);
+      if (handles || slot.handles.size() != 0 || blob >= 0) {
+        handle_plan plan = slot.handles.plan(handles ? handles->chunk(chunk) : std::span<const handle_key>{}, handles_);
+        plan.blob = blob;
         if (!plan.empty()) encode_handle_section(slot.section, plan);
         // Before the message enters the ring: the worker reads them as soon as it reads the section. A worker we
         // cannot send to is gone or going; make sure it goes, so its chunks fail or move on rather than hang.
@@ -601,7 +621,8 @@ MP_DECL bool core::dispatch_locked() {
       }
       const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + slot.section.size() + prefix.size() +
                                    body.size(),
-                               id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size()};
+                               id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size(),
+                               blob >= 0 ? blob_size : 0};
       if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
       slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});
       ++slot.sent;

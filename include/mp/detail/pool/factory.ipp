@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/blob.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/pool/handles.hpp>
@@ -215,6 +217,34 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   });
 }
 
+// Writes a result message to the outbox; a big body (blob_threshold and up) goes as a blob segment on the worker's
+// socket first, the message then holding only its header.
+MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out) {
+  const std::size_t body = out.size() - sizeof(result_header);
+  if (body >= blob_threshold && socket >= 0) {
+    unique_fd segment;
+    try {
+      blob_writer writer(body, "mp-pool-result");
+      std::memcpy(writer.bytes().data(), out.data() + sizeof(result_header), body);
+      segment = writer.publish();
+    } catch (...) {
+      // No memory for a segment: the ring still works, piece by piece.
+    }
+    if (segment) {
+      const int fds[] = {segment.get()};
+      send_fd_frame(socket, {}, fds, "Pool worker: sending a big result");
+      result_header header{};
+      std::memcpy(&header, out.data(), sizeof header);
+      header.length = sizeof header - sizeof header.length;
+      header.blob = body;
+      write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header);
+      if (out.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(out);  // do not hoard
+      return;
+    }
+  }
+  write_all(link, outbox, out.data(), out.size());
+}
+
 MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
                          const std::function<void()>& initializer, std::size_t maxtasksperchild) {
   shared_slot& mine = link.shared.slot(slot);
@@ -260,13 +290,19 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
     }
     if (run != nullptr) {
       std::span<const std::byte> payload(task);
+      std::optional<blob_reader> big;  // a big payload, mapped read-only: decoded straight from the segment
       try {
         if (header.handles == 0) {
           kept.clear_current();
         } else {
           if (header.handles > payload.size()) throw SerializationError("Pool worker: a truncated task message");
-          kept.apply_section(payload.first(header.handles), socket);
+          unique_fd blob = kept.apply_section(payload.first(header.handles), socket);
           payload = payload.subspan(header.handles);
+          if (header.blob != 0) {
+            if (!blob) throw ProcessError("Pool worker: a task's blob segment did not arrive");
+            big.emplace(std::move(blob), static_cast<std::size_t>(header.blob));
+            payload = big->bytes();
+          }
         }
       } catch (...) {
         encode_failed_chunk(out);
@@ -276,7 +312,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
     }
     flush_pending_output();
     end_result(out, header.chunk_id);
-    write_all(link, mine.outbox, out.data(), out.size());
+    send_result(link, mine.outbox, socket, out);
     mine.current_chunk.store(0);
     if (maxtasksperchild != 0 && ++done >= maxtasksperchild) ::_exit(0);
   }

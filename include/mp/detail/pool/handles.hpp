@@ -107,11 +107,13 @@ inline std::shared_ptr<submission_handles> handles_of(const fd_outbox& box, cons
 
 /// What travels with one message to a worker (its handle section, task.hpp): the keys of its descriptor list, the
 /// keys dropped, and the descriptors the worker lacks (sent on its socket, as one fd frame whose bytes are keys).
+/// A big payload's blob segment (`blob`, borrowed) rides in the same fd frame, after the handles' descriptors.
 struct handle_plan {
   std::vector<handle_key> table;
   std::vector<handle_key> drop;
   std::vector<handle_key> send;
-  bool empty() const noexcept { return table.empty() && drop.empty(); }
+  int blob = -1;
+  bool empty() const noexcept { return table.empty() && drop.empty() && blob < 0; }
 };
 
 /// Parent: which shared objects one worker keeps. Guarded by the core mutex.
@@ -140,8 +142,9 @@ MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_tabl
 class worker_handles final : public fd_cache {
  public:
   /// Applies a message's handle section: reads the fd frame it announces from `socket`, drops what it says, and
-  /// makes its descriptor list current. SerializationError / ProcessError if it is malformed.
-  MP_DECL void apply_section(std::span<const std::byte> section, int socket);
+  /// makes its descriptor list current; returns the payload's blob segment if the section announces one.
+  /// SerializationError / ProcessError if it is malformed.
+  MP_DECL unique_fd apply_section(std::span<const std::byte> section, int socket);
   /// A message without handles: nothing resolves.
   void clear_current() noexcept { current_.clear(); }
   int fd(std::uint32_t index) const override {

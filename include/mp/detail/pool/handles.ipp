@@ -138,13 +138,13 @@ struct section_counts {
   std::uint32_t table = 0;
   std::uint32_t drop = 0;
   std::uint32_t frames = 0;  // fd frames to read from the socket first (0 or 1)
-  std::uint32_t reserved = 0;
+  std::uint32_t blob = 0;    // 1: the frame's last descriptor is the payload's blob segment
 };
 }  // namespace
 
 MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan) {
   const section_counts counts{static_cast<std::uint32_t>(plan.table.size()), static_cast<std::uint32_t>(plan.drop.size()),
-                              plan.send.empty() ? 0u : 1u, 0};
+                              plan.send.empty() && plan.blob < 0 ? 0u : 1u, plan.blob < 0 ? 0u : 1u};
   const std::size_t at = out.size();
   out.resize(at + sizeof counts + (plan.table.size() + plan.drop.size()) * sizeof(handle_key));
   std::byte* p = out.data() + at;
@@ -156,11 +156,12 @@ MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_pla
 }
 
 MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_table& table) noexcept {
-  if (plan.send.empty()) return true;
+  if (plan.send.empty() && plan.blob < 0) return true;
   try {
     std::vector<int> fds;
-    fds.reserve(plan.send.size());
+    fds.reserve(plan.send.size() + 1);
     for (const handle_key& key : plan.send) fds.push_back(table.fd(key));
+    if (plan.blob >= 0) fds.push_back(plan.blob);
     send_fd_frame(socket, std::as_bytes(std::span(plan.send)), fds, "Pool: sending handles to a worker");
     return true;
   } catch (...) {
@@ -168,12 +169,13 @@ MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_tabl
   }
 }
 
-MP_DECL void worker_handles::apply_section(std::span<const std::byte> section, int socket) {
+MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> section, int socket) {
+  unique_fd blob;
   section_counts counts;
   if (section.size() < sizeof counts) throw SerializationError("Pool worker: a truncated handle section");
   std::memcpy(&counts, section.data(), sizeof counts);
   const std::size_t keys = std::size_t{counts.table} + counts.drop;
-  if (counts.frames > 1 || section.size() != sizeof counts + keys * sizeof(handle_key))
+  if (counts.frames > 1 || counts.blob > counts.frames || section.size() != sizeof counts + keys * sizeof(handle_key))
     throw SerializationError("Pool worker: a malformed handle section (" + std::to_string(section.size()) + " bytes)");
   auto key_at = [&](std::size_t i) {
     handle_key key;
@@ -182,6 +184,11 @@ MP_DECL void worker_handles::apply_section(std::span<const std::byte> section, i
   };
   if (counts.frames == 1) {
     fd_frame frame = receive_fd_frame(socket, "Pool worker: receiving handles", max_fds_per_frame * sizeof(handle_key));
+    if (counts.blob == 1 && !frame.fds.fds.empty()) {
+      blob = std::move(frame.fds.fds.back());
+      frame.fds.fds.pop_back();
+    }
+    if (!blob && counts.blob == 1) throw ProcessError("Pool worker: a task's blob segment did not arrive");
     if (frame.bytes.size() != frame.fds.fds.size() * sizeof(handle_key))
       throw ProcessError("Pool worker: " + std::to_string(frame.fds.fds.size()) + " descriptors arrived for " +
                          std::to_string(frame.bytes.size() / sizeof(handle_key)) + " handles");
@@ -199,6 +206,7 @@ MP_DECL void worker_handles::apply_section(std::span<const std::byte> section, i
     auto it = entries_.find(key_at(i));
     current_.push_back(it == entries_.end() ? nullptr : &it->second);
   }
+  return blob;
 }
 
 MP_DECL std::shared_ptr<void>* worker_handles::attachment(std::uint32_t index, std::type_index type) {

@@ -24,6 +24,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/pool/core.hpp>
 #include <mp/detail/pool/task.hpp>
+#include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail::pool {
@@ -51,13 +52,21 @@ template <class R>
 class apply_job final : public result_job<R> {
  public:
   std::vector<std::byte> message;
+  unique_fd big;               // the whole message as a blob segment instead (encode_payload), until answered
+  std::size_t big_size = 0;
   std::span<const std::byte> prefix() override { return message; }
   std::span<const std::byte> body(std::size_t) override { return {}; }
+  int blob(std::size_t, std::size_t& size) override {
+    size = big_size;
+    return big ? big.get() : -1;
+  }
   void deliver(std::size_t, input_archive& ar) override {
+    big.reset();
     this->error = read_results<R>(ar, 1, "apply result", [&](std::uint64_t) { return &this->value; }).failure;
     this->finish();
   }
   void fail(std::size_t, std::exception_ptr e) override {
+    big.reset();
     this->error = std::move(e);
     this->finish();
   }
@@ -84,12 +93,19 @@ class map_job final : public result_job<map_result_t<E>> {
   std::size_t remaining = 0;           // chunks not yet answered
   std::size_t error_at = SIZE_MAX;     // item index of the earliest failure so far
   std::exception_ptr first_error;
+  std::vector<unique_fd> bigs;           // chunk c as a blob segment (blob_chunk), until answered; empty: none
+  std::vector<std::size_t> big_sizes;
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override {
     return std::span<const std::byte>(items).subspan(offsets[c], offsets[c + 1] - offsets[c]);
   }
+  int blob(std::size_t c, std::size_t& size) override {
+    size = c < bigs.size() ? big_sizes[c] : 0;
+    return c < bigs.size() && bigs[c] ? bigs[c].get() : -1;
+  }
   void deliver(std::size_t c, input_archive& ar) override {
+    if (c < bigs.size()) bigs[c].reset();
     const std::size_t start = starts[c];
     auto outcome = read_results<E>(ar, starts[c + 1] - start, "map results", [&](std::uint64_t) {
       if constexpr (!std::is_void_v<E>) return this->value.data() + start;
@@ -98,6 +114,7 @@ class map_job final : public result_job<map_result_t<E>> {
     chunk_done();
   }
   void fail(std::size_t c, std::exception_ptr e) override {
+    if (c < bigs.size()) bigs[c].reset();
     note_failure(starts[c], std::move(e));
     chunk_done();
   }
