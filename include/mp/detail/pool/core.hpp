@@ -213,6 +213,7 @@ class core {
   std::atomic<bool> stop_supervisor_{false};
   std::atomic<bool> factory_gone_{false};
   std::atomic<std::uint32_t> callers_spinning_{0};
+  bool crowded_ = false;  // more workers than CPUs: a parent thread spinning for results takes a worker's CPU
 
   std::mutex teardown_mutex_;  // serializes stop_supervisor_and_factory()
   std::mutex mutex_;
@@ -235,10 +236,11 @@ template <class Done>
 bool core::wait(pool::event& event, Done&& done, const deadline& until) {
   if (done()) return true;
   require_owner("AsyncResult::wait");
-  // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop.
+  // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop. Not in
+  // a crowded pool (more workers than CPUs): there the spin would take the CPU of a worker we wait for.
   callers_spinning_.fetch_add(1);
   shared_->collectors_awake.fetch_add(1);
-  const auto budget = std::chrono::microseconds(50);
+  const auto budget = crowded_ ? std::chrono::microseconds(0) : std::chrono::microseconds(50);
   const bool fast = spin_until(
       [&] {
         progress();

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -30,6 +31,14 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
   segment_ = shm_segment::create(shared_region::bytes_for(n), "mp-pool-" + std::to_string(::getpid()));
   shared_ = new (segment_.data()) shared_region;
   for (std::size_t s = 0; s < n; ++s) new (&shared_->slot(s)) shared_slot;
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const std::size_t usable =
+      sys_try("sched_getaffinity", [&] { return ::sched_getaffinity(0, sizeof cpus, &cpus); }) == 0
+          ? static_cast<std::size_t>(CPU_COUNT(&cpus))
+          : 1;
+  crowded_ = n > usable;
+  shared_->worker_spin_ns.store(worker_spin_for(n, usable));
   wake_fd_.reset(make_eventfd());
   slots_.resize(n);
   dispatched_ns_.resize(n, 0);
@@ -253,7 +262,7 @@ MP_DECL void core::stop_supervisor_and_factory() noexcept {
 MP_DECL void core::supervise() {
   bool awake = false;  // counted in collectors_awake: workers then skip the eventfd write
   std::uint64_t last_activity = monotonic_ns();
-  const std::uint64_t spin_ns = 50'000;
+  const std::uint64_t spin_ns = crowded_ ? 0 : 50'000;  // crowded: see core::wait
   while (!stop_supervisor_.load()) {
     std::optional<std::uint64_t> next_deadline;
     bool did = false;
