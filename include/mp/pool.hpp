@@ -8,6 +8,7 @@
 // join() (all submitted work finishes), unlike Python's `with`, which terminates.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -40,10 +41,40 @@
 
 namespace mp {
 
+/// A call bound to its arguments that can cross to pool workers: the initializer with Python's initargs,
+/// `PoolOptions{.initializer = mp::task(init, queue, lock)}`. Arguments cross as task arguments do, handles
+/// included. A plain function (or any void() callable: fork only if it has state) converts to a Task.
+class Task {
+ public:
+  Task() = default;
+  template <class F>
+    requires(std::is_invocable_v<F&> && !std::is_same_v<std::remove_cvref_t<F>, Task>)
+  Task(F f);  // NOLINT(google-explicit-constructor): `.initializer = init` as before
+  /// True unless empty.
+  explicit operator bool() const noexcept { return static_cast<bool>(run_); }
+  /// Runs the call here.
+  void operator()() const { run_(); }
+
+ private:
+  template <class F, class... A>
+  friend Task task(F f, A... args);
+  friend class Pool;
+
+  std::function<void()> run_;                               // the call (a forked worker runs this copy)
+  std::function<void(std::vector<std::byte>&)> encode_;     // a fresh worker's copy: F's state and the arguments
+  detail::pool::trampoline_fn trampoline_ = nullptr;        // ... decoded and run by this; null: cannot cross
+  std::string type_;                                         // F, for the error when it cannot cross
+};
+
+/// Binds f to args for a pool worker (Python's initializer + initargs): `mp::task(init, queue, lock)`.
+template <class F, class... A>
+Task task(F f, A... args);
+
 /// Pool settings, for designated initializers: `mp::Pool pool({.processes = 4, .maxtasksperchild = 100});`
 struct PoolOptions {
   std::size_t processes = 0;                 ///< 0: cpu_count()
-  std::function<void()> initializer{};       ///< runs once in every worker, replacements included
+  Task initializer{};                        ///< runs once in every worker, replacements included: a function, or
+                                             ///< mp::task(f, args...) with arguments (handles too)
   std::size_t maxtasksperchild = 0;          ///< 0: unlimited; else a worker is replaced after that many tasks (chunks)
   std::optional<StartMethod> start_method{}; ///< default get_start_method(); spawn/forkserver: fresh workers
   std::optional<std::chrono::milliseconds> task_timeout{};  ///< a task running longer is killed with its worker
@@ -342,6 +373,47 @@ class Pool {
 
 // ---- definitions ----------------------------------------------------------------------------------------------
 
+template <class F>
+  requires(std::is_invocable_v<F&> && !std::is_same_v<std::remove_cvref_t<F>, Task>)
+Task::Task(F f) {
+  if constexpr (std::is_same_v<F, std::function<void()>>) {
+    // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.
+    if (!f) return;
+    if (auto* function = f.template target<void (*)()>(); function != nullptr && *function != nullptr) {
+      *this = Task(*function);
+      return;
+    }
+    type_ = detail::type_name(f.target_type());
+    run_ = std::move(f);
+  } else {
+    if constexpr (std::is_pointer_v<F>)
+      if (f == nullptr) return;
+    *this = task(std::move(f));
+  }
+}
+
+template <class F, class... A>
+Task task(F f, A... args) {
+  namespace pool = detail::pool;
+  static_assert(std::is_invocable_v<F&, A&...>,
+                "mp::task(f, args...): f cannot be called with these arguments (they are passed as lvalues)");
+  (pool::check_value<pool::arg_t<A>>(), ...);
+  Task t;
+  t.type_ = detail::type_name<F>();
+  t.run_ = [f, args...]() mutable { std::invoke(f, args...); };
+  if constexpr (pool::callable_crosses<F> && detail::target_crosses<F>()) {
+    t.trampoline_ = &pool::initializer_trampoline<F, pool::arg_t<A>...>;
+    t.encode_ = [f, args...](std::vector<std::byte>& out) {
+      pool::encode_callable(out, f);
+      if constexpr (sizeof...(A) > 0) {
+        detail::output_archive ar(out);
+        ar(std::tuple<pool::arg_t<A>...>(args...));
+      }
+    };
+  }
+  return t;
+}
+
 template <class R>
 R AsyncResult<R>::get() {
   wait();
@@ -504,12 +576,17 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
                   detail::describe_timeout(*options.timeout));
     job->timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(*options.timeout).count());
   }
-  pool::encode_callable(job->message, f);
-  if constexpr (sizeof...(Args) > 0) {
-    detail::output_archive ar(job->message);
-    ar(std::tuple<pool::arg_t<Args>...>(std::forward<Args>(args)...));
+  // Handles among the arguments (a Queue, a Lock, ...) put their descriptors in `box`; the tuple keeps them open
+  // until the core holds its own.
+  std::tuple<pool::arg_t<Args>...> values(std::forward<Args>(args)...);
+  detail::fd_outbox box;
+  {
+    detail::fd_outbox_scope scope(box);
+    pool::encode_callable(job->message, f);
+    // Big arguments (blob_threshold and up) are written once, into a segment whose descriptor travels instead.
+    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size);
   }
-  core().submit(job, 0, 1, "Pool::apply_async");
+  core().submit(job, 0, 1, "Pool::apply_async", pool::handles_of(box, "Pool::apply_async"));
   return AsyncResult<R>(core_, std::move(job));
 }
 
@@ -524,8 +601,10 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
   pool::check_value<T>();
   pool::check_value<E>();
   check_fresh_callable<F>(caller);
-  if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range>) {
-    // A single-pass or unsized input: read it once to count it, as Python turns it into a list.
+  if constexpr (!std::ranges::forward_range<Range> || !std::ranges::sized_range<Range> ||
+                (!std::is_lvalue_reference_v<std::ranges::range_reference_t<Range>> && !detail::is_bitwise_v<T>)) {
+    // A single-pass or unsized input: read it once to count it, as Python turns it into a list. Also an input
+    // that makes its items on the fly: handles among them must stay open until the pool holds their descriptors.
     std::vector<T> items;
     for (auto&& item : range) items.push_back(static_cast<T>(item));
     return submit_map<Star>(std::move(f), items, std::move(options), caller);
@@ -533,7 +612,12 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     auto job = std::make_shared<pool::map_job<E>>();
     job->runner = runner_;
     job->trampoline = &pool::map_trampoline<F, T, E, Star>;
-    pool::encode_callable(job->callable, f);
+    detail::fd_outbox callable_box;  // handles in the callable's state: every chunk carries them
+    {
+      detail::fd_outbox_scope scope(callable_box);
+      pool::encode_callable(job->callable, f);
+    }
+    auto handles = std::make_shared<pool::submission_handles>(0);
     const std::size_t n = static_cast<std::size_t>(std::ranges::size(range));
     std::size_t chunksize = options.chunksize;
     if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
@@ -548,7 +632,29 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     for (std::size_t c = 0; c < chunks; ++c) {
       job->offsets.push_back(job->items.size());
       job->starts.push_back(position);
-      position += pool::append_items<T>(job->items, it, end, chunksize);
+      detail::fd_outbox box = callable_box;
+      {
+        detail::fd_outbox_scope scope(box);
+        if constexpr (!detail::is_bitwise_v<T>) {
+          // A chunk of big items (blob_threshold and up) is written once, into a segment of its own.
+          const std::uint64_t count = std::min<std::uint64_t>(chunksize, n - position);
+          const std::size_t size = job->callable.size() + sizeof count + pool::measure_items<T>(it, count);
+          if (size >= detail::blob_threshold) {
+            if (job->bigs.empty()) {
+              job->bigs.resize(chunks);
+              job->big_sizes.resize(chunks, 0);
+            }
+            job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size);
+            job->big_sizes[c] = size;
+            position += count;
+          } else {
+            position += pool::append_items<T>(job->items, it, end, chunksize);
+          }
+        } else {
+          position += pool::append_items<T>(job->items, it, end, chunksize);
+        }
+      }
+      handles->add_chunk(box, caller);
     }
     job->offsets.push_back(job->items.size());
     job->starts.push_back(position);
@@ -558,7 +664,7 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     if (chunks == 0) {
       job->finish();
     } else {
-      core().submit(job, 0, chunks, caller);
+      core().submit(job, 0, chunks, caller, std::move(handles));
     }
     return AsyncResult<R>(core_, std::move(job));
   }

@@ -206,7 +206,13 @@ template <class T>
 void Queue<T>::load(detail::input_archive& ar) {
   std::uint32_t index = 0, mailbox = 0;
   ar(index, mailbox);
-  state_ = detail::attach_queue_state(detail::import_fd(index, "Queue"), detail::import_fd(mailbox, "Queue"));
+  // A Pool worker attaches once for all the tasks that carry this queue, again only after close() here.
+  state_ = detail::import_shared<detail::queue_state>(
+      index, "Queue",
+      [mailbox](detail::unique_fd fd) {
+        return detail::attach_queue_state(std::move(fd), detail::import_fd(mailbox, "Queue"));
+      },
+      [](const detail::queue_state& state) { return !state.closed; });
 }
 
 template <class T>

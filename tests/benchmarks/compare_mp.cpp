@@ -408,6 +408,74 @@ void cpu_speedups(bool quick) {
   row("cpu_speedup_pool", serial / pool_time, "x");
 }
 
+// ---- big Pool items (issue 14) and chunksize=1 with more workers than CPUs ------------------------------------
+
+std::size_t byte_count(std::vector<char> item) { return item.size(); }
+std::vector<char> make_bytes(std::size_t n) { return std::vector<char>(n); }
+
+struct big_size {
+  const char* label;
+  std::size_t bytes;
+  i64 items;  // per run: about 128 MiB moved
+};
+constexpr big_size big_sizes[] = {{"64KiB", std::size_t{64} << 10, 2048},
+                                  {"1MiB", std::size_t{1} << 20, 128},
+                                  {"16MiB", std::size_t{16} << 20, 8},
+                                  {"64MiB", std::size_t{64} << 20, 4}};
+
+/// memcpy_<size>, pool_args_<size> (map(len, items, 1): the items cross to the workers) and pool_results_<size>
+/// (map(make, sizes, 1): the items come back), in MB/s; Python's side does the same with bytes objects.
+void pool_big_items(i64 scale) {
+  char name[64];
+  for (const big_size& size : big_sizes) {
+    const i64 items = std::max<i64>(2, size.items / scale);
+    std::vector<char> from(size.bytes, 'x'), to(size.bytes);
+    const double copy_rate = best_rate(5, items, [&](i64 n) {
+      for (i64 i = 0; i < n; ++i) {
+        std::memcpy(to.data(), from.data(), size.bytes);
+        asm volatile("" : : "r"(to.data()) : "memory");
+      }
+    });
+    std::snprintf(name, sizeof name, "memcpy_%s", size.label);
+    row(name, copy_rate * static_cast<double>(size.bytes) / 1e6, "MB/s");
+  }
+  mp::Pool pool(2);
+  (void)pool.map(byte_count, std::vector<std::vector<char>>(2), 1);
+  for (const big_size& size : big_sizes) {
+    const i64 items = std::max<i64>(2, size.items / scale);
+    std::vector<std::vector<char>> in(static_cast<std::size_t>(items), std::vector<char>(size.bytes, 'x'));
+    const double args_rate = best_rate(3, items, [&](i64) {
+      const auto out = pool.map(byte_count, in, 1);
+      if (out.back() != size.bytes) fail("pool args result");
+    });
+    std::snprintf(name, sizeof name, "pool_args_%s", size.label);
+    row(name, args_rate * static_cast<double>(size.bytes) / 1e6, "MB/s");
+    in.clear();
+    const std::vector<std::size_t> sizes(static_cast<std::size_t>(items), size.bytes);
+    const double results_rate = best_rate(3, items, [&](i64) {
+      const auto out = pool.map(make_bytes, sizes, 1);
+      if (out.back().size() != size.bytes) fail("pool results result");
+    });
+    std::snprintf(name, sizeof name, "pool_results_%s", size.label);
+    row(name, results_rate * static_cast<double>(size.bytes) / 1e6, "MB/s");
+  }
+}
+
+/// pool_chunksize1_<w>w: map(identity, n ints, 1) per item with w workers on this machine's CPUs.
+void pool_chunksize1_by_workers(i64 scale) {
+  char name[64];
+  for (std::size_t workers : {2, 8, 32, 64}) {
+    mp::Pool pool(workers);
+    (void)pool.map(identity, std::vector<i64>(workers * 2, 1), 1);  // every worker up
+    std::snprintf(name, sizeof name, "pool_chunksize1_%zuw", workers);
+    row(name, best_us(5, 20000 / scale, [&](i64 n) {
+          std::vector<i64> in(static_cast<std::size_t>(n), 7);
+          auto out = pool.map(identity, in, 1);
+          if (out.size() != in.size()) fail("pool.map chunksize=1 result");
+        }), "us/item");
+  }
+}
+
 }  // namespace
 
 MP_REGISTER_TYPE(Counter, "Counter", &Counter::add);
@@ -473,6 +541,9 @@ int main(int argc, char** argv) {
           for (i64 i = 0; i < n; ++i) l.append(i);
         }), "ops/s");
   }
+
+  pool_big_items(scale);
+  pool_chunksize1_by_workers(scale);
 
   cpu_speedups(quick);
   return 0;

@@ -82,8 +82,9 @@ MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& a
   auto state = std::make_shared<connection_state>();
   state->fd = import_fd(fd_index, "Connection");
   state->kind = static_cast<fd_kind>(kind);
-  state->segment = std::make_shared<shm_segment>(
-      shm_segment::from_fd(import_fd(segment_index, "Connection"), "mp-pipe (received)"));
+  state->segment = import_shared<shm_segment>(segment_index, "Connection", [](unique_fd fd) {
+    return std::make_shared<shm_segment>(shm_segment::from_fd(std::move(fd), "mp-pipe (received)"));
+  });
   if (state->segment->size() < sizeof(connection_shared)) {
     throw SerializationError("mp::deserialize: a Connection's shared block is " +
                              std::to_string(state->segment->size()) + " bytes, too small");

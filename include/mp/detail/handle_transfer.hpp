@@ -15,7 +15,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <typeindex>
+#include <typeinfo>
+#include <utility>
 #include <vector>
 
 #include <mp/detail/config.hpp>
@@ -28,9 +32,25 @@ struct fd_outbox {
   std::vector<int> fds;
 };
 
-/// The descriptors a transfer received (child side); owned until the handles have dup'ed theirs.
+/// A receiver that keeps what it received across transfers (a Pool worker, detail/pool/handles.hpp): the same
+/// handle sent with a million tasks arrives once, and what its load() made of the descriptor (a mapping) is reused.
+class fd_cache {
+ public:
+  /// The descriptor sent under `index` in the current transfer; -1 if there is none.
+  virtual int fd(std::uint32_t index) const = 0;
+  /// Where an attachment of type `type` made from that descriptor is kept (null until first made); nullptr if
+  /// there is no such descriptor.
+  virtual std::shared_ptr<void>* attachment(std::uint32_t index, std::type_index type) = 0;
+
+ protected:
+  ~fd_cache() = default;
+};
+
+/// The descriptors a transfer received (child side); owned until the handles have dup'ed theirs. A Pool worker's
+/// inbox holds none of its own: `cache` resolves the indices.
 struct fd_inbox {
   std::vector<unique_fd> fds;
+  fd_cache* cache = nullptr;
 };
 
 // thread_local: two threads may start spawned children at once, each serializing its own arguments.
@@ -73,6 +93,27 @@ MP_DECL std::uint32_t export_fd(int fd, const char* what);
 
 /// In a handle's load(): the child's own descriptor (close-on-exec) for the fd sent under `index`.
 MP_DECL unique_fd import_fd(std::uint32_t index, const char* what);
+
+/// In a handle's load(): `make(import_fd(index))`, except in a receiver that caches (a Pool worker), where the
+/// object made the first time a handle arrived is returned again while `reuse(object)` holds (a Queue closed in
+/// this process is not). T names the attachment kind: one descriptor may back several kinds.
+template <class T, class Make, class Reuse>
+std::shared_ptr<T> import_shared(std::uint32_t index, const char* what, Make&& make, Reuse&& reuse) {
+  fd_inbox* box = current_fd_inbox();
+  if (box != nullptr && box->cache != nullptr) {
+    if (std::shared_ptr<void>* kept = box->cache->attachment(index, std::type_index(typeid(T)))) {
+      if (*kept && reuse(*static_cast<const T*>(kept->get()))) return std::static_pointer_cast<T>(*kept);
+      std::shared_ptr<T> made = make(import_fd(index, what));
+      *kept = made;
+      return made;
+    }
+  }
+  return make(import_fd(index, what));
+}
+template <class T, class Make>
+std::shared_ptr<T> import_shared(std::uint32_t index, const char* what, Make&& make) {
+  return import_shared<T>(index, what, std::forward<Make>(make), [](const T&) { return true; });
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // fd frames over a unix stream socket: a header that carries the descriptors, then the bytes.

@@ -20,9 +20,9 @@ MP_DECL std::uint32_t export_fd(int fd, const char* what) {
   fd_outbox* box = current_fd_outbox();
   if (box == nullptr) {
     throw SerializationError(std::string("mp::serialize: a ") + what +
-                             " is a handle to a shared object and crosses only as an argument of a Process started "
-                             "by spawn or forkserver (its descriptor travels beside the bytes); pass it as a "
-                             "Process argument, or send the values it holds instead");
+                             " is a handle to a shared object and crosses only as an argument of a Process or a "
+                             "Pool task (its descriptor travels beside the bytes), not inside a Queue item or a "
+                             "message; pass it as a Process or task argument, or send the values it holds instead");
   }
   if (fd < 0) {
     throw SerializationError(std::string("mp::serialize: this ") + what +
@@ -38,7 +38,14 @@ MP_DECL unique_fd import_fd(std::uint32_t index, const char* what) {
   fd_inbox* box = current_fd_inbox();
   if (box == nullptr) {
     throw SerializationError(std::string("mp::deserialize: a ") + what +
-                             " can be decoded only in a process started by spawn or forkserver, from its arguments");
+                             " can be decoded only from the arguments of a Process or a Pool task");
+  }
+  if (box->cache != nullptr) {
+    const int fd = box->cache->fd(index);
+    if (fd < 0)
+      throw SerializationError(std::string("mp::deserialize: a ") + what + " refers to descriptor #" +
+                               std::to_string(index) + ", which did not arrive with the task");
+    return unique_fd(sys("fcntl(F_DUPFD_CLOEXEC)", what, [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); }));
   }
   if (index >= box->fds.size() || !box->fds[index]) {
     throw SerializationError(std::string("mp::deserialize: a ") + what + " refers to descriptor #" +

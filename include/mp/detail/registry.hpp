@@ -117,6 +117,10 @@ MP_DECL std::vector<unsigned> next_identity();
 /// "1:2" for identity {1, 2}.
 MP_DECL std::string identity_string(const std::vector<unsigned>& identity);
 
+/// In a new Pool worker (single-threaded): current_process() becomes a Process named `name` (Python's
+/// PoolWorker-N) whose parent is `parent`. Defined with Process (impl/process.ipp).
+MP_DECL void become_pool_worker(std::string name, parent_record parent) noexcept;
+
 /// In a freshly forked child, with registry::mutex held since before fork() and only this thread running:
 /// makes `self` the current process and starts an empty family, then releases the mutex.
 MP_DECL void become_child(registry& reg, process_record& self, parent_record parent);

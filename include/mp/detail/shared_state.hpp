@@ -65,7 +65,10 @@ class shared_ref {
     std::uint32_t index = 0;
     std::uint64_t offset = 0;
     ar(index, offset);
-    auto block = std::make_shared<shm_segment>(shm_segment::from_fd(import_fd(index, what), what));
+    // A Pool worker maps a block once, however many tasks carry handles into it.
+    auto block = import_shared<shm_segment>(index, what, [what](unique_fd fd) {
+      return std::make_shared<shm_segment>(shm_segment::from_fd(std::move(fd), what));
+    });
     if (offset > block->size() || block->size() - offset < sizeof(State) || offset % alignof(State) != 0) {
       throw SerializationError(std::string("mp::deserialize: a ") + what + " at offset " + std::to_string(offset) +
                                " does not fit the " + std::to_string(block->size()) + "-byte block that arrived");

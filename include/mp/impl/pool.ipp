@@ -14,19 +14,23 @@ MP_DECL Pool::Pool(PoolOptions options) {
   const StartMethod method = options.start_method.value_or(get_start_method());
   detail::pool::config config;
   config.start_method = method;
+  config.parent_name = current_process().name();
+  // The initializer's handles stay open in `options` until the factory has its own descriptors.
+  detail::fd_outbox initializer_box;
   if (method != StartMethod::fork) {
     detail::require_init(method, "Pool");
-    config.parent_name = current_process().name();
     if (options.initializer) {
-      // A std::function's state is opaque: only a plain function pointer inside it can be named in a fresh process.
-      auto* function = options.initializer.target<void (*)()>();
-      if (function == nullptr || *function == nullptr)
-        throw ProcessError("Pool: under start method " + std::string(to_string(method)) + " the initializer must be "
-                           "a plain function, but the std::function holds a " +
-                           detail::type_name(options.initializer.target_type()) + ", which cannot cross to a fresh "
-                           "process; pass a function (`.initializer = init`), a lambda without captures converted "
-                           "with + (`.initializer = +[] { ... }`), or use StartMethod::fork");
-      config.initializer_address = reinterpret_cast<std::uintptr_t>(*function);
+      if (options.initializer.trampoline_ == nullptr)
+        throw ProcessError("Pool: under start method " + std::string(to_string(method)) + " the initializer must "
+                           "cross to a fresh process, but it is a " + options.initializer.type_ + ", whose state "
+                           "cannot; pass a function (`.initializer = init`), mp::task(init, args...) with the data "
+                           "as arguments, a lambda without captures, or use StartMethod::fork");
+      {
+        detail::fd_outbox_scope scope(initializer_box);
+        options.initializer.encode_(config.initializer_state);
+      }
+      config.initializer_fds = initializer_box.fds;
+      config.initializer_address = detail::pool::trampoline_address(options.initializer.trampoline_);
       (void)detail::locate_code(config.initializer_address);  // ProcessError now if it is not code in a module
     }
   }
@@ -34,7 +38,7 @@ MP_DECL Pool::Pool(PoolOptions options) {
   if (config.processes > 4096)
     throw Error("Pool: processes = " + std::to_string(config.processes) + " is not a sensible number of workers; use "
                 "at most a few per CPU (cpu_count() = " + std::to_string(cpu_count()) + ")");
-  config.initializer = std::move(options.initializer);
+  config.initializer = options.initializer.run_;
   config.maxtasksperchild = options.maxtasksperchild;
   if (options.task_timeout) {
     if (options.task_timeout->count() <= 0)

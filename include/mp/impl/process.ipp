@@ -550,6 +550,27 @@ MP_DECL std::ostream& operator<<(std::ostream& out, const Process& process) {
 
 namespace detail {
 
+MP_DECL void become_pool_worker(std::string name, parent_record parent) noexcept {
+  try {
+    auto process = std::make_unique<Process>(ProcessOptions{});  // never destroyed: the worker ends with _exit
+    process_record& state = *process->state_;
+    state.name = std::move(name);
+    state.creator_pid = parent.pid;
+    state.pid = ::getpid();
+    state.started = true;
+    registry& reg = the_registry();
+    std::lock_guard lock(reg.mutex);
+    reg.current = &state;
+    reg.identity = state.identity;
+    reg.counter = 0;
+    reg.children.clear();
+    reg.parent = std::move(parent);
+    process.release();
+  } catch (...) {
+    // Out of memory before the first task: the worker runs on under its factory's name.
+  }
+}
+
 /// A child started by spawn or forkserver: reads its Process from `socket`, becomes it, runs it and _exits with
 /// the same exit codes as a forked child (an exception: 1, and its type and what() on stderr).
 MP_DECL void run_spawned_child(int socket_fd, pid_t direct_parent, bool via_server) noexcept {

@@ -25,8 +25,9 @@ MP_DECL void SharedHeap::save(detail::output_archive& ar) const {
 MP_DECL void SharedHeap::load(detail::input_archive& ar) {
   std::uint32_t index = 0;
   ar(index);
-  segment_ = std::make_shared<detail::heap::segment>(
-      detail::heap::segment::open(detail::import_fd(index, "SharedHeap"), "SharedHeap"));
+  segment_ = detail::import_shared<detail::heap::segment>(index, "SharedHeap", [](detail::unique_fd fd) {
+    return std::make_shared<detail::heap::segment>(detail::heap::segment::open(std::move(fd), "SharedHeap"));
+  });
 }
 
 MP_DECL detail::heap::segment& SharedHeap::segment() const {

@@ -39,6 +39,7 @@
 #include <mp/detail/futex.hpp>
 #include <mp/detail/pool/channel.hpp>
 #include <mp/detail/pool/factory.hpp>
+#include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/start_method.hpp>
@@ -82,6 +83,13 @@ class job {
   virtual std::span<const std::byte> prefix() = 0;
   /// The rest of chunk i's message; valid until chunk i is delivered or failed. Called under the core mutex.
   virtual std::span<const std::byte> body(std::size_t chunk) = 0;
+  /// Chunk i's whole payload (prefix and body) when it travels as a blob segment (blob.hpp): its descriptor, with
+  /// its size in `size`; -1 when it goes through the ring. Called under the core mutex.
+  virtual int blob(std::size_t chunk, std::size_t& size) {
+    (void)chunk;
+    size = 0;
+    return -1;
+  }
   /// Chunk i's result body (read with read_results, task.hpp). Called under the core mutex; must not block.
   virtual void deliver(std::size_t chunk, input_archive& result) = 0;
   /// Chunk i failed without a result (worker lost, timeout, pool terminated). Called under the core mutex.
@@ -95,8 +103,10 @@ struct config {
   std::size_t maxtasksperchild = 0;
   std::uint64_t task_timeout_ns = 0;
   StartMethod start_method = StartMethod::fork;  // spawn/forkserver: the factory is a fresh program
-  std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's function (this process's address)
-  std::string parent_name;                 // spawn/forkserver: current_process().name(), for the factory
+  std::uint64_t initializer_address = 0;   // spawn/forkserver: the initializer's trampoline (this process's address)
+  std::vector<std::byte> initializer_state;  // spawn/forkserver: its callable and arguments
+  std::vector<int> initializer_fds;        // spawn/forkserver: their handles' descriptors (borrowed)
+  std::string parent_name;                 // current_process().name(), as the workers' parent_process()
 };
 
 class core {
@@ -118,8 +128,10 @@ class core {
     if (!owned_here()) throw_not_owner(caller);
   }
 
-  /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work.
-  MP_DECL void submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller);
+  /// Queues chunks [first, first + count) of job; Error if the pool no longer accepts work. `handles`: the
+  /// descriptors the chunks carry (null: none), still alive in the caller during the call.
+  MP_DECL void submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller,
+                      std::shared_ptr<submission_handles> handles = nullptr);
   /// Sleeps until done() holds or the deadline passes (false), collecting results meanwhile.
   template <class Done>
   bool wait(pool::event& event, Done&& done, const deadline& until = {});
@@ -144,11 +156,13 @@ class core {
     std::shared_ptr<pool::job> job;
     std::size_t chunk;
     std::uint64_t id;
+    std::shared_ptr<submission_handles> handles;
   };
   struct pending {
     std::shared_ptr<pool::job> job;
     std::size_t next;
     std::size_t end;
+    std::shared_ptr<submission_handles> handles;
   };
   struct slot_state {
     pid_t pid = 0;             // 0 until the factory reports it
@@ -157,9 +171,12 @@ class core {
     bool stop_sent = false;
     std::size_t sent = 0;      // chunks dispatched to the current worker (maxtasksperchild)
     std::deque<inflight> chunks;
-    // The message being written into the inbox: header, then prefix, then body.
+    unique_fd socket;          // our end of the worker's socket: descriptors of handles (handles.hpp)
+    worker_view handles;       // the shared objects the worker keeps
+    // The message being written into the inbox: header, then handle section, then prefix, then body.
     bool writing = false;
     task_header header{};
+    std::vector<std::byte> section;
     std::span<const std::byte> prefix, body;
     std::size_t written = 0;
     // The result being read from the outbox.
@@ -180,9 +197,10 @@ class core {
   MP_DECL bool flush_locked(std::size_t s);
   MP_DECL void start_message_locked(std::size_t s, const task_header& header, std::span<const std::byte> prefix,
                                     std::span<const std::byte> body);
+  MP_DECL void reset_handles_locked(std::size_t s) noexcept;
   MP_DECL std::optional<std::uint64_t> check_timeouts_locked();
   MP_DECL void spawn_locked(std::size_t s);
-  MP_DECL void request_locked(const factory_request& request);
+  MP_DECL void request_locked(const factory_request& request, int fd = -1);
   MP_DECL void fail_everything_locked(const std::function<std::exception_ptr()>& make_error);
   MP_DECL void break_pool_locked(const std::string& why);
   MP_DECL void supervise();
@@ -202,10 +220,12 @@ class core {
   std::atomic<bool> stop_supervisor_{false};
   std::atomic<bool> factory_gone_{false};
   std::atomic<std::uint32_t> callers_spinning_{0};
+  bool crowded_ = false;  // more workers than CPUs: a parent thread spinning for results takes a worker's CPU
 
   std::mutex teardown_mutex_;  // serializes stop_supervisor_and_factory()
   std::mutex mutex_;
   std::condition_variable changed_;   // outstanding_ or live workers changed
+  handle_table handles_;              // guarded by mutex_; declared before what refers to it (slots_, pending_)
   state state_ = state::running;      // guarded by mutex_
   std::string broken_;                // guarded by mutex_; why the pool cannot run tasks any more
   std::vector<slot_state> slots_;     // guarded by mutex_
@@ -223,10 +243,11 @@ template <class Done>
 bool core::wait(pool::event& event, Done&& done, const deadline& until) {
   if (done()) return true;
   require_owner("AsyncResult::wait");
-  // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop.
+  // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop. Not in
+  // a crowded pool (more workers than CPUs): there the spin would take the CPU of a worker we wait for.
   callers_spinning_.fetch_add(1);
   shared_->collectors_awake.fetch_add(1);
-  const auto budget = std::chrono::microseconds(50);
+  const auto budget = crowded_ ? std::chrono::microseconds(0) : std::chrono::microseconds(50);
   const bool fast = spin_until(
       [&] {
         progress();

@@ -1,7 +1,9 @@
 // core: definitions (see core.hpp).
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -10,8 +12,11 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <optional>
 
+#include <mp/detail/blob.hpp>
 #include <mp/detail/child_os.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/registry.hpp>
 #include <mp/detail/spawn.hpp>
@@ -26,6 +31,14 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
   segment_ = shm_segment::create(shared_region::bytes_for(n), "mp-pool-" + std::to_string(::getpid()));
   shared_ = new (segment_.data()) shared_region;
   for (std::size_t s = 0; s < n; ++s) new (&shared_->slot(s)) shared_slot;
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const std::size_t usable =
+      sys_try("sched_getaffinity", [&] { return ::sched_getaffinity(0, sizeof cpus, &cpus); }) == 0
+          ? static_cast<std::size_t>(CPU_COUNT(&cpus))
+          : 1;
+  crowded_ = n > usable;
+  shared_->worker_spin_ns.store(worker_spin_for(n, usable));
   wake_fd_.reset(make_eventfd());
   slots_.resize(n);
   dispatched_ns_.resize(n, 0);
@@ -54,9 +67,11 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
       shared_region* shared = shared_;
       const int wake = wake_fd_.get();
       const config& cfg = config_;
-      factory_main(theirs.get(), n, [shared, wake, &cfg](std::size_t slot) {
+      const pid_t owner = owner_;
+      factory_main(theirs.get(), n, [shared, wake, &cfg, owner](std::size_t slot, int socket, unsigned number) {
+        become_pool_worker("PoolWorker-" + std::to_string(number), parent_record{cfg.parent_name, owner, false});
         try {
-          worker_main(parent_link{*shared, wake}, slot, cfg.initializer, cfg.maxtasksperchild);
+          worker_main(parent_link{*shared, wake}, slot, socket, cfg.initializer, cfg.maxtasksperchild);
         } catch (...) {
           ::_exit(70);
         }
@@ -72,7 +87,10 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
     boot.processes = n;
     boot.maxtasksperchild = config_.maxtasksperchild;
     boot.initializer = config_.initializer_address;
+    boot.initializer_state = config_.initializer_state;
     boot.modules = loaded_modules();
+    boot.parent_name = config_.parent_name;
+    boot.parent_pid = ::getpid();
     std::vector<std::byte> bytes;
     {
       output_archive ar(bytes);
@@ -84,7 +102,8 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
     request.parent_pid = ::getpid();
     request.start_method = start_method_setting();
     request.target = spawn_target{locate_code(reinterpret_cast<std::uintptr_t>(&factory_entry)), std::move(bytes)};
-    const int fds[] = {segment_.fd(), wake_fd_.get(), theirs.get()};
+    std::vector<int> fds = {segment_.fd(), wake_fd_.get(), theirs.get()};
+    fds.insert(fds.end(), config_.initializer_fds.begin(), config_.initializer_fds.end());
     fresh_child started = start_fresh_child(config_.start_method, request, fds);
     theirs.reset();
     reg_lock.unlock();
@@ -125,8 +144,10 @@ MP_DECL void core::throw_not_owner(const char* caller) const {
               "); a Pool works only in the process that created it: create one here");
 }
 
-MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller) {
+MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size_t count, const char* caller,
+                          std::shared_ptr<submission_handles> handles) {
   require_owner(caller);
+  if (handles && handles->empty()) handles.reset();
   std::lock_guard lock(mutex_);
   if (!broken_.empty()) throw Error(std::string(caller) + ": the pool is broken (" + broken_ + "); create a new Pool");
   if (state_ != state::running)
@@ -134,7 +155,8 @@ MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size
                 " and accepts no new work; create a new Pool");
   if (count == 0) return;
   if (job->timeout_ns == 0) job->timeout_ns = config_.task_timeout_ns;
-  pending_.push_back({std::move(job), first, first + count});
+  if (handles) handles->attach(handles_);
+  pending_.push_back({std::move(job), first, first + count, std::move(handles)});
   outstanding_ += count;
   dispatch_locked();
 }
@@ -269,7 +291,7 @@ MP_DECL void core::stop_supervisor_and_factory() noexcept {
 MP_DECL void core::supervise() {
   bool awake = false;  // counted in collectors_awake: workers then skip the eventfd write
   std::uint64_t last_activity = monotonic_ns();
-  const std::uint64_t spin_ns = 50'000;
+  const std::uint64_t spin_ns = crowded_ ? 0 : 50'000;  // crowded: see core::wait
   while (!stop_supervisor_.load()) {
     std::optional<std::uint64_t> next_deadline;
     bool did = false;
@@ -388,7 +410,20 @@ MP_DECL bool core::drain_locked(std::size_t s) {
 MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte> message) {
   slot_state& slot = slots_[s];
   const result_message result = split_result(message);
-  input_archive ar(result.body);
+  // A big result: the worker sent its blob segment on the socket before this message entered the ring.
+  std::optional<blob_reader> big;
+  std::exception_ptr lost;
+  if (result.blob != 0) {
+    try {
+      fd_frame frame = receive_fd_frame(slot.socket.get(), "Pool: a worker's big result", 0);
+      if (frame.fds.fds.size() != 1)
+        throw ProcessError("Pool: " + std::to_string(frame.fds.fds.size()) + " descriptors came with a big result");
+      big.emplace(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob));
+    } catch (...) {
+      lost = std::current_exception();
+    }
+  }
+  input_archive ar(big ? big->bytes() : result.body);
   if (result.chunk_id == 0) {  // the initializer threw; the worker exits next
     try {
       if (auto failure = read_results<void>(ar, 0, "initializer failure", [] {}).failure)
@@ -413,6 +448,7 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   }
   dispatched_ns_[s] = slot.chunks.empty() ? 0 : now;
   try {
+    if (lost) std::rethrow_exception(lost);
     done.job->deliver(done.chunk, ar);
   } catch (...) {
     done.job->fail(done.chunk, std::current_exception());
@@ -452,10 +488,11 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
       failed_one = true;
       if (--outstanding_ == 0) changed_.notify_all();
     } else {
-      pending_.push_front({it->job, it->chunk, it->chunk + 1});
+      pending_.push_front({it->job, it->chunk, it->chunk + 1, it->handles});
     }
   }
   // Reset the slot for its successor: the dead worker can no longer touch the rings.
+  reset_handles_locked(s);
   shared.inbox.reset();
   shared.outbox.reset();
   shared.current_chunk.store(0);
@@ -487,13 +524,27 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
 MP_DECL void core::spawn_locked(std::size_t s) {
   slots_[s].live = true;
   ++live_;
-  request_locked({factory_request::spawn, static_cast<std::uint32_t>(s), 0});
+  // The worker's socket for the descriptors of handles: its end travels with the request, through the factory.
+  int pair[2] = {-1, -1};
+  if (sys_try("socketpair", [&] { return ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair); }) == 0) {
+    slots_[s].socket.reset(pair[0]);
+    // Ours never blocks (the core mutex is held while sending); a full socket is a failed send (handles.hpp).
+    sys_try("fcntl", [&] { return ::fcntl(pair[0], F_SETFL, O_NONBLOCK); });
+  }
+  unique_fd theirs(pair[1]);
+  request_locked({factory_request::spawn, static_cast<std::uint32_t>(s), 0}, theirs.get());
 }
 
-MP_DECL void core::request_locked(const factory_request& request) {
+MP_DECL void core::reset_handles_locked(std::size_t s) noexcept {
+  slots_[s].handles.forget(handles_);
+  slots_[s].socket.reset();
+}
+
+MP_DECL void core::request_locked(const factory_request& request, int fd) {
   if (!factory_) return;
-  // A failure needs no handling: the factory is gone, and the supervisor sees end of file on this socket.
-  sys_try("send", [&] { return ::send(factory_.get(), &request, sizeof request, MSG_NOSIGNAL); });
+  // A failure needs no handling: the factory is gone, and the supervisor sees end of file on this socket. (A
+  // worker whose socket could not be made or sent gets none: a task with handles to it fails as WorkerLost.)
+  send_factory_request(factory_.get(), request, fd);
 }
 
 MP_DECL std::optional<std::uint64_t> core::check_timeouts_locked() {
@@ -527,6 +578,7 @@ MP_DECL void core::start_message_locked(std::size_t s, const task_header& header
                                         std::span<const std::byte> body) {
   slot_state& slot = slots_[s];
   slot.header = header;
+  if (header.handles == 0) slot.section.clear();
   slot.prefix = prefix;
   slot.body = body;
   slot.written = 0;
@@ -538,8 +590,8 @@ MP_DECL bool core::flush_locked(std::size_t s) {
   slot_state& slot = slots_[s];
   if (!slot.writing) return false;
   ring& ring = shared_->slot(s).inbox;
-  const std::span<const std::byte> parts[3] = {
-      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.prefix, slot.body};
+  const std::span<const std::byte> parts[4] = {
+      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.section, slot.prefix, slot.body};
   bool did = false;
   std::size_t offset = slot.written;
   for (const auto& part : parts) {
@@ -590,15 +642,32 @@ MP_DECL bool core::dispatch_locked() {
       pending& front = pending_.front();
       std::shared_ptr<job> job = front.job;
       const std::size_t chunk = front.next++;
+      std::shared_ptr<submission_handles> handles = front.handles;
       if (front.next == front.end) pending_.pop_front();
       const std::uint64_t id = next_id_++;
-      const auto prefix = job->prefix();
-      const auto body = job->body(chunk);
-      const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + prefix.size() + body.size(), id,
-                               trampoline_address(job->trampoline), job->timeout_ns};
+      std::size_t blob_size = 0;
+      const int blob = job->blob(chunk, blob_size);  // a big payload: its segment travels instead of its bytes
+      const auto prefix = blob >= 0 ? std::span<const std::byte>{} : job->prefix();
+      const auto body = blob >= 0 ? std::span<const std::byte>{} : job->body(chunk);
+      slot.section.clear();
+      if (handles || slot.handles.size() != 0 || blob >= 0) {
+        handle_plan plan = slot.handles.plan(handles ? handles->chunk(chunk) : std::span<const handle_key>{}, handles_);
+        plan.blob = blob;
+        if (!plan.empty()) encode_handle_section(slot.section, plan);
+        // Before the message enters the ring: the worker reads them as soon as it reads the section. A worker we
+        // cannot send to is gone or going; make sure it goes, so its chunks fail or move on rather than hang.
+        if (!send_handles(slot.socket.get(), plan, handles_) && !slot.kill_sent && slot.pid != 0) {
+          slot.kill_sent = true;
+          request_locked({factory_request::kill, static_cast<std::uint32_t>(s), slot.pid});
+        }
+      }
+      const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + slot.section.size() + prefix.size() +
+                                   body.size(),
+                               id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size(),
+                               blob >= 0 ? blob_size : 0};
       if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
       job->dispatched = true;
-      slot.chunks.push_back({std::move(job), chunk, id});
+      slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});
       ++slot.sent;
       start_message_locked(s, header, prefix, body);
       did = true;

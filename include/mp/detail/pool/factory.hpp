@@ -35,6 +35,10 @@ struct factory_request {
   std::int32_t pid = 0;  // kill: the worker expected in that slot (a stale request must not hit its successor)
 };
 
+/// Parent: sends a request; a spawn request carries the new worker's end of its socket (`fd`, -1: none) by
+/// SCM_RIGHTS. Failures are ignored: the factory is gone, and the parent sees end of file on the socket.
+MP_DECL void send_factory_request(int sock, const factory_request& request, int fd) noexcept;
+
 /// Factory -> parent.
 struct factory_event {
   enum kind_type : std::uint32_t { spawned = 1, exited = 2, spawn_failed = 3 };
@@ -48,17 +52,23 @@ struct factory_event {
 struct factory_boot {
   std::uint64_t processes = 0;
   std::uint64_t maxtasksperchild = 0;
-  std::uint64_t initializer = 0;       // the parent's address of a void() function; 0: none
+  std::uint64_t initializer = 0;       // the parent's address of the initializer's trampoline; 0: none
+  std::vector<std::byte> initializer_state;  // its callable and arguments (handles: descriptors 3... beside)
   std::vector<loaded_module> modules;  // the parent's, to translate its code addresses
+  std::string parent_name;             // the Pool's process, as its workers' parent_process()
+  std::int64_t parent_pid = 0;
 
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(processes, maxtasksperchild, initializer, modules);
+    ar(processes, maxtasksperchild, initializer, initializer_state, modules, parent_name, parent_pid);
   }
 };
 
-/// The factory's main loop; never returns. `run_worker(slot)` runs in each forked worker and must not return.
-[[noreturn]] MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t)>& run_worker);
+/// The factory's main loop; never returns. `run_worker(slot, socket, number)` runs in each forked worker (socket:
+/// its end of the worker's socket, -1 if none arrived; number: 1 for the first worker forked, and so on) and
+/// must not return.
+[[noreturn]] MP_DECL void factory_main(int sock, std::size_t slots,
+                                       const std::function<void(std::size_t, int, unsigned)>& run_worker);
 
 /// The fresh program a Pool started by spawn or forkserver runs as its factory (called by mp::Process's
 /// spawned-child path with the descriptors in current_fd_inbox()); never returns.
@@ -66,7 +76,7 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes);
 
 /// The worker process: runs the initializer, then chunks until told to stop or its task budget
 /// (maxtasksperchild, 0: none) is spent.
-[[noreturn]] MP_DECL void worker_main(const parent_link& link, std::size_t slot,
+[[noreturn]] MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
                                       const std::function<void()>& initializer, std::size_t maxtasksperchild);
 
 }  // namespace mp::detail::pool

@@ -6,17 +6,23 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/blob.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/shm_segment.hpp>
+#include <mp/detail/registry.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
@@ -28,7 +34,51 @@ namespace mp::detail::pool {
 // Not through the syscall seam: what a freshly forked worker does before it runs user code (prctl, getppid, close,
 // open, dup2), as syscall.hpp says. kill(2) goes through it although its failure needs no handling: the factory
 // kills only its own unreaped children, which cannot fail.
-MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(std::size_t)>& run_worker) {
+MP_DECL void send_factory_request(int sock, const factory_request& request, int fd) noexcept {
+  iovec part{const_cast<factory_request*>(&request), sizeof request};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+  }
+  sys_try("sendmsg", [&] { return ::sendmsg(sock, &message, MSG_NOSIGNAL); });
+}
+
+// Receives one request and the descriptor it may carry (owned by `fd`); the byte count as recv(2).
+MP_DECL ssize_t receive_factory_request(int sock, factory_request& request, unique_fd& fd) {
+  iovec part{&request, sizeof request};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int) * 4)];
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  const ssize_t got = sys_try("recvmsg", [&] { return ::recvmsg(sock, &message, MSG_CMSG_CLOEXEC); });
+  if (got < 0) return got;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received = -1;
+      std::memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof received);
+      if (i == 0) fd.reset(received);
+      else unique_fd extra(received);
+    }
+  }
+  return got;
+}
+
+MP_DECL void factory_main(int sock, std::size_t slots,
+                          const std::function<void(std::size_t, int, unsigned)>& run_worker) {
+  unsigned forked = 0;
   struct child {
     pid_t pid = 0;
     unique_fd pidfd;  // readable when it exits
@@ -72,7 +122,8 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
     if (fds[0].revents == 0) continue;
 
     factory_request request;
-    const auto got = sys_try("recv", [&] { return ::recv(sock, &request, sizeof request, 0); });
+    unique_fd worker_socket;
+    const auto got = receive_factory_request(sock, request, worker_socket);
     if (got <= 0) kill_all_and_exit(0);  // the Pool's process is gone: take the workers with us
     if (request.op == factory_request::shutdown) kill_all_and_exit(0);
     if (request.slot >= slots) continue;
@@ -83,6 +134,7 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
     }
     if (request.op != factory_request::spawn || c.pid != 0) continue;
     flush_standard_streams();
+    ++forked;
     const pid_t pid = sys_try("fork", [] { return ::fork(); });
     if (pid < 0) {
       send({factory_event::spawn_failed, request.slot, 0, last_errno()});
@@ -100,7 +152,7 @@ MP_DECL void factory_main(int sock, std::size_t slots, const std::function<void(
         ::dup2(devnull, STDIN_FILENO);
         ::close(devnull);
       }
-      run_worker(request.slot);
+      run_worker(request.slot, worker_socket.release(), forked);
       ::_exit(0);
     }
     c.pid = pid;
@@ -124,7 +176,7 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   // seam: with these arguments prctl cannot fail.)
   ::prctl(PR_SET_PDEATHSIG, 0);
   fd_inbox* box = current_fd_inbox();
-  if (box == nullptr || box->fds.size() != 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
+  if (box == nullptr || box->fds.size() < 3 || !box->fds[0] || !box->fds[1] || !box->fds[2])
     throw ProcessError("Pool worker factory: expected 3 descriptors from the Pool's process (segment, eventfd, socket)");
   factory_boot boot;
   input_archive ar(bytes);
@@ -139,21 +191,69 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   const code_translator translator(boot.modules);
   worker_code_map() = &translator;  // inherited by every worker forked below
   const std::size_t maxtasksperchild = static_cast<std::size_t>(boot.maxtasksperchild);
+  // The initializer's handles: descriptors after the first 3, inherited by every worker forked below.
+  std::vector<unique_fd> initializer_fds;
+  for (std::size_t i = 3; i < box->fds.size(); ++i) initializer_fds.push_back(std::move(box->fds[i]));
   std::function<void()> initializer;
-  if (boot.initializer != 0) initializer = reinterpret_cast<void (*)()>(translator.translate(boot.initializer));
+  if (boot.initializer != 0) {
+    const auto run = reinterpret_cast<trampoline_fn>(translator.translate(boot.initializer));
+    initializer = [run, &boot, &initializer_fds] {
+      fd_inbox inbox;  // this worker's copies: closed once the handles in the arguments hold their own
+      inbox.fds = std::move(initializer_fds);
+      fd_inbox_scope scope(inbox);
+      std::vector<std::byte> unused;
+      run(boot.initializer_state, unused);
+    };
+  }
   const parent_link link{*static_cast<shared_region*>(segment.data()), wake.get()};
-  factory_main(sock.get(), n, [&](std::size_t slot) {
+  factory_main(sock.get(), n, [&](std::size_t slot, int socket, unsigned number) {
+    become_pool_worker("PoolWorker-" + std::to_string(number),
+                       parent_record{boot.parent_name, static_cast<pid_t>(boot.parent_pid), false});
     try {
-      worker_main(link, slot, initializer, maxtasksperchild);
+      worker_main(link, slot, socket, initializer, maxtasksperchild);
     } catch (...) {
       ::_exit(70);
     }
   });
 }
 
-MP_DECL void worker_main(const parent_link& link, std::size_t slot, const std::function<void()>& initializer,
-                         std::size_t maxtasksperchild) {
+// Writes a result message to the outbox; a big body (blob_threshold and up) goes as a blob segment on the worker's
+// socket first, the message then holding only its header.
+MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out) {
+  const std::size_t body = out.size() - sizeof(result_header);
+  if (body >= blob_threshold && socket >= 0) {
+    unique_fd segment;
+    try {
+      blob_writer writer(body, "mp-pool-result");
+      std::memcpy(writer.bytes().data(), out.data() + sizeof(result_header), body);
+      segment = writer.publish();
+    } catch (...) {
+      // No memory for a segment: the ring still works, piece by piece.
+    }
+    if (segment) {
+      const int fds[] = {segment.get()};
+      send_fd_frame(socket, {}, fds, "Pool worker: sending a big result");
+      result_header header{};
+      std::memcpy(&header, out.data(), sizeof header);
+      header.length = sizeof header - sizeof header.length;
+      header.blob = body;
+      write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header);
+      if (out.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(out);  // do not hoard
+      return;
+    }
+  }
+  write_all(link, outbox, out.data(), out.size());
+}
+
+MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
+                         const std::function<void()>& initializer, std::size_t maxtasksperchild) {
   shared_slot& mine = link.shared.slot(slot);
+  // Handles in task arguments resolve through what this worker keeps (handles.hpp). The scope also hides the
+  // spawned factory's own inbox, which a fork of it would otherwise inherit as current.
+  worker_handles kept;
+  fd_inbox inbox;
+  inbox.cache = &kept;
+  fd_inbox_scope inbox_scope(inbox);
   std::vector<std::byte> out;
   if (initializer) {
     try {
@@ -188,10 +288,31 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, const std::f
     } catch (...) {
       encode_failed_chunk(out);
     }
-    if (run != nullptr) run(task, out);
+    if (run != nullptr) {
+      std::span<const std::byte> payload(task);
+      std::optional<blob_reader> big;  // a big payload, mapped read-only: decoded straight from the segment
+      try {
+        if (header.handles == 0) {
+          kept.clear_current();
+        } else {
+          if (header.handles > payload.size()) throw SerializationError("Pool worker: a truncated task message");
+          unique_fd blob = kept.apply_section(payload.first(header.handles), socket);
+          payload = payload.subspan(header.handles);
+          if (header.blob != 0) {
+            if (!blob) throw ProcessError("Pool worker: a task's blob segment did not arrive");
+            big.emplace(std::move(blob), static_cast<std::size_t>(header.blob));
+            payload = big->bytes();
+          }
+        }
+      } catch (...) {
+        encode_failed_chunk(out);
+        run = nullptr;
+      }
+      if (run != nullptr) run(payload, out);
+    }
     flush_pending_output();
     end_result(out, header.chunk_id);
-    write_all(link, mine.outbox, out.data(), out.size());
+    send_result(link, mine.outbox, socket, out);
     mine.current_chunk.store(0);
     if (maxtasksperchild != 0 && ++done >= maxtasksperchild) ::_exit(0);
   }

@@ -26,6 +26,7 @@
 #include <mp/detail/pool/core.hpp>
 #include <mp/detail/pool/progress.hpp>
 #include <mp/detail/pool/task.hpp>
+#include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
 namespace mp::detail::pool {
@@ -59,13 +60,21 @@ template <class R>
 class apply_job final : public result_job<R> {
  public:
   std::vector<std::byte> message;
+  unique_fd big;               // the whole message as a blob segment instead (encode_payload), until answered
+  std::size_t big_size = 0;
   std::span<const std::byte> prefix() override { return message; }
   std::span<const std::byte> body(std::size_t) override { return {}; }
+  int blob(std::size_t, std::size_t& size) override {
+    size = big_size;
+    return big ? big.get() : -1;
+  }
   void deliver(std::size_t, input_archive& ar) override {
+    big.reset();
     this->error = read_results<R>(ar, 1, "apply result", [&](std::uint64_t) { return &this->value; }).failure;
     this->finish();
   }
   void fail(std::size_t, std::exception_ptr e) override {
+    big.reset();
     this->error = std::move(e);
     this->finish();
   }
@@ -92,12 +101,19 @@ class map_job final : public result_job<map_result_t<E>> {
   std::size_t remaining = 0;           // chunks not yet answered
   std::size_t error_at = SIZE_MAX;     // item index of the earliest failure so far
   std::exception_ptr first_error;
+  std::vector<unique_fd> bigs;           // chunk c as a blob segment (blob_chunk), until answered; empty: none
+  std::vector<std::size_t> big_sizes;
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override {
     return std::span<const std::byte>(items).subspan(offsets[c], offsets[c + 1] - offsets[c]);
   }
+  int blob(std::size_t c, std::size_t& size) override {
+    size = c < bigs.size() ? big_sizes[c] : 0;
+    return c < bigs.size() && bigs[c] ? bigs[c].get() : -1;
+  }
   void deliver(std::size_t c, input_archive& ar) override {
+    if (c < bigs.size()) bigs[c].reset();
     const std::size_t start = starts[c];
     auto outcome = read_results<E>(ar, starts[c + 1] - start, "map results", [&](std::uint64_t) {
       if constexpr (!std::is_void_v<E>) return this->value.data() + start;
@@ -107,6 +123,7 @@ class map_job final : public result_job<map_result_t<E>> {
     chunk_done();
   }
   void fail(std::size_t c, std::exception_ptr e) override {
+    if (c < bigs.size()) bigs[c].reset();
     note_failure(starts[c], std::move(e));
     chunk_done();
   }
@@ -191,10 +208,13 @@ struct imap_state {
   bool on_error = false;
   std::shared_ptr<progress_bar> progress;  // counts items as they are consumed; null: none
 
+  fd_outbox callable_box;  // descriptors of handles in the callable's state: every chunk carries them
+
   imap_state(std::shared_ptr<pool::core> c, F f, V&& in, std::size_t size)
       : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
         window(4 * core->processes() + 2) {
     job->trampoline = &map_trampoline<F, T, E, false>;
+    fd_outbox_scope scope(callable_box);
     encode_callable(job->callable, f);
   }
 
@@ -203,16 +223,38 @@ struct imap_state {
     while (!input_done && submitted - consumed < window) {
       std::vector<std::byte> body;
       const auto end = std::ranges::end(input);
-      const std::uint64_t n = append_items<T>(body, it, end, chunksize);
+      const char* caller = Ordered ? "Pool::imap" : "Pool::imap_unordered";
+      fd_outbox box = callable_box;
+      std::uint64_t n = 0;
+      if constexpr (!std::is_lvalue_reference_v<std::ranges::range_reference_t<input_type>> && !is_bitwise_v<T>) {
+        // Items made on the fly: handles among them must stay open until the pool holds their descriptors.
+        std::vector<T> items;
+        for (; items.size() < chunksize && it != end; ++it) items.push_back(static_cast<T>(*it));
+        auto from = items.begin();
+        fd_outbox_scope scope(box);
+        n = append_items<T>(body, from, items.end(), chunksize);
+        auto handles = handles_of(box, caller, submitted);
+        if (it == end) input_done = true;
+        if (n == 0) break;
+        submit_chunk(std::move(body), caller, std::move(handles));
+        continue;
+      } else {
+        fd_outbox_scope scope(box);
+        n = append_items<T>(body, it, end, chunksize);
+      }
       if (it == end) input_done = true;
       if (n == 0) break;
-      {
-        std::lock_guard lock(job->mutex);
-        job->bodies.emplace(submitted, std::move(body));
-      }
-      core->submit(job, submitted, 1, Ordered ? "Pool::imap" : "Pool::imap_unordered");
-      ++submitted;
+      submit_chunk(std::move(body), caller, handles_of(box, caller, submitted));
     }
+  }
+
+  void submit_chunk(std::vector<std::byte> body, const char* caller, std::shared_ptr<submission_handles> handles) {
+    {
+      std::lock_guard lock(job->mutex);
+      job->bodies.emplace(submitted, std::move(body));
+    }
+    core->submit(job, submitted, 1, caller, std::move(handles));
+    ++submitted;
   }
 
   const E& current() const {

@@ -11,8 +11,9 @@
 // compile error naming the type and the fix. Arguments, items and results go through mp's archives (one memcpy
 // for a run of trivially copyable values).
 //
-// Task message (inbox):   task_header, then the payload: F's state, then an apply's std::tuple<Args...> or a
-//                         chunk (u64 n, n items).
+// Task message (inbox):   task_header, then the handle section if the task carries handles (handles.hpp;
+//                         task_header::handles bytes), then the payload: F's state, then an apply's
+//                         std::tuple<Args...> or a chunk (u64 n, n items).
 // Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
 //                         "failed" and, if set, the failing output's exception as (type, message, i32 pid,
 //                         traceback). A chunk stops at its first exception, so the parent knows the failing position.
@@ -36,8 +37,10 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
+#include <mp/detail/blob.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::pool {
 
@@ -50,14 +53,17 @@ struct task_header {
   std::uint64_t chunk_id;
   std::uint64_t trampoline;  // 0: "stop" (the worker exits)
   std::uint64_t timeout_ns;  // 0: none
+  std::uint64_t handles;     // bytes of the handle section before the payload (0: none)
+  std::uint64_t blob;        // 0, or the payload's size: it is a blob segment (blob.hpp) sent with the handles
 };
 struct result_header {
   std::uint64_t length;
   std::uint64_t chunk_id;  // 0: the initializer failed (the body holds only the failure)
+  std::uint64_t blob;      // 0, or the body's size: it is a blob segment the worker sent on its socket first
 };
 
 /// The message that tells a worker to exit.
-inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0};
+inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0, 0, 0};
 
 // ---------------------------------------------------------------------------------------------------------------
 // What may cross: checked at compile time, with messages that name the fix.
@@ -208,9 +214,13 @@ std::uint64_t append_items(std::vector<std::byte>& message, It& it, const S& end
   } else {
     output_archive ar(message);
     for (; count < n && it != end; ++count, ++it) {
-      const T item = static_cast<T>(*it);
-      if constexpr (is_bitwise_v<T>) ar.write_bytes(&item, sizeof(T));
-      else ar(item);
+      if constexpr (!is_bitwise_v<T> && std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) {
+        ar(*it);  // no copy of the item first
+      } else {
+        const T item = static_cast<T>(*it);
+        if constexpr (is_bitwise_v<T>) ar.write_bytes(&item, sizeof(T));
+        else ar(item);
+      }
     }
   }
   std::memcpy(message.data() + count_at, &count, sizeof count);
@@ -246,7 +256,7 @@ T load(input_archive& ar) {
 inline void begin_result(std::vector<std::byte>& out) { out.resize(sizeof(result_header)); }
 /// Worker: fills in the header of the result message in `out` once its body is written.
 inline void end_result(std::vector<std::byte>& out, std::uint64_t chunk_id) noexcept {
-  const result_header header{out.size() - sizeof(std::uint64_t), chunk_id};
+  const result_header header{out.size() - sizeof(std::uint64_t), chunk_id, 0};
   std::memcpy(out.data(), &header, sizeof header);
 }
 
@@ -289,15 +299,68 @@ struct result_writer {
   }
 };
 
-/// Parent: a whole result message, as drained from an outbox: its chunk id and its body.
+/// Parent: a whole result message, as drained from an outbox: its chunk id and its body (or the size of the blob
+/// that holds it).
 struct result_message {
   std::uint64_t chunk_id;
   std::span<const std::byte> body;
+  std::uint64_t blob;
 };
 inline result_message split_result(std::span<const std::byte> message) noexcept {
   result_header header{};
   std::memcpy(&header, message.data(), sizeof header);
-  return {header.chunk_id, message.subspan(sizeof header)};
+  return {header.chunk_id, message.subspan(sizeof header), header.blob};
+}
+
+/// Appends `values` to `message` (already holding the callable's state); if the two reach blob_threshold, writes
+/// both into a new blob segment instead — one copy, serialized in place — and returns its descriptor with
+/// `message` cleared and `size` set. Handles in `values` export their descriptors as always.
+template <class T>
+unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::size_t& size) {
+  output_archive measure(output_archive::measure_tag{});
+  measure(values);
+  const std::size_t total = message.size() + measure.measured();
+  if (total < blob_threshold) {
+    output_archive ar(message);
+    ar(values);
+    size = 0;
+    return {};
+  }
+  blob_writer writer(total, "mp-pool-task");
+  const auto bytes = writer.bytes();
+  std::memcpy(bytes.data(), message.data(), message.size());
+  output_archive ar(output_archive::presized_tag{}, bytes.subspan(message.size()));
+  ar(values);
+  message.clear();
+  size = total;
+  return writer.publish();
+}
+
+/// For a chunk of n items from `it` (a copy: not advanced): the bytes they serialize to.
+template <class T, class It>
+std::size_t measure_items(It it, std::uint64_t n) {
+  output_archive measure(output_archive::measure_tag{});
+  for (std::uint64_t i = 0; i < n; ++i, ++it) {
+    if constexpr (std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) measure(*it);
+    else measure(static_cast<T>(*it));
+  }
+  return measure.measured();
+}
+
+/// A chunk of n items (u64 n, then the items) after `prefix` in a new blob segment of `size` bytes (measured:
+/// prefix + 8 + measure_items), advancing `it`; returns its descriptor.
+template <class T, class It>
+unique_fd blob_chunk(std::span<const std::byte> prefix, It& it, std::uint64_t n, std::size_t size) {
+  blob_writer writer(size, "mp-pool-task");
+  const auto bytes = writer.bytes();
+  std::memcpy(bytes.data(), prefix.data(), prefix.size());
+  output_archive ar(output_archive::presized_tag{}, bytes.subspan(prefix.size()));
+  ar.write_bytes(&n, sizeof n);
+  for (std::uint64_t i = 0; i < n; ++i, ++it) {
+    if constexpr (std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) ar(*it);
+    else ar(static_cast<T>(*it));
+  }
+  return writer.publish();
 }
 
 /// Parent: the failure ending a result body as the exception it stands for, Remote<E> or RemoteError (remote_error.hpp).
@@ -357,6 +420,17 @@ void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>
   } catch (...) {
     writer.finish_failed();
   }
+}
+
+/// The initializer bound by mp::task(f, args...) in a fresh worker: F's state, then std::tuple<Args...>. Throws
+/// what f throws (the worker reports it as an initializer failure).
+template <class F, class... Args>
+void initializer_trampoline(std::span<const std::byte> payload, std::vector<std::byte>&) {
+  input_archive ar(payload);
+  F f = decode_callable<F>(ar);
+  std::tuple<Args...> args;
+  if constexpr (sizeof...(Args) > 0) ar(args);
+  std::apply(f, std::move(args));
 }
 
 /// map / starmap over one chunk in the worker; stops at the first exception.

@@ -1,0 +1,221 @@
+// handles: definitions (see handles.hpp).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include <mp/detail/syscall.hpp>
+#include <mp/errors.hpp>
+
+#include <mp/detail/pool/handles.hpp>
+
+namespace mp::detail::pool {
+
+MP_DECL handle_key key_of(int fd) {
+  struct stat st {};
+  if (sys_try("fstat", [&] { return ::fstat(fd, &st); }) != 0)
+    throw SerializationError("Pool: fstat of a handle's descriptor " + std::to_string(fd) + " failed: " +
+                             std::strerror(last_errno()) + "; was the handle closed while being sent?");
+  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+}
+
+MP_DECL void handle_table::acquire(const handle_key& key, int fd) {
+  entry& e = entries_[key];
+  if (!e.fd) {
+    const int copy = sys_try("fcntl", [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); });
+    if (copy < 0) {
+      const int err = last_errno();
+      entries_.erase(key);
+      throw_errno("fcntl(F_DUPFD_CLOEXEC)", "Pool: keeping a handle's descriptor", err);
+    }
+    e.fd.reset(copy);
+  }
+  ++e.refs;
+}
+
+MP_DECL void handle_table::release(const handle_key& key) noexcept {
+  auto it = entries_.find(key);
+  if (it != entries_.end() && --it->second.refs == 0) entries_.erase(it);
+}
+
+MP_DECL int handle_table::fd(const handle_key& key) const noexcept {
+  auto it = entries_.find(key);
+  return it == entries_.end() ? -1 : it->second.fd.get();
+}
+
+MP_DECL submission_handles::~submission_handles() {
+  if (table_ != nullptr)
+    for (const auto& [key, fd] : distinct_) table_->release(key);
+}
+
+MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* caller) {
+  if (box.fds.size() > max_fds_per_frame)
+    throw Error(std::string(caller) + ": one task carries " + std::to_string(box.fds.size()) +
+                " shared objects' descriptors, more than the " + std::to_string(max_fds_per_frame) +
+                " a worker can receive with one task; use a smaller chunksize, or group the objects (one Queue, one "
+                "Array, one Manager)");
+  for (const int fd : box.fds) {
+    auto found = seen_.find(fd);
+    if (found == seen_.end()) {
+      const handle_key key = key_of(fd);
+      found = seen_.emplace(fd, key).first;
+      distinct_.try_emplace(key, fd);
+    }
+    keys_.push_back(found->second);
+  }
+  offsets_.push_back(static_cast<std::uint32_t>(keys_.size()));
+}
+
+MP_DECL void submission_handles::attach(handle_table& table) {
+  seen_.clear();
+  std::vector<handle_key> taken;
+  try {
+    for (const auto& [key, fd] : distinct_) {
+      table.acquire(key, fd);
+      taken.push_back(key);
+    }
+  } catch (...) {
+    for (const handle_key& key : taken) table.release(key);
+    throw;
+  }
+  for (auto& d : distinct_) d.second = -1;  // borrowed descriptors are not ours to use after this
+  table_ = &table;
+}
+
+MP_DECL handle_plan worker_view::plan(std::span<const handle_key> keys, handle_table& table) {
+  handle_plan plan;
+  const std::uint64_t now = ++messages_;
+  plan.table.assign(keys.begin(), keys.end());
+  for (const handle_key& key : keys) {
+    auto [it, added] = kept_.try_emplace(key, now);
+    it->second = now;
+    if (added) {
+      table.acquire(key, table.fd(key));  // the submission holds a reference, so the table has a descriptor
+      plan.send.push_back(key);
+    }
+  }
+  if (kept_.empty()) return plan;
+  // Forget what no message used for a while (checked now and then: a scan costs one pass over at most
+  // worker_keeps + max_fds_per_frame entries), and the least recently used beyond worker_keeps.
+  if (now % 64 == 0) {
+    for (auto it = kept_.begin(); it != kept_.end();) {
+      if (now - it->second > worker_forgets_after) {
+        plan.drop.push_back(it->first);
+        table.release(it->first);
+        it = kept_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (kept_.size() > worker_keeps) {
+    std::vector<std::pair<std::uint64_t, handle_key>> by_age;
+    for (const auto& [key, last] : kept_)
+      if (last != now) by_age.emplace_back(last, key);
+    std::sort(by_age.begin(), by_age.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    const std::size_t excess = kept_.size() - worker_keeps;
+    for (std::size_t i = 0; i < excess && i < by_age.size(); ++i) {
+      plan.drop.push_back(by_age[i].second);
+      table.release(by_age[i].second);
+      kept_.erase(by_age[i].second);
+    }
+  }
+  return plan;
+}
+
+MP_DECL void worker_view::forget(handle_table& table) noexcept {
+  for (const auto& [key, last] : kept_) table.release(key);
+  kept_.clear();
+  messages_ = 0;
+}
+
+namespace {
+struct section_counts {
+  std::uint32_t table = 0;
+  std::uint32_t drop = 0;
+  std::uint32_t frames = 0;  // fd frames to read from the socket first (0 or 1)
+  std::uint32_t blob = 0;    // 1: the frame's last descriptor is the payload's blob segment
+};
+}  // namespace
+
+MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan) {
+  const section_counts counts{static_cast<std::uint32_t>(plan.table.size()), static_cast<std::uint32_t>(plan.drop.size()),
+                              plan.send.empty() && plan.blob < 0 ? 0u : 1u, plan.blob < 0 ? 0u : 1u};
+  const std::size_t at = out.size();
+  out.resize(at + sizeof counts + (plan.table.size() + plan.drop.size()) * sizeof(handle_key));
+  std::byte* p = out.data() + at;
+  std::memcpy(p, &counts, sizeof counts);
+  p += sizeof counts;
+  if (!plan.table.empty()) std::memcpy(p, plan.table.data(), plan.table.size() * sizeof(handle_key));
+  p += plan.table.size() * sizeof(handle_key);
+  if (!plan.drop.empty()) std::memcpy(p, plan.drop.data(), plan.drop.size() * sizeof(handle_key));
+}
+
+MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_table& table) noexcept {
+  if (plan.send.empty() && plan.blob < 0) return true;
+  try {
+    std::vector<int> fds;
+    fds.reserve(plan.send.size() + 1);
+    for (const handle_key& key : plan.send) fds.push_back(table.fd(key));
+    if (plan.blob >= 0) fds.push_back(plan.blob);
+    send_fd_frame(socket, std::as_bytes(std::span(plan.send)), fds, "Pool: sending handles to a worker");
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> section, int socket) {
+  unique_fd blob;
+  section_counts counts;
+  if (section.size() < sizeof counts) throw SerializationError("Pool worker: a truncated handle section");
+  std::memcpy(&counts, section.data(), sizeof counts);
+  const std::size_t keys = std::size_t{counts.table} + counts.drop;
+  if (counts.frames > 1 || counts.blob > counts.frames || section.size() != sizeof counts + keys * sizeof(handle_key))
+    throw SerializationError("Pool worker: a malformed handle section (" + std::to_string(section.size()) + " bytes)");
+  auto key_at = [&](std::size_t i) {
+    handle_key key;
+    std::memcpy(&key, section.data() + sizeof counts + i * sizeof(handle_key), sizeof key);
+    return key;
+  };
+  if (counts.frames == 1) {
+    fd_frame frame = receive_fd_frame(socket, "Pool worker: receiving handles", max_fds_per_frame * sizeof(handle_key));
+    if (counts.blob == 1 && !frame.fds.fds.empty()) {
+      blob = std::move(frame.fds.fds.back());
+      frame.fds.fds.pop_back();
+    }
+    if (!blob && counts.blob == 1) throw ProcessError("Pool worker: a task's blob segment did not arrive");
+    if (frame.bytes.size() != frame.fds.fds.size() * sizeof(handle_key))
+      throw ProcessError("Pool worker: " + std::to_string(frame.fds.fds.size()) + " descriptors arrived for " +
+                         std::to_string(frame.bytes.size() / sizeof(handle_key)) + " handles");
+    for (std::size_t i = 0; i < frame.fds.fds.size(); ++i) {
+      handle_key key;
+      std::memcpy(&key, frame.bytes.data() + i * sizeof key, sizeof key);
+      entry& e = entries_[key];
+      e.fd = std::move(frame.fds.fds[i]);
+      e.attached.clear();
+    }
+  }
+  for (std::size_t i = counts.table; i < keys; ++i) entries_.erase(key_at(i));
+  current_.clear();
+  for (std::size_t i = 0; i < counts.table; ++i) {
+    auto it = entries_.find(key_at(i));
+    current_.push_back(it == entries_.end() ? nullptr : &it->second);
+  }
+  return blob;
+}
+
+MP_DECL std::shared_ptr<void>* worker_handles::attachment(std::uint32_t index, std::type_index type) {
+  if (index >= current_.size() || current_[index] == nullptr) return nullptr;
+  auto& attached = current_[index]->attached;
+  for (auto& [kind, object] : attached)
+    if (kind == type) return &object;
+  attached.emplace_back(type, nullptr);
+  return &attached.back().second;
+}
+
+}  // namespace mp::detail::pool

@@ -1,0 +1,331 @@
+// Tests for mp handles as Pool task arguments: every handle kind crosses to the workers (apply, starmap tuples,
+// map items, the initializer through mp::task) under every start method, is used there, and the effect is seen in
+// the parent; a worker keeps one descriptor per shared object however many tasks carry it, and drops those no
+// longer sent. Tasks are functions, their data passed as arguments, so that they cross to fresh workers too.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <mp/connection.hpp>
+#include <mp/manager.hpp>
+#include <mp/pool.hpp>
+#include <mp/process.hpp>
+#include <mp/queue.hpp>
+#include <mp/shared.hpp>
+#include <mp/shared_heap.hpp>
+#include <mp/sync.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::size_t open_fds(pid_t pid) {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+    ++n;
+  return n;
+}
+
+std::size_t shm_entries() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/dev/shm")) ++n;
+  return n;
+}
+
+// ---- tasks ----
+void put_into(mp::Queue<int> q, int x) { q.put(x * 10); }
+void put_joinable(mp::JoinableQueue<int> q, int x) { q.put(x); }
+void put_simple(mp::SimpleQueue<std::string> q, std::string s) { q.put(s + "!"); }
+void send_on(mp::Connection<int> c, int x) { c.send(x + 1); }
+void add_to(mp::Value<int> v, int x) {
+  std::lock_guard guard(v);
+  v.value() += x;
+}
+void add_raw(mp::RawValue<long> v, long x) { v.fetch_add(x); }
+void fill(mp::Array<int> a, int x) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = x + static_cast<int>(i);
+}
+void fill_raw(mp::RawArray<double> a, double x) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = x;
+}
+bool try_lock(mp::Lock l) {
+  if (!l.try_lock()) return false;
+  l.release();
+  return true;
+}
+bool try_rlock(mp::RLock l) {
+  if (!l.try_lock()) return false;
+  l.release();
+  return true;
+}
+void release_semaphore(mp::Semaphore s) { s.release(); }
+void release_bounded(mp::BoundedSemaphore s) { s.release(); }
+void set_event(mp::Event e) { e.set(); }
+void notify_condition(mp::Condition c, mp::Value<int> flag) {
+  std::lock_guard guard(c);
+  flag.store(1);
+  c.notify_all();
+}
+int wait_barrier(mp::Barrier b) { return b.wait(); }
+void write_shm(mp::SharedMemory m, int x) {
+  for (auto& b : m.buf()) b = static_cast<std::byte>(x);
+}
+void heap_add(mp::SharedHeap heap, int x) { heap.find_or_construct<int>("counter", 0) += x; }
+void list_append(mp::ListProxy<int> l, int x) { l.append(x); }
+void dict_set(mp::DictProxy<std::string, int> d, std::string k, int x) { d.set(k, x); }
+void value_set(mp::ValueProxy<int> v, int x) { v.set(x); }
+void queue_proxy_put(mp::QueueProxy<int> q, int x) { q.put(x); }
+void event_proxy_set(mp::EventProxy e) { e.set(); }
+bool lock_proxy_try(mp::LockProxy l) {
+  if (!l.try_lock()) return false;
+  l.release();
+  return true;
+}
+void ns_set(mp::NamespaceProxy ns, int x) { ns.set("x", x); }
+
+int add_pair(mp::Value<int> v, int x) {
+  v.fetch_add(x);
+  return x;
+}
+int put_item(mp::Queue<int> q) {
+  q.put(1);
+  return 0;
+}
+pid_t touch_value(mp::Value<int> v) {
+  v.fetch_add(1);
+  return ::getpid();
+}
+pid_t own_pid() { return ::getpid(); }
+
+}  // namespace
+
+TEST_CASE("Every queue kind and Connection passed to apply is used in the worker", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Queue<int> q;
+  pool.apply(put_into, q, 4);
+  CHECK(q.get(5s) == 40);
+  mp::JoinableQueue<int> jq;
+  pool.apply(put_joinable, jq, 7);
+  CHECK(jq.get(5s) == 7);
+  jq.task_done();
+  mp::SimpleQueue<std::string> sq;
+  pool.apply(put_simple, sq, std::string("hi"));
+  CHECK(sq.get() == "hi!");
+  auto [reader, writer] = mp::Pipe<int>(false);
+  pool.apply(send_on, writer, 41);
+  REQUIRE(reader.poll(5s));
+  CHECK(reader.recv() == 42);
+}
+
+TEST_CASE("Value, Array and their raw kinds passed to apply are written by the worker", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Value<int> v(1);
+  mp::RawValue<long> rv(0);
+  mp::Array<int> a(5);
+  mp::RawArray<double> ra(3);
+  std::vector<mp::AsyncResult<void>> results;
+  for (int i = 0; i < 10; ++i) results.push_back(pool.apply_async(add_to, v, 2));
+  for (int i = 0; i < 10; ++i) results.push_back(pool.apply_async(add_raw, rv, 3L));
+  for (auto& r : results) r.get();
+  pool.apply(fill, a, 100);
+  pool.apply(fill_raw, ra, 2.5);
+  CHECK(v.value() == 21);
+  CHECK(rv.load() == 30);
+  CHECK(a.to_vector() == std::vector<int>{100, 101, 102, 103, 104});
+  CHECK(ra.to_vector() == std::vector<double>{2.5, 2.5, 2.5});
+}
+
+TEST_CASE("The seven synchronization types passed to apply act on the parent's objects", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Lock lock;
+  mp::RLock rlock;
+  CHECK(pool.apply(try_lock, lock));
+  lock.acquire();
+  CHECK_FALSE(pool.apply(try_lock, lock));
+  lock.release();
+  rlock.acquire();
+  CHECK_FALSE(pool.apply(try_rlock, rlock));
+  rlock.release();
+  CHECK(pool.apply(try_rlock, rlock));
+
+  mp::Semaphore sem(0);
+  pool.apply(release_semaphore, sem);
+  CHECK(sem.acquire(5s));
+  mp::BoundedSemaphore bounded(1);
+  bounded.acquire();
+  pool.apply(release_bounded, bounded);
+  CHECK(bounded.acquire(5s));
+  bounded.release();
+  CHECK_THROWS_AS(pool.apply(release_bounded, bounded), mp::RemoteError);  // above its bound, in the worker
+
+  mp::Event event;
+  pool.apply(set_event, event);
+  CHECK(event.is_set());
+
+  mp::Condition cond;
+  mp::Value<int> flag(0);
+  {
+    std::unique_lock guard(cond);
+    auto done = pool.apply_async(notify_condition, cond, flag);
+    CHECK(cond.wait_for([&] { return flag.load() == 1; }, 10s));
+    guard.unlock();
+    done.get();
+  }
+
+  mp::Barrier barrier(2);
+  auto other = pool.apply_async(wait_barrier, barrier);
+  const int mine = barrier.wait();
+  CHECK(mine + other.get() == 1);  // indices 0 and 1
+}
+
+TEST_CASE("SharedMemory and SharedHeap passed to apply are written by the worker", "[pool_handles]") {
+  const std::size_t shm_before = shm_entries();
+  {
+    mp::Pool pool(2);
+    auto block = mp::SharedMemory::create(4096);
+    pool.apply(write_shm, block, 7);
+    for (auto b : block.buf()) REQUIRE(b == std::byte{7});
+    block.unlink();
+    mp::SharedHeap heap(1 << 20);
+    std::vector<mp::AsyncResult<void>> results;
+    for (int i = 1; i <= 5; ++i) results.push_back(pool.apply_async(heap_add, heap, i));
+    for (auto& r : results) r.get();
+    REQUIRE(heap.find<int>("counter") != nullptr);
+    CHECK(*heap.find<int>("counter") <= 15);  // unsynchronized adds: at least one, each at most once
+    CHECK(*heap.find<int>("counter") >= 1);
+  }
+  CHECK(shm_entries() == shm_before);
+}
+
+TEST_CASE("Manager proxies passed to apply change the manager's objects", "[pool_handles]") {
+  mp::Manager manager;
+  mp::Pool pool(2);
+  auto list = manager.list<int>();
+  auto dict = manager.dict<std::string, int>();
+  auto value = manager.value<int>(0);
+  auto queue = manager.queue<int>();
+  auto event = manager.event();
+  auto lock = manager.lock();
+  auto ns = manager.namespace_();
+  pool.apply(list_append, list, 3);
+  pool.apply(dict_set, dict, std::string("k"), 5);
+  pool.apply(value_set, value, 9);
+  pool.apply(queue_proxy_put, queue, 11);
+  pool.apply(event_proxy_set, event);
+  CHECK(pool.apply(lock_proxy_try, lock));
+  lock.acquire();
+  CHECK_FALSE(pool.apply(lock_proxy_try, lock));
+  lock.release();
+  pool.apply(ns_set, ns, 13);
+  CHECK(list.get(0) == 3);
+  CHECK(dict.get("k") == 5);
+  CHECK(value.get() == 9);
+  CHECK(queue.get() == 11);
+  CHECK(event.is_set());
+  CHECK(ns.get<int>("x") == 13);
+}
+
+TEST_CASE("Handles cross inside starmap tuples and map items", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Value<int> v(0);
+  std::vector<std::tuple<mp::Value<int>, int>> pairs;
+  for (int i = 1; i <= 100; ++i) pairs.emplace_back(v, i);
+  const auto echoed = pool.starmap(add_pair, pairs, 7);
+  CHECK(v.value() == 5050);
+  CHECK(echoed.size() == 100);
+  std::vector<mp::Queue<int>> queues(6);
+  pool.map(put_item, queues, 1);
+  for (auto& q : queues) CHECK(q.get(5s) == 1);
+  int got = 0;
+  for (int r : pool.imap(put_item, queues, 2)) got += 1 + r;
+  CHECK(got == 6);
+  for (auto& q : queues) CHECK(q.get(5s) == 1);
+}
+
+TEST_CASE("100,000 tasks carrying the same Value keep each worker's descriptor count bounded", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Value<int> v(0);
+  std::vector<mp::Value<int>> items(100'000, v);
+  const auto pids = pool.map(touch_value, items, 1);
+  CHECK(v.value() == 100'000);
+  std::set<pid_t> workers(pids.begin(), pids.end());
+  // A later Value, and many others each sent once: the worker keeps at most a bounded number of them.
+  std::vector<std::size_t> before;
+  for (pid_t pid : workers) before.push_back(open_fds(pid));
+  for (int i = 0; i < 300; ++i) {
+    mp::Queue<int> fresh;  // a descriptor of its own each
+    pool.apply(put_item, fresh);
+  }
+  for (int i = 0; i < 3000; ++i) (void)pool.apply(own_pid);
+  std::size_t k = 0;
+  for (pid_t pid : workers) {
+    INFO("worker " << pid << " had " << before[k] << " descriptors after 100,000 tasks");
+    CHECK(before[k] <= 64);
+    CHECK(open_fds(pid) <= before[k] + 40);
+    ++k;
+  }
+}
+
+namespace {
+void init_with(mp::Queue<int> q, mp::Lock lock) {
+  const bool got = lock.try_lock();
+  if (got) lock.release();
+  q.put(got ? 1 : 0);
+}
+int lock_state_seen(mp::Queue<int> q) { return q.get(10s); }
+std::string worker_name() { return mp::current_process().name(); }
+int parent_pid_seen() { return static_cast<int>(mp::parent_process()->pid()); }
+long sum_array(mp::Array<long> a) {
+  long sum = 0;
+  for (long x : a.span()) sum += x;
+  return sum;
+}
+void count_init() { (void)0; }
+}  // namespace
+
+TEST_CASE("An initializer bound with mp::task gets a Queue and a Lock in every worker", "[pool_handles]") {
+  mp::Queue<int> q;
+  mp::Lock lock;
+  SECTION("the lock is free") {
+    mp::Pool pool({.processes = 2, .initializer = mp::task(init_with, q, lock)});
+    CHECK(q.get(10s) == 1);
+    CHECK(q.get(10s) == 1);
+  }
+  SECTION("the parent holds the lock: the workers see it held") {
+    std::lock_guard guard(lock);
+    mp::Pool pool({.processes = 2, .initializer = mp::task(init_with, q, lock)});
+    CHECK(q.get(10s) == 0);
+    CHECK(q.get(10s) == 0);
+  }
+  SECTION("a plain function still works, and tasks still get handles") {
+    mp::Pool pool({.processes = 1, .initializer = count_init});
+    q.put(5);
+    CHECK(pool.apply(lock_state_seen, q) == 5);
+  }
+}
+
+TEST_CASE("Pool workers are named PoolWorker-N and know their parent", "[pool_handles]") {
+  mp::Pool pool(2);
+  const auto names = pool.map([](int) { return worker_name(); }, std::vector<int>(8, 0), 1);
+  for (const auto& name : names) CHECK(name.rfind("PoolWorker-", 0) == 0);
+  CHECK(pool.apply(parent_pid_seen) == static_cast<int>(::getpid()));
+}
+
+TEST_CASE("An Array passed to a task is read in place, not copied (the zero-copy path)", "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Array<long> big(std::size_t{1} << 20);  // 8 MiB
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<long>(i);
+  const long n = static_cast<long>(big.size());
+  CHECK(pool.apply(sum_array, big) == n * (n - 1) / 2);
+  big[0] = 1'000'000;  // the worker sees the parent's memory, not a snapshot
+  CHECK(pool.apply(sum_array, big) == n * (n - 1) / 2 + 1'000'000);
+}
