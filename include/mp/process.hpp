@@ -103,7 +103,6 @@ class Process {
   friend Process& current_process();
   friend std::ostream& operator<<(std::ostream& out, const Process& process);
   friend void detail::run_spawned_child(int socket, pid_t direct_parent, bool via_server) noexcept;
-  friend void detail::become_pool_worker(std::string name, detail::parent_record parent) noexcept;
   struct main_process_tag {};
   explicit Process(main_process_tag);
 

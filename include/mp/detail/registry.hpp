@@ -118,7 +118,7 @@ MP_DECL std::vector<unsigned> next_identity();
 MP_DECL std::string identity_string(const std::vector<unsigned>& identity);
 
 /// In a new Pool worker (single-threaded): current_process() becomes a Process named `name` (Python's
-/// PoolWorker-N) whose parent is `parent`. Defined with Process (impl/process.ipp).
+/// PoolWorker-N) whose parent is `parent` (current_process() wraps the record in a Process when first asked).
 MP_DECL void become_pool_worker(std::string name, parent_record parent) noexcept;
 
 /// In a freshly forked child, with registry::mutex held since before fork() and only this thread running:

@@ -193,4 +193,25 @@ MP_DECL void become_child(registry& reg, process_record& self, parent_record par
   reg.mutex.unlock();  // locked by the forking thread, which this thread is a copy of
 }
 
+MP_DECL void become_pool_worker(std::string name, parent_record parent) noexcept {
+  try {
+    // Leaked on purpose: the worker ends with _exit. current_process() wraps it in a Process when first asked.
+    auto* state = new process_record;
+    state->identity = next_identity();
+    state->name = std::move(name);
+    state->creator_pid = parent.pid;
+    state->pid = ::getpid();
+    state->started = true;
+    registry& reg = the_registry();
+    std::lock_guard lock(reg.mutex);
+    reg.current = state;
+    reg.identity = state->identity;
+    reg.counter = 0;
+    reg.children.clear();
+    reg.parent = std::move(parent);
+  } catch (...) {
+    // Out of memory before the first task: the worker runs on under its factory's name.
+  }
+}
+
 }  // namespace mp::detail

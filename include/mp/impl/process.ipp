@@ -458,6 +458,14 @@ MP_DECL Process& current_process() {
   {
     std::lock_guard lock(reg.mutex);
     if (reg.current && reg.current->owner) return *reg.current->owner;
+    if (reg.current) {
+      // A Pool worker's record (detail::become_pool_worker): wrapped in a Process the first time it is asked for,
+      // leaked like the main process's, since the worker ends with _exit.
+      auto* worker = new Process(Process::main_process_tag{});
+      worker->state_.reset(reg.current);
+      reg.current->owner = worker;
+      return *worker;
+    }
   }
   // Leaked on purpose: it must outlive every static that may ask for it at exit.
   static Process* main_process = new Process(Process::main_process_tag{});
@@ -549,27 +557,6 @@ MP_DECL std::ostream& operator<<(std::ostream& out, const Process& process) {
 // ---- a fresh child (spawn, forkserver) ----
 
 namespace detail {
-
-MP_DECL void become_pool_worker(std::string name, parent_record parent) noexcept {
-  try {
-    auto process = std::make_unique<Process>(ProcessOptions{});  // never destroyed: the worker ends with _exit
-    process_record& state = *process->state_;
-    state.name = std::move(name);
-    state.creator_pid = parent.pid;
-    state.pid = ::getpid();
-    state.started = true;
-    registry& reg = the_registry();
-    std::lock_guard lock(reg.mutex);
-    reg.current = &state;
-    reg.identity = state.identity;
-    reg.counter = 0;
-    reg.children.clear();
-    reg.parent = std::move(parent);
-    process.release();
-  } catch (...) {
-    // Out of memory before the first task: the worker runs on under its factory's name.
-  }
-}
 
 /// A child started by spawn or forkserver: reads its Process from `socket`, becomes it, runs it and _exits with
 /// the same exit codes as a forked child (an exception: 1, and its type and what() on stderr).
