@@ -4,9 +4,11 @@
 #include <cstdio>
 #include <unistd.h>
 
+int consumer_child_exit_code();  // second.cpp
+
 int main(int argc, char** argv) {
   mp::init(argc, argv);
-  mp::Process child([] { ::_exit(7); });
+  mp::Process child([] { ::_exit(consumer_child_exit_code()); });
   child.start();
   child.join();
   std::printf("consumer: child exited with %d\n", child.exitcode().value_or(-1000));
