@@ -274,7 +274,12 @@ TEST_CASE("100000 unnamed temporary dicts created and dropped: the server's memo
   // Freed, the server stays where it was.
   INFO("server RSS before " << before << " KiB, after " << after << " KiB");
   REQUIRE(before > 0);
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine (256 MB by default): RSS measures that, not the server.
+  WARN("RSS bound not checked under AddressSanitizer");
+#else
   REQUIRE(after - before < 8 * 1024);
+#endif
   REQUIRE(keep[1] == 1);
   // An unnamed object referred to only by a named container lives on after its last proxy goes.
   {
