@@ -104,6 +104,10 @@ struct MapOptions {
 enum class ReturnWhen { first_completed, first_exception, all_completed };
 
 class ThreadPool;
+namespace detail::pool {
+template <class Derived>
+class map_family;
+}  // namespace detail::pool
 
 /// The pending result of apply_async/submit/map_async/starmap_async: Python's AsyncResult and a
 /// concurrent.futures.Future in one. Copies share one result.
@@ -158,6 +162,8 @@ class [[nodiscard]] AsyncResult {
   friend class Pool;
   friend class ThreadPool;
   friend struct detail::pool::result_access;
+  template <class>
+  friend class detail::pool::map_family;
   AsyncResult(std::shared_ptr<detail::pool::core> core, std::shared_ptr<detail::pool::result_job<R>> job)
       : core_(std::move(core)), job_(std::move(job)) {}
   R value() const;
@@ -234,8 +240,97 @@ class [[nodiscard]] IMapIterator {
   std::unique_ptr<state> state_;
 };
 
+namespace detail::pool {
+/// The map family of Pool and ThreadPool, written once: each call with a chunksize or with MapOptions, and braced
+/// lists as Python's literal lists. Derived provides submit_map<Star>(f, range, MapOptions, caller) and
+/// make_imap<Ordered>(f, range, MapOptions), and names itself in errors through map_async_caller/starmap_async_caller.
+template <class Derived>
+class map_family {
+ public:
+  /// [f(x) for x in range], in order; chunksize 0 chooses ceil(n / (4 * processes)). Throws the first failed item's error.
+  template <class F, std::ranges::input_range Range>
+  auto map(F f, Range&& range, std::size_t chunksize = 0) {
+    return map(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  /// As map, with a progress bar and other per-call options.
+  template <class F, std::ranges::input_range Range>
+  auto map(F f, Range&& range, MapOptions options) {
+    return map_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
+  }
+  /// As map, without waiting. The input is read (and serialized) before it returns.
+  template <class F, std::ranges::input_range Range>
+  auto map_async(F f, Range&& range, std::size_t chunksize = 0) {
+    return map_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto map_async(F f, Range&& range, MapOptions options) {
+    return self().template submit_map<false>(std::move(f), std::forward<Range>(range), std::move(options),
+                                             Derived::map_async_caller);
+  }
+  /// [f(a, b, ...) for (a, b, ...) in range]: items are tuples (or pairs, arrays) unpacked into the call.
+  template <class F, std::ranges::input_range Range>
+  auto starmap(F f, Range&& range, std::size_t chunksize = 0) {
+    return starmap(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap(F f, Range&& range, MapOptions options) {
+    return starmap_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
+  }
+  /// As starmap, without waiting.
+  template <class F, std::ranges::input_range Range>
+  auto starmap_async(F f, Range&& range, std::size_t chunksize = 0) {
+    return starmap_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto starmap_async(F f, Range&& range, MapOptions options) {
+    return self().template submit_map<true>(std::move(f), std::forward<Range>(range), std::move(options),
+                                            Derived::starmap_async_caller);
+  }
+  /// Lazy f(x) for x in range, in input order; the range may be endless (input is pulled as results are consumed).
+  template <class F, std::ranges::input_range Range>
+  auto imap(F f, Range&& range, std::size_t chunksize = 1) {
+    return imap(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  /// As imap; a progress bar counts the items as you consume them.
+  template <class F, std::ranges::input_range Range>
+  auto imap(F f, Range&& range, MapOptions options) {
+    return self().template make_imap<true>(std::move(f), std::forward<Range>(range), std::move(options));
+  }
+  /// As imap, in completion order.
+  template <class F, std::ranges::input_range Range>
+  auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
+    return imap_unordered(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range Range>
+  auto imap_unordered(F f, Range&& range, MapOptions options) {
+    return self().template make_imap<false>(std::move(f), std::forward<Range>(range), std::move(options));
+  }
+
+  /// Braced lists, as Python's literal lists: `pool.map(f, {1, 2, 3})` (copied, so imap over one is safe).
+  template <class F, class T>
+  auto map(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
+    return map(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto map_async(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
+    return map_async(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto imap(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
+    return imap(std::move(f), std::vector<T>(items), chunksize);
+  }
+  template <class F, class T>
+  auto imap_unordered(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
+    return imap_unordered(std::move(f), std::vector<T>(items), chunksize);
+  }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+};
+}  // namespace detail::pool
+
 /// A pool of worker processes (Python's multiprocessing.Pool).
-class Pool {
+class Pool : public detail::pool::map_family<Pool> {
  public:
   /// `processes` workers (0: cpu_count()).
   explicit Pool(std::size_t processes = 0) : Pool(PoolOptions{.processes = processes}) {}
@@ -267,80 +362,7 @@ class Pool {
     return apply_async(std::move(f), std::forward<Args>(args)...);
   }
 
-  /// [f(x) for x in range], in order; chunksize 0 chooses ceil(n / (4 * processes)). Throws the first failed item's error.
-  template <class F, std::ranges::input_range Range>
-  auto map(F f, Range&& range, std::size_t chunksize = 0) {
-    return map(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  /// As map, with a progress bar and other per-call options.
-  template <class F, std::ranges::input_range Range>
-  auto map(F f, Range&& range, MapOptions options) {
-    return map_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
-  }
-  /// As map, without waiting. The input is read (and serialized) before it returns.
-  template <class F, std::ranges::input_range Range>
-  auto map_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return map_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto map_async(F f, Range&& range, MapOptions options) {
-    return submit_map<false>(std::move(f), std::forward<Range>(range), std::move(options), "Pool::map_async");
-  }
-  /// [f(a, b, ...) for (a, b, ...) in range]: items are tuples (or pairs, arrays) unpacked into the call.
-  template <class F, std::ranges::input_range Range>
-  auto starmap(F f, Range&& range, std::size_t chunksize = 0) {
-    return starmap(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap(F f, Range&& range, MapOptions options) {
-    return starmap_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
-  }
-  /// As starmap, without waiting.
-  template <class F, std::ranges::input_range Range>
-  auto starmap_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return starmap_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap_async(F f, Range&& range, MapOptions options) {
-    return submit_map<true>(std::move(f), std::forward<Range>(range), std::move(options), "Pool::starmap_async");
-  }
-  /// Lazy f(x) for x in range, in input order; the range may be endless (input is pulled as results are consumed).
-  template <class F, std::ranges::input_range Range>
-  auto imap(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<true>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  /// As imap; a progress bar counts the items as you consume them.
-  template <class F, std::ranges::input_range Range>
-  auto imap(F f, Range&& range, MapOptions options) {
-    return make_imap<true>(std::move(f), std::forward<Range>(range), std::move(options));
-  }
-  /// As imap, in completion order.
-  template <class F, std::ranges::input_range Range>
-  auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<false>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto imap_unordered(F f, Range&& range, MapOptions options) {
-    return make_imap<false>(std::move(f), std::forward<Range>(range), std::move(options));
-  }
-
-  /// Braced lists, as Python's literal lists: `pool.map(f, {1, 2, 3})` (copied, so imap over one is safe).
-  template <class F, class T>
-  auto map(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
-    return map(std::move(f), std::vector<T>(items), chunksize);
-  }
-  template <class F, class T>
-  auto map_async(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
-    return map_async(std::move(f), std::vector<T>(items), chunksize);
-  }
-  template <class F, class T>
-  auto imap(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
-    return imap(std::move(f), std::vector<T>(items), chunksize);
-  }
-  template <class F, class T>
-  auto imap_unordered(F f, std::initializer_list<T> items, std::size_t chunksize = 1) {
-    return imap_unordered(std::move(f), std::vector<T>(items), chunksize);
-  }
+  // map, map_async, starmap, starmap_async, imap, imap_unordered: detail::pool::map_family above.
 
   /// No new work; what was submitted still runs.
   void close() { core().close(); }
@@ -355,6 +377,9 @@ class Pool {
   std::size_t processes() const noexcept { return core_ ? core_->processes() : 0; }
 
  private:
+  friend class detail::pool::map_family<Pool>;
+  static constexpr const char* map_async_caller = "Pool::map_async";
+  static constexpr const char* starmap_async_caller = "Pool::starmap_async";
   template <bool Star, class F, class Range>
   auto submit_map(F f, Range&& range, MapOptions options, const char* caller);
   template <bool Ordered, class F, class Range>

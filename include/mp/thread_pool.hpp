@@ -65,7 +65,7 @@ class [[nodiscard]] ThreadIMapIterator {
 };
 
 /// A pool of threads with Pool's interface (Python's multiprocessing.pool.ThreadPool).
-class ThreadPool {
+class ThreadPool : public detail::pool::map_family<ThreadPool> {
  public:
   /// `threads` threads (0: cpu_count()).
   explicit ThreadPool(std::size_t threads = 0) : ThreadPool(PoolOptions{.processes = threads}) {}
@@ -89,58 +89,7 @@ class ThreadPool {
     return apply_async(std::move(f), std::forward<Args>(args)...);
   }
 
-  template <class F, std::ranges::input_range Range>
-  auto map(F f, Range&& range, std::size_t chunksize = 0) {
-    return map(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto map(F f, Range&& range, MapOptions options) {
-    return map_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
-  }
-  template <class F, class T>
-  auto map(F f, std::initializer_list<T> items, std::size_t chunksize = 0) {
-    return map(std::move(f), std::vector<T>(items), chunksize);
-  }
-  template <class F, std::ranges::input_range Range>
-  auto map_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return map_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto map_async(F f, Range&& range, MapOptions options) {
-    return submit_map<false>(std::move(f), std::forward<Range>(range), std::move(options), "ThreadPool::map_async");
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap(F f, Range&& range, std::size_t chunksize = 0) {
-    return starmap(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap(F f, Range&& range, MapOptions options) {
-    return starmap_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap_async(F f, Range&& range, std::size_t chunksize = 0) {
-    return starmap_async(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto starmap_async(F f, Range&& range, MapOptions options) {
-    return submit_map<true>(std::move(f), std::forward<Range>(range), std::move(options), "ThreadPool::starmap_async");
-  }
-  template <class F, std::ranges::input_range Range>
-  auto imap(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<true>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto imap(F f, Range&& range, MapOptions options) {
-    return make_imap<true>(std::move(f), std::forward<Range>(range), std::move(options));
-  }
-  template <class F, std::ranges::input_range Range>
-  auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1) {
-    return make_imap<false>(std::move(f), std::forward<Range>(range), MapOptions{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range Range>
-  auto imap_unordered(F f, Range&& range, MapOptions options) {
-    return make_imap<false>(std::move(f), std::forward<Range>(range), std::move(options));
-  }
+  // map, map_async, starmap, starmap_async, imap, imap_unordered, as Pool's: detail::pool::map_family.
 
   /// No new work; what was submitted still runs.
   void close() { core().close(); }
@@ -155,6 +104,9 @@ class ThreadPool {
   std::size_t processes() const noexcept { return core_ ? core_->threads() : 0; }
 
  private:
+  friend class detail::pool::map_family<ThreadPool>;
+  static constexpr const char* map_async_caller = "ThreadPool::map_async";
+  static constexpr const char* starmap_async_caller = "ThreadPool::starmap_async";
   template <bool Star, class F, class Range>
   auto submit_map(F f, Range&& range, MapOptions options, const char* caller);
   template <bool Ordered, class F, class Range>
