@@ -24,6 +24,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/pool/completion.hpp>
 #include <mp/detail/pool/core.hpp>
+#include <mp/detail/pool/imap_cursor.hpp>
 #include <mp/detail/pool/progress.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -143,19 +144,14 @@ class map_job final : public result_job<map_result_t<E>> {
   }
 };
 
-/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrived` until consumed.
+/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrivals` until consumed.
 template <class E>
 class imap_job final : public job {
  public:
-  struct chunk_result {
-    std::vector<E> values;
-    std::exception_ptr error;  // after values: the item at position values.size() failed
-  };
   std::vector<std::byte> callable;
-  std::mutex mutex;  // guards the maps below; taken under the core mutex, never the other way round
+  std::mutex mutex;  // guards bodies; taken under the core mutex, never the other way round
   std::map<std::size_t, std::vector<std::byte>> bodies;
-  std::map<std::size_t, chunk_result> arrived;
-  std::deque<std::size_t> arrival_order;
+  chunk_arrivals<E> arrivals;
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override {
@@ -163,7 +159,7 @@ class imap_job final : public job {
     return bodies.at(c);  // the vector's buffer does not move when other entries come and go
   }
   void deliver(std::size_t c, input_archive& ar) override {
-    chunk_result result;
+    chunk_result<E> result;
     const std::uint64_t items = chunk_length(body(c));
     auto outcome = read_results<E>(ar, items, "imap results", [&](std::uint64_t count) {
       result.values.reserve(count);
@@ -172,24 +168,23 @@ class imap_job final : public job {
     result.error = std::move(outcome.failure);
     store(c, std::move(result));
   }
-  void fail(std::size_t c, std::exception_ptr e) override { store(c, chunk_result{{}, std::move(e)}); }
+  void fail(std::size_t c, std::exception_ptr e) override { store(c, chunk_result<E>{{}, std::move(e)}); }
 
  private:
-  void store(std::size_t c, chunk_result result) {
+  void store(std::size_t c, chunk_result<E> result) {
     {
       std::lock_guard lock(mutex);
       bodies.erase(c);
-      arrived.emplace(c, std::move(result));
-      arrival_order.push_back(c);
     }
+    arrivals.store(c, std::move(result));
     event.notify();
   }
 };
 
-/// What an IMapIterator drives: the input range, the window of chunks in flight, the chunk being consumed.
+/// What an IMapIterator drives: the input range and the window of chunks in flight; imap_cursor consumes them.
 /// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
 template <class F, class V, class E, bool Ordered>
-struct imap_state {
+struct imap_state : imap_cursor<imap_state<F, V, E, Ordered>, E, Ordered> {
   using input_type = std::remove_reference_t<V>&;  // iterated as an lvalue, owned or referenced
   using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
   std::shared_ptr<pool::core> core;
@@ -198,16 +193,6 @@ struct imap_state {
   std::ranges::iterator_t<input_type> it;
   std::size_t chunksize;
   std::size_t window;
-  bool input_done = false;
-  bool started = false;
-  bool at_end = false;
-  std::size_t submitted = 0;  // chunks handed to the pool
-  std::size_t consumed = 0;   // chunks taken out of job->arrived
-  typename imap_job<E>::chunk_result chunk;
-  std::size_t position = 0;   // next index into chunk.values
-  bool on_error = false;
-  std::shared_ptr<progress_bar> progress;  // counts items as they are consumed; null: none
-
   fd_outbox callable_box;  // descriptors of handles in the callable's state: every chunk carries them
 
   imap_state(std::shared_ptr<pool::core> c, F f, V&& in, std::size_t size)
@@ -220,7 +205,7 @@ struct imap_state {
 
   /// Submits chunks until the window is full or the input ends.
   void feed() {
-    while (!input_done && submitted - consumed < window) {
+    while (!this->input_done && this->submitted - this->consumed < window) {
       std::vector<std::byte> body;
       const auto end = std::ranges::end(input);
       const char* caller = Ordered ? "Pool::imap" : "Pool::imap_unordered";
@@ -233,8 +218,8 @@ struct imap_state {
         auto from = items.begin();
         fd_outbox_scope scope(box);
         n = append_items<T>(body, from, items.end(), chunksize);
-        auto handles = handles_of(box, caller, submitted);
-        if (it == end) input_done = true;
+        auto handles = handles_of(box, caller, this->submitted);
+        if (it == end) this->input_done = true;
         if (n == 0) break;
         submit_chunk(std::move(body), caller, std::move(handles));
         continue;
@@ -242,71 +227,22 @@ struct imap_state {
         fd_outbox_scope scope(box);
         n = append_items<T>(body, it, end, chunksize);
       }
-      if (it == end) input_done = true;
+      if (it == end) this->input_done = true;
       if (n == 0) break;
-      submit_chunk(std::move(body), caller, handles_of(box, caller, submitted));
+      submit_chunk(std::move(body), caller, handles_of(box, caller, this->submitted));
     }
   }
+  chunk_arrivals<E>& arrivals() { return job->arrivals; }
+  void wait_for_chunk() { core->wait(job->event, [&] { return job->arrivals.ready(this->consumed, Ordered); }); }
 
+ private:
   void submit_chunk(std::vector<std::byte> body, const char* caller, std::shared_ptr<submission_handles> handles) {
     {
       std::lock_guard lock(job->mutex);
-      job->bodies.emplace(submitted, std::move(body));
+      job->bodies.emplace(this->submitted, std::move(body));
     }
-    core->submit(job, submitted, 1, caller, std::move(handles));
-    ++submitted;
-  }
-
-  const E& current() const {
-    if (at_end) throw Error("IMapIterator: dereferenced past the end");
-    if (on_error) std::rethrow_exception(chunk.error);
-    return chunk.values[position - 1];
-  }
-
-  // Moves to the next item (or error position, or the end).
-  void advance() {
-    if (on_error) {  // the failed item is behind us: the rest of that chunk never ran
-      on_error = false;
-      chunk.error = nullptr;
-    }
-    for (;;) {
-      if (position < chunk.values.size()) {
-        ++position;
-        if (progress) progress->advance(1);
-        return;
-      }
-      if (chunk.error) {
-        on_error = true;
-        if (progress) progress->advance(1);
-        return;
-      }
-      feed();
-      if (input_done && consumed == submitted) {
-        at_end = true;
-        if (progress) progress->finish();
-        return;
-      }
-      auto has_next = [&] {
-        std::lock_guard lock(job->mutex);
-        return Ordered ? job->arrived.count(consumed) != 0 : !job->arrival_order.empty();
-      };
-      core->wait(job->event, has_next);
-      {
-        std::lock_guard lock(job->mutex);
-        std::size_t key = consumed;
-        if constexpr (!Ordered) {
-          key = job->arrival_order.front();
-          job->arrival_order.pop_front();
-        } else {
-          std::erase(job->arrival_order, key);
-        }
-        auto node = job->arrived.extract(key);
-        chunk = std::move(node.mapped());
-      }
-      ++consumed;
-      position = 0;
-      feed();
-    }
+    core->submit(job, this->submitted, 1, caller, std::move(handles));
+    ++this->submitted;
   }
 };
 

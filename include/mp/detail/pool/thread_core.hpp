@@ -24,6 +24,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/pool/completion.hpp>
+#include <mp/detail/pool/imap_cursor.hpp>
 #include <mp/detail/pool/jobs.hpp>
 #include <mp/detail/pool/progress.hpp>
 #include <mp/errors.hpp>
@@ -136,20 +137,15 @@ void run_map_chunk(thread_job<map_result_t<E>>& job, F& f, std::vector<T>& items
   if (--job.remaining == 0) job.finish();
 }
 
-/// ThreadPool::imap's state: chunks fed as the consumer pulls (at most 4 * threads + 2 in flight or waiting).
+/// ThreadPool::imap's state: chunks fed as the consumer pulls (at most 4 * threads + 2 in flight or waiting);
+/// imap_cursor consumes them.
 template <class F, class V, class E, bool Ordered>
-struct thread_imap_state {
+struct thread_imap_state : imap_cursor<thread_imap_state<F, V, E, Ordered>, E, Ordered> {
   using input_type = std::remove_reference_t<V>&;
   using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
-  struct chunk_result {
-    std::vector<E> values;
-    std::exception_ptr error;
-  };
-  struct shared {
-    std::mutex mutex;
+  struct shared {  // outlives the state while tasks still hold it
     pool::event event;
-    std::map<std::size_t, chunk_result> arrived;  // guarded by mutex
-    std::deque<std::size_t> arrival_order;         // guarded by mutex
+    chunk_arrivals<E> arrivals;
   };
   thread_core* core;
   std::shared_ptr<shared> box = std::make_shared<shared>();
@@ -157,10 +153,6 @@ struct thread_imap_state {
   V input;
   std::ranges::iterator_t<input_type> it;
   std::size_t chunksize, window;
-  bool input_done = false, started = false, at_end = false, on_error = false;
-  std::size_t submitted = 0, consumed = 0, position = 0;
-  chunk_result chunk;
-  std::shared_ptr<progress_bar> progress;
 
   thread_imap_state(thread_core* c, F fn, V&& in, std::size_t size)
       : core(c), f(std::make_shared<F>(std::move(fn))), input(std::forward<V>(in)), it(std::ranges::begin(input)),
@@ -168,22 +160,17 @@ struct thread_imap_state {
 
   void feed() {
     const auto end = std::ranges::end(input);
-    while (!input_done && submitted - consumed < window) {
+    while (!this->input_done && this->submitted - this->consumed < window) {
       auto items = std::make_shared<std::vector<T>>();
       for (; items->size() < chunksize && it != end; ++it) items->push_back(static_cast<T>(*it));
-      if (it == end) input_done = true;
+      if (it == end) this->input_done = true;
       if (items->empty()) break;
-      const std::size_t c = submitted;
-      auto store = [box = box, c](chunk_result result) {
-        {
-          std::lock_guard lock(box->mutex);
-          box->arrived.emplace(c, std::move(result));
-          box->arrival_order.push_back(c);
-        }
+      auto store = [box = box, c = this->submitted](chunk_result<E> result) {
+        box->arrivals.store(c, std::move(result));
         box->event.notify();
       };
       core->post({[f = f, items, store] {
-                    chunk_result result;
+                    chunk_result<E> result;
                     try {
                       for (auto& item : *items) result.values.push_back(std::invoke(*f, std::move(item)));
                     } catch (...) {
@@ -191,61 +178,14 @@ struct thread_imap_state {
                     }
                     store(std::move(result));
                   },
-                  [store](std::exception_ptr e) { store(chunk_result{{}, std::move(e)}); }},
+                  [store](std::exception_ptr e) { store(chunk_result<E>{{}, std::move(e)}); }},
                  Ordered ? "ThreadPool::imap" : "ThreadPool::imap_unordered");
-      ++submitted;
+      ++this->submitted;
     }
   }
-
-  const E& current() const {
-    if (at_end) throw Error("ThreadPool imap iterator: dereferenced past the end");
-    if (on_error) std::rethrow_exception(chunk.error);
-    return chunk.values[position - 1];
-  }
-
-  void advance() {
-    if (on_error) {
-      on_error = false;
-      chunk.error = nullptr;
-    }
-    for (;;) {
-      if (position < chunk.values.size()) {
-        ++position;
-        if (progress) progress->advance(1);
-        return;
-      }
-      if (chunk.error) {
-        on_error = true;
-        if (progress) progress->advance(1);
-        return;
-      }
-      feed();
-      if (input_done && consumed == submitted) {
-        at_end = true;
-        if (progress) progress->finish();
-        return;
-      }
-      auto has_next = [&] {
-        std::lock_guard lock(box->mutex);
-        return Ordered ? box->arrived.count(consumed) != 0 : !box->arrival_order.empty();
-      };
-      (void)wait_on(nullptr, box->event, has_next, {});
-      {
-        std::lock_guard lock(box->mutex);
-        std::size_t key = consumed;
-        if constexpr (!Ordered) {
-          key = box->arrival_order.front();
-          box->arrival_order.pop_front();
-        } else {
-          std::erase(box->arrival_order, key);
-        }
-        auto node = box->arrived.extract(key);
-        chunk = std::move(node.mapped());
-      }
-      ++consumed;
-      position = 0;
-      feed();
-    }
+  chunk_arrivals<E>& arrivals() { return box->arrivals; }
+  void wait_for_chunk() {
+    (void)wait_on(nullptr, box->event, [&] { return box->arrivals.ready(this->consumed, Ordered); }, {});
   }
 };
 
