@@ -25,6 +25,7 @@
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/mpi/engine.hpp>
+#include <mp/detail/pool/imap_cursor.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/process_child.hpp>
 #include <mp/errors.hpp>
@@ -148,23 +149,18 @@ class map_job final : public result_job<map_result_t<E>> {
   }
 };
 
-/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrived` until consumed.
+/// imap/imap_unordered: chunks are added as the consumer pulls; answers wait in `arrivals` until consumed.
 template <class E>
 class imap_job final : public job {
  public:
-  struct chunk_result {
-    std::vector<E> values;
-    std::exception_ptr error;  // after values: the item at position values.size() failed
-  };
   std::vector<std::byte> callable;
   std::map<std::size_t, std::vector<std::byte>> bodies;  // a vector's buffer does not move as others come and go
-  std::map<std::size_t, chunk_result> arrived;
-  std::deque<std::size_t> arrival_order;
+  pool::chunk_arrivals<E> arrivals;
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override { return bodies.at(c); }
   void deliver(std::size_t c, input_archive& ar) override {
-    chunk_result result;
+    pool::chunk_result<E> result;
     const std::uint64_t items = pool::chunk_length(body(c));
     auto outcome = pool::read_results<E>(ar, items, "imap results", [&](std::uint64_t count) {
       result.values.reserve(count);
@@ -173,20 +169,19 @@ class imap_job final : public job {
     result.error = std::move(outcome.failure);
     store(c, std::move(result));
   }
-  void fail(std::size_t c, std::exception_ptr e) override { store(c, chunk_result{{}, std::move(e)}); }
+  void fail(std::size_t c, std::exception_ptr e) override { store(c, pool::chunk_result<E>{{}, std::move(e)}); }
 
  private:
-  void store(std::size_t c, chunk_result result) {
+  void store(std::size_t c, pool::chunk_result<E> result) {
     bodies.erase(c);
-    arrived.emplace(c, std::move(result));
-    arrival_order.push_back(c);
+    arrivals.store(c, std::move(result));
   }
 };
 
-/// What an IMapIterator drives: the input range, the window of chunks in flight, the chunk being consumed.
-/// Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
+/// What an IMapIterator drives: the input range and the window of chunks in flight; pool::imap_cursor consumes
+/// them. Input is pulled as results are consumed, with at most 4 * processes + 2 chunks in flight or waiting.
 template <class F, class V, class E, bool Ordered>
-struct imap_state {
+struct imap_state : pool::imap_cursor<imap_state<F, V, E, Ordered>, E, Ordered> {
   using input_type = std::remove_reference_t<V>&;
   using T = std::remove_cvref_t<std::ranges::range_value_t<input_type>>;
   std::shared_ptr<mpi::engine> engine;
@@ -195,14 +190,6 @@ struct imap_state {
   std::ranges::iterator_t<input_type> it;
   std::size_t chunksize;
   std::size_t window;
-  bool input_done = false;
-  bool started = false;
-  bool at_end = false;
-  std::size_t submitted = 0;
-  std::size_t consumed = 0;
-  typename imap_job<E>::chunk_result chunk;
-  std::size_t position = 0;
-  bool on_error = false;
 
   imap_state(std::shared_ptr<mpi::engine> e, F f, V&& in, std::size_t size)
       : engine(std::move(e)), input(std::forward<V>(in)), it(std::ranges::begin(input)),
@@ -212,67 +199,22 @@ struct imap_state {
   }
 
   void feed() {
-    while (!input_done && submitted - consumed < window) {
+    while (!this->input_done && this->submitted - this->consumed < window) {
       std::vector<std::byte> body;
       const auto end = std::ranges::end(input);
       const std::uint64_t n = pool::append_items<T>(body, it, end, chunksize);
-      if (it == end) input_done = true;
+      if (it == end) this->input_done = true;
       if (n == 0) break;
       {
         std::lock_guard lock(mpi_mutex());
-        job->bodies.emplace(submitted, std::move(body));
+        job->bodies.emplace(this->submitted, std::move(body));
       }
-      engine->submit(job, submitted, 1, Ordered ? "mp::mpi::Pool::imap" : "mp::mpi::Pool::imap_unordered");
-      ++submitted;
+      engine->submit(job, this->submitted, 1, Ordered ? "mp::mpi::Pool::imap" : "mp::mpi::Pool::imap_unordered");
+      ++this->submitted;
     }
   }
-
-  const E& current() const {
-    if (at_end) throw Error("mp::mpi::IMapIterator: dereferenced past the end");
-    if (on_error) std::rethrow_exception(chunk.error);
-    return chunk.values[position - 1];
-  }
-
-  void advance() {
-    if (on_error) {
-      on_error = false;
-      chunk.error = nullptr;
-    }
-    for (;;) {
-      if (position < chunk.values.size()) {
-        ++position;
-        return;
-      }
-      if (chunk.error) {
-        on_error = true;
-        return;
-      }
-      feed();
-      if (input_done && consumed == submitted) {
-        at_end = true;
-        return;
-      }
-      engine->wait([&] {
-        std::lock_guard lock(mpi_mutex());
-        return Ordered ? job->arrived.count(consumed) != 0 : !job->arrival_order.empty();
-      });
-      {
-        std::lock_guard lock(mpi_mutex());
-        std::size_t key = consumed;
-        if constexpr (!Ordered) {
-          key = job->arrival_order.front();
-          job->arrival_order.pop_front();
-        } else {
-          std::erase(job->arrival_order, key);
-        }
-        auto node = job->arrived.extract(key);
-        chunk = std::move(node.mapped());
-      }
-      ++consumed;
-      position = 0;
-      feed();
-    }
-  }
+  pool::chunk_arrivals<E>& arrivals() { return job->arrivals; }
+  void wait_for_chunk() { engine->wait([&] { return job->arrivals.ready(this->consumed, Ordered); }); }
 };
 
 }  // namespace mp::detail::mpi
