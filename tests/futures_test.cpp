@@ -27,81 +27,23 @@
 #include <mp/pool.hpp>
 
 #include "support/child_process.hpp"
+#include "support/pool_checks.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-std::vector<pid_t> children() {
-  std::vector<pid_t> pids;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream in(task.path() / "children");
-    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
-  }
-  return pids;
-}
+using mp_test::leak_check;
 
-std::size_t count_fds() {
-  std::size_t n = 0;
-  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
-
-// Every test ends with no child process and no new descriptor.
-struct leak_check {
-  std::size_t fds = count_fds();
-  ~leak_check() {
-    mp::detail::stop_forkserver();
-    CHECK(children().empty());
-    CHECK(count_fds() == fds);
-  }
-};
-
-// A named pipe the test holds open read-write: a task opens it by path and blocks reading until the test writes.
-struct gate {
-  std::string path;
-  int fd = -1;
-  gate() {
-    static int counter = 0;
-    path = "/tmp/mp-futures-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
-    ::unlink(path.c_str());
-    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
-    fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-  }
-  ~gate() {
-    ::close(fd);
-    ::unlink(path.c_str());
-  }
-  gate(const gate&) = delete;
-  gate& operator=(const gate&) = delete;
-  void open_once() const {
-    const int v = 1;
-    REQUIRE(::write(fd, &v, sizeof v) == sizeof v);
-  }
-  // Reads one int a task wrote (failing rather than hanging after 20 s).
-  int read_int() const {
-    pollfd p{fd, POLLIN, 0};
-    REQUIRE(::poll(&p, 1, 20'000) == 1);
-    int value = 0;
-    REQUIRE(::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value));
-    return value;
-  }
+// A named pipe (support/pool_checks.hpp): a task opens it by path and blocks reading until the test writes.
+struct gate : mp_test::test_fifo {
+  void open_once() const { write_int(1); }
 };
 
 // Task side: blocks until the test opens the gate once.
-void pass(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  int value = 0;
-  if (fd < 0 || ::read(fd, &value, sizeof value) != sizeof value) std::_Exit(99);
-  ::close(fd);
-}
+void pass(const std::string& path) { (void)mp_test::fifo_read(path); }
 // Task side: writes an int for the test to read.
-void tell(const std::string& path, int value) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || ::write(fd, &value, sizeof value) != sizeof value) std::_Exit(98);
-  ::close(fd);
-}
+void tell(const std::string& path, int value) { mp_test::fifo_write(path, value); }
 
 // Says "started" on one gate, then waits for the other; returns id.
 int started_then_wait(std::string started, std::string release, int id) {

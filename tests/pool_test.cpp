@@ -33,96 +33,22 @@
 #include <mp/process.hpp>
 
 #include "support/child_process.hpp"
+#include "support/pool_checks.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-// ---- leak checks: every test ends with no child process and no new descriptor ----
+using mp_test::children;
+using mp_test::count_fds;
+using mp_test::describe_children;
+using mp_test::leak_check;
+using mp_test::test_fifo;
 
-std::vector<pid_t> children() {
-  std::vector<pid_t> pids;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream in(task.path() / "children");
-    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
-  }
-  return pids;
-}
-
-// "<pid> (<comm>) <state>" of each child, for the failure message.
-std::string describe_children() {
-  std::string text;
-  for (pid_t pid : children()) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    text += line.substr(0, line.find(')') + 3) + "; ";
-  }
-  return text;
-}
-
-std::size_t count_fds() {
-  std::size_t n = 0;
-  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
-
-struct leak_check {
-  std::size_t fds = count_fds();
-  ~leak_check() {
-    // The fork server (start method forkserver) is this process's child and holds a descriptor while it runs:
-    // stopping it here also shows that no Pool still needed it.
-    mp::detail::stop_forkserver();
-    INFO("children left: " << describe_children());
-    CHECK(children().empty());
-    CHECK(count_fds() == fds);
-  }
-};
-
-// A named pipe: a worker of any start method opens it by its path (passed as a task argument), where an inherited
-// descriptor would reach only forked workers. The test holds it open read-write, so neither side's open() blocks
-// and a task's read() blocks until the test writes (or sees end of file once the test closed it).
-struct test_fifo {
-  std::string path;
-  int fd = -1;
-  test_fifo() {
-    static int counter = 0;
-    path = "/tmp/mp-pool-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
-    ::unlink(path.c_str());
-    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
-    fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-  }
-  ~test_fifo() {
-    ::close(fd);
-    ::unlink(path.c_str());
-  }
-  test_fifo(const test_fifo&) = delete;
-  test_fifo& operator=(const test_fifo&) = delete;
-  // Reads one int written by a task (a pid), failing the test rather than hanging after 20 s.
-  int read_int() const {
-    pollfd p{fd, POLLIN, 0};
-    REQUIRE(::poll(&p, 1, 20'000) == 1);
-    int value = 0;
-    REQUIRE(::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value));
-    return value;
-  }
-  void write_int(int value) const { REQUIRE(::write(fd, &value, sizeof value) == sizeof value); }
-};
-
-// Task side: report, then block until killed or released.
-void report(const std::string& path, int value) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || ::write(fd, &value, sizeof value) != sizeof value) std::abort();
-  ::close(fd);
-}
-int wait_for_int(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  int value = 0;
-  if (fd < 0 || ::read(fd, &value, sizeof value) != sizeof value) std::_Exit(99);
-  ::close(fd);
-  return value;
-}
+// Task side (support/pool_checks.hpp): report(path, value) for the test's read_int(), wait_for_int(path) until
+// its write_int().
+void report(const std::string& path, int value) { mp_test::fifo_write(path, value); }
+int wait_for_int(const std::string& path) { return mp_test::fifo_read(path); }
 // Reports the worker's pid, then blocks until killed.
 int report_and_hang(std::string path) {
   report(path, ::getpid());
