@@ -38,10 +38,13 @@ namespace mp::detail::manager {
 /// starts (it is read in the server's process).
 inline std::uint64_t max_reply = std::numeric_limits<std::uint32_t>::max();
 
-/// How long the connection reading past the server's request budget (see server::in_budget) may send nothing while
+/// How long the connection reading past the server's request budget (see server::in_allowance) may send nothing while
 /// others wait for the budget before it is closed. A variable only so that a test can lower it (set it before the
 /// server starts).
 inline std::chrono::milliseconds stalled_request_timeout{10'000};
+/// The request bytes beyond each connection's allowance that all connections share (see server::in_allowance).
+/// A variable only so that a test can lower it (set it before the server starts).
+inline std::size_t request_budget = std::size_t{64} << 20;
 
 class server {
  public:
@@ -95,13 +98,12 @@ class server {
   static bool backlogged(const connection& c) { return c.out.size() - c.out_at > max_unsent; }
   /// Request bytes the server buffers (partial frames, mostly) across all connections. Each connection may always
   /// hold in_allowance (a whole small request: a client is never starved by others' large ones); beyond that, all
-  /// share in_budget; past the budget one connection at a time — the lane — goes on reading up to a whole
+  /// share request_budget; past the budget one connection at a time — the lane — goes on reading up to a whole
   /// max_request frame while the others are not read from (their bytes wait in the kernel, their senders block)
   /// until it has its frame. So clients sending large requests at once make the server hold at most
-  /// in_budget + one max_request + in_allowance per connection, not max_request each. A lane holder that sends
+  /// request_budget + one max_request + in_allowance per connection, not max_request each. A lane holder that sends
   /// nothing for stalled_request_timeout while others wait is closed (logged on stderr).
   static constexpr std::size_t in_allowance = std::size_t{1} << 20;
-  static constexpr std::size_t in_budget = std::size_t{64} << 20;
   MP_DECL bool may_read(connection& c);
   MP_DECL std::optional<time_point> stalled_lane_deadline() const;
   MP_DECL void drop_stalled_lane(time_point now);
@@ -157,7 +159,7 @@ class server {
   bool accept_paused_ = false;
   bool check_peer_uid_ = false;  // a Unix listener serving only its own user (see the constructor)
   std::size_t buffered_in_ = 0;   // the sum of every c.in.size(): recounted each loop, kept up to date by receive
-  std::uint64_t in_lane_ = 0;     // the connection reading past in_budget (0: none)
+  std::uint64_t in_lane_ = 0;     // the connection reading past request_budget (0: none)
   bool budget_waiters_ = false;   // some connection is not read from for want of budget
 };
 

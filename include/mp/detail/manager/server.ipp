@@ -141,9 +141,9 @@ MP_DECL void server::drop_slow_handshakes(time_point now) {
   }
 }
 
-// Whether c may be read from now (see in_budget); takes the lane for c when it is free and c needs it.
+// Whether c may be read from now (see in_allowance); takes the lane for c when it is free and c needs it.
 MP_DECL bool server::may_read(connection& c) {
-  if (c.at != stage::ready || c.in.size() < in_allowance || buffered_in_ < in_budget || in_lane_ == c.id) return true;
+  if (c.at != stage::ready || c.in.size() < in_allowance || buffered_in_ < request_budget || in_lane_ == c.id) return true;
   auto lane = connections_.find(in_lane_);
   if (lane != connections_.end() && !lane->second.dead && lane->second.in.size() >= in_allowance) return false;
   in_lane_ = c.id;
