@@ -681,7 +681,7 @@ pid_t server_of(const std::vector<pid_t>& before) {
 
 }  // namespace
 
-// The budget is lowered to 8 MiB in these tests (through detail::manager::request_budget, read by the forked
+// The budget is lowered to 4 MiB in these tests (through detail::manager::request_budget, read by the forked
 // server), so that a few tens of MiB show what hundreds would with the default 64 MiB; the stall timeout is set
 // too. The server is forked whatever the start method (the lowered limits reach it that way): the
 // tests are tagged [fork] so that they run once, not once per start method.
@@ -689,7 +689,7 @@ struct lowered_budget {
   std::size_t saved_budget = manager::request_budget;
   std::chrono::milliseconds saved_timeout = manager::stalled_request_timeout;
   explicit lowered_budget(std::chrono::milliseconds stall) {
-    manager::request_budget = 8u << 20, manager::stalled_request_timeout = stall;
+    manager::request_budget = 4u << 20, manager::stalled_request_timeout = stall;
   }
   ~lowered_budget() { manager::request_budget = saved_budget, manager::stalled_request_timeout = saved_timeout; }
 };
@@ -712,10 +712,10 @@ TEST_CASE("Several clients sending huge requests at once share one request budge
   small["x"] = 1;
   const long rss_before = rss_kb(server);
 
-  // Four clients each send 40 MiB of a 48 MiB request and stop: 160 MiB the server would buffer if each connection
+  // Four clients each send 24 MiB of a 32 MiB request and stop: 96 MiB the server would buffer if each connection
   // were bounded only by the 256 MiB request limit.
-  const std::string payload = contains_request(target.id(), std::string(48u << 20, 'k'));
-  constexpr std::size_t partial = 40u << 20;
+  const std::string payload = contains_request(target.id(), std::string(32u << 20, 'k'));
+  constexpr std::size_t partial = 24u << 20;
   std::promise<void> resume;
   const std::shared_future<void> resumed = resume.get_future().share();
   std::vector<std::unique_ptr<large_sender>> senders;
@@ -733,12 +733,12 @@ TEST_CASE("Several clients sending huge requests at once share one request budge
   auto fresh = mp::Manager::connect(owner.address(), key, 10s);
   CHECK(fresh.dict<std::string, int>("small").get("x") == 19);
   std::fprintf(stderr,
-               "server VmRSS: %ld kB before, %ld kB with 4 clients each sending 40 MiB of a 48 MiB request "
-               "(%ld of them got their 40 MiB read; budget 8 MiB)\n",
+               "server VmRSS: %ld kB before, %ld kB with 4 clients each sending 24 MiB of a 32 MiB request "
+               "(%ld of them got their 24 MiB read; budget 4 MiB)\n",
                rss_before, rss_during, static_cast<long>(partials));
-  // The 8 MiB budget plus one request read past it (the lane), 1 MiB per connection and the kernel's socket
-  // buffers: under 100 MiB, not 160.
-  CHECK(rss_during - rss_before < 100 * 1024);
+  // The 4 MiB budget plus one request read past it (the lane), 1 MiB per connection and the kernel's socket
+  // buffers: under 64 MiB, not 96.
+  CHECK(rss_during - rss_before < 64 * 1024);
   CHECK(partials < 4);
 
   // The senders finish: every request is read and answered in turn (the lane passes on), nothing is lost.
@@ -751,7 +751,7 @@ TEST_CASE("Several clients sending huge requests at once share one request budge
   }
   const long rss_after = rss_kb(server);
   std::fprintf(stderr, "server VmRSS: %ld kB once the 4 requests were answered\n", rss_after);
-  // The request buffers were given back (glibc may keep some in its heap): not 4 x 48 MiB.
+  // The request buffers were given back (glibc may keep some in its heap): not 4 x 32 MiB.
   CHECK(rss_after - rss_before < 64 * 1024);
   CHECK(small.get("x") == 19);
 }
@@ -769,15 +769,15 @@ TEST_CASE("A client that stalls in the middle of a huge request past the budget 
   auto target = owner.dict<std::string, int>("target");
   target["k"] = 1;
 
-  // The staller sends 12 MiB of a 24 MiB request (past the 8 MiB budget: it holds the lane) and then nothing.
-  const std::string stalled = contains_request(target.id(), std::string(24u << 20, 'k'));
+  // The staller sends 6 MiB of a 12 MiB request (past the 4 MiB budget: it holds the lane) and then nothing.
+  const std::string stalled = contains_request(target.id(), std::string(12u << 20, 'k'));
   std::promise<void> never;
   large_sender staller(owner.address().port(), key);
-  staller.start(stalled, 12u << 20, never.get_future().share());
+  staller.start(stalled, 6u << 20, never.get_future().share());
   while (!staller.partial_sent) std::this_thread::yield();
 
-  // Another client's 16 MiB request needs the lane: the staller is closed after 1 s of silence, and it completes.
-  const std::string next = contains_request(target.id(), std::string(16u << 20, 'k'));
+  // Another client's 8 MiB request needs the lane: the staller is closed after 1 s of silence, and it completes.
+  const std::string next = contains_request(target.id(), std::string(8u << 20, 'k'));
   std::promise<void> go;
   go.set_value();
   large_sender other(owner.address().port(), key);
