@@ -474,6 +474,37 @@ TEST_CASE("A client pipelining requests without reading replies is throttled and
   CHECK(small.get("x") == 49);
 }
 
+// Found by fuzz_manager_client: past the handshake, a frame's length was trusted before its bytes (and MAC) came.
+// A server without an authkey (nothing to check) answering the channel offer with a 4 GiB length, or a relay
+// rewriting a reply's header after an authenticated handshake, made the client allocate the announced 4 GiB.
+TEST_CASE("A reply announcing 4 GiB makes the client allocate only what arrives", "[reliability]") {
+  // "#WELCOME#" (no authkey), then a reply header announcing 0xFFFFFF00 bytes, a few of them, and silence.
+  fake_server server(false, [](int fd) {
+    std::string stream = frame_of(std::string(manager::welcome_tag));
+    stream += std::string("\x00\xff\xff\xff", 4) + "\x00\x01\x02";
+    (void)::send(fd, stream.data(), stream.size(), MSG_NOSIGNAL);
+  });
+  const int code = run_bounded(30s, [](std::string where) {
+    cap_address_space(160u << 20);  // the 4 GiB would fail here as std::bad_alloc (exit 2); 64 MiB is the first step
+    const auto address = mp::Address::unix_socket(where);
+    int result = 3;
+    try {
+      (void)mp::Manager::connect(address, "", std::chrono::milliseconds(2000));
+    } catch (const std::bad_alloc&) {
+      result = 2;
+    } catch (const mp::TimeoutError& e) {  // the rest of the frame never comes
+      std::fprintf(stderr, "client: %s\n", e.what());
+      result = 0;
+    } catch (const mp::Error& e) {
+      std::fprintf(stderr, "client: %s\n", e.what());
+      result = 5;
+    }
+    std::fprintf(stderr, "client VmPeak after the attack: %ld kB\n", vm_kb("VmPeak"));
+    std::_Exit(result);
+  }, server.address().path());
+  CHECK(code == 0);
+}
+
 // ---- finding 4: what follows the handshake is bound to it -------------------------------------------------------
 
 namespace {
