@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +33,15 @@
 namespace manager = mp::detail::manager;
 
 namespace {
+
+// poll(2) that goes on after a signal: libFuzzer's SIGALRM (its -timeout check) interrupts it.
+int poll_on(pollfd* fds, nfds_t n, int timeout_ms) {
+  int ready;
+  do {
+    ready = ::poll(fds, n, timeout_ms);
+  } while (ready < 0 && errno == EINTR);
+  return ready;
+}
 
 // One listener for the whole run, on a path of this process.
 struct listener {
@@ -99,14 +109,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // The hostile server: accepts, writes the stream, ends it, and reads whatever the client says until it hangs up.
   std::thread server([&] {
     pollfd ready{l.fd.get(), POLLIN, 0};
-    if (::poll(&ready, 1, 60'000) != 1) std::abort();  // the client never connected
-    mp::detail::unique_fd peer(::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (poll_on(&ready, 1, 60'000) != 1) std::abort();  // the client never connected
+    int accepted;
+    do {
+      accepted = ::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    } while (accepted < 0 && errno == EINTR);
+    mp::detail::unique_fd peer(accepted);
     if (!peer) std::abort();
     pollfd both{peer.get(), POLLIN | POLLOUT, 0};
     std::size_t written = 0;
     char sink[4096];
     while (written < stream.size()) {  // write while reading, so that neither side blocks the other
-      if (::poll(&both, 1, 60'000) != 1) std::abort();  // a hang (60 s: a niced run on a busy machine is slow)
+      if (poll_on(&both, 1, 60'000) != 1) std::abort();  // a hang (60 s: a niced run on a busy machine is slow)
       if (both.revents & POLLIN) {
         if (::read(peer.get(), sink, sizeof sink) <= 0) return;  // the client gave up early
       }
@@ -118,7 +132,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     ::shutdown(peer.get(), SHUT_WR);
     pollfd in{peer.get(), POLLIN, 0};
-    while (::poll(&in, 1, 60'000) == 1 && ::read(peer.get(), sink, sizeof sink) > 0) {
+    while (poll_on(&in, 1, 60'000) == 1 && ::read(peer.get(), sink, sizeof sink) > 0) {
     }
   });
   try {

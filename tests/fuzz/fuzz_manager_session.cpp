@@ -40,6 +40,15 @@ namespace p = manager::protocol;
 
 namespace {
 
+// poll(2) that goes on after a signal: libFuzzer's SIGALRM (its -timeout check) interrupts it.
+int poll_on(pollfd* fds, nfds_t n, int timeout_ms) {
+  int ready;
+  do {
+    ready = ::poll(fds, n, timeout_ms);
+  } while (ready < 0 && errno == EINTR);
+  return ready;
+}
+
 constexpr std::string_view key = "fuzz session key";
 
 // One listener for the whole run, on a path of this process; each server gets a duplicate of it.
@@ -73,8 +82,9 @@ bool read_exactly(int fd, std::string& into, std::size_t n) {
   into.resize(n);
   for (std::size_t done = 0; done < n;) {
     pollfd in{fd, POLLIN, 0};
-    if (::poll(&in, 1, 60'000) != 1) std::abort();
+    if (poll_on(&in, 1, 60'000) != 1) std::abort();
     const auto got = ::read(fd, into.data() + done, n - done);
+    if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;
     done += static_cast<std::size_t>(got);
   }
@@ -90,7 +100,12 @@ std::string read_frame(int fd) {
 }
 
 void send_all(int fd, std::string_view bytes) {
-  if (::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) std::abort();
+  while (!bytes.empty()) {
+    const auto sent = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (sent < 0 && errno == EINTR) continue;
+    if (sent <= 0) std::abort();
+    bytes.remove_prefix(static_cast<std::size_t>(sent));
+  }
 }
 
 struct session {
@@ -247,7 +262,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     bool open = true;
     for (int idle = 0; open;) {
       pollfd both{client.get(), static_cast<short>(POLLIN | (written < out.size() ? POLLOUT : 0)), 0};
-      if (::poll(&both, 1, 20) != 1) {
+      if (poll_on(&both, 1, 20) != 1) {
         if (stopped) break;
         if (++idle == 3000) std::abort();  // 60 s without progress: the server hung (a niced run on a busy machine is slow)
         continue;
