@@ -21,6 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -472,6 +474,37 @@ TEST_CASE("A client pipelining requests without reading replies is throttled and
   CHECK(small.get("x") == 49);
 }
 
+// Found by fuzz_manager_client: past the handshake, a frame's length was trusted before its bytes (and MAC) came.
+// A server without an authkey (nothing to check) answering the channel offer with a 4 GiB length, or a relay
+// rewriting a reply's header after an authenticated handshake, made the client allocate the announced 4 GiB.
+TEST_CASE("A reply announcing 4 GiB makes the client allocate only what arrives", "[reliability]") {
+  // "#WELCOME#" (no authkey), then a reply header announcing 0xFFFFFF00 bytes, a few of them, and silence.
+  fake_server server(false, [](int fd) {
+    std::string stream = frame_of(std::string(manager::welcome_tag));
+    stream += std::string("\x00\xff\xff\xff", 4) + "\x00\x01\x02";
+    (void)::send(fd, stream.data(), stream.size(), MSG_NOSIGNAL);
+  });
+  const int code = run_bounded(30s, [](std::string where) {
+    cap_address_space(160u << 20);  // the 4 GiB would fail here as std::bad_alloc (exit 2); 64 MiB is the first step
+    const auto address = mp::Address::unix_socket(where);
+    int result = 3;
+    try {
+      (void)mp::Manager::connect(address, "", std::chrono::milliseconds(2000));
+    } catch (const std::bad_alloc&) {
+      result = 2;
+    } catch (const mp::TimeoutError& e) {  // the rest of the frame never comes
+      std::fprintf(stderr, "client: %s\n", e.what());
+      result = 0;
+    } catch (const mp::Error& e) {
+      std::fprintf(stderr, "client: %s\n", e.what());
+      result = 5;
+    }
+    std::fprintf(stderr, "client VmPeak after the attack: %ld kB\n", vm_kb("VmPeak"));
+    std::_Exit(result);
+  }, server.address().path());
+  CHECK(code == 0);
+}
+
 // ---- finding 4: what follows the handshake is bound to it -------------------------------------------------------
 
 namespace {
@@ -590,4 +623,204 @@ TEST_CASE("A relay that does not know the authkey can neither inject nor alter f
   // The server is alive and serves its other clients.
   target.append(3);
   CHECK(target.size() >= 2);
+}
+
+// ---- finding 5, incoming side: large requests arriving at once share one server-wide budget -------------------
+
+namespace {
+
+// A dict_contains request whose key is `key`: its reply is small (a flag) whatever the key's size, so a test can
+// send huge requests without making the server store anything.
+std::string contains_request(std::uint64_t dict, const std::string& key) {
+  std::string payload;
+  manager::protocol::writer w(payload);
+  w.u8(static_cast<std::uint8_t>(manager::protocol::op::dict_contains));
+  w.u64(dict);
+  w.blob(key);
+  return payload;
+}
+
+// One client sending a large request in two steps: the frame's header and its first `partial` payload bytes, then
+// (once `resume` is ready) the rest and its MAC; then it reads the reply. Sends and reads give up after 60 s (a
+// server that never reads again fails the test instead of hanging it).
+struct large_sender {
+  raw_session session;
+  std::atomic<std::size_t> sent{0};
+  std::atomic<bool> partial_sent{false};
+  std::string reply;  // empty: the connection was closed (or timed out)
+  std::thread thread;
+
+  large_sender(std::uint16_t port, const std::string& key) : session(authenticated_socket(port, key)) {
+    const timeval limit{60, 0};
+    ::setsockopt(session.fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    ::setsockopt(session.fd.get(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  }
+  large_sender(const large_sender&) = delete;
+  ~large_sender() {
+    if (thread.joinable()) {
+      ::shutdown(session.fd.get(), SHUT_RDWR);  // a failed test: unblock the thread
+      thread.join();
+    }
+  }
+  bool send_all(const char* data, std::size_t size) {
+    for (std::size_t done = 0; done < size;) {
+      const auto got = ::send(session.fd.get(), data + done, std::min<std::size_t>(size - done, 1u << 20), MSG_NOSIGNAL);
+      if (got <= 0) return false;
+      done += static_cast<std::size_t>(got);
+      sent += static_cast<std::size_t>(got);
+    }
+    return true;
+  }
+  void start(const std::string& payload, std::size_t partial, std::shared_future<void> resume) {
+    thread = std::thread([this, &payload, partial, resume] {
+      const auto mac = manager::frame_mac(session.key, manager::direction::to_server, session.sent++, payload);
+      std::string header;
+      manager::protocol::writer(header).u32(static_cast<std::uint32_t>(payload.size() + mac.size()));
+      if (!send_all(header.data(), header.size()) || !send_all(payload.data(), partial)) return;
+      partial_sent = true;
+      resume.wait();
+      if (!send_all(payload.data() + partial, payload.size() - partial) ||
+          !send_all(reinterpret_cast<const char*>(mac.data()), mac.size())) {
+        return;
+      }
+      reply = read_frame(session.fd.get());
+    });
+  }
+};
+
+// Waits until every sender sent its partial request, or until one did and they all made no progress for 1 s since
+// (the server stopped reading the others); at most 60 s.
+void wait_until_stalled(std::vector<std::unique_ptr<large_sender>>& senders) {
+  std::size_t last = 0;
+  for (int quiet = 0, rounds = 0; quiet < 10 && rounds < 600; ++rounds) {
+    const auto done = std::count_if(senders.begin(), senders.end(), [](const auto& s) { return s->partial_sent.load(); });
+    if (done == static_cast<std::ptrdiff_t>(senders.size())) return;
+    std::this_thread::sleep_for(100ms);  // a stall detector, not a synchronisation: progress is what it waits for
+    std::size_t now = 0;
+    for (const auto& s : senders) now += s->sent;
+    quiet = now == last && done > 0 ? quiet + 1 : 0;
+    last = now;
+  }
+}
+
+pid_t server_of(const std::vector<pid_t>& before) {
+  for (pid_t pid : children_of_this_process()) {
+    if (std::find(before.begin(), before.end(), pid) == before.end()) return pid;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// The budget is lowered to 4 MiB in these tests (through detail::manager::request_budget, read by the forked
+// server), so that a few tens of MiB show what hundreds would with the default 64 MiB; the stall timeout is set
+// too. The server is forked whatever the start method (the lowered limits reach it that way): the
+// tests are tagged [fork] so that they run once, not once per start method.
+struct lowered_budget {
+  std::size_t saved_budget = manager::request_budget;
+  std::chrono::milliseconds saved_timeout = manager::stalled_request_timeout;
+  explicit lowered_budget(std::chrono::milliseconds stall) {
+    manager::request_budget = 4u << 20, manager::stalled_request_timeout = stall;
+  }
+  ~lowered_budget() { manager::request_budget = saved_budget, manager::stalled_request_timeout = saved_timeout; }
+};
+
+TEST_CASE("Several clients sending huge requests at once share one request budget and others are still served",
+          "[reliability][fork]") {
+  const auto key = random_key();
+  const auto before = children_of_this_process();
+  std::optional<mp::Manager> started;
+  {
+    lowered_budget lowered(1h);  // the senders stall on purpose while the test looks: none is closed for it
+    started.emplace(mp::ManagerOptions{.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key,
+                                       .start_method = mp::StartMethod::fork});
+  }
+  auto& owner = *started;
+  const pid_t server = server_of(before);
+  REQUIRE(server != 0);
+  auto target = owner.dict<std::string, int>("target");
+  auto small = owner.dict<std::string, int>("small");
+  small["x"] = 1;
+  const long rss_before = rss_kb(server);
+
+  // Four clients each send 24 MiB of a 32 MiB request and stop: 96 MiB the server would buffer if each connection
+  // were bounded only by the 256 MiB request limit.
+  const std::string payload = contains_request(target.id(), std::string(32u << 20, 'k'));
+  constexpr std::size_t partial = 24u << 20;
+  std::promise<void> resume;
+  const std::shared_future<void> resumed = resume.get_future().share();
+  std::vector<std::unique_ptr<large_sender>> senders;
+  for (int i = 0; i < 4; ++i) senders.push_back(std::make_unique<large_sender>(owner.address().port(), key));
+  for (auto& s : senders) s->start(payload, partial, resumed);
+  wait_until_stalled(senders);
+  const long rss_during = rss_kb(server);
+  const auto partials = std::count_if(senders.begin(), senders.end(), [](const auto& s) { return s->partial_sent.load(); });
+
+  // Meanwhile another client's calls, and a new connection, complete.
+  for (int i = 0; i < 20; ++i) {
+    small["x"] = i;
+    REQUIRE(small.get("x") == i);
+  }
+  auto fresh = mp::Manager::connect(owner.address(), key, 10s);
+  CHECK(fresh.dict<std::string, int>("small").get("x") == 19);
+  std::fprintf(stderr,
+               "server VmRSS: %ld kB before, %ld kB with 4 clients each sending 24 MiB of a 32 MiB request "
+               "(%ld of them got their 24 MiB read; budget 4 MiB)\n",
+               rss_before, rss_during, static_cast<long>(partials));
+  // The 4 MiB budget plus one request read past it (the lane), 1 MiB per connection and the kernel's socket
+  // buffers: under 64 MiB, not 96.
+  CHECK(rss_during - rss_before < 64 * 1024);
+  CHECK(partials < 4);
+
+  // The senders finish: every request is read and answered in turn (the lane passes on), nothing is lost.
+  resume.set_value();
+  for (auto& s : senders) {
+    s->thread.join();
+    REQUIRE(s->reply.size() == 2 + manager::hmac_size);
+    CHECK(s->reply[0] == 0);  // ok
+    CHECK(s->reply[1] == 0);  // not contained
+  }
+  const long rss_after = rss_kb(server);
+  std::fprintf(stderr, "server VmRSS: %ld kB once the 4 requests were answered\n", rss_after);
+  // The request buffers were given back (glibc may keep some in its heap): not 4 x 32 MiB.
+  CHECK(rss_after - rss_before < 64 * 1024);
+  CHECK(small.get("x") == 19);
+}
+
+TEST_CASE("A client that stalls in the middle of a huge request past the budget is closed so that others go on",
+          "[reliability][fork]") {
+  const auto key = random_key();
+  std::optional<mp::Manager> started;
+  {
+    lowered_budget lowered(1s);  // and the stall timeout to 1 s
+    started.emplace(mp::ManagerOptions{.address = mp::Address::tcp("127.0.0.1", 0), .authkey = key,
+                                       .start_method = mp::StartMethod::fork});
+  }
+  auto& owner = *started;
+  auto target = owner.dict<std::string, int>("target");
+  target["k"] = 1;
+
+  // The staller sends 6 MiB of a 12 MiB request (past the 4 MiB budget: it holds the lane) and then nothing.
+  const std::string stalled = contains_request(target.id(), std::string(12u << 20, 'k'));
+  std::promise<void> never;
+  large_sender staller(owner.address().port(), key);
+  staller.start(stalled, 6u << 20, never.get_future().share());
+  while (!staller.partial_sent) std::this_thread::yield();
+
+  // Another client's 8 MiB request needs the lane: the staller is closed after 1 s of silence, and it completes.
+  const std::string next = contains_request(target.id(), std::string(8u << 20, 'k'));
+  std::promise<void> go;
+  go.set_value();
+  large_sender other(owner.address().port(), key);
+  other.start(next, next.size(), go.get_future().share());
+  other.thread.join();
+  REQUIRE(other.reply.size() == 2 + manager::hmac_size);
+  CHECK(other.reply[0] == 0);
+  // The staller's connection was closed by the server: reading it ends.
+  const timeval limit{10, 0};
+  ::setsockopt(staller.session.fd.get(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  CHECK(read_frame(staller.session.fd.get()).empty());
+  never.set_value();
+  staller.thread.join();
+  CHECK(target.get("k") == 1);
 }

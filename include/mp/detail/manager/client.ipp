@@ -254,13 +254,18 @@ MP_DECL void connection::send_all(const std::byte* data, std::size_t size) {
 }
 
 // Reads until buffer_ holds `wanted` unread bytes. buffer_'s size is its capacity (bytes [start_, end_) are
-// unread), so a read never pays for zero-filling a fresh buffer.
+// unread), so a read never pays for zero-filling a fresh buffer. Past trusted_growth the buffer doubles as bytes
+// arrive instead of taking the announced length at once: a frame's length is not authenticated until its bytes
+// and MAC are in, so a hostile or corrupt length (0xFFFFFFFF) costs what was received, not 4 GiB.
 MP_DECL void connection::fill(std::size_t wanted) {
+  constexpr std::size_t trusted_growth = std::size_t{64} << 20;
   if (end_ - start_ >= wanted) return;
   if (start_ + wanted > buffer_.size()) {  // compact, then grow if still too small
     std::memmove(buffer_.data(), buffer_.data() + start_, end_ - start_);
     end_ -= start_, start_ = 0;
-    if (wanted > buffer_.size()) buffer_.resize(std::max(wanted, 2 * buffer_.size()));
+    if (wanted > buffer_.size()) {
+      buffer_.resize(std::min(std::max(wanted, 2 * buffer_.size()), std::max(2 * buffer_.size(), trusted_growth)));
+    }
   }
   while (end_ - start_ < wanted) {
     if (setup_deadline_) {
@@ -275,6 +280,7 @@ MP_DECL void connection::fill(std::size_t wanted) {
       throw_errno("read", endpoint_.to_string(), err);
     }
     end_ += static_cast<std::size_t>(got);
+    if (end_ == buffer_.size() && end_ - start_ < wanted) buffer_.resize(std::min(start_ + wanted, 2 * buffer_.size()));
   }
 }
 

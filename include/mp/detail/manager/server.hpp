@@ -38,6 +38,14 @@ namespace mp::detail::manager {
 /// starts (it is read in the server's process).
 inline std::uint64_t max_reply = std::numeric_limits<std::uint32_t>::max();
 
+/// How long the connection reading past the server's request budget (see server::in_allowance) may send nothing while
+/// others wait for the budget before it is closed. A variable only so that a test can lower it (set it before the
+/// server starts).
+inline std::chrono::milliseconds stalled_request_timeout{10'000};
+/// The request bytes beyond each connection's allowance that all connections share (see server::in_allowance).
+/// A variable only so that a test can lower it (set it before the server starts).
+inline std::size_t request_budget = std::size_t{64} << 20;
+
 class server {
  public:
   /// Serves on `listener` until a shutdown request, a readable `stop_fd` (a signalfd) or the exit of the process
@@ -73,6 +81,7 @@ class server {
     bool throttled = false;  // process() left frames unhandled: its replies reached max_unsent (see deliver)
     std::optional<hmac_digest> session;  // with an authkey, once ready: every non-empty frame carries a MAC
     std::uint64_t frames_sent = 0, frames_received = 0;  // their sequence numbers
+    store::clock::time_point last_in{};  // when bytes last came in (for stalled_request_timeout)
   };
   using time_point = store::clock::time_point;
 
@@ -87,6 +96,17 @@ class server {
   /// server's memory without bound or hold the loop copying replies while others wait.
   static constexpr std::size_t max_unsent = std::size_t{16} << 20;
   static bool backlogged(const connection& c) { return c.out.size() - c.out_at > max_unsent; }
+  /// Request bytes the server buffers (partial frames, mostly) across all connections. Each connection may always
+  /// hold in_allowance (a whole small request: a client is never starved by others' large ones); beyond that, all
+  /// share request_budget; past the budget one connection at a time — the lane — goes on reading up to a whole
+  /// max_request frame while the others are not read from (their bytes wait in the kernel, their senders block)
+  /// until it has its frame. So clients sending large requests at once make the server hold at most
+  /// request_budget + one max_request + in_allowance per connection, not max_request each. A lane holder that sends
+  /// nothing for stalled_request_timeout while others wait is closed (logged on stderr).
+  static constexpr std::size_t in_allowance = std::size_t{1} << 20;
+  MP_DECL bool may_read(connection& c);
+  MP_DECL std::optional<time_point> stalled_lane_deadline() const;
+  MP_DECL void drop_stalled_lane(time_point now);
 
   MP_DECL std::optional<time_point> earliest_handshake_deadline() const;
   MP_DECL void drop_slow_handshakes(time_point now);
@@ -138,6 +158,9 @@ class server {
   bool stop_ = false;
   bool accept_paused_ = false;
   bool check_peer_uid_ = false;  // a Unix listener serving only its own user (see the constructor)
+  std::size_t buffered_in_ = 0;   // the sum of every c.in.size(): recounted each loop, kept up to date by receive
+  std::uint64_t in_lane_ = 0;     // the connection reading past request_budget (0: none)
+  bool budget_waiters_ = false;   // some connection is not read from for want of budget
 };
 
 }  // namespace mp::detail::manager

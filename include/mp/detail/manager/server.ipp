@@ -47,9 +47,15 @@ MP_DECL void server::run() {
     fds.push_back({owner_pidfd_, POLLIN, 0});
     fds.push_back({stop_fd_, POLLIN, 0});
     const std::size_t fixed = fds.size();
+    buffered_in_ = 0;
+    for (const auto& [id, c] : connections_) buffered_in_ += c.in.size();
+    budget_waiters_ = false;
     for (auto& [id, c] : connections_) {
-      // A backlogged client is not read from (its requests wait in the kernel) until it reads its replies.
-      short events = c.closing ? 0 : backlogged(c) ? POLLRDHUP : POLLIN | POLLRDHUP;
+      // A backlogged client is not read from (its requests wait in the kernel) until it reads its replies; one
+      // past the request budget, until the lane is free.
+      const bool readable = !backlogged(c) && (c.closing || may_read(c));
+      if (!readable && !backlogged(c)) budget_waiters_ = true;
+      short events = c.closing ? 0 : !readable ? POLLRDHUP : POLLIN | POLLRDHUP;
       if (c.out_at < c.out.size()) events |= POLLOUT;
       fds.push_back({c.fd.get(), events, 0});
       order.push_back(id);
@@ -62,6 +68,7 @@ MP_DECL void server::run() {
     if (auto handshake = earliest_handshake_deadline(); handshake && (!deadline || *handshake < *deadline)) {
       deadline = handshake;
     }
+    if (auto stalled = stalled_lane_deadline(); stalled && (!deadline || *stalled < *deadline)) deadline = stalled;
     if (deadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - store::clock::now()).count();
       timeout = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
@@ -100,6 +107,7 @@ MP_DECL void server::run() {
     }
     if (fds[0].revents) accept_all(now);
     drop_slow_handshakes(now);
+    drop_stalled_lane(now);
     store_.expire(now, replies_);
     deliver();
     reap();
@@ -131,6 +139,35 @@ MP_DECL void server::drop_slow_handshakes(time_point now) {
   for (auto& [id, c] : connections_) {
     if (c.at != stage::ready && c.handshake_deadline <= now) c.dead = true;
   }
+}
+
+// Whether c may be read from now (see in_allowance); takes the lane for c when it is free and c needs it.
+MP_DECL bool server::may_read(connection& c) {
+  if (c.at != stage::ready || c.in.size() < in_allowance || buffered_in_ < request_budget || in_lane_ == c.id) return true;
+  auto lane = connections_.find(in_lane_);
+  if (lane != connections_.end() && !lane->second.dead && lane->second.in.size() >= in_allowance) return false;
+  in_lane_ = c.id;
+  return true;
+}
+
+// When the lane's holder is closed if it still sends nothing, while others wait for the budget.
+MP_DECL std::optional<server::time_point> server::stalled_lane_deadline() const {
+  if (!budget_waiters_) return std::nullopt;
+  auto lane = connections_.find(in_lane_);
+  if (lane == connections_.end() || lane->second.in.size() < in_allowance) return std::nullopt;
+  return lane->second.last_in + stalled_request_timeout;
+}
+
+MP_DECL void server::drop_stalled_lane(time_point now) {
+  auto deadline = stalled_lane_deadline();
+  if (!deadline || now < *deadline) return;
+  auto& c = connections_.find(in_lane_)->second;
+  std::fprintf(stderr,
+               "mp::Manager server (pid %d): closed a connection that held %zu bytes of an unfinished request and "
+               "sent nothing for %lld ms while other clients waited for the server's request budget\n",
+               static_cast<int>(::getpid()), c.in.size(), static_cast<long long>(stalled_request_timeout.count()));
+  c.dead = true;
+  in_lane_ = 0;
 }
 
 MP_DECL void server::append_frame(std::string& out, std::string_view payload) {
@@ -246,6 +283,7 @@ MP_DECL bool server::peer_allowed(int fd) const {
 MP_DECL void server::receive(connection& c, time_point now) {
   char chunk[64 * 1024];
   for (;;) {
+    if (!c.closing && !may_read(c)) return;  // past the request budget: the rest waits in the kernel
     // recvmsg rather than read: a client attaching a channel sends its memfd with the request.
     auto got = receive_with_fds(c.fd.get(), chunk, sizeof chunk, c.fds);
     if (got <= 0) {
@@ -253,8 +291,11 @@ MP_DECL void server::receive(connection& c, time_point now) {
       return;
     }
     if (c.closing) return;  // a rejected client: ignore whatever it sends until FAILURE is written
+    c.last_in = now;
+    const std::size_t held = c.in.size();
     c.in.append(chunk, static_cast<std::size_t>(got));
     process(c, now);
+    buffered_in_ = buffered_in_ - std::min(buffered_in_, held) + c.in.size();
     // A client sends one request at a time: more than one full request buffered is a protocol violation.
     if (c.in.size() > std::size_t{protocol::max_request} + 8) c.dead = true;
     if (c.dead || backlogged(c) || static_cast<std::size_t>(got) < sizeof chunk) return;
@@ -307,6 +348,8 @@ MP_DECL void server::process(connection& c, time_point now) {
     }
   }
   c.in.erase(0, at);
+  // A large request handled: give its memory back, or every connection that once sent one would keep it.
+  if (c.in.size() < in_allowance && c.in.capacity() > 2 * in_allowance) c.in.shrink_to_fit();
 }
 
 // Applies one request of c; it parks if the store answered nothing yet.
