@@ -584,7 +584,7 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
     detail::fd_outbox_scope scope(box);
     pool::encode_callable(job->message, f);
     // Big arguments (blob_threshold and up) are written once, into a segment whose descriptor travels instead.
-    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size);
+    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size, core().payload_segments());
   }
   core().submit(job, 0, 1, "Pool::apply_async", pool::handles_of(box, "Pool::apply_async"));
   return AsyncResult<R>(core_, std::move(job));
@@ -623,7 +623,9 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
+    // Room for every chunk at once: growing by doubling would copy the bytes again and touch fresh pages each time.
     if constexpr (detail::is_bitwise_v<T>) job->items.reserve(n * sizeof(T) + chunks * sizeof(std::uint64_t));
+    else job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
     job->offsets.reserve(chunks + 1);
     job->starts.reserve(chunks + 1);
     auto it = std::ranges::begin(range);
@@ -644,7 +646,7 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
               job->bigs.resize(chunks);
               job->big_sizes.resize(chunks, 0);
             }
-            job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size);
+            job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size, core().payload_segments());
             job->big_sizes[c] = size;
             position += count;
           } else {
