@@ -50,11 +50,11 @@ class segment_pool {
   MP_DECL ~segment_pool();
 
   /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one named
-  /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most 4 segments and `budget` bytes (a segment larger
+  /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most `most` segments and `budget` bytes (a segment larger
   /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read waits
   /// up to 2 ms for one (keeping it in step with its consumer on warm pages); without, it makes a new one at once.
   MP_DECL pooled_segment& acquire(std::size_t size, std::size_t budget, const char* label = "mp-queue-item",
-                                  bool wait = true);
+                                  bool wait = true, std::size_t most = 4);
   /// Drops every cached segment (descriptors closed, mappings removed).
   MP_DECL void clear() noexcept;
 
@@ -69,12 +69,12 @@ class segment_pool {
 class shared_segment_pool {
  public:
   /// A descriptor of a segment holding `size` item bytes written by fill(std::span<std::byte>); the segment stays
-  /// in the cache (at most 4, `budget` bytes) and is reused once its reader marked it consumed. A fill that throws
-  /// leaves the segment free.
+  /// in the cache (at most `most`, `budget` bytes) and is reused once its reader marked it consumed. A fill that throws
+  /// leaves the segment free. (`most`: as many as may be in flight at once, else the oldest busy one is dropped.)
   template <class Fill>
-  unique_fd write(std::size_t size, std::size_t budget, const char* label, Fill&& fill) {
+  unique_fd write(std::size_t size, std::size_t budget, std::size_t most, const char* label, Fill&& fill) {
     std::lock_guard lock(mutex_);
-    pooled_segment& s = pool_.acquire(size, budget, label, false);
+    pooled_segment& s = pool_.acquire(size, budget, label, false, most);
     try {
       fill(s.item(size));
       return duplicate(s.fd.get(), label);

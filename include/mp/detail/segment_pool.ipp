@@ -29,7 +29,8 @@ MP_DECL void segment_pool::clear() noexcept {
   while (!segments_.empty()) drop(segments_.size() - 1);
 }
 
-MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait) {
+MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait,
+                                               std::size_t most) {
   const int pid = static_cast<int>(::getpid());
   if (pid != pid_) {
     // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
@@ -70,7 +71,7 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     for (auto& s : segments_) total += s.capacity;
     return total;
   };
-  while (!segments_.empty() && (segments_.size() >= 4 || bytes() + capacity > budget)) {
+  while (!segments_.empty() && (segments_.size() >= most || bytes() + capacity > budget)) {
     std::size_t victim = 0;
     for (std::size_t i = 0; i < segments_.size(); ++i)
       if (segments_[i].header().consumed.load(std::memory_order_acquire) != 0) {

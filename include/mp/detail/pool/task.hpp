@@ -321,10 +321,10 @@ inline constexpr std::size_t pool_result_keep = std::size_t{64} << 20;
 
 /// Appends `values` to `message` (already holding the callable's state); if the two reach blob_threshold, writes
 /// both into a recycled segment of `segments` instead — one copy, serialized in place — and returns a descriptor of
-/// it with `message` cleared and `size` set. Handles in `values` export their descriptors as always.
+/// it with `message` cleared and `size` set (`most`: segments kept, payload_segments_kept()). Handles in `values` export their descriptors as always.
 template <class T>
 unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::size_t& size,
-                         shared_segment_pool& segments) {
+                         shared_segment_pool& segments, std::size_t most) {
   output_archive measure(output_archive::measure_tag{});
   measure(values);
   const std::size_t total = message.size() + measure.measured();
@@ -334,7 +334,7 @@ unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::
     size = 0;
     return {};
   }
-  unique_fd fd = segments.write(total, pool_segment_budget, "mp-pool-task", [&](std::span<std::byte> bytes) {
+  unique_fd fd = segments.write(total, pool_segment_budget, most, "mp-pool-task", [&](std::span<std::byte> bytes) {
     std::memcpy(bytes.data(), message.data(), message.size());
     output_archive ar(output_archive::presized_tag{}, bytes.subspan(message.size()));
     ar(values);
@@ -360,8 +360,8 @@ std::size_t measure_items(It it, std::uint64_t n) {
 /// descriptor of it.
 template <class T, class It>
 unique_fd blob_chunk(std::span<const std::byte> prefix, It& it, std::uint64_t n, std::size_t size,
-                     shared_segment_pool& segments) {
-  return segments.write(size, pool_segment_budget, "mp-pool-task", [&](std::span<std::byte> bytes) {
+                     shared_segment_pool& segments, std::size_t most) {
+  return segments.write(size, pool_segment_budget, most, "mp-pool-task", [&](std::span<std::byte> bytes) {
     std::memcpy(bytes.data(), prefix.data(), prefix.size());
     output_archive ar(output_archive::presized_tag{}, bytes.subspan(prefix.size()));
     ar.write_bytes(&n, sizeof n);
