@@ -9,7 +9,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -24,9 +26,12 @@ std::size_t open_fds() {
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
   return n;
 }
+// Entries of /dev/shm, except Open MPI's (vader_segment.*), which MPI programs running beside the tests create and
+// remove at any time.
 std::size_t shm_entries() {
   std::size_t n = 0;
-  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/dev/shm")) ++n;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
+    if (!entry.path().filename().string().starts_with("vader_segment")) ++n;
   return n;
 }
 
@@ -51,6 +56,7 @@ std::uint64_t checksum(const std::vector<std::uint32_t>& v) {
 }
 std::uint64_t checksum_of(std::vector<std::uint32_t> v) { return checksum(v); }
 std::vector<std::uint32_t> make_item(std::size_t bytes, std::uint32_t seed) { return pattern(bytes, seed); }
+std::vector<std::uint32_t> make_mib(std::uint32_t seed) { return pattern(std::size_t{1} << 20, seed); }
 std::vector<std::uint32_t> reverse_item(std::vector<std::uint32_t> v) {
   std::reverse(v.begin(), v.end());
   return v;
@@ -140,4 +146,62 @@ TEST_CASE("A SharedMemory block passed to a task is the zero-copy path for big d
   for (std::byte b : bytes) expected += static_cast<std::uint8_t>(b);
   CHECK(sum == expected);
   block.unlink();
+}
+
+// Big payloads travel in recycled segments (segment_pool.hpp): more items than segments kept, so every segment is
+// reused many times in both directions. A reused segment must never be handed out while its reader still maps it:
+// a result received and kept must not change when later big tasks run, and no item may arrive as another's bytes.
+TEST_CASE("Big items in recycled segments arrive intact and distinct, results kept while later tasks run",
+          "[pool_bigdata]") {
+  start_any_server();
+  const std::size_t fds = open_fds();
+  {
+    mp::Pool pool(2);
+    std::vector<std::vector<std::uint32_t>> items;
+    for (std::uint32_t i = 0; i < 24; ++i) items.push_back(pattern((std::size_t{1} << 20) + 4096 * (i % 3), 100 + i));
+    const auto sums = pool.map(checksum_of, items, 1);
+    for (std::size_t i = 0; i < items.size(); ++i) CHECK(sums[i] == checksum(items[i]));
+    const auto back = pool.map(reverse_item, items, 1);
+    for (std::size_t i = 0; i < items.size(); ++i)
+      CHECK(std::equal(back[i].rbegin(), back[i].rend(), items[i].begin(), items[i].end()));
+    std::vector<std::vector<std::uint32_t>> kept;
+    for (std::uint32_t i = 0; i < 12; ++i) kept.push_back(pool.apply(make_item, std::size_t{1} << 20, 200 + i));
+    auto later = pool.map_async(make_mib, std::vector<std::uint32_t>{1, 2, 3, 4, 5, 6, 7, 8}, 1);
+    for (std::uint32_t i = 0; i < 12; ++i) CHECK(kept[i] == pattern(std::size_t{1} << 20, 200 + i));
+    const auto made = later.get();
+    for (std::uint32_t i = 0; i < 8; ++i) CHECK(made[i] == pattern(std::size_t{1} << 20, i + 1));
+    for (std::uint32_t i = 0; i < 12; ++i) CHECK(kept[i] == pattern(std::size_t{1} << 20, 200 + i));
+  }
+  CHECK(open_fds() == fds);
+}
+
+std::vector<std::vector<std::uint32_t>> temporary_items(std::uint32_t seed) {
+  std::vector<std::vector<std::uint32_t>> items;
+  for (std::uint32_t i = 0; i < 9; ++i) items.push_back(pattern(std::size_t{512} << 10, seed + i));
+  return items;
+}
+std::uint64_t checksum_or_throw(std::vector<std::uint32_t> v) {
+  if (v.size() == (std::size_t{600} << 10) / sizeof(std::uint32_t)) throw std::runtime_error("this item fails");
+  return checksum(v);
+}
+
+// A synchronous map serializes its big chunks only when it sends them (from the caller's range, alive while map
+// waits): a temporary range, a failing item among big ones, and map_async (which reads its input before it returns)
+// next to it all give the same answers.
+TEST_CASE("map serializes big chunks as it sends them and map_async before it returns", "[pool_bigdata]") {
+  mp::Pool pool(2);
+  const auto expected = temporary_items(7);
+  const auto sums = pool.map(checksum_of, temporary_items(7), 1);
+  for (std::size_t i = 0; i < expected.size(); ++i) CHECK(sums[i] == checksum(expected[i]));
+  const auto pairs = pool.map(checksum_of, temporary_items(7), 2);
+  CHECK(pairs == sums);
+  auto items = temporary_items(7);
+  auto async = pool.map_async(checksum_of, items, 1);
+  for (auto& item : items) std::fill(item.begin(), item.end(), 0u);  // read before map_async returned
+  CHECK(async.get() == sums);
+  auto with_failure = temporary_items(3);
+  with_failure[4] = pattern(std::size_t{600} << 10, 1);
+  CHECK_THROWS_WITH(pool.map(checksum_or_throw, with_failure, 1), Catch::Contains("this item fails"));
+  // The pool goes on, segments reused.
+  CHECK(pool.map(checksum_of, temporary_items(7), 1) == sums);
 }

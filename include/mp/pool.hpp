@@ -242,8 +242,9 @@ class [[nodiscard]] IMapIterator {
 
 namespace detail::pool {
 /// The map family of Pool and ThreadPool, written once: each call with a chunksize or with MapOptions, and braced
-/// lists as Python's literal lists. Derived provides submit_map<Star>(f, range, MapOptions, caller) and
-/// make_imap<Ordered>(f, range, MapOptions), and names itself in errors through map_async_caller/starmap_async_caller.
+/// lists as Python's literal lists. Derived provides submit_map<Star>(f, range, MapOptions, caller) (the _async
+/// calls), wait_map<Star>(f, range, MapOptions) (map and starmap, which wait) and make_imap<Ordered>(f, range,
+/// MapOptions), and names itself in errors through map_async_caller/starmap_async_caller.
 template <class Derived>
 class map_family {
  public:
@@ -255,7 +256,7 @@ class map_family {
   /// As map, with a progress bar and other per-call options.
   template <class F, std::ranges::input_range Range>
   auto map(F f, Range&& range, MapOptions options) {
-    return map_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
+    return self().template wait_map<false>(std::move(f), std::forward<Range>(range), std::move(options));
   }
   /// As map, without waiting. The input is read (and serialized) before it returns.
   template <class F, std::ranges::input_range Range>
@@ -274,7 +275,7 @@ class map_family {
   }
   template <class F, std::ranges::input_range Range>
   auto starmap(F f, Range&& range, MapOptions options) {
-    return starmap_async(std::move(f), std::forward<Range>(range), std::move(options)).take();
+    return self().template wait_map<true>(std::move(f), std::forward<Range>(range), std::move(options));
   }
   /// As starmap, without waiting.
   template <class F, std::ranges::input_range Range>
@@ -380,8 +381,20 @@ class Pool : public detail::pool::map_family<Pool> {
   friend class detail::pool::map_family<Pool>;
   static constexpr const char* map_async_caller = "Pool::map_async";
   static constexpr const char* starmap_async_caller = "Pool::starmap_async";
+  /// map, starmap: the caller waits while `range` lives, so big chunks may be serialized when dispatched
+  /// (detail/pool/jobs.hpp, lazy_chunks).
   template <bool Star, class F, class Range>
-  auto submit_map(F f, Range&& range, MapOptions options, const char* caller);
+  auto wait_map(F f, Range&& range, MapOptions options) {
+    std::shared_ptr<detail::pool::lazy_chunks> lazy;
+    auto result = submit_map<Star>(std::move(f), std::forward<Range>(range), std::move(options),
+                                   Star ? "Pool::starmap" : "Pool::map", &lazy);
+    const detail::pool::lazy_closer closer{lazy};
+    return result.take();
+  }
+  /// `lazy` (wait_map): big chunks may be serialized when dispatched; *lazy is set if some are.
+  template <bool Star, class F, class Range>
+  auto submit_map(F f, Range&& range, MapOptions options, const char* caller,
+                  std::shared_ptr<detail::pool::lazy_chunks>* lazy = nullptr);
   template <bool Ordered, class F, class Range>
   auto make_imap(F f, Range&& range, MapOptions options);
   /// Under spawn and forkserver, ProcessError for a callable whose state may hold addresses (as Process::start).
@@ -609,14 +622,16 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
     detail::fd_outbox_scope scope(box);
     pool::encode_callable(job->message, f);
     // Big arguments (blob_threshold and up) are written once, into a segment whose descriptor travels instead.
-    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size);
+    if constexpr (sizeof...(Args) > 0) job->big = pool::encode_payload(job->message, values, job->big_size, core().payload_segments(),
+                                                                  core().payload_segments_kept());
   }
   core().submit(job, 0, 1, "Pool::apply_async", pool::handles_of(box, "Pool::apply_async"));
   return AsyncResult<R>(core_, std::move(job));
 }
 
 template <bool Star, class F, class Range>
-auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller) {
+auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller,
+                      std::shared_ptr<detail::pool::lazy_chunks>* lazy) {
   namespace pool = detail::pool;
   using T = std::remove_cvref_t<std::ranges::range_value_t<Range>>;
   using E = typename pool::item_result<F, T, Star>::type;
@@ -648,10 +663,17 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     if (chunksize == 0) chunksize = pool::auto_chunksize(n, core().processes());
     if constexpr (!std::is_void_v<E>) job->value.resize(n);
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
+    // Room for every chunk at once: growing by doubling would copy the bytes again and touch fresh pages each time.
     if constexpr (detail::is_bitwise_v<T>) job->items.reserve(n * sizeof(T) + chunks * sizeof(std::uint64_t));
+    else job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
     job->offsets.reserve(chunks + 1);
     job->starts.reserve(chunks + 1);
     auto it = std::ranges::begin(range);
+    struct lazy_item_list {  // where each lazily serialized chunk starts in `range`, and its item count
+      std::vector<decltype(it)> from;
+      std::vector<std::uint64_t> count;
+    };
+    std::shared_ptr<lazy_item_list> lazy_items;
     const auto end = std::ranges::end(range);
     std::size_t position = 0;
     for (std::size_t c = 0; c < chunks; ++c) {
@@ -669,8 +691,29 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
               job->bigs.resize(chunks);
               job->big_sizes.resize(chunks, 0);
             }
-            job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size);
             job->big_sizes[c] = size;
+            if (lazy != nullptr && box.fds.size() == callable_box.fds.size()) {
+              // No handles among them: serialized when dispatched, into a recycled segment.
+              if (!job->lazy) {
+                job->lazy = std::make_shared<pool::lazy_chunks>();
+                *lazy = job->lazy;
+                lazy_items = std::make_shared<lazy_item_list>();
+                lazy_items->from.resize(chunks);
+                lazy_items->count.resize(chunks);
+                job->lazy->encode = [items = lazy_items, raw = job.get(), segments = &core().payload_segments(),
+                                     most = core().payload_segments_kept()](std::size_t chunk) {
+                  auto from = items->from[chunk];
+                  return pool::blob_chunk<T>(raw->callable, from, items->count[chunk], raw->big_sizes[chunk],
+                                             *segments, most);
+                };
+              }
+              lazy_items->from[c] = it;
+              lazy_items->count[c] = count;
+              std::ranges::advance(it, static_cast<std::ranges::range_difference_t<Range>>(count));
+            } else {
+              job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size, core().payload_segments(),
+                                                 core().payload_segments_kept());
+            }
             position += count;
           } else {
             position += pool::append_items<T>(job->items, it, end, chunksize);

@@ -108,6 +108,12 @@ class ThreadPool : public detail::pool::map_family<ThreadPool> {
   static constexpr const char* map_async_caller = "ThreadPool::map_async";
   static constexpr const char* starmap_async_caller = "ThreadPool::starmap_async";
   template <bool Star, class F, class Range>
+  auto wait_map(F f, Range&& range, MapOptions options) {
+    return submit_map<Star>(std::move(f), std::forward<Range>(range), std::move(options),
+                            Star ? "ThreadPool::starmap" : "ThreadPool::map")
+        .take();
+  }
+  template <bool Star, class F, class Range>
   auto submit_map(F f, Range&& range, MapOptions options, const char* caller);
   template <bool Ordered, class F, class Range>
   auto make_imap(F f, Range&& range, MapOptions options);

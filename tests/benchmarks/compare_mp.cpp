@@ -5,7 +5,10 @@
 // Raw baselines measured in the same run: fork+waitpid of a child that _exits at once, and an 8-byte ping-pong
 // over a socketpair, i.e. what the OS alone costs for a process start and a pipe round trip.
 //
-// Usage: compare_mp [--quick]      (--quick: about a tenth of the work, for a smoke run)
+// Usage: compare_mp [--quick] [--big]
+//   --quick: about a tenth of the work, for a smoke run
+//   --big:   only the big-data rows (Pipe round trip and big messages, Queue and Pool items), at 256 KiB and 4 MiB
+//            too (the sizes of plot_bigdata.py's plot)
 #include <mp/manager.hpp>
 #include <mp/pool.hpp>
 #include <mp/process.hpp>
@@ -36,6 +39,8 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 using i64 = std::int64_t;
+
+bool more_sizes = false;  // --big: 256 KiB and 4 MiB rows as well
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -236,11 +241,11 @@ void pipe_big_rows(i64 scale) {
     std::size_t size;
     i64 n;  // about 256 MiB per run
   };
-  const size_row sizes[] = {{"64KiB", std::size_t{64} << 10, 4096},
-                            {"1MiB", std::size_t{1} << 20, 256},
-                            {"16MiB", std::size_t{16} << 20, 16},
-                            {"64MiB", std::size_t{64} << 20, 4}};
+  const size_row sizes[] = {{"64KiB", std::size_t{64} << 10, 4096}, {"256KiB", std::size_t{256} << 10, 1024},
+                            {"1MiB", std::size_t{1} << 20, 256},       {"4MiB", std::size_t{4} << 20, 64},
+                            {"16MiB", std::size_t{16} << 20, 16},      {"64MiB", std::size_t{64} << 20, 4}};
   for (const auto& s : sizes) {
+    if (!more_sizes && (s.size == std::size_t{256} << 10 || s.size == std::size_t{4} << 20)) continue;
     const i64 n = std::max<i64>(2, s.n / scale);
     double pipe = 0, copy = 0, fresh = 0;
     for (int r = 0; r < 3; ++r) {
@@ -301,9 +306,11 @@ double memcpy_mbps(i64 n, i64 size) {
 
 // 256 MiB per run at every size (a tenth with --quick, at least one item), best of 3 runs.
 void queue_big_rows(i64 scale) {
-  const std::pair<const char*, i64> sizes[] = {{"64KiB", i64{64} << 10}, {"1MiB", i64{1} << 20},
-                                               {"16MiB", i64{16} << 20}, {"64MiB", i64{64} << 20}};
+  const std::pair<const char*, i64> sizes[] = {{"64KiB", i64{64} << 10}, {"256KiB", i64{256} << 10},
+                                               {"1MiB", i64{1} << 20},    {"4MiB", i64{4} << 20},
+                                               {"16MiB", i64{16} << 20},  {"64MiB", i64{64} << 20}};
   for (const auto& [label, size] : sizes) {
+    if (!more_sizes && (size == i64{256} << 10 || size == i64{4} << 20)) continue;
     const i64 n = std::max<i64>(1, (i64{256} << 20) / size / scale);
     const std::string name = std::string("queue_") + label + "_MBps";
     row(name.c_str(), best_rate(3, n, [size](i64 count) { queue_bytes(count, size); }) * static_cast<double>(size) / 1e6,
@@ -418,16 +425,22 @@ struct big_size {
   std::size_t bytes;
   i64 items;  // per run: about 128 MiB moved
 };
-constexpr big_size big_sizes[] = {{"64KiB", std::size_t{64} << 10, 2048},
-                                  {"1MiB", std::size_t{1} << 20, 128},
-                                  {"16MiB", std::size_t{16} << 20, 8},
-                                  {"64MiB", std::size_t{64} << 20, 4}};
+constexpr big_size all_big_sizes[] = {{"64KiB", std::size_t{64} << 10, 2048}, {"256KiB", std::size_t{256} << 10, 512},
+                                      {"1MiB", std::size_t{1} << 20, 128},      {"4MiB", std::size_t{4} << 20, 32},
+                                      {"16MiB", std::size_t{16} << 20, 8},      {"64MiB", std::size_t{64} << 20, 4}};
+
+std::vector<big_size> big_sizes() {
+  std::vector<big_size> sizes;
+  for (const big_size& s : all_big_sizes)
+    if (more_sizes || (s.bytes != std::size_t{256} << 10 && s.bytes != std::size_t{4} << 20)) sizes.push_back(s);
+  return sizes;
+}
 
 /// memcpy_<size>, pool_args_<size> (map(len, items, 1): the items cross to the workers) and pool_results_<size>
 /// (map(make, sizes, 1): the items come back), in MB/s; Python's side does the same with bytes objects.
 void pool_big_items(i64 scale) {
   char name[64];
-  for (const big_size& size : big_sizes) {
+  for (const big_size& size : big_sizes()) {
     const i64 items = std::max<i64>(2, size.items / scale);
     std::vector<char> from(size.bytes, 'x'), to(size.bytes);
     const double copy_rate = best_rate(5, items, [&](i64 n) {
@@ -441,7 +454,7 @@ void pool_big_items(i64 scale) {
   }
   mp::Pool pool(2);
   (void)pool.map(byte_count, std::vector<std::vector<char>>(2), 1);
-  for (const big_size& size : big_sizes) {
+  for (const big_size& size : big_sizes()) {
     const i64 items = std::max<i64>(2, size.items / scale);
     std::vector<std::vector<char>> in(static_cast<std::size_t>(items), std::vector<char>(size.bytes, 'x'));
     const double args_rate = best_rate(3, items, [&](i64) {
@@ -482,9 +495,22 @@ MP_REGISTER_TYPE(Counter, "Counter", &Counter::add);
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
-  const bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
+  bool quick = false, big = false;
+  for (int i = 1; i < argc; ++i) {
+    quick |= std::string_view(argv[i]) == "--quick";
+    big |= std::string_view(argv[i]) == "--big";
+  }
   const i64 scale = quick ? 10 : 1;
   row("cpu_count", static_cast<double>(mp::cpu_count()), "cpus");
+  if (big) {
+    more_sizes = true;
+    row("raw_socketpair_round_trip", best_us(5, 20000 / scale, raw_socketpair_ping_pong), "us");
+    row("pipe_round_trip", best_us(5, 20000 / scale, pipe_round_trip), "us");
+    pipe_big_rows(scale);
+    queue_big_rows(scale);
+    pool_big_items(scale);
+    return 0;
+  }
 
   row("raw_fork_waitpid", best_us(5, 200 / scale, raw_fork_waitpid), "us");
   row("process_start_join", best_us(5, 200 / scale, process_start_join), "us");

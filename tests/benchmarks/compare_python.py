@@ -6,7 +6,10 @@ program (tests/benchmarks/compare_mp.cpp, built -O2 with the benchmarks) and pri
 mp vs Python with the ratio, and on the latency rows the raw OS baseline measured by compare_mp beside them.
 
 Usage:
-    python3 tests/benchmarks/compare_python.py BUILD/tests/benchmarks/compare_mp [--quick]
+    python3 tests/benchmarks/compare_python.py BUILD/tests/benchmarks/compare_mp [--quick] [--big]
+
+--big: only the big-data rows (Pipe round trip, big Pipe messages, Queue and Pool items), at 256 KiB and 4 MiB as
+well; plot_bigdata.py plots its tables.
 
 Targets (issue 8): mp at least 10x Python on every throughput and pool-overhead row; pipe round trip and process
 start within 1.3x of the raw syscall baseline. Issue 14: big Pool items (pool_args_*, pool_results_*) at >= 2x
@@ -81,6 +84,15 @@ def pipe_round_trip(n):
 
 # Big messages through a Pipe (issue 14): send_bytes -> recv_bytes, MB/s; the same sizes and counts as compare_mp.
 PIPE_BIG_SIZES = [("64KiB", 64 << 10, 4096), ("1MiB", 1 << 20, 256), ("16MiB", 16 << 20, 16), ("64MiB", 64 << 20, 4)]
+MORE_SIZES = {"256KiB": (256 << 10, 1024, 512), "4MiB": (4 << 20, 64, 32)}  # --big: label: bytes, pipe n, pool n
+
+
+def more_sizes():
+    """--big: 256 KiB and 4 MiB rows beside the others, in size order."""
+    global PIPE_BIG_SIZES, QUEUE_BIG_SIZES, BIG_SIZES
+    PIPE_BIG_SIZES = sorted(PIPE_BIG_SIZES + [(k, v[0], v[1]) for k, v in MORE_SIZES.items()], key=lambda r: r[1])
+    QUEUE_BIG_SIZES = sorted(QUEUE_BIG_SIZES + [(k, v[0]) for k, v in MORE_SIZES.items()], key=lambda r: r[1])
+    BIG_SIZES = sorted(BIG_SIZES + [(k, v[0], v[2]) for k, v in MORE_SIZES.items()], key=lambda r: r[1])
 
 
 def send_items(out, size, n):
@@ -300,7 +312,7 @@ def pool_chunksize1_by_workers(report, s):
             report(f"pool_chunksize1_{workers}w", best_us(5, 5000 // s, lambda n: pool.map(identity, [7] * n, 1)))
 
 
-def python_rows(quick):
+def python_rows(quick, big=False):
     s = 10 if quick else 1
     rows = {}
 
@@ -308,10 +320,17 @@ def python_rows(quick):
         rows[name] = value
         print(f"  python {name} {value:.6g}", file=sys.stderr, flush=True)
 
-    report("process_start_join", best_us(5, 50 // s, process_start_join))
+    if not big:
+        report("process_start_join", best_us(5, 50 // s, process_start_join))
     report("pipe_round_trip", best_us(5, 5000 // s, pipe_round_trip))
     for name, size, n in PIPE_BIG_SIZES:
         report(f"pipe_simplex_{name}", max(pipe_simplex_mb_per_s(size, max(2, n // s)) for _ in range(3)))
+    if big:
+        for label, size in QUEUE_BIG_SIZES:
+            n = max(1, (256 << 20) // size // s)
+            report(f"queue_{label}_MBps", best_rate(3, n, lambda n, size=size: queue_bytes(n, size)) * size / 1e6)
+        pool_big_items(report, s)
+        return rows
     report("queue_8B", best_rate(3, 50000 // s, lambda n: queue_throughput(n, 42)))
     report("queue_1KiB", best_rate(3, 50000 // s, lambda n: queue_throughput(n, b"x" * 1024)))
     for label, size in QUEUE_BIG_SIZES:
@@ -361,8 +380,8 @@ def python_rows(quick):
     return rows
 
 
-def mp_rows(program, quick):
-    cmd = [program] + (["--quick"] if quick else [])
+def mp_rows(program, quick, big=False):
+    cmd = [program] + (["--quick"] if quick else []) + (["--big"] if big else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = {}
     for line in out.splitlines():
@@ -407,15 +426,20 @@ def fmt(v):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if a != "--quick"]
+    args = [a for a in sys.argv[1:] if a not in ("--quick", "--big")]
     quick = "--quick" in sys.argv[1:]
+    big = "--big" in sys.argv[1:]
     if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
+    if big:
+        more_sizes()
     print("measuring Python's multiprocessing ...", file=sys.stderr, flush=True)
-    py = python_rows(quick)
+    py = python_rows(quick, big)
     print("measuring mp ...", file=sys.stderr, flush=True)
-    cpp = mp_rows(args[0], quick)
+    cpp = mp_rows(args[0], quick, big)
+    if big:
+        return big_data_tables(py, cpp)
 
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"cpu_count = {mp.cpu_count()}, Python {sys.version.split()[0]}, fork start method on both sides, "
@@ -495,6 +519,36 @@ def main():
     print(f"targets met: {met} of {met + missed}")
     print()
     big_table(py, cpp)
+    return 0
+
+
+def big_data_tables(py, cpp):
+    """--big: one table of MB/s per transport and size (mp, Python, memcpy of the same run), and the round trip."""
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"cpu_count = {mp.cpu_count()}, Python {sys.version.split()[0]}, fork start method on both sides, "
+          f"load average {load} (1/5/15 min) at the end of the run")
+    print()
+    print("| transport | item | Python MB/s | mp MB/s | mp vs Python | memcpy MB/s | mp / memcpy | target | met |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    rows = [("Pipe", label, size, f"pipe_simplex_{label}", f"pipe_simplex_memcpy_{label}") for label, size, _ in PIPE_BIG_SIZES]
+    rows += [("Queue", label, size, f"queue_{label}_MBps", f"memcpy_{label}_MBps") for label, size in QUEUE_BIG_SIZES]
+    rows += [(f"Pool {kind}", label, size, f"pool_{kind}_{label}", f"memcpy_{label}")
+             for kind in ("args", "results") for label, size, _ in BIG_SIZES]
+    for transport, label, size, name, copy in rows:
+        p, m, c = py.get(name), cpp.get(name), cpp.get(copy)
+        if p is None or m is None or c is None:
+            print(f"| {transport} | {label} | {fmt(p) if p else '-'} | {fmt(m) if m else '-'} | | | | | missing |")
+            continue
+        target = size >= 1 << 20
+        ok = m >= 2 * p and m >= 0.1 * c
+        print(f"| {transport} | {label} | {fmt(p)} | {fmt(m)} | {m / p:.2f}x | {fmt(c)} | {m / c:.3f} | "
+              f"{'>= 2x Python, >= 0.1x memcpy' if target else 'not slower than Python'} | "
+              f"{('yes' if ok else 'NO') if target else ('yes' if m >= p else 'NO')} |")
+    print()
+    p, m, raw = py.get("pipe_round_trip"), cpp.get("pipe_round_trip"), cpp.get("raw_socketpair_round_trip")
+    if p and m and raw:
+        print(f"Pipe round trip: Python {fmt(p)} us, mp {fmt(m)} us ({m / p:.2f}x Python's; target <= 0.1x), "
+              f"raw socketpair {fmt(raw)} us")
     return 0
 
 

@@ -1,7 +1,8 @@
 // blob: one large item in a memfd segment of its own, crossing to another process as a descriptor (SCM_RIGHTS or
 // a slot in shared memory that names it), so that it is copied once on each side: written straight into the
-// segment by the sender, read straight out of a read-only mapping by the receiver. Used by every transport for
-// items too large for its ring or socket buffer (Pipe, Queue, Pool arguments and results, Manager values).
+// segment by the sender, read straight out of a read-only mapping by the receiver. Used by the Pipe's big messages;
+// the Queue's large items and the Pool's big payloads use recycled, unsealed segments instead (segment_pool.hpp),
+// because a fresh segment per item is bound by first-touch page faults.
 //
 // Why a segment per item rather than streaming through a ring: a ring smaller than the item needs a hand-off per
 // piece (measured: 16 MiB Queue items at 73-84 MB/s through the 1 MiB ring), and the producer cannot finish before

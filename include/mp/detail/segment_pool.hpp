@@ -1,4 +1,5 @@
-// segment_pool: the memfd segments a thread puts large Queue items in, recycled once their consumer is done.
+// segment_pool: the memfd segments a thread (or a Pool) puts large items in — Queue items, Pool arguments and
+// results — recycled once their consumer is done.
 //
 // Why recycle: a fresh segment costs its pages — allocated, zeroed and, on a VM, often faulted in by the host — on
 // every item. Measured on this project's 2-CPU Firecracker VM under load: writing 1 MiB into a fresh memfd ran at
@@ -9,13 +10,15 @@
 // leaves that segment busy for good: the cache drops it when it needs the room (the consumer's copy died with it).
 // Why not sealed (blob.hpp seals its segments): a recycled segment must stay writable; every party of a Queue
 // already shares its ring, so sealing would not make a hostile party harmless there.
-// Bounds: at most 4 segments and QueueOptions::large_bytes_limit bytes per thread, kept while the thread lives
-// (release_cached_segments() gives them back). After fork the child drops the parent's cache (never shared).
+// Bounds: at most 4 segments and a byte budget per pool (a Queue's producing thread: QueueOptions::large_bytes_limit,
+// kept while the thread lives, release_cached_segments() gives them back; a Pool: pool_segment_budget for its
+// arguments, per worker for its results). After fork the child drops the parent's cache (never shared).
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -46,9 +49,12 @@ class segment_pool {
   segment_pool& operator=(const segment_pool&) = delete;
   MP_DECL ~segment_pool();
 
-  /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one. The cache
-  /// keeps at most 4 segments and `budget` bytes (a segment larger than the budget is still cached alone).
-  MP_DECL pooled_segment& acquire(std::size_t size, std::size_t budget);
+  /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one named
+  /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most `most` segments and `budget` bytes (a segment larger
+  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read waits
+  /// up to 2 ms for one (keeping it in step with its consumer on warm pages); without, it makes a new one at once.
+  MP_DECL pooled_segment& acquire(std::size_t size, std::size_t budget, const char* label = "mp-queue-item",
+                                  bool wait = true, std::size_t most = 4);
   /// Drops every cached segment (descriptors closed, mappings removed).
   MP_DECL void clear() noexcept;
 
@@ -56,6 +62,37 @@ class segment_pool {
   MP_DECL void drop(std::size_t index) noexcept;
   std::vector<pooled_segment> segments_;
   int pid_ = 0;
+};
+
+/// A segment_pool that several threads share (a Pool's big arguments, written by submitting threads and by the
+/// dispatcher): write() fills a recycled segment under the pool's mutex and returns a descriptor of it to send.
+class shared_segment_pool {
+ public:
+  /// A descriptor of a segment holding `size` item bytes written by fill(std::span<std::byte>); the segment stays
+  /// in the cache (at most `most`, `budget` bytes) and is reused once its reader marked it consumed. A fill that throws
+  /// leaves the segment free. (`most`: as many as may be in flight at once, else the oldest busy one is dropped.)
+  template <class Fill>
+  unique_fd write(std::size_t size, std::size_t budget, std::size_t most, const char* label, Fill&& fill) {
+    std::lock_guard lock(mutex_);
+    pooled_segment& s = pool_.acquire(size, budget, label, false, most);
+    try {
+      fill(s.item(size));
+      return duplicate(s.fd.get(), label);
+    } catch (...) {
+      s.header().consumed.store(1, std::memory_order_release);
+      throw;
+    }
+  }
+  /// Drops the cached segments (those still being read live on in their readers).
+  void clear() noexcept {
+    std::lock_guard lock(mutex_);
+    pool_.clear();
+  }
+
+ private:
+  MP_DECL static unique_fd duplicate(int fd, const char* label);
+  std::mutex mutex_;
+  segment_pool pool_;
 };
 
 /// The calling thread's pool.
@@ -68,10 +105,11 @@ inline segment_pool& thread_segment_pool() {
 inline void release_cached_segments() noexcept { thread_segment_pool().clear(); }
 
 /// A received segment mapped for reading the item (and setting `consumed`), checked to hold `size` item bytes;
-/// SerializationError if the descriptor is not such a segment. The destructor marks the item consumed and unmaps.
+/// SerializationError (naming `what`) if the descriptor is not such a segment. The destructor marks the item
+/// consumed and unmaps.
 class segment_reader {
  public:
-  MP_DECL segment_reader(unique_fd fd, std::size_t size);
+  MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue");
   segment_reader(const segment_reader&) = delete;
   segment_reader& operator=(const segment_reader&) = delete;
   MP_DECL ~segment_reader();

@@ -1,6 +1,7 @@
 // segment_pool: definitions (see segment_pool.hpp).
 #pragma once
 
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -28,7 +29,8 @@ MP_DECL void segment_pool::clear() noexcept {
   while (!segments_.empty()) drop(segments_.size() - 1);
 }
 
-MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget) {
+MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait,
+                                               std::size_t most) {
   const int pid = static_cast<int>(::getpid());
   if (pid != pid_) {
     // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
@@ -55,7 +57,7 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
   // keeps producer and consumer in step on warm pages, instead of running ahead on fresh ones.
   std::size_t fitting = 0;
   for (auto& s : segments_) fitting += s.capacity >= size && s.capacity / 2 <= size ? 1 : 0;
-  if (fitting >= 2) {
+  if (wait && fitting >= 2) {
     const std::uint64_t until = monotonic_ns() + 2'000'000;
     while (monotonic_ns() < until) {
       ::sched_yield();
@@ -69,7 +71,7 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     for (auto& s : segments_) total += s.capacity;
     return total;
   };
-  while (!segments_.empty() && (segments_.size() >= 4 || bytes() + capacity > budget)) {
+  while (!segments_.empty() && (segments_.size() >= most || bytes() + capacity > budget)) {
     std::size_t victim = 0;
     for (std::size_t i = 0; i < segments_.size(); ++i)
       if (segments_[i].header().consumed.load(std::memory_order_acquire) != 0) {
@@ -79,12 +81,11 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     drop(victim);
   }
   pooled_segment s;
-  s.fd.reset(sys("memfd_create", "Queue large item",
-                 [] { return ::memfd_create("mp-queue-item", MFD_CLOEXEC); }));
-  sys("ftruncate", "Queue large item",
+  s.fd.reset(sys("memfd_create", label, [&] { return ::memfd_create(label, MFD_CLOEXEC); }));
+  sys("ftruncate", label,
       [&] { return ::ftruncate(s.fd.get(), static_cast<off_t>(segment_header_bytes + capacity)); });
   void* data = nullptr;
-  sys("mmap", "Queue large item", [&] {
+  sys("mmap", label, [&] {
     data = ::mmap(nullptr, segment_header_bytes + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
                   s.fd.get(), 0);
     return data == MAP_FAILED ? -1 : 0;
@@ -95,17 +96,21 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
   return segments_.back();
 }
 
-MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size) : size_(size) {
+MP_DECL unique_fd shared_segment_pool::duplicate(int fd, const char* label) {
+  return unique_fd(sys("fcntl", label, [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); }));
+}
+
+MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what) : size_(size) {
   struct stat st {};
   if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
       static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
       static_cast<std::size_t>(st.st_size) - segment_header_bytes < size) {
-    throw SerializationError("Queue: the descriptor received for an item of " + std::to_string(size) +
-                             " bytes is not a segment that holds it: the queue's memory is corrupt");
+    throw SerializationError(std::string(what) + ": the descriptor received for an item of " + std::to_string(size) +
+                             " bytes is not a segment that holds it: the sender's memory is corrupt");
   }
   mapped_ = segment_header_bytes + size;
   void* data = nullptr;
-  sys("mmap", "Queue large item", [&] {
+  sys("mmap", what, [&] {
     data = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
     return data == MAP_FAILED ? -1 : 0;
   });

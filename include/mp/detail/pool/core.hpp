@@ -111,6 +111,10 @@ struct config {
 
 class core {
  public:
+  /// Recycled segments for big task payloads (task.hpp's encode_payload and blob_chunk): they live with the pool.
+  shared_segment_pool& payload_segments() noexcept { return payload_segments_; }
+  /// How many of them to keep: two chunks may be in flight per worker (the prefetch), one more being written.
+  std::size_t payload_segments_kept() const noexcept { return 2 * config_.processes + 2; }
   /// Starts the factory (factory.hpp) and through it the workers, then the supervisor thread.
   MP_DECL explicit core(config settings);
   MP_DECL ~core();
@@ -222,6 +226,7 @@ class core {
   std::atomic<std::uint32_t> callers_spinning_{0};
   bool crowded_ = false;  // more workers than CPUs: a parent thread spinning for results takes a worker's CPU
 
+  shared_segment_pool payload_segments_;
   std::mutex teardown_mutex_;  // serializes stop_supervisor_and_factory()
   std::mutex mutex_;
   std::condition_variable changed_;   // outstanding_ or live workers changed

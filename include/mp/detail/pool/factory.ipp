@@ -17,6 +17,7 @@
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/blob.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/pool/handles.hpp>
@@ -217,28 +218,30 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   });
 }
 
-// Writes a result message to the outbox; a big body (blob_threshold and up) goes as a blob segment on the worker's
-// socket first, the message then holding only its header.
+// Writes a result message to the outbox; a big body (blob_threshold and up) goes as a segment on the worker's
+// socket first, the message then holding only its header. The segment is one of the worker's recycled ones
+// (segment_pool.hpp): the parent marks it consumed once it decoded the result, and the next big result reuses its
+// pages, already touched, instead of fresh ones.
 MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out) {
   const std::size_t body = out.size() - sizeof(result_header);
   if (body >= blob_threshold && socket >= 0) {
-    unique_fd segment;
+    int segment = -1;
     try {
-      blob_writer writer(body, "mp-pool-result");
-      std::memcpy(writer.bytes().data(), out.data() + sizeof(result_header), body);
-      segment = writer.publish();
+      pooled_segment& s = thread_segment_pool().acquire(body, pool_segment_budget / 2, "mp-pool-result");
+      std::memcpy(s.item(body).data(), out.data() + sizeof(result_header), body);
+      segment = s.fd.get();
     } catch (...) {
       // No memory for a segment: the ring still works, piece by piece.
     }
-    if (segment) {
-      const int fds[] = {segment.get()};
+    if (segment >= 0) {
+      const int fds[] = {segment};
       send_fd_frame(socket, {}, fds, "Pool worker: sending a big result");
       result_header header{};
       std::memcpy(&header, out.data(), sizeof header);
       header.length = sizeof header - sizeof header.length;
       header.blob = body;
       write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header);
-      if (out.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(out);  // do not hoard
+      if (out.capacity() > pool_result_keep) std::vector<std::byte>().swap(out);  // do not hoard
       return;
     }
   }
@@ -290,7 +293,9 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
     }
     if (run != nullptr) {
       std::span<const std::byte> payload(task);
-      std::optional<blob_reader> big;  // a big payload, mapped read-only: decoded straight from the segment
+      // A big payload, mapped: decoded straight from the segment, marked consumed (for the parent to reuse) as soon
+      // as the task ran.
+      std::optional<segment_reader> big;
       try {
         if (header.handles == 0) {
           kept.clear_current();
@@ -300,7 +305,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
           payload = payload.subspan(header.handles);
           if (header.blob != 0) {
             if (!blob) throw ProcessError("Pool worker: a task's blob segment did not arrive");
-            big.emplace(std::move(blob), static_cast<std::size_t>(header.blob));
+            big.emplace(std::move(blob), static_cast<std::size_t>(header.blob), "Pool worker");
             payload = big->bytes();
           }
         }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -91,7 +92,35 @@ inline std::size_t auto_chunksize(std::size_t n, std::size_t processes) {
   return std::max<std::size_t>(1, n / per + (n % per != 0 ? 1 : 0));
 }
 
-/// map/starmap: every chunk's items serialized at submission; results land in place.
+/// A synchronous map's big chunks, serialized only when dispatched, from the caller's range (alive while map()
+/// waits), into the pool's recycled segments: a few warm segments then carry any number of big items, where
+/// serializing them all at submission would need fresh memory for all of them at once (map_async must read its
+/// input before it returns; map may read it while it waits). close() runs when map() returns, whatever happened.
+struct lazy_chunks {
+  std::mutex mutex;
+  bool open = true;
+  std::function<unique_fd(std::size_t)> encode;  // chunk c's payload segment
+  unique_fd operator()(std::size_t c) {
+    std::lock_guard lock(mutex);
+    if (!open) throw Error("Pool::map: the call ended before a chunk of its big items was sent");
+    return encode(c);
+  }
+  void close() noexcept {
+    std::lock_guard lock(mutex);
+    open = false;
+  }
+};
+
+/// Closes a map call's lazy_chunks when the call returns or throws.
+struct lazy_closer {
+  std::shared_ptr<lazy_chunks>& lazy;
+  ~lazy_closer() {
+    if (lazy) lazy->close();
+  }
+};
+
+/// map/starmap: every chunk's items serialized at submission (a synchronous map's big chunks: at dispatch, see
+/// lazy_chunks); results land in place.
 template <class E>
 class map_job final : public result_job<map_result_t<E>> {
  public:
@@ -104,6 +133,8 @@ class map_job final : public result_job<map_result_t<E>> {
   std::exception_ptr first_error;
   std::vector<unique_fd> bigs;           // chunk c as a blob segment (blob_chunk), until answered; empty: none
   std::vector<std::size_t> big_sizes;
+  std::shared_ptr<lazy_chunks> lazy;     // a synchronous map's big chunks not yet serialized; null: none
+  std::vector<std::exception_ptr> lazy_errors;  // chunk c could not be serialized when dispatched
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override {
@@ -111,10 +142,24 @@ class map_job final : public result_job<map_result_t<E>> {
   }
   int blob(std::size_t c, std::size_t& size) override {
     size = c < bigs.size() ? big_sizes[c] : 0;
+    if (size != 0 && !bigs[c] && lazy) {
+      try {
+        bigs[c] = (*lazy)(c);
+      } catch (...) {
+        // Sent without its items, the chunk fails in the worker; its result is replaced by this error.
+        if (lazy_errors.empty()) lazy_errors.resize(bigs.size());
+        lazy_errors[c] = std::current_exception();
+        size = 0;
+      }
+    }
     return c < bigs.size() && bigs[c] ? bigs[c].get() : -1;
   }
   void deliver(std::size_t c, input_archive& ar) override {
     if (c < bigs.size()) bigs[c].reset();
+    if (c < lazy_errors.size() && lazy_errors[c]) {
+      fail(c, lazy_errors[c]);
+      return;
+    }
     const std::size_t start = starts[c];
     auto outcome = read_results<E>(ar, starts[c + 1] - start, "map results", [&](std::uint64_t) {
       if constexpr (!std::is_void_v<E>) return this->value.data() + start;

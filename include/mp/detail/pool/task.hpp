@@ -39,6 +39,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/blob.hpp>
 #include <mp/detail/code_address.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/unique_fd.hpp>
 
@@ -312,11 +313,18 @@ inline result_message split_result(std::span<const std::byte> message) noexcept 
   return {header.chunk_id, message.subspan(sizeof header), header.blob};
 }
 
+/// Bytes of big Pool payloads (arguments, and results per worker) kept in recycled segments (segment_pool.hpp).
+inline constexpr std::size_t pool_segment_budget = std::size_t{256} << 20;
+/// A worker keeps its result buffer up to this capacity: serializing the next big result into it then touches no
+/// fresh page and moves nothing when it grows.
+inline constexpr std::size_t pool_result_keep = std::size_t{64} << 20;
+
 /// Appends `values` to `message` (already holding the callable's state); if the two reach blob_threshold, writes
-/// both into a new blob segment instead — one copy, serialized in place — and returns its descriptor with
-/// `message` cleared and `size` set. Handles in `values` export their descriptors as always.
+/// both into a recycled segment of `segments` instead — one copy, serialized in place — and returns a descriptor of
+/// it with `message` cleared and `size` set (`most`: segments kept, payload_segments_kept()). Handles in `values` export their descriptors as always.
 template <class T>
-unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::size_t& size) {
+unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::size_t& size,
+                         shared_segment_pool& segments, std::size_t most) {
   output_archive measure(output_archive::measure_tag{});
   measure(values);
   const std::size_t total = message.size() + measure.measured();
@@ -326,14 +334,14 @@ unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::
     size = 0;
     return {};
   }
-  blob_writer writer(total, "mp-pool-task");
-  const auto bytes = writer.bytes();
-  std::memcpy(bytes.data(), message.data(), message.size());
-  output_archive ar(output_archive::presized_tag{}, bytes.subspan(message.size()));
-  ar(values);
+  unique_fd fd = segments.write(total, pool_segment_budget, most, "mp-pool-task", [&](std::span<std::byte> bytes) {
+    std::memcpy(bytes.data(), message.data(), message.size());
+    output_archive ar(output_archive::presized_tag{}, bytes.subspan(message.size()));
+    ar(values);
+  });
   message.clear();
   size = total;
-  return writer.publish();
+  return fd;
 }
 
 /// For a chunk of n items from `it` (a copy: not advanced): the bytes they serialize to.
@@ -347,20 +355,21 @@ std::size_t measure_items(It it, std::uint64_t n) {
   return measure.measured();
 }
 
-/// A chunk of n items (u64 n, then the items) after `prefix` in a new blob segment of `size` bytes (measured:
-/// prefix + 8 + measure_items), advancing `it`; returns its descriptor.
+/// A chunk of n items (u64 n, then the items) after `prefix` in a recycled segment of `segments` holding `size`
+/// bytes (measured: prefix + 8 + measure_items), advancing `it`; returns a
+/// descriptor of it.
 template <class T, class It>
-unique_fd blob_chunk(std::span<const std::byte> prefix, It& it, std::uint64_t n, std::size_t size) {
-  blob_writer writer(size, "mp-pool-task");
-  const auto bytes = writer.bytes();
-  std::memcpy(bytes.data(), prefix.data(), prefix.size());
-  output_archive ar(output_archive::presized_tag{}, bytes.subspan(prefix.size()));
-  ar.write_bytes(&n, sizeof n);
-  for (std::uint64_t i = 0; i < n; ++i, ++it) {
-    if constexpr (std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) ar(*it);
-    else ar(static_cast<T>(*it));
-  }
-  return writer.publish();
+unique_fd blob_chunk(std::span<const std::byte> prefix, It& it, std::uint64_t n, std::size_t size,
+                     shared_segment_pool& segments, std::size_t most) {
+  return segments.write(size, pool_segment_budget, most, "mp-pool-task", [&](std::span<std::byte> bytes) {
+    std::memcpy(bytes.data(), prefix.data(), prefix.size());
+    output_archive ar(output_archive::presized_tag{}, bytes.subspan(prefix.size()));
+    ar.write_bytes(&n, sizeof n);
+    for (std::uint64_t i = 0; i < n; ++i, ++it) {
+      if constexpr (std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>) ar(*it);
+      else ar(static_cast<T>(*it));
+    }
+  });
 }
 
 /// Parent: the failure ending a result body as the exception it stands for, Remote<E> or RemoteError (remote_error.hpp).
