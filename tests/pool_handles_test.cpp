@@ -251,6 +251,25 @@ TEST_CASE("Handles cross inside starmap tuples and map items", "[pool_handles]")
   for (auto& q : queues) CHECK(q.get(5s) == 1);
 }
 
+TEST_CASE("A worker decodes a task's handles into empty handles, not new shared objects", "[pool_handles]") {
+  // What a worker decodes a task's arguments into before load() fills them in: a default-constructed Queue would
+  // make a ring and a mailbox of its own (two descriptors), a default Lock or Value a fresh shared chunk, for
+  // every task. The blanks hold nothing.
+  using blank_args = std::tuple<int, mp::Queue<int>, mp::JoinableQueue<int>, mp::SimpleQueue<int>, mp::Lock, mp::RLock,
+                                mp::Semaphore, mp::BoundedSemaphore, mp::Event, mp::Condition, mp::Barrier,
+                                mp::Value<int>, mp::RawValue<long>, mp::Array<int>, mp::RawArray<double>>;
+  STATIC_REQUIRE(mp::detail::blank_for_load<blank_args>::handle);
+  STATIC_REQUIRE(!mp::detail::blank_for_load<std::tuple<int, std::string>>::handle);
+  const std::size_t before = open_fds(::getpid());
+  std::vector<blank_args> blanks;
+  for (int i = 0; i < 100; ++i) blanks.push_back(mp::detail::blank_for_load<blank_args>::make());
+  CHECK(open_fds(::getpid()) == before);
+  CHECK(std::get<1>(blanks.front()).closed());  // a Queue without a state
+  // The same arguments made by default hold descriptors: what every task used to cost its worker.
+  std::vector<blank_args> made(3);
+  CHECK(open_fds(::getpid()) > before);
+}
+
 TEST_CASE("100,000 tasks carrying the same Value keep each worker's descriptor count bounded", "[pool_handles]") {
   mp::Pool pool(2);
   mp::Value<int> v(0);

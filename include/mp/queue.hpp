@@ -60,6 +60,8 @@ class Queue {
   explicit Queue(std::size_t maxsize = 0) : Queue(QueueOptions{.maxsize = maxsize}) {}
   /// A queue with explicit options: `Queue<T> q({.maxsize = 8, .capacity_bytes = 64 << 20});`
   explicit Queue(QueueOptions options) : Queue(options, false) {}
+  /// mp's decoders only: an empty handle that load() fills in (no queue of its own; see detail::for_load_t).
+  explicit Queue(detail::for_load_t) noexcept {}
 
   /// Puts an item, waiting as long as the queue is full. Throws mp::Error if this handle was closed.
   /// (Takes const T&, not T by value as in API.md: the item is serialized straight into shared memory, never copied.)
@@ -112,7 +114,9 @@ class Queue {
   /// travel along (detail/handle_transfer.hpp). As in Python, a Queue cannot travel through another Queue: that
   /// throws.
   void save(detail::output_archive& ar) const {
-    ar(detail::export_fd(live_state().segment.fd(), "Queue"), detail::export_fd(live_state().mailbox.get(), "Queue"));
+    const detail::queue_state& state = live_state();
+    const auto [segment, mailbox] = state.identities();
+    ar(detail::export_fd(state.segment.fd(), "Queue", segment), detail::export_fd(state.mailbox.get(), "Queue", mailbox));
   }
   /// In a spawned child: the same queue.
   void load(detail::input_archive& ar);
@@ -146,6 +150,8 @@ class JoinableQueue : public Queue<T> {
  public:
   explicit JoinableQueue(std::size_t maxsize = 0) : JoinableQueue(QueueOptions{.maxsize = maxsize}) {}
   explicit JoinableQueue(QueueOptions options) : Queue<T>(options, true) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit JoinableQueue(detail::for_load_t tag) noexcept : Queue<T>(tag) {}
 
   /// One item taken by get() is fully processed. Throws mp::Error if called more times than items were put.
   void task_done() { this->open_state("JoinableQueue::task_done").extra->task_done(); }
@@ -165,6 +171,8 @@ class SimpleQueue {
   SimpleQueue() : queue_(QueueOptions{}) {}
   /// capacity_bytes is honoured; maxsize must be 0.
   explicit SimpleQueue(QueueOptions options) : queue_(check(options)) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit SimpleQueue(detail::for_load_t tag) noexcept : queue_(tag) {}
 
   /// Puts an item (waits only if the ring's bytes are full).
   void put(const T& item) { queue_.put(item); }

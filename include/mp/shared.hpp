@@ -38,6 +38,8 @@ class Value : public detail::value_access<T>, public detail::block_lock<RLock> {
  public:
   /// A new value, initialised to `initial`.
   explicit Value(T initial = T{});
+  /// mp's decoders only: an empty handle that load() fills in (no value of its own; see detail::for_load_t).
+  explicit Value(detail::for_load_t tag) noexcept : detail::value_access<T>(tag), detail::block_lock<RLock>(tag) {}
   Value(const Value&) = default;
   Value& operator=(const Value&) = default;
 
@@ -66,6 +68,8 @@ class RawValue : public detail::value_access<T> {
   /// A new value, initialised to `initial`.
   explicit RawValue(T initial = T{})
       : detail::value_access<T>(detail::make_shared_state<detail::value_block<T>>("RawValue", initial)) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit RawValue(detail::for_load_t tag) noexcept : detail::value_access<T>(tag) {}
   RawValue(const RawValue&) = default;
   RawValue& operator=(const RawValue&) = default;
 
@@ -87,6 +91,8 @@ class Array : public detail::array_access<T>, public detail::block_lock<RLock> {
   Array() : Array(std::size_t{0}) {}
   /// n value-initialised elements (zeros for arithmetic T).
   explicit Array(std::size_t n) : Array(detail::array_of_size<T>(n, "Array")) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit Array(detail::for_load_t tag) noexcept : detail::array_access<T>(tag), detail::block_lock<RLock>(tag) {}
   /// The listed elements: Array<int>{1, 2, 3}.
   Array(std::initializer_list<T> items) : Array(detail::array_from_range<T>(items, "Array")) {}
   /// A copy of range's elements.
@@ -125,6 +131,8 @@ class RawArray : public detail::array_access<T> {
   RawArray() : RawArray(std::size_t{0}) {}
   /// n value-initialised elements (zeros for arithmetic T).
   explicit RawArray(std::size_t n) : detail::array_access<T>(detail::array_of_size<T>(n, "RawArray")) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit RawArray(detail::for_load_t tag) noexcept : detail::array_access<T>(tag) {}
   /// The listed elements.
   RawArray(std::initializer_list<T> items) : detail::array_access<T>(detail::array_from_range<T>(items, "RawArray")) {}
   /// A copy of range's elements.

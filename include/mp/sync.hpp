@@ -33,6 +33,8 @@ class Lock : private detail::basic_lock<false> {
  public:
   /// A new, unlocked lock.
   Lock() = default;
+  /// mp's decoders only: an empty handle that load() fills in (no lock of its own; see detail::for_load_t).
+  explicit Lock(detail::for_load_t tag) noexcept : basic_lock(tag) {}
 
   /// acquire() blocks until acquired: mp::Error if this thread already holds it (a Lock is not re-entrant: use an
   /// RLock). acquire(timeout) waits at most `timeout`; false if it ran out.
@@ -69,6 +71,8 @@ class RLock : private detail::basic_lock<true> {
  public:
   /// A new, unlocked lock.
   RLock() = default;
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit RLock(detail::for_load_t tag) noexcept : basic_lock(tag) {}
 
   /// acquire() blocks until acquired (at once if this thread holds it already: one more level). acquire(timeout)
   /// waits at most `timeout`; false if it ran out.
@@ -110,6 +114,8 @@ class Semaphore {
   explicit Semaphore(int value = 1) : Semaphore(value, 0, "Semaphore") {}
   Semaphore(const Semaphore&) = default;
   Semaphore& operator=(const Semaphore&) = default;
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit Semaphore(detail::for_load_t) noexcept {}
 
   /// Blocks until the value is positive, then decrements it.
   void acquire() { detail::semaphore_acquire(*state_, {}); }
@@ -146,6 +152,8 @@ class BoundedSemaphore : public Semaphore {
  public:
   /// mp::Error if value < 1.
   explicit BoundedSemaphore(int value = 1) : Semaphore(value, checked_bound(value), "BoundedSemaphore") {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit BoundedSemaphore(detail::for_load_t tag) noexcept : Semaphore(tag) {}
 
  private:
   MP_DECL static int checked_bound(int value);
@@ -158,6 +166,8 @@ class Condition {
   Condition() : Condition(RLock()) {}
   /// Bound to `lock` (copies of it share it).
   explicit Condition(Lock lock) : Condition(std::move(lock.state_), false) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit Condition(detail::for_load_t) noexcept : recursive_(false) {}
   explicit Condition(RLock lock) : Condition(std::move(lock.state_), true) {}
   Condition(const Condition&) = default;
   Condition& operator=(const Condition&) = default;
@@ -209,6 +219,8 @@ class Event {
   Event() : state_(detail::make_shared_state<detail::event_state>("Event")) {}
   Event(const Event&) = default;
   Event& operator=(const Event&) = default;
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit Event(detail::for_load_t) noexcept {}
 
   /// Sets the flag and wakes every waiter.
   void set() { detail::event_set(*state_); }
@@ -239,6 +251,8 @@ class Barrier {
                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
   /// A Barrier(1): only as the value a spawned child decodes its argument into.
   Barrier() : Barrier(1) {}
+  /// mp's decoders only: an empty handle that load() fills in.
+  explicit Barrier(detail::for_load_t) noexcept {}
   Barrier(const Barrier&) = default;
   Barrier& operator=(const Barrier&) = default;
 

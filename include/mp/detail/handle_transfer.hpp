@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <tuple>
+#include <type_traits>
 #include <typeindex>
 #include <typeinfo>
 #include <utility>
@@ -27,9 +29,23 @@
 
 namespace mp::detail {
 
+/// The open file behind a descriptor (fstat's st_dev and st_ino): the same in every process and for every dup.
+/// {0, 0}: not known.
+struct fd_identity {
+  std::uint64_t dev = 0;
+  std::uint64_t ino = 0;
+  bool known() const noexcept { return dev != 0 || ino != 0; }
+};
+
+/// The identity of `fd` (one fstat); unknown ({0, 0}) if fstat fails.
+MP_DECL fd_identity identity_of(int fd) noexcept;
+
 /// The descriptors a transfer sends (parent side). Borrowed: the handles being serialized own them.
 struct fd_outbox {
   std::vector<int> fds;
+  /// Beside fds: the open file behind each, when its handle knew it (a Pool then needs no fstat per task), else
+  /// unknown.
+  std::vector<fd_identity> ids;
 };
 
 /// A receiver that keeps what it received across transfers (a Pool worker, detail/pool/handles.hpp): the same
@@ -51,6 +67,42 @@ class fd_cache {
 struct fd_inbox {
   std::vector<unique_fd> fds;
   fd_cache* cache = nullptr;
+};
+
+/// The tag of a handle's constructor that makes an empty handle for load() to fill in: what a receiver decodes a
+/// handle into. A default-constructed Queue (or Lock, Value, ...) would first make a shared object of its own (a
+/// ring and a mailbox, a fresh shared-memory chunk) only to drop it when load() replaces it — once per task in a
+/// Pool worker.
+struct for_load_t {
+  explicit for_load_t() = default;
+};
+inline constexpr for_load_t for_load{};
+
+/// A value to decode a T into (by mp::serialize's load): T(for_load) for a handle type that has that constructor,
+/// a tuple or pair of such element by element, anything else value-initialized (T{}).
+template <class T>
+struct blank_for_load {
+  static constexpr bool handle = std::is_constructible_v<T, for_load_t>;
+  static T make() {
+    if constexpr (handle) return T(for_load);
+    else return T{};
+  }
+};
+template <class... Ts>
+struct blank_for_load<std::tuple<Ts...>> {
+  static constexpr bool handle = (blank_for_load<Ts>::handle || ...);
+  static std::tuple<Ts...> make() {
+    if constexpr (handle) return std::tuple<Ts...>(blank_for_load<Ts>::make()...);
+    else return std::tuple<Ts...>{};
+  }
+};
+template <class A, class B>
+struct blank_for_load<std::pair<A, B>> {
+  static constexpr bool handle = blank_for_load<A>::handle || blank_for_load<B>::handle;
+  static std::pair<A, B> make() {
+    if constexpr (handle) return std::pair<A, B>(blank_for_load<A>::make(), blank_for_load<B>::make());
+    else return std::pair<A, B>{};
+  }
 };
 
 // thread_local: two threads may start spawned children at once, each serializing its own arguments.
@@ -88,8 +140,9 @@ class fd_inbox_scope {
 };
 
 /// In a handle's save(): the index under which `fd` travels. mp::serialize calls save() twice (a measuring pass,
-/// then the writing one), so the same fd gets the same index. `what` names the handle type for the error.
-MP_DECL std::uint32_t export_fd(int fd, const char* what);
+/// then the writing one), so the same fd gets the same index. `what` names the handle type for the error. `id`:
+/// the open file behind fd if the handle keeps it (identity_of), which spares the receiver's bookkeeping an fstat.
+MP_DECL std::uint32_t export_fd(int fd, const char* what, fd_identity id = {});
 
 /// In a handle's load(): the child's own descriptor (close-on-exec) for the fd sent under `index`.
 MP_DECL unique_fd import_fd(std::uint32_t index, const char* what);

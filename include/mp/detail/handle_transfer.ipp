@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -16,7 +17,13 @@
 
 namespace mp::detail {
 
-MP_DECL std::uint32_t export_fd(int fd, const char* what) {
+MP_DECL fd_identity identity_of(int fd) noexcept {
+  struct stat st {};
+  if (sys_try("fstat", [&] { return ::fstat(fd, &st); }) != 0) return {};
+  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+}
+
+MP_DECL std::uint32_t export_fd(int fd, const char* what, fd_identity id) {
   fd_outbox* box = current_fd_outbox();
   if (box == nullptr) {
     throw SerializationError(std::string("mp::serialize: a ") + what +
@@ -30,7 +37,9 @@ MP_DECL std::uint32_t export_fd(int fd, const char* what) {
   }
   auto found = std::find(box->fds.begin(), box->fds.end(), fd);
   if (found != box->fds.end()) return static_cast<std::uint32_t>(found - box->fds.begin());
+  box->ids.resize(box->fds.size());  // a box filled by hand has no ids
   box->fds.push_back(fd);
+  box->ids.push_back(id);
   return static_cast<std::uint32_t>(box->fds.size() - 1);
 }
 

@@ -8,13 +8,16 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/fd_mailbox.hpp>
 #include <mp/detail/futex.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/ring_buffer.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -48,6 +51,17 @@ struct queue_state {
   ring_buffer ring;
   queue_extra* extra = nullptr;
   bool closed = false;
+
+  /// The open files behind segment and mailbox (fd_identity), found at the first call: what a Queue sent with
+  /// every Pool task tells the pool instead of an fstat per task.
+  std::pair<fd_identity, fd_identity> identities() const {
+    std::call_once(identified_, [&] { identities_ = {identity_of(segment.fd()), identity_of(mailbox.get())}; });
+    return identities_;
+  }
+
+ private:
+  mutable std::once_flag identified_;
+  mutable std::pair<fd_identity, fd_identity> identities_;
 };
 
 /// A new queue: a ring of `capacity_bytes` (rounded up, ring_buffer::round_capacity) that holds at most `maxsize`

@@ -116,6 +116,7 @@ class block_lock {
 
  protected:
   explicit block_lock(shared_ref<lock_state> state) noexcept : lock_(std::move(state)) {}
+  explicit block_lock(for_load_t tag) noexcept : lock_(tag) {}
   /// After the block arrived in a spawned child: the lock in it.
   void rebind(shared_ref<lock_state> state) noexcept { lock_ = Lock(std::move(state)); }
 
@@ -144,6 +145,7 @@ class value_access {
 
  protected:
   explicit value_access(shared_ref<value_block<T>> block) noexcept : block_(std::move(block)) {}
+  explicit value_access(for_load_t) noexcept {}
   std::atomic_ref<T> ref() const noexcept { return std::atomic_ref<T>(block_->value); }
   shared_ref<value_block<T>> block_;
 };
@@ -185,6 +187,7 @@ class array_access {
 
  protected:
   explicit array_access(shared_ref<array_header> header) : header_(std::move(header)) { bind(); }
+  explicit array_access(for_load_t) noexcept {}
   // In a spawned child: the header's block arrives through the archive; the elements follow it.
   void load_block(input_archive& ar, const char* what) {
     header_.load(ar, what);

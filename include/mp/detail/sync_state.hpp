@@ -110,6 +110,7 @@ class basic_lock {
  protected:
   basic_lock() : state_(make_shared_state<lock_state>(kind)) {}
   explicit basic_lock(shared_ref<lock_state> state) noexcept : state_(std::move(state)) {}
+  explicit basic_lock(for_load_t) noexcept {}
   shared_ref<lock_state> state_;
 };
 

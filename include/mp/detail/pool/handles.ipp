@@ -58,10 +58,13 @@ MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* cal
                 " shared objects' descriptors, more than the " + std::to_string(max_fds_per_frame) +
                 " a worker can receive with one task; use a smaller chunksize, or group the objects (one Queue, one "
                 "Array, one Manager)");
-  for (const int fd : box.fds) {
+  for (std::size_t i = 0; i < box.fds.size(); ++i) {
+    const int fd = box.fds[i];
     auto found = seen_.find(fd);
     if (found == seen_.end()) {
-      const handle_key key = key_of(fd);
+      // The handle's own record of its open file when it keeps one (a Queue does): no fstat per task.
+      const fd_identity id = i < box.ids.size() ? box.ids[i] : fd_identity{};
+      const handle_key key = id.known() ? handle_key{id.dev, id.ino} : key_of(fd);
       found = seen_.emplace(fd, key).first;
       distinct_.try_emplace(key, fd);
     }

@@ -41,6 +41,7 @@
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::pool {
@@ -243,7 +244,7 @@ T load(input_archive& ar) {
     ar.read_bytes(bytes.data(), sizeof(T), "item");
     return std::bit_cast<T>(bytes);
   } else {
-    T value{};
+    T value = blank_for_load<T>::make();  // a handle (a Queue, ...) decodes into an empty one, not a new object
     ar(value);
     return value;
   }
@@ -422,7 +423,7 @@ void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>
   try {
     input_archive ar(payload);
     F f = decode_callable<F>(ar);
-    std::tuple<Args...> args;
+    auto args = blank_for_load<std::tuple<Args...>>::make();
     if constexpr (sizeof...(Args) > 0) ar(args);
     writer.add([&]() -> R { return std::apply(f, std::move(args)); });
     writer.finish_ok();
@@ -437,7 +438,7 @@ template <class F, class... Args>
 void initializer_trampoline(std::span<const std::byte> payload, std::vector<std::byte>&) {
   input_archive ar(payload);
   F f = decode_callable<F>(ar);
-  std::tuple<Args...> args;
+  auto args = blank_for_load<std::tuple<Args...>>::make();
   if constexpr (sizeof...(Args) > 0) ar(args);
   std::apply(f, std::move(args));
 }
