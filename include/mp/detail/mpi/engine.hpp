@@ -152,7 +152,7 @@ class engine {
 
 template <class Done>
 bool engine::wait(Done&& done, const deadline& until) {
-  backoff pause(50'000);
+  backoff pause(200'000);
   for (;;) {
     bool moved = false;
     bool pushing = false;

@@ -76,7 +76,7 @@ inline void advise_huge(void* data, std::size_t bytes) noexcept {
 /// short sleep a 50 us one, and round trips of a few microseconds ones of a hundred.
 class backoff {
  public:
-  explicit backoff(std::uint64_t spin_ns = 100'000) : spin_ns_(spin_ns), since_(monotonic_ns()) {}
+  explicit backoff(std::uint64_t spin_ns = 300'000) : spin_ns_(spin_ns), since_(monotonic_ns()) {}
   ~backoff() {
     if (saved_slack_ >= 0) (void)::prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(saved_slack_), 0, 0, 0);
   }
