@@ -6,8 +6,10 @@
 //
 // Each rank holds at most `depth` chunks (2: the next one is already there when it finishes one), and runs them in
 // order; its answers name the chunk. Sends are non-blocking (MPI_Isend): a large payload waits in MPI's rendezvous
-// until the rank takes it, straight from the job's buffers (small messages are packed into one buffer first), and
-// rank 0 polls without sleeping while a send is incomplete.
+// until the rank takes it, straight from the job's buffers (small messages are packed into one buffer first). The
+// receiver moves it (Open MPI's single copy, CMA, on one host; RDMA or the network's own engine across hosts), so
+// rank 0 need not poll hot while its sends are pending: the CPU goes to the ranks copying. A send to another host
+// (TCP) moves as the sender polls, so then rank 0 polls at least every 20 us.
 // A dead rank on rank 0's host is noticed through its pidfd (every 100 ms while waiting): its chunks fail with
 // WorkerLost and the pool goes on with the others (this needs mpirun --enable-recovery; by default mpirun aborts
 // the whole job within about two seconds of a rank's death). Ranks on other hosts are not watched.
@@ -54,6 +56,12 @@ class job {
   virtual void fail(std::size_t chunk, std::exception_ptr error) = 0;
   /// Chunk i was handed to a rank.
   virtual void started(std::size_t) {}
+  /// Nonzero: a chunk's result may come as a block received in place (protocol.hpp), of elements of this size.
+  std::uint64_t result_block = 0;
+  /// Chunk i's result is one block of `length` elements: where to receive it (empty: cannot). Under the MPI lock.
+  virtual std::span<std::byte> block(std::size_t, std::uint64_t) { return {}; }
+  /// The block of chunk i has been received where block() said: the chunk succeeded. Under the MPI lock.
+  virtual void deliver_block(std::size_t) {}
 };
 
 /// The Pool's settings as the engine uses them.
@@ -120,6 +128,7 @@ class engine {
   inline int shown_rank(const slot& s) const noexcept;
   inline bool progress_locked();
   inline bool receive_locked();
+  inline void receive_block_locked(slot& s, inflight& chunk, bool wanted);
   inline bool dispatch_locked();
   inline void test_sends_locked();
   inline void send_locked(slot& s, std::shared_ptr<mpi::job> job, std::size_t chunk);
@@ -134,7 +143,8 @@ class engine {
   std::size_t outstanding_ = 0;  // chunks submitted and not yet answered or failed
   std::uint64_t next_id_ = 1;
   std::uint64_t last_check_ = 0;
-  bool sending_ = false;  // some send has not completed
+  bool sending_ = false;         // some send has not completed
+  bool sending_remote_ = false;  // ... to a rank on another host: its data moves only as rank 0 polls
   state state_ = state::running;
   std::vector<std::byte> rx_;
   std::vector<inflight> graveyard_;  // chunks of dead ranks: MPI may still read their messages
@@ -142,18 +152,20 @@ class engine {
 
 template <class Done>
 bool engine::wait(Done&& done, const deadline& until) {
-  backoff pause(50'000);
+  backoff pause(200'000);
   for (;;) {
     bool moved = false;
+    bool pushing = false;
     {
       std::lock_guard lock(mpi_mutex());
-      moved = progress_locked() || sending_;  // a large send moves only while rank 0 polls: no sleeping then
+      moved = progress_locked();
+      pushing = sending_remote_;
     }
     run_callbacks();
     if (done()) return true;
     if (expired(until)) return false;
     if (moved) pause.reset();
-    pause.pause();
+    pause.pause(pushing ? 20'000 : 1'000'000);
   }
 }
 

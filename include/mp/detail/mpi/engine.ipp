@@ -107,7 +107,9 @@ inline void engine::submit(std::shared_ptr<job> job, std::size_t first, std::siz
     if (state_ != state::running)
       throw Error(std::string(caller) + ": the pool is " + (state_ == state::closed ? "closed" : "terminated") +
                   " and takes no new work");
-    if (slots_.empty()) throw Error(std::string(caller) + ": the pool has no live worker rank left");
+    if (std::none_of(slots_.begin(), slots_.end(), [](const slot& s) { return s.worker->alive; }))
+      throw Error(std::string(caller) + ": the pool has no live worker rank left (every rank it had has died); "
+                  "close it and start a new Pool");
     pending_.push_back(pending{std::move(job), first, first + count});
     outstanding_ += count;
     progress_locked();
@@ -178,6 +180,11 @@ inline bool engine::receive_locked() {
     MPI_Waitall(3, chunk.requests, MPI_STATUSES_IGNORE);
     s.last_answer = monotonic_ns();
     --outstanding_;
+    if (how == outcome::block_follows) {
+      // Its block comes next from the same rank: receive it in place (or drop it), then the chunk is done.
+      receive_block_locked(s, chunk, !chunk.dropped && chunk.id == id);
+      if (!s.worker->alive) continue;
+    }
     if (chunk.dropped) continue;
     if (chunk.id != id) {
       chunk.job->fail(chunk.chunk, std::make_exception_ptr(Error("mp::mpi::Pool: rank " + std::to_string(s.worker->rank) +
@@ -192,6 +199,8 @@ inline bool engine::receive_locked() {
       chunk.job->fail(chunk.chunk, std::make_exception_ptr(WorkerLost(
           code, "the process running a task on rank " + std::to_string(shown_rank(s)) + " died (exit code " +
                     std::to_string(code) + "); the rank goes on serving")));
+    } else if (how == outcome::block_follows) {
+      chunk.job->deliver_block(chunk.chunk);
     } else {
       input_archive ar(std::span<const std::byte>(rx_).subspan(head));
       try {
@@ -201,6 +210,46 @@ inline bool engine::receive_locked() {
       }
     }
   }
+}
+
+inline void engine::receive_block_locked(slot& s, inflight& chunk, bool wanted) {
+  std::uint64_t length = 0;
+  const std::size_t at = sizeof(std::uint64_t) + 1 + sizeof(std::int32_t) + sizeof(std::uint64_t);
+  if (rx_.size() >= at + sizeof length) std::memcpy(&length, rx_.data() + at, sizeof length);
+  // The rank sent the block right after the head; it can only be missing if the rank died in between.
+  int flag = 0;
+  MPI_Message message;
+  MPI_Status status;
+  for (backoff pause(20'000);; pause.pause(100'000)) {
+    check("MPI_Improbe", MPI_Improbe(s.worker->rank, tag_part, group_->comm, &flag, &message, &status));
+    if (flag != 0) break;
+    if (ended(s.worker->pidfd)) {
+      if (wanted) {
+        chunk.dropped = true;
+        chunk.job->fail(chunk.chunk, std::make_exception_ptr(WorkerLost(
+            0, "mp::mpi::Pool: rank " + std::to_string(shown_rank(s)) + " (pid " + std::to_string(s.worker->pid) +
+                   ") died while sending a result")));
+      }
+      rank_lost_locked(s);
+      return;
+    }
+  }
+  int count = 0;
+  MPI_Get_count(&status, MPI_BYTE, &count);
+  std::span<std::byte> into;
+  if (wanted && chunk.header.result_block != 0 && length * chunk.header.result_block == static_cast<std::uint64_t>(count))
+    into = chunk.job->block(chunk.chunk, length);
+  if (into.size() != static_cast<std::size_t>(count)) {
+    rx_.resize(static_cast<std::size_t>(count));
+    check("MPI_Mrecv", MPI_Mrecv(rx_.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
+    if (wanted) {
+      chunk.dropped = true;
+      chunk.job->fail(chunk.chunk, std::make_exception_ptr(Error("mp::mpi::Pool: rank " + std::to_string(shown_rank(s)) +
+                                                                  " sent a result block of an unexpected size")));
+    }
+    return;
+  }
+  check("MPI_Mrecv", MPI_Mrecv(into.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
 }
 
 inline bool engine::dispatch_locked() {
@@ -232,7 +281,8 @@ inline void engine::send_locked(slot& s, std::shared_ptr<mpi::job> job, std::siz
   f.chunk = chunk;
   f.id = next_id_++;
   f.header = task_header{f.id, pool::trampoline_address(f.job->trampoline),
-                         f.job->timeout_ns != 0 ? f.job->timeout_ns : config_.task_timeout_ns, 0, 0, 0};
+                         f.job->timeout_ns != 0 ? f.job->timeout_ns : config_.task_timeout_ns, 0, 0, 0,
+                         f.job->result_block};
   const std::span<const std::byte> prefix = f.job->prefix();
   const std::span<const std::byte> body = f.job->body(chunk);
   const std::size_t total = sizeof f.header + prefix.size() + body.size();
@@ -266,19 +316,25 @@ inline void engine::send_locked(slot& s, std::shared_ptr<mpi::job> job, std::siz
                                    &f.requests[2]));
   }
   sending_ = true;
+  if (s.worker->host != mpi::state().host) sending_remote_ = true;
 }
 
 inline void engine::test_sends_locked() {
   if (!sending_) return;
   bool any = false;
+  bool remote = false;
   for (slot& s : slots_) {
     for (inflight& f : s.chunks) {
       int complete = 0;
       MPI_Testall(3, f.requests, &complete, MPI_STATUSES_IGNORE);
-      if (complete == 0) any = true;
+      if (complete == 0) {
+        any = true;
+        remote = remote || s.worker->host != mpi::state().host;
+      }
     }
   }
   sending_ = any;
+  sending_remote_ = remote;
 }
 
 inline void engine::check_ranks_locked() {

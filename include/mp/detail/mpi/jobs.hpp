@@ -25,6 +25,7 @@
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/mpi/engine.hpp>
+#include <mp/detail/mpi/protocol.hpp>
 #include <mp/detail/pool/imap_cursor.hpp>
 #include <mp/detail/pool/task.hpp>
 #include <mp/detail/process_child.hpp>
@@ -81,13 +82,41 @@ class result_job : public job {
   }
 };
 
+/// Whether an apply's result R is one block (a std::vector of bitwise values, a std::string), received in place.
+template <class R>
+consteval bool block_result() {
+  if constexpr (std::is_void_v<R>) return false;
+  else return is_single_block_v<R>;
+}
+
 /// apply_async: one chunk whose message is the callable's state and the arguments.
 template <class R>
 class apply_job final : public result_job<R> {
  public:
   std::vector<std::byte> message;
+  apply_job() {
+    if constexpr (block_result<R>()) this->result_block = sizeof(typename R::value_type);
+  }
   std::span<const std::byte> prefix() override { return message; }
   std::span<const std::byte> body(std::size_t) override { return {}; }
+  std::span<std::byte> block(std::size_t, std::uint64_t length) override {
+    if constexpr (block_result<R>()) {
+      using element = typename R::value_type;
+      if (length > this->value.max_size()) return {};
+      R fresh;
+      fresh.reserve(length);
+      advise_huge(fresh.data(), length * sizeof(element));  // resize() below is the first touch
+      fresh.resize(length);
+      this->value = std::move(fresh);
+      return {reinterpret_cast<std::byte*>(this->value.data()), length * sizeof(element)};
+    } else {
+      return {};
+    }
+  }
+  void deliver_block(std::size_t) override {
+    std::vector<std::byte>().swap(message);
+    this->finish();
+  }
   void deliver(std::size_t, input_archive& ar) override {
     this->error = pool::read_results<R>(ar, 1, "apply result", [&](std::uint64_t) { return &this->value; }).failure;
     std::vector<std::byte>().swap(message);

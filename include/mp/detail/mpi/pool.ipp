@@ -164,6 +164,15 @@ auto Pool::apply_async(F f, Args&&... args)
   pool::check_value<R>();
   auto job = std::make_shared<detail::mpi::apply_job<R>>();
   job->trampoline = &pool::apply_trampoline<F, R, pool::arg_t<Args>...>;
+  if constexpr (sizeof...(Args) > 0) {
+    // A big message gets its room at once, on huge pages where the system has them: it is fresh memory.
+    detail::output_archive measure(detail::output_archive::measure_tag{});
+    (detail::mpi::save_argument<pool::arg_t<Args>>(measure, args), ...);
+    if (measure.measured() >= detail::mpi::block_limit) {
+      job->message.reserve(measure.measured() + sizeof(F) + 64);
+      detail::mpi::advise_huge(job->message.data(), job->message.capacity());
+    }
+  }
   pool::encode_callable(job->message, f);
   if constexpr (sizeof...(Args) > 0) {
     detail::output_archive ar(job->message);

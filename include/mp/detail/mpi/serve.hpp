@@ -19,7 +19,8 @@
 namespace mp::detail::mpi {
 
 /// How a task ended, as the first byte of a tag_result message after the chunk id.
-enum class outcome : std::uint8_t { ran = 0, timed_out = 1, lost = 2 };
+/// block_follows: it ran, and its result's block follows as a tag_part message (protocol.hpp).
+enum class outcome : std::uint8_t { ran = 0, timed_out = 1, lost = 2, block_follows = 3 };
 
 /// Serves rank 0 (rank 0 of `comm`, or of the remote group of an intercommunicator) until tag_exit.
 inline void serve(MPI_Comm comm, const std::string& host);
