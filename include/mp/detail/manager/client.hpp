@@ -193,6 +193,9 @@ class request {
   /// Appends `v` as a blob of mp::serialize bytes (defined in <mp/manager.hpp>, which has mp::serialize).
   template <class T>
   request& value(const T& v);
+  /// Appends `v`'s mp::serialize bytes as a blob, without a value's tag (a custom method's arguments).
+  template <class T>
+  request& serialized(const T& v);
 
   /// Sends the request and returns a reader over the reply's results; throws the error the server replied.
   MP_DECL protocol::reader send();

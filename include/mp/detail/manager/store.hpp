@@ -275,6 +275,7 @@ class store {
   std::uint64_t next_id_ = 1;
   std::uint64_t next_lend_ = 1;
   bool shutdown_ = false;
+  std::vector<std::byte> call_result_;  // a custom method's serialized result (object_op), reused between calls
 };
 
 }  // namespace mp::detail::manager
