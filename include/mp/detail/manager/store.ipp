@@ -300,7 +300,7 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       }
       auto entry = found->second;
       handoff(client, entry->second);
-      out.push_back({client, ok_with([&](auto& w) { w.u8(1), w.blob(entry->second); })});
+      out.push_back({client, big_reply(entry->second.size(), [&](auto& w) { w.u8(1), w.blob(entry->second); })});
       if (code == p::dict_pop) drop_refs(entry->second), d.index.erase(found), d.entries.erase(entry);
       return;
     }
