@@ -81,7 +81,9 @@ struct Counter {
 };
 
 // The best rate of `runs` runs of run(n), each in a child made by fork (the proxies are inherited), which reports
-// its time through a pipe.
+// its time through a pipe. run(1) first, untimed: a child's first manager call opens its connection (connect,
+// handshake, channel, session: a few round trips to a sleeping server), a cost per process, not per call; with it
+// in the timed run a 2000-call --quick row measured mostly the connection (2-47 ms at load 8, vs ~1 us a call).
 double best_rate_in_child(int runs, i64 n, const std::function<void(i64)>& run) {
   double best = 0;
   for (int r = 0; r < runs; ++r) {
@@ -90,6 +92,7 @@ double best_rate_in_child(int runs, i64 n, const std::function<void(i64)>& run) 
     pid_t pid = ::fork();
     if (pid == 0) {
       ::close(fds[0]);
+      run(1);
       auto t0 = clock_type::now();
       run(n);
       double seconds = seconds_since(t0);
@@ -489,16 +492,121 @@ void pool_chunksize1_by_workers(i64 scale) {
   }
 }
 
+// ---- Manager big values and many clients (issue 14; helper mgr3's block) -----------------------------------------
+
+// MB/s (10^6 bytes) of dict set + get pairs of a `size`-byte value from this process, counting both directions
+// (2 x size per pair); the value read back is checked.
+double manager_value_mbps(mp::DictProxy<std::string, std::vector<char>>& d, std::size_t size, i64 n) {
+  std::vector<char> value(size, 'v');
+  d.set("value", value);  // warm: the first big value sets up the segments and buffers that later ones reuse
+  return best_rate(3, n, [&](i64 count) {
+           for (i64 i = 0; i < count; ++i) {
+             d.set("value", value);
+             if (d.get("value")->size() != size) fail("manager value of the wrong size");
+           }
+         }) * 2.0 * static_cast<double>(size) / 1e6;
+}
+
+void manager_value_rows(i64 scale) {
+  const std::pair<const char*, std::size_t> sizes[] = {{"64KiB", std::size_t{64} << 10}, {"1MiB", std::size_t{1} << 20},
+                                                       {"16MiB", std::size_t{16} << 20}, {"64MiB", std::size_t{64} << 20}};
+  mp::Manager manager;
+  auto d = manager.dict<std::string, std::vector<char>>();
+  for (const auto& [label, size] : sizes) {
+    const i64 n = std::max<i64>(2, static_cast<i64>((std::size_t{256} << 20) / size) / scale / 2);
+    row((std::string("manager_value_") + label).c_str(), manager_value_mbps(d, size, n), "MB/s");
+    row((std::string("manager_value_memcpy_") + label).c_str(), memcpy_mbps(2 * n, static_cast<i64>(size)), "MB/s");
+  }
+}
+
+// ops/s of `clients` children (fork) doing dict set + get on their own key at once: each warms its connection up,
+// waits for the start signal, runs n ops and reports its time; the rate is all ops over the slowest child's time.
+double manager_clients_rate(mp::DictProxy<std::string, i64>& d, int clients, i64 n) {
+  int go[2], done[2];
+  if (::pipe(go) != 0 || ::pipe(done) != 0) fail("pipe failed");
+  std::vector<pid_t> pids;
+  for (int c = 0; c < clients; ++c) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(go[1]), ::close(done[0]);
+      const std::string key = "client-" + std::to_string(c);
+      d.set(key, 0);
+      char signal = 0;
+      if (::read(go[0], &signal, 1) != 1) ::_exit(1);
+      const auto t0 = clock_type::now();
+      for (i64 i = 0; i < n; i += 2) {
+        d.set(key, i);
+        if (d.get(key) != i) ::_exit(2);
+      }
+      const double seconds = seconds_since(t0);
+      if (::write(done[1], &seconds, sizeof seconds) != sizeof seconds) ::_exit(1);
+      ::_exit(0);
+    }
+    pids.push_back(pid);
+  }
+  ::close(go[0]), ::close(done[1]);
+  const std::string start(static_cast<std::size_t>(clients), 'g');
+  if (::write(go[1], start.data(), start.size()) != static_cast<ssize_t>(start.size())) fail("write failed");
+  double slowest = 0;
+  for (int c = 0; c < clients; ++c) {
+    double seconds = 0;
+    if (::read(done[0], &seconds, sizeof seconds) != sizeof seconds) fail("a client failed");
+    slowest = std::max(slowest, seconds);
+  }
+  for (auto pid : pids) ::waitpid(pid, nullptr, 0);
+  ::close(go[1]), ::close(done[0]);
+  return static_cast<double>(n) * clients / slowest;
+}
+
+void manager_clients_rows(i64 scale) {
+  mp::Manager manager;
+  auto d = manager.dict<std::string, i64>();
+  for (int clients : {1, 4, 16}) {
+    double best = 0;
+    for (int r = 0; r < 3; ++r) best = std::max(best, manager_clients_rate(d, clients, 20000 / scale));
+    row(("manager_dict_ops_" + std::to_string(clients) + "clients").c_str(), best, "ops/s");
+  }
+}
+
+// The Manager rows: dict ops, a custom call and a list append, big values, and 1/4/16 clients.
+void manager_rows(i64 scale) {
+  {
+    mp::Manager manager;
+    auto d = manager.dict<std::string, i64>();
+    row("manager_dict_ops", best_rate(3, 20000 / scale, [&](i64 n) {
+          for (i64 i = 0; i < n; i += 2) {
+            d.set("key", i);
+            if (d.get("key") != i) fail("manager dict round trip");
+          }
+        }), "ops/s");
+    // From a child, as a worker would: a custom type's method call and a list append.
+    auto counter = manager.make<Counter>();
+    row("manager_custom_call", best_rate_in_child(3, 20000 / scale, [&](i64 n) {
+          for (i64 i = 0; i < n; ++i) counter.call(&Counter::add, i64{1});
+        }), "calls/s");
+    auto l = manager.list<i64>();
+    row("manager_list_append", best_rate_in_child(3, 20000 / scale, [&](i64 n) {
+          for (i64 i = 0; i < n; ++i) l.append(i);
+        }), "ops/s");
+  }
+  manager_value_rows(scale);
+  manager_clients_rows(scale);
+}
+
+// ---- end of helper mgr3's block ----------------------------------------------------------------------------------
+
 }  // namespace
 
 MP_REGISTER_TYPE(Counter, "Counter", &Counter::add);
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
-  bool quick = false, big = false;
+  // --big: the big-item rows only; --manager: the Manager rows only (compare_python.py passes them on).
+  bool quick = false, big = false, manager_only = false;
   for (int i = 1; i < argc; ++i) {
     quick |= std::string_view(argv[i]) == "--quick";
     big |= std::string_view(argv[i]) == "--big";
+    manager_only |= std::string_view(argv[i]) == "--manager";
   }
   const i64 scale = quick ? 10 : 1;
   row("cpu_count", static_cast<double>(mp::cpu_count()), "cpus");
@@ -511,6 +619,7 @@ int main(int argc, char** argv) {
     pool_big_items(scale);
     return 0;
   }
+  if (manager_only) return manager_rows(scale), 0;
 
   row("raw_fork_waitpid", best_us(5, 200 / scale, raw_fork_waitpid), "us");
   row("process_start_join", best_us(5, 200 / scale, process_start_join), "us");
@@ -548,25 +657,7 @@ int main(int argc, char** argv) {
 
   row("value_lock_increments", best_rate(3, 2000000 / scale, value_lock_increments), "ops/s");
 
-  {
-    mp::Manager manager;
-    auto d = manager.dict<std::string, i64>();
-    row("manager_dict_ops", best_rate(3, 20000 / scale, [&](i64 n) {
-          for (i64 i = 0; i < n; i += 2) {
-            d.set("key", i);
-            if (d.get("key") != i) fail("manager dict round trip");
-          }
-        }), "ops/s");
-    // From a child, as a worker would: a custom type's method call and a list append.
-    auto counter = manager.make<Counter>();
-    row("manager_custom_call", best_rate_in_child(3, 20000 / scale, [&](i64 n) {
-          for (i64 i = 0; i < n; ++i) counter.call(&Counter::add, i64{1});
-        }), "calls/s");
-    auto l = manager.list<i64>();
-    row("manager_list_append", best_rate_in_child(3, 20000 / scale, [&](i64 n) {
-          for (i64 i = 0; i < n; ++i) l.append(i);
-        }), "ops/s");
-  }
+  manager_rows(scale);
 
   pool_big_items(scale);
   pool_chunksize1_by_workers(scale);

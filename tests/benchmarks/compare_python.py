@@ -6,10 +6,11 @@ program (tests/benchmarks/compare_mp.cpp, built -O2 with the benchmarks) and pri
 mp vs Python with the ratio, and on the latency rows the raw OS baseline measured by compare_mp beside them.
 
 Usage:
-    python3 tests/benchmarks/compare_python.py BUILD/tests/benchmarks/compare_mp [--quick] [--big]
+    python3 tests/benchmarks/compare_python.py BUILD/tests/benchmarks/compare_mp [--quick] [--big | --manager]
 
 --big: only the big-data rows (Pipe round trip, big Pipe messages, Queue and Pool items), at 256 KiB and 4 MiB as
 well; plot_bigdata.py plots its tables.
+--manager: only the Manager rows (dict ops, list append, custom call, big values, 1/4/16 clients).
 
 Targets (issue 8): mp at least 10x Python on every throughput and pool-overhead row; pipe round trip and process
 start within 1.3x of the raw syscall baseline. Issue 14: big Pool items (pool_args_*, pool_results_*) at >= 2x
@@ -266,13 +267,15 @@ CounterManager.register("Counter", Counter)
 
 
 def timed_in_child(fn, n, conn):
+    fn(1)  # the child's first call opens its connection to the server: not part of the per-call rate
     t0 = time.perf_counter()
     fn(n)
     conn.send(time.perf_counter() - t0)
 
 
 def best_rate_in_child(runs, n, fn):
-    """Best of `runs`: fn(n) run in a child process (as a worker would), n / its own elapsed time."""
+    """Best of `runs`: fn(n) run in a child process (as a worker would), n / its own elapsed time (after fn(1)
+    warmed the child's connection up, as compare_mp does)."""
     best = 0.0
     for _ in range(runs):
         receiver, sender = ctx.Pipe(duplex=False)
@@ -312,7 +315,70 @@ def pool_chunksize1_by_workers(report, s):
             report(f"pool_chunksize1_{workers}w", best_us(5, 5000 // s, lambda n: pool.map(identity, [7] * n, 1)))
 
 
-def python_rows(quick, big=False):
+# ---- Manager big values and many clients (issue 14; helper mgr3's block) ----------------------------------------
+
+MANAGER_VALUE_SIZES = [("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20), ("64MiB", 64 << 20)]
+MANAGER_CLIENTS = (1, 4, 16)
+
+
+def manager_value_rows(report, s):
+    """manager_value_<size>: MB/s of dict set + get pairs of a bytes value (2 x size per pair), as compare_mp."""
+    with ctx.Manager() as manager:
+        d = manager.dict()
+        for label, size in MANAGER_VALUE_SIZES:
+            n = max(2, (256 << 20) // size // s // 2)
+            value = bytes(size)
+            d["value"] = value
+
+            def pairs(count):
+                for _ in range(count):
+                    d["value"] = value
+                    if len(d["value"]) != size:
+                        raise RuntimeError("manager value")
+
+            report(f"manager_value_{label}", best_rate(3, n, pairs) * 2 * size / 1e6)
+
+
+def dict_client(d, key, n, go, done):
+    d[key] = 0
+    go.wait()
+    t0 = time.perf_counter()
+    for i in range(0, n, 2):
+        d[key] = i
+        if d[key] != i:
+            raise RuntimeError("manager dict")
+    done.put(time.perf_counter() - t0)
+
+
+def manager_clients_rows(report, s):
+    """manager_dict_ops_<k>clients: k children doing dict set + get on their own key at once; all ops over the
+    slowest child's time (each child connects before the start signal), as compare_mp."""
+    with ctx.Manager() as manager:
+        d = manager.dict()
+        for clients in MANAGER_CLIENTS:
+            best = 0.0
+            n = 4000 // s
+            for _ in range(3):
+                go, done = ctx.Event(), ctx.Queue()
+                ps = [ctx.Process(target=dict_client, args=(d, f"client-{c}", n, go, done)) for c in range(clients)]
+                for p in ps:
+                    p.start()
+                go.set()
+                slowest = max(done.get() for _ in ps)
+                for p in ps:
+                    p.join()
+                best = max(best, n * clients / slowest)
+            report(f"manager_dict_ops_{clients}clients", best)
+
+
+MANAGER_ROWS = [
+    (f"manager_value_{label}", "MB/s", "rate", f"manager_value_memcpy_{label}", "big") for label, _ in MANAGER_VALUE_SIZES
+] + [(f"manager_dict_ops_{k}clients", "ops/s", "rate", None, "10x") for k in MANAGER_CLIENTS]
+
+# ---- end of helper mgr3's block ----------------------------------------------------------------------------------
+
+
+def python_rows(quick, big=False, manager_only=False):
     s = 10 if quick else 1
     rows = {}
 
@@ -320,6 +386,9 @@ def python_rows(quick, big=False):
         rows[name] = value
         print(f"  python {name} {value:.6g}", file=sys.stderr, flush=True)
 
+    if manager_only:
+        manager_rows(report, s)
+        return rows
     if not big:
         report("process_start_join", best_us(5, 50 // s, process_start_join))
     report("pipe_round_trip", best_us(5, 5000 // s, pipe_round_trip))
@@ -350,6 +419,13 @@ def python_rows(quick, big=False):
     pool_big_items(report, s)
     pool_chunksize1_by_workers(report, s)
     report("value_lock_increments", best_rate(3, 400000 // s, value_lock_increments))
+    manager_rows(report, s)
+    for name, value in cpu_speedups(quick).items():
+        report(name, value)
+    return rows
+
+
+def manager_rows(report, s):
     with ctx.Manager() as manager:
         d = manager.dict()
 
@@ -375,13 +451,12 @@ def python_rows(quick, big=False):
                 counter.add(1)
 
         report("manager_custom_call", best_rate_in_child(3, 4000 // s, custom_calls))
-    for name, value in cpu_speedups(quick).items():
-        report(name, value)
-    return rows
+    manager_value_rows(report, s)
+    manager_clients_rows(report, s)
 
 
-def mp_rows(program, quick, big=False):
-    cmd = [program] + (["--quick"] if quick else []) + (["--big"] if big else [])
+def mp_rows(program, quick, big=False, manager_only=False):
+    cmd = [program] + (["--quick"] if quick else []) + (["--big"] if big else []) + (["--manager"] if manager_only else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = {}
     for line in out.splitlines():
@@ -412,7 +487,7 @@ ROWS = [
     ("cpu_speedup_threads", "x", "speedup", None, None),
     ("cpu_speedup_processes", "x", "speedup", None, None),
     ("cpu_speedup_pool", "x", "speedup", None, None),
-]
+] + MANAGER_ROWS
 
 
 def fmt(v):
@@ -426,18 +501,19 @@ def fmt(v):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if a not in ("--quick", "--big")]
+    args = [a for a in sys.argv[1:] if a not in ("--quick", "--big", "--manager")]
     quick = "--quick" in sys.argv[1:]
     big = "--big" in sys.argv[1:]
+    manager_only = "--manager" in sys.argv[1:]  # the Manager rows only (the others print as missing)
     if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     if big:
         more_sizes()
     print("measuring Python's multiprocessing ...", file=sys.stderr, flush=True)
-    py = python_rows(quick, big)
+    py = python_rows(quick, big, manager_only)
     print("measuring mp ...", file=sys.stderr, flush=True)
-    cpp = mp_rows(args[0], quick, big)
+    cpp = mp_rows(args[0], quick, big, manager_only)
     if big:
         return big_data_tables(py, cpp)
 

@@ -82,6 +82,14 @@ request& request::value(const T& v) {
 }
 
 template <class T>
+request& request::serialized(const T& v) {
+  auto mark = out_.start_blob();
+  mp::serialize_into(frame_, v);
+  out_.finish_blob(mark);
+  return *this;
+}
+
+template <class T>
 T proxy_base::decode(protocol::reader& in) const {
   return decode_value<T>(in.blob(), client_);
 }
@@ -279,15 +287,14 @@ inline std::span<const std::byte> as_byte_span(std::string_view bytes) {
 
 template <class T, class M>
 method_invoker make_invoker(M method) {
-  return [method](void* object, std::string_view args, std::string& result) {
+  return [method](void* object, std::string_view args, std::vector<std::byte>& result) {
     using traits = method_traits<M>;
     auto arguments = mp::deserialize<typename traits::args>(as_byte_span(args));
     auto run = [&](auto&&... a) -> decltype(auto) { return (static_cast<T*>(object)->*method)(std::move(a)...); };
     if constexpr (std::is_void_v<typename traits::result>) {
       std::apply(run, std::move(arguments));
     } else {
-      auto bytes = mp::serialize(std::apply(run, std::move(arguments)));
-      result.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      mp::serialize_into(result, std::apply(run, std::move(arguments)));
     }
   };
 }
@@ -362,22 +369,34 @@ template <class Method, class... A>
 auto ObjectProxy<T>::call(Method method, A&&... args) const {
   using traits = detail::manager::method_traits<Method>;
   using result = std::decay_t<typename traits::result>;
-  const auto* registered = detail::manager::find_registered(std::type_index(typeid(T)));
-  std::uint32_t index = 0;
-  if (registered) {
-    for (; index < registered->pointers.size(); ++index) {
-      const auto* candidate = std::any_cast<Method>(&registered->pointers[index]);
-      if (candidate && *candidate == method) break;
+  // The method's index in T's registration, found once per thread and method: the lookup takes the table's lock
+  // and compares type names, a cost a call in a loop should not pay every time. Any registration invalidates it.
+  struct cached {
+    std::uint64_t epoch = 0;
+    Method method{};
+    std::uint32_t index = 0;
+  };
+  thread_local cached last;
+  const std::uint64_t epoch = detail::manager::registration_epoch();
+  if (last.epoch != epoch || !(last.method == method)) {
+    const auto* registered = detail::manager::find_registered(std::type_index(typeid(T)));
+    std::uint32_t index = 0;
+    if (registered) {
+      for (; index < registered->pointers.size(); ++index) {
+        const auto* candidate = std::any_cast<Method>(&registered->pointers[index]);
+        if (candidate && *candidate == method) break;
+      }
     }
+    if (!registered || index == registered->pointers.size()) {
+      throw Error("ObjectProxy<" + detail::type_name<T>() + ">::call: this method is not registered for the type; "
+                  "list it in register_type / MP_REGISTER_TYPE (Python's exposed=)");
+    }
+    last = {epoch, method, index};
   }
-  if (!registered || index == registered->pointers.size()) {
-    throw Error("ObjectProxy<" + detail::type_name<T>() + ">::call: this method is not registered for the type; list "
-                "it in register_type / MP_REGISTER_TYPE (Python's exposed=)");
-  }
-  auto arguments = mp::serialize(typename traits::args(std::forward<A>(args)...));
+  // The arguments are serialized straight into the request frame (no buffer of their own).
   auto in = proxy_base::call(detail::manager::protocol::op::object_call)
-                .u32(index)
-                .text({reinterpret_cast<const char*>(arguments.data()), arguments.size()})
+                .u32(last.index)
+                .serialized(typename traits::args(std::forward<A>(args)...))
                 .send();
   if constexpr (std::is_void_v<result>) {
     return;

@@ -28,6 +28,7 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/manager/auth.hpp>
 #include <mp/detail/manager/channel.hpp>
+#include <mp/detail/manager/large.hpp>
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
 #include <mp/detail/manager/refs.hpp>
@@ -57,7 +58,10 @@ class connection {
 
   int fd() const noexcept { return fd_.get(); }
   /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
-  void abandon() noexcept { fd_.reset(); }
+  void abandon() noexcept {
+    fd_.reset();
+    large_out_ = {};  // the parent's segment: not kept open in a child that may never call
+  }
 
  private:
   MP_DECL void handshake(const std::string& authkey);
@@ -68,6 +72,12 @@ class connection {
   [[noreturn]] MP_DECL void protocol_broken() const;
   [[noreturn]] MP_DECL void server_gone(int err) const;
   MP_DECL void send_all(const std::byte* data, std::size_t size);
+  // A request of protocol::large_bytes or more on a Unix socket: written into the connection's segment, whose
+  // descriptor goes beside a small large_request frame (large.hpp); false if the segment cannot be written (then
+  // the request streams through the socket).
+  MP_DECL bool send_large(const std::vector<std::byte>& frame);
+  // A reply as received; an in_segment one is read from its descriptor first.
+  MP_DECL std::string_view unwrap(std::string_view reply);
   MP_DECL void fill(std::size_t wanted);
   // The next frame's payload; a frame announcing more than `limit` bytes (before authentication: an
   // unauthenticated peer must not make us allocate) is refused before its body is read.
@@ -84,6 +94,9 @@ class connection {
   unique_fd fd_;
   std::string buffer_ = std::string(64 * 1024, '\0');
   std::size_t start_ = 0, end_ = 0;
+  std::vector<unique_fd> fds_;    // descriptors that came with the server's frames (an in_segment reply's)
+  large_segment large_out_;       // large requests
+  large_buffer large_in_;         // large replies
   channel channel_;  // empty: everything goes over the socket
   std::optional<hmac_digest> session_;         // with an authkey: every later socket frame carries a MAC (auth.hpp)
   std::uint64_t frames_sent_ = 0, frames_received_ = 0;  // their sequence numbers
@@ -193,6 +206,9 @@ class request {
   /// Appends `v` as a blob of mp::serialize bytes (defined in <mp/manager.hpp>, which has mp::serialize).
   template <class T>
   request& value(const T& v);
+  /// Appends `v`'s mp::serialize bytes as a blob, without a value's tag (a custom method's arguments).
+  template <class T>
+  request& serialized(const T& v);
 
   /// Sends the request and returns a reader over the reply's results; throws the error the server replied.
   MP_DECL protocol::reader send();

@@ -111,6 +111,7 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
     throw Error("a manager request of " + std::to_string(payload) + " bytes exceeds the server's frame limit of " +
                 std::to_string(protocol::max_request) + " bytes: send the data in smaller parts");
   }
+  large_in_.trim();  // the last large reply is consumed: a buffer beyond the kept size goes now
   if (channel_ && payload <= channel_capacity) {
     auto& shared = *channel_;
     std::memcpy(shared.request, frame.data() + 4, payload);
@@ -118,11 +119,50 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
     shared.client_cpu.store(current_cpu(), std::memory_order_relaxed);
     shared.request_seq.store(++requests_);  // seq_cst: publishes the bytes, and orders the flag load below
     if (shared.server_sleeping.load() != 0) ring_doorbell();
-    return await_reply();
+    return unwrap(await_reply());
   }
-  seal(frame);
-  send_all(frame.data(), frame.size());
-  return channel_ ? await_reply() : receive();
+  if (endpoint_.tcp || payload < protocol::large_bytes || !send_large(frame)) {
+    seal(frame);
+    send_all(frame.data(), frame.size());
+  }
+  return unwrap(channel_ ? await_reply() : receive());
+}
+
+MP_DECL bool connection::send_large(const std::vector<std::byte>& frame) {
+  const std::size_t payload = frame.size() - 4;
+  if (!large_out_.write({reinterpret_cast<const char*>(frame.data()) + 4, payload})) return false;
+  std::vector<std::byte> note;
+  protocol::writer out(note);
+  out.u32(0);  // the length: seal() writes it
+  out.u8(static_cast<std::uint8_t>(protocol::op::large_request));
+  out.u64(0);
+  out.u64(payload);
+  seal(note);
+  if (!send_with_fd(fd_.get(), note.data(), note.size(), large_out_.fd())) {
+    int err = last_errno();
+    if (err == EPIPE || err == ECONNRESET) server_gone(err);
+    throw_errno("sendmsg", endpoint_.to_string(), err);
+  }
+  large_out_.trim();
+  return true;
+}
+
+MP_DECL std::string_view connection::unwrap(std::string_view reply) {
+  if (reply.empty() || reply[0] != static_cast<char>(protocol::status::in_segment)) {
+    fds_.clear();  // nothing is expected beside other replies
+    return reply;
+  }
+  std::string_view bytes;
+  try {
+    protocol::reader in(reply.substr(1));
+    const auto size = in.u64();
+    in.expect_end();
+    if (fds_.size() == 1 && size <= std::uint64_t{1} << 40) bytes = large_in_.read(fds_.front().get(), size);
+  } catch (const protocol::malformed&) {
+  }
+  fds_.clear();
+  if (bytes.empty() || bytes[0] == static_cast<char>(protocol::status::in_segment)) protocol_broken();
+  return bytes;
 }
 
 MP_DECL void connection::handshake(const std::string& authkey) {
@@ -272,7 +312,10 @@ MP_DECL void connection::fill(std::size_t wanted) {
       pollfd ready{fd_.get(), POLLIN, 0};
       if (sys_try("poll", [&] { return ::poll(&ready, 1, poll_timeout_ms(setup_deadline_)); }) == 0) setup_timed_out();
     }
-    auto got = sys_try("read", [&] { return ::read(fd_.get(), buffer_.data() + end_, buffer_.size() - end_); });
+    // recvmsg rather than read: a large reply's descriptor comes with its frame (large.hpp).
+    auto got = endpoint_.tcp
+                   ? sys_try("read", [&] { return ::read(fd_.get(), buffer_.data() + end_, buffer_.size() - end_); })
+                   : receive_with_fds(fd_.get(), buffer_.data() + end_, buffer_.size() - end_, fds_);
     if (got == 0) server_gone(0);
     if (got < 0) {
       int err = last_errno();

@@ -18,8 +18,15 @@
 namespace mp::detail::manager::protocol {
 
 /// Largest request the server reads; a frame announcing more closes the connection before any byte is buffered
-/// beyond the header.
-inline constexpr std::uint32_t max_request = 256u << 20;
+/// beyond the header. (512 MiB: a 256 MiB value with its key and headers fits, with room.)
+inline constexpr std::uint32_t max_request = 512u << 20;
+/// Requests and replies from this size up cross a Unix socket as a memfd segment whose descriptor rides beside a
+/// small frame (op::large_request / status::in_segment), instead of streaming through the socket; below it they
+/// fit the shared-memory channel's slot (channel.hpp), whose capacity this is.
+inline constexpr std::uint32_t large_bytes = (1u << 20) + 1;
+/// Segments and buffers for large requests and replies up to this size are kept for the next one (warm pages: a
+/// fresh page costs more to fault in than to copy); larger ones are let go after use.
+inline constexpr std::size_t kept_bytes = std::size_t{128} << 20;
 /// Largest frame before authentication: the handshake's messages are under 64 bytes.
 inline constexpr std::uint32_t max_handshake = 256;
 
@@ -53,9 +60,15 @@ enum class op : std::uint8_t {
   list_remove = 100, list_index, list_count, list_reverse, list_slice, list_snapshot, list_permute,
   dict_popitem = 110,  // -> u8 flag (+ key blob, value blob)
   object_call = 120,   // u32 method, args blob -> result blob (custom types, see registered.hpp)
+  // A request of large_bytes or more, over a Unix socket: u64 size; its payload (a whole request, op first) is the
+  // first `size` bytes of the memfd that comes with this frame (SCM_RIGHTS). The server reads it with pread, so
+  // the client may reuse the segment for its next request and nothing it does to it can fault the server.
+  large_request = 125,
 };
 
-enum class status : std::uint8_t { ok = 0, error = 1 };
+/// in_segment: a reply of large_bytes or more to a Unix socket client: u64 size; the reply's payload is the first
+/// `size` bytes of the memfd that comes with this frame (the client reads it with pread).
+enum class status : std::uint8_t { ok = 0, error = 1, in_segment = 2 };
 /// Which mp exception the client throws for an error reply.
 /// remote: the message blob is followed by a second one; the first names the exception's type, the second is its
 /// what() (a custom type's method threw).

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <any>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -24,8 +25,9 @@
 namespace mp::detail::manager {
 
 /// Runs one method on an object: `args` is the serialized tuple of its parameters; the serialized result (nothing
-/// for void) goes to `result`. Throws what the method throws.
-using method_invoker = std::function<void(void* object, std::string_view args, std::string& result)>;
+/// for void) is appended to `result` (the server's reused scratch: a call allocates nothing once it has grown).
+/// Throws what the method throws.
+using method_invoker = std::function<void(void* object, std::string_view args, std::vector<std::byte>& result)>;
 /// Makes a T from the serialized tuple of its constructor's arguments; `made` names the type made.
 using construct_entry = std::shared_ptr<void> (*)(std::string_view args, std::type_index& made);
 
@@ -44,6 +46,8 @@ MP_DECL void register_type_entry(registered_type entry);
 MP_DECL const registered_type* find_registered(std::string_view name);
 /// The registration of a C++ type (nullptr if none).
 MP_DECL const registered_type* find_registered(std::type_index type);
+/// Bumped by every register_type_entry: a cached method index (ObjectProxy::call) is valid while it is unchanged.
+MP_DECL std::uint64_t registration_epoch() noexcept;
 
 /// A function whose address tells whether two processes run the same program (code_address.hpp).
 MP_DECL void image_marker();

@@ -1,6 +1,7 @@
 // registered: definitions (see registered.hpp).
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <mutex>
 #include <utility>
@@ -12,6 +13,7 @@ namespace mp::detail::manager {
 
 struct type_table {
   std::mutex mutex;
+  std::atomic<std::uint64_t> epoch{1};
   std::deque<registered_type> entries;  // a deque: pointers to entries stay valid as it grows
 };
 
@@ -29,9 +31,11 @@ MP_DECL void register_type_entry(registered_type entry) {
       throw Error("mp::register_type: the name '" + entry.name + "' is registered for another type already");
     }
     existing = std::move(entry);  // the same type again: the newer method list wins
+    table.epoch.fetch_add(1);
     return;
   }
   table.entries.push_back(std::move(entry));
+  table.epoch.fetch_add(1);
 }
 
 MP_DECL const registered_type* find_registered(std::string_view name) {
@@ -51,6 +55,8 @@ MP_DECL const registered_type* find_registered(std::type_index type) {
   }
   return nullptr;
 }
+
+MP_DECL std::uint64_t registration_epoch() noexcept { return the_type_table().epoch.load(std::memory_order_acquire); }
 
 MP_DECL void image_marker() {}
 

@@ -26,6 +26,7 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/manager/auth.hpp>
 #include <mp/detail/manager/channel.hpp>
+#include <mp/detail/manager/large.hpp>
 #include <mp/detail/manager/store.hpp>
 #include <mp/detail/unique_fd.hpp>
 
@@ -82,6 +83,8 @@ class server {
     std::optional<hmac_digest> session;  // with an authkey, once ready: every non-empty frame carries a MAC
     std::uint64_t frames_sent = 0, frames_received = 0;  // their sequence numbers
     store::clock::time_point last_in{};  // when bytes last came in (for stalled_request_timeout)
+    bool unix_socket = false;       // descriptors can cross: large replies go as segments (large.hpp)
+    large_segment large_out;        // its large replies, kept between them
   };
   using time_point = store::clock::time_point;
 
@@ -122,6 +125,10 @@ class server {
   MP_DECL void process(connection& c, time_point now);
   MP_DECL void handle(connection& c, std::string_view payload, time_point now);
   MP_DECL void attach(connection& c);
+  // A large_request frame: the request read from the descriptor beside it (large.hpp), then handled.
+  MP_DECL void handle_large(connection& c, std::string_view payload, time_point now);
+  // Sends a large reply to c as a segment; false (nothing sent) if it cannot go that way now (then it is framed).
+  MP_DECL bool send_large(connection& c, std::string_view bytes);
   MP_DECL void post(connection& c, std::string_view bytes);
   // The request c published in its channel and the server has not taken yet, if any (not while parked: a
   // well-behaved client sends nothing then, and a misbehaving one must not keep the server awake).
@@ -149,6 +156,7 @@ class server {
   std::vector<store::reply> replies_, batch_;
   std::vector<std::uint64_t> unparked_;
   std::string request_;                             // a request copied out of a channel
+  large_buffer large_in_;                           // a large request read from its segment
   std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
   std::vector<std::uint64_t> hangup_ids_;
   std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch
@@ -161,6 +169,7 @@ class server {
   std::size_t buffered_in_ = 0;   // the sum of every c.in.size(): recounted each loop, kept up to date by receive
   std::uint64_t in_lane_ = 0;     // the connection reading past request_budget (0: none)
   bool budget_waiters_ = false;   // some connection is not read from for want of budget
+  bool unix_listener_ = false;
 };
 
 }  // namespace mp::detail::manager

@@ -28,9 +28,9 @@ MP_DECL server::server(unique_fd listener, std::string authkey, int owner_pidfd,
       remove_(std::move(remove)) {
   sockaddr_storage bound{};
   socklen_t length = sizeof bound;
-  if (same_user_only &&
-      sys_try("getsockname", [&] { return ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &length); }) == 0) {
-    check_peer_uid_ = bound.ss_family == AF_UNIX;
+  if (sys_try("getsockname", [&] { return ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &length); }) == 0) {
+    unix_listener_ = bound.ss_family == AF_UNIX;
+    check_peer_uid_ = same_user_only && unix_listener_;
   }
   const int flags = sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_GETFL); });
   sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK); });
@@ -205,6 +205,7 @@ MP_DECL void server::accept_all(time_point now) {
     connection c;
     c.id = next_client_++;
     c.fd = unique_fd(fd);
+    c.unix_socket = unix_listener_;
     if (authkey_.empty()) {
       append_frame(c.out, welcome_tag);
     } else {
@@ -342,7 +343,14 @@ MP_DECL void server::process(connection& c, time_point now) {
       continue;
     }
     const std::size_t before = replies_.size();
-    handle(c, payload, now);
+    if (!payload.empty() && payload[0] == static_cast<char>(protocol::op::large_request)) {
+      handle_large(c, payload, now);
+    } else if (!c.fds.empty()) {
+      c.dead = true;  // a descriptor beside a frame that takes none: a confused or hostile client
+      break;
+    } else {
+      handle(c, payload, now);
+    }
     for (std::size_t i = before; i < replies_.size(); ++i) {
       if (replies_[i].client == c.id) queued += replies_[i].bytes.size();
     }
@@ -361,6 +369,52 @@ MP_DECL void server::handle(connection& c, std::string_view payload, time_point 
   }
   c.parked = std::none_of(replies_.begin() + static_cast<std::ptrdiff_t>(before), replies_.end(),
                           [&](const store::reply& r) { return r.client == c.id; });
+}
+
+// large_request: exactly one descriptor came with the frame, a memfd holding the announced request, which must
+// not itself be a large_request. Anything else closes the connection (as a malformed frame does); nothing is
+// applied. The descriptor is closed once read, whatever happens.
+MP_DECL void server::handle_large(connection& c, std::string_view payload, time_point now) {
+  std::string_view request;
+  try {
+    protocol::reader in(payload);
+    in.u8(), in.u64();
+    const auto size = in.u64();
+    in.expect_end();
+    if (c.unix_socket && c.fds.size() == 1 && size <= protocol::max_request) {
+      request = large_in_.read(c.fds.front().get(), size);
+    }
+  } catch (const protocol::malformed&) {
+  }
+  c.fds.clear();
+  if (request.empty() || request[0] == static_cast<char>(protocol::op::large_request)) {
+    c.dead = true;
+    return;
+  }
+  handle(c, request, now);  // the store copies what it keeps, and replies with copies: the buffer is free again
+  large_in_.trim();
+}
+
+// Only when nothing else of c's is waiting to be written (the descriptor must ride on this frame's first byte),
+// and the frame goes out at once (a full socket buffer: it is framed instead). One call at a time per connection:
+// the client has read the previous reply before it sent the request this one answers, so the segment is free.
+MP_DECL bool server::send_large(connection& c, std::string_view bytes) {
+  if (!c.unix_socket || c.out_at != c.out.size() || !c.large_out.write(bytes)) return false;
+  std::string note;
+  protocol::writer w(note);
+  w.u8(static_cast<std::uint8_t>(protocol::status::in_segment));
+  w.u64(bytes.size());
+  c.out.clear(), c.out_at = 0;
+  const auto frames_sent = c.frames_sent;
+  send_frame(c, note);
+  const long sent = send_some_with_fd(c.fd.get(), c.out.data(), c.out.size(), c.large_out.fd(), MSG_DONTWAIT);
+  if (sent <= 0) {
+    c.out.clear(), c.frames_sent = frames_sent;  // not sent: as if never framed (its MAC's sequence number too)
+    return false;
+  }
+  c.out_at = static_cast<std::size_t>(sent);  // the rest of the small frame (if any) follows plainly
+  c.large_out.trim();
+  return true;
 }
 
 // attach_channel: maps the memfd that came with the request. The reply goes over the socket (the client reads
@@ -385,15 +439,18 @@ MP_DECL void server::attach(connection& c) {
 // client's doorbell if it sleeps. Never blocks: the socket's output is buffered.
 MP_DECL void server::post(connection& c, std::string_view bytes) {
   auto& shared = *c.channel;
-  if (bytes.size() <= channel_capacity) {
+  const bool fits = bytes.size() <= channel_capacity;
+  if (fits) {
     std::memcpy(shared.reply, bytes.data(), bytes.size());
     shared.reply_size.store(static_cast<std::uint32_t>(bytes.size()), std::memory_order_relaxed);
   } else {
-    send_frame(c, bytes);
     shared.reply_size.store(reply_on_socket, std::memory_order_relaxed);
   }
   shared.server_cpu.store(current_cpu(), std::memory_order_relaxed);
   shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
+  // After publishing: send_large writes to the socket at once, and a client that finds a frame there before the
+  // announcement in the slot would take it for a broken protocol. (send_frame only buffers.)
+  if (!fits && !send_large(c, bytes)) send_frame(c, bytes);
   if (shared.client_sleeping.exchange(0) != 0) append_frame(c.out, {});  // one doorbell per sleep
 }
 
@@ -531,9 +588,10 @@ MP_DECL void server::deliver() {
         if (r.bytes.size() > max_reply) r.bytes = oversized_reply(r.bytes.size());
         if (c.channel) {
           post(c, r.bytes);
-        } else {
+        } else if (r.bytes.size() < protocol::large_bytes || !send_large(c, r.bytes)) {
           send_frame(c, r.bytes);
         }
+        store::recycle_reply(std::move(r.bytes));  // a big reply's buffer serves the next one (store.hpp)
         if (c.parked) c.parked = false, unparked_.push_back(r.client);
       }
       if (unparked_.empty()) continue;

@@ -149,8 +149,35 @@ class store {
     return ok_with([&](auto& w) { w.u8(flag ? 1 : 0); });
   }
   static std::string ok_blob(std::string_view blob) {
-    return ok_with([&](auto& w) { w.blob(blob); });
+    return big_reply(blob.size(), [&](auto& w) { w.blob(blob); });
   }
+  /// A reply carrying one value of `size` bytes: a big one is written into recycled memory (spare_reply) rather
+  /// than a fresh allocation, whose pages cost more to fault in than the copy itself (docs/design.md).
+  template <class F>
+  static std::string big_reply(std::size_t size, F&& fill) {
+    if (size < protocol::large_bytes) return ok_with(std::forward<F>(fill));
+    std::string bytes = std::move(spare_reply());
+    bytes.assign(1, '\0');
+    protocol::writer w(bytes);
+    fill(w);
+    return bytes;
+  }
+
+ public:
+  /// One big reply's buffer kept for the next (the server gives each back once it has sent it); only one, and only
+  /// up to protocol::kept_bytes, so the server's memory stays bounded.
+  static std::string& spare_reply() {
+    thread_local std::string spare;
+    return spare;
+  }
+  static void recycle_reply(std::string&& bytes) {
+    if (bytes.capacity() >= protocol::large_bytes && bytes.capacity() <= protocol::kept_bytes &&
+        bytes.capacity() > spare_reply().capacity()) {
+      spare_reply() = std::move(bytes);
+    }
+  }
+
+ private:
 
   MP_DECL static clock::time_point deadline_of(std::int64_t timeout_ns, clock::time_point now);
 
@@ -275,6 +302,7 @@ class store {
   std::uint64_t next_id_ = 1;
   std::uint64_t next_lend_ = 1;
   bool shutdown_ = false;
+  std::vector<std::byte> call_result_;  // a custom method's serialized result (object_op), reused between calls
 };
 
 }  // namespace mp::detail::manager

@@ -300,7 +300,7 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       }
       auto entry = found->second;
       handoff(client, entry->second);
-      out.push_back({client, ok_with([&](auto& w) { w.u8(1), w.blob(entry->second); })});
+      out.push_back({client, big_reply(entry->second.size(), [&](auto& w) { w.u8(1), w.blob(entry->second); })});
       if (code == p::dict_pop) drop_refs(entry->second), d.index.erase(found), d.entries.erase(entry);
       return;
     }
@@ -964,10 +964,12 @@ MP_DECL void store::object_op(std::uint64_t client, object_state& o, protocol::r
   }
   std::string result = ok();
   try {
-    // The server runs one request at a time: calls on one object never overlap.
-    std::string value;
-    o.type->methods[method](o.instance.get(), args, value);
-    protocol::writer(result).blob(value);
+    // The server runs one request at a time: calls on one object never overlap. The result is serialized into a
+    // scratch buffer the server reuses (one of a big result is let go once replied).
+    call_result_.clear();
+    o.type->methods[method](o.instance.get(), args, call_result_);
+    protocol::writer(result).blob({reinterpret_cast<const char*>(call_result_.data()), call_result_.size()});
+    if (call_result_.capacity() > (1u << 20)) call_result_ = {};
   } catch (...) {
     auto what = describe_current_exception();
     result = error(what.type, protocol::error_kind::remote);
