@@ -665,7 +665,11 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
     const std::size_t chunks = n / chunksize + (n % chunksize != 0 ? 1 : 0);
     // Room for every chunk at once: growing by doubling would copy the bytes again and touch fresh pages each time.
     if constexpr (detail::is_bitwise_v<T>) job->items.reserve(n * sizeof(T) + chunks * sizeof(std::uint64_t));
-    else job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
+    else {
+      detail::fd_outbox measuring;  // handles among the items are only measured here; each chunk exports its own
+      detail::fd_outbox_scope scope(measuring);
+      job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
+    }
     job->offsets.reserve(chunks + 1);
     job->starts.reserve(chunks + 1);
     auto it = std::ranges::begin(range);
