@@ -42,6 +42,12 @@ using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 namespace manager = mp::detail::manager;
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool under_address_sanitizer = true;
+#else
+constexpr bool under_address_sanitizer = false;
+#endif
+
 namespace {
 
 [[maybe_unused]] std::string random_key() { return "key-" + std::to_string(std::random_device{}()) + "-" + std::to_string(::getpid()); }
@@ -768,8 +774,9 @@ TEST_CASE("Several clients sending huge requests at once share one request budge
                "(%ld of them got their 24 MiB read; budget 4 MiB)\n",
                rss_before, rss_during, static_cast<long>(partials));
   // The 4 MiB budget plus one request read past it (the lane), 1 MiB per connection and the kernel's socket
-  // buffers: under 64 MiB, not 96.
-  CHECK(rss_during - rss_before < 64 * 1024);
+  // buffers: under 64 MiB, not 96. (AddressSanitizer's quarantine and shadow memory count in RSS: there the
+  // budget shows only in how many partial requests were read.)
+  if (!under_address_sanitizer) CHECK(rss_during - rss_before < 64 * 1024);
   CHECK(partials < 4);
 
   // The senders finish: every request is read and answered in turn (the lane passes on), nothing is lost.
@@ -783,7 +790,7 @@ TEST_CASE("Several clients sending huge requests at once share one request budge
   const long rss_after = rss_kb(server);
   std::fprintf(stderr, "server VmRSS: %ld kB once the 4 requests were answered\n", rss_after);
   // The request buffers were given back (glibc may keep some in its heap): not 4 x 32 MiB.
-  CHECK(rss_after - rss_before < 64 * 1024);
+  if (!under_address_sanitizer) CHECK(rss_after - rss_before < 64 * 1024);
   CHECK(small.get("x") == 19);
 }
 
