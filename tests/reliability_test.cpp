@@ -38,15 +38,13 @@
 #include <mp/process.hpp>
 #include <mp/sync.hpp>
 
+#include "support/child_process.hpp"
+
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 namespace manager = mp::detail::manager;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool under_address_sanitizer = true;
-#else
-constexpr bool under_address_sanitizer = false;
-#endif
+using mp_test::under_address_sanitizer;
 
 namespace {
 

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <future>
 #include <mutex>
@@ -18,6 +19,15 @@
 #include <mp/process.hpp>
 
 namespace mp_test {
+
+#if defined(__SANITIZE_ADDRESS__)
+/// AddressSanitizer: its quarantine and shadow memory count in RSS, and every byte moved costs several times more.
+inline constexpr bool under_address_sanitizer = true;
+#else
+inline constexpr bool under_address_sanitizer = false;
+#endif
+/// The largest item the big-data tests move: 256 MiB, and 64 MiB under ASan (the same paths, a quarter of the time).
+inline constexpr std::size_t largest_item = std::size_t{under_address_sanitizer ? 64 : 256} << 20;
 
 /// Starts target(args...) in a child process.
 template <class F, class... Args>
