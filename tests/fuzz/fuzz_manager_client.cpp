@@ -30,43 +30,18 @@
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
+#include "fuzz_manager_socket.hpp"
+
 namespace manager = mp::detail::manager;
 
 namespace {
 
-// poll(2) that goes on after a signal: libFuzzer's SIGALRM (its -timeout check) interrupts it.
-int poll_on(pollfd* fds, nfds_t n, int timeout_ms) {
-  int ready;
-  do {
-    ready = ::poll(fds, n, timeout_ms);
-  } while (ready < 0 && errno == EINTR);
-  return ready;
-}
+using mp_fuzz::frame;
+using mp_fuzz::poll_on;
 
-// One listener for the whole run, on a path of this process.
-struct listener {
-  manager::endpoint where;
-  mp::detail::unique_fd fd;
-  listener() {
-    where.tcp = false;
-    where.path = "/tmp/mp-fuzz-client-" + std::to_string(::getpid()) + ".sock";
-    ::unlink(where.path.c_str());
-    fd = manager::listen_on(where);
-  }
-  ~listener() { ::unlink(where.path.c_str()); }
-};
-
-listener& the_listener() {
-  static listener l;
+mp_fuzz::listener& the_listener() {
+  static mp_fuzz::listener l("client");
   return l;
-}
-
-std::string frame(std::string_view payload) {
-  std::string out;
-  manager::protocol::writer w(out);
-  w.u32(static_cast<std::uint32_t>(payload.size()));
-  w.raw(payload.data(), payload.size());
-  return out;
 }
 
 void write_seeds(const std::filesystem::path& directory) {

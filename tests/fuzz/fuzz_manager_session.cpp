@@ -35,46 +35,21 @@
 #include <mp/detail/manager/server.hpp>
 #include <mp/detail/unique_fd.hpp>
 
+#include "fuzz_manager_socket.hpp"
+
 namespace manager = mp::detail::manager;
 namespace p = manager::protocol;
 
 namespace {
 
-// poll(2) that goes on after a signal: libFuzzer's SIGALRM (its -timeout check) interrupts it.
-int poll_on(pollfd* fds, nfds_t n, int timeout_ms) {
-  int ready;
-  do {
-    ready = ::poll(fds, n, timeout_ms);
-  } while (ready < 0 && errno == EINTR);
-  return ready;
-}
+using mp_fuzz::frame;
+using mp_fuzz::poll_on;
 
 constexpr std::string_view key = "fuzz session key";
 
-// One listener for the whole run, on a path of this process; each server gets a duplicate of it.
-struct listener {
-  manager::endpoint where;
-  mp::detail::unique_fd fd;
-  listener() {
-    where.tcp = false;
-    where.path = "/tmp/mp-fuzz-session-" + std::to_string(::getpid()) + ".sock";
-    ::unlink(where.path.c_str());
-    fd = manager::listen_on(where);
-  }
-  ~listener() { ::unlink(where.path.c_str()); }
-};
-
-listener& the_listener() {
-  static listener l;
+mp_fuzz::listener& the_listener() {
+  static mp_fuzz::listener l("session");
   return l;
-}
-
-std::string frame(std::string_view payload) {
-  std::string out;
-  p::writer w(out);
-  w.u32(static_cast<std::uint32_t>(payload.size()));
-  w.raw(payload.data(), payload.size());
-  return out;
 }
 
 // Blocking reads and writes of the handshake (the server answers at once; 60 s means it hung).
