@@ -13,6 +13,7 @@
 // format (detail/wire.hpp: an 8-byte length, over a socket or a pipe, no descriptors).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -39,6 +40,40 @@ struct fd_identity {
 
 /// The identity of `fd` (one fstat); unknown ({0, 0}) if fstat fails.
 MP_DECL fd_identity identity_of(int fd) noexcept;
+
+/// identity_of(fd) of a handle's descriptor, found at the first call and kept: what a handle sent with every Pool
+/// task passes to export_fd instead of costing the pool an fstat per task. Thread-safe (two threads may serialize
+/// copies of one handle at once: both find the same value); copies carry what was found. The owner resets it when
+/// its descriptor changes.
+class identity_cache {
+ public:
+  identity_cache() noexcept = default;
+  identity_cache(const identity_cache& other) noexcept { copy(other); }
+  identity_cache& operator=(const identity_cache& other) noexcept {
+    copy(other);
+    return *this;
+  }
+  fd_identity get(int fd) const noexcept {
+    const std::uint64_t ino = ino_.load(std::memory_order_acquire);
+    if (ino != 0) return {dev_.load(std::memory_order_relaxed), ino};
+    const fd_identity found = identity_of(fd);
+    dev_.store(found.dev, std::memory_order_relaxed);
+    ino_.store(found.ino, std::memory_order_release);  // 0 if fstat failed: found again next time
+    return found;
+  }
+  void reset() noexcept {
+    ino_.store(0, std::memory_order_relaxed);
+    dev_.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  void copy(const identity_cache& other) noexcept {
+    dev_.store(other.dev_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    ino_.store(other.ino_.load(std::memory_order_acquire), std::memory_order_release);
+  }
+  mutable std::atomic<std::uint64_t> dev_{0};
+  mutable std::atomic<std::uint64_t> ino_{0};  // 0: not found yet (no open file has inode 0)
+};
 
 /// The descriptors a transfer sends (parent side). Borrowed: the handles being serialized own them.
 struct fd_outbox {
