@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/for_load.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail {
@@ -104,41 +105,7 @@ struct fd_inbox {
   fd_cache* cache = nullptr;
 };
 
-/// The tag of a handle's constructor that makes an empty handle for load() to fill in: what a receiver decodes a
-/// handle into. A default-constructed Queue (or Lock, Value, ...) would first make a shared object of its own (a
-/// ring and a mailbox, a fresh shared-memory chunk) only to drop it when load() replaces it — once per task in a
-/// Pool worker.
-struct for_load_t {
-  explicit for_load_t() = default;
-};
-inline constexpr for_load_t for_load{};
-
-/// A value to decode a T into (by mp::serialize's load): T(for_load) for a handle type that has that constructor,
-/// a tuple or pair of such element by element, anything else value-initialized (T{}).
-template <class T>
-struct blank_for_load {
-  static constexpr bool handle = std::is_constructible_v<T, for_load_t>;
-  static T make() {
-    if constexpr (handle) return T(for_load);
-    else return T{};
-  }
-};
-template <class... Ts>
-struct blank_for_load<std::tuple<Ts...>> {
-  static constexpr bool handle = (blank_for_load<Ts>::handle || ...);
-  static std::tuple<Ts...> make() {
-    if constexpr (handle) return std::tuple<Ts...>(blank_for_load<Ts>::make()...);
-    else return std::tuple<Ts...>{};
-  }
-};
-template <class A, class B>
-struct blank_for_load<std::pair<A, B>> {
-  static constexpr bool handle = blank_for_load<A>::handle || blank_for_load<B>::handle;
-  static std::pair<A, B> make() {
-    if constexpr (handle) return std::pair<A, B>(blank_for_load<A>::make(), blank_for_load<B>::make());
-    else return std::pair<A, B>{};
-  }
-};
+// for_load_t, for_load and blank_for_load (what a receiver decodes a handle into): detail/for_load.hpp.
 
 // thread_local: two threads may start spawned children at once, each serializing its own arguments.
 inline fd_outbox*& current_fd_outbox() noexcept {
