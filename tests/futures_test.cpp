@@ -11,16 +11,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <ios>
 #include <map>
 #include <mutex>
 #include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -338,6 +342,60 @@ TEST_CASE("Remote exceptions keep their standard or registered type, others are 
                            return x;
                          }, std::vector<int>(100, 50)),
                          std::out_of_range, Catch::Matchers::Message("item 50"));
+  }
+  SECTION("std::system_error and its kind keep their code; future_error and bad_array_new_length their type") {
+    try {
+      pool.apply([] { throw std::system_error(std::make_error_code(std::errc::no_such_file_or_directory), "open x"); });
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(&e.code().category() == &std::generic_category());
+      CHECK(std::string(e.what()).find("open x") == 0);
+      CHECK(dynamic_cast<const mp::RemoteInfo&>(e).remote_type() == "std::system_error");
+    }
+    try {
+      pool.apply([] { throw std::system_error(EACCES, std::system_category(), "chmod"); });
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == EACCES);
+      CHECK(&e.code().category() == &std::system_category());
+    }
+    try {
+      pool.apply([] { throw std::ios_base::failure("stream", std::make_error_code(std::io_errc::stream)); });
+      FAIL("no exception");
+    } catch (const std::ios_base::failure& e) {
+      CHECK(e.code() == std::io_errc::stream);
+    }
+    try {
+      pool.apply([] {
+        throw std::filesystem::filesystem_error("copy", std::make_error_code(std::errc::file_exists));
+      });
+      FAIL("no exception");
+    } catch (const std::filesystem::filesystem_error& e) {
+      CHECK(e.code() == std::errc::file_exists);
+    }
+    try {
+      pool.apply([] { throw std::future_error(std::future_errc::broken_promise); });
+      FAIL("no exception");
+    } catch (const std::future_error& e) {
+      CHECK(e.code() == std::future_errc::broken_promise);
+    }
+    CHECK_THROWS_AS(pool.apply([] { throw std::bad_array_new_length(); }), std::bad_array_new_length);
+    // A category the parent cannot name: the value arrives, in mp's own category.
+    struct custom_category final : std::error_category {
+      const char* name() const noexcept override { return "custom"; }
+      std::string message(int) const override { return "custom error"; }
+    };
+    try {
+      pool.apply([] {
+        static const custom_category category;
+        throw std::system_error(7, category, "mine");
+      });
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == 7);
+      CHECK(std::string(e.code().category().name()) == "mp.remote");
+    }
   }
   SECTION("a registered type") {
     try {

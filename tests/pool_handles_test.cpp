@@ -6,8 +6,15 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <variant>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -21,7 +28,9 @@
 #include <mp/queue.hpp>
 #include <mp/shared.hpp>
 #include <mp/shared_heap.hpp>
+#include <mp/serialize.hpp>
 #include <mp/sync.hpp>
+#include <mp/detail/syscall.hpp>
 
 using namespace std::chrono_literals;
 
@@ -268,6 +277,131 @@ TEST_CASE("A worker decodes a task's handles into empty handles, not new shared 
   // The same arguments made by default hold descriptors: what every task used to cost its worker.
   std::vector<blank_args> made(3);
   CHECK(open_fds(::getpid()) > before);
+}
+
+namespace {
+// In a worker, from its first task on: the shared objects made there (every Queue, Value, Lock, ... of its own starts
+// with a memfd_create through the syscall seam), counted by the seam's test hook.
+std::atomic<int> objects_made{0};
+int count_objects_made(const char* call) noexcept {
+  if (std::strcmp(call, "memfd_create") == 0) objects_made.fetch_add(1);
+  return 0;  // the call goes ahead
+}
+int start_counting() {
+  if (mp::detail::the_fault_hook().load() != &count_objects_made) mp::detail::the_fault_hook().store(&count_objects_made);
+  return objects_made.load();
+}
+// Uses every handle it got; returns the shared objects made in this worker so far.
+int use_nested(std::vector<mp::Value<int>> values, std::optional<mp::Lock> lock, std::map<std::string, mp::Queue<int>> queues,
+               std::variant<int, mp::RawValue<long>> raw, std::array<mp::Event, 2> events, std::vector<mp::Array<int>> arrays) {
+  for (auto& v : values) v.fetch_add(1);
+  if (lock && lock->try_lock()) lock->release();
+  for (auto& [name, q] : queues) q.put(static_cast<int>(name.size()));
+  std::get<mp::RawValue<long>>(raw).fetch_add(1);
+  events[1].set();
+  arrays.at(0).fetch_add(0, 1);
+  return start_counting();
+}
+int use_nested_item(std::vector<mp::Value<int>> values) {
+  for (auto& v : values) v.fetch_add(1);
+  return start_counting();
+}
+}  // namespace
+
+TEST_CASE("Handles nested in containers decode into empty handles: a worker makes no shared object per task",
+          "[pool_handles]") {
+  // The archive builds a container's elements (a vector's, a map's values, an optional's, a variant's, a
+  // std::array's) as empty handles that load() fills in, as it does for top-level arguments; a default-constructed
+  // Value, Lock or Queue would be a new shared object (a memfd) made and dropped with every task.
+  mp::Pool pool(2);
+  mp::Value<int> a(0), b(0);
+  mp::Lock lock;
+  mp::Queue<int> q1, q2;
+  mp::RawValue<long> raw(0);
+  mp::Event e0, e1;
+  mp::Array<int> counts(1);
+  const std::vector<mp::Value<int>> values{a, b, a};
+  const std::map<std::string, mp::Queue<int>> queues{{"one", q1}, {"three", q2}};
+  const int tasks = 40;
+  std::vector<mp::AsyncResult<int>> results;
+  for (int i = 0; i < tasks; ++i)
+    results.push_back(pool.apply_async(use_nested, values, std::optional<mp::Lock>(lock), queues,
+                                       std::variant<int, mp::RawValue<long>>(raw), std::array<mp::Event, 2>{e0, e1},
+                                       std::vector<mp::Array<int>>{counts}));
+  for (auto& r : results) CHECK(r.get() == 0);
+  CHECK(a.load() == 2 * tasks);
+  CHECK(b.load() == tasks);
+  CHECK(raw.load() == tasks);
+  CHECK(counts[0] == tasks);
+  CHECK(e1.is_set());
+  CHECK_FALSE(e0.is_set());
+  for (int i = 0; i < tasks; ++i) {
+    CHECK(q1.get(5s) == 3);
+    CHECK(q2.get(5s) == 5);
+  }
+  // As map items: a vector of Values per item.
+  const std::vector<std::vector<mp::Value<int>>> items(200, std::vector<mp::Value<int>>{a, b});
+  for (int made : pool.map(use_nested_item, items, 3)) CHECK(made == 0);
+  CHECK(a.load() == 2 * tasks + 200);
+  CHECK(b.load() == tasks + 200);
+}
+
+namespace {
+// A struct holding handles that opts in to empty handles for decoding (mp::for_load_t), and one that does not.
+struct job_with_handles {
+  mp::Queue<int> out;
+  mp::Lock lock;
+  int n = 0;
+  job_with_handles() = default;
+  job_with_handles(mp::Queue<int> q, mp::Lock l, int x) : out(std::move(q)), lock(std::move(l)), n(x) {}
+  explicit job_with_handles(mp::for_load_t tag) : out(tag), lock(tag) {}
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(out, lock, n);
+  }
+};
+struct plain_job {
+  mp::Value<int> total;
+  int n = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(total, n);
+  }
+};
+int run_job(job_with_handles job) {
+  if (job.lock.try_lock()) job.lock.release();
+  job.out.put(job.n);
+  return start_counting();
+}
+int run_plain_job(plain_job job) {
+  job.total.fetch_add(job.n);
+  return start_counting();
+}
+}  // namespace
+
+TEST_CASE("A struct holding handles decodes into empty handles when it has an mp::for_load_t constructor",
+          "[pool_handles]") {
+  mp::Pool pool(2);
+  mp::Queue<int> out;
+  mp::Lock lock;
+  std::vector<mp::AsyncResult<int>> results;
+  for (int i = 0; i < 30; ++i) results.push_back(pool.apply_async(run_job, job_with_handles(out, lock, i)));
+  for (auto& r : results) CHECK(r.get() == 0);
+  std::vector<job_with_handles> jobs;
+  for (int i = 0; i < 60; ++i) jobs.emplace_back(out, lock, 100 + i);
+  for (int made : pool.map(run_job, jobs, 4)) CHECK(made == 0);
+  long sum = 0;
+  for (int i = 0; i < 90; ++i) sum += out.get(5s);
+  CHECK(sum == 29 * 30 / 2 + 60 * 100 + 59 * 60 / 2);
+  // Without that constructor the struct still crosses and works, but its default constructor makes a Value of its
+  // own in the worker for every task (the count above would see them).
+  mp::Value<int> total(0);
+  std::vector<mp::AsyncResult<int>> plain;
+  for (int i = 1; i <= 20; ++i) plain.push_back(pool.apply_async(run_plain_job, plain_job{total, i}));
+  int most = 0;
+  for (auto& r : plain) most = std::max(most, r.get());
+  CHECK(total.load() == 210);
+  CHECK(most > 0);
 }
 
 TEST_CASE("100,000 tasks carrying the same Value keep each worker's descriptor count bounded", "[pool_handles]") {

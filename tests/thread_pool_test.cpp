@@ -105,6 +105,24 @@ TEST_CASE("ThreadPool runs apply, map, starmap and imap on threads of this proce
   CHECK(unordered == squares);
 }
 
+TEST_CASE("ThreadPool: move-only arguments and callables are moved into the task, as in Pool", "[thread_pool]") {
+  mp::ThreadPool pool(2);
+  auto p = std::make_unique<int>(41);
+  const int* address = p.get();
+  // The task owns the argument: the same object, moved, never copied.
+  auto owned = pool.apply_async([address](std::unique_ptr<int> q) { return q.get() == address ? *q + 1 : -1; }, std::move(p));
+  CHECK(owned.get() == 42);
+  CHECK(p == nullptr);
+  // A move-only callable, and an rvalue-reference parameter.
+  auto state = std::make_unique<std::string>("ab");
+  CHECK(pool.apply([s = std::move(state)](std::string&& tail) { return *s + tail; }, std::string("c")) == "abc");
+  CHECK(pool.submit([](std::unique_ptr<int> q, int x) { return *q * x; }, std::make_unique<int>(6), 7).get() == 42);
+  // std::ref still passes a reference.
+  int target = 0;
+  pool.apply([](int& t) { t = 5; }, std::ref(target));
+  CHECK(target == 5);
+}
+
 TEST_CASE("ThreadPool: a task's exception arrives as the object it threw, not as a remote error", "[thread_pool]") {
   mp::ThreadPool pool(2);
   auto r = pool.submit([] { throw std::invalid_argument("local"); });

@@ -72,19 +72,26 @@ class RemoteInfo {
   int pid_ = 0;
 };
 
-/// A standard exception (logic_error, runtime_error and their std subclasses, bad_alloc) or a type registered with
-/// register_exception<E>() thrown in another process: `catch (const std::invalid_argument&)` matches it; what() is
-/// the remote message.
+/// A standard exception (logic_error, runtime_error and their std subclasses, bad_alloc and bad_array_new_length)
+/// or a type registered with register_exception<E>() thrown in another process: `catch (const
+/// std::invalid_argument&)` matches it; what() is the remote message. A std::system_error (ios_base::failure,
+/// filesystem::filesystem_error) or std::future_error keeps its code() when the category is one of the standard
+/// ones (generic, system, iostream, future); another category's codes arrive in mp's "mp.remote" category.
 template <class E>
 class Remote final : public E, public RemoteInfo {
  public:
   Remote(const std::string& message, RemoteInfo info) : E(make(message)), RemoteInfo(std::move(info)), message_(message) {}
+  /// From an E built by the caller: a type whose constructor needs more than the message (std::system_error and
+  /// its kind, std::future_error: the remote error code).
+  Remote(E base, const std::string& message, RemoteInfo info)
+      : E(std::move(base)), RemoteInfo(std::move(info)), message_(message) {}
   const char* what() const noexcept override { return message_.c_str(); }
 
  private:
   static E make(const std::string& message) {
     if constexpr (std::is_constructible_v<E, const std::string&>) return E(message);
-    else return E();
+    else if constexpr (std::is_default_constructible_v<E>) return E();
+    else static_assert(std::is_default_constructible_v<E>, "mp::Remote<E>: build this E and pass it as `base`");
   }
   std::string message_;
 };

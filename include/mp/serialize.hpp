@@ -24,6 +24,20 @@ namespace mp {
 template <class T>
 concept serializable = detail::is_serializable_v<std::remove_cvref_t<T>>;
 
+/// The tag of the constructor mp's decoders call instead of the default one, when a type has it, to make the
+/// object a value is decoded into. Every mp handle (Queue, Value, Lock, ...) has one: it makes an empty handle for
+/// load() to fill in, where a default-constructed handle would make a shared object of its own only to drop it.
+/// A struct holding handles can declare one too, so that decoding it (a Pool task's argument, a map item) makes no
+/// shared object per task; its serialize must then fill in every handle member it made empty:
+///   struct Job {
+///     mp::Queue<int> out;  mp::Lock lock;  int n = 0;
+///     Job() = default;
+///     explicit Job(mp::for_load_t tag) : out(tag), lock(tag) {}
+///     template <class Archive> void serialize(Archive& ar) { ar(out, lock, n); }
+///   };
+using for_load_t = detail::for_load_t;
+inline constexpr for_load_t for_load{};
+
 
 /// How many bytes serialize(value) returns (computed without writing them).
 template <class T>
@@ -71,7 +85,7 @@ template <class T>
                 "mp::deserialize<T>: T must be a plain (non-const, non-reference) value type");
   static_assert(!std::is_array_v<T>, "mp::deserialize<T>: a C array cannot be returned; use std::array");
   detail::require_default_constructible<T>();
-  T value{};
+  T value = detail::blank_for_load<T>::make();
   detail::input_archive archive(bytes);
   archive.set_outer_name(&detail::type_name<T>);
   archive(value);

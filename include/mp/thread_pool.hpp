@@ -81,9 +81,10 @@ class ThreadPool : public detail::pool::map_family<ThreadPool> {
   auto apply(F f, Args&&... args) {
     return apply_async(std::move(f), std::forward<Args>(args)...).take();
   }
-  /// Starts f(args...) on a thread; arguments are decay-copied (std::ref for a reference, as std::thread).
+  /// Starts f(args...) on a thread; arguments are decay-copied or moved in, and passed on as rvalues (std::ref for
+  /// a reference, as std::thread): move-only arguments (a std::unique_ptr) and callables work, as in Pool.
   template <class F, class... Args>
-  auto apply_async(F f, Args&&... args) -> AsyncResult<std::invoke_result_t<F&, std::decay_t<Args>&...>>;
+  auto apply_async(F f, Args&&... args) -> AsyncResult<std::invoke_result_t<F&, std::decay_t<Args>&&...>>;
   template <class F, class... Args>
   auto submit(F f, Args&&... args) {
     return apply_async(std::move(f), std::forward<Args>(args)...);
@@ -129,13 +130,18 @@ class ThreadPool : public detail::pool::map_family<ThreadPool> {
 // ---- definitions ----------------------------------------------------------------------------------------------
 
 template <class F, class... Args>
-auto ThreadPool::apply_async(F f, Args&&... args) -> AsyncResult<std::invoke_result_t<F&, std::decay_t<Args>&...>> {
-  using R = std::invoke_result_t<F&, std::decay_t<Args>&...>;
+auto ThreadPool::apply_async(F f, Args&&... args) -> AsyncResult<std::invoke_result_t<F&, std::decay_t<Args>&&...>> {
+  using R = std::invoke_result_t<F&, std::decay_t<Args>&&...>;
   auto job = std::make_shared<detail::pool::thread_job<R>>();
   job->runner = runner_;
-  auto call = [f = std::move(f), args = std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)]() mutable
-      -> R { return std::apply(f, args); };
-  core().post({[job, call = std::move(call)]() mutable { detail::pool::run_apply<R>(*job, call); },
+  // Runs once: the arguments are moved into the call. Held by a shared_ptr, so that the task (a std::function)
+  // stays copyable whatever F and the arguments are.
+  auto call = std::make_shared<std::tuple<F, std::tuple<std::decay_t<Args>...>>>(
+      std::move(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...));
+  core().post({[job, call]() {
+                 auto run = [&call]() -> R { return std::apply(std::get<0>(*call), std::move(std::get<1>(*call))); };
+                 detail::pool::run_apply<R>(*job, run);
+               },
                [job](std::exception_ptr e) { job->fail_with(std::move(e)); }},
               "ThreadPool::apply_async");
   return AsyncResult<R>(nullptr, std::move(job));

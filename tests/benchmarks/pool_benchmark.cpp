@@ -5,8 +5,8 @@
 //   apply round trip  sequential pool.apply(trivial) vs a std::thread ping-pong through a mutex + condvar
 //   futures           submit().get() round trip vs apply_async().get(); 10,000 submits collected by as_completed vs
 //                     10,000 apply_async collected by get() in order
-//   handle argument   sequential pool.apply(f, queue, i) vs pool.apply(f, i): the descriptor path once every
-//                     worker has the queue (target <= 1.2x)
+//   handle argument   sequential pool.apply(f, queue, i) (and a Value, a Lock) vs pool.apply(f, i): the descriptor
+//                     path once every worker has the handle (target <= 1.2x); the kinds take turns, best of each
 //   failure handling  SIGKILL of a busy worker -> WorkerLost raised by get(); a 50 ms task_timeout -> TimeoutError
 //   CPU-bound         sum of squares split into `processes` equal parts: serial, one std::thread per part,
 //                     pool.map over the parts (pool already running); speedup ratio pool / threads
@@ -30,6 +30,8 @@
 
 #include <mp/pool.hpp>
 #include <mp/queue.hpp>
+#include <mp/shared.hpp>
+#include <mp/sync.hpp>
 
 namespace {
 
@@ -48,6 +50,8 @@ double seconds_of(const std::function<void()>& run, int trials) {
 
 int trivial(int x) { return x + 1; }
 int trivial_with_queue(mp::Queue<int> q, int x) { return q.closed() ? 0 : x + 1; }
+int trivial_with_value(mp::Value<int> v, int x) { return v.load() == 7 ? x + 1 : 0; }
+int trivial_with_lock(mp::Lock l, int x) { return l.locked() ? 0 : x + 1; }
 
 u64 sum_of_squares(u64 lo, u64 hi) {
   u64 result = 0;
@@ -188,20 +192,40 @@ int main(int argc, char** argv) {
   // ---- a handle as a task argument ----
   {
     mp::Queue<int> queue;
-    for (int i = 0; i < 1000; ++i)  // every worker receives the queue's descriptor once
+    mp::Value<int> value(7);
+    mp::Lock lock;
+    for (int i = 0; i < 1000; ++i) {  // every worker receives each handle's descriptors once
       if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
-    const double int_rt = seconds_of([&] {
-      for (int i = 0; i < calls; ++i)
-        if (pool.apply(trivial, i) != i + 1) std::printf("ERROR: apply\n");
-    }, trials) / calls * 1e6;
-    const double queue_rt = seconds_of([&] {
-      for (int i = 0; i < calls; ++i)
-        if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
-    }, trials) / calls * 1e6;
+      if (pool.apply(trivial_with_value, value, i) != i + 1) std::printf("ERROR: apply with a value\n");
+      if (pool.apply(trivial_with_lock, lock, i) != i + 1) std::printf("ERROR: apply with a lock\n");
+    }
+    // The four kinds take turns, best of each kept: a change of load during the run hits all of them alike.
+    double int_rt = 1e300, queue_rt = 1e300, value_rt = 1e300, lock_rt = 1e300;
+    for (int t = 0; t < 2 * trials; ++t) {
+      int_rt = std::min(int_rt, seconds_of([&] {
+        for (int i = 0; i < calls; ++i)
+          if (pool.apply(trivial, i) != i + 1) std::printf("ERROR: apply\n");
+      }, 1) / calls * 1e6);
+      queue_rt = std::min(queue_rt, seconds_of([&] {
+        for (int i = 0; i < calls; ++i)
+          if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
+      }, 1) / calls * 1e6);
+      value_rt = std::min(value_rt, seconds_of([&] {
+        for (int i = 0; i < calls; ++i)
+          if (pool.apply(trivial_with_value, value, i) != i + 1) std::printf("ERROR: apply with a value\n");
+      }, 1) / calls * 1e6);
+      lock_rt = std::min(lock_rt, seconds_of([&] {
+        for (int i = 0; i < calls; ++i)
+          if (pool.apply(trivial_with_lock, lock, i) != i + 1) std::printf("ERROR: apply with a lock\n");
+      }, 1) / calls * 1e6);
+    }
+    const double worst = std::max({queue_rt, value_rt, lock_rt}) / int_rt;
     std::printf("%-40s %12s %12s\n", "a task argument that is a handle", "us/call", "x int");
     std::printf("%-40s %12.2f %12s\n", "  pool.apply(f, int)", int_rt, "");
     std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Queue, int)", queue_rt, queue_rt / int_rt);
-    std::printf("  after the first send: %s the <= 1.2x target\n\n", queue_rt / int_rt <= 1.2 ? "meets" : "MISSES");
+    std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Value, int)", value_rt, value_rt / int_rt);
+    std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Lock, int)", lock_rt, lock_rt / int_rt);
+    std::printf("  after the first send: %s the <= 1.2x target\n\n", worst <= 1.2 ? "meets" : "MISSES");
   }
 
   // ---- failure detection ----

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/for_load.hpp>
 // type_name<T>() and is_specialization_v; std::filesystem::path is declared there without <filesystem> (see why).
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -289,7 +290,7 @@ template <class T>
 struct type_needs_a_default_constructor_to_be_deserialized {
   static_assert(dependent_false_v<T>,
                 "mp::deserialize: this type has no default constructor: add one (its serialize member then fills in "
-                "the fields)");
+                "the fields), or a constructor from mp::for_load_t that makes the object to decode into");
 };
 
 template <class T>
@@ -303,8 +304,7 @@ void reject_unsupported() {
 
 template <class T>
 void require_default_constructible() {
-  if constexpr (!std::is_default_constructible_v<T>)
-    (void)sizeof(type_needs_a_default_constructor_to_be_deserialized<T>);
+  if constexpr (!loadable_blank_v<T>) (void)sizeof(type_needs_a_default_constructor_to_be_deserialized<T>);
 }
 
 /// "1 byte", "12 bytes": sizes in error messages.
@@ -667,7 +667,8 @@ void input_archive::load(T& value) {
       // n was checked against the bytes left, but an element may be far bigger in memory than on the wire (a
       // user type holding a std::array): reserve within the archive's budget, not n * sizeof(element).
       if constexpr (is_specialization_v<U, std::vector>) value.reserve(reservable(n, sizeof(element)));
-      for (std::size_t i = 0; i < n; ++i) load_element<U>(value.emplace_back());
+      // Handles among the elements start empty (for_load.hpp), not as shared objects of their own.
+      for (std::size_t i = 0; i < n; ++i) load_element<U>(emplace_back_blank(value));
     }
   } else if constexpr (f == family::array) {
     using element = typename array_traits<U>::element;
@@ -703,7 +704,7 @@ void input_archive::load(T& value) {
     value.clear();
     if constexpr (requires { value.reserve(n); }) value.reserve(reservable(n, 2 * sizeof(void*)));
     for (std::size_t i = 0; i < n; ++i) {
-      std::pair<key, mapped> entry{};
+      std::pair<key, mapped> entry = blank_for_load<std::pair<key, mapped>>::make();
       load_element<U>(entry);
       if constexpr (is_multi_v<U>) {
         value.emplace_hint(value.end(), std::move(entry.first), std::move(entry.second));
@@ -730,7 +731,9 @@ void input_archive::load(T& value) {
     if (flag == 0) {
       value.reset();
     } else {
-      load(value.emplace());
+      if constexpr (std::is_constructible_v<element, for_load_t>) load(value.emplace(for_load));
+      else if constexpr (blank_for_load<element>::handle) load(value.emplace(blank_for_load<element>::make()));
+      else load(value.emplace());
     }
   } else if constexpr (f == family::variant) {
     variant_index_type index = 0;
@@ -746,7 +749,12 @@ void input_archive::load(T& value) {
       static constexpr loader loaders[] = {+[](input_archive& archive, U& variant) {
         using alternative = std::variant_alternative_t<I, U>;
         require_default_constructible<alternative>();
-        archive.load(variant.template emplace<I>());
+        if constexpr (std::is_constructible_v<alternative, for_load_t>)
+          archive.load(variant.template emplace<I>(for_load));
+        else if constexpr (blank_for_load<alternative>::handle)
+          archive.load(variant.template emplace<I>(blank_for_load<alternative>::make()));
+        else
+          archive.load(variant.template emplace<I>());
       }...};
       loaders[index](*this, value);
     }(std::make_index_sequence<alternatives>{});

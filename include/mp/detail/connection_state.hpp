@@ -25,6 +25,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_lane.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -75,6 +76,7 @@ struct connection_state {
   connection_direction* outgoing = nullptr;   // nullptr: this end does not send
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
   lane_history receive_history;               // how this process's recent offers on `incoming` went
+  identity_cache fd_identity_cache;           // fd's open file, for export_fd (no fstat per Pool task)
 };
 
 /// The two ends of a new Pipe (a socketpair if duplex, else a pipe whose first end reads) and their shared block.

@@ -13,6 +13,7 @@
 // format (detail/wire.hpp: an 8-byte length, over a socket or a pipe, no descriptors).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/for_load.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail {
@@ -39,6 +41,40 @@ struct fd_identity {
 
 /// The identity of `fd` (one fstat); unknown ({0, 0}) if fstat fails.
 MP_DECL fd_identity identity_of(int fd) noexcept;
+
+/// identity_of(fd) of a handle's descriptor, found at the first call and kept: what a handle sent with every Pool
+/// task passes to export_fd instead of costing the pool an fstat per task. Thread-safe (two threads may serialize
+/// copies of one handle at once: both find the same value); copies carry what was found. The owner resets it when
+/// its descriptor changes.
+class identity_cache {
+ public:
+  identity_cache() noexcept = default;
+  identity_cache(const identity_cache& other) noexcept { copy(other); }
+  identity_cache& operator=(const identity_cache& other) noexcept {
+    copy(other);
+    return *this;
+  }
+  fd_identity get(int fd) const noexcept {
+    const std::uint64_t ino = ino_.load(std::memory_order_acquire);
+    if (ino != 0) return {dev_.load(std::memory_order_relaxed), ino};
+    const fd_identity found = identity_of(fd);
+    dev_.store(found.dev, std::memory_order_relaxed);
+    ino_.store(found.ino, std::memory_order_release);  // 0 if fstat failed: found again next time
+    return found;
+  }
+  void reset() noexcept {
+    ino_.store(0, std::memory_order_relaxed);
+    dev_.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  void copy(const identity_cache& other) noexcept {
+    dev_.store(other.dev_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    ino_.store(other.ino_.load(std::memory_order_acquire), std::memory_order_release);
+  }
+  mutable std::atomic<std::uint64_t> dev_{0};
+  mutable std::atomic<std::uint64_t> ino_{0};  // 0: not found yet (no open file has inode 0)
+};
 
 /// The descriptors a transfer sends (parent side). Borrowed: the handles being serialized own them.
 struct fd_outbox {
@@ -69,41 +105,7 @@ struct fd_inbox {
   fd_cache* cache = nullptr;
 };
 
-/// The tag of a handle's constructor that makes an empty handle for load() to fill in: what a receiver decodes a
-/// handle into. A default-constructed Queue (or Lock, Value, ...) would first make a shared object of its own (a
-/// ring and a mailbox, a fresh shared-memory chunk) only to drop it when load() replaces it — once per task in a
-/// Pool worker.
-struct for_load_t {
-  explicit for_load_t() = default;
-};
-inline constexpr for_load_t for_load{};
-
-/// A value to decode a T into (by mp::serialize's load): T(for_load) for a handle type that has that constructor,
-/// a tuple or pair of such element by element, anything else value-initialized (T{}).
-template <class T>
-struct blank_for_load {
-  static constexpr bool handle = std::is_constructible_v<T, for_load_t>;
-  static T make() {
-    if constexpr (handle) return T(for_load);
-    else return T{};
-  }
-};
-template <class... Ts>
-struct blank_for_load<std::tuple<Ts...>> {
-  static constexpr bool handle = (blank_for_load<Ts>::handle || ...);
-  static std::tuple<Ts...> make() {
-    if constexpr (handle) return std::tuple<Ts...>(blank_for_load<Ts>::make()...);
-    else return std::tuple<Ts...>{};
-  }
-};
-template <class A, class B>
-struct blank_for_load<std::pair<A, B>> {
-  static constexpr bool handle = blank_for_load<A>::handle || blank_for_load<B>::handle;
-  static std::pair<A, B> make() {
-    if constexpr (handle) return std::pair<A, B>(blank_for_load<A>::make(), blank_for_load<B>::make());
-    else return std::pair<A, B>{};
-  }
-};
+// for_load_t, for_load and blank_for_load (what a receiver decodes a handle into): detail/for_load.hpp.
 
 // thread_local: two threads may start spawned children at once, each serializing its own arguments.
 inline fd_outbox*& current_fd_outbox() noexcept {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <string>
 
@@ -13,9 +14,19 @@
 
 namespace mp::detail {
 
+/// The error code of the exception being handled, as it crosses: a std::system_error's (ios_base::failure and
+/// filesystem_error are ones) or a std::future_error's value and category name; category empty for any other.
+struct remote_code {
+  std::int32_t value = 0;
+  std::string category;
+};
+/// Call inside a catch block.
+MP_DECL remote_code current_exception_code();
+
 /// The exception a remote failure stands for: Remote<E> for a standard or registered type, else RemoteError.
+/// `code`: what current_exception_code() found in the other process.
 MP_DECL std::exception_ptr make_remote_exception(const std::string& type, const std::string& message, int pid,
-                                                 std::string traceback);
+                                                 std::string traceback, const remote_code& code = {});
 
 /// This thread's stack as text, one frame a line (innermost first, the first `skip` frames left out), symbolized
 /// as far as backtrace_symbols(3) and the demangler can (functions of the executable need -rdynamic for names).

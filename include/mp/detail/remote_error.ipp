@@ -4,9 +4,13 @@
 #include <execinfo.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <ios>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <system_error>
 #include <stdexcept>
 #include <string>
 #include <typeinfo>
@@ -20,10 +24,30 @@
 namespace mp::detail {
 
 
+/// The category a remote error code names: the standard ones by name, any other as mp's own (a category object
+/// cannot cross; its name shows in the message).
+inline const std::error_category& remote_category(const std::string& name) {
+  if (name == std::generic_category().name()) return std::generic_category();
+  if (name == std::system_category().name()) return std::system_category();
+  if (name == std::iostream_category().name()) return std::iostream_category();
+  if (name == std::future_category().name()) return std::future_category();
+  static const struct other_category final : std::error_category {
+    const char* name() const noexcept override { return "mp.remote"; }
+    std::string message(int value) const override {
+      return "error " + std::to_string(value) + " of a category known only in the process that raised it";
+    }
+  } other;
+  return other;
+}
+
+/// Builds the E of a standard type whose constructor takes the remote error code.
+using remote_code_factory = std::exception_ptr (*)(const std::string& message, RemoteInfo info, std::error_code code);
+
 /// The registry of remote exception types: demangled name -> factory. Guarded by its mutex.
 struct remote_type_registry {
   std::mutex mutex;
   std::unordered_map<std::string, remote_factory> factories;
+  std::unordered_map<std::string, remote_code_factory> code_factories;  // standard types with an error code
 
   template <class E>
   void add() {
@@ -32,6 +56,16 @@ struct remote_type_registry {
     factories[type_name(typeid(E))] = [](const std::string& message, RemoteInfo info) {
       try {
         throw Remote<E>(message, std::move(info));
+      } catch (...) {
+        return std::current_exception();
+      }
+    };
+  }
+  template <class E, class Make>
+  void add_with_code(Make) {
+    code_factories[type_name(typeid(E))] = [](const std::string& message, RemoteInfo info, std::error_code code) {
+      try {
+        throw Remote<E>(Make{}(message, code), message, std::move(info));
       } catch (...) {
         return std::current_exception();
       }
@@ -48,6 +82,17 @@ struct remote_type_registry {
     add<std::overflow_error>();
     add<std::underflow_error>();
     add<std::bad_alloc>();
+    add<std::bad_array_new_length>();
+    add_with_code<std::system_error>(
+        [](const std::string& message, std::error_code code) { return std::system_error(code, message); });
+    add_with_code<std::ios_base::failure>(
+        [](const std::string& message, std::error_code code) { return std::ios_base::failure(message, code); });
+    add_with_code<std::filesystem::filesystem_error>([](const std::string& message, std::error_code code) {
+      return std::filesystem::filesystem_error(message, code);
+    });
+    // Its error_code constructor is not public: the future_errc (the only codes a future_error has).
+    add_with_code<std::future_error>(
+        [](const std::string&, std::error_code code) { return std::future_error(static_cast<std::future_errc>(code.value())); });
   }
 };
 
@@ -62,15 +107,32 @@ MP_DECL void register_remote_type(const std::type_info& type, remote_factory fac
   registry.factories[type_name(type)] = factory;
 }
 
+MP_DECL remote_code current_exception_code() {
+  try {
+    throw;
+  } catch (const std::system_error& e) {
+    return {e.code().value(), e.code().category().name()};
+  } catch (const std::future_error& e) {
+    return {e.code().value(), e.code().category().name()};
+  } catch (...) {
+    return {};
+  }
+}
+
 MP_DECL std::exception_ptr make_remote_exception(const std::string& type, const std::string& message, int pid,
-                                                 std::string traceback) {
+                                                 std::string traceback, const remote_code& code) {
   remote_factory factory = nullptr;
+  remote_code_factory code_factory = nullptr;
   {
     remote_type_registry& registry = remote_types();
     std::lock_guard lock(registry.mutex);
     if (auto it = registry.factories.find(type); it != registry.factories.end()) factory = it->second;
+    if (auto it = registry.code_factories.find(type); it != registry.code_factories.end()) code_factory = it->second;
   }
   if (factory != nullptr) return factory(message, RemoteInfo(type, pid, std::move(traceback)));
+  if (code_factory != nullptr)
+    return code_factory(message, RemoteInfo(type, pid, std::move(traceback)),
+                        std::error_code(code.value, remote_category(code.category)));
   return std::make_exception_ptr(RemoteError(type, message, pid, std::move(traceback)));
 }
 

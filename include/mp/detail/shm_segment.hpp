@@ -12,6 +12,7 @@
 #include <utility>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail {
@@ -30,13 +31,20 @@ class shm_segment {
   MP_DECL static shm_segment from_fd(unique_fd fd, const std::string& label);
 
   shm_segment(shm_segment&& other) noexcept
-      : fd_(std::move(other.fd_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+      : fd_(std::move(other.fd_)),
+        data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)),
+        identity_(other.identity_) {
+    other.identity_.reset();
+  }
   shm_segment& operator=(shm_segment&& other) noexcept {
     if (this != &other) {
       unmap();
       fd_ = std::move(other.fd_);
       data_ = std::exchange(other.data_, nullptr);
       size_ = std::exchange(other.size_, 0);
+      identity_ = other.identity_;
+      other.identity_.reset();
     }
     return *this;
   }
@@ -45,6 +53,9 @@ class shm_segment {
   void* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
   int fd() const noexcept { return fd_.get(); }
+  /// The open file behind fd() (one fstat at the first call): what export_fd is told, so that a handle in this
+  /// segment sent with every Pool task costs the pool no fstat per task.
+  fd_identity identity() const noexcept { return identity_.get(fd_.get()); }
 
  private:
   MP_DECL shm_segment(unique_fd fd, std::size_t size, const std::string& label);
@@ -57,6 +68,7 @@ class shm_segment {
   unique_fd fd_;
   void* data_ = nullptr;
   std::size_t size_ = 0;
+  identity_cache identity_;
 };
 
 }  // namespace mp::detail

@@ -52,6 +52,8 @@ class segment {
   control_block& control() const noexcept { return *static_cast<control_block*>(memory_.data()); }
   /// The memfd: what crosses to a spawned child (detail/handle_transfer.hpp).
   int fd() const noexcept { return memory_.fd(); }
+  /// The open file behind fd() (shm_segment::identity).
+  fd_identity identity() const noexcept { return memory_.identity(); }
 
  private:
   segment(shm_segment memory, managed_buffer buffer) noexcept

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <memory_resource>
 #include <span>
 #include <typeindex>
 #include <unordered_map>
@@ -70,6 +71,9 @@ class handle_table {
 /// The handles of one submission (an apply, a map's chunks, one imap chunk): chunk c's descriptor list, in
 /// export_fd's index order, is keys[offsets[c - first], offsets[c - first + 1]). Built by the submitting thread;
 /// attach() (under the core mutex) takes the table's references, the destructor (also under it) drops them.
+/// Sized for the common case of one task carrying a few handles that know their identity: its lists live in a
+/// buffer inside the object (no allocation beyond the object's own), found by linear search (no hashing: the maps
+/// below stay empty unless a submission carries many objects, or handles that do not know their identity).
 class submission_handles {
  public:
   explicit submission_handles(std::size_t first) : first_(first) { offsets_.push_back(0); }
@@ -89,11 +93,23 @@ class submission_handles {
   }
 
  private:
+  /// Up to this many distinct objects are found by a linear search, beyond it through `index_`.
+  static constexpr std::size_t linear_search_limit = 16;
+  struct object {
+    handle_key key;
+    int fd;  // borrowed until attach() (the handles being serialized are alive), then -1
+  };
+  /// Records `key` (with a descriptor of it) as carried, once per object.
+  MP_DECL void add_object(const handle_key& key, int fd);
+
   std::size_t first_;
-  std::vector<handle_key> keys_;
-  std::vector<std::uint32_t> offsets_;
-  std::unordered_map<handle_key, int, handle_key_hash> distinct_;  // with a descriptor borrowed until attach()
-  std::unordered_map<int, handle_key> seen_;           // fd -> key while building (the handles are alive)
+  alignas(std::max_align_t) std::byte inline_[320];  // the lists of a task carrying up to ~4 descriptors
+  std::pmr::monotonic_buffer_resource memory_{inline_, sizeof inline_};  // then the heap
+  std::pmr::vector<handle_key> keys_{&memory_};
+  std::pmr::vector<std::uint32_t> offsets_{&memory_};
+  std::pmr::vector<object> objects_{&memory_};                         // each object carried, once
+  std::unordered_map<handle_key, std::size_t, handle_key_hash> index_;  // key -> objects_ index, past the limit
+  std::unordered_map<int, handle_key> unknown_;  // fd -> key by fstat, for handles that do not know theirs
   handle_table* table_ = nullptr;
 };
 
@@ -109,7 +125,7 @@ inline std::shared_ptr<submission_handles> handles_of(const fd_outbox& box, cons
 /// keys dropped, and the descriptors the worker lacks (sent on its socket, as one fd frame whose bytes are keys).
 /// A big payload's blob segment (`blob`, borrowed) rides in the same fd frame, after the handles' descriptors.
 struct handle_plan {
-  std::vector<handle_key> table;
+  std::span<const handle_key> table;  // borrowed from the submission, alive while the plan is used
   std::vector<handle_key> drop;
   std::vector<handle_key> send;
   int blob = -1;

@@ -49,7 +49,19 @@ MP_DECL int handle_table::fd(const handle_key& key) const noexcept {
 
 MP_DECL submission_handles::~submission_handles() {
   if (table_ != nullptr)
-    for (const auto& [key, fd] : distinct_) table_->release(key);
+    for (const object& o : objects_) table_->release(o.key);
+}
+
+MP_DECL void submission_handles::add_object(const handle_key& key, int fd) {
+  if (objects_.size() < linear_search_limit) {
+    for (const object& o : objects_)
+      if (o.key == key) return;
+    objects_.push_back({key, fd});
+    if (objects_.size() == linear_search_limit)
+      for (std::size_t i = 0; i < objects_.size(); ++i) index_.emplace(objects_[i].key, i);
+    return;
+  }
+  if (index_.try_emplace(key, objects_.size()).second) objects_.push_back({key, fd});
 }
 
 MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* caller) {
@@ -58,41 +70,44 @@ MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* cal
                 " shared objects' descriptors, more than the " + std::to_string(max_fds_per_frame) +
                 " a worker can receive with one task; use a smaller chunksize, or group the objects (one Queue, one "
                 "Array, one Manager)");
+  if (keys_.capacity() == 0) {  // the first chunk: exact sizes for a one-chunk submission (an apply)
+    keys_.reserve(box.fds.size());
+    objects_.reserve(box.fds.size());
+  }
   for (std::size_t i = 0; i < box.fds.size(); ++i) {
     const int fd = box.fds[i];
-    auto found = seen_.find(fd);
-    if (found == seen_.end()) {
-      // The handle's own record of its open file when it keeps one (a Queue does): no fstat per task.
-      const fd_identity id = i < box.ids.size() ? box.ids[i] : fd_identity{};
-      const handle_key key = id.known() ? handle_key{id.dev, id.ino} : key_of(fd);
-      found = seen_.emplace(fd, key).first;
-      distinct_.try_emplace(key, fd);
+    // The handle's own record of its open file (every mp handle keeps one): no fstat per task. Else one fstat per
+    // descriptor and submission.
+    const fd_identity id = i < box.ids.size() ? box.ids[i] : fd_identity{};
+    handle_key key{id.dev, id.ino};
+    if (!id.known()) {
+      auto found = unknown_.find(fd);
+      if (found == unknown_.end()) found = unknown_.emplace(fd, key_of(fd)).first;
+      key = found->second;
     }
-    keys_.push_back(found->second);
+    add_object(key, fd);
+    keys_.push_back(key);
   }
   offsets_.push_back(static_cast<std::uint32_t>(keys_.size()));
 }
 
 MP_DECL void submission_handles::attach(handle_table& table) {
-  seen_.clear();
-  std::vector<handle_key> taken;
+  unknown_.clear();
+  std::size_t taken = 0;
   try {
-    for (const auto& [key, fd] : distinct_) {
-      table.acquire(key, fd);
-      taken.push_back(key);
-    }
+    for (; taken < objects_.size(); ++taken) table.acquire(objects_[taken].key, objects_[taken].fd);
   } catch (...) {
-    for (const handle_key& key : taken) table.release(key);
+    for (std::size_t i = 0; i < taken; ++i) table.release(objects_[i].key);
     throw;
   }
-  for (auto& d : distinct_) d.second = -1;  // borrowed descriptors are not ours to use after this
+  for (object& o : objects_) o.fd = -1;  // borrowed descriptors are not ours to use after this
   table_ = &table;
 }
 
 MP_DECL handle_plan worker_view::plan(std::span<const handle_key> keys, handle_table& table) {
   handle_plan plan;
   const std::uint64_t now = ++messages_;
-  plan.table.assign(keys.begin(), keys.end());
+  plan.table = keys;
   for (const handle_key& key : keys) {
     auto [it, added] = kept_.try_emplace(key, now);
     it->second = now;

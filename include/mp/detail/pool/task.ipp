@@ -21,8 +21,9 @@ MP_DECL void encode_current_exception(std::vector<std::byte>& out) {
   const exception_description d = describe_current_exception();
   const std::uint8_t failed = 1;
   const std::int32_t pid = ::getpid();
+  const remote_code code = current_exception_code();
   output_archive ar(out);
-  ar(failed, d.type, d.message, pid, current_traceback(1));
+  ar(failed, d.type, d.message, pid, current_traceback(1), code.value, code.category);
 }
 
 MP_DECL void encode_failed_chunk(std::vector<std::byte>& out) {
@@ -36,8 +37,9 @@ MP_DECL std::exception_ptr read_remote_error(input_archive& ar) {
   std::string message;
   std::int32_t pid = 0;
   std::string traceback;
-  ar(type, message, pid, traceback);
-  return make_remote_exception(type, message, pid, std::move(traceback));
+  remote_code code;
+  ar(type, message, pid, traceback, code.value, code.category);
+  return make_remote_exception(type, message, pid, std::move(traceback), code);
 }
 
 }  // namespace mp::detail::pool
