@@ -51,11 +51,15 @@ class memory_algorithm
   void* allocate(size_type nbytes) {
     if (small_blocks::is_small(nbytes) && small_.enabled()) return allocate_small(nbytes);
     const call in(*this, op::allocate);
-    return base::allocate(nbytes);
+    void* block = base::allocate(nbytes);
+    if (block == nullptr && release_spares()) block = base::allocate(nbytes);
+    return block;
   }
   void* allocate_aligned(size_type nbytes, size_type alignment) {
     const call in(*this, op::allocate);
-    return base::allocate_aligned(nbytes, alignment);
+    void* block = base::allocate_aligned(nbytes, alignment);
+    if (block == nullptr && release_spares()) block = base::allocate_aligned(nbytes, alignment);
+    return block;
   }
   /// Frees; on a broken heap, does nothing (the block leaks).
   void deallocate(void* addr) noexcept {
@@ -166,6 +170,9 @@ class memory_algorithm
   // A new slab from the base and a block from it; when the base has no slab's room (or the slab would lie beyond
   // the bitmap), a block of the base's own. Null if the base has no room at all.
   MP_DECL void* refill(size_type nbytes) noexcept;
+  // When the base is out of room: gives every size's spare slab back to it. True if there was one. Called in the
+  // writing span (begin_writing(op::allocate)) and leaves it so.
+  MP_DECL bool release_spares() noexcept;
 
   // After EOWNERDEAD: the dead holder left `writing_` set iff it died where Boost may have been writing.
   MP_DECL void settle_dead_holder() noexcept;

@@ -21,13 +21,33 @@ MP_DECL memory_algorithm::size_type memory_algorithm::get_min_size(size_type ext
   return base::get_min_size(extra_hdr_bytes + (sizeof(memory_algorithm) - sizeof(base)));
 }
 
+MP_DECL bool memory_algorithm::release_spares() noexcept {
+  end_writing();
+  bool released = false;
+  while (void* const spare = small_.take_spare()) {
+    small_.journal().commit();
+    begin_writing(op::free);
+    base::deallocate(spare);
+    end_writing();
+    released = true;
+  }
+  begin_writing(op::allocate);
+  return released;
+}
+
 MP_DECL void* memory_algorithm::refill(size_type nbytes) noexcept {
   begin_writing(op::allocate);
-  void* const memory = base::allocate_aligned(small_blocks::slab_usable, small_blocks::slab_bytes);
+  size_type free_before = base::get_free_memory();
+  void* memory = base::allocate_aligned(small_blocks::slab_usable, small_blocks::slab_bytes);
+  if (memory == nullptr && release_spares()) {
+    free_before = base::get_free_memory();
+    memory = base::allocate_aligned(small_blocks::slab_usable, small_blocks::slab_bytes);
+  }
   end_writing();
   if (memory != nullptr) {
     // A death from here to take_from_new's first journaled write leaks the new slab (4 KiB), nothing more.
-    if (void* const block = small_.take_from_new(memory, nbytes)) return block;
+    const size_type cost = free_before - base::get_free_memory();
+    if (void* const block = small_.take_from_new(memory, nbytes, cost)) return block;
     begin_writing(op::free);
     base::deallocate(memory);
     end_writing();

@@ -11,8 +11,10 @@
 // process may map the heap anywhere. A slab is a base block of slab_usable bytes at an address that is a multiple of
 // slab_bytes (mappings are page-aligned, so that holds in every process), its header first; a bitmap with one bit
 // per page of the heap (1/32768 of it, set up by the heap's creator) tells a slab's page from any other, so
-// deallocate() knows a small block without a header of its own. An emptied slab goes back to the base allocator at
-// once (free_memory() after freeing everything is what it was before).
+// deallocate() knows a small block without a header of its own. Each size keeps one emptied slab as a spare (a
+// block taken and freed over and over would otherwise cost a slab from the base allocator each time); other emptied
+// slabs go back to the base at once, and spares too when the base runs out (free_memory() counts a spare's page as
+// free, so after freeing everything it is what it was before).
 // Every member is called under the allocator's lock (memory_algorithm), and its writes go through the journal.
 #pragma once
 
@@ -55,8 +57,8 @@ class undo_journal {
     commit();
   }
 
-  /// The most words one operation writes (small_blocks::take_from_new: 13).
-  static constexpr std::size_t capacity = 16;
+  /// The most words one operation writes (small_blocks::take_from_new: 14).
+  static constexpr std::size_t capacity = 24;
 
  private:
   struct entry {
@@ -99,9 +101,11 @@ class small_blocks {
     if (room_[cls] == 0) return nullptr;
     return take_from(at(room_[cls]));
   }
-  /// Makes `memory` (slab_usable bytes at a multiple of slab_bytes, from the base) a slab for `bytes` and takes a
-  /// block from it; null (and `memory` untouched) if the bitmap does not cover it.
-  MP_DECL void* take_from_new(void* memory, std::size_t bytes) noexcept;
+  /// Makes `memory` (slab_usable bytes at a multiple of slab_bytes, from the base, which counted `cost` bytes for
+  /// it) a slab for `bytes` and takes a block from it; null (and `memory` untouched) if the bitmap does not cover it.
+  MP_DECL void* take_from_new(void* memory, std::size_t bytes, std::size_t cost) noexcept;
+  /// Some size's spare slab, no longer a slab — the caller gives it back to the base after commit() — or null.
+  MP_DECL void* take_spare() noexcept;
 
   /// True if `p` is a block from a slab (exact: the bitmap marks the slabs' pages, and no base block starts there).
   bool owns(const void* p) const noexcept {
@@ -110,11 +114,11 @@ class small_blocks {
   }
   /// The usable bytes of a block that owns() says is small.
   std::size_t size_of(const void* p) const noexcept { return static_cast<std::size_t>(slab_of(p).size); }
-  /// Frees a block owns() says is small. Returns its slab if that became empty — the caller gives it back to the base
-  /// allocator after commit() — else null.
+  /// Frees a block owns() says is small. Returns its slab if that became empty and its size has a spare already —
+  /// the caller gives it back to the base allocator after commit() — else null.
   MP_DECL void* give_back(void* p) noexcept;
 
-  /// Bytes in slabs not handed out.
+  /// Bytes in slabs not handed out, and the base's bytes of the spares.
   std::size_t free_bytes() const noexcept { return static_cast<std::size_t>(free_bytes_); }
   undo_journal& journal() noexcept { return journal_; }
 
@@ -127,6 +131,7 @@ class small_blocks {
     std::int64_t next;    // the list of slabs of this size with room: offsets from small_blocks, 0: none
     std::int64_t prev;
     std::int64_t listed;  // 1 while on that list
+    std::int64_t cost;    // bytes the base allocator counts for the slab (what free_memory() counts for a spare)
   };
   static_assert(sizeof(slab) <= header_bytes);
 
@@ -157,6 +162,10 @@ class small_blocks {
 
   void* take_from(slab& s) noexcept {
     char* const base = reinterpret_cast<char*>(&s);
+    if (s.live == 0) {  // the spare (or a new slab, which take_from_new made one): a spare no more
+      journal_.set(spare_[class_of(static_cast<std::size_t>(s.size))], 0);
+      journal_.set(free_bytes_, free_bytes_ + capacity(s.size) - s.cost);
+    }
     std::int64_t block;
     if (s.free != 0) {
       block = s.free;
@@ -175,8 +184,9 @@ class small_blocks {
   MP_DECL void link(slab& s) noexcept;
   MP_DECL void unlink(slab& s) noexcept;
 
-  std::int64_t room_[classes]{};  // per size, the first slab with room (offset from this), 0: none
-  std::int64_t free_bytes_ = 0;   // bytes in slabs not handed out
+  std::int64_t room_[classes]{};   // per size, the first slab with room (offset from this), 0: none
+  std::int64_t spare_[classes]{};  // per size, its empty slab (also on the room list), 0: none
+  std::int64_t free_bytes_ = 0;    // bytes in non-empty slabs not handed out, plus the spares' costs
   std::int64_t bitmap_ = 0;       // offset from this of the bitmap of slab pages, 0: no slabs (a small heap)
   std::size_t pages_ = 0;         // pages the bitmap covers, from this object's page
   undo_journal journal_;

@@ -23,16 +23,33 @@ MP_DECL void small_blocks::init(void* bitmap, const void* buffer, std::size_t by
   pages_ = size * 8;
 }
 
-MP_DECL void* small_blocks::take_from_new(void* memory, std::size_t bytes) noexcept {
+MP_DECL void* small_blocks::take_from_new(void* memory, std::size_t bytes, std::size_t cost) noexcept {
   const std::size_t page = page_of(memory);
   if (page >= pages_) return nullptr;
-  const auto size = static_cast<std::int64_t>((class_of(bytes) + 1) * granule);
+  const std::size_t cls = class_of(bytes);
+  const auto size = static_cast<std::int64_t>((cls + 1) * granule);
   // Not journaled: nothing refers to the slab until the bitmap and the list do (a death before leaks its 4 KiB).
-  slab& s = *::new (memory) slab{0, static_cast<std::int64_t>(header_bytes), 0, size, 0, 0, 0};
+  slab& s = *::new (memory) slab{0, static_cast<std::int64_t>(header_bytes), 0, size, 0, 0, 0,
+                                  static_cast<std::int64_t>(cost)};
   journal_.set(bitmap()[page / 64], bitmap()[page / 64] | bit_of(page));
-  journal_.set(free_bytes_, free_bytes_ + capacity(size));
+  journal_.set(free_bytes_, free_bytes_ + s.cost);  // a spare for an instant: take_from counts it as in use
   link(s);
+  journal_.set(spare_[cls], offset_of(&s));  // this size had no slab with room, so no spare either
   return take_from(s);
+}
+
+MP_DECL void* small_blocks::take_spare() noexcept {
+  for (std::int64_t& spare : spare_) {
+    if (spare == 0) continue;
+    slab& s = at(spare);
+    unlink(s);
+    const std::size_t page = page_of(&s);
+    journal_.set(bitmap()[page / 64], bitmap()[page / 64] & ~bit_of(page));
+    journal_.set(free_bytes_, free_bytes_ - s.cost);
+    journal_.set(spare, 0);
+    return &s;
+  }
+  return nullptr;
 }
 
 MP_DECL void* small_blocks::give_back(void* p) noexcept {
@@ -44,6 +61,13 @@ MP_DECL void* small_blocks::give_back(void* p) noexcept {
   journal_.set(s.live, s.live - 1);
   journal_.set(free_bytes_, free_bytes_ + s.size);
   if (s.live == 0) {
+    std::int64_t& spare = spare_[class_of(static_cast<std::size_t>(s.size))];
+    if (spare == 0) {  // kept, with room, as its size's spare
+      journal_.set(spare, offset_of(&s));
+      journal_.set(free_bytes_, free_bytes_ - capacity(s.size) + s.cost);
+      if (s.listed == 0) link(s);
+      return nullptr;
+    }
     if (s.listed != 0) unlink(s);
     const std::size_t page = page_of(base);
     journal_.set(bitmap()[page / 64], bitmap()[page / 64] & ~bit_of(page));
