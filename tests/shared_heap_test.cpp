@@ -353,6 +353,67 @@ TEST_CASE("SharedHeap survives children SIGKILLed at arbitrary instants while al
   CHECK(usable + broken == 20);
 }
 
+TEST_CASE("SharedHeap: a child SIGKILLed halfway through taking a small block is undone by the next user",
+          "[shared_heap][robust]") {
+  mp::SharedHeap heap(1 << 20);
+  const std::size_t free_at_start = heap.free_memory();
+  auto& keep = heap.find_or_construct<int_vector>("keep");
+  keep.reserve(8);  // a 32-byte block: the slab for that size exists before the child takes from it
+  note_pipe stopped;
+  auto child = start(
+      [](mp::SharedHeap heap, note_end stopped) {
+        int_vector mine(heap.allocator<int>());
+        stop_next_time_at(mp::detail::heap::seam_point::small_blocks_writing, stopped);
+        mine.reserve(8);  // takes a block of the same size: stops with the slab's bookkeeping half-written
+      },
+      heap, stopped.writer());
+  REQUIRE(stopped.wait());
+  child.kill();
+  CHECK(finish(child) == -SIGKILL);
+  // Not broken: small and large blocks are handed out, every one once (each holds its own value).
+  auto& nodes = heap.find_or_construct<shm::map<int, int>>("nodes");
+  for (int i = 0; i < 3000; ++i) nodes.emplace(i, i * 7);
+  auto& xs = heap.find_or_construct<int_vector>("xs");
+  for (int i = 0; i < 10000; ++i) xs.push_back(i);
+  bool all_there = nodes.size() == 3000;
+  for (int i = 0; i < 3000; ++i) all_there = all_there && nodes.at(i) == i * 7;
+  CHECK(all_there);
+  CHECK(xs.size() == 10000);
+  CHECK(xs[9999] == 9999);
+  // The dead child's half-taken block went back: destroying everything gives back all the memory.
+  CHECK(heap.destroy<shm::map<int, int>>("nodes"));
+  CHECK(heap.destroy<int_vector>("xs"));
+  CHECK(heap.destroy<int_vector>("keep"));
+  CHECK(heap.free_memory() == free_at_start);
+}
+
+TEST_CASE("SharedHeap small blocks: their memory returns to large allocations, and running out is a clear error",
+          "[shared_heap]") {
+  mp::SharedHeap heap(1 << 20);
+  const std::size_t free_at_start = heap.free_memory();
+  auto child = start(
+      [](mp::SharedHeap heap) {
+        auto& nodes = heap.find_or_construct<shm::map<int, int>>("nodes");
+        try {
+          for (int i = 0;; ++i) nodes.emplace(i, i);  // 32-byte nodes until the heap is full
+        } catch (const mp::Error& e) {
+          child_check(contains(e.what(), "out of memory"), "out of memory");
+        }
+        child_check(nodes.size() > 20000, "most of the heap held nodes");
+        child_check(nodes.rbegin()->first == static_cast<int>(nodes.size()) - 1, "no node lost");
+      },
+      heap);
+  REQUIRE(finish(child) == 0);
+  auto& nodes = *heap.find<shm::map<int, int>>("nodes");
+  CHECK(heap.free_memory() < free_at_start / 10);
+  nodes.clear();  // every slab empties and goes back
+  CHECK(heap.destroy<shm::map<int, int>>("nodes"));
+  CHECK(heap.free_memory() == free_at_start);
+  auto& bytes = heap.find_or_construct<shm::vector<char>>("bytes");
+  bytes.resize(free_at_start * 9 / 10);  // one block of most of the heap: the slabs' pages came back in one piece
+  CHECK(bytes.size() == free_at_start * 9 / 10);
+}
+
 // ---- limits and misuse ----------------------------------------------------------------------------------------
 
 TEST_CASE("SharedHeap out of memory throws mp::Error with the sizes, in any process, and stays usable",
