@@ -28,17 +28,18 @@ inline int poll_on(pollfd* fds, nfds_t n, int timeout_ms) {
   return ready;
 }
 
-/// One listener for the whole run, on a path of this process (/tmp/mp-fuzz-<name>-<pid>.sock).
+/// One listener for the whole run, on an abstract Unix socket of this process ("\0mp-fuzz-<name>-<pid>"): it has no
+/// file, so nothing is left in /tmp however the run ends (a crash, a timeout, a SIGKILL; a file socket stayed there
+/// after libFuzzer's _Exit). unix_address() copies the leading NUL, and the server's bind and the clients' connect
+/// both pass the whole sockaddr_un, so both name the same abstract address.
 struct listener {
   manager::endpoint where;
   mp::detail::unique_fd fd;
   explicit listener(std::string_view name) {
     where.tcp = false;
-    where.path = "/tmp/mp-fuzz-" + std::string(name) + "-" + std::to_string(::getpid()) + ".sock";
-    ::unlink(where.path.c_str());
+    where.path = std::string(1, '\0') + "mp-fuzz-" + std::string(name) + "-" + std::to_string(::getpid());
     fd = manager::listen_on(where);
   }
-  ~listener() { ::unlink(where.path.c_str()); }
 };
 
 /// A frame as it crosses the socket: u32 length, then the payload.
