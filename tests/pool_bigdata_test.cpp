@@ -217,7 +217,7 @@ TEST_CASE("apply_async, map_async and imap carry 1-64 MiB arguments and results 
   const std::size_t fds = open_fds();
   const std::size_t shm = shm_entries();
   const std::size_t bytes = GENERATE(std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{64} << 20);
-  const std::uint32_t count = bytes >= (std::size_t{64} << 20) ? 3 : bytes >= (std::size_t{16} << 20) ? 5 : 12;
+  const std::uint32_t count = bytes >= (std::size_t{64} << 20) ? 2 : bytes >= (std::size_t{16} << 20) ? 4 : 12;
   {
     mp::Pool pool(2);
     std::vector<std::vector<std::uint32_t>> items;
