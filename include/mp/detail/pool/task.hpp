@@ -269,9 +269,11 @@ MP_DECL void encode_current_exception(std::vector<std::byte>& out);
 /// threw): no outputs, then the current exception (call inside a catch block).
 MP_DECL void encode_failed_chunk(std::vector<std::byte>& out);
 
-/// Worker: room for `more` bytes in the result buffer at once. A big result then lands in pages advised huge
-/// (huge_pages.hpp) rather than growing the buffer by doubling, a fault per fresh 4 KiB page.
+/// Worker: room for `more` bytes in the result buffer at once, and for the body's tail (the "failed" flag: a
+/// buffer grown by one byte past an exact fit would be copied whole into a fresh one). A big result then lands in
+/// pages advised huge (huge_pages.hpp) rather than growing the buffer by doubling, a fault per fresh 4 KiB page.
 inline void reserve_result(std::vector<std::byte>& out, std::size_t more) {
+  more += 64;
   if (out.capacity() - out.size() >= more) return;
   out.reserve(std::max(out.size() + more, 2 * out.capacity()));
   advise_huge_pages(out.data(), out.capacity());
