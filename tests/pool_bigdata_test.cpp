@@ -1,6 +1,6 @@
-// Tests for big Pool arguments and results (issue 14): items from blob_threshold up travel as sealed memfd
-// segments whose descriptors cross beside the task bytes, written once by the sender and decoded straight from a
-// read-only mapping by the receiver. Contents arrive intact through apply and map in both directions under every
+// Tests for big Pool arguments and results (issue 14): items from blob_threshold up travel as recycled memfd
+// segments whose descriptors cross beside the task bytes, written once by the sender and decoded straight from the
+// receiver's cached mapping of the segment. Contents arrive intact through apply and map in both directions under every
 // start method, and a worker killed while holding a big item leaks no segment or descriptor.
 #include <catch2/catch.hpp>
 
@@ -207,4 +207,88 @@ TEST_CASE("map serializes big chunks as it sends them and map_async before it re
   CHECK_THROWS_WITH(pool.map(checksum_or_throw, with_failure, 1), Catch::Contains("this item fails"));
   // The pool goes on, segments reused.
   CHECK(pool.map(checksum_of, temporary_items(7), 1) == sums);
+}
+
+// apply_async, map_async and imap put big payloads in the pool's recycled segments too (the segment is written
+// when the chunk is dispatched: map_async and imap from their staged bytes), and read big results through the
+// parent's cached mappings of each worker's segments. More tasks in flight than segments kept, sizes 1-64 MiB.
+TEST_CASE("apply_async, map_async and imap carry 1-64 MiB arguments and results intact", "[pool_bigdata]") {
+  start_any_server();
+  const std::size_t fds = open_fds();
+  const std::size_t shm = shm_entries();
+  const std::size_t bytes = GENERATE(std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{64} << 20);
+  const std::uint32_t count = bytes >= (std::size_t{64} << 20) ? 2 : bytes >= (std::size_t{16} << 20) ? 4 : 12;
+  {
+    mp::Pool pool(2);
+    std::vector<std::vector<std::uint32_t>> items;
+    for (std::uint32_t i = 0; i < count; ++i) items.push_back(pattern(bytes + 4096 * (i % 2), 300 + i));
+    // apply_async: every task submitted before any answer is read; results held while later ones arrive.
+    std::vector<mp::AsyncResult<std::vector<std::uint32_t>>> reversed;
+    for (const auto& item : items) reversed.push_back(pool.apply_async(reverse_item, item));
+    std::vector<mp::AsyncResult<std::vector<std::uint32_t>>> made;
+    for (std::uint32_t i = 0; i < count; ++i) made.push_back(pool.apply_async(make_item, bytes, 400 + i));
+    std::vector<std::vector<std::uint32_t>> kept;
+    for (auto& r : reversed) kept.push_back(r.get());
+    for (std::uint32_t i = 0; i < count; ++i) {
+      CHECK(std::equal(kept[i].rbegin(), kept[i].rend(), items[i].begin(), items[i].end()));
+      CHECK(made[i].get() == pattern(bytes, 400 + i));
+    }
+    // map_async reads its input before it returns: the caller may change it at once.
+    auto copy = items;
+    auto async = pool.map_async(reverse_item, copy, 1);
+    for (auto& item : copy) std::fill(item.begin(), item.end(), 0u);
+    const auto back = async.get();
+    REQUIRE(back.size() == items.size());
+    for (std::size_t i = 0; i < items.size(); ++i)
+      CHECK(std::equal(back[i].rbegin(), back[i].rend(), items[i].begin(), items[i].end()));
+    // imap: big arguments one way, big results the other, consumed one by one.
+    std::size_t i = 0;
+    for (const auto& got : pool.imap(reverse_item, items)) {
+      REQUIRE(i < items.size());
+      CHECK(std::equal(got.rbegin(), got.rend(), items[i].begin(), items[i].end()));
+      ++i;
+    }
+    CHECK(i == items.size());
+    // What was kept is untouched by everything since (its segments were reused many times over).
+    for (std::uint32_t k = 0; k < count; ++k)
+      CHECK(std::equal(kept[k].rbegin(), kept[k].rend(), items[k].begin(), items[k].end()));
+  }
+  CHECK(open_fds() == fds);
+  CHECK(shm_entries() == shm);
+}
+
+namespace {
+pid_t test_parent = 0;  // set in the test's process: the item below kills only a worker
+// A big result whose serialization kills the worker writing it, halfway through the result message.
+struct dies_while_written {
+  std::vector<std::uint32_t> data;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(data);
+    if (::getpid() != test_parent) {
+      static int calls = 0;
+      if (++calls >= 2) ::kill(::getpid(), SIGKILL);  // the first call measures, the second writes
+    }
+  }
+};
+dies_while_written dying_result(std::size_t bytes) { return {pattern(bytes, 5)}; }
+std::vector<std::uint32_t> make_seed0(std::size_t bytes) { return pattern(bytes, 0); }
+}  // namespace
+
+TEST_CASE("A worker SIGKILLed while writing a big result leaks no segment or descriptor", "[pool_bigdata]") {
+  start_any_server();
+  test_parent = ::getpid();
+  const std::size_t fds = open_fds();
+  const std::size_t shm = shm_entries();
+  {
+    mp::Pool pool(2);
+    // Warm: the workers and the parent's mappings of their segments exist before one dies.
+    const auto warm = pool.map(make_seed0, std::vector<std::size_t>(6, std::size_t{4} << 20), 1);
+    CHECK(warm.back() == pattern(std::size_t{4} << 20, 0));
+    CHECK_THROWS_AS(pool.apply(dying_result, std::size_t{16} << 20), mp::WorkerLost);
+    // The pool goes on with big results after the loss (the replacement's segments are new to the parent).
+    for (std::uint32_t i = 0; i < 4; ++i) CHECK(pool.apply(make_item, std::size_t{16} << 20, i) == pattern(std::size_t{16} << 20, i));
+  }
+  CHECK(open_fds() == fds);
+  CHECK(shm_entries() == shm);
 }

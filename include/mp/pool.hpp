@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -29,6 +30,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/huge_pages.hpp>
 #include <mp/detail/pool/completion.hpp>
 #include <mp/detail/pool/core.hpp>
 #include <mp/detail/pool/jobs.hpp>
@@ -670,6 +672,7 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
       detail::fd_outbox_scope scope(measuring);
       job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
     }
+    detail::advise_huge_pages(job->items.data(), job->items.capacity());  // fresh: in 2 MiB pages (huge_pages.hpp)
     job->offsets.reserve(chunks + 1);
     job->starts.reserve(chunks + 1);
     auto it = std::ranges::begin(range);
@@ -714,11 +717,31 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
               lazy_items->from[c] = it;
               lazy_items->count[c] = count;
               std::ranges::advance(it, static_cast<std::ranges::range_difference_t<Range>>(count));
+              position += count;
+            } else if (box.fds.size() == callable_box.fds.size()) {
+              // map_async, no handles among them: serialized now into `items` (the input may be gone when the
+              // chunk is sent), copied into a recycled segment when dispatched; fresh segments for every chunk
+              // would cost a page fault per 4 KiB, where `items` is one buffer in huge pages.
+              if (!job->lazy) {
+                job->lazy = std::make_shared<pool::lazy_chunks>();
+                job->lazy->encode = [raw = job.get(), segments = &core().payload_segments(),
+                                     most = core().payload_segments_kept()](std::size_t chunk) {
+                  const auto body = raw->body(chunk);
+                  return segments->write(raw->callable.size() + body.size(), pool::pool_segment_budget, most,
+                                         "mp-pool-task", [&](std::span<std::byte> bytes) {
+                                           std::memcpy(bytes.data(), raw->callable.data(), raw->callable.size());
+                                           std::memcpy(bytes.data() + raw->callable.size(), body.data(),
+                                                       body.size());
+                                         });
+                };
+              }
+              position += pool::append_items<T>(job->items, it, end, chunksize);
+              job->big_sizes[c] = job->callable.size() + (job->items.size() - job->offsets[c]);
             } else {
               job->bigs[c] = pool::blob_chunk<T>(job->callable, it, count, size, core().payload_segments(),
                                                  core().payload_segments_kept());
+              position += count;
             }
-            position += count;
           } else {
             position += pool::append_items<T>(job->items, it, end, chunksize);
           }

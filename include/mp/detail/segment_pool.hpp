@@ -31,6 +31,8 @@ namespace mp::detail {
 struct segment_header {
   std::atomic<std::uint32_t> consumed{0};  // 1 once the consumer is done with the item (or the put failed)
 };
+/// The consumer's end of an item: marks it consumed and wakes a producer sleeping for the segment (acquire).
+MP_DECL void mark_consumed(segment_header& header) noexcept;
 inline constexpr std::size_t segment_header_bytes = 64;
 
 /// One cached segment: its descriptor and a writable mapping of header + capacity bytes.
@@ -51,10 +53,11 @@ class segment_pool {
 
   /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one named
   /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most `most` segments and `budget` bytes (a segment larger
-  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read waits
-  /// up to 2 ms for one (keeping it in step with its consumer on warm pages); without, it makes a new one at once.
+  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read sleeps
+  /// up to `wait_ns` for one to be consumed (keeping it in step with its consumer on warm pages: the consumer's
+  /// release wakes it); without, it makes a new one at once.
   MP_DECL pooled_segment& acquire(std::size_t size, std::size_t budget, const char* label = "mp-queue-item",
-                                  bool wait = true, std::size_t most = 4);
+                                  bool wait = true, std::size_t most = 4, std::uint64_t wait_ns = 2'000'000);
   /// Drops every cached segment (descriptors closed, mappings removed).
   MP_DECL void clear() noexcept;
 

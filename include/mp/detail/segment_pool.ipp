@@ -11,6 +11,7 @@
 #include <utility>
 
 #include <mp/detail/clock.hpp>
+#include <mp/detail/futex.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
@@ -29,8 +30,13 @@ MP_DECL void segment_pool::clear() noexcept {
   while (!segments_.empty()) drop(segments_.size() - 1);
 }
 
+MP_DECL void mark_consumed(segment_header& header) noexcept {
+  header.consumed.store(1, std::memory_order_release);
+  futex_wake(header.consumed);
+}
+
 MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait,
-                                               std::size_t most) {
+                                               std::size_t most, std::uint64_t wait_ns) {
   const int pid = static_cast<int>(::getpid());
   if (pid != pid_) {
     // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
@@ -53,14 +59,21 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     return nullptr;
   };
   if (auto* s = reusable()) return *s;
-  // A full cache of fitting segments still being read: a consumer is at work on them. Waiting for one (up to 2 ms)
-  // keeps producer and consumer in step on warm pages, instead of running ahead on fresh ones.
+  // A full cache of fitting segments still being read: a consumer is at work on them. Waiting for one (up to
+  // wait_ns) keeps producer and consumer in step on warm pages, instead of running ahead on fresh ones. Asleep on
+  // the oldest one's word (the consumer's mark_consumed wakes us), not spinning: on a busy machine the consumer
+  // needs the CPU a spinning producer would take.
   std::size_t fitting = 0;
-  for (auto& s : segments_) fitting += s.capacity >= size && s.capacity / 2 <= size ? 1 : 0;
-  if (wait && fitting >= 2) {
-    const std::uint64_t until = monotonic_ns() + 2'000'000;
-    while (monotonic_ns() < until) {
-      ::sched_yield();
+  segment_header* oldest = nullptr;
+  for (auto& s : segments_) {
+    if (s.capacity < size || s.capacity / 2 > size) continue;
+    ++fitting;
+    if (oldest == nullptr) oldest = &s.header();
+  }
+  if (wait && fitting >= 2 && oldest != nullptr) {
+    const deadline until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(wait_ns);
+    while (std::chrono::steady_clock::now() < *until) {
+      (void)futex_wait(oldest->consumed, 0, until);
       if (auto* s = reusable()) return *s;
     }
   }
@@ -120,7 +133,7 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
 
 MP_DECL segment_reader::~segment_reader() {
   if (data_ == nullptr) return;
-  reinterpret_cast<segment_header*>(data_)->consumed.store(1, std::memory_order_release);
+  mark_consumed(*reinterpret_cast<segment_header*>(data_));
   ::munmap(data_, mapped_);
 }
 

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include <mp/detail/blob.hpp>
+#include <mp/detail/segment_cache.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
@@ -412,19 +413,19 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   slot_state& slot = slots_[s];
   const result_message result = split_result(message);
   // A big result: the worker sent its blob segment on the socket before this message entered the ring.
-  std::optional<segment_reader> big;  // marks the worker's segment consumed once decoded, for it to reuse
+  segment_lease big;  // marks the worker's segment consumed once decoded, for it to reuse
   std::exception_ptr lost;
   if (result.blob != 0) {
     try {
       fd_frame frame = receive_fd_frame(slot.socket.get(), "Pool: a worker's big result", 0);
       if (frame.fds.fds.size() != 1)
         throw ProcessError("Pool: " + std::to_string(frame.fds.fds.size()) + " descriptors came with a big result");
-      big.emplace(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob), "Pool");
+      big = slot.big_results->open(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob), "Pool");
     } catch (...) {
       lost = std::current_exception();
     }
   }
-  input_archive ar(big ? big->bytes() : result.body);
+  input_archive ar(big ? big.bytes() : result.body);
   if (result.chunk_id == 0) {  // the initializer threw; the worker exits next
     try {
       if (auto failure = read_results<void>(ar, 0, "initializer failure", [] {}).failure)
@@ -494,6 +495,7 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
   }
   // Reset the slot for its successor: the dead worker can no longer touch the rings.
   reset_handles_locked(s);
+  slot.big_results->clear();  // its successor writes into segments of its own
   shared.inbox.reset();
   shared.outbox.reset();
   shared.current_chunk.store(0);

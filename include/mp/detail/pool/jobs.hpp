@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -15,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <ranges>
 #include <span>
 #include <type_traits>
@@ -28,6 +30,7 @@
 #include <mp/detail/pool/imap_cursor.hpp>
 #include <mp/detail/pool/progress.hpp>
 #include <mp/detail/pool/task.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/errors.hpp>
 
@@ -120,7 +123,8 @@ struct lazy_closer {
 };
 
 /// map/starmap: every chunk's items serialized at submission (a synchronous map's big chunks: at dispatch, see
-/// lazy_chunks); results land in place.
+/// lazy_chunks; map_async's big chunks: into `items` too, copied into a recycled segment at dispatch); results land
+/// in place.
 template <class E>
 class map_job final : public result_job<map_result_t<E>> {
  public:
@@ -146,6 +150,10 @@ class map_job final : public result_job<map_result_t<E>> {
       try {
         bigs[c] = (*lazy)(c);
       } catch (...) {
+        if (offsets[c + 1] != offsets[c]) {  // staged in `items` (map_async): the ring carries the chunk instead
+          size = 0;
+          return -1;
+        }
         // Sent without its items, the chunk fails in the worker; its result is replaced by this error.
         if (lazy_errors.empty()) lazy_errors.resize(bigs.size());
         lazy_errors[c] = std::current_exception();
@@ -194,14 +202,40 @@ template <class E>
 class imap_job final : public job {
  public:
   std::vector<std::byte> callable;
-  std::mutex mutex;  // guards bodies; taken under the core mutex, never the other way round
+  std::mutex mutex;  // guards bodies, bigs and with_handles; taken under the core mutex, never the other way round
   std::map<std::size_t, std::vector<std::byte>> bodies;
   chunk_arrivals<E> arrivals;
+  // A big chunk (blob_threshold and up, without handles) travels as a recycled segment of the pool's, written
+  // when dispatched from its body: as few warm segments as chunks in flight, whatever the window.
+  shared_segment_pool* segments = nullptr;
+  std::size_t segments_kept = 0;
+  std::map<std::size_t, unique_fd> bigs;  // chunk c's segment, until answered
+  std::set<std::size_t> with_handles;     // chunks whose items carry handles: always through the ring
 
   std::span<const std::byte> prefix() override { return callable; }
   std::span<const std::byte> body(std::size_t c) override {
     std::lock_guard lock(mutex);
     return bodies.at(c);  // the vector's buffer does not move when other entries come and go
+  }
+  int blob(std::size_t c, std::size_t& size) override {
+    size = 0;
+    std::lock_guard lock(mutex);
+    const std::vector<std::byte>& items = bodies.at(c);
+    const std::size_t total = callable.size() + items.size();
+    if (segments == nullptr || total < blob_threshold || with_handles.contains(c)) return -1;
+    try {
+      unique_fd fd = segments->write(total, pool_segment_budget, segments_kept, "mp-pool-task",
+                                     [&](std::span<std::byte> bytes) {
+                                       std::memcpy(bytes.data(), callable.data(), callable.size());
+                                       std::memcpy(bytes.data() + callable.size(), items.data(), items.size());
+                                     });
+      size = total;
+      const int raw = fd.get();
+      bigs[c] = std::move(fd);
+      return raw;
+    } catch (...) {
+      return -1;  // no segment: the ring carries the chunk
+    }
   }
   void deliver(std::size_t c, input_archive& ar) override {
     chunk_result<E> result;
@@ -220,6 +254,8 @@ class imap_job final : public job {
     {
       std::lock_guard lock(mutex);
       bodies.erase(c);
+      bigs.erase(c);
+      with_handles.erase(c);
     }
     arrivals.store(c, std::move(result));
     event.notify();
@@ -244,6 +280,8 @@ struct imap_state : imap_cursor<imap_state<F, V, E, Ordered>, E, Ordered> {
       : core(std::move(c)), input(std::forward<V>(in)), it(std::ranges::begin(input)), chunksize(std::max<std::size_t>(1, size)),
         window(4 * core->processes() + 2) {
     job->trampoline = &map_trampoline<F, T, E, false>;
+    job->segments = &core->payload_segments();
+    job->segments_kept = core->payload_segments_kept();
     fd_outbox_scope scope(callable_box);
     encode_callable(job->callable, f);
   }
@@ -285,6 +323,7 @@ struct imap_state : imap_cursor<imap_state<F, V, E, Ordered>, E, Ordered> {
     {
       std::lock_guard lock(job->mutex);
       job->bodies.emplace(this->submitted, std::move(body));
+      if (handles) job->with_handles.insert(this->submitted);
     }
     core->submit(job, this->submitted, 1, caller, std::move(handles));
     ++this->submitted;

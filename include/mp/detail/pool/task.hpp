@@ -42,6 +42,7 @@
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/huge_pages.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::pool {
@@ -268,6 +269,16 @@ MP_DECL void encode_current_exception(std::vector<std::byte>& out);
 /// threw): no outputs, then the current exception (call inside a catch block).
 MP_DECL void encode_failed_chunk(std::vector<std::byte>& out);
 
+/// Worker: room for `more` bytes in the result buffer at once, and for the body's tail (the "failed" flag: a
+/// buffer grown by one byte past an exact fit would be copied whole into a fresh one). A big result then lands in
+/// pages advised huge (huge_pages.hpp) rather than growing the buffer by doubling, a fault per fresh 4 KiB page.
+inline void reserve_result(std::vector<std::byte>& out, std::size_t more) {
+  more += 64;
+  if (out.capacity() - out.size() >= more) return;
+  out.reserve(std::max(out.size() + more, 2 * out.capacity()));
+  advise_huge_pages(out.data(), out.capacity());
+}
+
 /// Encodes a run of results; R may be void (nothing is written per item).
 template <class R>
 struct result_writer {
@@ -286,8 +297,16 @@ struct result_writer {
       out.resize(at + sizeof(R));
       std::memcpy(out.data() + at, &r, sizeof(R));
     } else {
+      const auto r = call();
+      {
+        fd_outbox measuring;  // handles in a result are only measured here; the archive below exports them
+        fd_outbox_scope scope(measuring);
+        output_archive measure(output_archive::measure_tag{});
+        measure(r);
+        reserve_result(out, measure.measured());
+      }
       output_archive ar(out);
-      ar(call());
+      ar(r);
     }
     ++ok;
   }
