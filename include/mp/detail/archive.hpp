@@ -33,6 +33,7 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/fresh_pages.hpp>
 // type_name<T>() and is_specialization_v; std::filesystem::path is declared there without <filesystem> (see why).
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -653,6 +654,11 @@ void input_archive::load(T& value) {
     value.clear();
     if constexpr (is_specialization_v<U, std::vector> && is_bitwise_v<element>) {
       const std::byte* first = bytes_.data() + position_;
+      if (n * sizeof(element) >= fresh_pages_threshold && value.capacity() < n) {
+        // A big vector on fresh memory: its pages come faster asked for at once (fresh_pages.hpp).
+        value.reserve(n);
+        prepare_fresh_pages(value.data(), n * sizeof(element));
+      }
       if (reinterpret_cast<std::uintptr_t>(first) % alignof(element) == 0) {
         // Aligned (the usual case): assign copies with one memmove into uninitialised storage, sparing the
         // zero-fill resize() would do first. n was checked against the bytes left by load_length.
