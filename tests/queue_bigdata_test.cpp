@@ -307,3 +307,50 @@ TEST_CASE("large_item_threshold: SIZE_MAX streams every item through the ring, 0
   }
   before.check();
 }
+
+TEST_CASE("A consumer that keeps its mappings of recycled segments reads every new item, of changing sizes, intact",
+          "[queue][bigdata]") {
+  // The producer rewrites its few segments item after item; the consumer knows them again (segment_view_cache)
+  // and must see each new item's words, never the previous item's, through the mapping it kept.
+  const auto before = counted();
+  {
+    mp::Queue<words> q;
+    constexpr std::uint64_t items = 40;
+    auto producer = start(
+        [](mp::Queue<words> q) {
+          for (std::uint64_t i = 0; i < items; ++i) q.put(make_item((i % 3 == 2 ? 3 : 1) * MiB + 8 * i, 100 + i));
+        },
+        q);
+    for (std::uint64_t i = 0; i < items; ++i) {
+      const words item = q.get();
+      CHECK(item.size() == ((i % 3 == 2 ? 3 : 1) * MiB + 8 * i) / 8);
+      CHECK(item_tag(item) == static_cast<std::int64_t>(100 + i));
+    }
+    CHECK(finish(producer) == 0);
+    // A mapping kept from an exited producer does not confuse the next producer's segments.
+    auto second = start([](mp::Queue<words> q) { q.put(make_item(MiB, 7)); }, q);
+    CHECK(item_tag(q.get()) == 7);
+    CHECK(finish(second) == 0);
+  }
+  before.check();
+}
+
+TEST_CASE("A child that puts several large items nobody reads yet exits and is joined, and they arrive intact after",
+          "[queue][bigdata]") {
+  // The producer waits for a consumed segment only while a consumer has been giving them back: with nobody
+  // reading, each put makes a new segment after at most 2 ms, and the child exits.
+  const auto before = counted();
+  {
+    mp::Queue<words> q;
+    auto producer = start(
+        [](mp::Queue<words> q) {
+          for (std::uint64_t i = 0; i < 6; ++i) q.put(make_item(4 * MiB, 20 + i));
+        },
+        q);
+    producer.join(60s);
+    REQUIRE(producer.exitcode() == std::optional<int>(0));
+    CHECK(q.qsize() == 6);
+    for (std::uint64_t i = 0; i < 6; ++i) CHECK(item_tag(q.get()) == static_cast<std::int64_t>(20 + i));
+  }
+  before.check();
+}

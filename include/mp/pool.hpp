@@ -30,7 +30,7 @@
 #include <mp/detail/archive.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
-#include <mp/detail/huge_pages.hpp>
+#include <mp/detail/fresh_pages.hpp>
 #include <mp/detail/pool/completion.hpp>
 #include <mp/detail/pool/core.hpp>
 #include <mp/detail/pool/jobs.hpp>
@@ -672,7 +672,7 @@ auto Pool::submit_map(F f, Range&& range, MapOptions options, const char* caller
       detail::fd_outbox_scope scope(measuring);
       job->items.reserve(pool::measure_items<T>(std::ranges::begin(range), n) + chunks * sizeof(std::uint64_t));
     }
-    detail::advise_huge_pages(job->items.data(), job->items.capacity());  // fresh: in 2 MiB pages (huge_pages.hpp)
+    detail::advise_huge_pages(job->items.data(), job->items.capacity());  // fresh: in 2 MiB pages (fresh_pages.hpp)
     job->offsets.reserve(chunks + 1);
     job->starts.reserve(chunks + 1);
     auto it = std::ranges::begin(range);

@@ -34,7 +34,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/for_load.hpp>
-#include <mp/detail/huge_pages.hpp>
+#include <mp/detail/fresh_pages.hpp>
 // type_name<T>() and is_specialization_v; std::filesystem::path is declared there without <filesystem> (see why).
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -632,9 +632,9 @@ void input_archive::load(T& value) {
     const std::size_t n = load_length<U>();
     if constexpr (std::is_same_v<element, char>) {
       // char may alias any bytes: assign copies once, without the zero-fill of resize(). n was checked.
-      if (n >= 2 * huge_page_bytes) {
-        value.reserve(n);  // fresh memory for a big item: in huge pages (huge_pages.hpp)
-        advise_huge_pages(value.data(), n);
+      if (n >= fresh_pages_threshold && value.capacity() < n) {
+        value.reserve(n);  // a big string on fresh memory: its pages come faster asked for at once (fresh_pages.hpp)
+        prepare_fresh_pages(value.data(), n);
       }
       value.assign(reinterpret_cast<const char*>(bytes_.data() + position_), n);
       position_ += n;
@@ -658,14 +658,15 @@ void input_archive::load(T& value) {
     value.clear();
     if constexpr (is_specialization_v<U, std::vector> && is_bitwise_v<element>) {
       const std::byte* first = bytes_.data() + position_;
+      if (n * sizeof(element) >= fresh_pages_threshold && value.capacity() < n) {
+        // A big vector on fresh memory: its pages come faster asked for at once (fresh_pages.hpp).
+        value.reserve(n);
+        prepare_fresh_pages(value.data(), n * sizeof(element));
+      }
       if (reinterpret_cast<std::uintptr_t>(first) % alignof(element) == 0) {
         // Aligned (the usual case): assign copies with one memmove into uninitialised storage, sparing the
         // zero-fill resize() would do first. n was checked against the bytes left by load_length.
         const auto* elements = reinterpret_cast<const element*>(first);
-        if (n * sizeof(element) >= 2 * huge_page_bytes) {
-          value.reserve(n);  // fresh memory for a big item: in huge pages, not a fault per 4 KiB (huge_pages.hpp)
-          advise_huge_pages(value.data(), n * sizeof(element));
-        }
         value.assign(elements, elements + n);
         position_ += n * sizeof(element);
       } else {

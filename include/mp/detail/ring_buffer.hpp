@@ -550,7 +550,8 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
     if (segment) break;
   }
   }  // the consumer lock is released, the producers woken; the item counts as taken whatever happens next
-  const segment_reader reader(std::move(segment), segment_size);  // checks its size; marks it consumed at the end
+  // Checks its size; marks it consumed at the end. Its mapping is kept for the next item in the same recycled segment.
+  const segment_reader reader(std::move(segment), segment_size, "Queue", true);
   if (ring_segment_hook != nullptr && !ring_segment_hook_before_commit) ring_segment_hook();
   return std::optional<result_type>(consume(reader.bytes()));
 }

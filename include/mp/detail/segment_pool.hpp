@@ -23,16 +23,22 @@
 #include <vector>
 
 #include <mp/detail/config.hpp>
+#include <mp/detail/futex.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail {
 
 /// The header in front of a recyclable segment's item.
 struct segment_header {
-  std::atomic<std::uint32_t> consumed{0};  // 1 once the consumer is done with the item (or the put failed)
+  // 1 once the consumer is done with the item (or the put failed); 0 while it is being read; 2 while it is being
+  // read and its producer sleeps on this word (a futex) for it.
+  std::atomic<std::uint32_t> consumed{0};
 };
-/// The consumer's end of an item: marks it consumed and wakes a producer sleeping for the segment (acquire).
-MP_DECL void mark_consumed(segment_header& header) noexcept;
+
+/// Marks the item in a segment consumed (its producer may reuse the segment), waking the producer if it waits.
+inline void mark_consumed(segment_header& header) noexcept {
+  if (header.consumed.exchange(1, std::memory_order_acq_rel) == 2) futex_wake(header.consumed);
+}
 inline constexpr std::size_t segment_header_bytes = 64;
 
 /// One cached segment: its descriptor and a writable mapping of header + capacity bytes.
@@ -53,9 +59,11 @@ class segment_pool {
 
   /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one named
   /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most `most` segments and `budget` bytes (a segment larger
-  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read sleeps
-  /// up to `wait_ns` for one to be consumed (keeping it in step with its consumer on warm pages: the consumer's
-  /// release wakes it); without, it makes a new one at once.
+  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read waits
+  /// for one, keeping it in step with its consumer on warm pages: up to 2 ms, or while a consumer has been giving
+  /// segments back (one was reused in the last second) up to 2 ms + 4 ns per byte (a consumer slower than
+  /// 250 MB/s: a new segment then, whose fresh pages cost about as much), and at least `wait_ns`; without, it makes
+  /// a new one at once.
   MP_DECL pooled_segment& acquire(std::size_t size, std::size_t budget, const char* label = "mp-queue-item",
                                   bool wait = true, std::size_t most = 4, std::uint64_t wait_ns = 2'000'000);
   /// Drops every cached segment (descriptors closed, mappings removed).
@@ -65,6 +73,7 @@ class segment_pool {
   MP_DECL void drop(std::size_t index) noexcept;
   std::vector<pooled_segment> segments_;
   int pid_ = 0;
+  std::uint64_t reused_ns_ = 0;  // monotonic_ns() of the last reuse of a consumed segment
 };
 
 /// A segment_pool that several threads share (a Pool's big arguments, written by submitting threads and by the
@@ -104,15 +113,65 @@ inline segment_pool& thread_segment_pool() {
   return pool;
 }
 
-/// Gives back the segments the calling thread keeps for reuse (their descriptors and memory).
-inline void release_cached_segments() noexcept { thread_segment_pool().clear(); }
+/// Mappings of received segments that a consuming thread keeps, so that the next item a producer writes into the
+/// same recycled segment is read without mapping it again: a fresh mapping costs its page-table entries (mmap with
+/// MAP_POPULATE of 1 MiB took ~0.4 ms on this project's VM, as long as copying the item out), a kept one nothing.
+/// A segment is known again by its inode (fstat of the descriptor received; the kept mapping holds the inode, so
+/// no other file can have it meanwhile) and its size. At most `most_views` mappings of at most `largest_view`
+/// bytes each and `budget` in all, least recently used dropped first; a mapping in use is never dropped. Kept
+/// mappings hold their segments' memory after their producer let them go, up to that budget, until the thread
+/// exits or release_cached_segments(); no descriptor is kept. After fork the child drops its parent's.
+class segment_view_cache {
+ public:
+  static constexpr std::size_t most_views = 4;
+  static constexpr std::size_t largest_view = std::size_t{32} << 20;
+  static constexpr std::size_t budget = std::size_t{64} << 20;
+
+  segment_view_cache() = default;
+  segment_view_cache(const segment_view_cache&) = delete;
+  segment_view_cache& operator=(const segment_view_cache&) = delete;
+  ~segment_view_cache() { clear(); }
+
+  /// A mapping of the whole segment `fd` (`file_bytes` long, inode `dev`/`ino`), kept or new, marked in use; nullptr
+  /// if it is too large to keep (the caller maps it alone). Throws as mmap does.
+  MP_DECL std::byte* acquire(int fd, std::uint64_t dev, std::uint64_t ino, std::size_t file_bytes, const char* what);
+  /// The mapping at `data` (from acquire) is no longer in use.
+  MP_DECL void release(const std::byte* data) noexcept;
+  /// Unmaps every mapping not in use.
+  MP_DECL void clear() noexcept;
+
+ private:
+  struct view {
+    std::byte* data = nullptr;
+    std::size_t bytes = 0;
+    std::uint64_t dev = 0, ino = 0;
+    std::uint32_t users = 0;
+  };
+  MP_DECL void drop(std::size_t index) noexcept;
+  std::vector<view> views_;  // least recently used first
+  int pid_ = 0;
+};
+
+/// The calling thread's kept mappings.
+inline segment_view_cache& thread_segment_views() {
+  thread_local segment_view_cache views;
+  return views;
+}
+
+/// Gives back the segments the calling thread keeps for reuse (their descriptors and memory), and the mappings of
+/// received segments it keeps (segment_view_cache).
+inline void release_cached_segments() noexcept {
+  thread_segment_pool().clear();
+  thread_segment_views().clear();
+}
 
 /// A received segment mapped for reading the item (and setting `consumed`), checked to hold `size` item bytes;
 /// SerializationError (naming `what`) if the descriptor is not such a segment. The destructor marks the item
-/// consumed and unmaps.
+/// consumed and unmaps. With `keep`, the mapping comes from and returns to thread_segment_views() (a Queue's
+/// consumer: the producer's recycled segments come back again and again).
 class segment_reader {
  public:
-  MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue");
+  MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue", bool keep = false);
   segment_reader(const segment_reader&) = delete;
   segment_reader& operator=(const segment_reader&) = delete;
   MP_DECL ~segment_reader();
@@ -120,7 +179,7 @@ class segment_reader {
 
  private:
   std::byte* data_ = nullptr;
-  std::size_t mapped_ = 0;
+  std::size_t mapped_ = 0;  // 0: a kept mapping (thread_segment_views)
   std::size_t size_ = 0;
 };
 

@@ -7,11 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
 #include <mp/detail/clock.hpp>
-#include <mp/detail/futex.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/syscall.hpp>
 #include <mp/errors.hpp>
@@ -30,11 +30,6 @@ MP_DECL void segment_pool::clear() noexcept {
   while (!segments_.empty()) drop(segments_.size() - 1);
 }
 
-MP_DECL void mark_consumed(segment_header& header) noexcept {
-  header.consumed.store(1, std::memory_order_release);
-  futex_wake(header.consumed);
-}
-
 MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait,
                                                std::size_t most, std::uint64_t wait_ns) {
   const int pid = static_cast<int>(::getpid());
@@ -42,38 +37,56 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
     clear();
     pid_ = pid;
+    reused_ns_ = 0;
   }
   // A consumed segment that fits without wasting more than half of it; the oldest first.
+  auto fits = [size](const pooled_segment& s) { return s.capacity >= size && s.capacity / 2 <= size; };
   auto reusable = [&]() -> pooled_segment* {
     for (std::size_t i = 0; i < segments_.size(); ++i) {
       auto& s = segments_[i];
-      if (s.capacity >= size && s.capacity / 2 <= size &&
-          s.header().consumed.load(std::memory_order_acquire) != 0) {
+      if (fits(s) && s.header().consumed.load(std::memory_order_acquire) == 1) {
         s.header().consumed.store(0, std::memory_order_relaxed);
         pooled_segment moved = std::move(s);
         segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(i));
         segments_.push_back(std::move(moved));
+        reused_ns_ = monotonic_ns();
         return &segments_.back();
       }
     }
     return nullptr;
   };
   if (auto* s = reusable()) return *s;
-  // A full cache of fitting segments still being read: a consumer is at work on them. Waiting for one (up to
-  // wait_ns) keeps producer and consumer in step on warm pages, instead of running ahead on fresh ones. Asleep on
-  // the oldest one's word (the consumer's mark_consumed wakes us), not spinning: on a busy machine the consumer
-  // needs the CPU a spinning producer would take.
+  // Fitting segments all still being read: a consumer is at work on them. Waiting for one keeps producer and
+  // consumer in step on warm pages, instead of running ahead on fresh ones (see acquire's comment for how long).
   std::size_t fitting = 0;
-  segment_header* oldest = nullptr;
-  for (auto& s : segments_) {
-    if (s.capacity < size || s.capacity / 2 > size) continue;
-    ++fitting;
-    if (oldest == nullptr) oldest = &s.header();
-  }
-  if (wait && fitting >= 2 && oldest != nullptr) {
-    const deadline until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(wait_ns);
-    while (std::chrono::steady_clock::now() < *until) {
-      (void)futex_wait(oldest->consumed, 0, until);
+  for (auto& s : segments_) fitting += fits(s) ? 1 : 0;
+  if (wait && fitting >= 2) {
+    std::uint64_t now = monotonic_ns();
+    const bool in_step = now - reused_ns_ < 1'000'000'000;
+    const std::uint64_t until =
+        now + std::max<std::uint64_t>(wait_ns, 2'000'000 + (in_step ? 4 * static_cast<std::uint64_t>(size) : 0));
+    const std::uint64_t spin_until = now + 50'000;  // the consumer may be about to finish: look for 50 us first
+    for (;;) {
+      now = monotonic_ns();
+      if (now >= until) break;
+      if (now < spin_until) {
+        ::sched_yield();
+      } else {
+        // Sleep on the oldest fitting one (items are taken in order): its consumer wakes us (mark_consumed).
+        segment_header* oldest = nullptr;
+        for (auto& s : segments_)
+          if (fits(s)) {
+            oldest = &s.header();
+            break;
+          }
+        std::uint32_t busy = 0;
+        if (oldest->consumed.compare_exchange_strong(busy, 2, std::memory_order_acq_rel) || busy == 2) {
+          // Bounded: a consumer killed before marking it leaves it busy for good.
+          futex_wait(oldest->consumed, 2,
+                     std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::min<std::uint64_t>(
+                                                           until - now, 10'000'000)));
+        }
+      }
       if (auto* s = reusable()) return *s;
     }
   }
@@ -87,7 +100,7 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
   while (!segments_.empty() && (segments_.size() >= most || bytes() + capacity > budget)) {
     std::size_t victim = 0;
     for (std::size_t i = 0; i < segments_.size(); ++i)
-      if (segments_[i].header().consumed.load(std::memory_order_acquire) != 0) {
+      if (segments_[i].header().consumed.load(std::memory_order_acquire) == 1) {
         victim = i;
         break;
       }
@@ -113,13 +126,78 @@ MP_DECL unique_fd shared_segment_pool::duplicate(int fd, const char* label) {
   return unique_fd(sys("fcntl", label, [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); }));
 }
 
-MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what) : size_(size) {
+MP_DECL void segment_view_cache::drop(std::size_t index) noexcept {
+  ::munmap(views_[index].data, views_[index].bytes);
+  views_.erase(views_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+MP_DECL void segment_view_cache::clear() noexcept {
+  for (std::size_t i = views_.size(); i-- > 0;)
+    if (views_[i].users == 0) drop(i);
+}
+
+MP_DECL std::byte* segment_view_cache::acquire(int fd, std::uint64_t dev, std::uint64_t ino, std::size_t file_bytes,
+                                               const char* what) {
+  const int pid = static_cast<int>(::getpid());
+  if (pid != pid_) {
+    // Forked: the parent's mappings came along (MAP_SHARED), but their segments are the parent's business.
+    clear();
+    for (auto& v : views_) v.users = 0;  // in use by the parent's readers, which this process does not run
+    pid_ = pid;
+  }
+  if (file_bytes > largest_view) return nullptr;
+  for (std::size_t i = 0; i < views_.size(); ++i) {
+    if (views_[i].dev == dev && views_[i].ino == ino && views_[i].bytes == file_bytes) {
+      view v = views_[i];
+      ++v.users;
+      views_.erase(views_.begin() + static_cast<std::ptrdiff_t>(i));
+      views_.push_back(v);  // most recently used last
+      return v.data;
+    }
+  }
+  // Room: drop the least recently used mappings not in use (a stale one of the same inode goes the same way).
+  auto kept_bytes = [&] {
+    std::size_t total = 0;
+    for (auto& v : views_) total += v.bytes;
+    return total;
+  };
+  for (std::size_t i = 0; i < views_.size() && (views_.size() >= most_views || kept_bytes() + file_bytes > budget);) {
+    if (views_[i].users == 0)
+      drop(i);
+    else
+      ++i;
+  }
+  if (views_.size() >= most_views || kept_bytes() + file_bytes > budget) return nullptr;  // all in use
+  void* data = nullptr;
+  sys("mmap", what, [&] {
+    data = ::mmap(nullptr, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    return data == MAP_FAILED ? -1 : 0;
+  });
+  views_.push_back(view{static_cast<std::byte*>(data), file_bytes, dev, ino, 1});
+  return views_.back().data;
+}
+
+MP_DECL void segment_view_cache::release(const std::byte* data) noexcept {
+  for (auto& v : views_)
+    if (v.data == data && v.users > 0) {
+      --v.users;
+      return;
+    }
+}
+
+MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, bool keep) : size_(size) {
   struct stat st {};
   if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
       static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
       static_cast<std::size_t>(st.st_size) - segment_header_bytes < size) {
     throw SerializationError(std::string(what) + ": the descriptor received for an item of " + std::to_string(size) +
                              " bytes is not a segment that holds it: the sender's memory is corrupt");
+  }
+  if (keep) {
+    data_ = thread_segment_views().acquire(fd.get(), static_cast<std::uint64_t>(st.st_dev),
+                                           static_cast<std::uint64_t>(st.st_ino),
+                                           static_cast<std::size_t>(st.st_size), what);
+    if (data_ != nullptr) return;  // mapped_ stays 0: a kept mapping
   }
   mapped_ = segment_header_bytes + size;
   void* data = nullptr;
@@ -134,7 +212,10 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
 MP_DECL segment_reader::~segment_reader() {
   if (data_ == nullptr) return;
   mark_consumed(*reinterpret_cast<segment_header*>(data_));
-  ::munmap(data_, mapped_);
+  if (mapped_ == 0)
+    thread_segment_views().release(data_);
+  else
+    ::munmap(data_, mapped_);
 }
 
 }  // namespace mp::detail

@@ -42,7 +42,7 @@
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/handle_transfer.hpp>
-#include <mp/detail/huge_pages.hpp>
+#include <mp/detail/fresh_pages.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::pool {
@@ -271,7 +271,7 @@ MP_DECL void encode_failed_chunk(std::vector<std::byte>& out);
 
 /// Worker: room for `more` bytes in the result buffer at once, and for the body's tail (the "failed" flag: a
 /// buffer grown by one byte past an exact fit would be copied whole into a fresh one). A big result then lands in
-/// pages advised huge (huge_pages.hpp) rather than growing the buffer by doubling, a fault per fresh 4 KiB page.
+/// pages advised huge (fresh_pages.hpp) rather than growing the buffer by doubling, a fault per fresh 4 KiB page.
 inline void reserve_result(std::vector<std::byte>& out, std::size_t more) {
   more += 64;
   if (out.capacity() - out.size() >= more) return;
