@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include <mp/detail/clock.hpp>
+#include <mp/detail/mpi/doorbell.hpp>
 
 namespace mp::detail::mpi {
 
@@ -84,6 +85,10 @@ class backoff {
   backoff& operator=(const backoff&) = delete;
   /// Something happened: poll hot again.
   void reset() noexcept { since_ = monotonic_ns(); }
+  /// Spin this long after the last message from now on (a waiter that has a bell spins less).
+  void spin_for(std::uint64_t ns) noexcept { spin_ns_ = ns; }
+  /// True while the next pause spins: a waiter with a bell arms it (bell_sleep) only once this is false.
+  bool spinning() const noexcept { return monotonic_ns() - since_ < spin_ns_; }
   /// One pause between two polls, sleeping at most `longest_ns`.
   void pause(std::uint64_t longest_ns = 1'000'000) noexcept {
     const std::uint64_t waited = monotonic_ns() - since_;
@@ -91,16 +96,28 @@ class backoff {
       for (int i = 0; i < 16; ++i) cpu_relax();
       return;
     }
-    if (saved_slack_ < 0) {
-      saved_slack_ = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-      if (saved_slack_ >= 0) (void)::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    }
+    slack_1ns();
     const std::uint64_t ns = std::clamp<std::uint64_t>(waited / 8, 2'000, std::max<std::uint64_t>(longest_ns, 2'000));
     const timespec ts{0, static_cast<long>(ns)};
     ::nanosleep(&ts, nullptr);
   }
+  /// The pause of a waiter whose bell was armed before its last poll: sleeps on the bell until it rings, at most
+  /// as long as pause() would (but at least 100 us, since the ring, not the timer, is what wakes it as a rule).
+  void pause(bell_sleep& armed, std::uint64_t longest_ns = 1'000'000) {
+    slack_1ns();
+    const std::uint64_t waited = monotonic_ns() - since_;
+    const std::uint64_t longest = std::max<std::uint64_t>(longest_ns, 2'000);
+    armed.sleep(std::clamp<std::uint64_t>(waited / 8, std::min<std::uint64_t>(100'000, longest), longest));
+  }
 
  private:
+  void slack_1ns() noexcept {
+    if (saved_slack_ < 0) {
+      saved_slack_ = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+      if (saved_slack_ >= 0) (void)::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    }
+  }
+
   std::uint64_t spin_ns_;
   std::uint64_t since_;
   long saved_slack_ = -1;  // the thread's timer slack before the first sleep; -1: not changed
