@@ -1,7 +1,7 @@
 // engine: rank 0's side of an mp::mpi::Pool — the queue of chunks waiting for a worker rank, the chunks each rank
 // holds, and progress(): receive what the ranks answered, hand out what waits. There is no thread of its own:
 // whoever waits for a result (or submits work) drives progress, polling with a backoff (protocol.hpp) under the
-// process's MPI lock (runtime.hpp). So work queued behind busy ranks is handed out while rank 0 waits for
+// process's MPI lock (runtime.hpp), and sleeping on its doorbell (doorbell.hpp) when the ranks share its host. So work queued behind busy ranks is handed out while rank 0 waits for
 // something, as Python's Pool does in its result handler thread, but without a thread hop on the fast path.
 //
 // Each rank holds at most `depth` chunks (2: the next one is already there when it finishes one), and runs them in
