@@ -60,15 +60,15 @@ class Task {
 
  private:
   template <class F, class... A>
-  friend Task task(F f, A... args);
+  friend Task task(F f, A&&... args);
   friend class Pool;
   detail::pool::trampoline_fn trampoline_ = nullptr;
   std::vector<std::byte> payload_;
 };
 
-/// f(args...) as a Task; f as for Pool::apply, its arguments serialized now.
+/// f(args...) as a Task; f as for Pool::apply, its arguments serialized now (from the caller's objects: no copy).
 template <class F, class... A>
-Task task(F f, A... args);
+Task task(F f, A&&... args);
 
 /// Pool settings, for designated initializers: `mp::mpi::Pool pool({.processes = 4, .task_timeout = 2s});`
 struct PoolOptions {

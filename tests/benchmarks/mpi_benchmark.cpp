@@ -3,6 +3,7 @@
 //   map_us_per_item          100,000 trivial items (x + 1) at chunksize 12,500, median of 5 runs
 //   map_chunk1_us_per_item   2,000 trivial items at chunksize 1
 //   round_trip_us            one apply at a time (submit and wait), mean over 2,000
+//   round_trip_median_us     ... their median, 90th and 99th percentiles (round_trip_p90_us, round_trip_p99_us)
 //   buffers_mb_per_s         16 tasks each taking and returning a 16 MiB buffer: 2 x 16 x 16 MiB / wall time
 #include <mp/mp.hpp>
 #include <mp/mpi.hpp>
@@ -45,10 +46,19 @@ void measure(Pool& pool) {
   std::printf("map_chunk1_us_per_item %.3f\n", seconds_since(start) * 1e6 / static_cast<double>(few.size()));
 
   for (int i = 0; i < 200; ++i) (void)pool.apply(inc, i);
-  start = std::chrono::steady_clock::now();
   const int trips = 2'000;
-  for (int i = 0; i < trips; ++i) (void)pool.apply_async(inc, i).get();
+  std::vector<double> trip(trips);
+  start = std::chrono::steady_clock::now();
+  for (int i = 0; i < trips; ++i) {
+    const auto one = std::chrono::steady_clock::now();
+    (void)pool.apply_async(inc, i).get();
+    trip[static_cast<std::size_t>(i)] = seconds_since(one) * 1e6;
+  }
   std::printf("round_trip_us %.2f\n", seconds_since(start) * 1e6 / trips);
+  std::sort(trip.begin(), trip.end());
+  std::printf("round_trip_median_us %.2f\n", trip[trips / 2]);
+  std::printf("round_trip_p90_us %.2f\n", trip[trips * 9 / 10]);
+  std::printf("round_trip_p99_us %.2f\n", trip[trips * 99 / 100]);
 
   const std::vector<std::byte> buffer(16u << 20, std::byte{7});
   (void)pool.apply(echo, buffer);

@@ -34,10 +34,17 @@ def main():
         for i in range(200):
             pool.submit(inc, i).result()
         trips = 2_000
+        trip = []
         start = time.perf_counter()
         for i in range(trips):
+            one = time.perf_counter()
             pool.submit(inc, i).result()
+            trip.append((time.perf_counter() - one) * 1e6)
         print(f"round_trip_us {(time.perf_counter() - start) * 1e6 / trips:.2f}")
+        trip.sort()
+        print(f"round_trip_median_us {trip[trips // 2]:.2f}")
+        print(f"round_trip_p90_us {trip[trips * 9 // 10]:.2f}")
+        print(f"round_trip_p99_us {trip[trips * 99 // 100]:.2f}")
 
         buffer = bytes(16 << 20)
         pool.submit(echo, buffer).result()

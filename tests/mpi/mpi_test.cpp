@@ -77,6 +77,29 @@ int configured = 0;  // set by the initializer on each worker rank
 void configure(int value, std::string text) { configured = value + static_cast<int>(text.size()); }
 int read_configured() { return configured; }
 
+/// A value whose copies rank 0 counts: arguments must be serialized from the caller's object, never copied first.
+int copies = 0;
+struct counted {
+  std::vector<int> values;
+  counted() = default;
+  explicit counted(std::vector<int> v) : values(std::move(v)) {}
+  counted(const counted& other) : values(other.values) { ++copies; }
+  counted(counted&&) noexcept = default;
+  counted& operator=(const counted& other) {
+    values = other.values;
+    ++copies;
+    return *this;
+  }
+  counted& operator=(counted&&) noexcept = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(values);
+  }
+};
+int sum_counted(const counted& c) { return std::accumulate(c.values.begin(), c.values.end(), 0); }
+int sum_two_counted(counted a, const counted& b) { return sum_counted(a) + sum_counted(b); }
+void configure_counted(counted c) { configured = sum_counted(c); }
+
 /// The worker count the tests expect: every other rank under mpirun, cpu_count() spawned workers alone.
 std::size_t expected_workers() {
   return mp_test_expected_ranks > 1 ? static_cast<std::size_t>(mp_test_expected_ranks - 1) : mp::cpu_count();
@@ -243,6 +266,28 @@ TEST_CASE("the initializer runs on every worker rank with its arguments", "[mpi]
   mp::mpi::Pool pool({.initializer = mp::mpi::task(configure, 40, std::string("ab"))});
   std::vector<int> items(40, 0);
   for (int value : pool.map([](int) { return read_configured(); }, items, 1)) CHECK(value == 42);
+}
+
+TEST_CASE("apply, apply_async, submit and task serialize an lvalue argument from the caller's object, never a copy",
+          "[mpi]") {
+  const counted one(std::vector<int>{1, 2, 3, 4});
+  counted two(std::vector<int>(1000, 1));
+  copies = 0;
+  mp::mpi::Pool pool({.initializer = mp::mpi::task(configure_counted, one)});
+  CHECK(copies == 0);
+  CHECK(pool.apply(sum_counted, one) == 10);
+  CHECK(pool.apply(sum_two_counted, one, two) == 1010);
+  auto a = pool.apply_async(sum_counted, two);
+  auto b = pool.submit(sum_two_counted, two, one);
+  auto c = pool.apply_async(sum_counted, std::as_const(two));
+  CHECK(copies == 0);
+  two.values.assign(5, 100);  // the caller may change its object at once: the tasks have their own bytes
+  CHECK(a.get() == 1000);
+  CHECK(b.get() == 1010);
+  CHECK(c.get() == 1000);
+  CHECK(pool.apply(sum_counted, two) == 500);
+  CHECK(pool.map([](int) { return read_configured(); }, std::vector<int>(8, 0), 1) == std::vector<int>(8, 10));
+  CHECK(copies == 0);
 }
 
 TEST_CASE("a 16 MiB argument and result cross intact", "[mpi]") {

@@ -1,7 +1,7 @@
 // engine: rank 0's side of an mp::mpi::Pool — the queue of chunks waiting for a worker rank, the chunks each rank
 // holds, and progress(): receive what the ranks answered, hand out what waits. There is no thread of its own:
 // whoever waits for a result (or submits work) drives progress, polling with a backoff (protocol.hpp) under the
-// process's MPI lock (runtime.hpp). So work queued behind busy ranks is handed out while rank 0 waits for
+// process's MPI lock (runtime.hpp), and sleeping on its doorbell (doorbell.hpp) when the ranks share its host. So work queued behind busy ranks is handed out while rank 0 waits for
 // something, as Python's Pool does in its result handler thread, but without a thread hop on the fast path.
 //
 // Each rank holds at most `depth` chunks (2: the next one is already there when it finishes one), and runs them in
@@ -25,12 +25,14 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/clock.hpp>
+#include <mp/detail/mpi/doorbell.hpp>
 #include <mp/detail/mpi/protocol.hpp>
 #include <mp/detail/mpi/runtime.hpp>
 #include <mp/detail/pool/task.hpp>
@@ -140,7 +142,7 @@ class engine {
   worker_group* group_ = nullptr;
   std::vector<slot> slots_;
   std::deque<pending> pending_;
-  std::size_t outstanding_ = 0;  // chunks submitted and not yet answered or failed
+  std::atomic<std::size_t> outstanding_{0};  // chunks submitted and not yet answered or failed (read unlocked)
   std::uint64_t next_id_ = 1;
   std::uint64_t last_check_ = 0;
   bool sending_ = false;         // some send has not completed
@@ -148,24 +150,41 @@ class engine {
   state state_ = state::running;
   std::vector<std::byte> rx_;
   std::vector<inflight> graveyard_;  // chunks of dead ranks: MPI may still read their messages
+  doorbells bells_;                  // rank 0's (index 0) and the worker ranks' (1 + rank) on this host
 };
 
 template <class Done>
 bool engine::wait(Done&& done, const deadline& until) {
-  backoff pause(200'000);
+  bell* const own = bells_.at(0);
+  // With a bell: a lone task's answer is awaited asleep at once (a spin would only take the CPU its rank needs);
+  // while several chunks are out (a map), answers come back to back, and a short spin catches them.
+  backoff pause(own != nullptr ? bell_spin_ns : 200'000);
   for (;;) {
     bool moved = false;
     bool pushing = false;
+    // Past the spin, the bell is armed before this poll: an answer rung after it wakes the sleep below at once.
+    std::optional<bell_sleep> armed;
+    if (own != nullptr && (!pause.spinning() || outstanding_.load(std::memory_order_relaxed) < 2)) armed.emplace(own);
     {
       std::lock_guard lock(mpi_mutex());
       moved = progress_locked();
+      // Open MPI's probe sees a message that came since the previous poll only on the next one: before sleeping
+      // on the bell, look twice.
+      if (!moved && armed) moved = progress_locked();
       pushing = sending_remote_;
     }
     run_callbacks();
     if (done()) return true;
     if (expired(until)) return false;
-    if (moved) pause.reset();
-    pause.pause(pushing ? 20'000 : 1'000'000);
+    if (moved) {
+      pause.reset();
+      continue;
+    }
+    if (armed) {
+      pause.pause(*armed, pushing ? 20'000 : 1'000'000);
+    } else {
+      pause.pause(pushing ? 20'000 : 1'000'000);
+    }
   }
 }
 

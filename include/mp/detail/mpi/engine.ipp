@@ -58,7 +58,11 @@ inline void engine::start_workers() {
   {
     output_archive ar(start);
     const std::uint64_t init = config_.initializer == nullptr ? 0 : pool::trampoline_address(config_.initializer);
-    ar(loaded_modules(), static_cast<std::int32_t>(::getpid()), mpi::state().host, init);
+    int top = 0;
+    for (const worker_slot& w : group_->workers) top = std::max(top, w.rank);
+    bells_ = doorbells::create(static_cast<std::size_t>(top) + 2);
+    ar(loaded_modules(), static_cast<std::int32_t>(::getpid()), mpi::state().host,
+       static_cast<std::int32_t>(bells_.fd()), static_cast<std::uint64_t>(bells_.count()), init);
   }
   start.insert(start.end(), config_.initializer_payload.begin(), config_.initializer_payload.end());
   std::size_t wanted = config_.processes != 0 ? config_.processes : group_->alive();
@@ -316,7 +320,11 @@ inline void engine::send_locked(slot& s, std::shared_ptr<mpi::job> job, std::siz
                                    &f.requests[2]));
   }
   sending_ = true;
-  if (s.worker->host != mpi::state().host) sending_remote_ = true;
+  if (s.worker->host != mpi::state().host) {
+    sending_remote_ = true;
+  } else if (bell* b = bells_.at(static_cast<std::size_t>(to) + 1)) {
+    ring(*b);
+  }
 }
 
 inline void engine::test_sends_locked() {

@@ -34,7 +34,7 @@ inline Task::Task(void (*f)()) {
 }
 
 template <class F, class... A>
-Task task(F f, A... args) {
+Task task(F f, A&&... args) {
   namespace pool = detail::pool;
   detail::mpi::check_callable<F>();
   (pool::check_value<pool::arg_t<A>>(), ...);
@@ -45,7 +45,7 @@ Task task(F f, A... args) {
   pool::encode_callable(t.payload_, f);
   if constexpr (sizeof...(A) > 0) {
     detail::output_archive ar(t.payload_);
-    ar(std::tuple<pool::arg_t<A>...>(std::move(args)...));
+    (detail::mpi::save_argument<pool::arg_t<A>>(ar, args), ...);
   }
   return t;
 }

@@ -20,7 +20,8 @@
 // engine, so idle workers would take the CPU from busy ones (a round trip measured ~32 us with spinning idle
 // workers on 2 cores, 4.5 us with workers that sleep between polls). A waiter polls for a short while after the
 // last message (the next task of a sequence arrives within microseconds), then sleeps between polls for a fraction
-// of the time it has waited, up to 1 ms.
+// of the time it has waited, up to 1 ms. On rank 0's host the sleep is on a futex bell that the sender rings after
+// each message (doorbell.hpp), so it ends when the message comes rather than when a timer fires.
 #pragma once
 
 #include <sys/mman.h>
@@ -32,6 +33,7 @@
 #include <cstdint>
 
 #include <mp/detail/clock.hpp>
+#include <mp/detail/mpi/doorbell.hpp>
 
 namespace mp::detail::mpi {
 
@@ -84,6 +86,10 @@ class backoff {
   backoff& operator=(const backoff&) = delete;
   /// Something happened: poll hot again.
   void reset() noexcept { since_ = monotonic_ns(); }
+  /// Spin this long after the last message from now on (a waiter that has a bell spins less).
+  void spin_for(std::uint64_t ns) noexcept { spin_ns_ = ns; }
+  /// True while the next pause spins: a waiter with a bell arms it (bell_sleep) only once this is false.
+  bool spinning() const noexcept { return monotonic_ns() - since_ < spin_ns_; }
   /// One pause between two polls, sleeping at most `longest_ns`.
   void pause(std::uint64_t longest_ns = 1'000'000) noexcept {
     const std::uint64_t waited = monotonic_ns() - since_;
@@ -91,16 +97,28 @@ class backoff {
       for (int i = 0; i < 16; ++i) cpu_relax();
       return;
     }
-    if (saved_slack_ < 0) {
-      saved_slack_ = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-      if (saved_slack_ >= 0) (void)::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    }
+    slack_1ns();
     const std::uint64_t ns = std::clamp<std::uint64_t>(waited / 8, 2'000, std::max<std::uint64_t>(longest_ns, 2'000));
     const timespec ts{0, static_cast<long>(ns)};
     ::nanosleep(&ts, nullptr);
   }
+  /// The pause of a waiter whose bell was armed before its last poll: sleeps on the bell until it rings, at most
+  /// as long as pause() would (but at least 100 us, since the ring, not the timer, is what wakes it as a rule).
+  void pause(bell_sleep& armed, std::uint64_t longest_ns = 1'000'000) {
+    slack_1ns();
+    const std::uint64_t waited = monotonic_ns() - since_;
+    const std::uint64_t longest = std::max<std::uint64_t>(longest_ns, 2'000);
+    armed.sleep(std::clamp<std::uint64_t>(waited / 8, std::min<std::uint64_t>(100'000, longest), longest));
+  }
 
  private:
+  void slack_1ns() noexcept {
+    if (saved_slack_ < 0) {
+      saved_slack_ = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+      if (saved_slack_ >= 0) (void)::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    }
+  }
+
   std::uint64_t spin_ns_;
   std::uint64_t since_;
   long saved_slack_ = -1;  // the thread's timer slack before the first sleep; -1: not changed

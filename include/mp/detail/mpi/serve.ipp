@@ -11,10 +11,12 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/code_address.hpp>
+#include <mp/detail/mpi/doorbell.hpp>
 #include <mp/detail/mpi/protocol.hpp>
 #include <mp/detail/mpi/serve.hpp>
 #include <mp/detail/syscall.hpp>
@@ -108,9 +110,15 @@ inline void serve(MPI_Comm comm, const std::string& host) {
   };
   // A send to rank 0 that waits with the backoff: a big one waits for rank 0 to take it (Open MPI's blocking send
   // would spin meanwhile, taking the CPU from the other ranks).
+  doorbells bells;             // rank 0's page when it runs on this host (doorbell.hpp)
+  bell* own_bell = nullptr;     // this rank's bell in it
+  bell* master_bell = nullptr;  // rank 0's
+  int own_rank = 0;
+  MPI_Comm_rank(comm, &own_rank);
   auto send_to_master = [&](const void* data, std::size_t bytes, int tag) {
     MPI_Request request = MPI_REQUEST_NULL;
     MPI_Isend(data, static_cast<int>(bytes), MPI_BYTE, 0, tag, comm, &request);
+    if (master_bell != nullptr) ring(*master_bell);
     backoff waiting(20'000);
     for (;;) {
       int done = 0;
@@ -122,9 +130,15 @@ inline void serve(MPI_Comm comm, const std::string& host) {
   };
   backoff idle;
   for (;;) {
+    // Past the spin, the bell is armed before this poll: a message rung after it wakes the sleep below at once.
+    std::optional<bell_sleep> armed;
+    if (own_bell != nullptr && !idle.spinning()) armed.emplace(own_bell);
     int flag = 0;
     MPI_Status status;
     MPI_Iprobe(0, MPI_ANY_TAG, comm, &flag, &status);
+    // Open MPI's probe looks at the messages it has matched before it lets its progress engine take in new ones:
+    // a message that arrived since the last poll is seen only by the next probe. Before sleeping, look twice.
+    if (flag == 0 && armed) MPI_Iprobe(0, MPI_ANY_TAG, comm, &flag, &status);
     if (flag == 0) {
       master_gone();
       const std::uint64_t now = monotonic_ns();
@@ -135,9 +149,14 @@ inline void serve(MPI_Comm comm, const std::string& host) {
         if (in.capacity() > packed_limit) std::vector<std::byte>().swap(in);
         (void)::malloc_trim(0);
       }
-      idle.pause();
+      if (armed) {
+        idle.pause(*armed);
+      } else {
+        idle.pause();
+      }
       continue;
     }
+    armed.reset();
     holding = true;
     last_message = monotonic_ns();
     int count = 0;
@@ -156,14 +175,20 @@ inline void serve(MPI_Comm comm, const std::string& host) {
       std::vector<loaded_module> modules;
       std::int32_t master_pid = 0;
       std::string master_host;
+      std::int32_t bell_fd = -1;
+      std::uint64_t bell_count = 0;
       std::uint64_t init = 0;
-      ar(modules, master_pid, master_host, init);
+      ar(modules, master_pid, master_host, bell_fd, bell_count, init);
       const std::span<const std::byte> payload = message.subspan(message.size() - ar.remaining());
       pool::worker_code_map() = nullptr;
       translator = std::make_unique<code_translator>(modules);
       pool::worker_code_map() = translator.get();
       if (master_host == host && !master) master.reset(detail::pidfd_open(static_cast<pid_t>(master_pid)));
       master_remote = master_host != host;
+      bells = master_remote ? doorbells() : doorbells::attach(master_pid, bell_fd, bell_count);
+      own_bell = bells.at(static_cast<std::size_t>(own_rank) + 1);
+      master_bell = bells.at(0);
+      idle.spin_for(own_bell != nullptr ? bell_spin_ns : 300'000);
       output_archive header(out);
       header(static_cast<std::int32_t>(::getpid()), host);
       if (init == 0) {
