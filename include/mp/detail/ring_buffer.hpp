@@ -551,7 +551,7 @@ auto ring_buffer::get(F&& consume, const deadline& until, ring_status& why)
   }
   }  // the consumer lock is released, the producers woken; the item counts as taken whatever happens next
   // Checks its size; marks it consumed at the end. Its mapping is kept for the next item in the same recycled segment.
-  const segment_reader reader(std::move(segment), segment_size, "Queue", true);
+  const segment_reader reader(std::move(segment), segment_size, "Queue", &thread_segment_views());
   if (ring_segment_hook != nullptr && !ring_segment_hook_before_commit) ring_segment_hook();
   return std::optional<result_type>(consume(reader.bytes()));
 }

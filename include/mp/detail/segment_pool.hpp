@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include <mp/detail/config.hpp>
@@ -121,13 +122,12 @@ inline segment_pool& thread_segment_pool() {
 /// bytes each and `budget` in all, least recently used dropped first; a mapping in use is never dropped. Kept
 /// mappings hold their segments' memory after their producer let them go, up to that budget, until the thread
 /// exits or release_cached_segments(); no descriptor is kept. After fork the child drops its parent's.
+/// The Pool keeps one per worker for big results (parent) and one per worker for big arguments (worker).
 class segment_view_cache {
  public:
-  static constexpr std::size_t most_views = 4;
-  static constexpr std::size_t largest_view = std::size_t{32} << 20;
-  static constexpr std::size_t budget = std::size_t{64} << 20;
-
-  segment_view_cache() = default;
+  explicit segment_view_cache(std::size_t most_views = 4, std::size_t largest_view = std::size_t{32} << 20,
+                              std::size_t budget = std::size_t{64} << 20) noexcept
+      : most_views_(most_views), largest_view_(largest_view), budget_(budget) {}
   segment_view_cache(const segment_view_cache&) = delete;
   segment_view_cache& operator=(const segment_view_cache&) = delete;
   ~segment_view_cache() { clear(); }
@@ -149,6 +149,7 @@ class segment_view_cache {
   };
   MP_DECL void drop(std::size_t index) noexcept;
   std::vector<view> views_;  // least recently used first
+  std::size_t most_views_, largest_view_, budget_;
   int pid_ = 0;
 };
 
@@ -167,20 +168,35 @@ inline void release_cached_segments() noexcept {
 
 /// A received segment mapped for reading the item (and setting `consumed`), checked to hold `size` item bytes;
 /// SerializationError (naming `what`) if the descriptor is not such a segment. The destructor marks the item
-/// consumed and unmaps. With `keep`, the mapping comes from and returns to thread_segment_views() (a Queue's
-/// consumer: the producer's recycled segments come back again and again).
+/// consumed and unmaps. With `keep`, the mapping comes from and returns to that cache (a Queue's consumer thread's,
+/// a Pool worker's: the writer's recycled segments come back again and again). Empty when default-constructed.
 class segment_reader {
  public:
-  MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue", bool keep = false);
-  segment_reader(const segment_reader&) = delete;
-  segment_reader& operator=(const segment_reader&) = delete;
-  MP_DECL ~segment_reader();
+  segment_reader() = default;
+  MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue",
+                         segment_view_cache* keep = nullptr);
+  segment_reader(segment_reader&& other) noexcept { *this = std::move(other); }
+  segment_reader& operator=(segment_reader&& other) noexcept {
+    if (this != &other) {
+      reset();
+      data_ = std::exchange(other.data_, nullptr);
+      mapped_ = other.mapped_;
+      size_ = other.size_;
+      cache_ = other.cache_;
+    }
+    return *this;
+  }
+  ~segment_reader() { reset(); }
   std::span<const std::byte> bytes() const noexcept { return {data_ + segment_header_bytes, size_}; }
+  explicit operator bool() const noexcept { return data_ != nullptr; }
+  /// Marks the item consumed now (its writer may reuse the segment) and lets the mapping go.
+  MP_DECL void reset() noexcept;
 
  private:
   std::byte* data_ = nullptr;
-  std::size_t mapped_ = 0;  // 0: a kept mapping (thread_segment_views)
+  std::size_t mapped_ = 0;  // 0: a kept mapping (cache_)
   std::size_t size_ = 0;
+  segment_view_cache* cache_ = nullptr;
 };
 
 }  // namespace mp::detail

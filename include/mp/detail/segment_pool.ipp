@@ -145,7 +145,7 @@ MP_DECL std::byte* segment_view_cache::acquire(int fd, std::uint64_t dev, std::u
     for (auto& v : views_) v.users = 0;  // in use by the parent's readers, which this process does not run
     pid_ = pid;
   }
-  if (file_bytes > largest_view) return nullptr;
+  if (file_bytes > largest_view_) return nullptr;
   for (std::size_t i = 0; i < views_.size(); ++i) {
     if (views_[i].dev == dev && views_[i].ino == ino && views_[i].bytes == file_bytes) {
       view v = views_[i];
@@ -161,13 +161,13 @@ MP_DECL std::byte* segment_view_cache::acquire(int fd, std::uint64_t dev, std::u
     for (auto& v : views_) total += v.bytes;
     return total;
   };
-  for (std::size_t i = 0; i < views_.size() && (views_.size() >= most_views || kept_bytes() + file_bytes > budget);) {
+  for (std::size_t i = 0; i < views_.size() && (views_.size() >= most_views_ || kept_bytes() + file_bytes > budget_);) {
     if (views_[i].users == 0)
       drop(i);
     else
       ++i;
   }
-  if (views_.size() >= most_views || kept_bytes() + file_bytes > budget) return nullptr;  // all in use
+  if (views_.size() >= most_views_ || kept_bytes() + file_bytes > budget_) return nullptr;  // all in use
   void* data = nullptr;
   sys("mmap", what, [&] {
     data = ::mmap(nullptr, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
@@ -185,7 +185,8 @@ MP_DECL void segment_view_cache::release(const std::byte* data) noexcept {
     }
 }
 
-MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, bool keep) : size_(size) {
+MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, segment_view_cache* keep)
+    : size_(size) {
   struct stat st {};
   if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
       static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
@@ -193,11 +194,13 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
     throw SerializationError(std::string(what) + ": the descriptor received for an item of " + std::to_string(size) +
                              " bytes is not a segment that holds it: the sender's memory is corrupt");
   }
-  if (keep) {
-    data_ = thread_segment_views().acquire(fd.get(), static_cast<std::uint64_t>(st.st_dev),
-                                           static_cast<std::uint64_t>(st.st_ino),
-                                           static_cast<std::size_t>(st.st_size), what);
-    if (data_ != nullptr) return;  // mapped_ stays 0: a kept mapping
+  if (keep != nullptr) {
+    data_ = keep->acquire(fd.get(), static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                          static_cast<std::size_t>(st.st_size), what);
+    if (data_ != nullptr) {
+      cache_ = keep;  // mapped_ stays 0: a kept mapping
+      return;
+    }
   }
   mapped_ = segment_header_bytes + size;
   void* data = nullptr;
@@ -209,13 +212,14 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
   // The mapping keeps the segment alive: the descriptor closes here.
 }
 
-MP_DECL segment_reader::~segment_reader() {
+MP_DECL void segment_reader::reset() noexcept {
   if (data_ == nullptr) return;
   mark_consumed(*reinterpret_cast<segment_header*>(data_));
   if (mapped_ == 0)
-    thread_segment_views().release(data_);
+    cache_->release(data_);
   else
     ::munmap(data_, mapped_);
+  data_ = nullptr;
 }
 
 }  // namespace mp::detail

@@ -41,7 +41,7 @@
 #include <mp/detail/pool/factory.hpp>
 #include <mp/detail/pool/handles.hpp>
 #include <mp/detail/pool/task.hpp>
-#include <mp/detail/segment_cache.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/start_method.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -189,7 +189,8 @@ class core {
     std::size_t rx_have = 0;
     std::size_t rx_need = 0;   // 0: reading the length
     // The worker's recycled result segments (its thread_segment_pool: 4, half the budget), mapped once each.
-    std::unique_ptr<segment_cache> big_results = std::make_unique<segment_cache>(4, pool_segment_budget / 2);
+    std::unique_ptr<segment_view_cache> big_results =
+        std::make_unique<segment_view_cache>(4, pool_segment_budget / 2, pool_segment_budget / 2);
     std::uint64_t timed_out = 0;  // chunk id we killed the worker for
     bool kill_sent = false;
   };

@@ -15,7 +15,7 @@
 #include <optional>
 
 #include <mp/detail/blob.hpp>
-#include <mp/detail/segment_cache.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
@@ -413,14 +413,15 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   slot_state& slot = slots_[s];
   const result_message result = split_result(message);
   // A big result: the worker sent its blob segment on the socket before this message entered the ring.
-  segment_lease big;  // marks the worker's segment consumed once decoded, for it to reuse
+  segment_reader big;  // marks the worker's segment consumed once decoded, for it to reuse
   std::exception_ptr lost;
   if (result.blob != 0) {
     try {
       fd_frame frame = receive_fd_frame(slot.socket.get(), "Pool: a worker's big result", 0);
       if (frame.fds.fds.size() != 1)
         throw ProcessError("Pool: " + std::to_string(frame.fds.fds.size()) + " descriptors came with a big result");
-      big = slot.big_results->open(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob), "Pool");
+      big = segment_reader(std::move(frame.fds.fds[0]), static_cast<std::size_t>(result.blob), "Pool",
+                           slot.big_results.get());
     } catch (...) {
       lost = std::current_exception();
     }

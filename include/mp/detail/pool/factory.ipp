@@ -17,7 +17,6 @@
 
 #include <mp/detail/archive.hpp>
 #include <mp/detail/blob.hpp>
-#include <mp/detail/segment_cache.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
@@ -277,8 +276,8 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
     }
   }
   std::vector<std::byte> task;
-  // The parent's recycled argument segments, mapped once each (segment_cache.hpp).
-  segment_cache big_args(4, pool_segment_budget / 2);
+  // The parent's recycled argument segments, mapped once each (segment_pool.hpp, segment_view_cache).
+  segment_view_cache big_args(4, pool_segment_budget / 2, pool_segment_budget / 2);
   for (std::size_t done = 0;;) {
     task_header header{};
     read_exact(link, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
@@ -302,7 +301,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
       std::span<const std::byte> payload(task);
       // A big payload, mapped: decoded straight from the segment, marked consumed (for the parent to reuse) as soon
       // as the task ran.
-      segment_lease big;
+      segment_reader big;
       try {
         if (header.handles == 0) {
           kept.clear_current();
@@ -312,7 +311,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
           payload = payload.subspan(header.handles);
           if (header.blob != 0) {
             if (!blob) throw ProcessError("Pool worker: a task's blob segment did not arrive");
-            big = big_args.open(std::move(blob), static_cast<std::size_t>(header.blob), "Pool worker");
+            big = segment_reader(std::move(blob), static_cast<std::size_t>(header.blob), "Pool worker", &big_args);
             payload = big.bytes();
           }
         }
