@@ -253,9 +253,10 @@ void Connection<T>::receive_message(const char* operation, OnStream&& on_stream,
     descriptor = std::move(header->descriptor);
     detail::release_blob_window(direction, length);
   }
-  detail::received_segment segment(std::move(descriptor), static_cast<std::size_t>(length), &direction.segments);
+  detail::received_segment segment(std::move(descriptor), static_cast<std::size_t>(length), &direction.segments,
+                                   &state_->received_mappings);
   if (!segment.valid()) detail::reject_segment(direction, operation, segment.size());
-  on_segment(segment);  // the one copy on this side: out of the segment, by preadv
+  on_segment(segment);  // the one copy on this side: out of the segment
 }
 
 template <class T>

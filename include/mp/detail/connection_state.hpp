@@ -72,6 +72,7 @@ struct connection_state {
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
   lane_history receive_history;               // how this process's recent offers on `incoming` went
   pipe_segment_cache segment_cache;           // this process's kept segments for big messages on `outgoing`
+  segment_mappings received_mappings;         // its mappings of the segments received on `incoming`
   std::mutex spare_mutex;                     // guards spare
   std::vector<std::byte> spare;               // recv()'s buffer for big messages, kept warm (at most the budget)
 };

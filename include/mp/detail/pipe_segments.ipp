@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <climits>
+#include <cstring>
 #include <new>
 
 #include <mp/detail/clock.hpp>
@@ -189,15 +190,69 @@ MP_DECL void pipe_segment_cache::acquire(pipe_segment_lease& lease, std::size_t 
   }
 }
 
-MP_DECL received_segment::received_segment(unique_fd fd, std::size_t size, pipe_segment_signals* signals)
+MP_DECL segment_mappings::~segment_mappings() { drop_all(); }
+
+MP_DECL void segment_mappings::drop_all() noexcept {
+  for (const mapping& m : mappings_) ::munmap(const_cast<std::byte*>(m.data), m.length);
+  mappings_.clear();
+}
+
+MP_DECL const std::byte* segment_mappings::find_or_map(int fd, std::uint64_t device, std::uint64_t inode,
+                                                       std::size_t file_size, std::size_t length) noexcept {
+  if (file_size > pipe_segment_header + pipe_segment_budget) return nullptr;
+  std::lock_guard lock(mutex_);
+  if (pid_ != ::getpid()) {
+    drop_all();  // the parent's, in a forked child: fine to keep, but never counted here
+    pid_ = ::getpid();
+  }
+  for (mapping& m : mappings_) {
+    if (m.device == device && m.inode == inode && m.length >= length) {
+      m.used = ++clock_;
+      return m.data;
+    }
+  }
+  // A file mapped before but shorter then (its sender grew it? mp's never do): mapped again, the old one dropped.
+  std::erase_if(mappings_, [&](const mapping& m) {
+    if (m.device != device || m.inode != inode) return false;
+    ::munmap(const_cast<std::byte*>(m.data), m.length);
+    return true;
+  });
+  void* data = ::mmap(nullptr, file_size, PROT_READ, MAP_SHARED, fd, 0);
+  if (data == MAP_FAILED) return nullptr;
+  // Room: at most pipe_segments_kept + 1 mappings and the budget (plus headers), the least recently used out first.
+  auto mapped_bytes = [&] {
+    std::size_t total = 0;
+    for (const mapping& m : mappings_) total += m.length;
+    return total;
+  };
+  while (!mappings_.empty() && (mappings_.size() > pipe_segments_kept ||
+                                mapped_bytes() + file_size > pipe_segment_budget + 4 * pipe_segment_header)) {
+    auto oldest = mappings_.begin();
+    for (auto it = mappings_.begin(); it != mappings_.end(); ++it)
+      if (it->used < oldest->used) oldest = it;
+    ::munmap(const_cast<std::byte*>(oldest->data), oldest->length);
+    mappings_.erase(oldest);
+  }
+  mappings_.push_back({device, inode, static_cast<const std::byte*>(data), file_size, ++clock_});
+  return static_cast<const std::byte*>(data);
+}
+
+MP_DECL received_segment::received_segment(unique_fd fd, std::size_t size, pipe_segment_signals* signals,
+                                           segment_mappings* mappings)
     : fd_(std::move(fd)), size_(size), signals_(signals) {
   // A memfd (F_GET_SEALS works on nothing else: never a socket, pipe or device whose read could block), holding
   // the header and the announced payload.
   struct stat st {};
-  valid_ = fd_ && sys_try("fcntl", [&] { return ::fcntl(fd_.get(), F_GET_SEALS); }) != -1 &&
-           sys_try("fstat", [&] { return ::fstat(fd_.get(), &st); }) == 0 && st.st_size >= 0 &&
+  const int seals = fd_ ? sys_try("fcntl", [&] { return ::fcntl(fd_.get(), F_GET_SEALS); }) : -1;
+  valid_ = seals != -1 && sys_try("fstat", [&] { return ::fstat(fd_.get(), &st); }) == 0 && st.st_size >= 0 &&
            size <= static_cast<std::size_t>(st.st_size) &&
            static_cast<std::size_t>(st.st_size) - size >= pipe_segment_header;
+  // Mapped only if it cannot shrink (sealed) and is shmem (blksize a page: not hugetlbfs).
+  if (valid_ && mappings != nullptr && (seals & F_SEAL_SHRINK) != 0 && st.st_blksize == 4096) {
+    mapped_ = mappings->find_or_map(fd_.get(), static_cast<std::uint64_t>(st.st_dev),
+                                    static_cast<std::uint64_t>(st.st_ino), static_cast<std::size_t>(st.st_size),
+                                    pipe_segment_header + size);
+  }
 }
 
 MP_DECL received_segment::~received_segment() {
@@ -212,6 +267,15 @@ MP_DECL received_segment::~received_segment() {
 
 MP_DECL bool received_segment::read_into(std::byte* out) noexcept {
   if (!valid_) return false;
+  if (mapped_ != nullptr) {
+    // Sealed against shrinking: every page is there. A hostile sender may change the bytes meanwhile: they are
+    // copied out before anything decodes them.
+    std::memcpy(&token_, mapped_, sizeof token_);
+    std::memcpy(out, mapped_ + pipe_segment_header, size_);
+    have_token_ = true;
+    mark_done();
+    return true;
+  }
   // One preadv: the token, the header's rest (discarded), the payload.
   std::byte rest[pipe_segment_header - sizeof token_];
   iovec parts[3] = {{&token_, sizeof token_}, {rest, sizeof rest}, {out, size_}};
