@@ -1,5 +1,5 @@
 // Tests of big messages through mp::Pipe (connection.hpp, detail/pipe_segments.hpp): on a socketpair, a message
-// of pipe_segment_threshold bytes (256 KiB) and up crosses in a memfd segment, recycled by its sending end, whose
+// of pipe_segment_threshold bytes (32 MiB) and up crosses in a memfd segment, recycled by its sending end, whose
 // descriptor rides beside a blob frame; smaller ones stream, and the tests mix both. Then the shared-memory lane (detail/connection_lane.hpp). Across
 // real processes, under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver).
 // Processes synchronize through the connections under test or through note pipes, never through sleeps.

@@ -3,7 +3,7 @@
 // peer left corrupt, and the window of blob bytes in flight), each end's per-process state, creating a new Pipe's
 // ends, and an end's save/load for spawned children.
 //
-// Big messages (pipe_segment_threshold, 256 KiB, and up, on a socketpair) travel as blobs: the sender writes the
+// Big messages (pipe_segment_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the
 // serialized value straight into one of its end's recycled memfd segments (detail/pipe_segments.hpp), outside any
 // lock, then sends only a blob frame (the length word, the descriptor beside it) under the send lock; the receiver
 // takes the header and descriptor under the receive lock, releases it, and copies out with preadv (never a mapping

@@ -39,8 +39,12 @@ struct pipe_segment_signals {
 };
 
 /// Messages from this size up go through segments on a socketpair; below, the socket (or the lane) carries them.
-/// Measured in docs/performance.md ("Big messages through a Pipe").
-inline constexpr std::size_t pipe_segment_threshold = std::size_t{256} << 10;
+/// Why 32 MiB: below it glibc's malloc recycles the receiver's buffer and streaming through the socket copies warm
+/// memory at GB/s, while a Pipe's first few big messages each pay a new segment's fresh pages (~330 MB/s here:
+/// shmem gets no huge pages); measured with 256 KiB, 4-16 MiB messages ran 3-10x slower through segments than
+/// streamed on a new Pipe (docs/performance.md, "Big messages through a Pipe"). From 32 MiB up malloc hands out
+/// fresh memory for every message on the stream path too, and recycled segments win (64 MiB: 3-10x).
+inline constexpr std::size_t pipe_segment_threshold = std::size_t{32} << 20;
 /// Payload offset in a segment: the header page.
 inline constexpr std::size_t pipe_segment_header = 4096;
 /// Segments a sending end keeps, and their payload bytes at most.
