@@ -1,8 +1,8 @@
 // Connection<T>, Pipe<T>() and wait(): typed message channels between processes, as Python's
 // multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
 // A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
-// values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels as a sealed memfd
-// beside a small frame (detail/connection_state.hpp); a small message to a receiver already waiting in recv() goes
+// values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels in a recycled memfd
+// segment whose descriptor rides beside a small frame (detail/pipe_segments.hpp); a small message to a receiver already waiting in recv() goes
 // through shared memory, with no system call (detail/connection_lane.hpp). fileno(), poll() and wait() see every
 // message that waits while nobody is in recv().
 // Process safety: a Connection is a handle. Copies in one process share one state (close() on any copy closes it
@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ranges>
 #include <span>
@@ -26,10 +27,10 @@
 #include <utility>
 #include <vector>
 
-#include <mp/detail/blob.hpp>
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_state.hpp>
+#include <mp/detail/pipe_segments.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
@@ -95,9 +96,15 @@ class Connection {
   detail::connection_direction& outgoing(const char* operation) const;
   detail::connection_direction& incoming(const char* operation) const;
   // Receives one message: a stream frame by on_stream(fd, length), which consumes exactly `length` bytes under the
-  // receive lock; a message in the lane (under the lock) or a blob frame (after it) by on_bytes(its bytes).
-  template <class OnStream, class OnBytes>
-  void receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes);
+  // receive lock; a message in the lane by on_bytes(its bytes) (under the lock); a blob frame by
+  // on_segment(received_segment&) after it, which reads it with read_segment (or leaves it unread: consumed).
+  template <class OnStream, class OnBytes, class OnSegment>
+  void receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes, OnSegment&& on_segment);
+  // Copies a received segment's payload to `out`; a segment that does not hold it marks the direction corrupt.
+  void read_segment(detail::received_segment& segment, std::byte* out, const char* operation);
+  // Sends a blob frame whose segment fill(std::span<std::byte>) writes; fill returns the bytes it wrote (<= size).
+  template <class Fill>
+  void send_segment(detail::connection_direction& direction, std::size_t size, Fill&& fill, const char* operation);
 
   std::shared_ptr<detail::connection_state> state_;
 };
@@ -150,11 +157,23 @@ detail::connection_direction& Connection<T>::incoming(const char* operation) con
 }
 
 template <class T>
+template <class Fill>
+void Connection<T>::send_segment(detail::connection_direction& direction, std::size_t size, Fill&& fill,
+                                 const char* operation) {
+  // Written straight into a segment: the one copy on this side, made outside any lock.
+  detail::pipe_segment_lease lease;
+  state_->segment_cache.acquire(lease, size, direction.segments, direction.blob_taken, direction.broken,
+                                state_->fd.get());
+  const std::size_t written = fill(lease.bytes());
+  detail::send_blob_message(*state_, direction, lease, written, operation);
+}
+
+template <class T>
 void Connection<T>::send(const T& value) {
   auto& direction = outgoing("Connection::send");
   const int fd = state_->fd.get();
   const auto kind = state_->kind;
-  if constexpr (detail::is_bitwise_v<T> && sizeof(T) < detail::pipe_blob_threshold) {
+  if constexpr (detail::is_bitwise_v<T> && sizeof(T) < detail::pipe_segment_threshold) {
     // Its bytes are its serialized form: header and value leave in one writev, no copy.
     const auto bytes = std::as_bytes(std::span<const T, 1>(&value, 1));
     detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send");
@@ -164,16 +183,13 @@ void Connection<T>::send(const T& value) {
   } else {
     if (kind == detail::fd_kind::socket) {
       const std::size_t size = serialized_size(value);
-      if (size >= detail::pipe_blob_threshold) {
-        // Serialized straight into its own segment: the one copy on this side, made outside any lock.
-        detail::blob_writer writer(size, "mp-pipe-message");
-        detail::output_archive archive(detail::output_archive::presized_tag{}, writer.bytes());
-        archive(value);
-        if (archive.unfilled() == 0) {
-          detail::send_blob_message(*state_, direction, writer.publish(), size, "Connection::send");
-          return;
-        }
-        // A serialize member that wrote less than it measured: the stream frame below carries its real bytes.
+      if (size >= detail::pipe_segment_threshold) {
+        send_segment(direction, size, [&](std::span<std::byte> out) {
+          detail::output_archive archive(detail::output_archive::presized_tag{}, out);
+          archive(value);
+          return out.size() - archive.unfilled();  // a serialize member that wrote less than it measured
+        }, "Connection::send");
+        return;
       }
     }
     auto& buffer = detail::connection_scratch();
@@ -191,8 +207,14 @@ void Connection<T>::send(const T& value) {
 }
 
 template <class T>
-template <class OnStream, class OnBytes>
-void Connection<T>::receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes) {
+void Connection<T>::read_segment(detail::received_segment& segment, std::byte* out, const char* operation) {
+  if (!segment.read_into(out)) detail::reject_segment(*state_->incoming, operation, segment.size());
+}
+
+template <class T>
+template <class OnStream, class OnBytes, class OnSegment>
+void Connection<T>::receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes,
+                                    OnSegment&& on_segment) {
   auto& direction = incoming(operation);
   const int fd = state_->fd.get();
   detail::unique_fd descriptor;
@@ -231,16 +253,10 @@ void Connection<T>::receive_message(const char* operation, OnStream&& on_stream,
     descriptor = std::move(header->descriptor);
     detail::release_blob_window(direction, length);
   }
-  std::unique_ptr<detail::blob_reader> blob;
-  try {
-    blob = std::make_unique<detail::blob_reader>(std::move(descriptor), static_cast<std::size_t>(length));
-  } catch (const SerializationError&) {
-    std::string what = "a blob frame of " + std::to_string(length) + " bytes whose descriptor is not a sealed "
-                       "segment of that size";
-    detail::frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
-    detail::reject_frame(direction, operation, what);
-  }
-  on_bytes(blob->bytes());  // the one copy on this side: out of the mapping
+  detail::received_segment segment(std::move(descriptor), static_cast<std::size_t>(length), &direction.segments,
+                                   &state_->received_mappings);
+  if (!segment.valid()) detail::reject_segment(direction, operation, segment.size());
+  on_segment(segment);  // the one copy on this side: out of the segment
 }
 
 template <class T>
@@ -267,6 +283,11 @@ T Connection<T>::recv() {
           got_length = payload.size();
           size_mismatch = payload.size() != sizeof(T);
           if (!size_mismatch) std::memcpy(bytes, payload.data(), sizeof bytes);
+        },
+        [&](detail::received_segment& segment) {
+          got_length = segment.size();
+          size_mismatch = segment.size() != sizeof(T);
+          if (!size_mismatch) read_segment(segment, bytes, "Connection::recv");
         });
     if (size_mismatch)
       throw SerializationError("Connection::recv: received a message of " + std::to_string(got_length) +
@@ -279,7 +300,31 @@ T Connection<T>::recv() {
     receive_message(
         "Connection::recv",
         [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, buffer); },
-        [&](std::span<const std::byte> payload) { value.emplace(deserialize<T>(payload)); });
+        [&](std::span<const std::byte> payload) { value.emplace(deserialize<T>(payload)); },
+        [&](detail::received_segment& segment) {
+          // Into this end's spare buffer, kept warm for the next big message (fresh memory is slow: pipe_segments.hpp).
+          std::vector<std::byte> spare;
+          {
+            std::lock_guard lock(state_->spare_mutex);
+            spare.swap(state_->spare);
+          }
+          struct give_back {
+            detail::connection_state& state;
+            std::vector<std::byte>& spare;
+            ~give_back() {
+              if (spare.capacity() > detail::pipe_segment_budget) return;
+              std::lock_guard lock(state.spare_mutex);
+              if (spare.capacity() > state.spare.capacity()) state.spare.swap(spare);
+            }
+          } keep{*state_, spare};
+          if (spare.size() < segment.size()) {
+            spare.reserve(segment.size());
+            detail::advise_huge_pages(spare.data(), segment.size());
+            spare.resize(segment.size());
+          }
+          read_segment(segment, spare.data(), "Connection::recv");
+          value.emplace(deserialize<T>(std::span<const std::byte>(spare.data(), segment.size())));
+        });
     if (value) return std::move(*value);
     struct trim {
       std::vector<std::byte>& b;
@@ -292,10 +337,11 @@ T Connection<T>::recv() {
 template <class T>
 void Connection<T>::send_bytes(std::span<const std::byte> bytes) {
   auto& direction = outgoing("Connection::send_bytes");
-  if (state_->kind == detail::fd_kind::socket && bytes.size() >= detail::pipe_blob_threshold) {
-    detail::blob_writer writer(bytes.size(), "mp-pipe-message");
-    std::memcpy(writer.bytes().data(), bytes.data(), bytes.size());
-    detail::send_blob_message(*state_, direction, writer.publish(), bytes.size(), "Connection::send_bytes");
+  if (state_->kind == detail::fd_kind::socket && bytes.size() >= detail::pipe_segment_threshold) {
+    send_segment(direction, bytes.size(), [&](std::span<std::byte> out) {
+      std::memcpy(out.data(), bytes.data(), bytes.size());
+      return bytes.size();
+    }, "Connection::send_bytes");
     return;
   }
   detail::frame_guard guard(direction.send_mutex, direction.sending, direction, "Connection::send_bytes");
@@ -310,7 +356,13 @@ std::vector<std::byte> Connection<T>::recv_bytes() {
   receive_message(
       "Connection::recv_bytes",
       [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); },
-      [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); });
+      [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); },
+      [&](detail::received_segment& segment) {
+        bytes.reserve(segment.size());  // fresh memory if big: on huge pages where the system has them
+        detail::advise_huge_pages(bytes.data(), segment.size());
+        bytes.resize(segment.size());
+        read_segment(segment, bytes.data(), "Connection::recv_bytes");
+      });
   return bytes;
 }
 
@@ -336,6 +388,11 @@ std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
         length = payload.size();
         fits = payload.size() <= buffer.size();
         if (fits && !payload.empty()) std::memcpy(buffer.data(), payload.data(), payload.size());
+      },
+      [&](detail::received_segment& segment) {
+        length = segment.size();
+        fits = segment.size() <= buffer.size();
+        if (fits) read_segment(segment, buffer.data(), "Connection::recv_bytes_into");  // else consumed unread
       });
   if (!fits)
     throw BufferTooShort("Connection::recv_bytes_into: the message has " + std::to_string(length) +

@@ -5,10 +5,11 @@
 // Raw baselines measured in the same run: fork+waitpid of a child that _exits at once, and an 8-byte ping-pong
 // over a socketpair, i.e. what the OS alone costs for a process start and a pipe round trip.
 //
-// Usage: compare_mp [--quick] [--big]
+// Usage: compare_mp [--quick] [--big | --manager | --pipe]
 //   --quick: about a tenth of the work, for a smoke run
 //   --big:   only the big-data rows (Pipe round trip and big messages, Queue and Pool items), at 256 KiB and 4 MiB
 //            too (the sizes of plot_bigdata.py's plot)
+//   --pipe:  only the Pipe rows (round trips, big messages at every size): before/after runs of the Pipe alone
 #include <mp/manager.hpp>
 #include <mp/pool.hpp>
 #include <mp/process.hpp>
@@ -601,12 +602,14 @@ MP_REGISTER_TYPE(Counter, "Counter", &Counter::add);
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
-  // --big: the big-item rows only; --manager: the Manager rows only (compare_python.py passes them on).
-  bool quick = false, big = false, manager_only = false;
+  // --big: the big-item rows only; --manager: the Manager rows only (compare_python.py passes them on); --pipe:
+  // the Pipe rows only (round trips and big messages at every size, for before/after runs of the Pipe alone).
+  bool quick = false, big = false, manager_only = false, pipe_only = false;
   for (int i = 1; i < argc; ++i) {
     quick |= std::string_view(argv[i]) == "--quick";
     big |= std::string_view(argv[i]) == "--big";
     manager_only |= std::string_view(argv[i]) == "--manager";
+    pipe_only |= std::string_view(argv[i]) == "--pipe";
   }
   const i64 scale = quick ? 10 : 1;
   row("cpu_count", static_cast<double>(mp::cpu_count()), "cpus");
@@ -620,6 +623,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (manager_only) return manager_rows(scale), 0;
+  if (pipe_only) {
+    more_sizes = true;
+    row("raw_socketpair_round_trip", best_us(5, 20000 / scale, raw_socketpair_ping_pong), "us");
+    row("pipe_round_trip", best_us(5, 20000 / scale, pipe_round_trip), "us");
+    pipe_big_rows(scale);
+    return 0;
+  }
 
   row("raw_fork_waitpid", best_us(5, 200 / scale, raw_fork_waitpid), "us");
   row("process_start_join", best_us(5, 200 / scale, process_start_join), "us");

@@ -3,12 +3,12 @@
 // peer left corrupt, and the window of blob bytes in flight), each end's per-process state, creating a new Pipe's
 // ends, and an end's save/load for spawned children.
 //
-// Big messages (pipe_blob_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the serialized
-// value straight into a sealed memfd of its own (detail/blob.hpp), outside any lock, then sends only a blob frame
-// (the length word, the descriptor beside it) under the send lock; the receiver takes the header and descriptor
-// under the receive lock, releases it, and copies out of a read-only mapping. One copy on each side; a receiver
-// killed while copying loses that message only (the stream is in step); the kernel frees the segment with the
-// last descriptor or mapping, wherever it is (in flight in the socket included).
+// Big messages (pipe_segment_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the
+// serialized value straight into one of its end's recycled memfd segments (detail/pipe_segments.hpp), outside any
+// lock, then sends only a blob frame (the length word, the descriptor beside it) under the send lock; the receiver
+// takes the header and descriptor under the receive lock, releases it, and copies out with preadv (never a mapping
+// of a peer's memory). One copy on each side; a receiver killed while copying loses that message only (the stream
+// is in step); the kernel frees a segment with the last descriptor, wherever it is (in flight included).
 // Why a window: a blob frame costs the socket buffer a few hundred bytes whatever the payload, so without a bound a
 // sender could queue hundreds of big segments ahead of a slow receiver. blob_bytes_in_flight counts the payload
 // bytes sent and not yet taken; a sender waits (futex on blob_taken) while that plus its own exceeds
@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +27,7 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_lane.hpp>
 #include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/pipe_segments.hpp>
 #include <mp/detail/robust_mutex.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -48,19 +50,13 @@ struct connection_direction {
   std::atomic<std::uint64_t> blob_bytes_in_flight{0};  // blob payload bytes sent, not yet taken by a receiver
   std::atomic<std::uint32_t> blob_taken{0};            // bumped by each receiver's take (futex word of the window)
   std::atomic<std::uint32_t> blob_sender_waiting{0};   // a sender sleeps on blob_taken: wake it
+  pipe_segment_signals segments;                       // blob frames numbered, receivers' done marks
   connection_lane lane;  // small messages to a receiver waiting in recv() (detail/connection_lane.hpp)
 };
 
 /// Why a direction is broken (connection_direction::broken).
 enum class broken_reason : std::uint32_t { none = 0, killed_mid_message = 1, malformed_frame = 2 };
 
-/// Messages from this size up go as blobs on a socketpair (a one-way Pipe's pipe(2) cannot carry descriptors: its
-/// messages always stream). Why so high: a blob is fresh memory every time, and on the VMs measured a fresh page
-/// costs 45-65 µs to touch (fresh memory at 60-90 MB/s), while below 32 MiB glibc's malloc recycles the sender's
-/// and receiver's buffers and the socket path ran at 1.7-6 GB/s (docs/performance.md, "Big messages through a
-/// Pipe"). From 32 MiB up malloc maps fresh memory for every message either way, and the blob path is one copy
-/// per side with no hand-off per socket buffer. Recycling segments would lower this; not done yet.
-inline constexpr std::size_t pipe_blob_threshold = std::size_t{32} << 20;
 /// Blob payload bytes that may be in flight in one direction before a sender waits for the receiver.
 inline constexpr std::uint64_t pipe_blob_window = std::uint64_t{64} << 20;
 
@@ -77,6 +73,10 @@ struct connection_state {
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
   lane_history receive_history;               // how this process's recent offers on `incoming` went
   identity_cache fd_identity_cache;           // fd's open file, for export_fd (no fstat per Pool task)
+  pipe_segment_cache segment_cache;           // this process's kept segments for big messages on `outgoing`
+  segment_mappings received_mappings;         // its mappings of the segments received on `incoming`
+  std::mutex spare_mutex;                     // guards spare
+  std::vector<std::byte> spare;               // recv()'s buffer for big messages, kept warm (at most the budget)
 };
 
 /// The two ends of a new Pipe (a socketpair if duplex, else a pipe whose first end reads) and their shared block.
@@ -96,10 +96,14 @@ MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& a
 /// Call with the receive lock held.
 [[noreturn]] MP_DECL void reject_frame(connection_direction& direction, const char* operation, const std::string& what);
 
-/// Sends a blob frame for `blob` (a published segment of `size` bytes) on `state`'s socket: waits for room in the
-/// direction's window, then sends under the send lock. Throws as send does (peer closed, broken direction).
-MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, unique_fd blob,
+/// Sends a blob frame for the segment of `lease` holding `size` payload bytes on `state`'s socket: waits for room
+/// in the direction's window, then sends under the send lock. Throws as send does (peer closed, broken direction).
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, pipe_segment_lease& lease,
                                std::size_t size, const char* operation);
+
+/// A received segment that is not what its blob frame announced (`valid()` false, or shrunk while read): takes the
+/// receive lock and rejects the frame (reject_frame).
+[[noreturn]] MP_DECL void reject_segment(connection_direction& direction, const char* operation, std::size_t size);
 
 /// A receiver took a blob frame of `size` bytes off the socket: gives the window back and wakes a waiting sender.
 MP_DECL void release_blob_window(connection_direction& direction, std::uint64_t size) noexcept;

@@ -164,7 +164,7 @@ MP_DECL void wait_for_blob_window(connection_state& state, connection_direction&
   direction.blob_sender_waiting.store(0);
 }
 
-MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, unique_fd blob,
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, pipe_segment_lease& lease,
                                std::size_t size, const char* operation) {
   frame_guard guard(direction.send_mutex, direction.sending, direction, operation);
   wait_for_blob_window(state, direction, size, operation);
@@ -172,13 +172,22 @@ MP_DECL void send_blob_message(connection_state& state, connection_direction& di
   // sendmsg goes whole or not at all, so a sender killed anywhere here leaves the stream in step.
   direction.blob_bytes_in_flight.fetch_add(size);
   lane_count_socket_send(direction.lane);
+  const std::uint32_t sequence = direction.segments.sent.load(std::memory_order_relaxed);
   try {
-    send_blob_frame(state.fd.get(), size, blob.get());
+    send_blob_frame(state.fd.get(), size, lease.fd());
   } catch (...) {
     release_blob_window(direction, size);
     throw;
   }
-  // `blob` closes here: the segment lives on in the socket until a receiver takes it (or the socket closes).
+  direction.segments.sent.store(sequence + 1, std::memory_order_relaxed);
+  lease.sent(sequence);  // busy until its receiver marks it done; a one-shot segment lives on in the socket
+}
+
+MP_DECL void reject_segment(connection_direction& direction, const char* operation, std::size_t size) {
+  frame_guard guard(direction.recv_mutex, direction.receiving, direction, operation);
+  reject_frame(direction, operation,
+               "a blob frame of " + std::to_string(size) +
+                   " bytes whose descriptor is not a memfd segment holding them (or it shrank while read)");
 }
 
 }  // namespace mp::detail
