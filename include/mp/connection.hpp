@@ -30,6 +30,7 @@
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_state.hpp>
+#include <mp/detail/fresh_pages.hpp>
 #include <mp/detail/pipe_segments.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>

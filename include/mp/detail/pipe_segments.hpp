@@ -176,10 +176,6 @@ class received_segment {
   bool done_ = false;
 };
 
-/// Asks for transparent huge pages behind [data, data + bytes) before its first touch (the 2 MiB-aligned interior of
-/// a buffer of 4 MiB or more; a no-op where they are off): fresh memory faults in ~30x faster so.
-MP_DECL void advise_huge_pages(void* data, std::size_t bytes) noexcept;
-
 }  // namespace mp::detail
 
 #if MP_INCLUDE_DEFINITIONS

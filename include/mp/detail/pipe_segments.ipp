@@ -311,12 +311,4 @@ MP_DECL void received_segment::mark_done() noexcept {
   }
 }
 
-MP_DECL void advise_huge_pages(void* data, std::size_t bytes) noexcept {
-  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
-  if (bytes < 2 * huge) return;
-  const auto begin = (reinterpret_cast<std::uintptr_t>(data) + huge - 1) & ~(huge - 1);
-  const auto end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~(huge - 1);
-  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-
 }  // namespace mp::detail
