@@ -20,6 +20,7 @@
 #include <mp/shared.hpp>
 
 #include "support/child_process.hpp"
+#include "support/pool_checks.hpp"
 
 namespace {
 
@@ -30,13 +31,6 @@ std::size_t open_fds() {
 }
 // Entries of /dev/shm, except Open MPI's (vader_segment.*), which MPI programs running beside the tests create and
 // remove at any time.
-std::size_t shm_entries() {
-  std::size_t n = 0;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
-    if (!entry.path().filename().string().starts_with("vader_segment")) ++n;
-  return n;
-}
-
 // A pattern that catches a lost, duplicated or shifted piece anywhere in the item.
 std::vector<std::uint32_t> pattern(std::size_t bytes, std::uint32_t seed) {
   std::vector<std::uint32_t> v(bytes / sizeof(std::uint32_t));
@@ -121,7 +115,7 @@ TEST_CASE("Big items of map arrive intact in both directions, small ones beside 
 TEST_CASE("A worker killed while holding a big item leaks no segment or descriptor", "[pool_bigdata]") {
   start_any_server();
   const std::size_t fds = open_fds();
-  const std::size_t shm = shm_entries();
+  const std::size_t shm = mp_test::own_shm_entries();
   {
     mp::Pool pool(2);
     const auto item = pattern(std::size_t{64} << 20, 3);
@@ -132,7 +126,7 @@ TEST_CASE("A worker killed while holding a big item leaks no segment or descript
     CHECK(pool.apply(checksum_of, item) == checksum(item));
   }
   CHECK(open_fds() == fds);
-  CHECK(shm_entries() == shm);
+  CHECK(mp_test::own_shm_entries() == shm);
 }
 
 TEST_CASE("A SharedMemory block passed to a task is the zero-copy path for big data", "[pool_bigdata]") {
@@ -215,7 +209,7 @@ TEST_CASE("map serializes big chunks as it sends them and map_async before it re
 TEST_CASE("apply_async, map_async and imap carry 1-64 MiB arguments and results intact", "[pool_bigdata]") {
   start_any_server();
   const std::size_t fds = open_fds();
-  const std::size_t shm = shm_entries();
+  const std::size_t shm = mp_test::own_shm_entries();
   const std::size_t bytes = GENERATE(std::size_t{1} << 20, std::size_t{16} << 20, std::size_t{64} << 20);
   const std::uint32_t count = bytes >= (std::size_t{64} << 20) ? 2 : bytes >= (std::size_t{16} << 20) ? 4 : 12;
   {
@@ -254,7 +248,7 @@ TEST_CASE("apply_async, map_async and imap carry 1-64 MiB arguments and results 
       CHECK(std::equal(kept[k].rbegin(), kept[k].rend(), items[k].begin(), items[k].end()));
   }
   CHECK(open_fds() == fds);
-  CHECK(shm_entries() == shm);
+  CHECK(mp_test::own_shm_entries() == shm);
 }
 
 namespace {
@@ -279,7 +273,7 @@ TEST_CASE("A worker SIGKILLed while writing a big result leaks no segment or des
   start_any_server();
   test_parent = ::getpid();
   const std::size_t fds = open_fds();
-  const std::size_t shm = shm_entries();
+  const std::size_t shm = mp_test::own_shm_entries();
   {
     mp::Pool pool(2);
     // Warm: the workers and the parent's mappings of their segments exist before one dies.
@@ -290,5 +284,5 @@ TEST_CASE("A worker SIGKILLed while writing a big result leaks no segment or des
     for (std::uint32_t i = 0; i < 4; ++i) CHECK(pool.apply(make_item, std::size_t{16} << 20, i) == pattern(std::size_t{16} << 20, i));
   }
   CHECK(open_fds() == fds);
-  CHECK(shm_entries() == shm);
+  CHECK(mp_test::own_shm_entries() == shm);
 }

@@ -32,6 +32,8 @@
 #include <mp/sync.hpp>
 #include <mp/detail/syscall.hpp>
 
+#include "support/pool_checks.hpp"
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -44,11 +46,6 @@ std::size_t open_fds(pid_t pid) {
   return n;
 }
 
-std::size_t shm_entries() {
-  std::size_t n = 0;
-  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/dev/shm")) ++n;
-  return n;
-}
 
 // ---- tasks ----
 void put_into(mp::Queue<int> q, int x) { q.put(x * 10); }
@@ -197,7 +194,7 @@ TEST_CASE("The seven synchronization types passed to apply act on the parent's o
 }
 
 TEST_CASE("SharedMemory and SharedHeap passed to apply are written by the worker", "[pool_handles]") {
-  const std::size_t shm_before = shm_entries();
+  const std::size_t shm_before = mp_test::own_shm_entries();
   {
     mp::Pool pool(2);
     auto block = mp::SharedMemory::create(4096);
@@ -212,7 +209,7 @@ TEST_CASE("SharedMemory and SharedHeap passed to apply are written by the worker
     CHECK(*heap.find<int>("counter") <= 15);  // unsynchronized adds: at least one, each at most once
     CHECK(*heap.find<int>("counter") >= 1);
   }
-  CHECK(shm_entries() == shm_before);
+  CHECK(mp_test::own_shm_entries() == shm_before);
 }
 
 TEST_CASE("Manager proxies passed to apply change the manager's objects", "[pool_handles]") {

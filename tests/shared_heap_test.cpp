@@ -51,9 +51,13 @@ int open_fd_count() {
   return count;
 }
 
+// The /dev/shm names that carry this process's pid (mp's are "mp-<pid>-<n>"): the other tests that ctest runs at
+// the same time make and remove their own meanwhile.
 std::vector<std::string> dev_shm_entries() {
+  const std::string pid = std::to_string(::getpid());
   std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) names.push_back(entry.path().filename());
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
+    if (entry.path().filename().string().find(pid) != std::string::npos) names.push_back(entry.path().filename());
   std::sort(names.begin(), names.end());
   return names;
 }

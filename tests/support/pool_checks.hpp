@@ -2,6 +2,7 @@
 // tasks of any start method open by path (an inherited descriptor would reach only forked workers).
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,6 +28,23 @@ inline std::vector<pid_t> children() {
     for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
   }
   return pids;
+}
+
+/// Named shared memory in /dev/shm made by this process or its live children ("/mp-<pid>-<n>", shared.hpp). Only
+/// ours: the other tests that ctest runs at the same time make and remove their own meanwhile.
+inline std::size_t own_shm_entries() {
+  std::vector<pid_t> ours = children();
+  ours.push_back(::getpid());
+  std::size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    const std::string name = entry.path().filename().string();
+    for (pid_t pid : ours)
+      if (name.starts_with("mp-" + std::to_string(pid) + "-")) {
+        ++n;
+        break;
+      }
+  }
+  return n;
 }
 
 /// "<pid> (<comm>) <state>" of each child, for a failure message.
