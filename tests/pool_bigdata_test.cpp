@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include <mp/detail/blob.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/pool.hpp>
 #include <mp/shared.hpp>
 

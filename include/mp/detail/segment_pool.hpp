@@ -8,8 +8,8 @@
 // (ring_buffer's get); the producing thread keeps its last few segments (their descriptors and writable mappings)
 // and writes the next item into one whose word is set, of a fitting size. A consumer that dies before setting it
 // leaves that segment busy for good: the cache drops it when it needs the room (the consumer's copy died with it).
-// Why not sealed (blob.hpp seals its segments): a recycled segment must stay writable; every party of a Queue
-// already shares its ring, so sealing would not make a hostile party harmless there.
+// Why not sealed (a Pipe's segments are, pipe_segments.hpp): a recycled segment must stay writable; every party of
+// a Queue already shares its ring, so sealing would not make a hostile party harmless there.
 // Bounds: at most 4 segments and a byte budget per pool (a Queue's producing thread: QueueOptions::large_bytes_limit,
 // kept while the thread lives, release_cached_segments() gives them back; a Pool: pool_segment_budget for its
 // arguments, per worker for its results). After fork the child drops the parent's cache (never shared).
@@ -41,6 +41,10 @@ inline void mark_consumed(segment_header& header) noexcept {
   if (header.consumed.exchange(1, std::memory_order_acq_rel) == 2) futex_wake(header.consumed);
 }
 inline constexpr std::size_t segment_header_bytes = 64;
+
+/// Queue items and Pool payloads from this size up travel in segments: below it a ring or socket copy is cheaper
+/// than a hand-off of a descriptor (measured in docs/performance.md, "Big data").
+inline constexpr std::size_t blob_threshold = std::size_t{256} << 10;
 
 /// One cached segment: its descriptor and a writable mapping of header + capacity bytes.
 struct pooled_segment {

@@ -84,7 +84,7 @@ class job {
   virtual std::span<const std::byte> prefix() = 0;
   /// The rest of chunk i's message; valid until chunk i is delivered or failed. Called under the core mutex.
   virtual std::span<const std::byte> body(std::size_t chunk) = 0;
-  /// Chunk i's whole payload (prefix and body) when it travels as a blob segment (blob.hpp): its descriptor, with
+  /// Chunk i's whole payload (prefix and body) when it travels as a segment (segment_pool.hpp): its descriptor, with
   /// its size in `size`; -1 when it goes through the ring. Called under the core mutex.
   virtual int blob(std::size_t chunk, std::size_t& size) {
     (void)chunk;

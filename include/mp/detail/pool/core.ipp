@@ -14,13 +14,11 @@
 #include <new>
 #include <optional>
 
-#include <mp/detail/blob.hpp>
-#include <mp/detail/segment_pool.hpp>
-#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/registry.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/spawn.hpp>
 #include <mp/detail/syscall.hpp>
 

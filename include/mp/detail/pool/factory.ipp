@@ -16,7 +16,6 @@
 #include <string>
 
 #include <mp/detail/archive.hpp>
-#include <mp/detail/blob.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/child_os.hpp>
 #include <mp/detail/handle_transfer.hpp>

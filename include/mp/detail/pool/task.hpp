@@ -37,7 +37,6 @@
 #include <vector>
 
 #include <mp/detail/archive.hpp>
-#include <mp/detail/blob.hpp>
 #include <mp/detail/code_address.hpp>
 #include <mp/detail/segment_pool.hpp>
 #include <mp/detail/config.hpp>
@@ -57,7 +56,7 @@ struct task_header {
   std::uint64_t trampoline;  // 0: "stop" (the worker exits)
   std::uint64_t timeout_ns;  // 0: none
   std::uint64_t handles;     // bytes of the handle section before the payload (0: none)
-  std::uint64_t blob;        // 0, or the payload's size: it is a blob segment (blob.hpp) sent with the handles
+  std::uint64_t blob;        // 0, or the payload's size: it is a segment (segment_pool.hpp) sent with the handles
 };
 struct result_header {
   std::uint64_t length;
