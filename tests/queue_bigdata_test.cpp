@@ -384,11 +384,11 @@ TEST_CASE("A consumer of 64 MiB items keeps its mappings of the producer's recyc
   REQUIRE(item_mappings().second == 0);
   {
     mp::Queue<words> q;
-    constexpr std::uint64_t items = 6;
+    constexpr std::uint64_t items = 4;
     auto producer = start(
         [](mp::Queue<words> q) {
           for (std::uint64_t i = 0; i < items; ++i) q.put(make_item(64 * MiB, 200 + i));
-          q.put(make_item(100 * MiB, 300));
+          q.put(make_item(72 * MiB, 300));
         },
         q);
     for (std::uint64_t i = 0; i < items; ++i) {
