@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
@@ -353,4 +354,55 @@ TEST_CASE("A child that puts several large items nobody reads yet exits and is j
     for (std::uint64_t i = 0; i < 6; ++i) CHECK(item_tag(q.get()) == static_cast<std::int64_t>(20 + i));
   }
   before.check();
+}
+
+namespace {
+// Bytes and count of this process's mappings of Queue item segments ("/memfd:mp-queue-item (deleted)").
+std::pair<std::size_t, int> item_mappings() {
+  std::size_t bytes = 0;
+  int count = 0;
+  if (FILE* maps = std::fopen("/proc/self/maps", "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, maps) != nullptr) {
+      if (std::strstr(line, "memfd:mp-queue-item") == nullptr) continue;
+      unsigned long from = 0, to = 0;
+      if (std::sscanf(line, "%lx-%lx", &from, &to) == 2) bytes += to - from, ++count;
+    }
+    std::fclose(maps);
+  }
+  return {bytes, count};
+}
+}  // namespace
+
+TEST_CASE("A consumer of 64 MiB items keeps its mappings of the producer's recycled segments, within its budget",
+          "[queue][bigdata]") {
+  // Mapping a 64 MiB segment anew for every item cost a fifth of the consumer's time: the consumer keeps the
+  // mappings of the two segments the producer alternates between (segment_pool.hpp, queue_view_budget), reads every
+  // item intact through them, holds no descriptor for them, and never keeps more than its budget.
+  mp::detail::release_cached_segments();
+  const auto before = counted();
+  REQUIRE(item_mappings().second == 0);
+  {
+    mp::Queue<words> q;
+    constexpr std::uint64_t items = 4;
+    auto producer = start(
+        [](mp::Queue<words> q) {
+          for (std::uint64_t i = 0; i < items; ++i) q.put(make_item(64 * MiB, 200 + i));
+          q.put(make_item(72 * MiB, 300));
+        },
+        q);
+    for (std::uint64_t i = 0; i < items; ++i) {
+      CHECK(item_tag(q.get()) == static_cast<std::int64_t>(200 + i));
+      const auto [bytes, count] = item_mappings();
+      CHECK(count >= 1);  // the segment just read stays mapped
+      CHECK(bytes <= mp::detail::queue_view_budget);
+    }
+    // The budget holds two segments of 64 MiB items (the producer alternates between two while its consumer keeps up).
+    CHECK(item_mappings().second <= 2);
+    CHECK(item_tag(q.get()) == 300);  // one larger item: older mappings make room within the budget
+    CHECK(item_mappings().first <= mp::detail::queue_view_budget);
+    CHECK(finish(producer) == 0);
+  }
+  before.check();  // release_cached_segments(), then no descriptor more than before
+  CHECK(item_mappings().second == 0);
 }

@@ -132,21 +132,31 @@ def queue_throughput(n, item):
     producer.join()
 
 
-def produce_bytes(q, n, size):
-    item = bytes(size)
-    for _ in range(n):
-        q.put(item)
+def produce_bytes(q, runs, size):
+    """Makes its item once, then puts n of it for every run the consumer asks for (0: done), as compare_mp's."""
+    item = b"\x07" * size  # in memory, as compare_mp's (bytes(size) would read the shared zero page)
+    while (n := runs.get()) > 0:
+        for _ in range(n):
+            q.put(item)
 
 
-def queue_bytes(n, size):
-    """n items of `size` bytes from a child to this process through a default Queue (as compare_mp's)."""
-    q = ctx.Queue()
-    producer = ctx.Process(target=produce_bytes, args=(q, n, size))
+def queue_bytes_rate(n, size):
+    """Best of 3 runs of n items of `size` bytes from one child to this process through a default Queue, in
+    items/s (one producer and one queue for the three runs, as compare_mp's)."""
+    q, runs = ctx.Queue(), ctx.Queue()
+    producer = ctx.Process(target=produce_bytes, args=(q, runs, size))
     producer.start()
-    for _ in range(n):
-        if len(q.get()) != size:
-            raise RuntimeError("queue item of the wrong size")
+
+    def run(n):
+        runs.put(n)
+        for _ in range(n):
+            if len(q.get()) != size:
+                raise RuntimeError("queue item of the wrong size")
+
+    rate = best_rate(3, n, run)
+    runs.put(0)
     producer.join()
+    return rate
 
 
 # Large Queue items (issue 14): label, bytes. 256 MiB per run at every size (a tenth with --quick).
@@ -397,14 +407,14 @@ def python_rows(quick, big=False, manager_only=False):
     if big:
         for label, size in QUEUE_BIG_SIZES:
             n = max(1, (256 << 20) // size // s)
-            report(f"queue_{label}_MBps", best_rate(3, n, lambda n, size=size: queue_bytes(n, size)) * size / 1e6)
+            report(f"queue_{label}_MBps", queue_bytes_rate(n, size) * size / 1e6)
         pool_big_items(report, s)
         return rows
     report("queue_8B", best_rate(3, 50000 // s, lambda n: queue_throughput(n, 42)))
     report("queue_1KiB", best_rate(3, 50000 // s, lambda n: queue_throughput(n, b"x" * 1024)))
     for label, size in QUEUE_BIG_SIZES:
         n = max(1, (256 << 20) // size // s)
-        report(f"queue_{label}_MBps", best_rate(3, n, lambda n, size=size: queue_bytes(n, size)) * size / 1e6)
+        report(f"queue_{label}_MBps", queue_bytes_rate(n, size) * size / 1e6)
     with ctx.Pool() as pool:
         pool.map(identity, range(4))
         report("pool_map_auto", best_us(5, 1000000 // s, lambda n: pool.map(identity, range(n))))
