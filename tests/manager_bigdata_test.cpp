@@ -224,24 +224,74 @@ TEST_CASE("A hostile descriptor beside a manager frame closes that connection on
   int pipe_fds[2];
   REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
   mp::detail::unique_fd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
-  mp::detail::unique_fd small(::memfd_create("small", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  REQUIRE(::ftruncate(small.get(), 4096) == 0);
+  // A segment as a client makes them (segment_pool.hpp: a 64-byte header, then the request), holding `request`,
+  // its size sealed or not.
+  auto segment_holding = [](const std::vector<std::byte>& request, bool sealed) {
+    mp::detail::unique_fd fd(::memfd_create("segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    REQUIRE(::ftruncate(fd.get(), 4096) == 0);
+    REQUIRE(::pwrite(fd.get(), request.data(), request.size(), 64) == static_cast<ssize_t>(request.size()));
+    if (sealed) REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+    return fd;
+  };
   std::vector<std::byte> ping;
   p::writer(ping).u8(static_cast<std::uint8_t>(p::op::ping)), p::writer(ping).u64(0);
+  auto small = segment_holding(ping, true);
 
+  // The format itself is served: a sealed segment holding a ping gets its reply.
+  CHECK_FALSE(closed_after(large_request(ping.size()), small.get()));
   CHECK(closed_after(large_request(2 * MiB), pipe_read.get()));  // not a memfd
   CHECK(closed_after(large_request(2 * MiB), small.get()));      // holds fewer bytes than announced
   CHECK(closed_after(large_request(2 * MiB), -1));               // no descriptor at all
   CHECK(closed_after(large_request(std::uint64_t{1} << 40), small.get()));  // beyond any request
+  CHECK(closed_after(large_request(0), small.get()));            // an empty request
   CHECK(closed_after(ping, small.get()));                        // a descriptor beside a plain request
+  // A segment whose size is not sealed: its sender could shrink it under the server's mapping (SIGBUS). Closed.
+  CHECK(closed_after(large_request(ping.size()), segment_holding(ping, false).get()));
   // A segment that holds a large_request again (no recursion): closed too.
   {
     auto inner = large_request(64);
-    REQUIRE(::pwrite(small.get(), inner.data(), inner.size(), 0) == static_cast<ssize_t>(inner.size()));
-    CHECK(closed_after(large_request(inner.size()), small.get()));
+    CHECK(closed_after(large_request(inner.size()), segment_holding(inner, true).get()));
   }
   // Everyone else is served as before.
   CHECK(d.get("k") == 1);
   d.set("k", 2);
   CHECK(d.get("k") == 2);
+}
+
+TEST_CASE("Big keys, several big values in one request and fields after a big value cross intact",
+          "[manager][bigdata]") {
+  // A big value is encoded straight into the connection's request segment (large.hpp); what follows it in the
+  // request is appended after it, or, when it does not fit there, the whole request goes in its frame instead.
+  auto manager = mp::Manager();
+  auto d = manager.dict<std::string, std::vector<char>>();
+  auto l = manager.list<std::vector<char>>();
+  auto q = manager.queue<std::vector<char>>();
+  auto child = start(
+      [](mp::DictProxy<std::string, std::vector<char>> d, mp::ListProxy<std::vector<char>> l,
+         mp::QueueProxy<std::vector<char>> q) {
+        // Two big values in one request: the second one does not fit after the first in the segment.
+        std::vector<std::pair<std::string, std::vector<char>>> pairs{{"a", make_value(3 * MiB, 1)},
+                                                                     {"b", make_value(2 * MiB, 2)}};
+        d.update(pairs);
+        // A big key, then its big value.
+        d.set(std::string(2 * MiB, 'k'), make_value(5 * MiB, 3));
+        // Fields after the big value: list index's bounds, a queue put's timeout.
+        l.append(make_value(100, 4));
+        l.append(make_value(2 * MiB, 5));
+        child_check(l.index(make_value(2 * MiB, 5), 0, 2) == 1, "list index of a big value");
+        q.put(make_value(2 * MiB, 6), 10s);
+        // The same segment again and again, at sizes that keep it and sizes that make a new one.
+        for (std::size_t size : {2 * MiB, 2 * MiB, 9 * MiB, 2 * MiB, 1 * MiB + 1}) {
+          d.set("again", make_value(size, size));
+          child_check(intact(d.get("again").value(), size, size), "a value set and read again");
+        }
+      },
+      d, l, q);
+  REQUIRE(finish(child) == 0);
+  CHECK(intact(d.get("a").value(), 3 * MiB, 1));
+  CHECK(intact(d.get("b").value(), 2 * MiB, 2));
+  CHECK(intact(d.get(std::string(2 * MiB, 'k')).value(), 5 * MiB, 3));
+  CHECK(l.count(make_value(2 * MiB, 5)) == 1);
+  CHECK(intact(q.get(), 2 * MiB, 6));
+  CHECK(intact(d.get("again").value(), 1 * MiB + 1, 1 * MiB + 1));
 }

@@ -28,6 +28,7 @@
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/large.hpp>
 #include <mp/detail/manager/store.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::manager {
@@ -84,7 +85,7 @@ class server {
     std::uint64_t frames_sent = 0, frames_received = 0;  // their sequence numbers
     store::clock::time_point last_in{};  // when bytes last came in (for stalled_request_timeout)
     bool unix_socket = false;       // descriptors can cross: large replies go as segments (large.hpp)
-    large_segment large_out;        // its large replies, kept between them
+    segment_pool reply_segments{true};  // its large replies: one segment kept between them (large.hpp)
   };
   using time_point = store::clock::time_point;
 
@@ -156,7 +157,9 @@ class server {
   std::vector<store::reply> replies_, batch_;
   std::vector<std::uint64_t> unparked_;
   std::string request_;                             // a request copied out of a channel
-  large_buffer large_in_;                           // a large request read from its segment
+  // Mappings of clients' large-request segments, kept for their next request (large.hpp): at most 8, and
+  // 2 x protocol::kept_bytes in all, so a crowd of clients (or a hostile one) cannot grow them without bound.
+  segment_view_cache request_views_{8, protocol::kept_bytes, 2 * protocol::kept_bytes};
   std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
   std::vector<std::uint64_t> hangup_ids_;
   std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch

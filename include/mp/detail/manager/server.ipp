@@ -19,6 +19,7 @@
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
 #include <mp/detail/syscall.hpp>
+#include <mp/errors.hpp>
 
 namespace mp::detail::manager {
 
@@ -371,35 +372,46 @@ MP_DECL void server::handle(connection& c, std::string_view payload, time_point 
                           [&](const store::reply& r) { return r.client == c.id; });
 }
 
-// large_request: exactly one descriptor came with the frame, a memfd holding the announced request, which must
-// not itself be a large_request. Anything else closes the connection (as a malformed frame does); nothing is
-// applied. The descriptor is closed once read, whatever happens.
+// large_request: exactly one descriptor came with the frame, a size-sealed segment holding the announced request
+// (large.hpp), which must not itself be a large_request. Anything else closes the connection (as a malformed frame
+// does); nothing is applied. The store parses the request in place, in the mapping, and copies what it keeps; the
+// segment is marked consumed (the client may reuse it) and its descriptor closed once handled, whatever happens.
 MP_DECL void server::handle_large(connection& c, std::string_view payload, time_point now) {
-  std::string_view request;
+  segment_reader segment;
   try {
     protocol::reader in(payload);
     in.u8(), in.u64();
     const auto size = in.u64();
     in.expect_end();
-    if (c.unix_socket && c.fds.size() == 1 && size <= protocol::max_request) {
-      request = large_in_.read(c.fds.front().get(), size);
+    if (c.unix_socket && c.fds.size() == 1 && size > 0 && size <= protocol::max_request) {
+      segment = segment_reader(std::move(c.fds.front()), static_cast<std::size_t>(size), "Manager request",
+                               &request_views_, true);
     }
   } catch (const protocol::malformed&) {
+  } catch (const Error&) {  // not a size-sealed segment holding the request, or it cannot be mapped now
   }
   c.fds.clear();
-  if (request.empty() || request[0] == static_cast<char>(protocol::op::large_request)) {
+  const std::string_view request(reinterpret_cast<const char*>(segment.bytes().data()), segment.bytes().size());
+  if (!segment || request[0] == static_cast<char>(protocol::op::large_request)) {
     c.dead = true;
     return;
   }
-  handle(c, request, now);  // the store copies what it keeps, and replies with copies: the buffer is free again
-  large_in_.trim();
+  handle(c, request, now);  // the store copies what it keeps, and replies with copies: the segment is free again
 }
 
 // Only when nothing else of c's is waiting to be written (the descriptor must ride on this frame's first byte),
 // and the frame goes out at once (a full socket buffer: it is framed instead). One call at a time per connection:
-// the client has read the previous reply before it sent the request this one answers, so the segment is free.
+// the client marked the previous reply's segment consumed before it sent the request this one answers, so the
+// segment is reused (a client that never does gets a new one each time: segment_pool drops the old).
 MP_DECL bool server::send_large(connection& c, std::string_view bytes) {
-  if (!c.unix_socket || c.out_at != c.out.size() || !c.large_out.write(bytes)) return false;
+  if (!c.unix_socket || c.out_at != c.out.size()) return false;
+  pooled_segment* segment = nullptr;
+  try {
+    segment = &c.reply_segments.acquire(bytes.size(), protocol::kept_bytes, "mp-manager-reply", false, 1);
+  } catch (const Error&) {
+    return false;  // no memfd or memory for it now: the reply is framed
+  }
+  std::memcpy(segment->item(bytes.size()).data(), bytes.data(), bytes.size());
   std::string note;
   protocol::writer w(note);
   w.u8(static_cast<std::uint8_t>(protocol::status::in_segment));
@@ -407,13 +419,14 @@ MP_DECL bool server::send_large(connection& c, std::string_view bytes) {
   c.out.clear(), c.out_at = 0;
   const auto frames_sent = c.frames_sent;
   send_frame(c, note);
-  const long sent = send_some_with_fd(c.fd.get(), c.out.data(), c.out.size(), c.large_out.fd(), MSG_DONTWAIT);
+  const long sent = send_some_with_fd(c.fd.get(), c.out.data(), c.out.size(), segment->fd.get(), MSG_DONTWAIT);
   if (sent <= 0) {
     c.out.clear(), c.frames_sent = frames_sent;  // not sent: as if never framed (its MAC's sequence number too)
+    segment->header().consumed.store(1, std::memory_order_release);  // free again
     return false;
   }
   c.out_at = static_cast<std::size_t>(sent);  // the rest of the small frame (if any) follows plainly
-  c.large_out.trim();
+  if (segment->capacity > protocol::kept_bytes) c.reply_segments.clear();  // the client's descriptor keeps it
   return true;
 }
 
