@@ -78,6 +78,10 @@ T decode_value(std::string_view bytes, const std::shared_ptr<client>& from) {
 template <class T>
 bool request::value_in_segment(const T& v) {
   if (segment_ != nullptr || target_.endpoint().tcp) return false;  // one value per request; TCP: no descriptors
+  if constexpr (is_bitwise_v<T> || is_single_block_v<T>) {
+    // The common case, decided cheaply: a number or a short string or vector (no proxies can be inside).
+    if (frame_.size() - 4 + 5 + mp::serialized_size(v) < protocol::large_bytes) return false;
+  }
   encoding_context context{&target_, {}};
   auto* outer = std::exchange(current_encoding(), &context);
   struct restore {
