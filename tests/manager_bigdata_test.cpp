@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
@@ -294,4 +296,30 @@ TEST_CASE("Big keys, several big values in one request and fields after a big va
   CHECK(l.count(make_value(2 * MiB, 5)) == 1);
   CHECK(intact(q.get(), 2 * MiB, 6));
   CHECK(intact(d.get("again").value(), 1 * MiB + 1, 1 * MiB + 1));
+}
+
+TEST_CASE("A size-sealed segment pool's segments cannot be resized by a peer, and a sealed reader takes no other",
+          "[manager][bigdata]") {
+  // The Manager's segments are mapped by the side that did not make them (large.hpp): their sizes are sealed, so
+  // a peer holding the descriptor cannot shrink one under the other's mapping (SIGBUS), and a receiver that asks
+  // for sealed sizes refuses a segment without them.
+  mp::detail::segment_pool sealed(true), plain;
+  auto& s = sealed.acquire(2 * MiB, 64 * MiB, "sealed-test", false, 1);
+  std::memset(s.item(2 * MiB).data(), 7, 2 * MiB);
+  CHECK(::ftruncate(s.fd.get(), 4096) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::ftruncate(s.fd.get(), 64 * MiB) == -1);
+  {
+    mp::detail::segment_reader reader(mp::detail::unique_fd(::fcntl(s.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB,
+                                      "sealed test", nullptr, true);
+    REQUIRE(reader.bytes().size() == 2 * MiB);
+    CHECK(reader.bytes()[2 * MiB - 1] == std::byte{7});
+  }
+  CHECK(s.header().consumed.load() == 1);  // the reader marked it consumed: the pool may reuse it
+  auto& p = plain.acquire(2 * MiB, 64 * MiB, "plain-test", false, 1);
+  CHECK_THROWS_AS(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)),
+                                             2 * MiB, "sealed test", nullptr, true),
+                  mp::SerializationError);
+  // Without asking for sealed sizes (a Queue's or a Pool's reader), the plain segment is taken as before.
+  CHECK(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB));
 }
