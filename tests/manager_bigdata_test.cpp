@@ -323,3 +323,96 @@ TEST_CASE("A size-sealed segment pool's segments cannot be resized by a peer, an
   // Without asking for sealed sizes (a Queue's or a Pool's reader), the plain segment is taken as before.
   CHECK(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB));
 }
+
+TEST_CASE("A client that pipelines big gets gets every reply whole, each in a segment of its own",
+          "[manager][bigdata][fault]") {
+  // One call at a time is the protocol; a raw client that sends two gets at once finds the connection's reply
+  // segment still holding the first reply when the second is made: the server copies that one out of the store
+  // into a buffer instead, and sends it in another segment.
+  namespace p = mp::detail::manager::protocol;
+  namespace m = mp::detail::manager;
+  auto manager = mp::Manager();
+  mp::detail::unique_fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  auto address = m::unix_address(manager.address().path());
+  REQUIRE(::connect(s.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  std::vector<mp::detail::unique_fd> fds;
+  std::string in;
+  auto next_payload = [&] {  // the next frame's payload
+    for (;;) {
+      if (in.size() >= 4) {
+        std::uint32_t size = 0;
+        std::memcpy(&size, in.data(), 4);
+        if (in.size() >= 4 + std::size_t{size}) {
+          std::string payload = in.substr(4, size);
+          in.erase(0, 4 + std::size_t{size});
+          return payload;
+        }
+      }
+      char chunk[65536];
+      const auto got = m::receive_with_fds(s.get(), chunk, sizeof chunk, fds);
+      REQUIRE(got > 0);
+      in.append(chunk, static_cast<std::size_t>(got));
+    }
+  };
+  auto frame = [](const std::vector<std::byte>& payload) {
+    std::vector<std::byte> out(4);
+    const auto size = static_cast<std::uint32_t>(payload.size());
+    std::memcpy(out.data(), &size, 4);
+    out.insert(out.end(), payload.begin(), payload.end());
+    return out;
+  };
+  auto send_all = [&](const std::vector<std::byte>& bytes) {
+    for (std::size_t done = 0; done < bytes.size();) {
+      const auto sent = ::send(s.get(), bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      REQUIRE(sent > 0);
+      done += static_cast<std::size_t>(sent);
+    }
+  };
+  (void)next_payload();  // the welcome (no authkey)
+  std::vector<std::byte> create;
+  p::writer(create).u8(static_cast<std::uint8_t>(p::op::create)), p::writer(create).u64(0);
+  p::writer(create).u8(static_cast<std::uint8_t>(p::kind::dict)), p::writer(create).blob("raw");
+  p::writer(create).blob(""), p::writer(create).u64(0), p::writer(create).blob("");
+  send_all(frame(create));
+  const auto created = next_payload();
+  REQUIRE(created.size() == 9);
+  REQUIRE(created[0] == 0);
+  std::uint64_t id = 0;
+  std::memcpy(&id, created.data() + 1, 8);
+  // A 3 MiB value (streamed through the socket: this client sends no segments).
+  std::string value(3 * MiB, '\0');
+  value[0] = 0;  // a value's tag: no nested proxies
+  for (std::size_t i = 1; i < value.size(); ++i) value[i] = static_cast<char>(i * 7);
+  std::vector<std::byte> set;
+  p::writer(set).u8(static_cast<std::uint8_t>(p::op::dict_set)), p::writer(set).u64(id);
+  p::writer(set).blob("k"), p::writer(set).blob(value);
+  send_all(frame(set));
+  REQUIRE(next_payload() == std::string(1, '\0'));
+  std::vector<std::byte> get;
+  p::writer(get).u8(static_cast<std::uint8_t>(p::op::dict_get)), p::writer(get).u64(id), p::writer(get).blob("k");
+  auto two = frame(get);
+  const auto one = two;
+  two.insert(two.end(), one.begin(), one.end());
+  fds.clear();
+  send_all(two);  // two gets at once
+  std::vector<std::string> replies{next_payload(), next_payload()};
+  REQUIRE(fds.size() == 2);  // each reply's segment
+  CHECK(fds[0].get() != fds[1].get());
+  for (std::size_t r = 0; r < 2; ++r) {
+    CAPTURE(r);
+    REQUIRE(replies[r].size() == 9);
+    CHECK(replies[r][0] == static_cast<char>(p::status::in_segment));
+    std::uint64_t size = 0;
+    std::memcpy(&size, replies[r].data() + 1, 8);
+    REQUIRE(size == 1 + 1 + 4 + value.size());  // ok, found, the blob
+    std::string got(size, '\0');
+    REQUIRE(::pread(fds[r].get(), got.data(), size, 64) == static_cast<ssize_t>(size));  // after the header
+    CHECK(got.substr(0, 2) == std::string("\0\1", 2));
+    CHECK(got.substr(6) == value);
+  }
+  // The connection goes on as usual.
+  std::vector<std::byte> ping;
+  p::writer(ping).u8(static_cast<std::uint8_t>(p::op::ping)), p::writer(ping).u64(0);
+  send_all(frame(ping));
+  CHECK(next_payload() == std::string(1, '\0'));
+}
