@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
@@ -224,24 +226,193 @@ TEST_CASE("A hostile descriptor beside a manager frame closes that connection on
   int pipe_fds[2];
   REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
   mp::detail::unique_fd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
-  mp::detail::unique_fd small(::memfd_create("small", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  REQUIRE(::ftruncate(small.get(), 4096) == 0);
+  // A segment as a client makes them (segment_pool.hpp: a 64-byte header, then the request), holding `request`,
+  // its size sealed or not.
+  auto segment_holding = [](const std::vector<std::byte>& request, bool sealed) {
+    mp::detail::unique_fd fd(::memfd_create("segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    REQUIRE(::ftruncate(fd.get(), 4096) == 0);
+    REQUIRE(::pwrite(fd.get(), request.data(), request.size(), 64) == static_cast<ssize_t>(request.size()));
+    if (sealed) REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+    return fd;
+  };
   std::vector<std::byte> ping;
   p::writer(ping).u8(static_cast<std::uint8_t>(p::op::ping)), p::writer(ping).u64(0);
+  auto small = segment_holding(ping, true);
 
+  // The format itself is served: a sealed segment holding a ping gets its reply.
+  CHECK_FALSE(closed_after(large_request(ping.size()), small.get()));
   CHECK(closed_after(large_request(2 * MiB), pipe_read.get()));  // not a memfd
   CHECK(closed_after(large_request(2 * MiB), small.get()));      // holds fewer bytes than announced
   CHECK(closed_after(large_request(2 * MiB), -1));               // no descriptor at all
   CHECK(closed_after(large_request(std::uint64_t{1} << 40), small.get()));  // beyond any request
+  CHECK(closed_after(large_request(0), small.get()));            // an empty request
   CHECK(closed_after(ping, small.get()));                        // a descriptor beside a plain request
+  // A segment whose size is not sealed: its sender could shrink it under the server's mapping (SIGBUS). Closed.
+  CHECK(closed_after(large_request(ping.size()), segment_holding(ping, false).get()));
   // A segment that holds a large_request again (no recursion): closed too.
   {
     auto inner = large_request(64);
-    REQUIRE(::pwrite(small.get(), inner.data(), inner.size(), 0) == static_cast<ssize_t>(inner.size()));
-    CHECK(closed_after(large_request(inner.size()), small.get()));
+    CHECK(closed_after(large_request(inner.size()), segment_holding(inner, true).get()));
   }
   // Everyone else is served as before.
   CHECK(d.get("k") == 1);
   d.set("k", 2);
   CHECK(d.get("k") == 2);
+}
+
+TEST_CASE("Big keys, several big values in one request and fields after a big value cross intact",
+          "[manager][bigdata]") {
+  // A big value is encoded straight into the connection's request segment (large.hpp); what follows it in the
+  // request is appended after it, or, when it does not fit there, the whole request goes in its frame instead.
+  auto manager = mp::Manager();
+  auto d = manager.dict<std::string, std::vector<char>>();
+  auto l = manager.list<std::vector<char>>();
+  auto q = manager.queue<std::vector<char>>();
+  auto child = start(
+      [](mp::DictProxy<std::string, std::vector<char>> d, mp::ListProxy<std::vector<char>> l,
+         mp::QueueProxy<std::vector<char>> q) {
+        // Two big values in one request: the second one does not fit after the first in the segment.
+        std::vector<std::pair<std::string, std::vector<char>>> pairs{{"a", make_value(3 * MiB, 1)},
+                                                                     {"b", make_value(2 * MiB, 2)}};
+        d.update(pairs);
+        // A big key, then its big value.
+        d.set(std::string(2 * MiB, 'k'), make_value(5 * MiB, 3));
+        // Fields after the big value: list index's bounds, a queue put's timeout.
+        l.append(make_value(100, 4));
+        l.append(make_value(2 * MiB, 5));
+        child_check(l.index(make_value(2 * MiB, 5), 0, 2) == 1, "list index of a big value");
+        q.put(make_value(2 * MiB, 6), 10s);
+        // The same segment again and again, at sizes that keep it and sizes that make a new one.
+        for (std::size_t size : {2 * MiB, 2 * MiB, 9 * MiB, 2 * MiB, 1 * MiB + 1}) {
+          d.set("again", make_value(size, size));
+          child_check(intact(d.get("again").value(), size, size), "a value set and read again");
+        }
+      },
+      d, l, q);
+  REQUIRE(finish(child) == 0);
+  CHECK(intact(d.get("a").value(), 3 * MiB, 1));
+  CHECK(intact(d.get("b").value(), 2 * MiB, 2));
+  CHECK(intact(d.get(std::string(2 * MiB, 'k')).value(), 5 * MiB, 3));
+  CHECK(l.count(make_value(2 * MiB, 5)) == 1);
+  CHECK(intact(q.get(), 2 * MiB, 6));
+  CHECK(intact(d.get("again").value(), 1 * MiB + 1, 1 * MiB + 1));
+}
+
+TEST_CASE("A size-sealed segment pool's segments cannot be resized by a peer, and a sealed reader takes no other",
+          "[manager][bigdata]") {
+  // The Manager's segments are mapped by the side that did not make them (large.hpp): their sizes are sealed, so
+  // a peer holding the descriptor cannot shrink one under the other's mapping (SIGBUS), and a receiver that asks
+  // for sealed sizes refuses a segment without them.
+  mp::detail::segment_pool sealed(true), plain;
+  auto& s = sealed.acquire(2 * MiB, 64 * MiB, "sealed-test", false, 1);
+  std::memset(s.item(2 * MiB).data(), 7, 2 * MiB);
+  CHECK(::ftruncate(s.fd.get(), 4096) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::ftruncate(s.fd.get(), 64 * MiB) == -1);
+  {
+    mp::detail::segment_reader reader(mp::detail::unique_fd(::fcntl(s.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB,
+                                      "sealed test", nullptr, true);
+    REQUIRE(reader.bytes().size() == 2 * MiB);
+    CHECK(reader.bytes()[2 * MiB - 1] == std::byte{7});
+  }
+  CHECK(s.header().consumed.load() == 1);  // the reader marked it consumed: the pool may reuse it
+  auto& p = plain.acquire(2 * MiB, 64 * MiB, "plain-test", false, 1);
+  CHECK_THROWS_AS(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)),
+                                             2 * MiB, "sealed test", nullptr, true),
+                  mp::SerializationError);
+  // Without asking for sealed sizes (a Queue's or a Pool's reader), the plain segment is taken as before.
+  CHECK(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB));
+}
+
+TEST_CASE("A client that pipelines big gets gets every reply whole, each in a segment of its own",
+          "[manager][bigdata][fault]") {
+  // One call at a time is the protocol; a raw client that sends two gets at once finds the connection's reply
+  // segment still holding the first reply when the second is made: the server copies that one out of the store
+  // into a buffer instead, and sends it in another segment.
+  namespace p = mp::detail::manager::protocol;
+  namespace m = mp::detail::manager;
+  auto manager = mp::Manager();
+  mp::detail::unique_fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  auto address = m::unix_address(manager.address().path());
+  REQUIRE(::connect(s.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  std::vector<mp::detail::unique_fd> fds;
+  std::string in;
+  auto next_payload = [&] {  // the next frame's payload
+    for (;;) {
+      if (in.size() >= 4) {
+        std::uint32_t size = 0;
+        std::memcpy(&size, in.data(), 4);
+        if (in.size() >= 4 + std::size_t{size}) {
+          std::string payload = in.substr(4, size);
+          in.erase(0, 4 + std::size_t{size});
+          return payload;
+        }
+      }
+      char chunk[65536];
+      const auto got = m::receive_with_fds(s.get(), chunk, sizeof chunk, fds);
+      REQUIRE(got > 0);
+      in.append(chunk, static_cast<std::size_t>(got));
+    }
+  };
+  auto frame = [](const std::vector<std::byte>& payload) {
+    std::vector<std::byte> out(4);
+    const auto size = static_cast<std::uint32_t>(payload.size());
+    std::memcpy(out.data(), &size, 4);
+    out.insert(out.end(), payload.begin(), payload.end());
+    return out;
+  };
+  auto send_all = [&](const std::vector<std::byte>& bytes) {
+    for (std::size_t done = 0; done < bytes.size();) {
+      const auto sent = ::send(s.get(), bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      REQUIRE(sent > 0);
+      done += static_cast<std::size_t>(sent);
+    }
+  };
+  (void)next_payload();  // the welcome (no authkey)
+  std::vector<std::byte> create;
+  p::writer(create).u8(static_cast<std::uint8_t>(p::op::create)), p::writer(create).u64(0);
+  p::writer(create).u8(static_cast<std::uint8_t>(p::kind::dict)), p::writer(create).blob("raw");
+  p::writer(create).blob(""), p::writer(create).u64(0), p::writer(create).blob("");
+  send_all(frame(create));
+  const auto created = next_payload();
+  REQUIRE(created.size() == 9);
+  REQUIRE(created[0] == 0);
+  std::uint64_t id = 0;
+  std::memcpy(&id, created.data() + 1, 8);
+  // A 3 MiB value (streamed through the socket: this client sends no segments).
+  std::string value(3 * MiB, '\0');
+  value[0] = 0;  // a value's tag: no nested proxies
+  for (std::size_t i = 1; i < value.size(); ++i) value[i] = static_cast<char>(i * 7);
+  std::vector<std::byte> set;
+  p::writer(set).u8(static_cast<std::uint8_t>(p::op::dict_set)), p::writer(set).u64(id);
+  p::writer(set).blob("k"), p::writer(set).blob(value);
+  send_all(frame(set));
+  REQUIRE(next_payload() == std::string(1, '\0'));
+  std::vector<std::byte> get;
+  p::writer(get).u8(static_cast<std::uint8_t>(p::op::dict_get)), p::writer(get).u64(id), p::writer(get).blob("k");
+  auto two = frame(get);
+  const auto one = two;
+  two.insert(two.end(), one.begin(), one.end());
+  fds.clear();
+  send_all(two);  // two gets at once
+  std::vector<std::string> replies{next_payload(), next_payload()};
+  REQUIRE(fds.size() == 2);  // each reply's segment
+  CHECK(fds[0].get() != fds[1].get());
+  for (std::size_t r = 0; r < 2; ++r) {
+    CAPTURE(r);
+    REQUIRE(replies[r].size() == 9);
+    CHECK(replies[r][0] == static_cast<char>(p::status::in_segment));
+    std::uint64_t size = 0;
+    std::memcpy(&size, replies[r].data() + 1, 8);
+    REQUIRE(size == 1 + 1 + 4 + value.size());  // ok, found, the blob
+    std::string got(size, '\0');
+    REQUIRE(::pread(fds[r].get(), got.data(), size, 64) == static_cast<ssize_t>(size));  // after the header
+    CHECK(got.substr(0, 2) == std::string("\0\1", 2));
+    CHECK(got.substr(6) == value);
+  }
+  // The connection goes on as usual.
+  std::vector<std::byte> ping;
+  p::writer(ping).u8(static_cast<std::uint8_t>(p::op::ping)), p::writer(ping).u64(0);
+  send_all(frame(ping));
+  CHECK(next_payload() == std::string(1, '\0'));
 }

@@ -58,6 +58,11 @@ struct pooled_segment {
 class segment_pool {
  public:
   segment_pool() = default;
+  /// With `sealed_size`, every segment's size is sealed (F_SEAL_SHRINK | F_SEAL_GROW) once set: a reader that does
+  /// not trust its writer (segment_reader's `sealed_size`), or a writer that does not trust its reader, may map it
+  /// without the risk of SIGBUS from the other side shrinking it (the Manager's big values).
+  explicit segment_pool(bool sealed_size) noexcept : sealed_size_(sealed_size) {}
+  segment_pool(segment_pool&&) noexcept = default;
   segment_pool(const segment_pool&) = delete;
   segment_pool& operator=(const segment_pool&) = delete;
   MP_DECL ~segment_pool();
@@ -79,6 +84,7 @@ class segment_pool {
   std::vector<pooled_segment> segments_;
   int pid_ = 0;
   std::uint64_t reused_ns_ = 0;  // monotonic_ns() of the last reuse of a consumed segment
+  bool sealed_size_ = false;
 };
 
 /// A segment_pool that several threads share (a Pool's big arguments, written by submitting threads and by the
@@ -178,12 +184,14 @@ inline void release_cached_segments() noexcept {
 /// A received segment mapped for reading the item (and setting `consumed`), checked to hold `size` item bytes;
 /// SerializationError (naming `what`) if the descriptor is not such a segment. The destructor marks the item
 /// consumed and unmaps. With `keep`, the mapping comes from and returns to that cache (a Queue's consumer thread's,
-/// a Pool worker's: the writer's recycled segments come back again and again). Empty when default-constructed.
+/// a Pool worker's: the writer's recycled segments come back again and again). With `sealed_size`, a segment
+/// whose size is not sealed against shrinking is refused too (a writer not trusted not to fault the reader: a
+/// segment_pool(true)'s). Empty when default-constructed.
 class segment_reader {
  public:
   segment_reader() = default;
   MP_DECL segment_reader(unique_fd fd, std::size_t size, const char* what = "Queue",
-                         segment_view_cache* keep = nullptr);
+                         segment_view_cache* keep = nullptr, bool sealed_size = false);
   segment_reader(segment_reader&& other) noexcept { *this = std::move(other); }
   segment_reader& operator=(segment_reader&& other) noexcept {
     if (this != &other) {

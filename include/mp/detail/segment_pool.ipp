@@ -107,9 +107,14 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
     drop(victim);
   }
   pooled_segment s;
-  s.fd.reset(sys("memfd_create", label, [&] { return ::memfd_create(label, MFD_CLOEXEC); }));
+  s.fd.reset(sys("memfd_create", label,
+                 [&] { return ::memfd_create(label, MFD_CLOEXEC | (sealed_size_ ? MFD_ALLOW_SEALING : 0u)); }));
   sys("ftruncate", label,
       [&] { return ::ftruncate(s.fd.get(), static_cast<off_t>(segment_header_bytes + capacity)); });
+  if (sealed_size_) {
+    sys("fcntl", label,
+        [&] { return ::fcntl(s.fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); });
+  }
   void* data = nullptr;
   sys("mmap", label, [&] {
     data = ::mmap(nullptr, segment_header_bytes + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
@@ -185,10 +190,16 @@ MP_DECL void segment_view_cache::release(const std::byte* data) noexcept {
     }
 }
 
-MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, segment_view_cache* keep)
+MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, segment_view_cache* keep,
+                                       bool sealed_size)
     : size_(size) {
   struct stat st {};
+  const auto shrink_sealed = [&] {
+    const int seals = sys_try("fcntl", [&] { return ::fcntl(fd.get(), F_GET_SEALS); });
+    return seals >= 0 && (seals & F_SEAL_SHRINK) != 0;
+  };
   if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+      (sealed_size && !shrink_sealed()) ||
       static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
       static_cast<std::size_t>(st.st_size) - segment_header_bytes < size) {
     throw SerializationError(std::string(what) + ": the descriptor received for an item of " + std::to_string(size) +

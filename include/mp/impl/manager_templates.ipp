@@ -6,7 +6,9 @@
 #include <iterator>
 #include <numeric>
 #include <any>
+#include <cstring>
 #include <functional>
+#include <span>
 #include <tuple>
 #include <typeindex>
 #include <utility>
@@ -74,7 +76,51 @@ T decode_value(std::string_view bytes, const std::shared_ptr<client>& from) {
 }
 
 template <class T>
+bool request::value_in_segment(const T& v) {
+  if (segment_ != nullptr || target_.endpoint().tcp) return false;  // one value per request; TCP: no descriptors
+  if constexpr (is_bitwise_v<T> || is_single_block_v<T>) {
+    // The common case, decided cheaply: a number or a short string or vector (no proxies can be inside).
+    if (frame_.size() - 4 + 5 + mp::serialized_size(v) < protocol::large_bytes) return false;
+  }
+  encoding_context context{&target_, {}};
+  auto* outer = std::exchange(current_encoding(), &context);
+  struct restore {
+    encoding_context* outer;
+    ~restore() { current_encoding() = outer; }
+  } restored{outer};
+  const std::size_t size = mp::serialized_size(v);
+  const std::size_t before = frame_.size() - 4;  // payload bytes before the value's blob
+  if (!context.ids.empty() || before + 5 + size < protocol::large_bytes || size + 1 > 0xFFFFFFFFu) return false;
+  // Room for a few more fields after the value (a flag, a timeout: send() checks they fit).
+  pooled_segment* segment = connection_.request_segment(before + 5 + size + 256);
+  if (segment == nullptr) return false;
+  std::byte* at = segment->item(before + 5 + size).data();
+  std::memcpy(at, frame_.data() + 4, before);
+  context.ids.clear();
+  output_archive archive(output_archive::presized_tag{}, std::span(at + before + 5, size));
+  try {
+    archive(v);
+  } catch (...) {
+    connection_.return_request_segment();
+    throw;
+  }
+  if (!context.ids.empty()) {  // a serialize member that met proxies only the second time: encode it as usual
+    connection_.return_request_segment();
+    return false;
+  }
+  const std::size_t written = size - archive.unfilled();
+  const auto blob = static_cast<std::uint32_t>(1 + written);
+  for (std::size_t i = 0; i < 4; ++i) at[before + i] = static_cast<std::byte>(blob >> (8 * i));
+  at[before + 4] = std::byte{0};  // the tag of a value without nested proxies
+  segment_ = segment;
+  segment_end_ = before + 5 + written;
+  frame_mark_ = frame_.size();
+  return true;
+}
+
+template <class T>
 request& request::value(const T& v) {
+  if (value_in_segment(v)) return *this;
   auto mark = out_.start_blob();
   encode_value(frame_, v, &target_);
   out_.finish_blob(mark);

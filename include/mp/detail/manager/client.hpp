@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,6 +33,7 @@
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
 #include <mp/detail/manager/refs.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::manager {
@@ -51,6 +53,17 @@ class connection {
   /// valid until the next call.
   MP_DECL std::string_view call(std::vector<std::byte>& frame);
 
+  /// For a request being built with a large value: a segment to encode the request straight into (large.hpp),
+  /// with room for `size` payload bytes; nullptr where the request goes in its frame instead (TCP, another request
+  /// of this connection holds the segment, a size beyond the frame limit, no memfd now). Until the request is sent
+  /// with call_in_segment or the segment given back with return_request_segment, no other request gets it.
+  MP_DECL pooled_segment* request_segment(std::size_t size);
+  /// Sends the request whose `size` payload bytes fill the segment from request_segment, and returns the reply as
+  /// call() does.
+  MP_DECL std::string_view call_in_segment(std::size_t size);
+  /// Gives back the segment from request_segment unsent.
+  MP_DECL void return_request_segment() noexcept;
+
   /// True once requests and replies travel through shared memory (see channel.hpp).
   bool has_channel() const noexcept { return static_cast<bool>(channel_); }
   /// Test seam: the channel's shared memory (nullptr without a channel).
@@ -60,7 +73,7 @@ class connection {
   /// Closes the descriptor only (a forked child's copy of its parent's connection); the object must not be used.
   void abandon() noexcept {
     fd_.reset();
-    large_out_ = {};  // the parent's segment: not kept open in a child that may never call
+    request_segments_.clear();  // the parent's segment: not kept open in a child that may never call
   }
 
  private:
@@ -72,11 +85,13 @@ class connection {
   [[noreturn]] MP_DECL void protocol_broken() const;
   [[noreturn]] MP_DECL void server_gone(int err) const;
   MP_DECL void send_all(const std::byte* data, std::size_t size);
-  // A request of protocol::large_bytes or more on a Unix socket: written into the connection's segment, whose
-  // descriptor goes beside a small large_request frame (large.hpp); false if the segment cannot be written (then
-  // the request streams through the socket).
+  // A request of protocol::large_bytes or more on a Unix socket: copied into the connection's recycled segment,
+  // whose descriptor goes beside a small large_request frame (large.hpp); false if no segment can be had (then the
+  // request streams through the socket).
   MP_DECL bool send_large(const std::vector<std::byte>& frame);
-  // A reply as received; an in_segment one is read from its descriptor first.
+  // Sends the small large_request frame for the lent segment's first `size` bytes, with its descriptor.
+  MP_DECL void send_segment_note(std::size_t size);
+  // A reply as received; an in_segment one is mapped from its descriptor (reply_segment_) first.
   MP_DECL std::string_view unwrap(std::string_view reply);
   MP_DECL void fill(std::size_t wanted);
   // The next frame's payload; a frame announcing more than `limit` bytes (before authentication: an
@@ -95,8 +110,10 @@ class connection {
   std::string buffer_ = std::string(64 * 1024, '\0');
   std::size_t start_ = 0, end_ = 0;
   std::vector<unique_fd> fds_;    // descriptors that came with the server's frames (an in_segment reply's)
-  large_segment large_out_;       // large requests
-  large_buffer large_in_;         // large replies
+  segment_pool request_segments_{true};  // large requests: one kept segment (large.hpp)
+  segment_view_cache reply_views_{1, protocol::kept_bytes, protocol::kept_bytes};  // the server's reply segment
+  segment_reader reply_segment_;  // the last large reply, mapped until the next call (after reply_views_: freed first)
+  pooled_segment* lent_segment_ = nullptr;  // request_segments_' one, while a request is built in it
   channel channel_;  // empty: everything goes over the socket
   std::optional<hmac_digest> session_;         // with an authkey: every later socket frame carries a MAC (auth.hpp)
   std::uint64_t frames_sent_ = 0, frames_received_ = 0;  // their sequence numbers
@@ -187,6 +204,7 @@ class request {
   request(const request&) = delete;
   request& operator=(const request&) = delete;
   ~request() {
+    if (segment_) connection_.return_request_segment();
     if (borrowed_) buffer_busy() = false;
   }
 
@@ -202,6 +220,9 @@ class request {
   }
   void patch_count(std::size_t at, std::uint32_t n) {
     for (std::size_t i = 0; i < 4; ++i) frame_[at + i] = static_cast<std::byte>(n >> (8 * i));
+    if (segment_ && at < frame_mark_) {  // already copied into the segment with the fields before the big value
+      std::memcpy(segment_->item(frame_mark_ - 4).data() + (at - 4), frame_.data() + at, 4);
+    }
   }
   /// Appends `v` as a blob of mp::serialize bytes (defined in <mp/manager.hpp>, which has mp::serialize).
   template <class T>
@@ -224,8 +245,19 @@ class request {
     thread_local bool busy = false;
     return busy;
   }
+  // A large value (protocol::large_bytes or more with the fields before it) is encoded straight into the
+  // connection's request segment, after a copy of the fields before it: the request's payload is then the
+  // segment's first segment_end_ bytes followed by frame_'s bytes from frame_mark_ (fields after the value, and
+  // any further values), which send() appends to it.
+  template <class T>
+  bool value_in_segment(const T& v);
+  // The whole payload back in frame_ (the fields after the value do not fit the segment): the segment is returned.
+  MP_DECL void spill_segment();
+
   client& target_;  // whose server: nested proxies in a value must belong to it
   manager::connection& connection_;
+  pooled_segment* segment_ = nullptr;
+  std::size_t segment_end_ = 0, frame_mark_ = 0;
   bool borrowed_;
   std::vector<std::byte> own_;
   std::vector<std::byte>& frame_;

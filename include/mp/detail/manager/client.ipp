@@ -111,7 +111,7 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
     throw Error("a manager request of " + std::to_string(payload) + " bytes exceeds the server's frame limit of " +
                 std::to_string(protocol::max_request) + " bytes: send the data in smaller parts");
   }
-  large_in_.trim();  // the last large reply is consumed: a buffer beyond the kept size goes now
+  reply_segment_.reset();  // the last large reply is consumed: the server may reuse its segment
   if (channel_ && payload <= channel_capacity) {
     auto& shared = *channel_;
     std::memcpy(shared.request, frame.data() + 4, payload);
@@ -128,23 +128,57 @@ MP_DECL std::string_view connection::call(std::vector<std::byte>& frame) {
   return unwrap(channel_ ? await_reply() : receive());
 }
 
+MP_DECL pooled_segment* connection::request_segment(std::size_t size) {
+  if (endpoint_.tcp || lent_segment_ != nullptr || size > std::size_t{protocol::max_request} + 4096) return nullptr;
+  try {
+    lent_segment_ = &request_segments_.acquire(size, protocol::kept_bytes, "mp-manager-request", false, 1);
+  } catch (const Error&) {
+    return nullptr;  // no memfd or memory for it now: the request goes in its frame, and streams
+  }
+  return lent_segment_;
+}
+
+MP_DECL void connection::return_request_segment() noexcept {
+  if (lent_segment_ != nullptr) lent_segment_->header().consumed.store(1, std::memory_order_release);
+  lent_segment_ = nullptr;
+}
+
+MP_DECL std::string_view connection::call_in_segment(std::size_t size) {
+  if (size > protocol::max_request) {
+    return_request_segment();
+    throw Error("a manager request of " + std::to_string(size) + " bytes exceeds the server's frame limit of " +
+                std::to_string(protocol::max_request) + " bytes: send the data in smaller parts");
+  }
+  reply_segment_.reset();  // the last large reply is consumed: the server may reuse its segment
+  send_segment_note(size);
+  return unwrap(channel_ ? await_reply() : receive());
+}
+
 MP_DECL bool connection::send_large(const std::vector<std::byte>& frame) {
   const std::size_t payload = frame.size() - 4;
-  if (!large_out_.write({reinterpret_cast<const char*>(frame.data()) + 4, payload})) return false;
+  pooled_segment* segment = request_segment(payload);
+  if (segment == nullptr) return false;
+  std::memcpy(segment->item(payload).data(), frame.data() + 4, payload);
+  send_segment_note(payload);
+  return true;
+}
+
+MP_DECL void connection::send_segment_note(std::size_t size) {
+  pooled_segment* segment = std::exchange(lent_segment_, nullptr);  // the server marks it consumed once read
   std::vector<std::byte> note;
   protocol::writer out(note);
   out.u32(0);  // the length: seal() writes it
   out.u8(static_cast<std::uint8_t>(protocol::op::large_request));
   out.u64(0);
-  out.u64(payload);
+  out.u64(size);
   seal(note);
-  if (!send_with_fd(fd_.get(), note.data(), note.size(), large_out_.fd())) {
+  if (!send_with_fd(fd_.get(), note.data(), note.size(), segment->fd.get())) {
     int err = last_errno();
     if (err == EPIPE || err == ECONNRESET) server_gone(err);
     throw_errno("sendmsg", endpoint_.to_string(), err);
   }
-  large_out_.trim();
-  return true;
+  // A segment beyond the kept size goes now (the server's descriptor keeps it alive until it has read it).
+  if (segment->capacity > protocol::kept_bytes) request_segments_.clear();
 }
 
 MP_DECL std::string_view connection::unwrap(std::string_view reply) {
@@ -157,8 +191,13 @@ MP_DECL std::string_view connection::unwrap(std::string_view reply) {
     protocol::reader in(reply.substr(1));
     const auto size = in.u64();
     in.expect_end();
-    if (fds_.size() == 1 && size <= std::uint64_t{1} << 40) bytes = large_in_.read(fds_.front().get(), size);
+    if (fds_.size() == 1 && size <= std::uint64_t{1} << 40) {
+      reply_segment_ = segment_reader(std::move(fds_.front()), static_cast<std::size_t>(size), "Manager reply",
+                                      &reply_views_, true);
+      bytes = {reinterpret_cast<const char*>(reply_segment_.bytes().data()), reply_segment_.bytes().size()};
+    }
   } catch (const protocol::malformed&) {
+  } catch (const SerializationError&) {  // not a size-sealed segment holding the reply
   }
   fds_.clear();
   if (bytes.empty() || bytes[0] == static_cast<char>(protocol::status::in_segment)) protocol_broken();
@@ -419,9 +458,30 @@ MP_DECL manager::connection& client::lookup(std::uint64_t generation) {
 
 // ---- request ---------------------------------------------------------------------------------------------------
 
+MP_DECL void request::spill_segment() {
+  const auto* first = segment_->item(segment_end_).data();
+  frame_.insert(frame_.begin() + static_cast<std::ptrdiff_t>(frame_mark_), first + (frame_mark_ - 4),
+                first + segment_end_);
+  segment_ = nullptr;
+  connection_.return_request_segment();
+}
+
 MP_DECL protocol::reader request::send() {
   namespace p = protocol;
-  auto reply = connection_.call(frame_);
+  std::string_view reply;
+  if (segment_ != nullptr) {
+    const std::size_t after = frame_.size() - frame_mark_;  // the fields after the big value
+    if (segment_end_ + after <= segment_->capacity) {
+      std::memcpy(segment_->item(segment_end_ + after).data() + segment_end_, frame_.data() + frame_mark_, after);
+      segment_ = nullptr;  // lent to the connection until the server has read it
+      reply = connection_.call_in_segment(segment_end_ + after);
+    } else {
+      spill_segment();
+      reply = connection_.call(frame_);
+    }
+  } else {
+    reply = connection_.call(frame_);
+  }
   try {
     p::reader in(reply);
     if (static_cast<p::status>(in.u8()) == p::status::ok) return in;

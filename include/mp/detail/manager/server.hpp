@@ -28,6 +28,7 @@
 #include <mp/detail/manager/channel.hpp>
 #include <mp/detail/manager/large.hpp>
 #include <mp/detail/manager/store.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::manager {
@@ -84,7 +85,9 @@ class server {
     std::uint64_t frames_sent = 0, frames_received = 0;  // their sequence numbers
     store::clock::time_point last_in{};  // when bytes last came in (for stalled_request_timeout)
     bool unix_socket = false;       // descriptors can cross: large replies go as segments (large.hpp)
-    large_segment large_out;        // its large replies, kept between them
+    segment_pool reply_segments{true};  // its large replies: one segment kept between them (large.hpp)
+    pooled_segment* reply_written = nullptr;  // a reply take_tail wrote into reply_segments, to send next
+    std::size_t reply_written_size = 0;
   };
   using time_point = store::clock::time_point;
 
@@ -129,6 +132,15 @@ class server {
   MP_DECL void handle_large(connection& c, std::string_view payload, time_point now);
   // Sends a large reply to c as a segment; false (nothing sent) if it cannot go that way now (then it is framed).
   MP_DECL bool send_large(connection& c, std::string_view bytes);
+  // Sends c the reply of `size` bytes in `segment` (one of c.reply_segments): the small in_segment frame with the
+  // descriptor beside it; false (nothing sent, the segment free again) if it cannot go that way now.
+  MP_DECL bool send_segment(connection& c, pooled_segment& segment, std::size_t size);
+  // A reply just made whose value the store only viewed (store::reply::tail): copied out before the store can
+  // change it — straight into its client's reply segment when that can carry it (c.reply_written; the reply's
+  // bytes are left empty, which no other reply is), else appended to its bytes.
+  MP_DECL void take_tail(store::reply& r);
+  // Sends c the reply take_tail wrote into its segment (framed from there if it cannot go as a segment now).
+  MP_DECL void send_written(connection& c);
   MP_DECL void post(connection& c, std::string_view bytes);
   // The request c published in its channel and the server has not taken yet, if any (not while parked: a
   // well-behaved client sends nothing then, and a misbehaving one must not keep the server awake).
@@ -156,7 +168,9 @@ class server {
   std::vector<store::reply> replies_, batch_;
   std::vector<std::uint64_t> unparked_;
   std::string request_;                             // a request copied out of a channel
-  large_buffer large_in_;                           // a large request read from its segment
+  // Mappings of clients' large-request segments, kept for their next request (large.hpp): at most 8, and
+  // 2 x protocol::kept_bytes in all, so a crowd of clients (or a hostile one) cannot grow them without bound.
+  segment_view_cache request_views_{8, protocol::kept_bytes, 2 * protocol::kept_bytes};
   std::vector<pollfd> hangup_fds_;                  // reap_parked_hangups' scratch
   std::vector<std::uint64_t> hangup_ids_;
   std::vector<std::uint64_t> pending_ids_;          // take_channel_requests' scratch

@@ -19,6 +19,7 @@
 #include <mp/detail/manager/net.hpp>
 #include <mp/detail/manager/protocol.hpp>
 #include <mp/detail/syscall.hpp>
+#include <mp/errors.hpp>
 
 namespace mp::detail::manager {
 
@@ -34,6 +35,7 @@ MP_DECL server::server(unique_fd listener, std::string authkey, int owner_pidfd,
   }
   const int flags = sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_GETFL); });
   sys("fcntl", "manager server", [&] { return ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK); });
+  store_.allow_reply_tails(true);  // big values read are copied once, into the reader's segment (take_tail)
 }
 
 MP_DECL void server::run() {
@@ -367,54 +369,107 @@ MP_DECL void server::handle(connection& c, std::string_view payload, time_point 
     c.dead = true;
     return;
   }
+  for (auto i = before; i < replies_.size(); ++i) {
+    if (!replies_[i].tail.empty()) take_tail(replies_[i]);
+  }
   c.parked = std::none_of(replies_.begin() + static_cast<std::ptrdiff_t>(before), replies_.end(),
                           [&](const store::reply& r) { return r.client == c.id; });
 }
 
-// large_request: exactly one descriptor came with the frame, a memfd holding the announced request, which must
-// not itself be a large_request. Anything else closes the connection (as a malformed frame does); nothing is
-// applied. The descriptor is closed once read, whatever happens.
+// large_request: exactly one descriptor came with the frame, a size-sealed segment holding the announced request
+// (large.hpp), which must not itself be a large_request. Anything else closes the connection (as a malformed frame
+// does); nothing is applied. The store parses the request in place, in the mapping, and copies what it keeps; the
+// segment is marked consumed (the client may reuse it) and its descriptor closed once handled, whatever happens.
 MP_DECL void server::handle_large(connection& c, std::string_view payload, time_point now) {
-  std::string_view request;
+  segment_reader segment;
   try {
     protocol::reader in(payload);
     in.u8(), in.u64();
     const auto size = in.u64();
     in.expect_end();
-    if (c.unix_socket && c.fds.size() == 1 && size <= protocol::max_request) {
-      request = large_in_.read(c.fds.front().get(), size);
+    if (c.unix_socket && c.fds.size() == 1 && size > 0 && size <= protocol::max_request) {
+      segment = segment_reader(std::move(c.fds.front()), static_cast<std::size_t>(size), "Manager request",
+                               &request_views_, true);
     }
   } catch (const protocol::malformed&) {
+  } catch (const Error&) {  // not a size-sealed segment holding the request, or it cannot be mapped now
   }
   c.fds.clear();
-  if (request.empty() || request[0] == static_cast<char>(protocol::op::large_request)) {
+  const std::string_view request(reinterpret_cast<const char*>(segment.bytes().data()), segment.bytes().size());
+  if (!segment || request[0] == static_cast<char>(protocol::op::large_request)) {
     c.dead = true;
     return;
   }
-  handle(c, request, now);  // the store copies what it keeps, and replies with copies: the buffer is free again
-  large_in_.trim();
+  handle(c, request, now);  // the store copies what it keeps, and replies with copies: the segment is free again
 }
 
 // Only when nothing else of c's is waiting to be written (the descriptor must ride on this frame's first byte),
 // and the frame goes out at once (a full socket buffer: it is framed instead). One call at a time per connection:
-// the client has read the previous reply before it sent the request this one answers, so the segment is free.
+// the client marked the previous reply's segment consumed before it sent the request this one answers, so the
+// segment is reused (a client that never does gets a new one each time: segment_pool drops the old).
 MP_DECL bool server::send_large(connection& c, std::string_view bytes) {
-  if (!c.unix_socket || c.out_at != c.out.size() || !c.large_out.write(bytes)) return false;
+  if (!c.unix_socket || c.out_at != c.out.size()) return false;
+  pooled_segment* segment = nullptr;
+  try {
+    segment = &c.reply_segments.acquire(bytes.size(), protocol::kept_bytes, "mp-manager-reply", false, 1);
+  } catch (const Error&) {
+    return false;  // no memfd or memory for it now: the reply is framed
+  }
+  std::memcpy(segment->item(bytes.size()).data(), bytes.data(), bytes.size());
+  return send_segment(c, *segment, bytes.size());
+}
+
+MP_DECL bool server::send_segment(connection& c, pooled_segment& segment, std::size_t size) {
+  if (c.out_at != c.out.size()) {
+    segment.header().consumed.store(1, std::memory_order_release);
+    return false;
+  }
   std::string note;
   protocol::writer w(note);
   w.u8(static_cast<std::uint8_t>(protocol::status::in_segment));
-  w.u64(bytes.size());
+  w.u64(size);
   c.out.clear(), c.out_at = 0;
   const auto frames_sent = c.frames_sent;
   send_frame(c, note);
-  const long sent = send_some_with_fd(c.fd.get(), c.out.data(), c.out.size(), c.large_out.fd(), MSG_DONTWAIT);
+  const long sent = send_some_with_fd(c.fd.get(), c.out.data(), c.out.size(), segment.fd.get(), MSG_DONTWAIT);
   if (sent <= 0) {
     c.out.clear(), c.frames_sent = frames_sent;  // not sent: as if never framed (its MAC's sequence number too)
+    segment.header().consumed.store(1, std::memory_order_release);  // free again
     return false;
   }
   c.out_at = static_cast<std::size_t>(sent);  // the rest of the small frame (if any) follows plainly
-  c.large_out.trim();
+  if (segment.capacity > protocol::kept_bytes) c.reply_segments.clear();  // the client's descriptor keeps it
   return true;
+}
+
+MP_DECL void server::take_tail(store::reply& r) {
+  const std::string_view tail = std::exchange(r.tail, {});
+  const std::size_t size = r.bytes.size() + tail.size();
+  auto found = connections_.find(r.client);
+  if (found != connections_.end() && found->second.unix_socket && !found->second.dead &&
+      found->second.reply_written == nullptr && size <= max_reply) {
+    auto& c = found->second;
+    try {
+      pooled_segment& segment = c.reply_segments.acquire(size, protocol::kept_bytes, "mp-manager-reply", false, 1);
+      std::byte* at = segment.item(size).data();
+      std::memcpy(at, r.bytes.data(), r.bytes.size());
+      std::memcpy(at + r.bytes.size(), tail.data(), tail.size());
+      c.reply_written = &segment, c.reply_written_size = size;
+      r.bytes.clear();
+      return;
+    } catch (const Error&) {  // no memfd or memory for it now: the reply is framed
+    }
+  }
+  std::string bytes = std::move(store::spare_reply());  // warm pages (store.hpp)
+  bytes.assign(r.bytes).append(tail);
+  r.bytes = std::move(bytes);
+}
+
+MP_DECL void server::send_written(connection& c) {
+  pooled_segment& segment = *std::exchange(c.reply_written, nullptr);
+  const std::size_t size = c.reply_written_size;
+  if (send_segment(c, segment, size)) return;
+  send_frame(c, {reinterpret_cast<const char*>(segment.item(size).data()), size});
 }
 
 // attach_channel: maps the memfd that came with the request. The reply goes over the socket (the client reads
@@ -439,7 +494,7 @@ MP_DECL void server::attach(connection& c) {
 // client's doorbell if it sleeps. Never blocks: the socket's output is buffered.
 MP_DECL void server::post(connection& c, std::string_view bytes) {
   auto& shared = *c.channel;
-  const bool fits = bytes.size() <= channel_capacity;
+  const bool fits = !bytes.empty() && bytes.size() <= channel_capacity;  // empty: in c's segment (take_tail)
   if (fits) {
     std::memcpy(shared.reply, bytes.data(), bytes.size());
     shared.reply_size.store(static_cast<std::uint32_t>(bytes.size()), std::memory_order_relaxed);
@@ -450,7 +505,11 @@ MP_DECL void server::post(connection& c, std::string_view bytes) {
   shared.reply_seq.store(++c.replies_sent);  // seq_cst: publishes, and orders the flag load below
   // After publishing: send_large writes to the socket at once, and a client that finds a frame there before the
   // announcement in the slot would take it for a broken protocol. (send_frame only buffers.)
-  if (!fits && !send_large(c, bytes)) send_frame(c, bytes);
+  if (bytes.empty()) {
+    send_written(c);
+  } else if (!fits && !send_large(c, bytes)) {
+    send_frame(c, bytes);
+  }
   if (shared.client_sleeping.exchange(0) != 0) append_frame(c.out, {});  // one doorbell per sleep
 }
 
@@ -587,7 +646,9 @@ MP_DECL void server::deliver() {
         auto& c = found->second;
         if (r.bytes.size() > max_reply) r.bytes = oversized_reply(r.bytes.size());
         if (c.channel) {
-          post(c, r.bytes);
+          post(c, r.bytes);  // an empty reply: the one take_tail wrote into c's segment
+        } else if (r.bytes.empty()) {
+          send_written(c);
         } else if (r.bytes.size() < protocol::large_bytes || !send_large(c, r.bytes)) {
           send_frame(c, r.bytes);
         }

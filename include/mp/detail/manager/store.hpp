@@ -38,7 +38,14 @@ class store {
   struct reply {
     std::uint64_t client;
     std::string bytes;
+    /// Only with allow_reply_tails: the reply goes on with these bytes after `bytes`, a view of a big value the
+    /// store holds (a get of a dict entry, list item or Value), valid until the store's next handle(). Its caller
+    /// copies it out at once (the server: straight into the client's reply segment, large.hpp).
+    std::string_view tail{};
   };
+
+  /// Lets big get replies view the value they carry (reply::tail) instead of copying it into `bytes`.
+  void allow_reply_tails(bool allow) noexcept { reply_tails_ = allow; }
 
   /// Applies one request of `client` and appends the replies it causes to `out`: the client's own (unless the
   /// request parks it) and those of waiters it releases. Returns false if the request is malformed: the caller
@@ -150,6 +157,22 @@ class store {
   }
   static std::string ok_blob(std::string_view blob) {
     return big_reply(blob.size(), [&](auto& w) { w.blob(blob); });
+  }
+  /// The reply to a get of `held`, a value the store keeps (and does not change before the reply is delivered):
+  /// ok, a found flag if `flagged`, the blob — a big one as reply::tail when allowed.
+  void push_held(std::uint64_t client, std::string_view held, bool flagged, std::vector<reply>& out) const {
+    if (!reply_tails_ || held.size() < protocol::large_bytes) {
+      out.push_back({client, big_reply(held.size(), [&](auto& w) {
+                       if (flagged) w.u8(1);
+                       w.blob(held);
+                     })});
+      return;
+    }
+    out.push_back({client, ok_with([&](auto& w) {
+                     if (flagged) w.u8(1);
+                     w.u32(static_cast<std::uint32_t>(held.size()));
+                   }),
+                   held});
   }
   /// A reply carrying one value of `size` bytes: a big one is written into recycled memory (spare_reply) rather
   /// than a fresh allocation, whose pages cost more to fault in than the copy itself (docs/design.md).
@@ -303,6 +326,7 @@ class store {
   std::uint64_t next_lend_ = 1;
   bool shutdown_ = false;
   std::vector<std::byte> call_result_;  // a custom method's serialized result (object_op), reused between calls
+  bool reply_tails_ = false;
 };
 
 }  // namespace mp::detail::manager

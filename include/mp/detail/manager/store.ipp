@@ -300,8 +300,9 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       }
       auto entry = found->second;
       handoff(client, entry->second);
+      if (code == p::dict_get) return push_held(client, entry->second, true, out);
       out.push_back({client, big_reply(entry->second.size(), [&](auto& w) { w.u8(1), w.blob(entry->second); })});
-      if (code == p::dict_pop) drop_refs(entry->second), d.index.erase(found), d.entries.erase(entry);
+      drop_refs(entry->second), d.index.erase(found), d.entries.erase(entry);
       return;
     }
     case p::dict_set: {
@@ -417,6 +418,7 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       auto at = resolve(index, l.items.size());
       if (!at) return out.push_back({client, index_error(code == p::list_get ? "list get" : "list pop", index, l.items.size())});
       handoff(client, l.items[*at]);
+      if (code == p::list_get) return push_held(client, l.items[*at], false, out);
       out.push_back({client, ok_blob(l.items[*at])});
       if (code == p::list_pop) drop_refs(l.items[*at]), l.items.erase(l.items.begin() + static_cast<std::ptrdiff_t>(*at));
       return;
@@ -552,7 +554,7 @@ MP_DECL void store::value_op(std::uint64_t client, protocol::op code, value_stat
   if (code == p::value_get) {
     in.expect_end();
     handoff(client, v.bytes);
-    return out.push_back({client, ok_blob(v.bytes)});
+    return push_held(client, v.bytes, false, out);
   }
   if (code != p::value_set) throw protocol::malformed{};
   auto bytes = in.blob();
