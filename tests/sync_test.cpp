@@ -183,6 +183,49 @@ TEST_CASE("robust_mutex passes to a waiter within 1 s when its holder is SIGKILL
   }
 }
 
+TEST_CASE("robust_mutex: every lock a SIGKILLed process held passes on, however it took and released them",
+          "[robust_mutex]") {
+  // robust_mutex links a held mutex into the thread's robust list itself (its fast path) or lets glibc do it (a
+  // contended lock): the kernel finds the locks a dead thread held only through that list, so it must stay whole
+  // across both ways of locking and releases out of order.
+  struct layout {
+    mp::detail::robust_mutex mutexes[5];
+  };
+  auto segment = mp::detail::shm_segment::create(sizeof(layout), "robust_mutex_test");
+  auto* block = new (segment.data()) layout();
+  auto& contended = block->mutexes[4];
+  contended.lock();  // the child's lock() of it sleeps, then takes it through glibc
+  note_pipe locking, locked;
+  auto holder = start(
+      [](segment_of<layout> shared, note_end locking, note_end locked) {
+        auto* block = shared.map();
+        for (int i = 0; i < 4; ++i) block->mutexes[i].lock();
+        block->mutexes[1].unlock();  // from the middle of the list
+        block->mutexes[3].unlock();  // from its front
+        block->mutexes[1].lock();
+        locking.post();
+        block->mutexes[4].lock();
+        locked.post();
+        hang();
+      },
+      segment_of<layout>{segment.fd()}, locking.writer(), locked.writer());
+  REQUIRE(locking.wait());
+  auto& word = reinterpret_cast<pthread_mutex_t*>(&contended)->__data.__lock;
+  REQUIRE(wait_until_asleep(holder, [&] { return (__atomic_load_n(&word, __ATOMIC_SEQ_CST) & FUTEX_WAITERS) != 0; }));
+  contended.unlock();  // wakes the child
+  REQUIRE(locked.wait());
+  holder.kill();
+  CHECK(finish(holder) == -SIGKILL);
+  for (int i = 0; i < 5; ++i) {
+    auto& mutex = block->mutexes[i];
+    INFO("mutex " << i);
+    REQUIRE(mutex.try_lock_until(mp::detail::deadline_after(5s)));
+    CHECK(mutex.previous_owner_died() == (i != 3));
+    mutex.unlock();
+    CHECK_FALSE(mutex.locked_hint());
+  }
+}
+
 TEST_CASE("robust_mutex: a sleeper whose wake-up a dead waiter consumed still gets the lock", "[robust_mutex]") {
   // Found by tests/faults (Lock holders killed at random points, 2 wedges in 50 sanitizer runs): glibc's unlock
   // clears FUTEX_WAITERS and wakes one waiter, which sets the bit again only if it lives; killed after the wake-up

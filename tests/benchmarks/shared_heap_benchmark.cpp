@@ -5,9 +5,9 @@
 //   kills:  how often a child SIGKILLed at an arbitrary instant while allocating leaves the heap broken.
 //   vector: the sum of a shm::vector<double> in a SharedHeap by 2 processes (half each, no lock: nobody writes),
 //           against the same sum over an mp::Array<double> (plain shared memory: the ratio should be ~1).
-// Each figure is the best of 3 runs; each run starts its 2 processes at a Barrier and times from there to the last
-// one's end, so process start-up is not counted. Python's Manager dict on the same workload is measured by
-// shared_heap_compare.py, which runs this program and prints the three-way table.
+// Each figure is the best of 3 runs; each run starts its 2 processes at a Barrier and times from the first one's
+// start to the last one's end on the children's clocks, so process start-up is not counted. Python's Manager dict
+// on the same workload is measured by shared_heap_compare.py, which runs this program and prints the three-way table.
 // Targets (issue 18): the heap map >= 10x the mp Manager dict, >= 100x Python's Manager dict.
 //
 // Usage: shared_heap_benchmark [--quick]   (prints a table; --rows prints "<name> <value> <unit>" lines instead)
@@ -40,31 +40,39 @@ using double_vector = mp::shm::vector<double>;
   std::exit(1);
 }
 
+double now_seconds() { return std::chrono::duration<double>(clock_type::now().time_since_epoch()).count(); }
+
 // Runs Work(w, args...) in `count` processes (w = 0, 1, ...) released together by a Barrier; returns the seconds
-// from the release to the end of the slowest one (each child writes its end time into `ends`).
+// from the first one's start to the end of the slowest one, on the children's own clocks (each writes its start
+// and end time into `times`): the parent may get its CPU back late when the children keep both CPUs busy (under
+// SCHED_FIFO a run timed from the parent's release once printed 136M ops/s).
 template <auto Work, class... Args>
 double in_processes(int count, Args... args) {
   mp::Barrier start(static_cast<std::uint32_t>(count + 1));
-  mp::Array<double> ends(static_cast<std::size_t>(count));
+  mp::Array<double> times(2 * static_cast<std::size_t>(count));  // [2w]: start of w, [2w + 1]: its end
   std::vector<mp::Process> workers;
   for (int w = 0; w < count; ++w) {
     workers.emplace_back(
-        [](int w, mp::Barrier start, mp::Array<double> ends, Args... args) {
+        [](int w, mp::Barrier start, mp::Array<double> times, Args... args) {
           start.wait();
+          times[2 * static_cast<std::size_t>(w)] = now_seconds();
           Work(w, args...);
-          ends[static_cast<std::size_t>(w)] =
-              std::chrono::duration<double>(clock_type::now().time_since_epoch()).count();
+          times[2 * static_cast<std::size_t>(w) + 1] = now_seconds();
         },
-        w, start, ends, args...);
+        w, start, times, args...);
     workers.back().start();
   }
   start.wait();
-  const double begin = std::chrono::duration<double>(clock_type::now().time_since_epoch()).count();
   for (auto& worker : workers) {
     worker.join();
     if (worker.exitcode() != 0) fail("a worker failed");
   }
-  return *std::max_element(ends.begin(), ends.end()) - begin;
+  double first_start = times[0], last_end = times[1];
+  for (std::size_t w = 1; w < static_cast<std::size_t>(count); ++w) {
+    first_start = std::min(first_start, times[2 * w]);
+    last_end = std::max(last_end, times[2 * w + 1]);
+  }
+  return last_end - first_start;
 }
 
 template <auto Work, class... Args>

@@ -96,6 +96,15 @@ inline void cpu_relax() noexcept {
 /// away: longer than such a section, far shorter than a futex wake-up across CPUs (~50 µs on a small VM).
 inline constexpr std::chrono::nanoseconds short_spin{3'000};
 
+/// How long a lock's waiter (robust_mutex) watches the lock word before sleeping: about one futex sleep + wake-up
+/// across CPUs, the classic bound for spinning (it never costs more than twice the best choice). A lock, unlike the
+/// words above, is often taken by a stream of short critical sections (a loop of "lock; one map operation;
+/// unlock"): the holder re-takes it at once, the waiter gets it only now and then, and a waiter that gave up after
+/// short_spin slept, so each of the holder's next releases paid a futex wake-up call. 2 processes doing shm::map
+/// set+find under one Lock made ~190k futex calls per 6M operations with short_spin and ~13k with 40 µs, and ran
+/// 1.2x faster (docs/shared-memory.md, "Issue 18 margin: the lock's spin budget").
+inline constexpr std::chrono::nanoseconds lock_spin{40'000};
+
 /// Spins for about `budget` calling ready(); true as soon as it returns true, else ready()'s last answer.
 /// Reads the clock every 64 rounds only (a vDSO call, ~20 ns).
 template <class Ready>

@@ -3,8 +3,9 @@
 // marks the lock word FUTEX_OWNER_DIED and wakes one waiter, so nobody is wedged; glibc reports that to the next
 // locker as EOWNERDEAD, which acquired() turns into previous_owner_died() — EOWNERDEAD is handled there only.
 // Why the spin: glibc robust mutexes never spin, and a cross-CPU futex wake-up costs ~50 µs on a small VM while a
-// critical section of a few instructions ends in well under 1 µs; so we watch the lock word for short_spin
-// (detail/clock.hpp, the one budget of every spin in mp) first — ~10 µs in fact, see spin_try. It is a spin of its
+// critical section of a few instructions ends in well under 1 µs; so we watch the lock word for lock_spin
+// (detail/clock.hpp: about one futex wake-up, longer than the short_spin of other waits, as a lock is often re-taken
+// by a stream of short critical sections) first — ~40-45 µs in fact, see spin_try. It is a spin of its
 // own, not spin_until: it backs off exponentially between looks at the lock word, which the holder is about to
 // write, so that a holder that re-acquires at once keeps the lock (throughput over strict hand-off, as pthread
 // mutexes; mp promises no FIFO order).
@@ -87,7 +88,9 @@ class robust_mutex {
       lock();
       return true;
     }
-    return spin_try() || lock_blocking_until(*until);
+    // The spin ends at the deadline too: acquire(timeout) with a timeout shorter than lock_spin waits that long only.
+    const auto limit = std::chrono::duration_cast<std::chrono::nanoseconds>(until->time_since_epoch()).count();
+    return spin_try(limit < 0 ? 0 : static_cast<std::uint64_t>(limit)) || lock_blocking_until(*until);
   }
 
   /// Releases; throws mp::Error if the calling thread does not hold it.
@@ -138,10 +141,12 @@ class robust_mutex {
   }
 
   // Watches the lock word (no writes, so the holder keeps its cache line) and tries once it looks free, until the
-  // first look at the longest pause after short_spin: 1 + 2 + ... + 256 pauses, ~10 µs at 20 ns a pause.
-  bool spin_try() {
+  // first look at the longest pause after lock_spin (the first 1 + 2 + ... + 256 pauses take ~10 µs at 20 ns a
+  // pause, then a look every 256).
+  // `limit`: a monotonic_ns() at which to stop sooner.
+  bool spin_try(std::uint64_t limit = UINT64_MAX) {
     if (!locked_hint() && try_lock()) return true;
-    const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(short_spin.count());
+    const std::uint64_t until = std::min(monotonic_ns() + static_cast<std::uint64_t>(lock_spin.count()), limit);
     // Exponential backoff between looks: each look pulls the holder's cache line across CPUs (~230 ns one way on
     // the reference VM), and the holder pays that on its next lock or unlock. A holder that releases and at once
     // re-acquires (a loop of short critical sections) keeps the lock and its data local while the waiter looks
@@ -152,7 +157,7 @@ class robust_mutex {
     for (int pause = 1;; pause = std::min(pause * 2, max_pause)) {
       for (int i = 0; i < pause; ++i) cpu_relax();
       if (!locked_hint() && try_lock()) return true;
-      if (pause == max_pause && monotonic_ns() >= until) return false;
+      if ((pause == max_pause || until == limit) && monotonic_ns() >= until) return false;
     }
   }
 
