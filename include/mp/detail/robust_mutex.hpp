@@ -26,6 +26,7 @@
 
 #include <mp/detail/clock.hpp>
 #include <mp/detail/config.hpp>
+#include <mp/detail/cpu_load.hpp>
 #include <mp/detail/syscall.hpp>
 
 #ifndef __GLIBC__
@@ -146,7 +147,11 @@ class robust_mutex {
   // `limit`: a monotonic_ns() at which to stop sooner.
   bool spin_try(std::uint64_t limit = UINT64_MAX) {
     if (!locked_hint() && try_lock()) return true;
-    const std::uint64_t until = std::min(monotonic_ns() + static_cast<std::uint64_t>(lock_spin.count()), limit);
+    // With more runnable threads than CPUs the holder may be waiting for this very CPU: spin only short_spin then
+    // (detail/cpu_load.hpp), as the rings' waits do.
+    const std::uint64_t now = monotonic_ns();
+    const auto budget = cpus_oversubscribed(now) ? short_spin : lock_spin;
+    const std::uint64_t until = std::min(now + static_cast<std::uint64_t>(budget.count()), limit);
     // Exponential backoff between looks: each look pulls the holder's cache line across CPUs (~230 ns one way on
     // the reference VM), and the holder pays that on its next lock or unlock. A holder that releases and at once
     // re-acquires (a loop of short critical sections) keeps the lock and its data local while the waiter looks
