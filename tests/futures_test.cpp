@@ -21,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -404,6 +405,30 @@ TEST_CASE("Remote exceptions keep their standard or registered type, others are 
     } catch (const quota_exceeded& e) {
       CHECK(std::string(e.what()) == "over by 3");
       CHECK(dynamic_cast<const mp::RemoteInfo&>(e).remote_type().find("quota_exceeded") != std::string::npos);
+    }
+  }
+  SECTION("std::regex_error: RemoteError until registered, then Remote<std::regex_error> with its code()") {
+    const auto bad_pattern = [] { return std::regex("(unclosed").mark_count(); };
+    try {
+      (void)pool.apply(bad_pattern);
+      FAIL("no exception");
+    } catch (const mp::RemoteError& e) {
+      CHECK(e.remote_type() == "std::regex_error");
+    }
+    mp::register_exception<std::regex_error>();
+    std::string here;
+    try {
+      (void)bad_pattern();
+    } catch (const std::regex_error& e) {
+      here = e.what();
+    }
+    try {
+      (void)pool.apply(bad_pattern);
+      FAIL("no exception");
+    } catch (const std::regex_error& e) {
+      CHECK(e.code() == std::regex_constants::error_paren);
+      CHECK(std::string(e.what()) == here);
+      CHECK(dynamic_cast<const mp::RemoteInfo&>(e).remote_type() == "std::regex_error");
     }
   }
   SECTION("an unregistered type") {

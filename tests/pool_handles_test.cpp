@@ -401,6 +401,68 @@ TEST_CASE("A struct holding handles decodes into empty handles when it has an mp
   CHECK(most > 0);
 }
 
+namespace {
+int add_to_both(mp::Value<int> a, mp::Value<int> b, int x) {
+  a.fetch_add(x);
+  b.fetch_add(2 * x);
+  return x;
+}
+int add_one(mp::Value<int> v, int x) {
+  v.fetch_add(x);
+  return x;
+}
+int no_handle(int x) { return x; }
+}  // namespace
+
+// A worker is told "the same handles as your previous task" instead of their keys (handles.hpp): runs of one
+// handle, switches between handles, two handles at once, tasks without any, more objects than a worker keeps, and
+// worker replacement must each still reach the object the task was given.
+TEST_CASE("Runs of tasks with the same handles, other handles and none each act on their own objects",
+          "[pool_handles]") {
+  mp::Pool pool({.processes = 2, .maxtasksperchild = 97});
+  std::vector<mp::Value<int>> values;
+  for (int i = 0; i < 40; ++i) values.emplace_back(0);  // more than a worker keeps (worker_keeps = 32)
+  std::vector<int> expected(values.size(), 0);
+  std::vector<mp::AsyncResult<int>> pending;
+  unsigned state = 12345;
+  auto next = [&](unsigned n) {
+    state = state * 1103515245u + 12345u;
+    return (state >> 16) % n;
+  };
+  int sent = 0;
+  while (sent < 6000) {
+    const std::size_t a = next(static_cast<unsigned>(values.size()));
+    const std::size_t b = next(static_cast<unsigned>(values.size()));
+    const unsigned kind = next(4);
+    const unsigned run = 1 + next(12);
+    for (unsigned r = 0; r < run; ++r, ++sent) {
+      const int x = 1 + sent % 5;
+      if (kind == 0) {
+        pending.push_back(pool.apply_async(add_one, values[a], x));
+        expected[a] += x;
+      } else if (kind == 1) {
+        pending.push_back(pool.apply_async(add_to_both, values[a], values[b], x));
+        expected[a] += x;
+        expected[b] += 2 * x;
+      } else if (kind == 2) {
+        pending.push_back(pool.apply_async(no_handle, x));
+      } else {  // sequential: the worker has nothing queued behind it
+        CHECK(pool.apply(add_one, values[a], x) == x);
+        expected[a] += x;
+      }
+      if (pending.size() >= 64) {
+        for (auto& result : pending) (void)result.get();
+        pending.clear();
+      }
+    }
+  }
+  for (auto& result : pending) (void)result.get();
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    INFO("value " << i);
+    CHECK(values[i].load() == expected[i]);
+  }
+}
+
 TEST_CASE("100,000 tasks carrying the same Value keep each worker's descriptor count bounded", "[pool_handles]") {
   mp::Pool pool(2);
   mp::Value<int> v(0);

@@ -8,6 +8,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -123,19 +124,39 @@ namespace detail {
 using remote_factory = std::exception_ptr (*)(const std::string& message, RemoteInfo info);
 /// Registers (or replaces) the factory for the exception type `type` (impl/errors.ipp).
 MP_DECL void register_remote_type(const std::type_info& type, remote_factory factory);
+/// Rebuilds a remote exception of a type built from an error code (the remote code's value, in `code`).
+using remote_code_factory = std::exception_ptr (*)(const std::string& message, RemoteInfo info, std::error_code code);
+/// Registers (or replaces) the code factory for `type` (detail/remote_error.ipp).
+MP_DECL void register_remote_code_type(const std::type_info& type, remote_code_factory factory);
+
+/// E is built from the enum its code() returns (std::regex_error: regex_constants::error_type).
+template <class E>
+concept built_from_its_code = requires(const E& e) {
+  requires std::is_enum_v<std::remove_cvref_t<decltype(e.code())>>;
+  E(e.code());
+};
 }  // namespace detail
 
 /// Makes exceptions of type E thrown in pool tasks arrive as Remote<E> (catchable as E) instead of RemoteError.
-/// E must be constructible from a std::string (its what()). Register in the parent, before the results arrive.
+/// E must be constructible from a std::string (its what()), or from the enum its code() returns (std::regex_error:
+/// `mp::register_exception<std::regex_error>()` where <regex> is included; the remote code() comes along).
+/// Register in the parent, before the results arrive.
 template <class E>
 void register_exception() {
-  static_assert(std::is_class_v<E> && std::is_constructible_v<E, const std::string&> &&
-                    std::is_copy_constructible_v<E>,
+  static_assert(std::is_class_v<E> && std::is_copy_constructible_v<E> &&
+                    (std::is_constructible_v<E, const std::string&> || detail::built_from_its_code<E>),
                 "mp::register_exception<E>: E must be a copyable class constructible from a std::string (the "
                 "remote what()); give it a constructor `explicit E(const std::string& message)`");
-  detail::register_remote_type(typeid(E), [](const std::string& message, RemoteInfo info) {
-    return std::make_exception_ptr(Remote<E>(message, std::move(info)));
-  });
+  if constexpr (std::is_constructible_v<E, const std::string&>) {
+    detail::register_remote_type(typeid(E), [](const std::string& message, RemoteInfo info) {
+      return std::make_exception_ptr(Remote<E>(message, std::move(info)));
+    });
+  } else {
+    detail::register_remote_code_type(typeid(E), [](const std::string& message, RemoteInfo info, std::error_code code) {
+      using code_type = std::remove_cvref_t<decltype(std::declval<const E&>().code())>;
+      return std::make_exception_ptr(Remote<E>(E(static_cast<code_type>(code.value())), message, std::move(info)));
+    });
+  }
 }
 
 }  // namespace mp

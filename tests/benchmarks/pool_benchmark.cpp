@@ -6,13 +6,14 @@
 //   futures           submit().get() round trip vs apply_async().get(); 10,000 submits collected by as_completed vs
 //                     10,000 apply_async collected by get() in order
 //   handle argument   sequential pool.apply(f, queue, i) (and a Value, a Lock) vs pool.apply(f, i): the descriptor
-//                     path once every worker has the handle (target <= 1.2x); the kinds take turns, best of each
+//                     path once every worker has the handle (target <= 1.2x); the kinds interleave in short blocks,
+//                     medians over the rounds (--handles: only these rows)
 //   failure handling  SIGKILL of a busy worker -> WorkerLost raised by get(); a 50 ms task_timeout -> TimeoutError
 //   CPU-bound         sum of squares split into `processes` equal parts: serial, one std::thread per part,
 //                     pool.map over the parts (pool already running); speedup ratio pool / threads
 //   start methods     a Pool(2) per start method: create + first apply + close/join, and the apply round trip
 //                     (workers of spawn/forkserver translate code addresses); ratios against fork
-// Every figure is the best of several trials (the machine is shared). Usage: pool_benchmark [--quick]
+// Every figure is the best of several trials (the machine is shared). Usage: pool_benchmark [--quick | --handles]
 #include <signal.h>
 #include <unistd.h>
 
@@ -105,11 +106,67 @@ class ping_pong {
   std::thread thread_;
 };
 
+// ---- a handle as a task argument ----
+void handle_rows(mp::Pool& pool, bool quick) {
+  mp::Queue<int> queue;
+  mp::Value<int> value(7);
+  mp::Lock lock;
+  for (int i = 0; i < 1000; ++i) {  // every worker receives each handle's descriptors once
+    if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
+    if (pool.apply(trivial_with_value, value, i) != i + 1) std::printf("ERROR: apply with a value\n");
+    if (pool.apply(trivial_with_lock, lock, i) != i + 1) std::printf("ERROR: apply with a lock\n");
+  }
+  // Interleaved: each round runs a short block of every kind, in a rotating order, and the ratio of each handle
+  // kind to the int block of the same round is kept; the rows are the medians over the rounds. A change of load
+  // during the run then hits both sides of a ratio alike, and one disturbed round does not move the median.
+  const int rounds = quick ? 40 : 200, block = 100;
+  std::vector<double> us[4], ratio[3];
+  auto block_us = [&](int kind) {
+    const auto start = clock_type::now();
+    for (int i = 0; i < block; ++i) {
+      const int r = kind == 0   ? pool.apply(trivial, i)
+                    : kind == 1 ? pool.apply(trivial_with_queue, queue, i)
+                    : kind == 2 ? pool.apply(trivial_with_value, value, i)
+                                : pool.apply(trivial_with_lock, lock, i);
+      if (r != i + 1) std::printf("ERROR: apply of kind %d\n", kind);
+    }
+    return std::chrono::duration<double>(clock_type::now() - start).count() / block * 1e6;
+  };
+  for (int round = 0; round < rounds; ++round) {
+    double t[4];
+    for (int k = 0; k < 4; ++k) {
+      const int kind = (k + round) % 4;
+      t[kind] = block_us(kind);
+    }
+    for (int kind = 0; kind < 4; ++kind) us[kind].push_back(t[kind]);
+    for (int kind = 1; kind < 4; ++kind) ratio[kind - 1].push_back(t[kind] / t[0]);
+  }
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  const double queue_x = median(ratio[0]), value_x = median(ratio[1]), lock_x = median(ratio[2]);
+  const double worst = std::max({queue_x, value_x, lock_x});
+  std::printf("%-40s %12s %12s\n", "a task argument that is a handle", "us/call", "x int");
+  std::printf("  (%d rounds of %d calls per kind, interleaved; medians; x int: median of the per-round ratios)\n",
+              rounds, block);
+  std::printf("%-40s %12.2f %12s\n", "  pool.apply(f, int)", median(us[0]), "");
+  std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Queue, int)", median(us[1]), queue_x);
+  std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Value, int)", median(us[2]), value_x);
+  std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Lock, int)", median(us[3]), lock_x);
+  std::printf("  after the first send: %s the <= 1.2x target\n\n", worst <= 1.2 ? "meets" : "MISSES");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  if (argc > 1 && std::strcmp(argv[1], "--handles") == 0) {  // only the handle rows, full length
+    mp::Pool pool;
+    handle_rows(pool, false);
+    return 0;
+  }
   const int trials = quick ? 2 : 5;
   int fds[2];  // before the Pool, so the workers inherit it: the failure test's victim reports its pid here
   if (::pipe(fds) != 0) return 1;
@@ -189,44 +246,7 @@ int main(int argc, char** argv) {
   std::printf("%-40s %12.2f %12s\n", "  10,000 apply_async, get in order", all_async, "");
   std::printf("%-40s %12.2f %11.2fx\n\n", "  10,000 submit, as_completed", all_completed, all_completed / all_async);
 
-  // ---- a handle as a task argument ----
-  {
-    mp::Queue<int> queue;
-    mp::Value<int> value(7);
-    mp::Lock lock;
-    for (int i = 0; i < 1000; ++i) {  // every worker receives each handle's descriptors once
-      if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
-      if (pool.apply(trivial_with_value, value, i) != i + 1) std::printf("ERROR: apply with a value\n");
-      if (pool.apply(trivial_with_lock, lock, i) != i + 1) std::printf("ERROR: apply with a lock\n");
-    }
-    // The four kinds take turns, best of each kept: a change of load during the run hits all of them alike.
-    double int_rt = 1e300, queue_rt = 1e300, value_rt = 1e300, lock_rt = 1e300;
-    for (int t = 0; t < 2 * trials; ++t) {
-      int_rt = std::min(int_rt, seconds_of([&] {
-        for (int i = 0; i < calls; ++i)
-          if (pool.apply(trivial, i) != i + 1) std::printf("ERROR: apply\n");
-      }, 1) / calls * 1e6);
-      queue_rt = std::min(queue_rt, seconds_of([&] {
-        for (int i = 0; i < calls; ++i)
-          if (pool.apply(trivial_with_queue, queue, i) != i + 1) std::printf("ERROR: apply with a queue\n");
-      }, 1) / calls * 1e6);
-      value_rt = std::min(value_rt, seconds_of([&] {
-        for (int i = 0; i < calls; ++i)
-          if (pool.apply(trivial_with_value, value, i) != i + 1) std::printf("ERROR: apply with a value\n");
-      }, 1) / calls * 1e6);
-      lock_rt = std::min(lock_rt, seconds_of([&] {
-        for (int i = 0; i < calls; ++i)
-          if (pool.apply(trivial_with_lock, lock, i) != i + 1) std::printf("ERROR: apply with a lock\n");
-      }, 1) / calls * 1e6);
-    }
-    const double worst = std::max({queue_rt, value_rt, lock_rt}) / int_rt;
-    std::printf("%-40s %12s %12s\n", "a task argument that is a handle", "us/call", "x int");
-    std::printf("%-40s %12.2f %12s\n", "  pool.apply(f, int)", int_rt, "");
-    std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Queue, int)", queue_rt, queue_rt / int_rt);
-    std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Value, int)", value_rt, value_rt / int_rt);
-    std::printf("%-40s %12.2f %11.2fx\n", "  pool.apply(f, Lock, int)", lock_rt, lock_rt / int_rt);
-    std::printf("  after the first send: %s the <= 1.2x target\n\n", worst <= 1.2 ? "meets" : "MISSES");
-  }
+  handle_rows(pool, quick);
 
   // ---- failure detection ----
   {

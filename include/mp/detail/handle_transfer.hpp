@@ -27,6 +27,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/for_load.hpp>
+#include <mp/detail/small_vector.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail {
@@ -77,11 +78,12 @@ class identity_cache {
 };
 
 /// The descriptors a transfer sends (parent side). Borrowed: the handles being serialized own them.
+/// Room for a few inside the box: a Pool task carrying a handle or two allocates nothing for them.
 struct fd_outbox {
-  std::vector<int> fds;
+  small_vector<int, 4> fds;
   /// Beside fds: the open file behind each, when its handle knew it (a Pool then needs no fstat per task), else
   /// unknown.
-  std::vector<fd_identity> ids;
+  small_vector<fd_identity, 4> ids;
 };
 
 /// A receiver that keeps what it received across transfers (a Pool worker, detail/pool/handles.hpp): the same

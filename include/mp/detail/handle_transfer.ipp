@@ -37,10 +37,6 @@ MP_DECL std::uint32_t export_fd(int fd, const char* what, fd_identity id) {
   }
   auto found = std::find(box->fds.begin(), box->fds.end(), fd);
   if (found != box->fds.end()) return static_cast<std::uint32_t>(found - box->fds.begin());
-  if (box->fds.capacity() == 0) {  // a task usually carries a handle or two: one allocation each, not a growth series
-    box->fds.reserve(4);
-    box->ids.reserve(4);
-  }
   box->ids.resize(box->fds.size());  // a box filled by hand has no ids
   box->fds.push_back(fd);
   box->ids.push_back(id);

@@ -1,9 +1,12 @@
 // remote_error: definitions (see remote_error.hpp).
 #pragma once
 
+#include <cxxabi.h>
 #include <execinfo.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <future>
 #include <ios>
@@ -39,9 +42,6 @@ inline const std::error_category& remote_category(const std::string& name) {
   } other;
   return other;
 }
-
-/// Builds the E of a standard type whose constructor takes the remote error code.
-using remote_code_factory = std::exception_ptr (*)(const std::string& message, RemoteInfo info, std::error_code code);
 
 /// The registry of remote exception types: demangled name -> factory. Guarded by its mutex.
 struct remote_type_registry {
@@ -107,6 +107,26 @@ MP_DECL void register_remote_type(const std::type_info& type, remote_factory fac
   registry.factories[type_name(type)] = factory;
 }
 
+MP_DECL void register_remote_code_type(const std::type_info& type, remote_code_factory factory) {
+  remote_type_registry& registry = remote_types();
+  std::lock_guard lock(registry.mutex);
+  registry.code_factories[type_name(type)] = factory;
+}
+
+/// The code of a std::regex_error, read without <regex> (one of the heaviest standard headers; every program
+/// built with mp would compile it). Matched by the thrown type's mangled name (libstdc++'s and libc++'s), then
+/// read where both libraries keep it: the one member after the std::runtime_error base (an ABI neither changes).
+inline bool regex_error_code(const std::runtime_error& e, std::int32_t& code) {
+  const std::type_info* thrown = abi::__cxa_current_exception_type();
+  if (thrown == nullptr) return false;
+  const char* name = thrown->name();
+  if (std::strcmp(name, "St11regex_error") != 0 && std::strcmp(name, "NSt3__111regex_errorE") != 0) return false;
+  int value = 0;
+  std::memcpy(&value, reinterpret_cast<const char*>(&e) + sizeof(std::runtime_error), sizeof value);
+  code = value;
+  return true;
+}
+
 MP_DECL remote_code current_exception_code() {
   try {
     throw;
@@ -114,6 +134,10 @@ MP_DECL remote_code current_exception_code() {
     return {e.code().value(), e.code().category().name()};
   } catch (const std::future_error& e) {
     return {e.code().value(), e.code().category().name()};
+  } catch (const std::runtime_error& e) {
+    remote_code code;
+    if (regex_error_code(e, code.value)) code.category = "std.regex";  // rebuilt by register_exception<regex_error>
+    return code;
   } catch (...) {
     return {};
   }

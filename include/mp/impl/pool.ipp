@@ -29,7 +29,7 @@ MP_DECL Pool::Pool(PoolOptions options) {
         detail::fd_outbox_scope scope(initializer_box);
         options.initializer.encode_(config.initializer_state);
       }
-      config.initializer_fds = initializer_box.fds;
+      config.initializer_fds.assign(initializer_box.fds.begin(), initializer_box.fds.end());
       config.initializer_address = detail::pool::trampoline_address(options.initializer.trampoline_);
       (void)detail::locate_code(config.initializer_address);  // ProcessError now if it is not code in a module
     }

@@ -16,7 +16,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <memory_resource>
 #include <span>
 #include <typeindex>
 #include <unordered_map>
@@ -25,6 +24,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/handle_transfer.hpp>
+#include <mp/detail/small_vector.hpp>
 #include <mp/detail/unique_fd.hpp>
 
 namespace mp::detail::pool {
@@ -53,27 +53,30 @@ MP_DECL handle_key key_of(int fd);
 /// Guarded by the core's mutex.
 class handle_table {
  public:
-  /// One more reference; the first dups `fd`, a descriptor of that object valid during the call.
-  MP_DECL void acquire(const handle_key& key, int fd);
+  struct entry {
+    unique_fd fd;
+    std::size_t refs = 0;
+  };
+  /// One more reference; the first dups `fd`, a descriptor of that object valid during the call. The entry stays
+  /// where it is until its last reference is released.
+  MP_DECL entry& acquire(const handle_key& key, int fd);
   MP_DECL void release(const handle_key& key) noexcept;
+  /// Drops a reference acquire() returned `held` for: no lookup unless it was the last.
+  MP_DECL void release(const handle_key& key, entry& held) noexcept;
   /// Our descriptor of it; -1 if unknown.
   MP_DECL int fd(const handle_key& key) const noexcept;
   std::size_t size() const noexcept { return entries_.size(); }
 
  private:
-  struct entry {
-    unique_fd fd;
-    std::size_t refs = 0;
-  };
   std::unordered_map<handle_key, entry, handle_key_hash> entries_;
 };
 
 /// The handles of one submission (an apply, a map's chunks, one imap chunk): chunk c's descriptor list, in
 /// export_fd's index order, is keys[offsets[c - first], offsets[c - first + 1]). Built by the submitting thread;
 /// attach() (under the core mutex) takes the table's references, the destructor (also under it) drops them.
-/// Sized for the common case of one task carrying a few handles that know their identity: its lists live in a
-/// buffer inside the object (no allocation beyond the object's own), found by linear search (no hashing: the maps
-/// below stay empty unless a submission carries many objects, or handles that do not know their identity).
+/// Sized for the common case of one task carrying a few handles that know their identity: its lists live inside
+/// the object (no allocation beyond the object's own), found by linear search (no hashing: the maps below stay
+/// empty unless a submission carries many objects, or handles that do not know their identity).
 class submission_handles {
  public:
   explicit submission_handles(std::size_t first) : first_(first) { offsets_.push_back(0); }
@@ -89,27 +92,34 @@ class submission_handles {
   MP_DECL void attach(handle_table& table);
   std::span<const handle_key> chunk(std::size_t c) const noexcept {
     const std::size_t i = c - first_;
-    return std::span<const handle_key>(keys_).subspan(offsets_[i], offsets_[i + 1] - offsets_[i]);
+    return std::span<const handle_key>(keys_.data() + offsets_[i], offsets_[i + 1] - offsets_[i]);
   }
 
  private:
-  /// Up to this many distinct objects are found by a linear search, beyond it through `index_`.
+  /// Up to this many distinct objects are found by a linear search, beyond it through maps().index.
   static constexpr std::size_t linear_search_limit = 16;
   struct object {
     handle_key key;
-    int fd;  // borrowed until attach() (the handles being serialized are alive), then -1
+    int fd;                             // borrowed until attach() (the handles being serialized are alive), then -1
+    handle_table::entry* held;  // after attach(): the table's entry this submission holds a reference to
   };
   /// Records `key` (with a descriptor of it) as carried, once per object.
   MP_DECL void add_object(const handle_key& key, int fd);
 
   std::size_t first_;
-  alignas(std::max_align_t) std::byte inline_[320];  // the lists of a task carrying up to ~4 descriptors
-  std::pmr::monotonic_buffer_resource memory_{inline_, sizeof inline_};  // then the heap
-  std::pmr::vector<handle_key> keys_{&memory_};
-  std::pmr::vector<std::uint32_t> offsets_{&memory_};
-  std::pmr::vector<object> objects_{&memory_};                         // each object carried, once
-  std::unordered_map<handle_key, std::size_t, handle_key_hash> index_;  // key -> objects_ index, past the limit
-  std::unordered_map<int, handle_key> unknown_;  // fd -> key by fstat, for handles that do not know theirs
+  small_vector<handle_key, 4> keys_;
+  small_vector<std::uint32_t, 2> offsets_;
+  small_vector<object, 4> objects_;                                    // each object carried, once
+  struct lookup_maps {
+    std::unordered_map<handle_key, std::size_t, handle_key_hash> index;  // key -> objects_ index, past the limit
+    std::unordered_map<int, handle_key> unknown;  // fd -> key by fstat, for handles that do not know theirs
+  };
+  /// Made only when needed: building and clearing two empty maps costs a task with a handle as much as a lookup.
+  lookup_maps& maps() {
+    if (!maps_) maps_ = std::make_unique<lookup_maps>();
+    return *maps_;
+  }
+  std::unique_ptr<lookup_maps> maps_;
   handle_table* table_ = nullptr;
 };
 
@@ -129,6 +139,8 @@ struct handle_plan {
   std::vector<handle_key> drop;
   std::vector<handle_key> send;
   int blob = -1;
+  /// `table` is the previous message's to this worker: the section then says "the same" instead of the keys.
+  bool same_table = false;
   bool empty() const noexcept { return table.empty() && drop.empty() && blob < 0; }
 };
 
@@ -145,10 +157,16 @@ class worker_view {
  private:
   std::unordered_map<handle_key, std::uint64_t, handle_key_hash> kept_;  // key -> last message that carried it
   std::uint64_t messages_ = 0;
+  // The previous message's keys and their kept_ values: the next message usually carries the same handles, and
+  // then needs no lookup. Valid while those keys are kept (only forget() erases a key a message just carried).
+  small_vector<handle_key, 4> last_keys_;
+  small_vector<std::uint64_t*, 4> last_uses_;
 };
 
 /// The handle section of a task message: its byte size, then serialization (handle_plan without `send`, plus the
-/// count of fd frames to read first).
+/// count of fd frames to read first). 8 bytes of counts, then the keys; a message carrying the same handles as the
+/// previous one to that worker (the usual case) sends the counts alone, so a task with a handle crosses the ring in
+/// few more bytes than one without.
 MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan);
 
 /// Parent: sends the descriptors a plan says the worker lacks. False if the socket failed (the worker is gone).
@@ -175,7 +193,7 @@ class worker_handles final : public fd_cache {
     std::vector<std::pair<std::type_index, std::shared_ptr<void>>> attached;
   };
   std::unordered_map<handle_key, entry, handle_key_hash> entries_;
-  std::vector<entry*> current_;  // the current message's descriptor list
+  std::vector<entry*> current_;  // the current message's descriptor list (kept by a section saying "the same")
 };
 
 }  // namespace mp::detail::pool

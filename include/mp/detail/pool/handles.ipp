@@ -23,7 +23,7 @@ MP_DECL handle_key key_of(int fd) {
   return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
 }
 
-MP_DECL void handle_table::acquire(const handle_key& key, int fd) {
+MP_DECL handle_table::entry& handle_table::acquire(const handle_key& key, int fd) {
   entry& e = entries_[key];
   if (!e.fd) {
     const int copy = sys_try("fcntl", [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); });
@@ -35,11 +35,16 @@ MP_DECL void handle_table::acquire(const handle_key& key, int fd) {
     e.fd.reset(copy);
   }
   ++e.refs;
+  return e;
 }
 
 MP_DECL void handle_table::release(const handle_key& key) noexcept {
   auto it = entries_.find(key);
   if (it != entries_.end() && --it->second.refs == 0) entries_.erase(it);
+}
+
+MP_DECL void handle_table::release(const handle_key& key, entry& held) noexcept {
+  if (--held.refs == 0) entries_.erase(key);
 }
 
 MP_DECL int handle_table::fd(const handle_key& key) const noexcept {
@@ -49,19 +54,19 @@ MP_DECL int handle_table::fd(const handle_key& key) const noexcept {
 
 MP_DECL submission_handles::~submission_handles() {
   if (table_ != nullptr)
-    for (const object& o : objects_) table_->release(o.key);
+    for (const object& o : objects_) table_->release(o.key, *o.held);
 }
 
 MP_DECL void submission_handles::add_object(const handle_key& key, int fd) {
   if (objects_.size() < linear_search_limit) {
     for (const object& o : objects_)
       if (o.key == key) return;
-    objects_.push_back({key, fd});
+    objects_.push_back({key, fd, nullptr});
     if (objects_.size() == linear_search_limit)
-      for (std::size_t i = 0; i < objects_.size(); ++i) index_.emplace(objects_[i].key, i);
+      for (std::size_t i = 0; i < objects_.size(); ++i) maps().index.emplace(objects_[i].key, i);
     return;
   }
-  if (index_.try_emplace(key, objects_.size()).second) objects_.push_back({key, fd});
+  if (maps().index.try_emplace(key, objects_.size()).second) objects_.push_back({key, fd, nullptr});
 }
 
 MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* caller) {
@@ -70,10 +75,6 @@ MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* cal
                 " shared objects' descriptors, more than the " + std::to_string(max_fds_per_frame) +
                 " a worker can receive with one task; use a smaller chunksize, or group the objects (one Queue, one "
                 "Array, one Manager)");
-  if (keys_.capacity() == 0) {  // the first chunk: exact sizes for a one-chunk submission (an apply)
-    keys_.reserve(box.fds.size());
-    objects_.reserve(box.fds.size());
-  }
   for (std::size_t i = 0; i < box.fds.size(); ++i) {
     const int fd = box.fds[i];
     // The handle's own record of its open file (every mp handle keeps one): no fstat per task. Else one fstat per
@@ -81,8 +82,9 @@ MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* cal
     const fd_identity id = i < box.ids.size() ? box.ids[i] : fd_identity{};
     handle_key key{id.dev, id.ino};
     if (!id.known()) {
-      auto found = unknown_.find(fd);
-      if (found == unknown_.end()) found = unknown_.emplace(fd, key_of(fd)).first;
+      auto& unknown = maps().unknown;
+      auto found = unknown.find(fd);
+      if (found == unknown.end()) found = unknown.emplace(fd, key_of(fd)).first;
       key = found->second;
     }
     add_object(key, fd);
@@ -92,12 +94,12 @@ MP_DECL void submission_handles::add_chunk(const fd_outbox& box, const char* cal
 }
 
 MP_DECL void submission_handles::attach(handle_table& table) {
-  unknown_.clear();
+  if (maps_) maps_->unknown.clear();
   std::size_t taken = 0;
   try {
-    for (; taken < objects_.size(); ++taken) table.acquire(objects_[taken].key, objects_[taken].fd);
+    for (; taken < objects_.size(); ++taken) objects_[taken].held = &table.acquire(objects_[taken].key, objects_[taken].fd);
   } catch (...) {
-    for (std::size_t i = 0; i < taken; ++i) table.release(objects_[i].key);
+    for (std::size_t i = 0; i < taken; ++i) table.release(objects_[i].key, *objects_[i].held);
     throw;
   }
   for (object& o : objects_) o.fd = -1;  // borrowed descriptors are not ours to use after this
@@ -108,12 +110,22 @@ MP_DECL handle_plan worker_view::plan(std::span<const handle_key> keys, handle_t
   handle_plan plan;
   const std::uint64_t now = ++messages_;
   plan.table = keys;
-  for (const handle_key& key : keys) {
-    auto [it, added] = kept_.try_emplace(key, now);
-    it->second = now;
-    if (added) {
-      table.acquire(key, table.fd(key));  // the submission holds a reference, so the table has a descriptor
-      plan.send.push_back(key);
+  if (!keys.empty() && keys.size() == last_keys_.size() &&
+      std::memcmp(keys.data(), last_keys_.data(), keys.size() * sizeof(handle_key)) == 0) {
+    for (std::uint64_t* last : last_uses_) *last = now;  // the same handles as the previous message: all kept
+    plan.same_table = true;
+  } else {
+    last_keys_.clear();
+    last_uses_.clear();
+    for (const handle_key& key : keys) {
+      auto [it, added] = kept_.try_emplace(key, now);
+      it->second = now;
+      if (added) {
+        table.acquire(key, table.fd(key));  // the submission holds a reference, so the table has a descriptor
+        plan.send.push_back(key);
+      }
+      last_keys_.push_back(key);
+      last_uses_.push_back(&it->second);
     }
   }
   if (kept_.empty()) return plan;
@@ -149,27 +161,37 @@ MP_DECL void worker_view::forget(handle_table& table) noexcept {
   for (const auto& [key, last] : kept_) table.release(key);
   kept_.clear();
   messages_ = 0;
+  last_keys_.clear();
+  last_uses_.clear();
 }
 
 namespace {
 struct section_counts {
-  std::uint32_t table = 0;
-  std::uint32_t drop = 0;
-  std::uint32_t frames = 0;  // fd frames to read from the socket first (0 or 1)
-  std::uint32_t blob = 0;    // 1: the frame's last descriptor is the payload's blob segment
+  std::uint16_t table = 0;  // at most max_fds_per_frame
+  std::uint16_t drop = 0;   // at most worker_keeps + max_fds_per_frame
+  std::uint8_t frames = 0;  // fd frames to read from the socket first (0 or 1)
+  std::uint8_t blob = 0;    // 1: the frame's last descriptor is the payload's blob segment
+  std::uint8_t same = 0;    // 1: the table is the previous message's (its keys are not repeated); nothing else
+  std::uint8_t unused = 0;
 };
+static_assert(sizeof(section_counts) == 8);
+static_assert(max_fds_per_frame + worker_keeps < 65536);
 }  // namespace
 
 MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan) {
-  const section_counts counts{static_cast<std::uint32_t>(plan.table.size()), static_cast<std::uint32_t>(plan.drop.size()),
-                              plan.send.empty() && plan.blob < 0 ? 0u : 1u, plan.blob < 0 ? 0u : 1u};
+  const bool same = plan.same_table && plan.drop.empty() && plan.send.empty() && plan.blob < 0;
+  const std::size_t table = same ? 0 : plan.table.size();
+  const section_counts counts{static_cast<std::uint16_t>(plan.table.size()), static_cast<std::uint16_t>(plan.drop.size()),
+                              static_cast<std::uint8_t>(plan.send.empty() && plan.blob < 0 ? 0 : 1),
+                              static_cast<std::uint8_t>(plan.blob < 0 ? 0 : 1), static_cast<std::uint8_t>(same ? 1 : 0),
+                              0};
   const std::size_t at = out.size();
-  out.resize(at + sizeof counts + (plan.table.size() + plan.drop.size()) * sizeof(handle_key));
+  out.resize(at + sizeof counts + (table + plan.drop.size()) * sizeof(handle_key));
   std::byte* p = out.data() + at;
   std::memcpy(p, &counts, sizeof counts);
   p += sizeof counts;
-  if (!plan.table.empty()) std::memcpy(p, plan.table.data(), plan.table.size() * sizeof(handle_key));
-  p += plan.table.size() * sizeof(handle_key);
+  if (table != 0) std::memcpy(p, plan.table.data(), table * sizeof(handle_key));
+  p += table * sizeof(handle_key);
   if (!plan.drop.empty()) std::memcpy(p, plan.drop.data(), plan.drop.size() * sizeof(handle_key));
 }
 
@@ -192,8 +214,16 @@ MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> secti
   section_counts counts;
   if (section.size() < sizeof counts) throw SerializationError("Pool worker: a truncated handle section");
   std::memcpy(&counts, section.data(), sizeof counts);
+  if (counts.same == 1) {  // the previous message's handles again: current_ stands
+    if (counts.drop != 0 || counts.frames != 0 || section.size() != sizeof counts || counts.table != current_.size())
+      throw SerializationError("Pool worker: a malformed handle section (\"the same handles\" for " +
+                               std::to_string(counts.table) + ", after a message with " +
+                               std::to_string(current_.size()) + ")");
+    return blob;
+  }
   const std::size_t keys = std::size_t{counts.table} + counts.drop;
-  if (counts.frames > 1 || counts.blob > counts.frames || section.size() != sizeof counts + keys * sizeof(handle_key))
+  if (counts.frames > 1 || counts.blob > counts.frames || counts.same > 1 ||
+      section.size() != sizeof counts + keys * sizeof(handle_key))
     throw SerializationError("Pool worker: a malformed handle section (" + std::to_string(section.size()) + " bytes)");
   auto key_at = [&](std::size_t i) {
     handle_key key;

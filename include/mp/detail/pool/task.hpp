@@ -348,6 +348,7 @@ unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::
   measure(values);
   const std::size_t total = message.size() + measure.measured();
   if (total < blob_threshold) {
+    message.reserve(total);  // one allocation, not a growth series value by value (a handle is several values)
     output_archive ar(message);
     ar(values);
     size = 0;
