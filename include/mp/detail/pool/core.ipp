@@ -159,6 +159,12 @@ MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size
   pending_.push_back({std::move(job), first, first + count, std::move(handles)});
   outstanding_ += count;
   dispatch_locked();
+  // The supervisor of a crowded pool must look every crowded_look_ms while work is outstanding (workers may hold
+  // back results' notices): if it went to sleep with none, wake it to start looking.
+  if (supervisor_resting_) {
+    supervisor_resting_ = false;
+    signal_eventfd(wake_fd_.get());
+  }
 }
 
 MP_DECL bool core::cancel(const job& target) {
@@ -301,6 +307,7 @@ MP_DECL void core::supervise() {
       did = progress_locked();
       next_deadline = check_timeouts_locked();
       busy = outstanding_ != 0;
+      supervisor_resting_ = crowded_ && !busy;  // decided under the mutex: a submit() after it wakes us
     }
     const std::uint64_t now = monotonic_ns();
     if (did) last_activity = now;
