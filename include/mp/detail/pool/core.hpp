@@ -246,6 +246,7 @@ class core {
   std::size_t barren_deaths_ = 0;     // workers in a row that died without finishing a chunk; guarded by mutex_
   std::string initializer_error_;     // guarded by mutex_
   std::uint64_t ewma_chunk_ns_ = 1'000'000;  // typical chunk run time, for the prefetch depth; guarded by mutex_
+  std::vector<std::uint64_t> dispatched_ns_;  // per slot: when its front chunk was sent; guarded by mutex_
   std::vector<std::size_t> dispatched_to_;   // dispatch_locked's slots to wake (kept: no allocation); mutex_
   bool supervisor_resting_ = false;  // crowded, nothing outstanding: it sleeps without looking; guarded by mutex_
 };

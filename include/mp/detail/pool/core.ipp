@@ -42,6 +42,7 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
   shared_->crowded.store(crowded_ ? 1 : 0);
   wake_fd_.reset(make_eventfd());
   slots_.resize(n);
+  dispatched_ns_.resize(n, 0);
 
   flush_standard_streams();
   registry& reg = the_registry();
@@ -451,9 +452,16 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   inflight done = std::move(slot.chunks.front());
   slot.chunks.pop_front();
   barren_deaths_ = 0;
-  // As the worker timed it (a chunk it ran since, if any: as typical): on a crowded machine the time from dispatch
-  // to result is mostly waiting for a CPU, which says nothing about how deep its queue should be.
-  ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + shared_->slot(s).last_run_ns.load(std::memory_order_relaxed)) / 8;
+  const std::uint64_t now = monotonic_ns();
+  if (crowded_) {
+    // As the worker timed it (a chunk it ran since, if any: as typical): in a crowded pool the time from dispatch
+    // to result is mostly waiting for a CPU, which says nothing about how deep its queue should be.
+    ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + shared_->slot(s).last_run_ns.load(std::memory_order_relaxed)) / 8;
+  } else if (dispatched_ns_[s] != 0) {
+    const std::uint64_t took = now - dispatched_ns_[s];  // since it became the worker's first chunk
+    ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + took) / 8;
+  }
+  dispatched_ns_[s] = slot.chunks.empty() ? 0 : now;
   try {
     if (lost) std::rethrow_exception(lost);
     done.job->deliver(done.chunk, ar);
@@ -512,6 +520,7 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
   slot.timed_out = 0;
   slot.kill_sent = false;
   slot.sent = 0;
+  dispatched_ns_[s] = 0;
   slot.pid = 0;
   slot.pidfd.reset();
   slot.live = false;
@@ -641,8 +650,9 @@ MP_DECL bool core::dispatch_locked() {
     return did;
   }
   if (pending_.empty()) return did;
-  // Level by level, so that chunks spread over the workers; each worker woken once, after the loop: woken at its
-  // first chunk, it would often run it and sleep again before its next one is written (a wake-up per chunk).
+  // Level by level, so that chunks spread over the workers. In a crowded pool each worker is woken once, after the
+  // loop: woken at its first chunk, it would run it and sleep again before its next one is written (a wake-up per
+  // chunk); with a CPU per worker, it had better start on its first chunk while the others are written.
   const std::size_t depth = prefetch_depth(ewma_chunk_ns_, crowded_);
   std::vector<std::size_t>& written = dispatched_to_;
   written.clear();
@@ -680,9 +690,10 @@ MP_DECL bool core::dispatch_locked() {
       job->dispatched = true;
       slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});
       ++slot.sent;
-      start_message_locked(s, header, prefix, body, false);
-      if (!slot.wake_due) written.push_back(s);
-      slot.wake_due = true;
+      if (slot.chunks.size() == 1) dispatched_ns_[s] = monotonic_ns();
+      start_message_locked(s, header, prefix, body, !crowded_);
+      if (crowded_ && !slot.wake_due) written.push_back(s);
+      slot.wake_due = crowded_;
       did = true;
     }
   }
