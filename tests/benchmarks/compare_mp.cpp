@@ -1,15 +1,17 @@
 // The mp side of the Python comparison (tests/benchmarks/compare_python.py runs this and Python's multiprocessing
 // on the same workloads and prints one table). Each line of output is machine-readable:
 //   <name> <value> <unit>
-// Latency rows (us per operation) are the best of 5 batches; throughput rows (per second) the best of 3 runs.
+// Latency rows (us per operation) are the best of 5 batches (pool_chunksize1_<w>w: the median of 9); throughput
+// rows (per second) the best of 3 runs.
 // Raw baselines measured in the same run: fork+waitpid of a child that _exits at once, and an 8-byte ping-pong
 // over a socketpair, i.e. what the OS alone costs for a process start and a pipe round trip.
 //
-// Usage: compare_mp [--quick] [--big | --manager | --pipe]
+// Usage: compare_mp [--quick] [--big | --manager | --pipe | --pool]
 //   --quick: about a tenth of the work, for a smoke run
 //   --big:   only the big-data rows (Pipe round trip and big messages, Queue and Pool items), at 256 KiB and 4 MiB
 //            too (the sizes of plot_bigdata.py's plot)
 //   --pipe:  only the Pipe rows (round trips, big messages at every size): before/after runs of the Pipe alone
+//   --pool:  only the Pool rows (small items, big items, chunksize=1 by workers, cpu speedups): before/after runs
 #include <mp/manager.hpp>
 #include <mp/pool.hpp>
 #include <mp/process.hpp>
@@ -57,6 +59,18 @@ double best_us(int batches, i64 n, const std::function<void(i64)>& batch) {
     per_op.push_back(seconds_since(t0) / static_cast<double>(n) * 1e6);
   }
   return *std::min_element(per_op.begin(), per_op.end());
+}
+
+/// The median over `batches` of the time per operation of `batch(n)`, in microseconds: for rows read as ratios.
+double median_us(int batches, i64 n, const std::function<void(i64)>& batch) {
+  std::vector<double> per_op;
+  for (int b = 0; b < batches; ++b) {
+    auto t0 = clock_type::now();
+    batch(n);
+    per_op.push_back(seconds_since(t0) / static_cast<double>(n) * 1e6);
+  }
+  std::sort(per_op.begin(), per_op.end());
+  return per_op[per_op.size() / 2];
 }
 
 /// Best over `runs` of operations per second of `run(n)`.
@@ -488,19 +502,44 @@ void pool_big_items(i64 scale) {
   }
 }
 
-/// pool_chunksize1_<w>w: map(identity, n ints, 1) per item with w workers on this machine's CPUs.
+/// pool_chunksize1_<w>w: map(identity, n ints, 1) per item with w workers on this machine's CPUs; the median of 9
+/// batches (Python's side too): the row is read as a ratio to the 2-worker one, and a best-of-5 of a few
+/// milliseconds swung with the load of the moment (issue 14: 1.1x in one run, 4.7x in the next).
 void pool_chunksize1_by_workers(i64 scale) {
   char name[64];
   for (std::size_t workers : {2, 8, 32, 64}) {
     mp::Pool pool(workers);
     (void)pool.map(identity, std::vector<i64>(workers * 2, 1), 1);  // every worker up
     std::snprintf(name, sizeof name, "pool_chunksize1_%zuw", workers);
-    row(name, best_us(5, 20000 / scale, [&](i64 n) {
+    row(name, median_us(9, 20000 / scale, [&](i64 n) {
           std::vector<i64> in(static_cast<std::size_t>(n), 7);
           auto out = pool.map(identity, in, 1);
           if (out.size() != in.size()) fail("pool.map chunksize=1 result");
         }), "us/item");
   }
+}
+
+/// pool_map_auto, pool_map_chunksize1 and apply_async_round_trip on a Pool of cpu_count() workers.
+void pool_small_rows(i64 scale) {
+  mp::Pool pool;
+  std::vector<i64> warm{1, 2, 3, 4};
+  (void)pool.map(identity, warm);  // the workers are up before anything is timed
+  row("pool_map_auto", best_us(5, 1000000 / scale, [&](i64 n) {
+        std::vector<i64> in(static_cast<std::size_t>(n));
+        for (i64 i = 0; i < n; ++i) in[static_cast<std::size_t>(i)] = i;
+        auto out = pool.map(identity, in);
+        if (out.size() != in.size() || out.back() != n - 1) fail("pool.map result");
+      }), "us/item");
+  row("pool_map_chunksize1", best_us(5, 20000 / scale, [&](i64 n) {
+        std::vector<i64> in(static_cast<std::size_t>(n), 7);
+        auto out = pool.map(identity, in, 1);
+        if (out.size() != in.size()) fail("pool.map chunksize=1 result");
+      }), "us/item");
+  row("apply_async_round_trip", best_us(5, 5000 / scale, [&](i64 n) {
+        for (i64 i = 0; i < n; ++i) {
+          if (pool.apply_async(identity, i).get() != i) fail("apply_async result");
+        }
+      }), "us");
 }
 
 // ---- Manager big values and many clients (issue 14; helper mgr3's block) -----------------------------------------
@@ -614,12 +653,13 @@ int main(int argc, char** argv) {
   mp::init(argc, argv);
   // --big: the big-item rows only; --manager: the Manager rows only (compare_python.py passes them on); --pipe:
   // the Pipe rows only (round trips and big messages at every size, for before/after runs of the Pipe alone).
-  bool quick = false, big = false, manager_only = false, pipe_only = false;
+  bool quick = false, big = false, manager_only = false, pipe_only = false, pool_only = false;
   for (int i = 1; i < argc; ++i) {
     quick |= std::string_view(argv[i]) == "--quick";
     big |= std::string_view(argv[i]) == "--big";
     manager_only |= std::string_view(argv[i]) == "--manager";
     pipe_only |= std::string_view(argv[i]) == "--pipe";
+    pool_only |= std::string_view(argv[i]) == "--pool";
   }
   const i64 scale = quick ? 10 : 1;
   row("cpu_count", static_cast<double>(mp::cpu_count()), "cpus");
@@ -633,6 +673,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (manager_only) return manager_rows(scale), 0;
+  if (pool_only) {
+    pool_small_rows(scale);
+    pool_big_items(scale);
+    pool_chunksize1_by_workers(scale);
+    cpu_speedups(quick);
+    return 0;
+  }
   if (pipe_only) {
     more_sizes = true;
     row("raw_socketpair_round_trip", best_us(5, 20000 / scale, raw_socketpair_ping_pong), "us");
@@ -653,27 +700,7 @@ int main(int argc, char** argv) {
       "items/s");
   queue_big_rows(scale);
 
-  {
-    mp::Pool pool;
-    std::vector<i64> warm{1, 2, 3, 4};
-    (void)pool.map(identity, warm);  // the workers are up before anything is timed
-    row("pool_map_auto", best_us(5, 1000000 / scale, [&](i64 n) {
-          std::vector<i64> in(static_cast<std::size_t>(n));
-          for (i64 i = 0; i < n; ++i) in[static_cast<std::size_t>(i)] = i;
-          auto out = pool.map(identity, in);
-          if (out.size() != in.size() || out.back() != n - 1) fail("pool.map result");
-        }), "us/item");
-    row("pool_map_chunksize1", best_us(5, 20000 / scale, [&](i64 n) {
-          std::vector<i64> in(static_cast<std::size_t>(n), 7);
-          auto out = pool.map(identity, in, 1);
-          if (out.size() != in.size()) fail("pool.map chunksize=1 result");
-        }), "us/item");
-    row("apply_async_round_trip", best_us(5, 5000 / scale, [&](i64 n) {
-          for (i64 i = 0; i < n; ++i) {
-            if (pool.apply_async(identity, i).get() != i) fail("apply_async result");
-          }
-        }), "us");
-  }
+  pool_small_rows(scale);
 
   row("value_lock_increments", best_rate(3, 2000000 / scale, value_lock_increments), "ops/s");
 

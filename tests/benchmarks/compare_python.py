@@ -40,6 +40,16 @@ def best_us(batches, n, fn):
     return best
 
 
+def median_us(batches, n, fn):
+    """Median time per operation over the batches, in microseconds: for rows read as ratios (compare_mp.cpp's too)."""
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        fn(n)
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return sorted(times)[len(times) // 2]
+
+
 def best_rate(runs, n, fn):
     best = 0.0
     for _ in range(runs):
@@ -322,7 +332,7 @@ def pool_chunksize1_by_workers(report, s):
     for workers in (2, 8, 32, 64):
         with ctx.Pool(workers) as pool:
             pool.map(identity, [1] * (2 * workers), 1)
-            report(f"pool_chunksize1_{workers}w", best_us(5, 5000 // s, lambda n: pool.map(identity, [7] * n, 1)))
+            report(f"pool_chunksize1_{workers}w", median_us(9, 5000 // s, lambda n: pool.map(identity, [7] * n, 1)))
 
 
 # ---- Manager big values and many clients (issue 14; helper mgr3's block) ----------------------------------------

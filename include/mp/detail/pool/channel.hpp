@@ -23,6 +23,7 @@
 
 #include <mp/detail/clock.hpp>
 #include <mp/detail/futex.hpp>
+#include <mp/detail/pool/wait_policy.hpp>
 #include <mp/detail/syscall.hpp>
 
 namespace mp::detail::pool {
@@ -86,6 +87,7 @@ struct ring {
 struct shared_slot {
   alignas(64) std::atomic<std::uint64_t> current_chunk{0};  // id of the chunk the worker runs, 0 when idle
   std::atomic<std::uint64_t> started_ns{0};                 // monotonic_ns() when it started it
+  std::atomic<std::uint64_t> last_run_ns{0};                // how long its last chunk ran (prefetch_depth)
   ring inbox;                                               // parent -> worker
   ring outbox;                                              // worker -> parent
 };
@@ -93,7 +95,8 @@ struct shared_slot {
 /// The pool's shared segment: this head, followed by `slots` shared_slot.
 struct shared_region {
   alignas(64) std::atomic<std::uint32_t> collectors_awake{0};  // parent threads currently spinning on results
-  std::atomic<std::uint32_t> worker_spin_ns{0};                 // how long an idle worker spins (see worker_spin)
+  std::atomic<std::uint32_t> worker_spin_ns{0};  // how long an idle worker spins (wait_policy.hpp: worker_spin_for)
+  std::atomic<std::uint32_t> crowded{0};         // 1: more workers than CPUs (wait_policy.hpp)
 
   shared_slot& slot(std::size_t i) noexcept {
     auto* first = reinterpret_cast<shared_slot*>(reinterpret_cast<std::byte*>(this) + slots_offset());
@@ -138,23 +141,16 @@ struct parent_link {
 // ----------------------------------------------------------------------------------------------------------------
 // Worker side: blocking reads and writes (spin, then sleep on the ring's futex word).
 
-/// How long an idle worker spins before it sleeps: long enough to catch the next task of a sequential apply loop.
-/// Only while the pool has no more workers than the machine has CPUs: beyond that, a spinning worker takes the CPU
-/// from the very worker (or parent) it waits for — measured: chunksize=1 with 64 workers on 2 CPUs cost 26-28 µs
-/// per item with spinning, against 1.7-4.1 µs with 2 workers — so it sleeps at once (shared_region::worker_spin_ns,
-/// set by the parent).
-inline constexpr std::chrono::microseconds worker_spin{100};
-
-/// The spin budget for a pool of `workers` on a machine where this process may run on `cpus` CPUs.
-inline std::uint32_t worker_spin_for(std::size_t workers, std::size_t cpus) noexcept {
-  return workers <= cpus ? static_cast<std::uint32_t>(std::chrono::nanoseconds(worker_spin).count()) : 0;
-}
-
-/// Worker: reads exactly n bytes from its inbox, sleeping when it is empty.
-inline void read_exact(const parent_link& link, ring& ring, std::byte* p, std::size_t n) {
+/// Worker: reads exactly n bytes from its inbox, sleeping when it is empty; sends the notice of results held back
+/// (`held`, see hold_result_notice) before it sleeps.
+inline void read_exact(const parent_link& link, ring& ring, std::byte* p, std::size_t n, unsigned& held) {
   const std::chrono::nanoseconds spin(link.shared.worker_spin_ns.load(std::memory_order_relaxed));
   while (n > 0) {
     if (ring.readable() == 0 && (spin.count() == 0 || !spin_until([&] { return ring.readable() != 0; }, spin))) {
+      if (held != 0) {
+        held = 0;
+        link.notify_parent();
+      }
       for (;;) {
         const std::uint32_t seen = ring.head.load();
         ring.consumer_sleeping.store(1);
@@ -175,14 +171,17 @@ inline void read_exact(const parent_link& link, ring& ring, std::byte* p, std::s
   }
 }
 
-/// Worker: writes all n bytes to its outbox, waiting for the parent to drain it when it is full.
-inline void write_all(const parent_link& link, ring& ring, const std::byte* p, std::size_t n) {
+/// Worker: writes all n bytes to its outbox, waiting for the parent to drain it when it is full. The parent is
+/// notified of each piece but the last, and of the last unless `notify_last` is false (the caller decides:
+/// hold_result_notice).
+inline void write_all(const parent_link& link, ring& ring, const std::byte* p, std::size_t n,
+                      bool notify_last = true) {
   while (n > 0) {
     const std::size_t put = ring.write_some(p, n);
     p += put;
     n -= put;
     if (put != 0) {
-      link.notify_parent();
+      if (n != 0 || notify_last) link.notify_parent();
       continue;
     }
     const std::chrono::nanoseconds spin(link.shared.worker_spin_ns.load(std::memory_order_relaxed));
@@ -202,7 +201,8 @@ inline void write_all(const parent_link& link, ring& ring, const std::byte* p, s
 // ----------------------------------------------------------------------------------------------------------------
 // Parent side: never blocks; wakes the worker when it sleeps.
 
-/// Parent: after writing into a worker's inbox.
+/// Parent: after writing into a worker's inbox. (Only the worker takes its flag down: a waker that did could
+/// clear it between the worker raising it and sleeping, and the worker would then sleep through the next write.)
 inline void wake_consumer(ring& ring) noexcept {
   if (ring.consumer_sleeping.load() != 0) futex_wake(ring.head);
 }

@@ -180,6 +180,7 @@ class core {
     worker_view handles;       // the shared objects the worker keeps
     // The message being written into the inbox: header, then handle section, then prefix, then body.
     bool writing = false;
+    bool wake_due = false;     // dispatch_locked wrote to it and wakes it once done
     task_header header{};
     std::vector<std::byte> section;
     std::span<const std::byte> prefix, body;
@@ -202,9 +203,9 @@ class core {
   MP_DECL void handle_result_locked(std::size_t s, std::span<const std::byte> message);
   MP_DECL void worker_exited_locked(std::size_t s, pid_t pid, int code);
   MP_DECL bool dispatch_locked();
-  MP_DECL bool flush_locked(std::size_t s);
+  MP_DECL bool flush_locked(std::size_t s, bool wake = true);
   MP_DECL void start_message_locked(std::size_t s, const task_header& header, std::span<const std::byte> prefix,
-                                    std::span<const std::byte> body);
+                                    std::span<const std::byte> body, bool wake = true);
   MP_DECL void reset_handles_locked(std::size_t s) noexcept;
   MP_DECL std::optional<std::uint64_t> check_timeouts_locked();
   MP_DECL void spawn_locked(std::size_t s);
@@ -246,6 +247,8 @@ class core {
   std::string initializer_error_;     // guarded by mutex_
   std::uint64_t ewma_chunk_ns_ = 1'000'000;  // typical chunk run time, for the prefetch depth; guarded by mutex_
   std::vector<std::uint64_t> dispatched_ns_;  // per slot: when its front chunk was sent; guarded by mutex_
+  std::vector<std::size_t> dispatched_to_;   // dispatch_locked's slots to wake (kept: no allocation); mutex_
+  bool supervisor_resting_ = false;  // crowded, nothing outstanding: it sleeps without looking; guarded by mutex_
 };
 
 template <class Done>
@@ -254,19 +257,21 @@ bool core::wait(pool::event& event, Done&& done, const deadline& until) {
   require_owner("AsyncResult::wait");
   // Spin a little, collecting results ourselves: a sequential apply() round trip then needs no thread hop. Not in
   // a crowded pool (more workers than CPUs): there the spin would take the CPU of a worker we wait for.
-  callers_spinning_.fetch_add(1);
-  shared_->collectors_awake.fetch_add(1);
-  const auto budget = crowded_ ? std::chrono::microseconds(0) : std::chrono::microseconds(50);
-  const bool fast = spin_until(
-      [&] {
-        progress();
-        return done() || (until && std::chrono::steady_clock::now() >= *until);
-      },
-      budget);
-  shared_->collectors_awake.fetch_sub(1);
-  callers_spinning_.fetch_sub(1);
-  progress();  // results published while we counted as awake did not wake the supervisor
-  (void)fast;
+  if (crowded_) {
+    progress();  // (spin_until would still go 64 rounds)
+  } else {
+    callers_spinning_.fetch_add(1);
+    shared_->collectors_awake.fetch_add(1);
+    spin_until(
+        [&] {
+          progress();
+          return done() || (until && std::chrono::steady_clock::now() >= *until);
+        },
+        std::chrono::microseconds(50));
+    shared_->collectors_awake.fetch_sub(1);
+    callers_spinning_.fetch_sub(1);
+    progress();  // results published while we counted as awake did not wake the supervisor
+  }
   for (;;) {
     const std::uint32_t seen = event.seq.load();
     if (done()) return true;

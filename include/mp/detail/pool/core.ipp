@@ -39,6 +39,7 @@ MP_DECL core::core(config settings) : config_(std::move(settings)) {
           : 1;
   crowded_ = n > usable;
   shared_->worker_spin_ns.store(worker_spin_for(n, usable));
+  shared_->crowded.store(crowded_ ? 1 : 0);
   wake_fd_.reset(make_eventfd());
   slots_.resize(n);
   dispatched_ns_.resize(n, 0);
@@ -159,6 +160,12 @@ MP_DECL void core::submit(std::shared_ptr<job> job, std::size_t first, std::size
   pending_.push_back({std::move(job), first, first + count, std::move(handles)});
   outstanding_ += count;
   dispatch_locked();
+  // The supervisor of a crowded pool must look every crowded_look_ms while work is outstanding (workers may hold
+  // back results' notices): if it went to sleep with none, wake it to start looking.
+  if (supervisor_resting_) {
+    supervisor_resting_ = false;
+    signal_eventfd(wake_fd_.get());
+  }
 }
 
 MP_DECL bool core::cancel(const job& target) {
@@ -301,6 +308,7 @@ MP_DECL void core::supervise() {
       did = progress_locked();
       next_deadline = check_timeouts_locked();
       busy = outstanding_ != 0;
+      supervisor_resting_ = crowded_ && !busy;  // decided under the mutex: a submit() after it wakes us
     }
     const std::uint64_t now = monotonic_ns();
     if (did) last_activity = now;
@@ -321,6 +329,8 @@ MP_DECL void core::supervise() {
     } else if (next_deadline) {
       timeout_ms = *next_deadline <= now ? 0 : static_cast<int>((*next_deadline - now + 999'999) / 1'000'000);
     }
+    // Workers of a crowded pool may hold back the notice of a result (hold_result_notice): look for one anyway.
+    if (crowded_ && busy && (timeout_ms < 0 || timeout_ms > crowded_look_ms)) timeout_ms = crowded_look_ms;
     // Once the factory is gone its socket stays readable (EOF): stop watching it (poll ignores fd -1).
     pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {factory_gone_.load() ? -1 : factory_.get(), POLLIN, 0}};
     const int ready = sys_try("poll", [&] { return ::poll(fds, 2, timeout_ms); });
@@ -443,7 +453,11 @@ MP_DECL void core::handle_result_locked(std::size_t s, std::span<const std::byte
   slot.chunks.pop_front();
   barren_deaths_ = 0;
   const std::uint64_t now = monotonic_ns();
-  if (dispatched_ns_[s] != 0) {
+  if (crowded_) {
+    // As the worker timed it (a chunk it ran since, if any: as typical): in a crowded pool the time from dispatch
+    // to result is mostly waiting for a CPU, which says nothing about how deep its queue should be.
+    ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + shared_->slot(s).last_run_ns.load(std::memory_order_relaxed)) / 8;
+  } else if (dispatched_ns_[s] != 0) {
     const std::uint64_t took = now - dispatched_ns_[s];  // since it became the worker's first chunk
     ewma_chunk_ns_ = (ewma_chunk_ns_ * 7 + took) / 8;
   }
@@ -506,11 +520,11 @@ MP_DECL void core::worker_exited_locked(std::size_t s, pid_t pid, int code) {
   slot.timed_out = 0;
   slot.kill_sent = false;
   slot.sent = 0;
+  dispatched_ns_[s] = 0;
   slot.pid = 0;
   slot.pidfd.reset();
   slot.live = false;
   slot.stop_sent = false;
-  dispatched_ns_[s] = 0;
   --live_;
   changed_.notify_all();
   if (!failed_one && code != 0) ++barren_deaths_;
@@ -576,8 +590,10 @@ MP_DECL std::optional<std::uint64_t> core::check_timeouts_locked() {
   return earliest;
 }
 
+// `wake`: false when the caller wakes the worker itself once it has written all it will (dispatch_locked), a
+// message that does not fit the ring excepted (the worker must drain it).
 MP_DECL void core::start_message_locked(std::size_t s, const task_header& header, std::span<const std::byte> prefix,
-                                        std::span<const std::byte> body) {
+                                        std::span<const std::byte> body, bool wake) {
   slot_state& slot = slots_[s];
   slot.header = header;
   if (header.handles == 0) slot.section.clear();
@@ -585,10 +601,10 @@ MP_DECL void core::start_message_locked(std::size_t s, const task_header& header
   slot.body = body;
   slot.written = 0;
   slot.writing = true;
-  flush_locked(s);
+  flush_locked(s, wake);
 }
 
-MP_DECL bool core::flush_locked(std::size_t s) {
+MP_DECL bool core::flush_locked(std::size_t s, bool wake) {
   slot_state& slot = slots_[s];
   if (!slot.writing) return false;
   ring& ring = shared_->slot(s).inbox;
@@ -615,7 +631,7 @@ MP_DECL bool core::flush_locked(std::size_t s) {
     offset = 0;
   }
   slot.writing = false;
-  wake_consumer(ring);
+  if (wake) wake_consumer(ring);
   return did;
 }
 
@@ -634,8 +650,12 @@ MP_DECL bool core::dispatch_locked() {
     return did;
   }
   if (pending_.empty()) return did;
-  // Prefetch: one chunk queued behind the running one hides the round trip; tiny chunks get a deeper queue.
-  const std::size_t depth = ewma_chunk_ns_ < 200'000 ? 8 : 2;
+  // Level by level, so that chunks spread over the workers. In a crowded pool each worker is woken once, after the
+  // loop: woken at its first chunk, it would run it and sleep again before its next one is written (a wake-up per
+  // chunk); with a CPU per worker, it had better start on its first chunk while the others are written.
+  const std::size_t depth = prefetch_depth(ewma_chunk_ns_, crowded_);
+  std::vector<std::size_t>& written = dispatched_to_;
+  written.clear();
   for (std::size_t level = 0; level < depth && !pending_.empty(); ++level) {
     for (std::size_t s = 0; s < slots_.size() && !pending_.empty(); ++s) {
       slot_state& slot = slots_[s];
@@ -667,13 +687,19 @@ MP_DECL bool core::dispatch_locked() {
                                    body.size(),
                                id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size(),
                                blob >= 0 ? blob_size : 0};
-      if (slot.chunks.empty()) dispatched_ns_[s] = monotonic_ns();
       job->dispatched = true;
       slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});
       ++slot.sent;
-      start_message_locked(s, header, prefix, body);
+      if (slot.chunks.size() == 1) dispatched_ns_[s] = monotonic_ns();
+      start_message_locked(s, header, prefix, body, !crowded_);
+      if (crowded_ && !slot.wake_due) written.push_back(s);
+      slot.wake_due = crowded_;
       did = true;
     }
+  }
+  for (const std::size_t s : written) {
+    slots_[s].wake_due = false;
+    wake_consumer(shared_->slot(s).inbox);
   }
   return did;
 }

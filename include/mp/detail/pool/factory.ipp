@@ -221,7 +221,8 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
 // socket first, the message then holding only its header. The segment is one of the worker's recycled ones
 // (segment_pool.hpp): the parent marks it consumed once it decoded the result, and the next big result reuses its
 // pages, already touched, instead of fresh ones.
-MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out) {
+// `notify`: whether the parent is told of it now (hold_result_notice).
+MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out, bool notify) {
   const std::size_t body = out.size() - sizeof(result_header);
   if (body >= blob_threshold && socket >= 0) {
     int segment = -1;
@@ -243,12 +244,12 @@ MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std:
       std::memcpy(&header, out.data(), sizeof header);
       header.length = sizeof header - sizeof header.length;
       header.blob = body;
-      write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header);
+      write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header, notify);
       if (out.capacity() > pool_result_keep) std::vector<std::byte>().swap(out);  // do not hoard
       return;
     }
   }
-  write_all(link, outbox, out.data(), out.size());
+  write_all(link, outbox, out.data(), out.size(), notify);
 }
 
 MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
@@ -277,16 +278,19 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
   std::vector<std::byte> task;
   // The parent's recycled argument segments, mapped once each (segment_pool.hpp, segment_view_cache).
   segment_view_cache big_args(4, pool_segment_budget / 2, pool_segment_budget / 2);
+  const bool crowded = link.shared.crowded.load(std::memory_order_relaxed) != 0;
+  unsigned held = 0;  // results written whose notice is held back (hold_result_notice)
   for (std::size_t done = 0;;) {
     task_header header{};
-    read_exact(link, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header);
+    read_exact(link, mine.inbox, reinterpret_cast<std::byte*>(&header), sizeof header, held);
     task.resize(header.length - (sizeof header - sizeof header.length));
-    read_exact(link, mine.inbox, task.data(), task.size());
+    read_exact(link, mine.inbox, task.data(), task.size(), held);
     if (header.trampoline == 0) {
       flush_standard_streams();
       ::_exit(0);
     }
-    mine.started_ns.store(monotonic_ns());
+    const std::uint64_t started = monotonic_ns();
+    mine.started_ns.store(started);
     mine.current_chunk.store(header.chunk_id);
     if (header.timeout_ns != 0) link.wake_parent();  // the supervisor must arm this task's deadline
     begin_result(out);
@@ -322,7 +326,11 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
     }
     flush_pending_output();
     end_result(out, header.chunk_id);
-    send_result(link, mine.outbox, socket, out);
+    const std::uint64_t ran = monotonic_ns() - started;
+    mine.last_run_ns.store(ran, std::memory_order_relaxed);
+    const bool hold = hold_result_notice(crowded, mine.inbox.readable() != 0, ran, held);
+    send_result(link, mine.outbox, socket, out, !hold);
+    held = hold ? held + 1 : 0;
     mine.current_chunk.store(0);
     if (maxtasksperchild != 0 && ++done >= maxtasksperchild) ::_exit(0);
   }
