@@ -1,4 +1,4 @@
-// Tests of big messages through mp::Pipe (connection.hpp, detail/pipe_segments.hpp): on a socketpair, a message
+// Tests of big messages through mp::Pipe (connection.hpp, detail/segment_pool.hpp): on a socketpair, a message
 // of pipe_segment_threshold bytes (32 MiB) and up crosses in a memfd segment, recycled by its sending end, whose
 // descriptor rides beside a blob frame; smaller ones stream, and the tests mix both. Then the shared-memory lane (detail/connection_lane.hpp). Across
 // real processes, under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver).
@@ -82,7 +82,7 @@ int count_fds() {
 }
 
 // Descriptors and mappings of this process that are big-message segments ("mp-pipe-message",
-// detail/pipe_segments.hpp). A sending end keeps up to pipe_segments_kept of them (a descriptor and a mapping each),
+// detail/segment_pool.hpp). A sending end keeps up to pipe_segments_kept of them (a descriptor and a mapping each),
 // a receiving end up to pipe_segments_kept + 1 mappings of received ones.
 int message_segments_here() {
   int n = 0;
@@ -358,7 +358,7 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
   warm_up();
   const int fds_before = count_fds();
   constexpr std::uint64_t blob = mp::detail::blob_frame_flag;
-  constexpr std::size_t header = mp::detail::pipe_segment_header;
+  constexpr std::size_t header = mp::detail::segment_header_bytes;
   enum class descriptor { none, memfd, shrunk_after_sending, pipe };
   struct hostile {
     const char* what;
@@ -403,7 +403,7 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
 }
 
 TEST_CASE("A segment from another program, laid out right but sealed against writing, is read", "[connection][bigdata]") {
-  constexpr std::size_t header = mp::detail::pipe_segment_header;
+  constexpr std::size_t header = mp::detail::segment_header_bytes;
   auto [reader, writer] = mp::Pipe<bytes>();
   auto child = start([](mp::Connection<bytes> writer) {
     const bytes message = make_message(1 * MiB, 9, 9);
