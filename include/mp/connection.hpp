@@ -366,8 +366,15 @@ std::vector<std::byte> Connection<T>::recv_bytes() {
       [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); },
       [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); },
       [&](detail::segment_reader& segment) {
-        bytes.reserve(segment.size());  // fresh memory if big: on huge pages where the system has them
+        // Fresh memory (glibc maps every block this big anew): on huge pages where the system has them, and copied
+        // straight into when the segment is mapped, with no zero-fill of ours on top of the kernel's.
+        bytes.reserve(segment.size());
         detail::advise_huge_pages(bytes.data(), segment.size());
+        if (const auto mapped = segment.bytes(); !mapped.empty()) {
+          bytes.assign(mapped.begin(), mapped.end());
+          segment.reset();  // consumed: its sender may reuse it
+          return;
+        }
         bytes.resize(segment.size());
         read_segment(segment, bytes.data(), "Connection::recv_bytes");
       });
