@@ -86,9 +86,18 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
   if (auto* s = reusable()) return *s;
   // Fitting segments all still being read: a consumer is at work on them. Waiting for one keeps producer and
   // consumer in step on warm pages, instead of running ahead on fresh ones (see acquire's comment for how long).
-  std::size_t fitting = 0;
-  for (auto& s : segments_) fitting += fits(s) ? 1 : 0;
-  if (wait && fitting >= 2) {
+  // Also with one fitting, if a new segment would not fit beside the busy ones (an item over half the budget, as a
+  // Pipe's 100 MiB messages in 128 MiB): else it would push that one out, and every item would get fresh pages.
+  std::size_t fitting = 0, busy = 0, busy_bytes = 0;
+  for (auto& s : segments_) {
+    fitting += fits(s) ? 1 : 0;
+    if (s.header().consumed.load(std::memory_order_relaxed) != 1) {
+      ++busy;
+      busy_bytes += s.capacity;
+    }
+  }
+  const bool crowds_out = busy >= most || busy_bytes + size > budget;
+  if (wait && (fitting >= 2 || (fitting == 1 && crowds_out))) {
     std::uint64_t now = monotonic_ns();
     const bool in_step = now - reused_ns_ < 1'000'000'000;
     const std::uint64_t until =
