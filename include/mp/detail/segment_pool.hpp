@@ -67,8 +67,8 @@ class segment_pool {
 
   /// A segment with room for `size` item bytes, marked busy: a consumed one from the cache, or a new one named
   /// `label` (in /proc/<pid>/fd and errors). The cache keeps at most `most` segments and `budget` bytes (a segment larger
-  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read waits
-  /// for one, keeping it in step with its consumer on warm pages: up to 2 ms, or while a consumer has been giving
+  /// than the budget is still cached alone). With `wait`, a producer whose fitting segments are all being read (two or
+  /// more, or one that a new segment could only push out of the cache) waits for one, keeping it in step with its consumer on warm pages: up to 2 ms, or while a consumer has been giving
   /// segments back (one was reused in the last second) up to 2 ms + 4 ns per byte (a consumer slower than
   /// 250 MB/s: a new segment then, whose fresh pages cost about as much), and at least `wait_ns`; without, it makes
   /// a new one at once.
@@ -111,8 +111,7 @@ class shared_segment_pool {
   template <class Use>
   void lend(std::size_t size, std::size_t budget, std::size_t most, const char* label, const segment_lending& how,
             Use&& use) {
-    std::lock_guard lock(mutex_);
-    if (!how.cache_oversized && size > budget) {
+    if (!how.cache_oversized && size > budget) {  // not the pool's: no lock
       pooled_segment own = make_segment(size, label, how.sealed);
       struct unmap {
         pooled_segment& s;
@@ -121,6 +120,7 @@ class shared_segment_pool {
       use(own);
       return;
     }
+    std::lock_guard lock(mutex_);
     pooled_segment& s = pool_.acquire(size, budget, label, how.wait, most, how.wait_ns, how.sealed);
     try {
       use(s);
