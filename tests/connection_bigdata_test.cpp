@@ -1,4 +1,4 @@
-// Tests of big messages through mp::Pipe (connection.hpp, detail/pipe_segments.hpp): on a socketpair, a message
+// Tests of big messages through mp::Pipe (connection.hpp, detail/segment_pool.hpp): on a socketpair, a message
 // of pipe_segment_threshold bytes (32 MiB) and up crosses in a memfd segment, recycled by its sending end, whose
 // descriptor rides beside a blob frame; smaller ones stream, and the tests mix both. Then the shared-memory lane (detail/connection_lane.hpp). Across
 // real processes, under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver).
@@ -82,7 +82,7 @@ int count_fds() {
 }
 
 // Descriptors and mappings of this process that are big-message segments ("mp-pipe-message",
-// detail/pipe_segments.hpp). A sending end keeps up to pipe_segments_kept of them (a descriptor and a mapping each),
+// detail/segment_pool.hpp). A sending end keeps up to pipe_segments_kept of them (a descriptor and a mapping each),
 // a receiving end up to pipe_segments_kept + 1 mappings of received ones.
 int message_segments_here() {
   int n = 0;
@@ -358,8 +358,8 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
   warm_up();
   const int fds_before = count_fds();
   constexpr std::uint64_t blob = mp::detail::blob_frame_flag;
-  constexpr std::size_t header = mp::detail::pipe_segment_header;
-  enum class descriptor { none, memfd, shrunk_after_sending, pipe };
+  constexpr std::size_t header = mp::detail::segment_header_bytes;
+  enum class descriptor { none, memfd, sealed_memfd, shrunk_after_sending, pipe };
   struct hostile {
     const char* what;
     std::uint64_t word;
@@ -369,6 +369,8 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
   const hostile cases[] = {
       {"a memfd with no room for the header", blob | (1 * MiB), descriptor::memfd, 1 * MiB},
       {"a memfd shorter than announced", blob | (2 * MiB), descriptor::memfd, header + 1 * MiB},
+      {"a memfd sealed against shrinking, shorter than announced", blob | (2 * MiB), descriptor::sealed_memfd,
+       header + 1 * MiB},
       {"a memfd shrunk once sent", blob | (1 * MiB), descriptor::shrunk_after_sending, header + 1 * MiB},
       {"a pipe, not a memfd", blob | (1 * MiB), descriptor::pipe, 0},
       {"no descriptor", blob | (1 * MiB), descriptor::none, 0},
@@ -380,6 +382,7 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
       auto child = start([](mp::Connection<bytes> writer, std::uint64_t word, descriptor kind, std::size_t size) {
         mp::detail::unique_fd fd, other;
         if (kind == descriptor::memfd || kind == descriptor::shrunk_after_sending) fd = memfd_of(size, 0);
+        if (kind == descriptor::sealed_memfd) fd = memfd_of(size, F_SEAL_SHRINK);
         if (kind == descriptor::pipe) {
           int ends[2];
           child_check(::pipe(ends) == 0, "pipe");
@@ -402,19 +405,26 @@ TEST_CASE("A hostile blob frame throws SerializationError and marks the connecti
   CHECK(count_fds() == fds_before);
 }
 
-TEST_CASE("A segment from another program, laid out right but sealed against writing, is read", "[connection][bigdata]") {
-  constexpr std::size_t header = mp::detail::pipe_segment_header;
+TEST_CASE("A segment from another program, laid out right and sealed against writing or shrinking only, is read",
+          "[connection][bigdata]") {
+  constexpr std::size_t header = mp::detail::segment_header_bytes;
+  // Sealed against writing: read by preadv (not mappable writable), its consumed mark fails harmlessly. Sealed
+  // against shrinking only: mapped (through the end's kept mappings), as mp's own segments are.
+  const int seals = GENERATE(F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW, F_SEAL_SHRINK);
   auto [reader, writer] = mp::Pipe<bytes>();
-  auto child = start([](mp::Connection<bytes> writer) {
+  auto child = start([](mp::Connection<bytes> writer, int seals) {
     const bytes message = make_message(1 * MiB, 9, 9);
     mp::detail::unique_fd fd = memfd_of(header + message.size(), 0);
     child_check(::pwrite(fd.get(), message.data(), message.size(), header) == static_cast<ssize_t>(message.size()),
                 "pwrite");
-    child_check(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW) == 0, "seal");
+    child_check(::fcntl(fd.get(), F_ADD_SEALS, seals) == 0, "seal");
     send_raw_header(writer.fileno(), mp::detail::blob_frame_flag | message.size(), fd.get());
-  }, writer);
+    send_raw_header(writer.fileno(), mp::detail::blob_frame_flag | message.size(), fd.get());  // again
+  }, writer, seals);
   CHECK(finish(child) == 0);
-  CHECK(is(reader.recv_bytes(), 1 * MiB, 9, 9));  // its done mark fails harmlessly
+  CHECK(is(reader.recv_bytes(), 1 * MiB, 9, 9));
+  bytes again(2 * MiB);  // the same file again: a kept mapping of it is found (or it is read again)
+  CHECK(is(std::span(again).first(reader.recv_bytes_into(again)), 1 * MiB, 9, 9));
   writer.send(make_message(10, 1, 1));
   CHECK(is(reader.recv(), 10, 1, 1));
 }

@@ -2,7 +2,7 @@
 // multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
 // A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
 // values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels in a recycled memfd
-// segment whose descriptor rides beside a small frame (detail/pipe_segments.hpp); a small message to a receiver already waiting in recv() goes
+// segment whose descriptor rides beside a small frame (detail/segment_pool.hpp); a small message to a receiver already waiting in recv() goes
 // through shared memory, with no system call (detail/connection_lane.hpp). fileno(), poll() and wait() see every
 // message that waits while nobody is in recv().
 // Process safety: a Connection is a handle. Copies in one process share one state (close() on any copy closes it
@@ -31,7 +31,7 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_state.hpp>
 #include <mp/detail/fresh_pages.hpp>
-#include <mp/detail/pipe_segments.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/wire.hpp>
 #include <mp/errors.hpp>
 #include <mp/serialize.hpp>
@@ -98,11 +98,11 @@ class Connection {
   detail::connection_direction& incoming(const char* operation) const;
   // Receives one message: a stream frame by on_stream(fd, length), which consumes exactly `length` bytes under the
   // receive lock; a message in the lane by on_bytes(its bytes) (under the lock); a blob frame by
-  // on_segment(received_segment&) after it, which reads it with read_segment (or leaves it unread: consumed).
+  // on_segment(segment_reader&) after it, which reads it with read_segment (or leaves it unread: consumed).
   template <class OnStream, class OnBytes, class OnSegment>
   void receive_message(const char* operation, OnStream&& on_stream, OnBytes&& on_bytes, OnSegment&& on_segment);
   // Copies a received segment's payload to `out`; a segment that does not hold it marks the direction corrupt.
-  void read_segment(detail::received_segment& segment, std::byte* out, const char* operation);
+  void read_segment(detail::segment_reader& segment, std::byte* out, const char* operation);
   // Sends a blob frame whose segment fill(std::span<std::byte>) writes; fill returns the bytes it wrote (<= size).
   template <class Fill>
   void send_segment(detail::connection_direction& direction, std::size_t size, Fill&& fill, const char* operation);
@@ -161,12 +161,15 @@ template <class T>
 template <class Fill>
 void Connection<T>::send_segment(detail::connection_direction& direction, std::size_t size, Fill&& fill,
                                  const char* operation) {
-  // Written straight into a segment: the one copy on this side, made outside any lock.
-  detail::pipe_segment_lease lease;
-  state_->segment_cache.acquire(lease, size, direction.segments, direction.blob_taken, direction.broken,
-                                state_->fd.get());
-  const std::size_t written = fill(lease.bytes());
-  detail::send_blob_message(*state_, direction, lease, written, operation);
+  // Written straight into a segment: the one copy on this side, made outside the direction's locks (under this
+  // end's segment pool's: its other threads' big messages wait, as they would for the send lock).
+  constexpr detail::segment_lending pipe_lending{.wait = true, .wait_ns = detail::pipe_segment_patience_ns,
+                                                 .sealed = true, .cache_oversized = false};
+  state_->sent_segments.lend(size, detail::pipe_segment_budget, detail::pipe_segments_kept, "mp-pipe-message",
+                             pipe_lending, [&](detail::pooled_segment& segment) {
+                               const std::size_t written = fill(segment.item(size));
+                               detail::send_blob_message(*state_, direction, segment.fd.get(), written, operation);
+                             });
 }
 
 template <class T>
@@ -208,8 +211,8 @@ void Connection<T>::send(const T& value) {
 }
 
 template <class T>
-void Connection<T>::read_segment(detail::received_segment& segment, std::byte* out, const char* operation) {
-  if (!segment.read_into(out)) detail::reject_segment(*state_->incoming, operation, segment.size());
+void Connection<T>::read_segment(detail::segment_reader& segment, std::byte* out, const char* operation) {
+  if (!segment.copy_to(out)) detail::reject_segment(*state_->incoming, operation, segment.size());
 }
 
 template <class T>
@@ -254,9 +257,13 @@ void Connection<T>::receive_message(const char* operation, OnStream&& on_stream,
     descriptor = std::move(header->descriptor);
     detail::release_blob_window(direction, length);
   }
-  detail::received_segment segment(std::move(descriptor), static_cast<std::size_t>(length), &direction.segments,
-                                   &state_->received_mappings);
-  if (!segment.valid()) detail::reject_segment(direction, operation, segment.size());
+  detail::segment_reader segment;
+  try {
+    segment = detail::segment_reader(std::move(descriptor), static_cast<std::size_t>(length), operation,
+                                     &state_->received_segments, detail::segment_trust::map_if_sealed);
+  } catch (const SerializationError&) {
+    detail::reject_segment(direction, operation, static_cast<std::size_t>(length));
+  }
   on_segment(segment);  // the one copy on this side: out of the segment
 }
 
@@ -285,7 +292,7 @@ T Connection<T>::recv() {
           size_mismatch = payload.size() != sizeof(T);
           if (!size_mismatch) std::memcpy(bytes, payload.data(), sizeof bytes);
         },
-        [&](detail::received_segment& segment) {
+        [&](detail::segment_reader& segment) {
           got_length = segment.size();
           size_mismatch = segment.size() != sizeof(T);
           if (!size_mismatch) read_segment(segment, bytes, "Connection::recv");
@@ -302,8 +309,8 @@ T Connection<T>::recv() {
         "Connection::recv",
         [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, buffer); },
         [&](std::span<const std::byte> payload) { value.emplace(deserialize<T>(payload)); },
-        [&](detail::received_segment& segment) {
-          // Into this end's spare buffer, kept warm for the next big message (fresh memory is slow: pipe_segments.hpp).
+        [&](detail::segment_reader& segment) {
+          // Into this end's spare buffer, kept warm for the next big message (fresh memory is slow: segment_pool.hpp).
           std::vector<std::byte> spare;
           {
             std::lock_guard lock(state_->spare_mutex);
@@ -358,9 +365,16 @@ std::vector<std::byte> Connection<T>::recv_bytes() {
       "Connection::recv_bytes",
       [&](int fd, detail::frame_length length) { detail::recv_frame_payload(fd, length, bytes); },
       [&](std::span<const std::byte> payload) { bytes.assign(payload.begin(), payload.end()); },
-      [&](detail::received_segment& segment) {
-        bytes.reserve(segment.size());  // fresh memory if big: on huge pages where the system has them
+      [&](detail::segment_reader& segment) {
+        // Fresh memory (glibc maps every block this big anew): on huge pages where the system has them, and copied
+        // straight into when the segment is mapped, with no zero-fill of ours on top of the kernel's.
+        bytes.reserve(segment.size());
         detail::advise_huge_pages(bytes.data(), segment.size());
+        if (const auto mapped = segment.bytes(); !mapped.empty()) {
+          bytes.assign(mapped.begin(), mapped.end());
+          segment.reset();  // consumed: its sender may reuse it
+          return;
+        }
         bytes.resize(segment.size());
         read_segment(segment, bytes.data(), "Connection::recv_bytes");
       });
@@ -390,7 +404,7 @@ std::size_t Connection<T>::recv_bytes_into(std::span<std::byte> buffer) {
         fits = payload.size() <= buffer.size();
         if (fits && !payload.empty()) std::memcpy(buffer.data(), payload.data(), payload.size());
       },
-      [&](detail::received_segment& segment) {
+      [&](detail::segment_reader& segment) {
         length = segment.size();
         fits = segment.size() <= buffer.size();
         if (fits) read_segment(segment, buffer.data(), "Connection::recv_bytes_into");  // else consumed unread

@@ -4,11 +4,13 @@
 // ends, and an end's save/load for spawned children.
 //
 // Big messages (pipe_segment_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the
-// serialized value straight into one of its end's recycled memfd segments (detail/pipe_segments.hpp), outside any
-// lock, then sends only a blob frame (the length word, the descriptor beside it) under the send lock; the receiver
-// takes the header and descriptor under the receive lock, releases it, and copies out with preadv (never a mapping
-// of a peer's memory). One copy on each side; a receiver killed while copying loses that message only (the stream
-// is in step); the kernel frees a segment with the last descriptor, wherever it is (in flight included).
+// serialized value straight into one of its end's recycled memfd segments (detail/segment_pool.hpp, sealed against
+// shrinking), then sends only a blob frame (the length word, the descriptor beside it) under the send lock; the
+// receiver takes the header and descriptor under the receive lock, releases it, and copies out of its end's kept
+// mapping of the segment (segment_view_cache), or by preadv if the segment is not one it may map (not sealed: a
+// hostile peer's). It then marks the segment consumed, for its sender to reuse. One copy on each side; a receiver
+// killed while copying loses that message only (the stream is in step); the kernel frees a segment with the last
+// descriptor, wherever it is (in flight included).
 // Why a window: a blob frame costs the socket buffer a few hundred bytes whatever the payload, so without a bound a
 // sender could queue hundreds of big segments ahead of a slow receiver. blob_bytes_in_flight counts the payload
 // bytes sent and not yet taken; a sender waits (futex on blob_taken) while that plus its own exceeds
@@ -27,8 +29,8 @@
 #include <mp/detail/config.hpp>
 #include <mp/detail/connection_lane.hpp>
 #include <mp/detail/handle_transfer.hpp>
-#include <mp/detail/pipe_segments.hpp>
 #include <mp/detail/robust_mutex.hpp>
+#include <mp/detail/segment_pool.hpp>
 #include <mp/detail/shm_segment.hpp>
 #include <mp/detail/unique_fd.hpp>
 #include <mp/detail/wire.hpp>
@@ -50,7 +52,6 @@ struct connection_direction {
   std::atomic<std::uint64_t> blob_bytes_in_flight{0};  // blob payload bytes sent, not yet taken by a receiver
   std::atomic<std::uint32_t> blob_taken{0};            // bumped by each receiver's take (futex word of the window)
   std::atomic<std::uint32_t> blob_sender_waiting{0};   // a sender sleeps on blob_taken: wake it
-  pipe_segment_signals segments;                       // blob frames numbered, receivers' done marks
   connection_lane lane;  // small messages to a receiver waiting in recv() (detail/connection_lane.hpp)
 };
 
@@ -59,6 +60,22 @@ enum class broken_reason : std::uint32_t { none = 0, killed_mid_message = 1, mal
 
 /// Blob payload bytes that may be in flight in one direction before a sender waits for the receiver.
 inline constexpr std::uint64_t pipe_blob_window = std::uint64_t{64} << 20;
+
+/// Messages from this size up go through segments on a socketpair; below, the socket (or the lane) carries them.
+/// Why 32 MiB: below it glibc's malloc recycles the receiver's buffer and streaming through the socket copies warm
+/// memory at GB/s, while a Pipe's first few big messages each pay a new segment's fresh pages (~330 MB/s here:
+/// shmem gets no huge pages); measured with 256 KiB, 4-16 MiB messages ran 3-10x slower through segments than
+/// streamed on a new Pipe (docs/performance.md, "Big messages through a Pipe"). From 32 MiB up malloc hands out
+/// fresh memory for every message on the stream path too, and recycled segments win (64 MiB: 3-10x).
+inline constexpr std::size_t pipe_segment_threshold = std::size_t{32} << 20;
+/// Segments a sending end keeps (per process), and their item bytes at most: a larger message gets a segment of its
+/// own, dropped once sent (it lives on in the socket and in its receiver). A receiving end keeps as many mappings
+/// of received segments, plus one, within the same bytes (plus headers).
+inline constexpr std::size_t pipe_segments_kept = 3;
+inline constexpr std::size_t pipe_segment_budget = std::size_t{128} << 20;
+/// How long a sender waits at least for its receiver to give a segment back before it makes a new one (a receiver
+/// killed while copying never does; segment_pool::acquire then drops that segment).
+inline constexpr std::uint64_t pipe_segment_patience_ns = 200'000'000;
 
 struct connection_shared {
   connection_direction direction[2];  // [0]: first -> second, [1]: second -> first
@@ -73,8 +90,9 @@ struct connection_state {
   connection_direction* incoming = nullptr;   // nullptr: this end does not receive
   lane_history receive_history;               // how this process's recent offers on `incoming` went
   identity_cache fd_identity_cache;           // fd's open file, for export_fd (no fstat per Pool task)
-  pipe_segment_cache segment_cache;           // this process's kept segments for big messages on `outgoing`
-  segment_mappings received_mappings;         // its mappings of the segments received on `incoming`
+  shared_segment_pool sent_segments;          // this process's kept segments for big messages on `outgoing`
+  segment_view_cache received_segments{pipe_segments_kept + 1, segment_header_bytes + pipe_segment_budget,
+                                       pipe_segment_budget + 4 * segment_header_bytes};  // of those on `incoming`
   std::mutex spare_mutex;                     // guards spare
   std::vector<std::byte> spare;               // recv()'s buffer for big messages, kept warm (at most the budget)
 };
@@ -96,9 +114,9 @@ MP_DECL std::shared_ptr<connection_state> load_connection_state(input_archive& a
 /// Call with the receive lock held.
 [[noreturn]] MP_DECL void reject_frame(connection_direction& direction, const char* operation, const std::string& what);
 
-/// Sends a blob frame for the segment of `lease` holding `size` payload bytes on `state`'s socket: waits for room
+/// Sends a blob frame for the segment `segment` holding `size` payload bytes on `state`'s socket: waits for room
 /// in the direction's window, then sends under the send lock. Throws as send does (peer closed, broken direction).
-MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, pipe_segment_lease& lease,
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, int segment,
                                std::size_t size, const char* operation);
 
 /// A received segment that is not what its blob frame announced (`valid()` false, or shrunk while read): takes the

@@ -164,7 +164,7 @@ MP_DECL void wait_for_blob_window(connection_state& state, connection_direction&
   direction.blob_sender_waiting.store(0);
 }
 
-MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, pipe_segment_lease& lease,
+MP_DECL void send_blob_message(connection_state& state, connection_direction& direction, int segment,
                                std::size_t size, const char* operation) {
   frame_guard guard(direction.send_mutex, direction.sending, direction, operation);
   wait_for_blob_window(state, direction, size, operation);
@@ -172,15 +172,12 @@ MP_DECL void send_blob_message(connection_state& state, connection_direction& di
   // sendmsg goes whole or not at all, so a sender killed anywhere here leaves the stream in step.
   direction.blob_bytes_in_flight.fetch_add(size);
   lane_count_socket_send(direction.lane);
-  const std::uint32_t sequence = direction.segments.sent.load(std::memory_order_relaxed);
   try {
-    send_blob_frame(state.fd.get(), size, lease.fd());
+    send_blob_frame(state.fd.get(), size, segment);
   } catch (...) {
     release_blob_window(direction, size);
     throw;
   }
-  direction.segments.sent.store(sequence + 1, std::memory_order_relaxed);
-  lease.sent(sequence);  // busy until its receiver marks it done; a one-shot segment lives on in the socket
 }
 
 MP_DECL void reject_segment(connection_direction& direction, const char* operation, std::size_t size) {

@@ -5,9 +5,11 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -30,8 +32,38 @@ MP_DECL void segment_pool::clear() noexcept {
   while (!segments_.empty()) drop(segments_.size() - 1);
 }
 
+MP_DECL pooled_segment make_segment(std::size_t size, const char* label, bool sealed) {
+  const std::size_t capacity = (size + 4095) & ~std::size_t{4095};
+  pooled_segment s;
+  s.fd.reset(sys("memfd_create", label,
+                 [&] { return ::memfd_create(label, MFD_CLOEXEC | (sealed ? MFD_ALLOW_SEALING : 0u)); }));
+  sys("ftruncate", label,
+      [&] { return ::ftruncate(s.fd.get(), static_cast<off_t>(segment_header_bytes + capacity)); });
+  // Nobody may shrink it: a mapping of it (ours, or a receiver's) could fault (SIGBUS) on a page cut off. (Nor grow
+  // it, nor seal it further: F_SEAL_FUTURE_WRITE added by a peer would make our next write fail.)
+  if (sealed) {
+    sys("fcntl", "F_ADD_SEALS segment",
+        [&] { return ::fcntl(s.fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); });
+  }
+  void* data = nullptr;
+  sys("mmap", label, [&] {
+    data = ::mmap(nullptr, segment_header_bytes + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                  s.fd.get(), 0);
+    return data == MAP_FAILED ? -1 : 0;
+  });
+  s.data = static_cast<std::byte*>(data);
+  s.capacity = capacity;
+  return s;
+}
+
+MP_DECL void unmap_segment(pooled_segment& segment) noexcept {
+  if (segment.data != nullptr) ::munmap(segment.data, segment_header_bytes + segment.capacity);
+  segment.data = nullptr;
+  segment.fd.reset();
+}
+
 MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budget, const char* label, bool wait,
-                                               std::size_t most, std::uint64_t wait_ns) {
+                                               std::size_t most, std::uint64_t wait_ns, bool sealed) {
   const int pid = static_cast<int>(::getpid());
   if (pid != pid_) {
     // Forked from the thread that filled the cache: those segments are the parent's to reuse, not ours.
@@ -58,9 +90,18 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
   if (auto* s = reusable()) return *s;
   // Fitting segments all still being read: a consumer is at work on them. Waiting for one keeps producer and
   // consumer in step on warm pages, instead of running ahead on fresh ones (see acquire's comment for how long).
-  std::size_t fitting = 0;
-  for (auto& s : segments_) fitting += fits(s) ? 1 : 0;
-  if (wait && fitting >= 2) {
+  // Also with one fitting, if a new segment would not fit beside the busy ones (an item over half the budget, as a
+  // Pipe's 100 MiB messages in 128 MiB): else it would push that one out, and every item would get fresh pages.
+  std::size_t fitting = 0, busy = 0, busy_bytes = 0;
+  for (auto& s : segments_) {
+    fitting += fits(s) ? 1 : 0;
+    if (s.header().consumed.load(std::memory_order_relaxed) != 1) {
+      ++busy;
+      busy_bytes += s.capacity;
+    }
+  }
+  const bool crowds_out = busy >= most || busy_bytes + size > budget;
+  if (wait && (fitting >= 2 || (fitting == 1 && crowds_out))) {
     std::uint64_t now = monotonic_ns();
     const bool in_step = now - reused_ns_ < 1'000'000'000;
     const std::uint64_t until =
@@ -106,24 +147,7 @@ MP_DECL pooled_segment& segment_pool::acquire(std::size_t size, std::size_t budg
       }
     drop(victim);
   }
-  pooled_segment s;
-  s.fd.reset(sys("memfd_create", label,
-                 [&] { return ::memfd_create(label, MFD_CLOEXEC | (sealed_size_ ? MFD_ALLOW_SEALING : 0u)); }));
-  sys("ftruncate", label,
-      [&] { return ::ftruncate(s.fd.get(), static_cast<off_t>(segment_header_bytes + capacity)); });
-  if (sealed_size_) {
-    sys("fcntl", label,
-        [&] { return ::fcntl(s.fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); });
-  }
-  void* data = nullptr;
-  sys("mmap", label, [&] {
-    data = ::mmap(nullptr, segment_header_bytes + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                  s.fd.get(), 0);
-    return data == MAP_FAILED ? -1 : 0;
-  });
-  s.data = static_cast<std::byte*>(data);
-  s.capacity = capacity;
-  segments_.push_back(std::move(s));
+  segments_.push_back(make_segment(size, label, sealed || sealed_));
   return segments_.back();
 }
 
@@ -136,17 +160,23 @@ MP_DECL void segment_view_cache::drop(std::size_t index) noexcept {
   views_.erase(views_.begin() + static_cast<std::ptrdiff_t>(index));
 }
 
-MP_DECL void segment_view_cache::clear() noexcept {
+MP_DECL void segment_view_cache::clear_unlocked() noexcept {
   for (std::size_t i = views_.size(); i-- > 0;)
     if (views_[i].users == 0) drop(i);
 }
 
+MP_DECL void segment_view_cache::clear() noexcept {
+  std::lock_guard lock(mutex_);
+  clear_unlocked();
+}
+
 MP_DECL std::byte* segment_view_cache::acquire(int fd, std::uint64_t dev, std::uint64_t ino, std::size_t file_bytes,
                                                const char* what) {
+  std::lock_guard lock(mutex_);
   const int pid = static_cast<int>(::getpid());
   if (pid != pid_) {
     // Forked: the parent's mappings came along (MAP_SHARED), but their segments are the parent's business.
-    clear();
+    clear_unlocked();
     for (auto& v : views_) v.users = 0;  // in use by the parent's readers, which this process does not run
     pid_ = pid;
   }
@@ -183,6 +213,7 @@ MP_DECL std::byte* segment_view_cache::acquire(int fd, std::uint64_t dev, std::u
 }
 
 MP_DECL void segment_view_cache::release(const std::byte* data) noexcept {
+  std::lock_guard lock(mutex_);
   for (auto& v : views_)
     if (v.data == data && v.users > 0) {
       --v.users;
@@ -191,25 +222,36 @@ MP_DECL void segment_view_cache::release(const std::byte* data) noexcept {
 }
 
 MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const char* what, segment_view_cache* keep,
-                                       bool sealed_size)
+                                       segment_trust trust)
     : size_(size) {
   struct stat st {};
-  const auto shrink_sealed = [&] {
-    const int seals = sys_try("fcntl", [&] { return ::fcntl(fd.get(), F_GET_SEALS); });
-    return seals >= 0 && (seals & F_SEAL_SHRINK) != 0;
-  };
-  if (sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
-      (sealed_size && !shrink_sealed()) ||
-      static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
+  const int seals = trust != segment_trust::trusted ? sys_try("fcntl", [&] { return ::fcntl(fd.get(), F_GET_SEALS); }) : 0;
+  if (seals == -1 || sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) ||
+      st.st_size < 0 || static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
+      (trust == segment_trust::sealed_required && (seals & F_SEAL_SHRINK) == 0) ||
       static_cast<std::size_t>(st.st_size) - segment_header_bytes < size) {
     throw SerializationError(std::string(what) + ": the descriptor received for an item of " + std::to_string(size) +
                              " bytes is not a segment that holds it: the sender's memory is corrupt");
   }
+  const bool map_if_sealed = trust == segment_trust::map_if_sealed;
+  if (map_if_sealed && ((seals & F_SEAL_SHRINK) == 0 || st.st_blksize != 4096 || keep == nullptr)) {
+    unmapped_ = std::move(fd);  // read by preadv: nothing here faults if its sender shrinks it
+    return;
+  }
   if (keep != nullptr) {
-    data_ = keep->acquire(fd.get(), static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-                          static_cast<std::size_t>(st.st_size), what);
+    try {
+      data_ = keep->acquire(fd.get(), static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                            static_cast<std::size_t>(st.st_size), what);
+    } catch (...) {
+      if (!map_if_sealed) throw;
+      // Not mappable writable (sealed against writing: not an mp segment): read by preadv.
+    }
     if (data_ != nullptr) {
       cache_ = keep;  // mapped_ stays 0: a kept mapping
+      return;
+    }
+    if (map_if_sealed) {
+      unmapped_ = std::move(fd);  // too large to keep: one preadv costs less than mapping it for one read
       return;
     }
   }
@@ -223,7 +265,39 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
   // The mapping keeps the segment alive: the descriptor closes here.
 }
 
+MP_DECL bool segment_reader::copy_to(std::byte* out) noexcept {
+  if (data_ != nullptr) {
+    // A hostile sender may change the bytes meanwhile: they are copied out before anything decodes them.
+    std::memcpy(out, data_ + segment_header_bytes, size_);
+    reset();
+    return true;
+  }
+  // One preadv: the header (discarded), the item; then on, if short, until the end or the file ends.
+  std::byte header[segment_header_bytes];
+  iovec parts[2] = {{header, sizeof header}, {out, size_}};
+  const ssize_t n = sys_try("preadv", [&] { return ::preadv(unmapped_.get(), parts, 2, 0); });
+  std::size_t got = n > 0 ? static_cast<std::size_t>(n) : 0;
+  while (n > 0 && got < segment_header_bytes + size_) {
+    const std::size_t at = std::max(got, segment_header_bytes);
+    const ssize_t more = sys_try("pread", [&] {
+      return ::pread(unmapped_.get(), out + (at - segment_header_bytes), segment_header_bytes + size_ - at,
+                     static_cast<off_t>(at));
+    });
+    if (more <= 0) break;  // shrunk under us (0) or an error: not the announced bytes
+    got = at + static_cast<std::size_t>(more);
+  }
+  reset();
+  return got == segment_header_bytes + size_;
+}
+
 MP_DECL void segment_reader::reset() noexcept {
+  if (unmapped_) {
+    // Marked consumed by a write to the file (no futex wake: its producer's wait looks again within 10 ms). Fails
+    // harmlessly on a segment sealed against writing (then not an mp one).
+    const std::uint32_t consumed = 1;
+    (void)sys_try("pwrite", [&] { return ::pwrite(unmapped_.get(), &consumed, sizeof consumed, 0); });
+    unmapped_.reset();
+  }
   if (data_ == nullptr) return;
   mark_consumed(*reinterpret_cast<segment_header*>(data_));
   if (mapped_ == 0)

@@ -1,7 +1,7 @@
 // wire: the Connection's frames — length-prefixed messages over a stream descriptor (a socketpair end or a pipe).
 // A frame is an 8-byte native-endian length followed by that many payload bytes. On a socket, a frame may instead
 // be a *blob frame*: the length word alone with blob_frame_flag set, carrying (SCM_RIGHTS, on the same sendmsg) the
-// descriptor of a memfd segment that holds the payload (detail/pipe_segments.hpp). A unix stream socket never merges a
+// descriptor of a memfd segment that holds the payload (detail/segment_pool.hpp). A unix stream socket never merges a
 // segment that carries descriptors with its neighbours in one read, and an 8-byte sendmsg is one segment, so the
 // header and its descriptor arrive together or not at all. Both ends are the same binary on
 // the same host (see docs/pipes-and-queues.md), so no byte-order conversion is done. (Not to be confused with the

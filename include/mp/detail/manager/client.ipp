@@ -193,7 +193,7 @@ MP_DECL std::string_view connection::unwrap(std::string_view reply) {
     in.expect_end();
     if (fds_.size() == 1 && size <= std::uint64_t{1} << 40) {
       reply_segment_ = segment_reader(std::move(fds_.front()), static_cast<std::size_t>(size), "Manager reply",
-                                      &reply_views_, true);
+                                      &reply_views_, segment_trust::sealed_required);
       bytes = {reinterpret_cast<const char*>(reply_segment_.bytes().data()), reply_segment_.bytes().size()};
     }
   } catch (const protocol::malformed&) {

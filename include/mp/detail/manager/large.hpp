@@ -13,7 +13,7 @@
 // (segment_reader's destructor: the server once it handled the request, the client at its next call).
 // Why sealed sizes: each side maps a segment the other side created and holds a descriptor of. A peer that shrank
 // it would make the mapper take SIGBUS; the sizes are sealed (F_SEAL_SHRINK | F_SEAL_GROW) and a receiver refuses
-// a segment that is not (segment_reader's `sealed_size`). The contents stay writable by both, so the server never
+// a segment that is not (segment_trust::sealed_required). The contents stay writable by both, so the server never
 // trusts them: the store parses requests with bounds-checked readers over the mapping's fixed size and copies what
 // it keeps; a client that scribbles over its own request while the server reads it garbles only that request.
 // Memory bounds: a kept segment or mapping is at most protocol::kept_bytes; a larger one is let go after use; the

@@ -389,7 +389,7 @@ MP_DECL void server::handle_large(connection& c, std::string_view payload, time_
     in.expect_end();
     if (c.unix_socket && c.fds.size() == 1 && size > 0 && size <= protocol::max_request) {
       segment = segment_reader(std::move(c.fds.front()), static_cast<std::size_t>(size), "Manager request",
-                               &request_views_, true);
+                               &request_views_, segment_trust::sealed_required);
     }
   } catch (const protocol::malformed&) {
   } catch (const Error&) {  // not a size-sealed segment holding the request, or it cannot be mapped now
