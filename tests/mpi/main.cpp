@@ -1,8 +1,7 @@
 // The runner of mp::mpi's tests: mp::init, then mp::mpi::init (worker ranks serve inside it and never reach the
 // Catch session), then the tests on rank 0. `--expect-ranks N` says how it was launched (3: mpirun -n 3, 1: alone),
 // so a test can check that its results came from the ranks it expects.
-#define CATCH_CONFIG_RUNNER
-#define CATCH_CONFIG_NO_POSIX_SIGNALS
+// Catch2's implementation: tests/support/catch_impl.cpp (library mp_test_catch).
 #include <catch2/catch.hpp>
 
 #include <mp/mp.hpp>

@@ -1,11 +1,7 @@
 // The one Catch2 runner of every test executable. Besides running the tests it checks that they leak nothing:
 // no process they started outlives them (orphaned grandchildren included: this runner is their subreaper) and
 // no file descriptor stays open.
-#define CATCH_CONFIG_RUNNER
-// Catch2's handlers for fatal signals would be inherited by every forked child: a child that gets SIGTERM from
-// terminate() before its target has run would report a "fatal error" of the test and run Catch's code instead of
-// dying. Without them, a crash ends the test executable by that signal, which ctest reports as a failure.
-#define CATCH_CONFIG_NO_POSIX_SIGNALS
+// Catch2's implementation is support/catch_impl.cpp (without its handlers for fatal signals: see there).
 #include <catch2/catch.hpp>
 
 // The whole library, so every test executable has two translation units that include every header: a function
