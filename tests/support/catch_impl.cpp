@@ -7,3 +7,7 @@
 // dying. Without them, a crash ends the test executable by that signal, which ctest reports as a failure.
 #define CATCH_CONFIG_NO_POSIX_SIGNALS
 #include <catch2/catch.hpp>
+
+#include "support/catch_session.hpp"
+
+int mp_test::run_catch_session(int argc, char** argv) { return Catch::Session().run(argc, argv); }

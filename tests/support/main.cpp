@@ -1,8 +1,9 @@
 // The one Catch2 runner of every test executable. Besides running the tests it checks that they leak nothing:
 // no process they started outlives them (orphaned grandchildren included: this runner is their subreaper) and
 // no file descriptor stays open.
-// Catch2's implementation is support/catch_impl.cpp (without its handlers for fatal signals: see there).
-#include <catch2/catch.hpp>
+// Catch2's implementation, Session included, is support/catch_impl.cpp (without its handlers for fatal signals: see
+// there).
+#include "support/catch_session.hpp"
 
 // The whole library, so every test executable has two translation units that include every header: a function
 // that is not `inline` fails to link.
@@ -64,7 +65,7 @@ int main(int argc, char** argv) {
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   const int fds_before = count_open_fds();
 
-  int status = Catch::Session().run(argc, argv);
+  int status = mp_test::run_catch_session(argc, argv);
   mp::detail::stop_forkserver();  // the fork server (start method forkserver) ends with the tests that used it
   mp::detail::stop_shm_tracker();  // so does the SharedMemory tracker (it unlinks any name a test left behind)
 
