@@ -1,9 +1,8 @@
 // The runner of mp::mpi's tests: mp::init, then mp::mpi::init (worker ranks serve inside it and never reach the
 // Catch session), then the tests on rank 0. `--expect-ranks N` says how it was launched (3: mpirun -n 3, 1: alone),
 // so a test can check that its results came from the ranks it expects.
-#define CATCH_CONFIG_RUNNER
-#define CATCH_CONFIG_NO_POSIX_SIGNALS
-#include <catch2/catch.hpp>
+// Catch2's implementation, Session included: tests/support/catch_impl.cpp (library mp_test_catch).
+#include "support/catch_session.hpp"
 
 #include <mp/mp.hpp>
 #include <mp/mpi.hpp>
@@ -27,6 +26,6 @@ int main(int argc, char** argv) {
     }
     args.push_back(argv[i]);
   }
-  const int failed = Catch::Session().run(static_cast<int>(args.size()), args.data());
+  const int failed = mp_test::run_catch_session(static_cast<int>(args.size()), args.data());
   return failed < 0xff ? failed : 0xff;
 }

@@ -1,12 +1,9 @@
 // The one Catch2 runner of every test executable. Besides running the tests it checks that they leak nothing:
 // no process they started outlives them (orphaned grandchildren included: this runner is their subreaper) and
 // no file descriptor stays open.
-#define CATCH_CONFIG_RUNNER
-// Catch2's handlers for fatal signals would be inherited by every forked child: a child that gets SIGTERM from
-// terminate() before its target has run would report a "fatal error" of the test and run Catch's code instead of
-// dying. Without them, a crash ends the test executable by that signal, which ctest reports as a failure.
-#define CATCH_CONFIG_NO_POSIX_SIGNALS
-#include <catch2/catch.hpp>
+// Catch2's implementation, Session included, is support/catch_impl.cpp (without its handlers for fatal signals: see
+// there).
+#include "support/catch_session.hpp"
 
 // The whole library, so every test executable has two translation units that include every header: a function
 // that is not `inline` fails to link.
@@ -68,7 +65,7 @@ int main(int argc, char** argv) {
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   const int fds_before = count_open_fds();
 
-  int status = Catch::Session().run(argc, argv);
+  int status = mp_test::run_catch_session(argc, argv);
   mp::detail::stop_forkserver();  // the fork server (start method forkserver) ends with the tests that used it
   mp::detail::stop_shm_tracker();  // so does the SharedMemory tracker (it unlinks any name a test left behind)
 
