@@ -311,14 +311,15 @@ TEST_CASE("A size-sealed segment pool's segments cannot be resized by a peer, an
   CHECK(::ftruncate(s.fd.get(), 64 * MiB) == -1);
   {
     mp::detail::segment_reader reader(mp::detail::unique_fd(::fcntl(s.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB,
-                                      "sealed test", nullptr, true);
+                                      "sealed test", nullptr, mp::detail::segment_trust::sealed_required);
     REQUIRE(reader.bytes().size() == 2 * MiB);
     CHECK(reader.bytes()[2 * MiB - 1] == std::byte{7});
   }
   CHECK(s.header().consumed.load() == 1);  // the reader marked it consumed: the pool may reuse it
   auto& p = plain.acquire(2 * MiB, 64 * MiB, "plain-test", false, 1);
   CHECK_THROWS_AS(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)),
-                                             2 * MiB, "sealed test", nullptr, true),
+                                             2 * MiB, "sealed test", nullptr,
+                                             mp::detail::segment_trust::sealed_required),
                   mp::SerializationError);
   // Without asking for sealed sizes (a Queue's or a Pool's reader), the plain segment is taken as before.
   CHECK(mp::detail::segment_reader(mp::detail::unique_fd(::fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0)), 2 * MiB));
