@@ -1,5 +1,5 @@
 // Tests of big messages through mp::Pipe (connection.hpp, detail/segment_pool.hpp): on a socketpair, a message
-// of pipe_segment_threshold bytes (32 MiB) and up crosses in a memfd segment, recycled by its sending end, whose
+// of pipe_segment_threshold bytes (256 KiB) and up crosses in a memfd segment, recycled by its sending end, whose
 // descriptor rides beside a blob frame; smaller ones stream, and the tests mix both. Then the shared-memory lane (detail/connection_lane.hpp). Across
 // real processes, under every start method (ctest runs each test with MP_START_METHOD=fork, spawn and forkserver).
 // Processes synchronize through the connections under test or through note pipes, never through sleeps.
@@ -320,7 +320,7 @@ TEST_CASE("Concurrent senders in 3 processes send big and small messages, each a
   for (int s = 0; s < senders; ++s) {
     children.push_back(start([](mp::Connection<bytes> writer, int s) {
       for (int seq = 0; seq < per_sender; ++seq) {
-        // From 1 KiB to 16 MiB (stream frames) and 32 MiB (blob frames), interleaved.
+        // From 1 KiB to 128 KiB (stream frames) and 256 KiB to 32 MiB (blob frames), interleaved.
         const std::size_t size = std::size_t{1024} << ((seq * 5 + s * 3) % 16);
         if (seq % 2 == 0) {
           writer.send(make_message(size, s, seq));

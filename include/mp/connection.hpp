@@ -1,7 +1,7 @@
 // Connection<T>, Pipe<T>() and wait(): typed message channels between processes, as Python's
 // multiprocessing.Pipe / multiprocessing.connection.Connection / multiprocessing.connection.wait.
 // A duplex Pipe is a socketpair, a one-way Pipe a pipe(2); messages are length-prefixed frames of mp::serialize'd
-// values (detail/wire.hpp), of any size. On a socketpair a message of 32 MiB and up travels in a recycled memfd
+// values (detail/wire.hpp), of any size. On a socketpair a message of 256 KiB and up travels in a recycled memfd
 // segment whose descriptor rides beside a small frame (detail/segment_pool.hpp); a small message to a receiver already waiting in recv() goes
 // through shared memory, with no system call (detail/connection_lane.hpp). fileno(), poll() and wait() see every
 // message that waits while nobody is in recv().

@@ -3,7 +3,7 @@
 // peer left corrupt, and the window of blob bytes in flight), each end's per-process state, creating a new Pipe's
 // ends, and an end's save/load for spawned children.
 //
-// Big messages (pipe_segment_threshold, 32 MiB, and up, on a socketpair) travel as blobs: the sender writes the
+// Big messages (pipe_segment_threshold, 256 KiB, and up, on a socketpair) travel as blobs: the sender writes the
 // serialized value straight into one of its end's recycled memfd segments (detail/segment_pool.hpp, sealed against
 // shrinking), then sends only a blob frame (the length word, the descriptor beside it) under the send lock; the
 // receiver takes the header and descriptor under the receive lock, releases it, and copies out of its end's kept
@@ -62,12 +62,12 @@ enum class broken_reason : std::uint32_t { none = 0, killed_mid_message = 1, mal
 inline constexpr std::uint64_t pipe_blob_window = std::uint64_t{64} << 20;
 
 /// Messages from this size up go through segments on a socketpair; below, the socket (or the lane) carries them.
-/// Why 32 MiB: below it glibc's malloc recycles the receiver's buffer and streaming through the socket copies warm
-/// memory at GB/s, while a Pipe's first few big messages each pay a new segment's fresh pages (~330 MB/s here:
-/// shmem gets no huge pages); measured with 256 KiB, 4-16 MiB messages ran 3-10x slower through segments than
-/// streamed on a new Pipe (docs/performance.md, "Big messages through a Pipe"). From 32 MiB up malloc hands out
-/// fresh memory for every message on the stream path too, and recycled segments win (64 MiB: 3-10x).
-inline constexpr std::size_t pipe_segment_threshold = std::size_t{32} << 20;
+/// The Queue's and the Pool's threshold: on the one segment pool with kept mappings, 256 KiB to 16 MiB messages cross
+/// 3x faster through recycled segments than streamed through the socket (1 MiB: 11-15 GB/s against 3.6-4.3), and a
+/// new Pipe's first message costs no more (a new child sending one 4 MiB message: 6.2-6.6 ms median, 7.5-7.8
+/// streamed); docs/performance.md, "Big messages through a Pipe". (It was 32 MiB while the Pipe had a segment
+/// mechanism of its own, whose first messages each paid a new segment.)
+inline constexpr std::size_t pipe_segment_threshold = blob_threshold;
 /// Segments a sending end keeps (per process), and their item bytes at most: a larger message gets a segment of its
 /// own, dropped once sent (it lives on in the socket and in its receiver). A receiving end keeps as many mappings
 /// of received segments, plus one, within the same bytes (plus headers).
