@@ -225,7 +225,8 @@ MP_DECL segment_reader::segment_reader(unique_fd fd, std::size_t size, const cha
                                        segment_trust trust)
     : size_(size) {
   struct stat st {};
-  const int seals = trust != segment_trust::trusted ? sys_try("fcntl", [&] { return ::fcntl(fd.get(), F_GET_SEALS); }) : 0;
+  const int seals =
+      trust == segment_trust::trusted ? 0 : sys_try("fcntl", [&] { return ::fcntl(fd.get(), F_GET_SEALS); });
   if (seals == -1 || sys_try("fstat", [&] { return ::fstat(fd.get(), &st); }) != 0 || !S_ISREG(st.st_mode) ||
       st.st_size < 0 || static_cast<std::size_t>(st.st_size) < segment_header_bytes ||
       (trust == segment_trust::sealed_required && (seals & F_SEAL_SHRINK) == 0) ||
