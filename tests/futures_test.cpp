@@ -1,7 +1,8 @@
 // Futures on mp::Pool results (concurrent.futures' surface): done callbacks, cancel, as_completed, wait with
 // ReturnWhen; typed remote errors (Remote<E>, RemoteInfo, register_exception); the MapOptions progress bar.
 // Registered once per start method (MP_START_METHOD): the workers are forks, spawned or forkserver children.
-// Tasks synchronize with the test through named pipes, which a worker of any start method opens by path.
+// Tasks synchronize with the test through named pipes, which a worker of any start method opens by path, or an
+// mp::Event passed as a task argument.
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include <mp/pool.hpp>
+#include <mp/sync.hpp>
 
 #include "support/child_process.hpp"
 #include "support/pool_checks.hpp"
@@ -108,6 +110,10 @@ struct not_registered : std::runtime_error {
 };
 
 int square(int x) { return x * x; }
+int square_when_set(mp::Event go, int x) {
+  go.wait();
+  return x * x;
+}
 
 }  // namespace
 
@@ -122,9 +128,16 @@ TEST_CASE("add_done_callback runs once in the parent on the callback thread, or 
   std::vector<int> failures;
   {
     mp::Pool pool(2);
+    // No task finishes before every callback is added, so each one runs on the callback thread.
+    mp::Event go;
     std::vector<mp::AsyncResult<int>> results;
-    for (int i = 0; i < 20; ++i) results.push_back(pool.submit(square, i));
-    auto failing = pool.submit([](int x) -> int { throw std::invalid_argument("no " + std::to_string(x)); }, 5);
+    for (int i = 0; i < 20; ++i) results.push_back(pool.submit(square_when_set, go, i));
+    auto failing = pool.submit(
+        [](mp::Event gate, int x) -> int {
+          gate.wait();
+          throw std::invalid_argument("no " + std::to_string(x));
+        },
+        go, 5);
     for (auto& r : results) {
       r.add_done_callback([&](mp::AsyncResult<int>& done) {
         std::lock_guard lock(mutex);
@@ -138,6 +151,8 @@ TEST_CASE("add_done_callback runs once in the parent on the callback thread, or 
       if (!done.successful()) failures.push_back(1);
       CHECK_THROWS_AS(std::rethrow_exception(done.exception()), std::invalid_argument);
     });
+    for (auto& r : results) CHECK_FALSE(r.done());
+    go.set();
     pool.close();
     pool.join();  // waits for the callbacks too
     {
