@@ -19,8 +19,10 @@ MP_DECL void prepare_fresh_pages(void* data, std::size_t bytes) noexcept {
   const std::uintptr_t first = (start + page - 1) & ~(page - 1);
   const std::uintptr_t last = (start + bytes) & ~(page - 1);
   if (last <= first) return;
-  // Plain calls, not the syscall seam: advice whose failure changes nothing but speed.
-  ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  // Plain calls, not the syscall seam: a probe and advice whose failure changes nothing but speed.
+  unsigned char resident = 0;
+  if (::mincore(reinterpret_cast<void*>(first), page, &resident) == 0 && (resident & 1) != 0) return;
+  if (bytes >= huge_pages_threshold) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
   ::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
 }
 
