@@ -876,8 +876,7 @@ TEST_CASE("Barrier n_waiting counts processes inside wait()", "[barrier]") {
   }
   for (int i = 0; i < 2; ++i) REQUIRE(arrived.acquire(10s));
   // They have posted and are about to wait: n_waiting reaches 2 (bounded wait on the barrier's own state).
-  for (int spins = 0; barrier.n_waiting() < 2 && spins < 1'000'000; ++spins) std::this_thread::yield();
-  CHECK(barrier.n_waiting() == 2);
+  CHECK(poll_until([&] { return barrier.n_waiting() == 2; }, 30s));
   CHECK(barrier.wait() == 2);
   for (auto& child : children) CHECK(finish(child) == 0);
   CHECK(barrier.n_waiting() == 0);
@@ -903,7 +902,7 @@ TEST_CASE("Barrier abort breaks current and future waits until reset", "[barrier
   mp::Semaphore arrived(0);
   auto waiter = start(wait_expecting_broken_barrier, barrier, arrived);
   REQUIRE(arrived.acquire(10s));
-  for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
+  CHECK(poll_until([&] { return barrier.n_waiting() == 1; }, 30s));  // a current wait, not only a future one
   barrier.abort();
   CHECK(finish(waiter) == 0);
   CHECK(barrier.broken());
@@ -925,8 +924,7 @@ TEST_CASE("Barrier reset while a process waits gives it BrokenBarrierError and l
   mp::Semaphore arrived(0);
   auto waiter = start(wait_expecting_broken_barrier, barrier, arrived);
   REQUIRE(arrived.acquire(10s));
-  for (int spins = 0; barrier.n_waiting() < 1 && spins < 1'000'000; ++spins) std::this_thread::yield();
-  REQUIRE(barrier.n_waiting() == 1);
+  REQUIRE(poll_until([&] { return barrier.n_waiting() == 1; }, 30s));
   barrier.reset();
   CHECK(finish(waiter) == 0);
   CHECK_FALSE(barrier.broken());

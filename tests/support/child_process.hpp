@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <future>
@@ -81,6 +82,17 @@ class lock_held_by_another_thread {
   std::promise<void> unlock_;
   std::thread holder_;  // declared last: it starts once the promises exist
 };
+
+/// Waits (busy, bounded by time, not by a count of tries) until `done` holds; false if it did not within `limit`.
+template <class F>
+bool poll_until(F done, std::chrono::seconds limit = std::chrono::seconds(20)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
 
 /// Blocks until killed: a child that must be SIGKILLed at a known point.
 [[noreturn]] inline void hang() {
