@@ -15,7 +15,6 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
-#include <filesystem>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -49,17 +48,6 @@ int open_fd_count() {
     if (::fcntl(fd, F_GETFD) != -1) ++count;
   }
   return count;
-}
-
-// The /dev/shm names that carry this process's pid (mp's are "mp-<pid>-<n>"): the other tests that ctest runs at
-// the same time make and remove their own meanwhile.
-std::vector<std::string> dev_shm_entries() {
-  const std::string pid = std::to_string(::getpid());
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
-    if (entry.path().filename().string().find(pid) != std::string::npos) names.push_back(entry.path().filename());
-  std::sort(names.begin(), names.end());
-  return names;
 }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -479,7 +467,7 @@ TEST_CASE("SharedHeap leaves no /dev/shm entry and no descriptor behind", "[shar
     auto warm_up = start([] {});  // under forkserver, the server (and this process's line to it) exists from now on
     CHECK(finish(warm_up) == 0);
   }
-  const auto shm_before = dev_shm_entries();
+  const auto shm_before = shm_entries_of({::getpid()});
   const int fds_before = open_fd_count();
   {
     mp::SharedHeap heap(1 << 20);
@@ -490,12 +478,12 @@ TEST_CASE("SharedHeap leaves no /dev/shm entry and no descriptor behind", "[shar
       CHECK(finish(child) == 0);
     }
     CHECK(heap.find<int_vector>("xs")->size() == 2);
-    CHECK(dev_shm_entries() == shm_before);
+    CHECK(shm_entries_of({::getpid()}) == shm_before);
     mp::SharedHeap copy = heap;  // copies share the descriptor
     CHECK(open_fd_count() == fds_before + 1);
   }
   CHECK(open_fd_count() == fds_before);
-  CHECK(dev_shm_entries() == shm_before);
+  CHECK(shm_entries_of({::getpid()}) == shm_before);
 }
 
 // ---- the shm:: containers ------------------------------------------------------------------------------------
