@@ -100,21 +100,6 @@ int message_segments_here() {
   return n;
 }
 
-// /dev/shm entries made by these processes (mp names carry the creator's pid; other programs' entries, and other
-// test runs', are not ours to count).
-int shm_entries_of(const std::vector<int>& pids) {
-  int n = 0;
-  if (DIR* dir = ::opendir("/dev/shm")) {
-    while (dirent* entry = ::readdir(dir)) {
-      const std::string name = entry->d_name;
-      for (int pid : pids)
-        if (name.find(std::to_string(pid)) != std::string::npos) ++n;
-    }
-    ::closedir(dir);
-  }
-  return n;
-}
-
 // Counting descriptors: under forkserver the server, and this process's line to it, appear with the first child.
 void warm_up() {
   auto child = start([] {});
@@ -180,7 +165,7 @@ void big_messages_both_ways(std::size_t size) {
   }
   CHECK(message_segments_here() == 0);
   CHECK(count_fds() == fds_before);
-  CHECK(shm_entries_of(pids) == 0);
+  CHECK(shm_entries_of(pids).empty());
 }
 
 }  // namespace
@@ -308,7 +293,7 @@ TEST_CASE("A receiver SIGKILLed while copying a big message loses only that mess
   }
   CHECK(message_segments_here() == 0);
   CHECK(count_fds() == fds_before);
-  CHECK(shm_entries_of(pids) == 0);
+  CHECK(shm_entries_of(pids).empty());
 }
 
 TEST_CASE("Concurrent senders in 3 processes send big and small messages, each arrives whole and in order",

@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -35,6 +34,8 @@
 #include <mp/manager.hpp>
 #include <mp/process.hpp>
 #include <mp/sync.hpp>
+
+#include "support/child_process.hpp"
 
 using namespace std::chrono_literals;
 
@@ -946,17 +947,6 @@ int open_fd_count() {
   return count;
 }
 
-std::set<std::string> shm_entries_of(std::initializer_list<pid_t> pids) {
-  std::set<std::string> found;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
-    const std::string name = entry.path().filename().string();
-    for (pid_t pid : pids) {
-      if (name.find(std::to_string(pid)) != std::string::npos) found.insert(name);
-    }
-  }
-  return found;
-}
-
 void write_through_manager(mp::DictProxy<std::string, int> seen, mp::QueueProxy<std::string> done, std::string who) {
   seen[who] = static_cast<int>(::getpid());
   done.put(who);
@@ -1027,7 +1017,7 @@ TEST_CASE("shutdown() of a Manager started by spawn or forkserver leaves no proc
   mp::Manager({.start_method = method}).shutdown();  // the fork server, started at first use, stays: not counted
   const int fds_before = open_fd_count();
   auto [manager, server] = start_watched({.start_method = method});
-  const auto shm_before = shm_entries_of({::getpid(), server});
+  const auto shm_before = mp_test::shm_entries_of({::getpid(), server});
   const std::string path = manager.address().path();
   auto named = manager.list<int>("named");
   named.append(1);
@@ -1039,7 +1029,7 @@ TEST_CASE("shutdown() of a Manager started by spawn or forkserver leaves no proc
   CHECK(::stat(path.substr(0, path.rfind('/')).c_str(), &info) == -1);
   named = {};  // its connection closes with the last proxy
   CHECK(open_fd_count() == fds_before);
-  CHECK(shm_entries_of({::getpid(), server}) == shm_before);
+  CHECK(mp_test::shm_entries_of({::getpid(), server}) == shm_before);
 }
 
 TEST_CASE("A Manager refuses a start method that is not one, saying which", "[manager]") {

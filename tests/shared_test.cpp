@@ -147,9 +147,9 @@ TEST_CASE("Value holds a trivially copyable struct", "[value]") {
   CHECK(value.value().y == 4.5);
 }
 
-TEST_CASE("Value lock held by a SIGKILLed process passes to its waiter within 1 s with owner_died()", "[value]") {
+TEST_CASE("Value lock held by a SIGKILLed process passes to its waiter within 3 s with owner_died()", "[value]") {
   mp::Value<int> value(0);
-  mp::Semaphore locked(0), waiting(0);
+  mp::Semaphore locked(0), waiting(0), got(0);
   auto holder = start(
       [](mp::Value<int> value, mp::Semaphore locked) {
         value.get_lock().acquire();
@@ -160,21 +160,25 @@ TEST_CASE("Value lock held by a SIGKILLed process passes to its waiter within 1 
       value, locked);
   REQUIRE(locked.acquire(10s));
   auto waiter = start(
-      [](mp::Value<int> value, mp::Semaphore waiting) {
+      [](mp::Value<int> value, mp::Semaphore waiting, mp::Semaphore got) {
         waiting.release();
-        child_check(value.get_lock().acquire(5s));
+        child_check(value.get_lock().acquire(5s));  // the hang detector
+        got.release();
         child_check(value.get_lock().owner_died());
         child_check(value.value() == -1);
         value.value() = 1;  // repaired
         value.get_lock().release();
       },
-      value, waiting);
+      value, waiting, got);
   REQUIRE(waiting.acquire(10s));
+  // Timed: the kill to the waiter's note that it holds the lock, not the exits and reaps (slow on a loaded machine);
+  // 3 s stays below the waiter's 5 s deadline.
   const auto killed_at = std::chrono::steady_clock::now();
   holder.kill();
+  CHECK(got.acquire(10s));
+  CHECK(std::chrono::steady_clock::now() - killed_at < 3s);
   CHECK(finish(holder) == -SIGKILL);
   CHECK(finish(waiter) == 0);
-  CHECK(std::chrono::steady_clock::now() - killed_at < 1s);
   CHECK(value.value() == 1);
 }
 

@@ -26,6 +26,7 @@
 using namespace std::chrono_literals;
 using mp_test::child_check;
 using mp_test::finish;
+using mp_test::poll_until;
 using mp_test::start;
 
 namespace {
@@ -42,17 +43,6 @@ std::vector<std::byte> ping_frame() {
   out.u8(static_cast<std::uint8_t>(mp::detail::manager::protocol::op::ping));
   out.u64(0);
   return frame;
-}
-
-// Waits (busy, bounded) until `done` holds.
-template <class F>
-bool poll_until(F done, std::chrono::seconds limit = 20s) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::yield();
-  }
-  return true;
 }
 
 // The scheduler state of a process ('R' running, 'S' sleeping, ...), from /proc/<pid>/stat.

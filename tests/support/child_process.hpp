@@ -1,18 +1,23 @@
-// What the cross-process tests share: starting a child, collecting its verdict, and pipe notes between processes.
+// What the cross-process tests share: starting a child, collecting its verdict, pipe notes between processes, and
+// the /dev/shm names they leave.
 #pragma once
 
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <future>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <mp/detail/handle_transfer.hpp>
 #include <mp/detail/unique_fd.hpp>
@@ -81,6 +86,33 @@ class lock_held_by_another_thread {
   std::promise<void> unlock_;
   std::thread holder_;  // declared last: it starts once the promises exist
 };
+
+/// Waits (busy, bounded by time, not by a count of tries) until `done` holds; false if it did not within `limit`.
+template <class F>
+bool poll_until(F done, std::chrono::seconds limit = std::chrono::seconds(20)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+/// The names in /dev/shm of named shared memory made by these processes ("/mp-<pid>-<n>", shared.hpp). Only theirs,
+/// by the exact prefix: the other tests that ctest runs at the same time make and remove their own meanwhile, and
+/// their pids or counters may contain ours.
+inline std::set<std::string> shm_entries_of(const std::vector<pid_t>& pids) {
+  std::set<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    for (pid_t pid : pids)
+      if (name.starts_with("mp-" + std::to_string(pid) + "-")) {
+        names.insert(std::move(name));
+        break;
+      }
+  }
+  return names;
+}
 
 /// Blocks until killed: a child that must be SIGKILLed at a known point.
 [[noreturn]] inline void hang() {

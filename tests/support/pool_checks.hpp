@@ -18,6 +18,8 @@
 
 #include <mp/detail/forkserver.hpp>
 
+#include "support/child_process.hpp"
+
 namespace mp_test {
 
 /// The children of every thread of this process.
@@ -30,21 +32,11 @@ inline std::vector<pid_t> children() {
   return pids;
 }
 
-/// Named shared memory in /dev/shm made by this process or its live children ("/mp-<pid>-<n>", shared.hpp). Only
-/// ours: the other tests that ctest runs at the same time make and remove their own meanwhile.
+/// Named shared memory in /dev/shm made by this process or its live children (shm_entries_of).
 inline std::size_t own_shm_entries() {
   std::vector<pid_t> ours = children();
   ours.push_back(::getpid());
-  std::size_t n = 0;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
-    const std::string name = entry.path().filename().string();
-    for (pid_t pid : ours)
-      if (name.starts_with("mp-" + std::to_string(pid) + "-")) {
-        ++n;
-        break;
-      }
-  }
-  return n;
+  return shm_entries_of(ours).size();
 }
 
 /// "<pid> (<comm>) <state>" of each child, for a failure message.
