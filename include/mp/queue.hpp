@@ -116,7 +116,8 @@ class Queue {
   void save(detail::output_archive& ar) const {
     const detail::queue_state& state = live_state();
     const auto [segment, mailbox] = state.identities();
-    ar(detail::export_fd(state.segment.fd(), "Queue", segment), detail::export_fd(state.mailbox.get(), "Queue", mailbox));
+    ar(detail::export_fd(ar, state.segment.fd(), "Queue", segment),
+       detail::export_fd(ar, state.mailbox.get(), "Queue", mailbox));
   }
   /// In a spawned child: the same queue.
   void load(detail::input_archive& ar);

@@ -29,6 +29,7 @@ struct rig {
   p::worker_view view;
   p::worker_handles kept;
   int sv[2];
+  p::handle_section section;
   rig() {
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) std::abort();
   }
@@ -46,18 +47,21 @@ __attribute__((noinline)) long one_task(rig& r, F f, const A&... args) {
   using R = int;
   // parent
   std::vector<std::byte> message;
-  std::tuple<A...> values(args...);
+  std::tuple<p::held_arg_t<const A&>...> values(args...);  // as Pool::apply_async holds them
   d::fd_outbox box;
   {
     d::fd_outbox_scope scope(box);
     p::encode_callable(message, f);
-    d::output_archive measure(d::output_archive::measure_tag{});
+    d::output_archive measure(d::output_archive::measure_tag{});  // as p::encode_payload does
     measure(values);
-    d::output_archive ar(message);
+    const std::size_t at = message.size();
+    message.resize(at + measure.measured());
+    d::output_archive ar(d::output_archive::presized_tag{}, std::span<std::byte>(message).subspan(at));
     ar(values);
   }
   auto handles = p::handles_of(box, "sim");
-  std::vector<std::byte> section;
+  p::handle_section& section = r.section;  // the core reuses one per worker
+  section.clear();
   if (handles) {
     handles->attach(r.table);
     p::handle_plan plan = r.view.plan(handles->chunk(0), r.table);
@@ -69,7 +73,7 @@ __attribute__((noinline)) long one_task(rig& r, F f, const A&... args) {
   inbox.cache = &r.kept;
   d::fd_inbox_scope inbox_scope(inbox);
   if (section.empty()) r.kept.clear_current();
-  else r.kept.apply_section(section, r.sv[1]);
+  else r.kept.apply_section({section.data(), section.size()}, r.sv[1]);
   std::vector<std::byte> out;
   p::begin_result(out);
   p::apply_trampoline<F, R, A...>(message, out);

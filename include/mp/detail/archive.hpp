@@ -365,6 +365,8 @@ class output_archive {
   std::vector<std::byte>& buffer() noexcept { return *out_; }
   /// Bytes a measuring archive has counted so far.
   std::size_t measured() const noexcept { return measured_; }
+  /// True for a measuring archive (its values are counted, never read back).
+  bool measuring() const noexcept { return mode_ == mode::measure; }
 
  private:
   template <class T>

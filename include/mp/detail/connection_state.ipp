@@ -58,9 +58,10 @@ MP_DECL std::pair<std::shared_ptr<connection_state>, std::shared_ptr<connection_
 }
 
 MP_DECL void save_connection_state(output_archive& ar, const connection_state* state) {
-  const int fd = state ? state->fd.get() : -1;
-  const std::uint32_t fd_index = export_fd(fd, "Connection", state ? state->fd_identity_cache.get(fd) : fd_identity{});
-  const std::uint32_t segment_index = export_fd(state->segment->fd(), "Connection", state->segment->identity());
+  if (state == nullptr || !state->fd) export_fd(-1, "Connection");  // throws: the connection is closed
+  const int fd = state->fd.get();
+  const std::uint32_t fd_index = export_fd(ar, fd, "Connection", state->fd_identity_cache.get(fd));
+  const std::uint32_t segment_index = export_fd(ar, state->segment->fd(), "Connection", state->segment->identity());
   auto* shared = static_cast<connection_shared*>(state->segment->data());
   auto direction_index = [shared](const connection_direction* direction) {
     return static_cast<std::int8_t>(direction ? direction - shared->direction : -1);

@@ -144,9 +144,17 @@ class fd_inbox_scope {
 };
 
 /// In a handle's save(): the index under which `fd` travels. mp::serialize calls save() twice (a measuring pass,
-/// then the writing one), so the same fd gets the same index. `what` names the handle type for the error. `id`:
+/// then the writing one), so the same fd gets the same index; a save(ar) calls export_fd(ar, ...) below. `what` names the handle type for the error. `id`:
 /// the open file behind fd if the handle keeps it (identity_of), which spares the receiver's bookkeeping an fstat.
 MP_DECL std::uint32_t export_fd(int fd, const char* what, fd_identity id = {});
+/// export_fd in a handle's save(ar): the measuring pass gets index 0 without a lookup (an index takes 4 bytes
+/// whatever its value), so a handle sent with each Pool task costs one export per descriptor, not two. A closed
+/// handle still throws here.
+template <class Archive>
+std::uint32_t export_fd(const Archive& ar, int fd, const char* what, fd_identity id = {}) {
+  if (ar.measuring() && fd >= 0) return 0;
+  return export_fd(fd, what, id);
+}
 
 /// In a handle's load(): the child's own descriptor (close-on-exec) for the fd sent under `index`.
 MP_DECL unique_fd import_fd(std::uint32_t index, const char* what);

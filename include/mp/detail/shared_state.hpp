@@ -55,7 +55,8 @@ class shared_ref {
 
   /// For a spawned child: the block's descriptor (by index) and where in it the state is.
   void save(output_archive& ar, const char* what) const {
-    const std::uint32_t index = export_fd(block_ ? block_->fd() : -1, what, block_ ? block_->identity() : fd_identity{});
+    if (!block_) export_fd(-1, what);  // throws: the handle is closed
+    const std::uint32_t index = export_fd(ar, block_->fd(), what, block_->identity());
     const std::uint64_t offset =
         static_cast<std::uint64_t>(reinterpret_cast<const std::byte*>(state_) - static_cast<const std::byte*>(block_->data()));
     ar(index, offset);

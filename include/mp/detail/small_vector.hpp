@@ -51,13 +51,14 @@ class small_vector {
     size_ = n;
   }
   void clear() noexcept { size_ = 0; }
-
- private:
+  /// Adds n values copied from `values`.
   void append(const T* values, std::size_t n) {
     if (size_ + n > capacity_) grow(size_ + n);
     if (n != 0) std::memcpy(data() + size_, values, n * sizeof(T));
     size_ += n;
   }
+
+ private:
   void grow(std::size_t least) {
     const std::size_t capacity = std::max(least, 2 * capacity_);
     std::unique_ptr<T[]> bigger(new T[capacity]);

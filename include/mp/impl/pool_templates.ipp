@@ -209,9 +209,9 @@ auto Pool::apply_async(TaskOptions options, F f, Args&&... args)
                   detail::describe_timeout(*options.timeout));
     job->timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(*options.timeout).count());
   }
-  // Handles among the arguments (a Queue, a Lock, ...) put their descriptors in `box`; the tuple keeps them open
-  // until the core holds its own.
-  std::tuple<pool::arg_t<Args>...> values(std::forward<Args>(args)...);
+  // Handles among the arguments (a Queue, a Lock, ...) put their descriptors in `box`; the arguments, alive until
+  // this call returns, keep them open until the core holds its own.
+  std::tuple<pool::held_arg_t<Args>...> values(std::forward<Args>(args)...);
   detail::fd_outbox box;
   {
     detail::fd_outbox_scope scope(box);

@@ -19,7 +19,7 @@ MP_DECL std::size_t SharedHeap::free_memory() const { return segment().manager()
 MP_DECL std::size_t SharedHeap::size() const { return segment().manager().get_size(); }
 
 MP_DECL void SharedHeap::save(detail::output_archive& ar) const {
-  ar(detail::export_fd(segment_ ? segment_->fd() : -1, "SharedHeap", segment_ ? segment_->identity() : detail::fd_identity{}));
+  ar(detail::export_fd(ar, segment_ ? segment_->fd() : -1, "SharedHeap", segment_ ? segment_->identity() : detail::fd_identity{}));
 }
 
 MP_DECL void SharedHeap::load(detail::input_archive& ar) {

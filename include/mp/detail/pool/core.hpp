@@ -182,7 +182,7 @@ class core {
     bool writing = false;
     bool wake_due = false;     // dispatch_locked wrote to it and wakes it once done
     task_header header{};
-    std::vector<std::byte> section;
+    handle_section section;
     std::span<const std::byte> prefix, body;
     std::size_t written = 0;
     // The result being read from the outbox.

@@ -609,7 +609,10 @@ MP_DECL bool core::flush_locked(std::size_t s, bool wake) {
   if (!slot.writing) return false;
   ring& ring = shared_->slot(s).inbox;
   const std::span<const std::byte> parts[4] = {
-      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header}, slot.section, slot.prefix, slot.body};
+      {reinterpret_cast<const std::byte*>(&slot.header), sizeof slot.header},
+      {slot.section.data(), slot.section.size()},
+      slot.prefix,
+      slot.body};
   bool did = false;
   std::size_t offset = slot.written;
   for (const auto& part : parts) {

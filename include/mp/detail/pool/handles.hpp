@@ -13,6 +13,7 @@
 // its file is gone; while the parent holds one, no new object can take the key a worker still maps.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -68,7 +69,13 @@ class handle_table {
   std::size_t size() const noexcept { return entries_.size(); }
 
  private:
+  MP_DECL void erase(const handle_key& key) noexcept;
+
   std::unordered_map<handle_key, entry, handle_key_hash> entries_;
+  // The entries the latest acquires found (null: none): a Pool sending the same handles with every task finds them
+  // here instead of hashing. An entry erased from the map is dropped from here.
+  std::array<std::pair<handle_key, entry*>, 4> recent_{};
+  std::size_t recent_next_ = 0;
 };
 
 /// The handles of one submission (an apply, a map's chunks, one imap chunk): chunk c's descriptor list, in
@@ -163,11 +170,14 @@ class worker_view {
   small_vector<std::uint64_t*, 4> last_uses_;
 };
 
+/// A task message's handle section: a few bytes in the usual case, built in place for each message to a worker.
+using handle_section = small_vector<std::byte, 64>;
+
 /// The handle section of a task message: its byte size, then serialization (handle_plan without `send`, plus the
 /// count of fd frames to read first). 8 bytes of counts, then the keys; a message carrying the same handles as the
 /// previous one to that worker (the usual case) sends the counts alone, so a task with a handle crosses the ring in
 /// few more bytes than one without.
-MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan);
+MP_DECL void encode_handle_section(handle_section& out, const handle_plan& plan);
 
 /// Parent: sends the descriptors a plan says the worker lacks. False if the socket failed (the worker is gone).
 MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_table& table) noexcept;

@@ -24,6 +24,12 @@ MP_DECL handle_key key_of(int fd) {
 }
 
 MP_DECL handle_table::entry& handle_table::acquire(const handle_key& key, int fd) {
+  for (auto& [known, found] : recent_) {
+    if (found != nullptr && known == key) {
+      ++found->refs;
+      return *found;
+    }
+  }
   entry& e = entries_[key];
   if (!e.fd) {
     const int copy = sys_try("fcntl", [&] { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); });
@@ -35,16 +41,23 @@ MP_DECL handle_table::entry& handle_table::acquire(const handle_key& key, int fd
     e.fd.reset(copy);
   }
   ++e.refs;
+  recent_[recent_next_++ % recent_.size()] = {key, &e};
   return e;
+}
+
+MP_DECL void handle_table::erase(const handle_key& key) noexcept {
+  for (auto& [known, found] : recent_)
+    if (found != nullptr && known == key) found = nullptr;
+  entries_.erase(key);
 }
 
 MP_DECL void handle_table::release(const handle_key& key) noexcept {
   auto it = entries_.find(key);
-  if (it != entries_.end() && --it->second.refs == 0) entries_.erase(it);
+  if (it != entries_.end() && --it->second.refs == 0) erase(key);
 }
 
 MP_DECL void handle_table::release(const handle_key& key, entry& held) noexcept {
-  if (--held.refs == 0) entries_.erase(key);
+  if (--held.refs == 0) erase(key);
 }
 
 MP_DECL int handle_table::fd(const handle_key& key) const noexcept {
@@ -178,21 +191,17 @@ static_assert(sizeof(section_counts) == 8);
 static_assert(max_fds_per_frame + worker_keeps < 65536);
 }  // namespace
 
-MP_DECL void encode_handle_section(std::vector<std::byte>& out, const handle_plan& plan) {
+MP_DECL void encode_handle_section(handle_section& out, const handle_plan& plan) {
   const bool same = plan.same_table && plan.drop.empty() && plan.send.empty() && plan.blob < 0;
   const std::size_t table = same ? 0 : plan.table.size();
   const section_counts counts{static_cast<std::uint16_t>(plan.table.size()), static_cast<std::uint16_t>(plan.drop.size()),
                               static_cast<std::uint8_t>(plan.send.empty() && plan.blob < 0 ? 0 : 1),
                               static_cast<std::uint8_t>(plan.blob < 0 ? 0 : 1), static_cast<std::uint8_t>(same ? 1 : 0),
                               0};
-  const std::size_t at = out.size();
-  out.resize(at + sizeof counts + (table + plan.drop.size()) * sizeof(handle_key));
-  std::byte* p = out.data() + at;
-  std::memcpy(p, &counts, sizeof counts);
-  p += sizeof counts;
-  if (table != 0) std::memcpy(p, plan.table.data(), table * sizeof(handle_key));
-  p += table * sizeof(handle_key);
-  if (!plan.drop.empty()) std::memcpy(p, plan.drop.data(), plan.drop.size() * sizeof(handle_key));
+  auto append = [&out](const void* data, std::size_t size) { out.append(static_cast<const std::byte*>(data), size); };
+  append(&counts, sizeof counts);
+  append(plan.table.data(), table * sizeof(handle_key));
+  append(plan.drop.data(), plan.drop.size() * sizeof(handle_key));
 }
 
 MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_table& table) noexcept {

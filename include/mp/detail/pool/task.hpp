@@ -106,6 +106,10 @@ constexpr void check_value() {
 template <class A>
 using arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
                                  std::string, std::decay_t<A>>;
+/// How apply_async holds an argument while serializing it: by reference when it already has the type it travels
+/// as (a handle then costs no copy, whose reference count two processors' caches would trade), else converted.
+template <class A>
+using held_arg_t = std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, arg_t<A>>, const arg_t<A>&, arg_t<A>>;
 
 /// What apply(f, args...) returns.
 template <class F, class... Args>
@@ -348,9 +352,17 @@ unique_fd encode_payload(std::vector<std::byte>& message, const T& values, std::
   measure(values);
   const std::size_t total = message.size() + measure.measured();
   if (total < blob_threshold) {
-    message.reserve(total);  // one allocation, not a growth series value by value (a handle is several values)
-    output_archive ar(message);
-    ar(values);
+    if (total <= 4096) {
+      // Each value copied in place, not a vector insert per value (a handle is several); zeroing first costs less.
+      const std::size_t at = message.size();
+      message.resize(total);
+      output_archive ar(output_archive::presized_tag{}, std::span<std::byte>(message).subspan(at));
+      ar(values);
+    } else {
+      message.reserve(total);  // one allocation, not a growth series value by value
+      output_archive ar(message);
+      ar(values);
+    }
     size = 0;
     return {};
   }
