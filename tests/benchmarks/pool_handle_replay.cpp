@@ -62,18 +62,20 @@ __attribute__((noinline)) long one_task(rig& r, F f, const A&... args) {
   auto handles = p::handles_of(box, "sim");
   p::handle_section& section = r.section;  // the core reuses one per worker
   section.clear();
+  bool reused = false;
   if (handles) {
     handles->attach(r.table);
     p::handle_plan plan = r.view.plan(handles->chunk(0), r.table);
-    p::encode_handle_section(section, plan);
+    reused = plan.reuses_previous();
+    if (!reused) p::encode_handle_section(section, plan);
     p::send_handles(r.sv[0], plan, r.table);
   }
   // worker
   d::fd_inbox inbox;
   inbox.cache = &r.kept;
   d::fd_inbox_scope inbox_scope(inbox);
-  if (section.empty()) r.kept.clear_current();
-  else r.kept.apply_section({section.data(), section.size()}, r.sv[1]);
+  if (!section.empty()) r.kept.apply_section({section.data(), section.size()}, r.sv[1]);
+  else if (!reused) r.kept.clear_current();
   std::vector<std::byte> out;
   p::begin_result(out);
   p::apply_trampoline<F, R, A...>(message, out);

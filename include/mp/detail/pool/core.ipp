@@ -675,10 +675,12 @@ MP_DECL bool core::dispatch_locked() {
       const auto prefix = blob >= 0 ? std::span<const std::byte>{} : job->prefix();
       const auto body = blob >= 0 ? std::span<const std::byte>{} : job->body(chunk);
       slot.section.clear();
+      bool reused = false;  // the worker's previous descriptor list again: no section
       if (handles || slot.handles.size() != 0 || blob >= 0) {
         handle_plan plan = slot.handles.plan(handles ? handles->chunk(chunk) : std::span<const handle_key>{}, handles_);
         plan.blob = blob;
-        if (!plan.empty()) encode_handle_section(slot.section, plan);
+        if (!plan.empty() && !plan.reuses_previous()) encode_handle_section(slot.section, plan);
+        reused = plan.reuses_previous();
         // Before the message enters the ring: the worker reads them as soon as it reads the section. A worker we
         // cannot send to is gone or going; make sure it goes, so its chunks fail or move on rather than hang.
         if (!send_handles(slot.socket.get(), plan, handles_) && !slot.kill_sent && slot.pid != 0) {
@@ -688,7 +690,8 @@ MP_DECL bool core::dispatch_locked() {
       }
       const task_header header{sizeof(task_header) - sizeof(std::uint64_t) + slot.section.size() + prefix.size() +
                                    body.size(),
-                               id, trampoline_address(job->trampoline), job->timeout_ns, slot.section.size(),
+                               id, trampoline_address(job->trampoline), job->timeout_ns,
+                               reused ? reuse_handles : slot.section.size(),
                                blob >= 0 ? blob_size : 0};
       job->dispatched = true;
       slot.chunks.push_back({std::move(job), chunk, id, std::move(handles)});

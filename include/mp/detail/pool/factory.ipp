@@ -308,7 +308,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
       try {
         if (header.handles == 0) {
           kept.clear_current();
-        } else {
+        } else if (header.handles != reuse_handles) {
           if (header.handles > payload.size()) throw SerializationError("Pool worker: a truncated task message");
           unique_fd blob = kept.apply_section(payload.first(header.handles), socket);
           payload = payload.subspan(header.handles);

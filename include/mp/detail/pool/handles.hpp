@@ -146,9 +146,11 @@ struct handle_plan {
   std::vector<handle_key> drop;
   std::vector<handle_key> send;
   int blob = -1;
-  /// `table` is the previous message's to this worker: the section then says "the same" instead of the keys.
+  /// `table` is the previous message's to this worker.
   bool same_table = false;
   bool empty() const noexcept { return table.empty() && drop.empty() && blob < 0; }
+  /// Nothing changes for the worker: the message says "the previous handles" (task.hpp's reuse_handles), no section.
+  bool reuses_previous() const noexcept { return same_table && drop.empty() && send.empty() && blob < 0; }
 };
 
 /// Parent: which shared objects one worker keeps. Guarded by the core mutex.
@@ -173,10 +175,8 @@ class worker_view {
 /// A task message's handle section: a few bytes in the usual case, built in place for each message to a worker.
 using handle_section = small_vector<std::byte, 64>;
 
-/// The handle section of a task message: its byte size, then serialization (handle_plan without `send`, plus the
-/// count of fd frames to read first). 8 bytes of counts, then the keys; a message carrying the same handles as the
-/// previous one to that worker (the usual case) sends the counts alone, so a task with a handle crosses the ring in
-/// few more bytes than one without.
+/// The handle section of a task message (a plan that does not reuse_previous()): handle_plan without `send`, plus
+/// the count of fd frames to read first. 8 bytes of counts, then the keys.
 MP_DECL void encode_handle_section(handle_section& out, const handle_plan& plan);
 
 /// Parent: sends the descriptors a plan says the worker lacks. False if the socket failed (the worker is gone).
@@ -203,7 +203,7 @@ class worker_handles final : public fd_cache {
     std::vector<std::pair<std::type_index, std::shared_ptr<void>>> attached;
   };
   std::unordered_map<handle_key, entry, handle_key_hash> entries_;
-  std::vector<entry*> current_;  // the current message's descriptor list (kept by a section saying "the same")
+  std::vector<entry*> current_;  // the current message's descriptor list (kept for a message reusing it)
 };
 
 }  // namespace mp::detail::pool

@@ -184,23 +184,19 @@ struct section_counts {
   std::uint16_t drop = 0;   // at most worker_keeps + max_fds_per_frame
   std::uint8_t frames = 0;  // fd frames to read from the socket first (0 or 1)
   std::uint8_t blob = 0;    // 1: the frame's last descriptor is the payload's blob segment
-  std::uint8_t same = 0;    // 1: the table is the previous message's (its keys are not repeated); nothing else
-  std::uint8_t unused = 0;
+  std::uint8_t unused[2] = {};
 };
 static_assert(sizeof(section_counts) == 8);
 static_assert(max_fds_per_frame + worker_keeps < 65536);
 }  // namespace
 
 MP_DECL void encode_handle_section(handle_section& out, const handle_plan& plan) {
-  const bool same = plan.same_table && plan.drop.empty() && plan.send.empty() && plan.blob < 0;
-  const std::size_t table = same ? 0 : plan.table.size();
   const section_counts counts{static_cast<std::uint16_t>(plan.table.size()), static_cast<std::uint16_t>(plan.drop.size()),
                               static_cast<std::uint8_t>(plan.send.empty() && plan.blob < 0 ? 0 : 1),
-                              static_cast<std::uint8_t>(plan.blob < 0 ? 0 : 1), static_cast<std::uint8_t>(same ? 1 : 0),
-                              0};
+                              static_cast<std::uint8_t>(plan.blob < 0 ? 0 : 1)};
   auto append = [&out](const void* data, std::size_t size) { out.append(static_cast<const std::byte*>(data), size); };
   append(&counts, sizeof counts);
-  append(plan.table.data(), table * sizeof(handle_key));
+  append(plan.table.data(), plan.table.size() * sizeof(handle_key));
   append(plan.drop.data(), plan.drop.size() * sizeof(handle_key));
 }
 
@@ -223,15 +219,8 @@ MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> secti
   section_counts counts;
   if (section.size() < sizeof counts) throw SerializationError("Pool worker: a truncated handle section");
   std::memcpy(&counts, section.data(), sizeof counts);
-  if (counts.same == 1) {  // the previous message's handles again: current_ stands
-    if (counts.drop != 0 || counts.frames != 0 || section.size() != sizeof counts || counts.table != current_.size())
-      throw SerializationError("Pool worker: a malformed handle section (\"the same handles\" for " +
-                               std::to_string(counts.table) + ", after a message with " +
-                               std::to_string(current_.size()) + ")");
-    return blob;
-  }
   const std::size_t keys = std::size_t{counts.table} + counts.drop;
-  if (counts.frames > 1 || counts.blob > counts.frames || counts.same > 1 ||
+  if (counts.frames > 1 || counts.blob > counts.frames ||
       section.size() != sizeof counts + keys * sizeof(handle_key))
     throw SerializationError("Pool worker: a malformed handle section (" + std::to_string(section.size()) + " bytes)");
   auto key_at = [&](std::size_t i) {

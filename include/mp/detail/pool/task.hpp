@@ -11,8 +11,8 @@
 // compile error naming the type and the fix. Arguments, items and results go through mp's archives (one memcpy
 // for a run of trivially copyable values).
 //
-// Task message (inbox):   task_header, then the handle section if the task carries handles (handles.hpp;
-//                         task_header::handles bytes), then the payload: F's state, then an apply's
+// Task message (inbox):   task_header, then the handle section if the task carries handles other than the
+//                         previous task's (handles.hpp; task_header::handles bytes), then the payload: F's state, then an apply's
 //                         std::tuple<Args...> or a chunk (u64 n, n items).
 // Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
 //                         "failed" and, if set, the failing output's exception as (type, message, i32 pid,
@@ -55,7 +55,7 @@ struct task_header {
   std::uint64_t chunk_id;
   std::uint64_t trampoline;  // 0: "stop" (the worker exits)
   std::uint64_t timeout_ns;  // 0: none
-  std::uint64_t handles;     // bytes of the handle section before the payload (0: none)
+  std::uint64_t handles;     // bytes of the handle section before the payload (0: none; or reuse_handles)
   std::uint64_t blob;        // 0, or the payload's size: it is a segment (segment_pool.hpp) sent with the handles
 };
 struct result_header {
@@ -63,6 +63,10 @@ struct result_header {
   std::uint64_t chunk_id;  // 0: the initializer failed (the body holds only the failure)
   std::uint64_t blob;      // 0, or the body's size: it is a blob segment the worker sent on its socket first
 };
+
+/// task_header::handles of a task carrying the same handles as the previous one to that worker (the usual case):
+/// no section, so the task crosses the ring in as many bytes as one without handles.
+inline constexpr std::uint64_t reuse_handles = ~std::uint64_t{0};
 
 /// The message that tells a worker to exit.
 inline constexpr task_header stop_message{sizeof(task_header) - sizeof(std::uint64_t), 0, 0, 0, 0, 0};
