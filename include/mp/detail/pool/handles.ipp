@@ -216,6 +216,9 @@ MP_DECL bool send_handles(int socket, const handle_plan& plan, const handle_tabl
 
 MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> section, int socket) {
   unique_fd blob;
+  // Emptied first: if this section fails half-way, a later task reusing "the previous handles" finds none (a clear
+  // error), never the list before this one.
+  current_.clear();
   section_counts counts;
   if (section.size() < sizeof counts) throw SerializationError("Pool worker: a truncated handle section");
   std::memcpy(&counts, section.data(), sizeof counts);
@@ -247,7 +250,6 @@ MP_DECL unique_fd worker_handles::apply_section(std::span<const std::byte> secti
     }
   }
   for (std::size_t i = counts.table; i < keys; ++i) entries_.erase(key_at(i));
-  current_.clear();
   for (std::size_t i = 0; i < counts.table; ++i) {
     auto it = entries_.find(key_at(i));
     current_.push_back(it == entries_.end() ? nullptr : &it->second);
