@@ -13,10 +13,12 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <future>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -25,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include <mp/detail/heap/offset_pointer.hpp>
 #include <mp/detail/heap/test_seam.hpp>
 #include <mp/process.hpp>
 #include <mp/serialize.hpp>
@@ -523,6 +526,115 @@ TEST_CASE("shm containers: string, set, deque, unordered_map and nesting take th
       heap);
   CHECK(finish(child) == 0);
   CHECK(names.size() == 3);
+}
+
+namespace {
+
+// The same pseudo-random operations on a shm::map and on a std::map: inserts and erases that rebalance the tree
+// (its nodes keep their colour in their pointers' offsets) and lookups, from operation `first` for `count` of them.
+template <class Map>
+void churn_map(Map& m, std::uint32_t first, std::uint32_t count) {
+  for (std::uint32_t i = first; i < first + count; ++i) {
+    const std::uint32_t r = i * 2654435761u;  // Knuth's multiplicative hash: keys spread over the range
+    const int key = static_cast<int>(r % 4000);
+    if (r % 3 == 0) m.erase(key);
+    else m[key] = static_cast<int>(i);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("shm containers are walked and rebalanced by a child that maps the heap at its own address",
+          "[shared_heap][containers]") {
+  mp::SharedHeap heap(4 << 20);
+  auto& m = heap.find_or_construct<shm::map<int, int>>("m");
+  std::map<int, int> expected;
+  churn_map(m, 0, 20000);
+  churn_map(expected, 0, 20000);
+  auto child = start(
+      [](mp::SharedHeap heap) {
+        auto& m = *heap.find<shm::map<int, int>>("m");
+        std::map<int, int> replay;
+        churn_map(replay, 0, 20000);
+        child_check(std::equal(m.begin(), m.end(), replay.begin(), replay.end()), "the parent's map seen in order");
+        child_check(std::equal(m.rbegin(), m.rend(), replay.rbegin(), replay.rend()), "and in reverse");
+        churn_map(m, 20000, 20000);  // the child's own inserts, erases and rotations, at its own addresses
+      },
+      heap);
+  CHECK(finish(child) == 0);
+  churn_map(expected, 20000, 20000);
+  CHECK(m.size() == expected.size());
+  CHECK(std::equal(m.begin(), m.end(), expected.begin(), expected.end()));
+  for (const auto& [key, value] : expected) {
+    const auto found = m.find(key);
+    REQUIRE(found != m.end());
+    CHECK(found->second == value);
+  }
+  CHECK(m.find(4000) == m.end());
+}
+
+TEST_CASE("heap offset_pointer: null and addresses survive copies to other places, and tree bits stay apart",
+          "[shared_heap][containers]") {
+  using ptr = mp::detail::heap::offset_pointer<int>;
+  using bits = boost::intrusive::pointer_plus_bits<ptr, 2>;
+  int values[4] = {1, 2, 3, 4};
+
+  SECTION("null is null wherever it is copied to, and null + 0 is null") {
+    ptr a;
+    std::array<ptr, 3> copies{a, a, a};  // other addresses: a copy restates the offset for its own address
+    for (const ptr& copy : copies) {
+      CHECK(copy.get() == nullptr);
+      CHECK(!copy);
+      CHECK(copy == a);
+      CHECK(copy == nullptr);
+    }
+    ptr end = a;
+    end += 0;
+    CHECK(end == a);
+    CHECK(end.get() == nullptr);
+  }
+
+  SECTION("a non-null pointer copied elsewhere points to the same object; arithmetic moves it like an int*") {
+    ptr a(&values[1]);
+    std::array<ptr, 3> copies{a, a, a};
+    for (const ptr& copy : copies) {
+      CHECK(copy.get() == &values[1]);
+      CHECK(*copy == 2);
+    }
+    ptr b = copies[2] + 2;
+    CHECK(b.get() == &values[3]);
+    CHECK(b - a == 2);
+    CHECK(a < b);
+    CHECK(b[-3] == 1);
+    mp::detail::heap::offset_pointer<const void> v = a;  // to const void: the same address
+    CHECK(v.get() == &values[1]);
+    CHECK(ptr::static_cast_from(mp::detail::heap::offset_pointer<void>(&values[0])).get() == &values[0]);
+  }
+
+  SECTION("bits kept in the offset leave the pointer, null or not, as it was") {
+    ptr n;
+    bits::set_bits(n, 3);
+    CHECK(bits::get_bits(n) == 3);
+    CHECK(bits::get_pointer(n).get() == nullptr);
+    bits::set_pointer(n, ptr(&values[2]));
+    CHECK(bits::get_bits(n) == 3);
+    CHECK(bits::get_pointer(n).get() == &values[2]);
+    bits::set_bits(n, 1);
+    CHECK(bits::get_pointer(n).get() == &values[2]);
+    bits::set_pointer(n, ptr());
+    CHECK(bits::get_bits(n) == 1);
+    CHECK(bits::get_pointer(n).get() == nullptr);
+  }
+
+  SECTION("empty containers: begin() == end(), and a loop over them does nothing") {
+    mp::SharedHeap heap(1 << 16);
+    shm::vector<int> v(heap.allocator<int>());
+    CHECK(v.begin() == v.end());
+    CHECK(std::accumulate(v.begin(), v.end(), 0) == 0);
+    shm::map<int, int> m(heap.allocator<int>());
+    CHECK(m.begin() == m.end());
+    CHECK(m.find(1) == m.end());
+  }
 }
 
 TEST_CASE("heap_storable tells which types can live in a SharedHeap", "[shared_heap][containers]") {

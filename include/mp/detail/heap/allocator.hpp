@@ -1,6 +1,7 @@
 // heap/allocator: the allocator of every container in a SharedHeap (mp::shm::allocator wraps it in a scoped
-// adaptor, so nested containers get it too). Its pointers are offset_ptrs and it refers to the heap by an offset_ptr
-// to the segment manager: a container in the heap works at whatever address each process maps the heap.
+// adaptor, so nested containers get it too). Its pointers are offset_pointers (heap/offset_pointer.hpp: offsets
+// from where each pointer is stored) and it refers to the heap by an offset_ptr to the segment manager: a container
+// in the heap works at whatever address each process maps the heap.
 // Running out of space is an mp::Error that says how much was asked and how much is free, never a crash; a heap
 // whose allocator a dead process left half-updated throws its own mp::Error (heap/memory_algorithm.hpp).
 #pragma once
@@ -12,6 +13,7 @@
 
 #include <mp/detail/config.hpp>
 #include <mp/detail/heap/memory_algorithm.hpp>
+#include <mp/detail/heap/offset_pointer.hpp>
 #include <mp/detail/heap/segment.hpp>
 
 namespace mp::detail::heap {
@@ -33,10 +35,10 @@ template <class T>
 class allocator {
  public:
   using value_type = T;
-  using pointer = boost::interprocess::offset_ptr<T>;
-  using const_pointer = boost::interprocess::offset_ptr<const T>;
-  using void_pointer = boost::interprocess::offset_ptr<void>;
-  using const_void_pointer = boost::interprocess::offset_ptr<const void>;
+  using pointer = offset_pointer<T>;
+  using const_pointer = offset_pointer<const T>;
+  using void_pointer = offset_pointer<void>;
+  using const_void_pointer = offset_pointer<const void>;
   using size_type = std::size_t;
   using difference_type = std::ptrdiff_t;
   // Copies, moves and swaps of containers keep each container's own allocator (the std defaults): a container

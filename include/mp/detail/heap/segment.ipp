@@ -14,9 +14,10 @@
 namespace mp::detail::heap {
 
 MP_DECL std::uint64_t segment::layout_stamp() noexcept {
-  // What a heap's bytes mean to this build: the Boost version and the sizes of the structures at fixed places.
+  // What a heap's bytes mean to this build: the Boost version, the sizes of the structures at fixed places, and
+  // mp's own layout version (2: slabs; 3: containers hold heap::offset_pointer, not offset_ptr).
   return (std::uint64_t{BOOST_VERSION} << 40) ^ (std::uint64_t{sizeof(segment_manager)} << 20) ^
-         (std::uint64_t{sizeof(control_block)} << 4) ^ std::uint64_t{2};  // 2: mp's heap layout version (2: slabs)
+         (std::uint64_t{sizeof(control_block)} << 4) ^ std::uint64_t{3};
 }
 
 MP_DECL segment segment::create(std::size_t bytes) {
