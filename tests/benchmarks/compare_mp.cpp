@@ -94,6 +94,10 @@ struct Counter {
   i64 total = 0;
   i64 add(i64 n) { return total += n; }
 };
+/// A custom type whose method returns its argument (manager_custom_<size>: a big value there and back).
+struct Echo {
+  std::vector<char> echo(std::vector<char> v) { return v; }
+};
 
 // The best rate of `runs` runs of run(n), each in a child made by fork (the proxies are inherited), which reports
 // its time through a pipe. run(1) first, untimed: a child's first manager call opens its connection (connect,
@@ -567,14 +571,41 @@ double manager_value_mbps(mp::DictProxy<std::string, std::vector<char>>& d, std:
          }) * 2.0 * static_cast<double>(size) / 1e6;
 }
 
+// MB/s of queue put + get pairs (manager_queue_<size>) and of custom calls that return their argument
+// (manager_custom_<size>) with a `size`-byte value, counting both directions, as manager_value_mbps.
+double manager_queue_mbps(mp::QueueProxy<std::vector<char>>& q, std::size_t size, i64 n) {
+  std::vector<char> value(size, 'q');
+  q.put(value);
+  (void)q.get();
+  return best_rate(3, n, [&](i64 count) {
+           for (i64 i = 0; i < count; ++i) {
+             q.put(value);
+             if (q.get().size() != size) fail("manager queue item of the wrong size");
+           }
+         }) * 2.0 * static_cast<double>(size) / 1e6;
+}
+double manager_custom_mbps(mp::ObjectProxy<Echo>& echo, std::size_t size, i64 n) {
+  std::vector<char> value(size, 'c');
+  (void)echo.call(&Echo::echo, value);
+  return best_rate(3, n, [&](i64 count) {
+           for (i64 i = 0; i < count; ++i) {
+             if (echo.call(&Echo::echo, value).size() != size) fail("manager custom result of the wrong size");
+           }
+         }) * 2.0 * static_cast<double>(size) / 1e6;
+}
+
 void manager_value_rows(i64 scale) {
   const std::pair<const char*, std::size_t> sizes[] = {{"64KiB", std::size_t{64} << 10}, {"1MiB", std::size_t{1} << 20},
                                                        {"16MiB", std::size_t{16} << 20}, {"64MiB", std::size_t{64} << 20}};
   mp::Manager manager;
   auto d = manager.dict<std::string, std::vector<char>>();
+  auto q = manager.queue<std::vector<char>>();
+  auto echo = manager.make<Echo>();
   for (const auto& [label, size] : sizes) {
     const i64 n = std::max<i64>(2, static_cast<i64>((std::size_t{256} << 20) / size) / scale / 2);
     row((std::string("manager_value_") + label).c_str(), manager_value_mbps(d, size, n), "MB/s");
+    row((std::string("manager_queue_") + label).c_str(), manager_queue_mbps(q, size, n), "MB/s");
+    row((std::string("manager_custom_") + label).c_str(), manager_custom_mbps(echo, size, n), "MB/s");
     row((std::string("manager_value_memcpy_") + label).c_str(), memcpy_mbps(2 * n, static_cast<i64>(size)), "MB/s");
   }
 }
@@ -658,6 +689,7 @@ void manager_rows(i64 scale) {
 }  // namespace
 
 MP_REGISTER_TYPE(Counter, "Counter", &Counter::add);
+MP_REGISTER_TYPE(Echo, "Echo", &Echo::echo);
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);

@@ -286,6 +286,16 @@ class CounterManager(BaseManager):
 CounterManager.register("Counter", Counter)
 
 
+class Echo:
+    """A custom shared type whose method returns its argument (mp: MP_REGISTER_TYPE(Echo, "Echo", &Echo::echo))."""
+
+    def echo(self, value):
+        return value
+
+
+CounterManager.register("Echo", Echo)
+
+
 def timed_in_child(fn, n, conn):
     fn(1)  # the child's first call opens its connection to the server: not part of the per-call rate
     t0 = time.perf_counter()
@@ -357,6 +367,32 @@ def manager_value_rows(report, s):
                         raise RuntimeError("manager value")
 
             report(f"manager_value_{label}", best_rate(3, n, pairs) * 2 * size / 1e6)
+    # manager_queue_<size>, manager_custom_<size>: queue put + get pairs, custom calls returning their argument.
+    with CounterManager(ctx=ctx) as custom:
+        echo = custom.Echo()
+        for label, size in MANAGER_VALUE_SIZES:
+            n = max(2, (256 << 20) // size // s // 2)
+            value = bytes(size)
+
+            def calls(count):
+                for _ in range(count):
+                    if len(echo.echo(value)) != size:
+                        raise RuntimeError("manager custom result")
+
+            report(f"manager_custom_{label}", best_rate(3, n, calls) * 2 * size / 1e6)
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        for label, size in MANAGER_VALUE_SIZES:
+            n = max(2, (256 << 20) // size // s // 2)
+            value = bytes(size)
+
+            def queue_pairs(count):
+                for _ in range(count):
+                    q.put(value)
+                    if len(q.get()) != size:
+                        raise RuntimeError("manager queue item")
+
+            report(f"manager_queue_{label}", best_rate(3, n, queue_pairs) * 2 * size / 1e6)
 
 
 def dict_client(d, key, n, go, done):
@@ -392,7 +428,9 @@ def manager_clients_rows(report, s):
 
 
 MANAGER_ROWS = [
-    (f"manager_value_{label}", "MB/s", "rate", f"manager_value_memcpy_{label}", "big") for label, _ in MANAGER_VALUE_SIZES
+    (f"manager_{kind}_{label}", "MB/s", "rate", f"manager_value_memcpy_{label}", "big")
+    for label, _ in MANAGER_VALUE_SIZES
+    for kind in ("value", "queue", "custom")
 ] + [(f"manager_dict_ops_{k}clients", "ops/s", "rate", None, "10x") for k in MANAGER_CLIENTS]
 
 # ---- end of helper mgr3's block ----------------------------------------------------------------------------------

@@ -76,28 +76,31 @@ T decode_value(std::string_view bytes, const std::shared_ptr<client>& from) {
 }
 
 template <class T>
-bool request::value_in_segment(const T& v) {
+bool request::value_in_segment(const T& v, bool tagged) {
   if (segment_ != nullptr || target_.endpoint().tcp) return false;  // one value per request; TCP: no descriptors
+  const std::size_t head = tagged ? 5 : 4;                          // the blob's length, then a value's tag
   if constexpr (is_bitwise_v<T> || is_single_block_v<T>) {
     // The common case, decided cheaply: a number or a short string or vector (no proxies can be inside).
-    if (frame_.size() - 4 + 5 + mp::serialized_size(v) < protocol::large_bytes) return false;
+    if (frame_.size() - 4 + head + mp::serialized_size(v) < protocol::large_bytes) return false;
   }
+  // A value's nested proxies cross as ids (encode_value); a custom method's arguments are encoded as they are.
   encoding_context context{&target_, {}};
-  auto* outer = std::exchange(current_encoding(), &context);
+  auto* outer = current_encoding();
+  if (tagged) current_encoding() = &context;
   struct restore {
     encoding_context* outer;
     ~restore() { current_encoding() = outer; }
   } restored{outer};
   const std::size_t size = mp::serialized_size(v);
   const std::size_t before = frame_.size() - 4;  // payload bytes before the value's blob
-  if (!context.ids.empty() || before + 5 + size < protocol::large_bytes || size + 1 > 0xFFFFFFFFu) return false;
+  if (!context.ids.empty() || before + head + size < protocol::large_bytes || size + 1 > 0xFFFFFFFFu) return false;
   // Room for a few more fields after the value (a flag, a timeout: send() checks they fit).
-  pooled_segment* segment = connection_.request_segment(before + 5 + size + 256);
+  pooled_segment* segment = connection_.request_segment(before + head + size + 256);
   if (segment == nullptr) return false;
-  std::byte* at = segment->item(before + 5 + size).data();
+  std::byte* at = segment->item(before + head + size).data();
   std::memcpy(at, frame_.data() + 4, before);
   context.ids.clear();
-  output_archive archive(output_archive::presized_tag{}, std::span(at + before + 5, size));
+  output_archive archive(output_archive::presized_tag{}, std::span(at + before + head, size));
   try {
     archive(v);
   } catch (...) {
@@ -109,18 +112,18 @@ bool request::value_in_segment(const T& v) {
     return false;
   }
   const std::size_t written = size - archive.unfilled();
-  const auto blob = static_cast<std::uint32_t>(1 + written);
+  const auto blob = static_cast<std::uint32_t>(head - 4 + written);
   for (std::size_t i = 0; i < 4; ++i) at[before + i] = static_cast<std::byte>(blob >> (8 * i));
-  at[before + 4] = std::byte{0};  // the tag of a value without nested proxies
+  if (tagged) at[before + 4] = std::byte{0};  // the tag of a value without nested proxies
   segment_ = segment;
-  segment_end_ = before + 5 + written;
+  segment_end_ = before + head + written;
   frame_mark_ = frame_.size();
   return true;
 }
 
 template <class T>
 request& request::value(const T& v) {
-  if (value_in_segment(v)) return *this;
+  if (value_in_segment(v, true)) return *this;
   auto mark = out_.start_blob();
   encode_value(frame_, v, &target_);
   out_.finish_blob(mark);
@@ -129,6 +132,7 @@ request& request::value(const T& v) {
 
 template <class T>
 request& request::serialized(const T& v) {
+  if (value_in_segment(v, false)) return *this;
   auto mark = out_.start_blob();
   mp::serialize_into(frame_, v);
   out_.finish_blob(mark);
@@ -327,6 +331,17 @@ struct method_traits<R (C::*)(P...) noexcept> : method_traits<R (C::*)(P...)> {}
 template <class R, class C, class... P>
 struct method_traits<R (C::*)(P...) const noexcept> : method_traits<R (C::*)(P...)> {};
 
+/// How ObjectProxy::call holds its arguments while serializing them: by reference where an argument already has
+/// its parameter's type (a big vector is not copied first), else converted to it. The same bytes as Params.
+template <class Params, class... A>
+struct held_params;
+template <class... P, class... A>
+struct held_params<std::tuple<P...>, A...> {
+  static_assert(sizeof...(P) == sizeof...(A),
+                "ObjectProxy::call: pass as many arguments as the registered method takes");
+  using type = std::tuple<std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, P>, const P&, P>...>;
+};
+
 inline std::span<const std::byte> as_byte_span(std::string_view bytes) {
   return std::as_bytes(std::span(bytes.data(), bytes.size()));
 }
@@ -439,10 +454,12 @@ auto ObjectProxy<T>::call(Method method, A&&... args) const {
     }
     last = {epoch, method, index};
   }
-  // The arguments are serialized straight into the request frame (no buffer of their own).
+  // The arguments are serialized straight into the request frame, or a big set into the request segment (no
+  // buffer of their own, no copy first).
   auto in = proxy_base::call(detail::manager::protocol::op::object_call)
                 .u32(last.index)
-                .serialized(typename traits::args(std::forward<A>(args)...))
+                .serialized(typename detail::manager::held_params<typename traits::args, A...>::type(
+                    std::forward<A>(args)...))
                 .send();
   if constexpr (std::is_void_v<result>) {
     return;

@@ -248,9 +248,9 @@ class request {
   // A large value (protocol::large_bytes or more with the fields before it) is encoded straight into the
   // connection's request segment, after a copy of the fields before it: the request's payload is then the
   // segment's first segment_end_ bytes followed by frame_'s bytes from frame_mark_ (fields after the value, and
-  // any further values), which send() appends to it.
+  // any further values), which send() appends to it. `tagged`: as value() encodes it (else as serialized()).
   template <class T>
-  bool value_in_segment(const T& v);
+  bool value_in_segment(const T& v, bool tagged);
   // The whole payload back in frame_ (the fields after the value do not fit the segment): the segment is returned.
   MP_DECL void spill_segment();
 

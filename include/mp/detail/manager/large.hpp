@@ -2,11 +2,13 @@
 // (segment_pool.hpp) whose descriptor rides beside a small frame (SCM_RIGHTS), and read in place by the other side
 // through a kept mapping (segment_view_cache), instead of streaming through the socket buffer in pieces.
 //
-// Copies: the sender writes the request or reply into the mapped segment (the client encodes a big value straight
-// into it, request::value; the server copies a stored value straight into it, server::take_tail), and the receiver
-// copies what it keeps out of the mapping (the server: the value it stores; the client: the value it decodes), so a
-// big value is copied once on each side, instead of also through pwrite/pread and a buffer (docs/design.md, "Big
-// values").
+// Copies: the sender writes the request or reply into the mapped segment (the client encodes a big value or a
+// custom method's arguments straight into it, request::value / serialized; the server copies a stored value, one
+// just taken out by a pop or a queue get, or a custom method's serialized result straight into it,
+// server::take_tail), and the receiver copies what it keeps out of the mapping (the server: the value it stores;
+// the client: the value it decodes), so a big value is copied once on each side, instead of also through
+// pwrite/pread and a buffer (docs/design.md, "Big values"). The one exception: a custom method's result is
+// serialized into the server's scratch buffer first (the store, which knows no types, gets it only as bytes).
 // Why recycled segments and kept mappings: on this project's VM a fresh page costs ~12.5 us to fault in and a
 // fresh mapping of 1 MiB ~0.4 ms, far more than copying into warm pages. A connection carries one call at a time,
 // so each side keeps one segment per connection (segment_pool, most 1), reused once the reader marked it consumed

@@ -39,8 +39,9 @@ class store {
     std::uint64_t client;
     std::string bytes;
     /// Only with allow_reply_tails: the reply goes on with these bytes after `bytes`, a view of a big value the
-    /// store holds (a get of a dict entry, list item or Value), valid until the store's next handle(). Its caller
-    /// copies it out at once (the server: straight into the client's reply segment, large.hpp).
+    /// store holds (a get of a dict entry, list item or Value), has just taken out (a pop, a queue get: kept until
+    /// then) or a custom method just returned, valid until the store's next handle(). Its caller copies it out at
+    /// once (the server: straight into the client's reply segment, large.hpp).
     std::string_view tail{};
   };
 
@@ -173,6 +174,24 @@ class store {
                      w.u32(static_cast<std::uint32_t>(held.size()));
                    }),
                    held});
+  }
+  /// The reply to a request that takes `value` out of the store (a pop, a queue get): ok, the fields `before(w)`
+  /// writes, the blob — a big one, in handle(), as reply::tail viewing the value, kept in released_ until then.
+  template <class Before>
+  void push_released(std::uint64_t client, std::string&& value, std::vector<reply>& out, Before&& before) {
+    if (!reply_tails_ || !handling_ || value.size() < protocol::large_bytes) {
+      out.push_back({client, big_reply(value.size(), [&](auto& w) {
+                       before(w);
+                       w.blob(value);
+                     })});
+      return;
+    }
+    const std::string& kept = released_.emplace_back(std::move(value));
+    out.push_back({client, ok_with([&](auto& w) {
+                     before(w);
+                     w.u32(static_cast<std::uint32_t>(kept.size()));
+                   }),
+                   kept});
   }
   /// A reply carrying one value of `size` bytes: a big one is written into recycled memory (spare_reply) rather
   /// than a fresh allocation, whose pages cost more to fault in than the copy itself (docs/design.md).
@@ -326,7 +345,9 @@ class store {
   std::uint64_t next_lend_ = 1;
   bool shutdown_ = false;
   std::vector<std::byte> call_result_;  // a custom method's serialized result (object_op), reused between calls
+  std::deque<std::string> released_;    // values taken out by the last handle() that its replies' tails view
   bool reply_tails_ = false;
+  bool handling_ = false;  // in handle(): tails are taken right after it (expire's and disconnect's replies have none)
 };
 
 }  // namespace mp::detail::manager

@@ -18,6 +18,14 @@ MP_DECL bool store::handle(std::uint64_t client, std::string_view request, clock
   namespace p = protocol;
   p::reader in(request);
   if (parked_.contains(client)) return false;  // one request at a time: a parked client must wait for its reply
+  // The tails of the last request's replies were copied out (server::take_tail): their memory goes now.
+  released_.clear();
+  if (call_result_.capacity() > (1u << 20)) call_result_ = {};
+  handling_ = true;
+  struct end_of_handle {
+    bool& handling;
+    ~end_of_handle() { handling = false; }
+  } ending{handling_};
   try {
     auto code = static_cast<p::op>(in.u8());
     auto id = in.u64();
@@ -301,8 +309,9 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       auto entry = found->second;
       handoff(client, entry->second);
       if (code == p::dict_get) return push_held(client, entry->second, true, out);
-      out.push_back({client, big_reply(entry->second.size(), [&](auto& w) { w.u8(1), w.blob(entry->second); })});
-      drop_refs(entry->second), d.index.erase(found), d.entries.erase(entry);
+      drop_refs(entry->second);
+      push_released(client, std::move(entry->second), out, [](auto& w) { w.u8(1); });
+      d.index.erase(found), d.entries.erase(entry);
       return;
     }
     case p::dict_set: {
@@ -316,13 +325,10 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       auto key = in.blob();
       auto value = in.blob();
       in.expect_end();
-      if (auto found = d.index.find(key); found != d.index.end()) {
-        handoff(client, found->second->second);
-        return out.push_back({client, ok_blob(found->second->second)});
-      }
-      dict_set(d, key, value);
-      handoff(client, value);
-      return out.push_back({client, ok_blob(value)});
+      if (auto found = d.index.find(key); found == d.index.end()) dict_set(d, key, value);
+      const std::string& held = d.index.find(key)->second->second;
+      handoff(client, held);
+      return push_held(client, held, false, out);
     }
     case p::dict_update: {
       auto n = in.count(8);
@@ -350,7 +356,7 @@ MP_DECL void store::dict_op(std::uint64_t client, protocol::op code, dict_state&
       auto last = std::prev(d.entries.end());  // LIFO, as Python's dict.popitem()
       handoff(client, last->second);
       drop_refs(last->second);
-      out.push_back({client, ok_with([&](auto& w) { w.u8(1), w.blob(last->first), w.blob(last->second); })});
+      push_released(client, std::move(last->second), out, [&](auto& w) { w.u8(1), w.blob(last->first); });
       d.index.erase(last->first);
       d.entries.erase(last);
       return;
@@ -419,8 +425,9 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       if (!at) return out.push_back({client, index_error(code == p::list_get ? "list get" : "list pop", index, l.items.size())});
       handoff(client, l.items[*at]);
       if (code == p::list_get) return push_held(client, l.items[*at], false, out);
-      out.push_back({client, ok_blob(l.items[*at])});
-      if (code == p::list_pop) drop_refs(l.items[*at]), l.items.erase(l.items.begin() + static_cast<std::ptrdiff_t>(*at));
+      drop_refs(l.items[*at]);
+      push_released(client, std::move(l.items[*at]), out, [](auto&) {});
+      l.items.erase(l.items.begin() + static_cast<std::ptrdiff_t>(*at));
       return;
     }
     case p::list_set: {
@@ -574,7 +581,7 @@ MP_DECL void store::pump_queue(std::uint64_t /*id*/, queue_state& q, std::vector
       unpark(w.client);
       handoff(w.client, q.items.front());
       drop_refs(q.items.front());
-      out.push_back({w.client, ok_blob(q.items.front())});
+      push_released(w.client, std::move(q.items.front()), out, [](auto&) {});
       q.items.pop_front();
       progress = true;
     }
@@ -639,7 +646,7 @@ MP_DECL void store::queue_op(std::uint64_t client, protocol::op code, std::uint6
   if (!q.items.empty() && q.getters.empty()) {
     handoff(client, q.items.front());
     drop_refs(q.items.front());
-    out.push_back({client, ok_blob(q.items.front())});
+    push_released(client, std::move(q.items.front()), out, [](auto&) {});
     q.items.pop_front();
     return pump_queue(id, q, out);
   }
@@ -967,11 +974,16 @@ MP_DECL void store::object_op(std::uint64_t client, object_state& o, protocol::r
   std::string result = ok();
   try {
     // The server runs one request at a time: calls on one object never overlap. The result is serialized into a
-    // scratch buffer the server reuses (one of a big result is let go once replied).
+    // scratch buffer the server reuses (one of a big result is let go at the next request); a big one goes on as
+    // the reply's tail, copied from there straight into the client's reply segment.
     call_result_.clear();
     o.type->methods[method](o.instance.get(), args, call_result_);
-    protocol::writer(result).blob({reinterpret_cast<const char*>(call_result_.data()), call_result_.size()});
-    if (call_result_.capacity() > (1u << 20)) call_result_ = {};
+    const std::string_view bytes(reinterpret_cast<const char*>(call_result_.data()), call_result_.size());
+    if (reply_tails_ && bytes.size() >= protocol::large_bytes) {
+      protocol::writer(result).u32(static_cast<std::uint32_t>(bytes.size()));
+      return out.push_back({client, std::move(result), bytes});
+    }
+    protocol::writer(result).blob(bytes);
   } catch (...) {
     auto what = describe_current_exception();
     result = error(what.type, protocol::error_kind::remote);

@@ -217,37 +217,30 @@ MP_DECL void factory_entry(std::span<const std::byte> bytes) {
   });
 }
 
-// Writes a result message to the outbox; a big body (blob_threshold and up) goes as a segment on the worker's
-// socket first, the message then holding only its header. The segment is one of the worker's recycled ones
-// (segment_pool.hpp): the parent marks it consumed once it decoded the result, and the next big result reuses its
-// pages, already touched, instead of fresh ones.
+// Writes a result message to the outbox; a big body goes as a segment on the worker's socket first, the message
+// then holding only its header: the segment the trampoline serialized big results into (result_blob), or, for a
+// big body in the buffer (many small results), one it is copied into now. The segment is one of the worker's
+// recycled ones (segment_pool.hpp): the parent marks it consumed once it decoded the result, and the next big
+// result reuses its pages, already touched, instead of fresh ones.
 // `notify`: whether the parent is told of it now (hold_result_notice).
-MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out, bool notify) {
+MP_DECL void send_result(const parent_link& link, ring& outbox, int socket, std::vector<std::byte>& out,
+                         result_blob& blob, bool notify) {
   const std::size_t body = out.size() - sizeof(result_header);
-  if (body >= blob_threshold && socket >= 0) {
-    int segment = -1;
-    try {
-      // With its segments all still being read, the worker sleeps until the parent has decoded one, at most as long
-      // as a fresh segment would take to fill (~3 ns a byte: fresh pages fault at ~330 MB/s on an idle VM).
-      const std::uint64_t patience = std::max<std::uint64_t>(2'000'000, std::uint64_t{3} * body);
-      pooled_segment& s =
-          thread_segment_pool().acquire(body, pool_segment_budget / 2, "mp-pool-result", true, 4, patience);
-      std::memcpy(s.item(body).data(), out.data() + sizeof(result_header), body);
-      segment = s.fd.get();
-    } catch (...) {
-      // No memory for a segment: the ring still works, piece by piece.
-    }
-    if (segment >= 0) {
-      const int fds[] = {segment};
-      send_fd_frame(socket, {}, fds, "Pool worker: sending a big result");
-      result_header header{};
-      std::memcpy(&header, out.data(), sizeof header);
-      header.length = sizeof header - sizeof header.length;
-      header.blob = body;
-      write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header, notify);
-      if (out.capacity() > pool_result_keep) std::vector<std::byte>().swap(out);  // do not hoard
-      return;
-    }
+  if (!blob.holds() && body >= blob_threshold && socket >= 0) {
+    const auto space = blob.acquire(body);  // none (no memory): the ring still works, piece by piece
+    if (!space.empty()) std::memcpy(space.data(), out.data() + sizeof(result_header), body);
+  }
+  if (blob.holds()) {
+    const int fds[] = {blob.fd()};
+    send_fd_frame(socket, {}, fds, "Pool worker: sending a big result");
+    result_header header{};
+    std::memcpy(&header, out.data(), sizeof header);
+    header.length = sizeof header - sizeof header.length;
+    header.blob = blob.size();
+    blob.release();
+    write_all(link, outbox, reinterpret_cast<const std::byte*>(&header), sizeof header, notify);
+    if (out.capacity() > pool_result_keep) std::vector<std::byte>().swap(out);  // do not hoard
+    return;
   }
   write_all(link, outbox, out.data(), out.size(), notify);
 }
@@ -262,6 +255,7 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
   inbox.cache = &kept;
   fd_inbox_scope inbox_scope(inbox);
   std::vector<std::byte> out;
+  result_blob big_result;  // a big result's segment, between its trampoline and send_result
   if (initializer) {
     try {
       initializer();
@@ -322,14 +316,14 @@ MP_DECL void worker_main(const parent_link& link, std::size_t slot, int socket,
         encode_failed_chunk(out);
         run = nullptr;
       }
-      if (run != nullptr) run(payload, out);
+      if (run != nullptr) run(payload, result_sink(out, socket >= 0 ? &big_result : nullptr));
     }
     flush_pending_output();
     end_result(out, header.chunk_id);
     const std::uint64_t ran = monotonic_ns() - started;
     mine.last_run_ns.store(ran, std::memory_order_relaxed);
     const bool hold = hold_result_notice(crowded, mine.inbox.readable() != 0, ran, held);
-    send_result(link, mine.outbox, socket, out, !hold);
+    send_result(link, mine.outbox, socket, out, big_result, !hold);
     held = hold ? held + 1 : 0;
     mine.current_chunk.store(0);
     if (maxtasksperchild != 0 && ++done >= maxtasksperchild) ::_exit(0);

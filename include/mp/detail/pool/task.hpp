@@ -17,6 +17,8 @@
 // Result message (outbox): result_header, then the body: u64 count of successful outputs, the outputs, then u8
 //                         "failed" and, if set, the failing output's exception as (type, message, i32 pid,
 //                         traceback). A chunk stops at its first exception, so the parent knows the failing position.
+//                         A big body (blob_threshold and up) is written into a recycled segment instead (result_blob),
+//                         whose descriptor the worker sends on its socket; the message is then the header alone.
 #pragma once
 
 #include <algorithm>
@@ -46,8 +48,36 @@
 
 namespace mp::detail::pool {
 
-/// The worker-side entry of one task kind: decodes `payload` and appends the result body to `out`.
-using trampoline_fn = void (*)(std::span<const std::byte> payload, std::vector<std::byte>& out);
+/// Worker: the recycled segment (segment_pool.hpp) a big result body is serialized straight into, instead of the
+/// result buffer; send_result sends its descriptor on the worker's socket before the result header.
+class result_blob {
+ public:
+  /// Room for a body of `size` bytes in one of this thread's result segments, marked busy; empty if none can be had
+  /// now (no memory or memfd: the body then stays in the buffer and streams through the ring).
+  MP_DECL std::span<std::byte> acquire(std::size_t size) noexcept;
+  /// Gives the acquired segment back unsent (free for the next result).
+  MP_DECL void abandon() noexcept;
+  /// Whether a body was written into an acquired segment (then send_result sends it, and release() forgets it).
+  bool holds() const noexcept { return segment_ != nullptr; }
+  int fd() const noexcept { return segment_->fd.get(); }
+  std::size_t size() const noexcept { return size_; }
+  void release() noexcept { segment_ = nullptr, size_ = 0; }
+
+ private:
+  pooled_segment* segment_ = nullptr;  // thread_segment_pool()'s, busy until the parent decoded the result
+  std::size_t size_ = 0;
+};
+
+/// Worker: where a trampoline writes its result body: the buffer, or a big body into `blob` when the worker has one
+/// (never in an MPI rank, or for the initializer). Converts from the buffer alone.
+struct result_sink {
+  result_sink(std::vector<std::byte>& b, result_blob* big = nullptr) noexcept : buffer(b), blob(big) {}
+  std::vector<std::byte>& buffer;
+  result_blob* blob;
+};
+
+/// The worker-side entry of one task kind: decodes `payload` and writes the result body to `out`.
+using trampoline_fn = void (*)(std::span<const std::byte> payload, result_sink out);
 
 // Header of a task message (inbox) and of a result message (outbox); `length` counts the bytes after itself.
 struct task_header {
@@ -286,14 +316,35 @@ inline void reserve_result(std::vector<std::byte>& out, std::size_t more) {
   advise_huge_pages(out.data(), out.capacity());
 }
 
+/// A result of this many serialized bytes or more is held, not serialized, until its chunk ends (and so is every
+/// result after it): if the body then goes into a segment (result_blob), the results are serialized there, one
+/// copy; smaller ones are copied into the buffer first (and from there into a segment if the body is big).
+inline constexpr std::size_t result_hold_bytes = std::size_t{64} << 10;
+
+/// Results the writer may hold (result_hold_bytes): not void, not bitwise (written in place anyway), movable.
+template <class R>
+inline constexpr bool result_may_be_held = !std::is_void_v<R> && !is_bitwise_v<R> && std::is_move_constructible_v<R>;
+template <class R, bool = result_may_be_held<R>>
+struct held_results {};
+template <class R>
+struct held_results<R, true> {
+  std::vector<R> values;
+  std::size_t bytes = 0;  // as measured
+  std::size_t from = 0;   // where they go in the buffer: the results before them end there
+};
+
 /// Encodes a run of results; R may be void (nothing is written per item).
 template <class R>
 struct result_writer {
+  result_blob* blob;
   std::vector<std::byte>& out;
   std::size_t count_at;
   std::uint64_t ok = 0;
+  [[no_unique_address]] held_results<R> held;
 
-  explicit result_writer(std::vector<std::byte>& o) : out(o), count_at(o.size()) { out.resize(out.size() + 8); }
+  explicit result_writer(result_sink sink) : blob(sink.blob), out(sink.buffer), count_at(out.size()) {
+    out.resize(out.size() + 8);
+  }
   template <class Call>
   void add(Call&& call) {
     if constexpr (std::is_void_v<R>) {
@@ -304,26 +355,97 @@ struct result_writer {
       out.resize(at + sizeof(R));
       std::memcpy(out.data() + at, &r, sizeof(R));
     } else {
-      const auto r = call();
+      auto r = call();
+      std::size_t size = 0;
+      bool exports = false;
       {
         fd_outbox measuring;  // handles in a result are only measured here; the archive below exports them
         fd_outbox_scope scope(measuring);
         output_archive measure(output_archive::measure_tag{});
         measure(r);
-        reserve_result(out, measure.measured());
+        size = measure.measured();
+        exports = !measuring.fds.empty();
       }
+      if constexpr (result_may_be_held<R>) {
+        // Results stay in order: once one is held, all after it are. One with handles is never the first held, so
+        // that its failure to serialize (no handle crosses back) still ends the chunk where it happened.
+        if (blob != nullptr && (!held.values.empty() || (size >= result_hold_bytes && !exports))) {
+          if (held.values.empty()) held.from = out.size();
+          held.values.push_back(std::move(r));
+          held.bytes += size;
+          ++ok;
+          return;
+        }
+      }
+      reserve_result(out, size);
       output_archive ar(out);
       ar(r);
     }
     ++ok;
   }
   void finish_ok() {
+    if constexpr (result_may_be_held<R>) {
+      if (!held.values.empty()) return finish_held({std::byte{0}});
+    }
     std::memcpy(out.data() + count_at, &ok, sizeof ok);
     out.push_back(std::byte{0});
   }
+  /// Call inside a catch block: the current exception ends the chunk.
   void finish_failed() {
+    if constexpr (result_may_be_held<R>) {
+      if (!held.values.empty()) {
+        std::vector<std::byte> failure;
+        encode_current_exception(failure);
+        return finish_held(std::move(failure));
+      }
+    }
     std::memcpy(out.data() + count_at, &ok, sizeof ok);
     encode_current_exception(out);
+  }
+
+ private:
+  // The held results, then `tail` (the "failed" flag and the failure, if any): serialized straight into a segment
+  // when the body is big, else appended to the buffer. A held result that fails to serialize now (a serialize
+  // member that writes otherwise than it measured) ends the chunk there, with that failure, as it would have when
+  // it was made. (Called again by finish_failed if it threw, e.g. out of memory: it starts over.)
+  void finish_held(const std::vector<std::byte>& tail) {
+    out.resize(held.from);
+    std::memcpy(out.data() + count_at, &ok, sizeof ok);
+    const std::size_t before = out.size() - count_at;
+    const std::size_t body = before + held.bytes + tail.size();
+    if (body >= blob_threshold) {
+      const std::span<std::byte> space = blob->acquire(body);
+      if (!space.empty()) {
+        try {
+          std::memcpy(space.data(), out.data() + count_at, before);
+          output_archive ar(output_archive::presized_tag{}, space.subspan(before, held.bytes));
+          for (const R& r : held.values) ar(r);
+          if (ar.unfilled() == 0) {
+            std::memcpy(space.data() + before + held.bytes, tail.data(), tail.size());
+            out.resize(count_at);
+            return;
+          }
+        } catch (...) {
+        }
+        blob->abandon();  // measured otherwise than written: the buffer takes the body as it comes
+      }
+    }
+    reserve_result(out, held.bytes + tail.size());
+    std::uint64_t written = ok - held.values.size();
+    for (const R& r : held.values) {
+      const std::size_t at = out.size();
+      try {
+        output_archive ar(out);
+        ar(r);
+      } catch (...) {
+        out.resize(at);
+        std::memcpy(out.data() + count_at, &written, sizeof written);
+        encode_current_exception(out);
+        return;
+      }
+      ++written;
+    }
+    out.insert(out.end(), tail.begin(), tail.end());
   }
 };
 
@@ -453,7 +575,7 @@ result_outcome read_results(input_archive& ar, std::uint64_t most, const char* w
 
 /// apply(f, args...) in the worker.
 template <class F, class R, class... Args>
-void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>& out) {
+void apply_trampoline(std::span<const std::byte> payload, result_sink out) {
   result_writer<R> writer(out);
   try {
     input_archive ar(payload);
@@ -470,7 +592,7 @@ void apply_trampoline(std::span<const std::byte> payload, std::vector<std::byte>
 /// The initializer bound by mp::task(f, args...) in a fresh worker: F's state, then std::tuple<Args...>. Throws
 /// what f throws (the worker reports it as an initializer failure).
 template <class F, class... Args>
-void initializer_trampoline(std::span<const std::byte> payload, std::vector<std::byte>&) {
+void initializer_trampoline(std::span<const std::byte> payload, result_sink) {
   input_archive ar(payload);
   F f = decode_callable<F>(ar);
   auto args = blank_for_load<std::tuple<Args...>>::make();
@@ -480,8 +602,9 @@ void initializer_trampoline(std::span<const std::byte> payload, std::vector<std:
 
 /// map / starmap over one chunk in the worker; stops at the first exception.
 template <class F, class T, class R, bool Star>
-void map_trampoline(std::span<const std::byte> payload, std::vector<std::byte>& out) {
-  result_writer<R> writer(out);
+void map_trampoline(std::span<const std::byte> payload, result_sink sink) {
+  result_writer<R> writer(sink);
+  std::vector<std::byte>& out = sink.buffer;
   std::size_t results_at = out.size();  // bitwise results: written in place, trimmed to `ok` on failure
   try {
     input_archive ar(payload);
