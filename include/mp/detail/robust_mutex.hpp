@@ -11,7 +11,7 @@
 // mutexes; mp promises no FIFO order).
 // Not through the syscall seam (detail/syscall.hpp): pthread_mutex_* and clock_nanosleep return their error rather
 // than set errno, and every one of their results is interpreted in acquired() or check(); gettid() cannot fail.
-// The uncontended paths (spin_try's first look, try_lock, unlock) are inline; the blocking ones in robust_mutex.ipp.
+// The uncontended paths (lock's first attempt, try_lock, unlock) are inline; the blocking ones in robust_mutex.ipp.
 #pragma once
 
 #include <linux/futex.h>
@@ -73,6 +73,7 @@ class robust_mutex {
 
   /// Blocks until acquired; throws mp::Error if the calling thread already holds it (that would deadlock).
   void lock() {
+    if (!locked_hint() && try_lock()) return;  // free: taken without entering the spin's loop
     if (!spin_try()) lock_blocking();
   }
 
