@@ -141,7 +141,7 @@ template <class A>
 using arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
                                  std::string, std::decay_t<A>>;
 /// How apply_async holds an argument while serializing it: by reference when it already has the type it travels
-/// as (a handle then costs no copy, whose reference count two processors' caches would trade), else converted.
+/// as (a handle is then not copied: no atomic reference-count round trip per task), else converted.
 template <class A>
 using held_arg_t = std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, arg_t<A>>, const arg_t<A>&, arg_t<A>>;
 
