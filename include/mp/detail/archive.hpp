@@ -167,6 +167,12 @@ consteval bool is_bitwise() {
 }
 template <class T> inline constexpr bool is_bitwise_v = is_bitwise<T>();
 
+/// How a caller holds an argument `A` that travels as `T` while serializing it (Pool::apply_async, a Manager custom
+/// call): by reference when it already is a T (a big vector is not copied first, a handle's reference count is not
+/// touched), else converted to T. The same bytes either way.
+template <class A, class T>
+using held_as_t = std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, T>, const T&, T>;
+
 // Whether T encodes as a length and one contiguous block (a string, a vector of bitwise values).
 template <class T>
 consteval bool is_single_block() {

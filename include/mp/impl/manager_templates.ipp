@@ -331,15 +331,15 @@ struct method_traits<R (C::*)(P...) noexcept> : method_traits<R (C::*)(P...)> {}
 template <class R, class C, class... P>
 struct method_traits<R (C::*)(P...) const noexcept> : method_traits<R (C::*)(P...)> {};
 
-/// How ObjectProxy::call holds its arguments while serializing them: by reference where an argument already has
-/// its parameter's type (a big vector is not copied first), else converted to it. The same bytes as Params.
+/// How ObjectProxy::call holds its arguments while serializing them (held_as_t, archive.hpp): the same bytes as
+/// Params.
 template <class Params, class... A>
 struct held_params;
 template <class... P, class... A>
 struct held_params<std::tuple<P...>, A...> {
   static_assert(sizeof...(P) == sizeof...(A),
                 "ObjectProxy::call: pass as many arguments as the registered method takes");
-  using type = std::tuple<std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, P>, const P&, P>...>;
+  using type = std::tuple<held_as_t<A, P>...>;
 };
 
 inline std::span<const std::byte> as_byte_span(std::string_view bytes) {

@@ -140,10 +140,9 @@ constexpr void check_value() {
 template <class A>
 using arg_t = std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
                                  std::string, std::decay_t<A>>;
-/// How apply_async holds an argument while serializing it: by reference when it already has the type it travels
-/// as (a handle is then not copied: no atomic reference-count round trip per task), else converted.
+/// How apply_async holds an argument while serializing it (held_as_t, archive.hpp).
 template <class A>
-using held_arg_t = std::conditional_t<std::is_same_v<std::remove_cvref_t<A>, arg_t<A>>, const arg_t<A>&, arg_t<A>>;
+using held_arg_t = held_as_t<A, arg_t<A>>;
 
 /// What apply(f, args...) returns.
 template <class F, class... Args>
