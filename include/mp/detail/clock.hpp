@@ -102,7 +102,7 @@ inline constexpr std::chrono::nanoseconds short_spin{3'000};
 /// unlock"): the holder re-takes it at once, the waiter gets it only now and then, and a waiter that gave up after
 /// short_spin slept, so each of the holder's next releases paid a futex wake-up call. 2 processes doing shm::map
 /// set+find under one Lock made ~190k futex calls per 6M operations with short_spin and ~13k with 40 µs, and ran
-/// 1.2x faster (docs/shared-memory.md, "Issue 18 margin: the lock's spin budget").
+/// 1.2x faster (docs/shared-memory.md, SharedHeap "How the heap got here").
 inline constexpr std::chrono::nanoseconds lock_spin{40'000};
 
 /// Spins for about `budget` calling ready(); true as soon as it returns true, else ready()'s last answer.
