@@ -8,6 +8,7 @@
 
 #include <mp/detail/manager/store.hpp>
 #include <mp/detail/code_address.hpp>
+#include <mp/detail/fresh_pages.hpp>
 #include <mp/detail/manager/refs.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -169,7 +170,7 @@ MP_DECL void store::create(std::uint64_t client, protocol::reader& in, std::vect
   std::string type(in.blob());
   std::string name(in.blob());
   auto number = in.u64();
-  std::string initial(in.blob());
+  std::string initial = stored(in.blob());
   in.expect_end();
   if (k == 0 || k > p::last_kind) throw p::malformed{};
   auto requested = static_cast<p::kind>(k);
@@ -277,14 +278,32 @@ MP_DECL void store::dispatch(std::uint64_t client, protocol::op code, std::uint6
   }
 }
 
+MP_DECL std::string store::stored(std::string_view bytes) {
+  std::string copy;
+  if (bytes.size() >= fresh_pages_threshold) {
+    copy.reserve(bytes.size());
+    prepare_fresh_pages(copy.data(), bytes.size());
+  }
+  copy.assign(bytes);
+  return copy;
+}
+
+MP_DECL void store::store_into(std::string& into, std::string_view bytes) {
+  if (bytes.size() >= fresh_pages_threshold && into.capacity() < bytes.size()) {
+    into = stored(bytes);
+  } else {
+    into.assign(bytes);
+  }
+}
+
 MP_DECL void store::dict_set(dict_state& d, std::string_view key, std::string_view value) {
   hold_refs(value);
   if (auto found = d.index.find(key); found != d.index.end()) {
     drop_refs(found->second->second);
-    found->second->second.assign(value);
+    store_into(found->second->second, value);
     return;
   }
-  d.entries.emplace_back(std::string(key), std::string(value));
+  d.entries.emplace_back(std::string(key), stored(value));
   auto last = std::prev(d.entries.end());
   d.index.emplace(last->first, last);
 }
@@ -404,7 +423,7 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       auto item = in.blob();
       in.expect_end();
       hold_refs(item);
-      l.items.emplace_back(item);
+      l.items.push_back(stored(item));
       return out.push_back({client, ok()});
     }
     case p::list_extend: {
@@ -414,7 +433,8 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       for (std::uint32_t i = 0; i < n; ++i) items.push_back(in.blob());
       in.expect_end();
       for (auto item : items) hold_refs(item);
-      l.items.insert(l.items.end(), items.begin(), items.end());
+      l.items.reserve(l.items.size() + items.size());
+      for (auto item : items) l.items.push_back(stored(item));
       return out.push_back({client, ok()});
     }
     case p::list_get: case p::list_pop: {
@@ -438,7 +458,7 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       if (!at) return out.push_back({client, index_error("list assignment", index, l.items.size())});
       hold_refs(item);
       drop_refs(l.items[*at]);
-      l.items[*at].assign(item);
+      store_into(l.items[*at], item);
       return out.push_back({client, ok()});
     }
     case p::list_insert: {
@@ -450,7 +470,7 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       if (index < 0) index = std::max<std::int64_t>(0, index + n);
       index = std::min(index, n);
       hold_refs(item);
-      l.items.insert(l.items.begin() + index, std::string(item));
+      l.items.insert(l.items.begin() + index, stored(item));
       return out.push_back({client, ok()});
     }
     case p::list_size:
@@ -568,7 +588,7 @@ MP_DECL void store::value_op(std::uint64_t client, protocol::op code, value_stat
   in.expect_end();
   hold_refs(bytes);
   drop_refs(v.bytes);
-  v.bytes.assign(bytes);
+  store_into(v.bytes, bytes);
   out.push_back({client, ok()});
 }
 
@@ -631,14 +651,14 @@ MP_DECL void store::queue_op(std::uint64_t client, protocol::op code, std::uint6
     // Stored now, or held by a waiting putter: either way the item's proxies stay alive.
     if ((q.putters.empty() && (q.maxsize == 0 || q.items.size() < q.maxsize)) || timeout != 0) hold_refs(item);
     if (q.putters.empty() && (q.maxsize == 0 || q.items.size() < q.maxsize)) {
-      q.items.emplace_back(item);
+      q.items.push_back(stored(item));
       ++q.unfinished;
       out.push_back({client, ok()});
       return pump_queue(id, q, out);
     }
     if (timeout == 0) return out.push_back({client, error("the manager queue is full", mpp::error_kind::full)});
     auto deadline = deadline_of(timeout, now);
-    q.putters.push_back(entry(client, deadline, std::string(item)));
+    q.putters.push_back(entry(client, deadline, stored(item)));
     return park(client, id, deadline);
   }
   if (code != p::queue_get) throw mpp::malformed{};
@@ -898,7 +918,7 @@ MP_DECL void store::namespace_op(std::uint64_t client, protocol::op code, namesp
       in.expect_end();
       hold_refs(bytes);
       if (auto old = ns.attributes.find(name); old != ns.attributes.end()) drop_refs(old->second.second);
-      ns.attributes.insert_or_assign(std::string(name), std::pair{std::string(type), std::string(bytes)});
+      ns.attributes.insert_or_assign(std::string(name), std::pair{std::string(type), stored(bytes)});
       return out.push_back({client, ok()});
     }
     case p::ns_contains: case p::ns_erase: {
