@@ -432,9 +432,12 @@ MP_DECL void store::list_op(std::uint64_t client, protocol::op code, list_state&
       items.reserve(n);
       for (std::uint32_t i = 0; i < n; ++i) items.push_back(in.blob());
       in.expect_end();
+      std::vector<std::string> copies;  // made before the list changes: out of memory leaves it as it was
+      copies.reserve(items.size());
+      for (auto item : items) copies.push_back(stored(item));
+      l.items.reserve(l.items.size() + copies.size());
       for (auto item : items) hold_refs(item);
-      l.items.reserve(l.items.size() + items.size());
-      for (auto item : items) l.items.push_back(stored(item));
+      std::move(copies.begin(), copies.end(), std::back_inserter(l.items));
       return out.push_back({client, ok()});
     }
     case p::list_get: case p::list_pop: {
