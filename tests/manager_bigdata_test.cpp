@@ -475,3 +475,40 @@ TEST_CASE("Big values taken out of the manager and custom-method arguments and r
   CHECK(intact(l.pop(), 100, 30));
   CHECK(intact(d.get("new").value(), 7 * MiB, 6));
 }
+
+TEST_CASE("Big values stored by every kind of request are kept intact: extend, insert, set, Value, Namespace, a "
+          "full queue's put",
+          "[manager][bigdata]") {
+  // The server copies a big value it stores into new memory whose pages it asks for at once (store::stored); a
+  // value that replaces a smaller one takes the same path, one that fits the old buffer is assigned into it.
+  // Sizes on both sides of the thresholds: 256 KiB (populated at once) and 4 MiB (huge pages as well).
+  auto manager = mp::Manager();
+  auto l = manager.list<std::vector<char>>();
+  auto v = manager.value<std::vector<char>>(make_value(5 * MiB, 10));
+  auto ns = manager.namespace_();
+  auto q = manager.queue<std::vector<char>>(1);
+  auto child = start(
+      [](mp::ListProxy<std::vector<char>> l, mp::ValueProxy<std::vector<char>> v, mp::NamespaceProxy ns,
+         mp::QueueProxy<std::vector<char>> q) {
+        child_check(intact(v.get(), 5 * MiB, 10), "a Value's big initial value");
+        l.extend(std::vector<std::vector<char>>{make_value(6 * MiB, 1), make_value(300 << 10, 2), make_value(10, 3)});
+        l.insert(1, make_value(4 * MiB, 4));
+        l.set(3, make_value(9 * MiB, 5));  // the 10-byte item grows
+        v.set(make_value(1 * MiB, 11));    // fits the old buffer
+        v.set(make_value(12 * MiB, 12));   // does not
+        ns.set("big", make_value(7 * MiB, 20));
+        q.put(make_value(5 * MiB, 30));
+        q.put(make_value(8 * MiB, 31));  // waits in the server (maxsize 1) if the parent has not taken the first
+      },
+      l, v, ns, q);
+  CHECK(intact(q.get(), 5 * MiB, 30));
+  CHECK(intact(q.get(), 8 * MiB, 31));
+  REQUIRE(finish(child) == 0);
+  REQUIRE(l.size() == 4);
+  CHECK(intact(l.get(0), 6 * MiB, 1));
+  CHECK(intact(l.get(1), 4 * MiB, 4));
+  CHECK(intact(l.get(2), 300 << 10, 2));
+  CHECK(intact(l.get(3), 9 * MiB, 5));
+  CHECK(intact(v.get(), 12 * MiB, 12));
+  CHECK(intact(ns.get<std::vector<char>>("big"), 7 * MiB, 20));
+}
