@@ -112,7 +112,7 @@ TEST_CASE("64 MiB and 256 MiB manager values set and read intact from children o
   auto s = manager.value<std::string>(std::string());
   // The largest value over the Unix socket, where it crosses as a segment; over TCP it streams as 64 MiB do (and
   // under ASan 64 MiB checks the same paths): CI time.
-  const std::size_t largest = tcp ? 64 * MiB : mp_test::largest_item;
+  const std::size_t largest = tcp ? 64 * MiB : mp_test::largest_item();
   // A connection keeps one segment for its big requests (at most 128 MiB, reused): counted from its first.
   d.set("warm", make_value(2 * MiB, 0));
   const int fds_before = own_fds();
