@@ -640,11 +640,7 @@ void input_archive::load(T& value) {
     const std::size_t n = load_length<U>();
     if constexpr (std::is_same_v<element, char>) {
       // char may alias any bytes: assign copies once, without the zero-fill of resize(). n was checked.
-      if (n >= fresh_pages_threshold && value.capacity() < n) {
-        value.reserve(n);  // a big string on fresh memory: its pages come faster asked for at once (fresh_pages.hpp)
-        prepare_fresh_pages(value.data(), n);
-      }
-      value.assign(reinterpret_cast<const char*>(bytes_.data() + position_), n);
+      assign_on_fresh_pages(value, reinterpret_cast<const char*>(bytes_.data() + position_), n);
       position_ += n;
     } else {
       value.resize(n);

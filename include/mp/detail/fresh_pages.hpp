@@ -29,6 +29,18 @@ MP_DECL void prepare_fresh_pages(void* data, std::size_t bytes) noexcept;
 /// A no-op below two huge pages. Errors are ignored.
 MP_DECL void advise_huge_pages(void* data, std::size_t bytes) noexcept;
 
+/// to = the n chars at bytes. A big copy that needs a bigger buffer gets a new one (nothing of the old copied) whose
+/// pages are asked for at once (prepare_fresh_pages): a big string being decoded or stored.
+template <class String>
+void assign_on_fresh_pages(String& to, const char* bytes, std::size_t n) {
+  if (n >= fresh_pages_threshold && to.capacity() < n) {
+    to.clear();
+    to.reserve(n);
+    prepare_fresh_pages(to.data(), n);
+  }
+  to.assign(bytes, n);
+}
+
 }  // namespace mp::detail
 
 #if MP_INCLUDE_DEFINITIONS

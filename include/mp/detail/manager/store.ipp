@@ -8,7 +8,6 @@
 
 #include <mp/detail/manager/store.hpp>
 #include <mp/detail/code_address.hpp>
-#include <mp/detail/fresh_pages.hpp>
 #include <mp/detail/manager/refs.hpp>
 #include <mp/detail/type_name.hpp>
 #include <mp/errors.hpp>
@@ -275,24 +274,6 @@ MP_DECL void store::dispatch(std::uint64_t client, protocol::op code, std::uint6
     case p::kind::barrier: return in_range(80, 90) ? barrier_op(client, code, id, std::get<barrier_state>(obj.state), in, now, out) : wrong_kind();
     case p::kind::namespace_: return in_range(90, 100) ? namespace_op(client, code, std::get<namespace_state>(obj.state), in, out) : wrong_kind();
     case p::kind::object: return code == p::op::object_call ? object_op(client, std::get<object_state>(obj.state), in, out) : wrong_kind();
-  }
-}
-
-MP_DECL std::string store::stored(std::string_view bytes) {
-  std::string copy;
-  if (bytes.size() >= fresh_pages_threshold) {
-    copy.reserve(bytes.size());
-    prepare_fresh_pages(copy.data(), bytes.size());
-  }
-  copy.assign(bytes);
-  return copy;
-}
-
-MP_DECL void store::store_into(std::string& into, std::string_view bytes) {
-  if (bytes.size() >= fresh_pages_threshold && into.capacity() < bytes.size()) {
-    into = stored(bytes);
-  } else {
-    into.assign(bytes);
   }
 }
 
